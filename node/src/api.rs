@@ -1,0 +1,277 @@
+//! The local control API: HTTP + JSON on loopback, guarded by a bearer token that only the
+//! node's owner can read (mode 0600 in the data dir). `GET /v1/events` streams new messages
+//! as server-sent events; `GET /` serves a small web page that uses the same API.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::core::CoreError;
+use crate::crypto;
+use crate::service::{NodeError, NodeHandle};
+
+#[derive(Clone)]
+struct AppState {
+    node: NodeHandle,
+    token: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ApiErrorBody {
+    pub error: String,
+}
+
+struct ApiError(StatusCode, String);
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let status = match &e {
+            NodeError::Core(CoreError::UnknownRoom(_) | CoreError::UnknownContact(_)) => {
+                StatusCode::NOT_FOUND
+            }
+            NodeError::Core(CoreError::AlreadyJoined(_) | CoreError::ContactExists(_)) => {
+                StatusCode::CONFLICT
+            }
+            NodeError::Core(
+                CoreError::EmptyMessage
+                | CoreError::OwnContact
+                | CoreError::Room(_)
+                | CoreError::Identity(_)
+                | CoreError::Envelope(_),
+            ) => StatusCode::BAD_REQUEST,
+            NodeError::Listen { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiErrorBody { error: self.1 })).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct JoinRequest {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct NameRequest {
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct SendRequest {
+    pub room: String,
+    pub text: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct HistoryRequest {
+    pub room: String,
+    pub limit: usize,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ContactRequest {
+    pub name: String,
+    pub code: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct DmRequest {
+    pub contact: String,
+    pub text: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct GroupRequest {
+    pub name: String,
+    pub members: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct DialRequest {
+    pub addr: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct IdView {
+    pub username: String,
+    pub user_id: String,
+    pub contact_code: String,
+    pub peer_id: String,
+}
+
+/// Builds the router; `token` is required as `Authorization: Bearer <token>` on /v1.
+pub fn router(node: NodeHandle, token: String) -> Router {
+    let state = AppState { node, token };
+    let v1 = Router::new()
+        .route("/status", get(status))
+        .route("/id", get(id))
+        .route("/peers", get(peers))
+        .route("/rooms", get(rooms))
+        .route("/join", post(join))
+        .route("/leave", post(leave))
+        .route("/send", post(send))
+        .route("/history", post(history))
+        .route("/contacts", get(contacts).post(add_contact))
+        .route("/dm", post(dm))
+        .route("/groups", post(group))
+        .route("/dial", post(dial))
+        .route("/events", get(events))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/", get(page))
+        .nest("/v1", v1)
+        .with_state(state)
+}
+
+/// Serves the API on `addr` (loopback) until the node stops.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: NodeHandle,
+    token: String,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node, token)).await
+}
+
+/// Binds the API listener on loopback; port 0 picks a free port.
+pub async fn bind(port: u16) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = l.local_addr()?;
+    Ok((l, addr))
+}
+
+async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !crypto::ct_eq(given.as_bytes(), s.token.as_bytes()) {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API token (see api.token in the data dir)".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+async fn status(State(s): State<AppState>) -> ApiResult<crate::service::Status> {
+    Ok(Json(s.node.status().await?))
+}
+
+async fn id(State(s): State<AppState>) -> ApiResult<IdView> {
+    let me = s.node.identity();
+    Ok(Json(IdView {
+        username: me.username().to_string(),
+        user_id: me.id().to_hex(),
+        contact_code: me.contact_code().encode(),
+        peer_id: me.peer_id().to_string(),
+    }))
+}
+
+async fn peers(State(s): State<AppState>) -> ApiResult<Vec<crate::service::PeerView>> {
+    Ok(Json(s.node.peers().await?))
+}
+
+async fn rooms(State(s): State<AppState>) -> ApiResult<Vec<crate::core::RoomView>> {
+    Ok(Json(s.node.rooms().await?))
+}
+
+async fn join(
+    State(s): State<AppState>,
+    Json(r): Json<JoinRequest>,
+) -> ApiResult<crate::core::RoomView> {
+    Ok(Json(s.node.join(&r.name, r.password).await?))
+}
+
+async fn leave(
+    State(s): State<AppState>,
+    Json(r): Json<NameRequest>,
+) -> ApiResult<crate::core::RoomView> {
+    Ok(Json(s.node.leave(&r.name).await?))
+}
+
+async fn send(State(s): State<AppState>, Json(r): Json<SendRequest>) -> ApiResult<crate::service::Sent> {
+    Ok(Json(s.node.send(&r.room, &r.text).await?))
+}
+
+async fn history(
+    State(s): State<AppState>,
+    Json(r): Json<HistoryRequest>,
+) -> ApiResult<Vec<crate::core::MessageView>> {
+    Ok(Json(s.node.history(&r.room, r.limit.min(100_000)).await?))
+}
+
+async fn contacts(State(s): State<AppState>) -> ApiResult<Vec<crate::core::ContactView>> {
+    Ok(Json(s.node.contacts().await?))
+}
+
+async fn add_contact(
+    State(s): State<AppState>,
+    Json(r): Json<ContactRequest>,
+) -> ApiResult<crate::core::ContactView> {
+    Ok(Json(s.node.add_contact(&r.name, &r.code).await?))
+}
+
+async fn dm(State(s): State<AppState>, Json(r): Json<DmRequest>) -> ApiResult<crate::service::Sent> {
+    Ok(Json(s.node.dm(&r.contact, &r.text).await?))
+}
+
+async fn group(
+    State(s): State<AppState>,
+    Json(r): Json<GroupRequest>,
+) -> ApiResult<crate::core::RoomView> {
+    Ok(Json(s.node.create_group(&r.name, r.members).await?))
+}
+
+async fn dial(State(s): State<AppState>, Json(r): Json<DialRequest>) -> ApiResult<()> {
+    let addr = r
+        .addr
+        .parse()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad multiaddr: {e}")))?;
+    Ok(Json(s.node.dial(addr).await?))
+}
+
+async fn events(
+    State(s): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = s.node.subscribe();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let data = serde_json::to_string(&ev).unwrap_or_default();
+                    return Some((Ok(SseEvent::default().data(data)), rx));
+                }
+                // A slow reader missed events: keep going with the newest.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("web/index.html"))
+}

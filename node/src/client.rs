@@ -1,0 +1,147 @@
+//! A blocking client for the local API of the node running on a data dir: what the CLI's
+//! subcommands use.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::ApiErrorBody;
+use crate::config::{self, ApiInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no cryptchat node is running for data dir {0}: start one with `cryptchat run` \
+         (or pass the --data-dir it uses)"
+    )]
+    NotRunning(PathBuf),
+    #[error("cannot read {path}: {why}")]
+    Files { path: PathBuf, why: String },
+    #[error("{0}")]
+    Api(String),
+    #[error("the node did not answer: {0}")]
+    Transport(String),
+}
+
+pub struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+    data_dir: PathBuf,
+}
+
+impl Client {
+    /// Finds the running node of `data_dir` through the files it wrote there.
+    pub fn for_data_dir(data_dir: &Path) -> Result<Client, ClientError> {
+        let api_path = data_dir.join(config::API_FILE);
+        let info = match std::fs::read_to_string(&api_path) {
+            Ok(s) => serde_json::from_str::<ApiInfo>(&s).map_err(|e| ClientError::Files {
+                path: api_path.clone(),
+                why: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ClientError::NotRunning(data_dir.to_path_buf()));
+            }
+            Err(e) => {
+                return Err(ClientError::Files {
+                    path: api_path,
+                    why: e.to_string(),
+                });
+            }
+        };
+        let token_path = data_dir.join(config::TOKEN_FILE);
+        let token = std::fs::read_to_string(&token_path)
+            .map_err(|e| ClientError::Files {
+                path: token_path,
+                why: e.to_string(),
+            })?
+            .trim()
+            .to_string();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        Ok(Client {
+            base: format!("http://{}/v1", info.addr),
+            token,
+            agent,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    fn finish<T: DeserializeOwned>(
+        &self,
+        res: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, ClientError> {
+        let mut res = res.map_err(|e| match e {
+            ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+                ClientError::NotRunning(self.data_dir.clone())
+            }
+            other => ClientError::Transport(other.to_string()),
+        })?;
+        let ok = res.status().is_success();
+        let text = res
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !ok {
+            let msg = serde_json::from_str::<ApiErrorBody>(&text)
+                .map(|b| b.error)
+                .unwrap_or(text);
+            return Err(ClientError::Api(msg));
+        }
+        serde_json::from_str(&text).map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let res = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call();
+        self.finish(res)
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let res = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .send_json(body);
+        self.finish(res)
+    }
+
+    /// Streams server-sent events, calling `f` with each event's JSON until it returns false.
+    pub fn events(&self, mut f: impl FnMut(&str) -> bool) -> Result<(), ClientError> {
+        use std::io::BufRead;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let res = agent
+            .get(format!("{}/events", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .map_err(|_| ClientError::NotRunning(self.data_dir.clone()))?;
+        if !res.status().is_success() {
+            return Err(ClientError::Api(format!("events: HTTP {}", res.status())));
+        }
+        let reader = std::io::BufReader::new(res.into_body().into_reader());
+        for line in reader.lines() {
+            let line = line.map_err(|e| ClientError::Transport(e.to_string()))?;
+            if let Some(data) = line.strip_prefix("data:")
+                && !f(data.trim())
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,633 @@
+//! The node's protocol state, without the network: joined rooms, contacts, the journal, and
+//! what to do with a message coming in or going out. Plain synchronous code, so it can be
+//! tested by handing envelopes from one `Core` to another.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto;
+use crate::envelope::{Envelope, EnvelopeError, Kind, Payload, Position};
+use crate::identity::{ContactCode, Identity, IdentityError, UserId};
+use crate::journal::{AppendOutcome, Journal, JournalError, StoredEntry};
+use crate::room::{Member, Room, RoomError, RoomId, RoomKind, StoredRoom};
+
+const OWNER_KEY: &str = "owner";
+const ROOM_PREFIX: &str = "room/";
+const CONTACT_PREFIX: &str = "contact/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("unknown room '{0}': join it first (cryptchat join ROOM), or see cryptchat rooms")]
+    UnknownRoom(String),
+    #[error("already in room '{0}'; to change its password, leave it first")]
+    AlreadyJoined(String),
+    #[error("unknown contact '{0}': add it with cryptchat contact add NAME CODE")]
+    UnknownContact(String),
+    #[error("contact name '{0}' is taken by another key")]
+    ContactExists(String),
+    #[error("that contact code is your own")]
+    OwnContact,
+    #[error(
+        "the data dir {0} belongs to another identity: wrong username or password? \
+         (use another --data-dir for another identity)"
+    )]
+    WrongIdentity(String),
+    #[error("message is empty")]
+    EmptyMessage,
+    #[error("stored setting '{0}' cannot be read; it was written by another identity or is corrupt")]
+    CorruptSetting(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Room(#[from] RoomError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+}
+
+/// A message as shown to users and scripts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MessageView {
+    /// Local room name.
+    pub room: String,
+    pub room_id: String,
+    pub author_id: String,
+    /// The username the author gave (self-asserted: compare `author_id` or `contact`).
+    pub author: String,
+    /// Our contact name for the author, when the author is a contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+    pub seq: u64,
+    pub lamport: u64,
+    pub timestamp_ms: u64,
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    pub hash: String,
+    pub mine: bool,
+}
+
+/// A joined room as listed to users.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoomView {
+    pub name: String,
+    pub id: String,
+    pub topic: String,
+    pub kind: RoomKind,
+    pub has_password: bool,
+    pub messages: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContactView {
+    pub name: String,
+    pub user_id: String,
+    pub room: String,
+}
+
+/// What happened to an incoming envelope; maps onto gossipsub's Accept/Ignore/Reject.
+#[derive(Debug)]
+pub enum Incoming {
+    /// New and valid: stored durably; forward it.
+    Accepted(Box<MessageView>),
+    /// Valid but stored ahead of a gap in the author's chain: forward it.
+    Pending,
+    /// Already held: do not forward again, do not penalise.
+    Duplicate,
+    /// Not for a room we are in.
+    NotOurs,
+    /// Invalid: penalise the sender, do not forward.
+    Rejected(Rejection),
+}
+
+/// Why an incoming envelope was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rejection {
+    Oversized,
+    Malformed,
+    BadSignature,
+    WrongRoom,
+    Undecryptable,
+    NotAMember,
+    Fork,
+}
+
+impl Rejection {
+    fn from_envelope(e: &EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::Oversized(_) => Rejection::Oversized,
+            EnvelopeError::BadSignature => Rejection::BadSignature,
+            EnvelopeError::WrongRoom => Rejection::WrongRoom,
+            EnvelopeError::Undecryptable => Rejection::Undecryptable,
+            EnvelopeError::Malformed(_)
+            | EnvelopeError::Version(_)
+            | EnvelopeError::BadPayload
+            | EnvelopeError::Build(_) => Rejection::Malformed,
+        }
+    }
+}
+
+/// Counters of what came in, shown by `cryptchat status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counters {
+    pub sent: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: BTreeMap<String, u64>,
+}
+
+/// The protocol state of one node.
+pub struct Core {
+    identity: Arc<Identity>,
+    journal: Journal,
+    rooms: BTreeMap<RoomId, Room>,
+    names: BTreeMap<String, RoomId>,
+    contacts: BTreeMap<String, ContactCode>,
+    counters: Counters,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Core {
+    /// Opens the node state on a journal; refuses a journal that belongs to another identity.
+    pub fn open(identity: Arc<Identity>, journal: Journal) -> Result<Core, CoreError> {
+        let mut core = Core {
+            identity,
+            journal,
+            rooms: BTreeMap::new(),
+            names: BTreeMap::new(),
+            contacts: BTreeMap::new(),
+            counters: Counters::default(),
+        };
+        core.check_owner()?;
+        for (key, blob) in core.journal.settings_with_prefix(ROOM_PREFIX)? {
+            let plain = core.unseal(&key, &blob)?;
+            let stored: StoredRoom = serde_json::from_slice(&plain)
+                .map_err(|_| CoreError::CorruptSetting(key.clone()))?;
+            let room = stored
+                .into_room()
+                .ok_or_else(|| CoreError::CorruptSetting(key.clone()))?;
+            core.names.insert(room.name.clone(), room.id);
+            core.rooms.insert(room.id, room);
+        }
+        for (key, blob) in core.journal.settings_with_prefix(CONTACT_PREFIX)? {
+            let plain = core.unseal(&key, &blob)?;
+            let code = std::str::from_utf8(&plain)
+                .ok()
+                .and_then(|s| ContactCode::decode(s).ok())
+                .ok_or_else(|| CoreError::CorruptSetting(key.clone()))?;
+            let name = key[CONTACT_PREFIX.len()..].to_string();
+            core.contacts.insert(name, code);
+        }
+        Ok(core)
+    }
+
+    /// The first identity to open a journal owns it; another identity (most likely a mistyped
+    /// password) gets a clear error instead of an empty-looking node.
+    fn check_owner(&mut self) -> Result<(), CoreError> {
+        let me = self.identity.id();
+        match self.journal.get_setting(OWNER_KEY)? {
+            Some(blob) => match crypto::open_blob(self.identity.local_key(), OWNER_KEY.as_bytes(), &blob) {
+                Ok(v) if crypto::ct_eq(&v, &me.0) => Ok(()),
+                _ => Err(CoreError::WrongIdentity(
+                    self.journal.path().display().to_string(),
+                )),
+            },
+            None => {
+                let blob = crypto::seal_blob(self.identity.local_key(), OWNER_KEY.as_bytes(), &me.0)
+                    .map_err(IdentityError::from)?;
+                self.journal.put_setting(OWNER_KEY, &blob)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn seal(&self, key: &str, plain: &[u8]) -> Result<Vec<u8>, CoreError> {
+        Ok(crypto::seal_blob(self.identity.local_key(), key.as_bytes(), plain)
+            .map_err(IdentityError::from)?)
+    }
+
+    fn unseal(&self, key: &str, blob: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, CoreError> {
+        crypto::open_blob(self.identity.local_key(), key.as_bytes(), blob)
+            .map_err(|_| CoreError::CorruptSetting(key.to_string()))
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn rooms(&self) -> impl Iterator<Item = &Room> {
+        self.rooms.values()
+    }
+
+    pub fn room(&self, id: &RoomId) -> Option<&Room> {
+        self.rooms.get(id)
+    }
+
+    pub fn room_by_name(&self, name: &str) -> Result<&Room, CoreError> {
+        self.names
+            .get(name.trim())
+            .and_then(|id| self.rooms.get(id))
+            .ok_or_else(|| CoreError::UnknownRoom(name.trim().to_string()))
+    }
+
+    /// Joins a room (persisted, sealed with the identity's local key). Joining the same room
+    /// again is a no-op; the same name with another password is refused.
+    pub fn join(&mut self, room: Room) -> Result<(&Room, bool), CoreError> {
+        if let Some(existing) = self.names.get(&room.name) {
+            if *existing != room.id {
+                return Err(CoreError::AlreadyJoined(room.name));
+            }
+            return Ok((&self.rooms[existing], false));
+        }
+        let key = format!("{ROOM_PREFIX}{}", room.id.to_hex());
+        let stored = serde_json::to_vec(&StoredRoom::from(&room))
+            .map_err(|e| CoreError::CorruptSetting(e.to_string()))?;
+        let blob = self.seal(&key, &stored)?;
+        self.journal.put_setting(&key, &blob)?;
+        let id = room.id;
+        self.names.insert(room.name.clone(), id);
+        self.rooms.insert(id, room);
+        Ok((&self.rooms[&id], true))
+    }
+
+    /// Leaves a room; its history stays in the journal (rejoining shows it again).
+    pub fn leave(&mut self, name: &str) -> Result<Room, CoreError> {
+        let id = self.room_by_name(name)?.id;
+        self.journal
+            .delete_setting(&format!("{ROOM_PREFIX}{}", id.to_hex()))?;
+        self.names.retain(|_, v| *v != id);
+        self.rooms
+            .remove(&id)
+            .ok_or_else(|| CoreError::UnknownRoom(name.to_string()))
+    }
+
+    pub fn room_view(&self, room: &Room) -> Result<RoomView, CoreError> {
+        let members = match &room.access {
+            crate::room::Access::Shared(_) => vec![],
+            crate::room::Access::Members(m) => m.iter().map(|m| m.username.clone()).collect(),
+        };
+        Ok(RoomView {
+            name: room.name.clone(),
+            id: room.id.to_hex(),
+            topic: room.id.topic(),
+            kind: room.kind,
+            has_password: room.has_password,
+            messages: self.journal.count(&room.id.0)?,
+            members,
+        })
+    }
+
+    /// Adds a contact and joins the direct room with it.
+    pub fn add_contact(&mut self, name: &str, code: &str) -> Result<ContactView, CoreError> {
+        let name = crate::identity::normalise_username(name)?;
+        let code = ContactCode::decode(code)?;
+        if code.identity.id() == self.identity.id() {
+            return Err(CoreError::OwnContact);
+        }
+        if let Some(existing) = self.contacts.get(&name)
+            && existing.identity.id() != code.identity.id()
+        {
+            return Err(CoreError::ContactExists(name));
+        }
+        let key = format!("{CONTACT_PREFIX}{name}");
+        let blob = self.seal(&key, code.encode().as_bytes())?;
+        self.journal.put_setting(&key, &blob)?;
+        let me: Member = self.identity.contact_code().into();
+        let mut them: Member = code.clone().into();
+        them.username = name.clone();
+        let room = Room::direct(me, them);
+        let room_name = room.name.clone();
+        self.contacts.insert(name.clone(), code.clone());
+        match self.join(room) {
+            Ok(_) | Err(CoreError::AlreadyJoined(_)) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(ContactView {
+            name,
+            user_id: code.identity.id().to_hex(),
+            room: room_name,
+        })
+    }
+
+    pub fn contacts(&self) -> Vec<ContactView> {
+        self.contacts
+            .iter()
+            .map(|(name, c)| ContactView {
+                name: name.clone(),
+                user_id: c.identity.id().to_hex(),
+                room: format!("@{name}"),
+            })
+            .collect()
+    }
+
+    /// Looks up the members of a group among our contacts and joins the group room.
+    pub fn create_group(&mut self, name: &str, members: &[String]) -> Result<RoomView, CoreError> {
+        let mut list: Vec<Member> = vec![self.identity.contact_code().into()];
+        for m in members {
+            let code = self
+                .contacts
+                .get(m.trim())
+                .ok_or_else(|| CoreError::UnknownContact(m.clone()))?;
+            let mut member: Member = code.clone().into();
+            member.username = m.trim().to_string();
+            list.push(member);
+        }
+        let room = Room::group(name, list)?;
+        let (room, _) = self.join(room)?;
+        let room = room.clone();
+        self.room_view(&room)
+    }
+
+    fn contact_name(&self, id: &UserId) -> Option<String> {
+        self.contacts
+            .iter()
+            .find(|(_, c)| c.identity.id() == *id)
+            .map(|(n, _)| n.clone())
+    }
+
+    fn view(&self, room: &Room, env: &Envelope, payload: Payload) -> MessageView {
+        let author = env.author_id();
+        MessageView {
+            room: room.name.clone(),
+            room_id: room.id.to_hex(),
+            author_id: author.to_hex(),
+            author: payload.from,
+            contact: self.contact_name(&author),
+            seq: env.seq,
+            lamport: env.lamport,
+            timestamp_ms: env.timestamp_ms,
+            kind: env.kind,
+            text: payload.text,
+            hash: hex::encode(env.hash()),
+            mine: author == self.identity.id(),
+        }
+    }
+
+    /// Writes a text message into the journal and returns the envelope to publish.
+    pub fn compose(
+        &mut self,
+        room_name: &str,
+        text: &str,
+    ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
+        if text.trim().is_empty() {
+            return Err(CoreError::EmptyMessage);
+        }
+        let room = self.room_by_name(room_name)?.clone();
+        let me = self.identity.id();
+        let head = self.journal.head(&room.id.0, &me.0)?;
+        let pos = Position {
+            seq: head.map_or(1, |h| h.seq + 1),
+            prev: head.map_or([0; 32], |h| h.hash),
+            lamport: self.journal.max_lamport(&room.id.0)? + 1,
+            timestamp_ms: now_ms(),
+        };
+        let payload = Payload {
+            from: self.identity.username().to_string(),
+            text: Some(text.to_string()),
+        };
+        let env = Envelope::seal(&self.identity, &room, Kind::Text, pos, &payload)?;
+        // Durable before it is published.
+        self.journal.append(&env.meta(), env.bytes())?;
+        self.counters.sent += 1;
+        let view = self.view(&room, &env, payload);
+        Ok((room.id, env, view))
+    }
+
+    /// Validates an envelope received on `topic`; stores it if valid.
+    pub fn receive(&mut self, topic: &str, bytes: Vec<u8>) -> Result<Incoming, CoreError> {
+        let Some(room_id) = RoomId::from_topic(topic) else {
+            return Ok(Incoming::NotOurs);
+        };
+        let Some(room) = self.rooms.get(&room_id) else {
+            return Ok(Incoming::NotOurs);
+        };
+        let room = room.clone();
+        let checked = Envelope::parse(bytes).and_then(|env| {
+            if env.room != room.id {
+                return Err(EnvelopeError::WrongRoom);
+            }
+            let payload = env.open(&room, &self.identity)?;
+            Ok((env, payload))
+        });
+        let (env, payload) = match checked {
+            Ok(v) => v,
+            Err(e) => return Ok(self.reject(Rejection::from_envelope(&e))),
+        };
+        if let Some(members) = room.member_ids()
+            && !members.contains(&env.author_id())
+        {
+            return Ok(self.reject(Rejection::NotAMember));
+        }
+        let outcome = self.journal.append(&env.meta(), env.bytes())?;
+        Ok(match outcome {
+            AppendOutcome::Appended { .. } => {
+                self.counters.accepted += 1;
+                Incoming::Accepted(Box::new(self.view(&room, &env, payload)))
+            }
+            AppendOutcome::Pending => {
+                self.counters.accepted += 1;
+                Incoming::Pending
+            }
+            AppendOutcome::Duplicate => {
+                self.counters.duplicates += 1;
+                Incoming::Duplicate
+            }
+            AppendOutcome::Fork => self.reject(Rejection::Fork),
+        })
+    }
+
+    fn reject(&mut self, why: Rejection) -> Incoming {
+        let name = serde_json::to_value(why)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{why:?}"));
+        *self.counters.rejected.entry(name).or_default() += 1;
+        tracing::debug!(reason = ?why, "rejected envelope");
+        Incoming::Rejected(why)
+    }
+
+    /// The last `limit` messages of a room in display order (the same on every node).
+    pub fn history(&self, room_name: &str, limit: usize) -> Result<Vec<MessageView>, CoreError> {
+        let room = self.room_by_name(room_name)?;
+        let entries = self.journal.history(&room.id.0, limit)?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| self.open_stored(room, e))
+            .collect())
+    }
+
+    fn open_stored(&self, room: &Room, entry: StoredEntry) -> Option<MessageView> {
+        let env = match Envelope::parse(entry.envelope) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::warn!(error = %e, "journal entry failed verification; skipped");
+                return None;
+            }
+        };
+        match env.open(room, &self.identity) {
+            Ok(payload) => Some(self.view(room, &env, payload)),
+            Err(e) => {
+                tracing::warn!(error = %e, "journal entry cannot be opened; skipped");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::KeySize;
+    use std::sync::OnceLock;
+
+    fn identities() -> &'static [Arc<Identity>; 3] {
+        static IDS: OnceLock<[Arc<Identity>; 3]> = OnceLock::new();
+        IDS.get_or_init(|| {
+            ["alice", "bob", "carol"].map(|u| {
+                Arc::new(
+                    Identity::derive_unchecked(u, &format!("{u} test password"), KeySize::Rsa2048)
+                        .unwrap(),
+                )
+            })
+        })
+    }
+
+    fn core(dir: &tempfile::TempDir, i: usize) -> Core {
+        let id = identities()[i].clone();
+        let j = Journal::open(&dir.path().join(format!("j{i}.redb"))).unwrap();
+        Core::open(id, j).unwrap()
+    }
+
+    #[test]
+    fn message_flows_between_cores_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = core(&dir, 0);
+        let mut b = core(&dir, 1);
+        a.join(Room::named("lobby", None).unwrap()).unwrap();
+        b.join(Room::named("lobby", None).unwrap()).unwrap();
+        let (rid, env, view) = a.compose("lobby", "hello bob").unwrap();
+        assert!(view.mine);
+        let got = b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        let Incoming::Accepted(v) = got else {
+            panic!("not accepted: {got:?}")
+        };
+        assert_eq!(v.text.as_deref(), Some("hello bob"));
+        assert_eq!(v.author, "alice");
+        assert!(matches!(
+            b.receive(&rid.topic(), env.bytes().to_vec()).unwrap(),
+            Incoming::Duplicate
+        ));
+        drop(b);
+        let b = core(&dir, 1);
+        let h = b.history("lobby", 10).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].text.as_deref(), Some("hello bob"));
+    }
+
+    #[test]
+    fn tampered_and_foreign_envelopes_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = core(&dir, 0);
+        let mut b = core(&dir, 1);
+        a.join(Room::named("lobby", None).unwrap()).unwrap();
+        b.join(Room::named("lobby", None).unwrap()).unwrap();
+        let (rid, env, _) = a.compose("lobby", "hi").unwrap();
+        let mut bytes = env.bytes().to_vec();
+        let n = bytes.len();
+        bytes[n - 300] ^= 1;
+        assert!(matches!(
+            b.receive(&rid.topic(), bytes).unwrap(),
+            Incoming::Rejected(Rejection::BadSignature)
+        ));
+        assert!(matches!(
+            b.receive(&rid.topic(), vec![1, 2, 3]).unwrap(),
+            Incoming::Rejected(Rejection::Malformed)
+        ));
+        // An envelope for another room, replayed on this room's topic.
+        a.join(Room::named("other", None).unwrap()).unwrap();
+        let (_, other, _) = a.compose("other", "x").unwrap();
+        assert!(matches!(
+            b.receive(&rid.topic(), other.bytes().to_vec()).unwrap(),
+            Incoming::Rejected(Rejection::WrongRoom)
+        ));
+        assert_eq!(b.counters().rejected.values().sum::<u64>(), 3);
+        assert!(b.history("lobby", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn direct_messages_reach_only_the_recipient() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = core(&dir, 0);
+        let mut b = core(&dir, 1);
+        let mut c = core(&dir, 2);
+        let b_code = identities()[1].contact_code().encode();
+        let a_code = identities()[0].contact_code().encode();
+        a.add_contact("bob", &b_code).unwrap();
+        b.add_contact("alice", &a_code).unwrap();
+        let (rid, env, _) = a.compose("@bob", "secret").unwrap();
+        let Incoming::Accepted(v) = b.receive(&rid.topic(), env.bytes().to_vec()).unwrap() else {
+            panic!("bob should read it")
+        };
+        assert_eq!(v.contact.as_deref(), Some("alice"));
+        // Carol pretends to be in the room (she knows both public keys) but cannot read.
+        let forged = Room::direct(
+            identities()[2].contact_code().into(),
+            identities()[1].contact_code().into(),
+        );
+        let mut forged = forged;
+        forged.id = rid;
+        forged.name = "spy".into();
+        c.join(forged).unwrap();
+        assert!(matches!(
+            c.receive(&rid.topic(), env.bytes().to_vec()).unwrap(),
+            Incoming::Rejected(Rejection::Undecryptable)
+        ));
+    }
+
+    #[test]
+    fn another_identity_cannot_open_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(core(&dir, 0));
+        let j = Journal::open(&dir.path().join("j0.redb")).unwrap();
+        let err = Core::open(identities()[1].clone(), j).err().unwrap();
+        assert!(matches!(err, CoreError::WrongIdentity(_)), "{err}");
+    }
+
+    #[test]
+    fn rooms_and_contacts_persist_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = core(&dir, 0);
+        a.join(Room::named("secret room", Some("room pw")).unwrap())
+            .unwrap();
+        a.add_contact("bob", &identities()[1].contact_code().encode())
+            .unwrap();
+        drop(a);
+        let raw = std::fs::read(dir.path().join("j0.redb")).unwrap();
+        assert!(!raw.windows(11).any(|w| w == b"secret room"));
+        let a = core(&dir, 0);
+        assert!(a.room_by_name("secret room").is_ok());
+        assert!(a.room_by_name("@bob").is_ok());
+        assert_eq!(a.contacts().len(), 1);
+    }
+}

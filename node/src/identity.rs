@@ -1,0 +1,450 @@
+//! Identities derived from a username and password, never stored.
+//!
+//! argon2id(password, salt = H(label, normalised username)) gives a master secret; HKDF splits
+//! it into independent seeds: one seeds a ChaCha20 RNG that generates the RSA key pair (so the
+//! same credentials give the same identity on any machine), one becomes the libp2p ed25519 key,
+//! one encrypts this node's local settings. Signing and encryption use the OS RNG only.
+
+use std::fmt;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+use rsa::signature::{RandomizedSigner, SignatureEncoding, Verifier};
+use rsa::traits::PublicKeyParts;
+use rsa::{PrivateKey as RsaPrivateKey, PublicKey as RsaPublicKey};
+use sha2::Sha256;
+
+use crate::crypto::{self, CryptoError, SecretKey};
+
+/// Version label bound into every derivation; bump it to change every identity on purpose.
+const SALT_LABEL: &str = "cryptchat/identity-salt/v1";
+const HKDF_SALT: &[u8] = b"cryptchat/identity/v1";
+const MIN_USERNAME: usize = 1;
+const MAX_USERNAME: usize = 64;
+/// Minimum zxcvbn score (0..=4). The public key acts as a password hash anyone can attack
+/// offline, so passwords must resist offline guessing, not just online attempts.
+const MIN_PASSWORD_SCORE: zxcvbn::Score = zxcvbn::Score::Three;
+const CONTACT_PREFIX: &str = "cc1:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(
+        "password too weak ({why}): anyone can try guesses against your public key offline; \
+         use a longer passphrase, e.g. four or more random words"
+    )]
+    WeakPassword { why: String },
+    #[error("username must be {MIN_USERNAME} to {MAX_USERNAME} characters without control characters or ':'")]
+    BadUsername,
+    #[error("RSA key size {0} is not allowed: choose 2048, 3072 or 4096")]
+    BadKeySize(usize),
+    #[error("RSA key generation failed: {0}")]
+    KeyGen(String),
+    #[error("not a valid contact code: {0}")]
+    BadContactCode(String),
+    #[error("not a valid public key: {0}")]
+    BadPublicKey(String),
+    #[error("signing failed: {0}")]
+    Sign(String),
+    #[error("could not unwrap the message key: not addressed to this identity or tampered")]
+    Unwrap,
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// RSA modulus sizes on offer; nothing below 2048 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeySize {
+    #[default]
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+}
+
+impl KeySize {
+    pub fn bits(self) -> usize {
+        match self {
+            KeySize::Rsa2048 => 2048,
+            KeySize::Rsa3072 => 3072,
+            KeySize::Rsa4096 => 4096,
+        }
+    }
+
+    pub fn from_bits(bits: usize) -> Result<Self, IdentityError> {
+        match bits {
+            2048 => Ok(KeySize::Rsa2048),
+            3072 => Ok(KeySize::Rsa3072),
+            4096 => Ok(KeySize::Rsa4096),
+            other => Err(IdentityError::BadKeySize(other)),
+        }
+    }
+}
+
+/// A user id: SHA-256 of the DER-encoded public key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserId(pub [u8; 32]);
+
+impl UserId {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// A short, human-comparable form: the first 8 bytes in groups of four hex digits.
+    pub fn short(&self) -> String {
+        let h = hex::encode(&self.0[..8]);
+        h.as_bytes()
+            .chunks(4)
+            .map(|c| std::str::from_utf8(c).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("-")
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let v = hex::decode(s).ok()?;
+        Some(UserId(v.try_into().ok()?))
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserId({})", self.short())
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Someone's public identity: what a contact code carries and envelopes are verified against.
+#[derive(Clone)]
+pub struct PublicIdentity {
+    key: RsaPublicKey,
+    der: Vec<u8>,
+    id: UserId,
+}
+
+impl PublicIdentity {
+    /// Parses a DER (SubjectPublicKeyInfo) RSA key, refusing sizes outside 2048..=4096 bits.
+    pub fn from_der(der: &[u8]) -> Result<Self, IdentityError> {
+        let key = RsaPublicKey::from_public_key_der(der)
+            .map_err(|e| IdentityError::BadPublicKey(e.to_string()))?;
+        let bits = key.n().bit_width() as usize;
+        if !(2048..=4096).contains(&bits) {
+            return Err(IdentityError::BadPublicKey(format!(
+                "{bits}-bit modulus is outside 2048..=4096"
+            )));
+        }
+        Ok(Self::from_key(key, der.to_vec()))
+    }
+
+    fn from_key(key: RsaPublicKey, der: Vec<u8>) -> Self {
+        let id = UserId(crypto::sha256(&[&der]));
+        PublicIdentity { key, der, id }
+    }
+
+    pub fn id(&self) -> UserId {
+        self.id
+    }
+
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// Verifies an RSA-PSS (SHA-256) signature over `msg`.
+    pub fn verify(&self, msg: &[u8], signature: &[u8]) -> bool {
+        let Ok(sig) = rsa::pss::Signature::try_from(signature) else {
+            return false;
+        };
+        rsa::pss::VerifyingKey::<Sha256>::new(self.key.clone())
+            .verify(msg, &sig)
+            .is_ok()
+    }
+
+    /// Wraps a content key for this identity with RSA-OAEP (SHA-256).
+    pub fn wrap_key(&self, key: &[u8; 32]) -> Result<Vec<u8>, IdentityError> {
+        use rsa::traits::RandomizedEncryptor;
+        rsa::oaep::EncryptingKey::<Sha256>::new(self.key.clone())
+            .encrypt_with_rng(&mut rand::rngs::SysRng, key)
+            .map_err(|e| IdentityError::Sign(e.to_string()))
+    }
+}
+
+impl fmt::Debug for PublicIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicIdentity({})", self.id.short())
+    }
+}
+
+/// A contact code: a username plus public key, printable so people can paste it to each other.
+#[derive(Clone, Debug)]
+pub struct ContactCode {
+    pub username: String,
+    pub identity: PublicIdentity,
+}
+
+impl ContactCode {
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let mut raw = vec![1u8, self.username.len() as u8];
+        raw.extend_from_slice(self.username.as_bytes());
+        raw.extend_from_slice(self.identity.der());
+        format!(
+            "{CONTACT_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        )
+    }
+
+    pub fn decode(code: &str) -> Result<Self, IdentityError> {
+        use base64::Engine;
+        let bad = |why: &str| IdentityError::BadContactCode(why.to_string());
+        let body = code
+            .trim()
+            .strip_prefix(CONTACT_PREFIX)
+            .ok_or_else(|| bad("it should start with 'cc1:'"))?;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| bad("not base64url"))?;
+        let (&version, rest) = raw.split_first().ok_or_else(|| bad("empty"))?;
+        if version != 1 {
+            return Err(bad("unknown version"));
+        }
+        let (&len, rest) = rest.split_first().ok_or_else(|| bad("truncated"))?;
+        if rest.len() < len as usize {
+            return Err(bad("truncated"));
+        }
+        let (name, der) = rest.split_at(len as usize);
+        let username = std::str::from_utf8(name).map_err(|_| bad("username is not UTF-8"))?;
+        let username = normalise_username(username).map_err(|_| bad("bad username"))?;
+        let identity = PublicIdentity::from_der(der)?;
+        Ok(ContactCode { username, identity })
+    }
+}
+
+/// The full identity of the local user. Lives only in memory.
+pub struct Identity {
+    username: String,
+    private: RsaPrivateKey,
+    public: PublicIdentity,
+    peer_key: libp2p::identity::Keypair,
+    local_key: SecretKey,
+}
+
+/// Trims and lower-cases a username so that "Alice " and "alice" are the same identity.
+pub fn normalise_username(username: &str) -> Result<String, IdentityError> {
+    let u = username.trim().to_lowercase();
+    let n = u.chars().count();
+    if !(MIN_USERNAME..=MAX_USERNAME).contains(&n)
+        || u.len() > 255
+        || u.chars().any(|c| c.is_control() || c == ':')
+    {
+        return Err(IdentityError::BadUsername);
+    }
+    Ok(u)
+}
+
+/// Refuses passwords an offline attacker could guess.
+pub fn check_password_strength(username: &str, password: &str) -> Result<(), IdentityError> {
+    let entropy = zxcvbn::zxcvbn(password, &[username, "cryptchat"]);
+    if entropy.score() < MIN_PASSWORD_SCORE {
+        let why = entropy
+            .feedback()
+            .and_then(|f| f.warning().map(|w| w.to_string()))
+            .unwrap_or_else(|| "too easy to guess".to_string());
+        return Err(IdentityError::WeakPassword { why });
+    }
+    Ok(())
+}
+
+impl Identity {
+    /// Derives the identity (slow on purpose: argon2id with 64 MiB, then RSA generation).
+    /// Refuses weak passwords.
+    pub fn derive(username: &str, password: &str, size: KeySize) -> Result<Self, IdentityError> {
+        let username = normalise_username(username)?;
+        check_password_strength(&username, password)?;
+        Self::derive_unchecked(&username, password, size)
+    }
+
+    /// Derivation without the strength check: for tests and benchmarks with fixed identities.
+    pub fn derive_unchecked(
+        username: &str,
+        password: &str,
+        size: KeySize,
+    ) -> Result<Self, IdentityError> {
+        let username = normalise_username(username)?;
+        let salt = crypto::sha256_framed(SALT_LABEL, &[username.as_bytes()]);
+        let master = crypto::argon2id(password.as_bytes(), &salt)?;
+        Self::from_master(&username, &master, size)
+    }
+
+    /// Builds the identity from an already stretched master secret (also used by netsim to
+    /// cache identities per run).
+    pub fn from_master(
+        username: &str,
+        master: &[u8; 32],
+        size: KeySize,
+    ) -> Result<Self, IdentityError> {
+        let username = normalise_username(username)?;
+        let rsa_seed = crypto::hkdf32(HKDF_SALT, master, "rsa-seed");
+        let mut peer_seed = crypto::hkdf32(HKDF_SALT, master, "libp2p-ed25519");
+        let local_key = crypto::hkdf32(HKDF_SALT, master, "local-storage");
+
+        let mut rng = ChaCha20Rng::from_seed(*rsa_seed);
+        let private = RsaPrivateKey::new(&mut rng, size.bits())
+            .map_err(|e| IdentityError::KeyGen(e.to_string()))?;
+        let public_key = private.to_public_key();
+        let der = public_key
+            .to_public_key_der()
+            .map_err(|e| IdentityError::KeyGen(e.to_string()))?
+            .as_bytes()
+            .to_vec();
+        let public = PublicIdentity::from_key(public_key, der);
+        let peer_key = libp2p::identity::Keypair::ed25519_from_bytes(&mut peer_seed[..])
+            .map_err(|e| IdentityError::KeyGen(e.to_string()))?;
+        Ok(Identity {
+            username,
+            private,
+            public,
+            peer_key,
+            local_key,
+        })
+    }
+
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    pub fn id(&self) -> UserId {
+        self.public.id()
+    }
+
+    pub fn public(&self) -> &PublicIdentity {
+        &self.public
+    }
+
+    pub fn contact_code(&self) -> ContactCode {
+        ContactCode {
+            username: self.username.clone(),
+            identity: self.public.clone(),
+        }
+    }
+
+    pub fn peer_keypair(&self) -> libp2p::identity::Keypair {
+        self.peer_key.clone()
+    }
+
+    pub fn peer_id(&self) -> libp2p::PeerId {
+        self.peer_key.public().to_peer_id()
+    }
+
+    /// Key that seals this node's local settings (room secrets, contacts) at rest.
+    pub fn local_key(&self) -> &[u8; 32] {
+        &self.local_key
+    }
+
+    /// RSA-PSS (SHA-256) signature with a random salt from the OS RNG.
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, IdentityError> {
+        rsa::pss::SigningKey::<Sha256>::new(self.private.clone())
+            .try_sign_with_rng(&mut rand::rngs::SysRng, msg)
+            .map(|s| s.to_vec())
+            .map_err(|e| IdentityError::Sign(e.to_string()))
+    }
+
+    /// Unwraps a content key wrapped for us with RSA-OAEP.
+    pub fn unwrap_key(&self, wrapped: &[u8]) -> Result<SecretKey, IdentityError> {
+        use rsa::traits::RandomizedDecryptor;
+        let plain = rsa::oaep::DecryptingKey::<Sha256>::new(self.private.clone())
+            .decrypt_with_rng(&mut rand::rngs::SysRng, wrapped)
+            .map_err(|_| IdentityError::Unwrap)?;
+        let key: [u8; 32] = plain.as_slice().try_into().map_err(|_| IdentityError::Unwrap)?;
+        Ok(zeroize::Zeroizing::new(key))
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        write!(f, "Identity({}, {})", self.username, self.id().short())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixed test identity. Its fingerprint is pinned: if this test fails after a dependency
+    /// update, that update changes every user's identity and must not ship as is.
+    const PINNED_USER: &str = "pinned-test-user";
+    const PINNED_PASSWORD: &str = "correct horse battery staple 1984";
+    const PINNED_FINGERPRINT: &str = "TO_BE_PINNED";
+
+    #[test]
+    fn derivation_is_deterministic_and_pinned() {
+        let a = Identity::derive(PINNED_USER, PINNED_PASSWORD, KeySize::Rsa2048).unwrap();
+        let b = Identity::derive(" Pinned-Test-User ", PINNED_PASSWORD, KeySize::Rsa2048).unwrap();
+        assert_eq!(a.id(), b.id());
+        assert_eq!(a.peer_id(), b.peer_id());
+        assert_eq!(a.id().to_hex(), PINNED_FINGERPRINT);
+    }
+
+    #[test]
+    fn different_password_gives_different_identity() {
+        let a = Identity::derive_unchecked("u", "first passphrase here", KeySize::Rsa2048).unwrap();
+        let b = Identity::derive_unchecked("u", "second passphrase here", KeySize::Rsa2048).unwrap();
+        assert_ne!(a.id(), b.id());
+        assert_ne!(a.peer_id(), b.peer_id());
+        assert_ne!(a.local_key(), b.local_key());
+    }
+
+    #[test]
+    fn weak_passwords_are_refused() {
+        for weak in ["password", "123456", "alice2024", "qwertyuiop"] {
+            let err = Identity::derive("alice", weak, KeySize::Rsa2048).unwrap_err();
+            assert!(matches!(err, IdentityError::WeakPassword { .. }), "{weak}");
+            assert!(err.to_string().contains("too weak"));
+        }
+        // The username itself is not a good password either.
+        assert!(check_password_strength("correcthorsebattery", "correcthorsebattery").is_err());
+        assert!(check_password_strength("alice", "violet tugboat meander 77 quasar").is_ok());
+    }
+
+    #[test]
+    fn sign_verify_wrap_unwrap() {
+        let a = Identity::derive_unchecked("a", "pw-a for tests only", KeySize::Rsa2048).unwrap();
+        let b = Identity::derive_unchecked("b", "pw-b for tests only", KeySize::Rsa2048).unwrap();
+        let sig = a.sign(b"msg").unwrap();
+        assert!(a.public().verify(b"msg", &sig));
+        assert!(!a.public().verify(b"msG", &sig));
+        assert!(!b.public().verify(b"msg", &sig));
+        assert!(!a.public().verify(b"msg", &sig[1..]));
+        // PSS signatures are randomised: the OS RNG is used, not the seeded one.
+        assert_ne!(sig, a.sign(b"msg").unwrap());
+
+        let k = [7u8; 32];
+        let w = b.public().wrap_key(&k).unwrap();
+        assert_eq!(*b.unwrap_key(&w).unwrap(), k);
+        assert!(a.unwrap_key(&w).is_err());
+    }
+
+    #[test]
+    fn contact_code_roundtrip_and_garbage() {
+        let a = Identity::derive_unchecked("Alice", "pw-a for tests only", KeySize::Rsa2048).unwrap();
+        let code = a.contact_code().encode();
+        let back = ContactCode::decode(&code).unwrap();
+        assert_eq!(back.username, "alice");
+        assert_eq!(back.identity.id(), a.id());
+        for bad in ["", "cc1:", "cc1:!!!", "xx:abc", &code[..code.len() - 10]] {
+            assert!(ContactCode::decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn small_keys_are_refused() {
+        assert!(KeySize::from_bits(1024).is_err());
+        let mut rng = ChaCha20Rng::from_seed([1; 32]);
+        let small = RsaPrivateKey::new(&mut rng, 1024).unwrap();
+        let der = small.to_public_key().to_public_key_der().unwrap();
+        assert!(PublicIdentity::from_der(der.as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,1734 @@
+//! The node's durable journal: every room's history as opaque envelope bytes, organised as
+//! per-author append-only chains plus a version vector, in one redb file.
+//!
+//! The caller has already verified signatures and computed hashes; this module only enforces
+//! chain structure (contiguity, `prev` links) so that sync can reason in version vectors.
+//!
+//! Conflict rule: the contiguous chain (hash-linked from seq 1) is authoritative and a stored
+//! (author, seq) is never overwritten. Entries past a gap are provisional ("pending") until the
+//! gap is filled. Any two signed entries that disagree about an author's history are kept as a
+//! [`ForkProof`], and the author's head stops advancing at the point of disagreement.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+};
+
+/// Room ids, author ids and hashes are all 32 bytes.
+pub type Id = [u8; 32];
+
+const ZERO: Id = [0; 32];
+
+/// Bumped when the on-disk layout changes; a file with a newer version is refused rather than
+/// misread.
+const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+// All keys and values are raw bytes decoded here, so a corrupted value yields an error rather
+// than a panic inside a typed redb decoder. Keys are big-endian so byte order is numeric order.
+type Bytes = &'static [u8];
+/// `schema_version` -> u32 BE.
+const META: TableDefinition<Bytes, Bytes> = TableDefinition::new("meta");
+/// room||author||seq -> prev||hash||lamport||envelope (contiguous entries only).
+const ENTRIES: TableDefinition<Bytes, Bytes> = TableDefinition::new("entries");
+/// Same layout as `entries`, for entries stored past a gap.
+const PENDING: TableDefinition<Bytes, Bytes> = TableDefinition::new("pending");
+/// room||author -> seq||hash of the contiguous head.
+const HEADS: TableDefinition<Bytes, Bytes> = TableDefinition::new("heads");
+/// room||lamport||author||seq -> empty; display order index of contiguous entries.
+const ORDER: TableDefinition<Bytes, Bytes> = TableDefinition::new("order");
+/// room||author||seq -> existing||conflicting||conflicting envelope. First proof per key wins.
+const FORKS: TableDefinition<Bytes, Bytes> = TableDefinition::new("forks");
+/// room -> count||pending||max_lamport, so those queries do not scan the room.
+const ROOMS: TableDefinition<Bytes, Bytes> = TableDefinition::new("rooms");
+/// Setting key (UTF-8) -> opaque value.
+const SETTINGS: TableDefinition<Bytes, Bytes> = TableDefinition::new("settings");
+
+/// redb's page cache ceiling; its 1 GiB default is too much for a chat node on small devices.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+const ENTRY_KEY_LEN: usize = 72;
+const HEAD_KEY_LEN: usize = 64;
+const ORDER_KEY_LEN: usize = 80;
+const REC_HEADER_LEN: usize = 72;
+const HEAD_VALUE_LEN: usize = 40;
+const ROOM_VALUE_LEN: usize = 24;
+const FORK_HEADER_LEN: usize = 64;
+
+/// Metadata of one entry; the envelope bytes carry the same data signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryMeta {
+    pub room: Id,
+    pub author: Id,
+    /// Per-author sequence, starting at 1.
+    pub seq: u64,
+    /// Hash of the author's previous entry in this room (`[0; 32]` for seq 1).
+    pub prev: Id,
+    /// Hash of this entry's envelope bytes (computed by the caller).
+    pub hash: Id,
+    /// Lamport clock, for causal display order.
+    pub lamport: u64,
+}
+
+/// What [`Journal::append`] did with an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored and contiguous; `advanced_to` is the author's new contiguous head seq (may jump
+    /// forward when this entry filled a gap and pending entries became contiguous).
+    Appended { advanced_to: u64 },
+    /// Stored, but a gap precedes it (earlier seqs missing): kept in a pending area, not yet in
+    /// the version vector / head; it becomes contiguous when the gap is filled.
+    Pending,
+    /// Same (author, seq) with the same hash is already stored (contiguous or pending).
+    Duplicate,
+    /// Same (author, seq) already stored with a DIFFERENT hash, or `prev` does not match the
+    /// hash of the stored entry seq-1: a fork. Nothing is overwritten; the proof is kept (see
+    /// [`Journal::forks`]).
+    Fork,
+}
+
+/// An author's contiguous head in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: Id,
+}
+
+/// One stored entry with its opaque envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub meta: EntryMeta,
+    pub envelope: Vec<u8>,
+}
+
+/// Evidence that `author` signed two different histories: `existing` and `conflicting` are two
+/// different hashes for the author's entry `seq`.
+///
+/// `conflicting_envelope` is the signed evidence for `conflicting`: either that entry itself
+/// (its hash is `conflicting`) or its successor (its `prev` is `conflicting`). `seq` is 0 when
+/// an entry with seq 1 linked to a non-zero `prev`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkProof {
+    pub author: Id,
+    pub seq: u64,
+    pub existing: Id,
+    pub conflicting: Id,
+    pub conflicting_envelope: Vec<u8>,
+}
+
+/// Journal failures. Every variant about the file names it, so a user can find and move it.
+///
+/// Causes are part of the message rather than `source()`, so error chains do not print them
+/// twice.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot open journal file {}: {cause}", .path.display())]
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error(
+        "journal file {} is already in use (is another cryptchat node running on this data directory?)",
+        .path.display()
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "journal file {} is corrupt or unreadable: {cause}; move it aside to start fresh (its data is kept there)",
+        .path.display()
+    )]
+    Corrupt { path: PathBuf, cause: redb::Error },
+    #[error(
+        "journal file {} has schema version {found}, but this build only understands up to {supported}; upgrade cryptchat, or move the file aside to start fresh (its data is kept there)",
+        .path.display()
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error(
+        "journal entry in {} is corrupt: {detail}; move the file aside to start fresh (its data is kept there)",
+        .path.display()
+    )]
+    CorruptEntry { path: PathBuf, detail: String },
+    #[error("journal file {}: storage error: {cause}", .path.display())]
+    Storage { path: PathBuf, cause: redb::Error },
+    /// The caller passed something that cannot be a chain entry; nothing was written.
+    #[error("invalid journal entry: {detail}")]
+    InvalidEntry { detail: String },
+}
+
+/// Attaches the journal path to redb errors.
+trait AtPath<T> {
+    fn at(self, path: &Path) -> Result<T, JournalError>;
+}
+
+impl<T, E: Into<redb::Error>> AtPath<T> for Result<T, E> {
+    fn at(self, path: &Path) -> Result<T, JournalError> {
+        self.map_err(|e| JournalError::Storage {
+            path: path.to_path_buf(),
+            cause: e.into(),
+        })
+    }
+}
+
+fn corrupt(path: &Path, detail: impl Into<String>) -> JournalError {
+    JournalError::CorruptEntry {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// Short hex prefix of an id for messages and logs.
+fn short(id: &Id) -> String {
+    id[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn id_at(b: &[u8], at: usize) -> Option<Id> {
+    b.get(at..at.checked_add(32)?)?.try_into().ok()
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+fn entry_key(room: &Id, author: &Id, seq: u64) -> [u8; ENTRY_KEY_LEN] {
+    let mut k = [0; ENTRY_KEY_LEN];
+    k[..32].copy_from_slice(room);
+    k[32..64].copy_from_slice(author);
+    k[64..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn head_key(room: &Id, author: &Id) -> [u8; HEAD_KEY_LEN] {
+    let mut k = [0; HEAD_KEY_LEN];
+    k[..32].copy_from_slice(room);
+    k[32..].copy_from_slice(author);
+    k
+}
+
+fn order_key(room: &Id, lamport: u64, author: &Id, seq: u64) -> [u8; ORDER_KEY_LEN] {
+    let mut k = [0; ORDER_KEY_LEN];
+    k[..32].copy_from_slice(room);
+    k[32..40].copy_from_slice(&lamport.to_be_bytes());
+    k[40..72].copy_from_slice(author);
+    k[72..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Inclusive bounds covering every N-byte key that starts with `room`.
+fn room_bounds<const N: usize>(room: &Id) -> ([u8; N], [u8; N]) {
+    let mut lo = [0; N];
+    let mut hi = [0xff; N];
+    lo[..32].copy_from_slice(room);
+    hi[..32].copy_from_slice(room);
+    (lo, hi)
+}
+
+/// Decoded value of `entries` / `pending`; room, author and seq live in the key.
+struct Rec {
+    prev: Id,
+    hash: Id,
+    lamport: u64,
+    envelope: Vec<u8>,
+}
+
+fn encode_rec(meta: &EntryMeta, envelope: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(REC_HEADER_LEN + envelope.len());
+    v.extend_from_slice(&meta.prev);
+    v.extend_from_slice(&meta.hash);
+    v.extend_from_slice(&meta.lamport.to_be_bytes());
+    v.extend_from_slice(envelope);
+    v
+}
+
+fn decode_rec(path: &Path, key: &[u8], v: &[u8]) -> Result<Rec, JournalError> {
+    let parsed = (|| {
+        Some(Rec {
+            prev: id_at(v, 0)?,
+            hash: id_at(v, 32)?,
+            lamport: u64_at(v, 64)?,
+            envelope: v.get(REC_HEADER_LEN..)?.to_vec(),
+        })
+    })();
+    parsed.ok_or_else(|| corrupt(path, format!("{}: value too short", describe_key(key))))
+}
+
+/// Human description of an entry key for corruption messages.
+fn describe_key(key: &[u8]) -> String {
+    match (id_at(key, 0), id_at(key, 32), u64_at(key, 64)) {
+        (Some(room), Some(author), Some(seq)) => {
+            format!("room {} author {} seq {seq}", short(&room), short(&author))
+        }
+        _ => format!("key of {} bytes", key.len()),
+    }
+}
+
+fn decode_entry_key(path: &Path, key: &[u8]) -> Result<(Id, Id, u64), JournalError> {
+    match (key.len(), id_at(key, 0), id_at(key, 32), u64_at(key, 64)) {
+        (ENTRY_KEY_LEN, Some(room), Some(author), Some(seq)) => Ok((room, author, seq)),
+        _ => Err(corrupt(
+            path,
+            format!("malformed key of {} bytes", key.len()),
+        )),
+    }
+}
+
+fn stored_entry(room: Id, author: Id, seq: u64, rec: Rec) -> StoredEntry {
+    StoredEntry {
+        meta: EntryMeta {
+            room,
+            author,
+            seq,
+            prev: rec.prev,
+            hash: rec.hash,
+            lamport: rec.lamport,
+        },
+        envelope: rec.envelope,
+    }
+}
+
+fn encode_head(h: &Head) -> [u8; HEAD_VALUE_LEN] {
+    let mut v = [0; HEAD_VALUE_LEN];
+    v[..8].copy_from_slice(&h.seq.to_be_bytes());
+    v[8..].copy_from_slice(&h.hash);
+    v
+}
+
+fn decode_head(path: &Path, v: &[u8]) -> Result<Head, JournalError> {
+    match (v.len(), u64_at(v, 0), id_at(v, 8)) {
+        (HEAD_VALUE_LEN, Some(seq), Some(hash)) => Ok(Head { seq, hash }),
+        _ => Err(corrupt(path, format!("head value of {} bytes", v.len()))),
+    }
+}
+
+/// Per-room counters kept so count/pending/max-lamport queries are O(log n).
+#[derive(Default, Clone, Copy)]
+struct RoomStats {
+    count: u64,
+    pending: u64,
+    max_lamport: u64,
+}
+
+fn encode_stats(s: &RoomStats) -> [u8; ROOM_VALUE_LEN] {
+    let mut v = [0; ROOM_VALUE_LEN];
+    v[..8].copy_from_slice(&s.count.to_be_bytes());
+    v[8..16].copy_from_slice(&s.pending.to_be_bytes());
+    v[16..].copy_from_slice(&s.max_lamport.to_be_bytes());
+    v
+}
+
+fn decode_stats(path: &Path, v: &[u8]) -> Result<RoomStats, JournalError> {
+    match (v.len(), u64_at(v, 0), u64_at(v, 8), u64_at(v, 16)) {
+        (ROOM_VALUE_LEN, Some(count), Some(pending), Some(max_lamport)) => Ok(RoomStats {
+            count,
+            pending,
+            max_lamport,
+        }),
+        _ => Err(corrupt(path, format!("room counters of {} bytes", v.len()))),
+    }
+}
+
+type RawTable<'t> = Table<'t, Bytes, Bytes>;
+
+/// The chain tables of one write transaction, plus a room-counter cache flushed before commit.
+struct Tx<'t> {
+    path: &'t Path,
+    entries: RawTable<'t>,
+    pending: RawTable<'t>,
+    heads: RawTable<'t>,
+    order: RawTable<'t>,
+    forks: RawTable<'t>,
+    rooms: RawTable<'t>,
+    stats: BTreeMap<Id, RoomStats>,
+    changed: bool,
+}
+
+impl<'t> Tx<'t> {
+    fn open(txn: &'t WriteTransaction, path: &'t Path) -> Result<Self, JournalError> {
+        Ok(Self {
+            path,
+            entries: txn.open_table(ENTRIES).at(path)?,
+            pending: txn.open_table(PENDING).at(path)?,
+            heads: txn.open_table(HEADS).at(path)?,
+            order: txn.open_table(ORDER).at(path)?,
+            forks: txn.open_table(FORKS).at(path)?,
+            rooms: txn.open_table(ROOMS).at(path)?,
+            stats: BTreeMap::new(),
+            changed: false,
+        })
+    }
+
+    fn stats_mut(&mut self, room: &Id) -> Result<&mut RoomStats, JournalError> {
+        match self.stats.entry(*room) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let loaded = match self.rooms.get(&room[..]).at(self.path)? {
+                    Some(v) => decode_stats(self.path, v.value())?,
+                    None => RoomStats::default(),
+                };
+                Ok(e.insert(loaded))
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), JournalError> {
+        for (room, s) in &self.stats {
+            self.rooms
+                .insert(&room[..], &encode_stats(s)[..])
+                .at(self.path)?;
+        }
+        Ok(())
+    }
+
+    fn head(&self, room: &Id, author: &Id) -> Result<Option<Head>, JournalError> {
+        match self.heads.get(&head_key(room, author)[..]).at(self.path)? {
+            Some(v) => Ok(Some(decode_head(self.path, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn get_rec(table: &RawTable<'_>, path: &Path, key: &[u8]) -> Result<Option<Rec>, JournalError> {
+        match table.get(key).at(path)? {
+            Some(v) => Ok(Some(decode_rec(path, key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps the first proof per (room, author, seq): enough to mark the author, and bounded.
+    fn record_fork(
+        &mut self,
+        room: &Id,
+        author: &Id,
+        seq: u64,
+        existing: &Id,
+        conflicting: &Id,
+        envelope: &[u8],
+    ) -> Result<(), JournalError> {
+        let key = entry_key(room, author, seq);
+        if self.forks.get(&key[..]).at(self.path)?.is_some() {
+            return Ok(());
+        }
+        tracing::warn!(
+            room = %short(room),
+            author = %short(author),
+            seq,
+            "fork detected: author signed two different histories"
+        );
+        let mut v = Vec::with_capacity(FORK_HEADER_LEN + envelope.len());
+        v.extend_from_slice(existing);
+        v.extend_from_slice(conflicting);
+        v.extend_from_slice(envelope);
+        self.forks.insert(&key[..], &v[..]).at(self.path)?;
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Writes one entry into the contiguous tables (the caller has checked its `prev`).
+    fn insert_contiguous(
+        &mut self,
+        room: &Id,
+        author: &Id,
+        seq: u64,
+        value: &[u8],
+        lamport: u64,
+    ) -> Result<(), JournalError> {
+        let key = entry_key(room, author, seq);
+        self.entries.insert(&key[..], value).at(self.path)?;
+        let okey = order_key(room, lamport, author, seq);
+        self.order.insert(&okey[..], &[][..]).at(self.path)?;
+        let s = self.stats_mut(room)?;
+        s.count += 1;
+        s.max_lamport = s.max_lamport.max(lamport);
+        self.changed = true;
+        Ok(())
+    }
+
+    fn append(&mut self, meta: &EntryMeta, envelope: &[u8]) -> Result<AppendOutcome, JournalError> {
+        if meta.seq == 0 {
+            return Err(JournalError::InvalidEntry {
+                detail: format!(
+                    "seq 0 from author {} in room {} (sequences start at 1)",
+                    short(&meta.author),
+                    short(&meta.room)
+                ),
+            });
+        }
+        let (room, author, seq) = (&meta.room, &meta.author, meta.seq);
+        let head = self.head(room, author)?;
+        let (head_seq, head_hash) = head.map_or((0, ZERO), |h| (h.seq, h.hash));
+        let key = entry_key(room, author, seq);
+
+        if seq <= head_seq {
+            let stored = Self::get_rec(&self.entries, self.path, &key)?.ok_or_else(|| {
+                corrupt(
+                    self.path,
+                    format!("{}: missing below the head", describe_key(&key)),
+                )
+            })?;
+            if stored.hash == meta.hash {
+                return Ok(AppendOutcome::Duplicate);
+            }
+            self.record_fork(room, author, seq, &stored.hash, &meta.hash, envelope)?;
+            return Ok(AppendOutcome::Fork);
+        }
+
+        if seq == head_seq + 1 {
+            if meta.prev != head_hash {
+                self.record_fork(room, author, seq - 1, &head_hash, &meta.prev, envelope)?;
+                return Ok(AppendOutcome::Fork);
+            }
+            // A pending entry never sits at head+1 (it is promoted or dropped), but the chain
+            // wins if one does.
+            if let Some(stale) = self.take_pending(&key)?
+                && stale.hash != meta.hash
+            {
+                self.record_fork(room, author, seq, &meta.hash, &stale.hash, &stale.envelope)?;
+            }
+            self.insert_contiguous(room, author, seq, &encode_rec(meta, envelope), meta.lamport)?;
+            let mut top = Head {
+                seq,
+                hash: meta.hash,
+            };
+            // Promote pending successors that now link up.
+            while let Some(next) = top.seq.checked_add(1) {
+                let nkey = entry_key(room, author, next);
+                let Some(rec) = self.take_pending(&nkey)? else {
+                    break;
+                };
+                if rec.prev != top.hash {
+                    // Dropped from pending: the proof keeps its envelope.
+                    self.record_fork(room, author, top.seq, &top.hash, &rec.prev, &rec.envelope)?;
+                    break;
+                }
+                let value = encode_rec(
+                    &EntryMeta {
+                        room: *room,
+                        author: *author,
+                        seq: next,
+                        prev: rec.prev,
+                        hash: rec.hash,
+                        lamport: rec.lamport,
+                    },
+                    &rec.envelope,
+                );
+                self.insert_contiguous(room, author, next, &value, rec.lamport)?;
+                top = Head {
+                    seq: next,
+                    hash: rec.hash,
+                };
+            }
+            self.heads
+                .insert(&head_key(room, author)[..], &encode_head(&top)[..])
+                .at(self.path)?;
+            return Ok(AppendOutcome::Appended {
+                advanced_to: top.seq,
+            });
+        }
+
+        // Past a gap: provisional. Check it against stored neighbours so a fork is caught early.
+        if let Some(p) = Self::get_rec(&self.pending, self.path, &key)? {
+            if p.hash == meta.hash {
+                return Ok(AppendOutcome::Duplicate);
+            }
+            self.record_fork(room, author, seq, &p.hash, &meta.hash, envelope)?;
+            return Ok(AppendOutcome::Fork);
+        }
+        let before = entry_key(room, author, seq - 1);
+        if let Some(p) = Self::get_rec(&self.pending, self.path, &before)?
+            && p.hash != meta.prev
+        {
+            self.record_fork(room, author, seq - 1, &p.hash, &meta.prev, envelope)?;
+            return Ok(AppendOutcome::Fork);
+        }
+        if let Some(after_seq) = seq.checked_add(1)
+            && let Some(p) = Self::get_rec(
+                &self.pending,
+                self.path,
+                &entry_key(room, author, after_seq),
+            )?
+            && p.prev != meta.hash
+        {
+            self.record_fork(room, author, seq, &p.prev, &meta.hash, envelope)?;
+            return Ok(AppendOutcome::Fork);
+        }
+        self.pending
+            .insert(&key[..], &encode_rec(meta, envelope)[..])
+            .at(self.path)?;
+        let s = self.stats_mut(room)?;
+        s.pending += 1;
+        s.max_lamport = s.max_lamport.max(meta.lamport);
+        self.changed = true;
+        Ok(AppendOutcome::Pending)
+    }
+
+    /// Removes and returns a pending entry, keeping the pending counter in step.
+    fn take_pending(&mut self, key: &[u8]) -> Result<Option<Rec>, JournalError> {
+        let path = self.path;
+        let Some(rec) = self
+            .pending
+            .remove(key)
+            .at(path)?
+            .map(|v| decode_rec(path, key, v.value()))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let room = id_at(key, 0).ok_or_else(|| corrupt(path, "pending key"))?;
+        let s = self.stats_mut(&room)?;
+        s.pending = s.pending.saturating_sub(1);
+        self.changed = true;
+        Ok(Some(rec))
+    }
+}
+
+/// The journal: one redb file. Cheap to share behind an `Arc`; redb serialises writers.
+pub struct Journal {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("path", &self.path).finish()
+    }
+}
+
+impl Journal {
+    /// Opens or creates the file. A corrupt, truncated or foreign file gives an error naming the
+    /// path; the file is never deleted or replaced.
+    ///
+    /// Every open verifies page checksums (a full read of the file): redb's plain open trusts
+    /// the file and may panic on one damaged outside redb.
+    pub fn open(path: &Path) -> Result<Self, JournalError> {
+        let owned = path.to_path_buf();
+        // Surface a missing directory or permission problem as such, not as corruption.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|cause| JournalError::Io {
+                path: owned.clone(),
+                cause,
+            })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen
+                | redb::DatabaseError::LockProtocolMismatch => JournalError::Locked {
+                    path: owned.clone(),
+                },
+                other => JournalError::Corrupt {
+                    path: owned.clone(),
+                    cause: other.into(),
+                },
+            })?;
+        let journal = Self { db, path: owned };
+        journal.init().map_err(|e| match e {
+            JournalError::Storage { path, cause } => JournalError::Corrupt { path, cause },
+            other => other,
+        })?;
+        tracing::debug!(path = %journal.path.display(), "journal opened");
+        Ok(journal)
+    }
+
+    /// Checks the schema version and creates all tables, so reads never meet a missing table.
+    fn init(&self) -> Result<(), JournalError> {
+        let path = self.path.as_path();
+        let txn = self.begin_write()?;
+        {
+            let mut meta = txn.open_table(META).at(path)?;
+            let found = match meta.get(SCHEMA_KEY).at(path)? {
+                Some(v) => {
+                    let b: [u8; 4] = v.value().try_into().map_err(|_| {
+                        corrupt(path, format!("schema version of {} bytes", v.value().len()))
+                    })?;
+                    Some(u32::from_be_bytes(b))
+                }
+                None => None,
+            };
+            match found {
+                Some(SCHEMA_VERSION) => {}
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(JournalError::NewerSchema {
+                        path: path.to_path_buf(),
+                        found: v,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                Some(v) => return Err(corrupt(path, format!("unknown schema version {v}"))),
+                None => {
+                    meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes()[..])
+                        .at(path)?;
+                }
+            }
+            for def in [ENTRIES, PENDING, HEADS, ORDER, FORKS, ROOMS, SETTINGS] {
+                txn.open_table(def).at(path)?;
+            }
+        }
+        txn.commit().at(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Peer data must survive a crash intact, hence immediate durability and two-phase commit.
+    fn begin_write(&self) -> Result<WriteTransaction, JournalError> {
+        let mut txn = self.db.begin_write().at(&self.path)?;
+        txn.set_durability(Durability::Immediate).at(&self.path)?;
+        txn.set_two_phase_commit(true);
+        Ok(txn)
+    }
+
+    /// Runs `f` over the chain tables in one write transaction; commits only if it changed
+    /// something, so duplicates cost no fsync.
+    fn write_chain<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let txn = self.begin_write()?;
+        let (out, changed) = {
+            let mut tx = Tx::open(&txn, &self.path)?;
+            let out = f(&mut tx)?;
+            tx.flush()?;
+            (out, tx.changed)
+        };
+        if changed {
+            txn.commit().at(&self.path)?;
+        } else {
+            txn.abort().at(&self.path)?;
+        }
+        Ok(out)
+    }
+
+    /// Appends one entry durably. See [`AppendOutcome`].
+    pub fn append(&self, meta: &EntryMeta, envelope: &[u8]) -> Result<AppendOutcome, JournalError> {
+        self.write_chain(|tx| tx.append(meta, envelope))
+    }
+
+    /// Same as [`Self::append`] for many entries in one write transaction (batched catch-up);
+    /// outcomes in input order. Later entries see earlier ones, so a run of seqs becomes
+    /// contiguous together. An invalid entry fails the whole batch and nothing is written.
+    pub fn append_batch(
+        &self,
+        entries: &[(EntryMeta, Vec<u8>)],
+    ) -> Result<Vec<AppendOutcome>, JournalError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write_chain(|tx| {
+            entries
+                .iter()
+                .map(|(meta, envelope)| tx.append(meta, envelope))
+                .collect()
+        })
+    }
+
+    pub fn head(&self, room: &Id, author: &Id) -> Result<Option<Head>, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let heads = txn.open_table(HEADS).at(path)?;
+        match heads.get(&head_key(room, author)[..]).at(path)? {
+            Some(v) => Ok(Some(decode_head(path, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The room's version vector: author -> contiguous head.
+    pub fn version_vector(&self, room: &Id) -> Result<BTreeMap<Id, Head>, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let heads = txn.open_table(HEADS).at(path)?;
+        let (lo, hi) = room_bounds::<HEAD_KEY_LEN>(room);
+        let mut out = BTreeMap::new();
+        for item in heads.range(&lo[..]..=&hi[..]).at(path)? {
+            let (k, v) = item.at(path)?;
+            let author = id_at(k.value(), 32)
+                .ok_or_else(|| corrupt(path, format!("head key of {} bytes", k.value().len())))?;
+            out.insert(author, decode_head(path, v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Contiguous entries of one author with `from <= seq <= to`, at most `limit`, ascending.
+    pub fn range(
+        &self,
+        room: &Id,
+        author: &Id,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>, JournalError> {
+        if from > to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let entries = txn.open_table(ENTRIES).at(path)?;
+        let (lo, hi) = (entry_key(room, author, from), entry_key(room, author, to));
+        let mut out = Vec::new();
+        for item in entries.range(&lo[..]..=&hi[..]).at(path)?.take(limit) {
+            let (k, v) = item.at(path)?;
+            let (r, a, seq) = decode_entry_key(path, k.value())?;
+            out.push(stored_entry(
+                r,
+                a,
+                seq,
+                decode_rec(path, k.value(), v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// One entry, contiguous or pending.
+    pub fn get(
+        &self,
+        room: &Id,
+        author: &Id,
+        seq: u64,
+    ) -> Result<Option<StoredEntry>, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let key = entry_key(room, author, seq);
+        for def in [ENTRIES, PENDING] {
+            let table = txn.open_table(def).at(path)?;
+            if let Some(v) = table.get(&key[..]).at(path)? {
+                let rec = decode_rec(path, &key, v.value())?;
+                return Ok(Some(stored_entry(*room, *author, seq, rec)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The last `limit` contiguous entries of the room in display order: ascending
+    /// (lamport, author, seq), a total order every node computes identically.
+    pub fn history(&self, room: &Id, limit: usize) -> Result<Vec<StoredEntry>, JournalError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let order = txn.open_table(ORDER).at(path)?;
+        let entries = txn.open_table(ENTRIES).at(path)?;
+        let (lo, hi) = room_bounds::<ORDER_KEY_LEN>(room);
+        let mut out = Vec::new();
+        for item in order.range(&lo[..]..=&hi[..]).at(path)?.rev().take(limit) {
+            let (k, _) = item.at(path)?;
+            let k = k.value();
+            let (Some(author), Some(seq), ORDER_KEY_LEN) = (id_at(k, 40), u64_at(k, 72), k.len())
+            else {
+                return Err(corrupt(path, format!("order key of {} bytes", k.len())));
+            };
+            let key = entry_key(room, &author, seq);
+            let v = entries.get(&key[..]).at(path)?.ok_or_else(|| {
+                corrupt(path, format!("{}: indexed but missing", describe_key(&key)))
+            })?;
+            out.push(stored_entry(
+                *room,
+                author,
+                seq,
+                decode_rec(path, &key, v.value())?,
+            ));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn room_stats(&self, room: &Id) -> Result<RoomStats, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let rooms = txn.open_table(ROOMS).at(path)?;
+        match rooms.get(&room[..]).at(path)? {
+            Some(v) => decode_stats(path, v.value()),
+            None => Ok(RoomStats::default()),
+        }
+    }
+
+    /// Number of contiguous entries in the room.
+    pub fn count(&self, room: &Id) -> Result<u64, JournalError> {
+        Ok(self.room_stats(room)?.count)
+    }
+
+    /// Highest lamport among the room's stored entries, pending included (0 if none), so a new
+    /// message orders after everything this node has seen.
+    pub fn max_lamport(&self, room: &Id) -> Result<u64, JournalError> {
+        Ok(self.room_stats(room)?.max_lamport)
+    }
+
+    /// Pending (non-contiguous) entry count for the room.
+    pub fn pending_count(&self, room: &Id) -> Result<u64, JournalError> {
+        Ok(self.room_stats(room)?.pending)
+    }
+
+    /// Fork proofs recorded in this room, ordered by (author, seq).
+    pub fn forks(&self, room: &Id) -> Result<Vec<ForkProof>, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let forks = txn.open_table(FORKS).at(path)?;
+        let (lo, hi) = room_bounds::<ENTRY_KEY_LEN>(room);
+        let mut out = Vec::new();
+        for item in forks.range(&lo[..]..=&hi[..]).at(path)? {
+            let (k, v) = item.at(path)?;
+            let (_, author, seq) = decode_entry_key(path, k.value())?;
+            let v = v.value();
+            let (Some(existing), Some(conflicting), Some(env)) =
+                (id_at(v, 0), id_at(v, 32), v.get(FORK_HEADER_LEN..))
+            else {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "fork proof for {}: value too short",
+                        describe_key(k.value())
+                    ),
+                ));
+            };
+            out.push(ForkProof {
+                author,
+                seq,
+                existing,
+                conflicting,
+                conflicting_envelope: env.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes all entries, pending entries, heads, forks and counters of a room.
+    pub fn purge_room(&self, room: &Id) -> Result<(), JournalError> {
+        let path = self.path.as_path();
+        let txn = self.begin_write()?;
+        {
+            let (lo, hi) = room_bounds::<ENTRY_KEY_LEN>(room);
+            for def in [ENTRIES, PENDING, FORKS] {
+                let mut t = txn.open_table(def).at(path)?;
+                t.retain_in(&lo[..]..=&hi[..], |_, _| false).at(path)?;
+            }
+            let (lo, hi) = room_bounds::<HEAD_KEY_LEN>(room);
+            let mut heads = txn.open_table(HEADS).at(path)?;
+            heads.retain_in(&lo[..]..=&hi[..], |_, _| false).at(path)?;
+            let (lo, hi) = room_bounds::<ORDER_KEY_LEN>(room);
+            let mut order = txn.open_table(ORDER).at(path)?;
+            order.retain_in(&lo[..]..=&hi[..], |_, _| false).at(path)?;
+            let mut rooms = txn.open_table(ROOMS).at(path)?;
+            rooms.remove(&room[..]).at(path)?;
+        }
+        txn.commit().at(path)
+    }
+
+    /// Stores an opaque setting value (the caller encrypts it).
+    pub fn put_setting(&self, key: &str, value: &[u8]) -> Result<(), JournalError> {
+        let path = self.path.as_path();
+        let txn = self.begin_write()?;
+        txn.open_table(SETTINGS)
+            .at(path)?
+            .insert(key.as_bytes(), value)
+            .at(path)?;
+        txn.commit().at(path)
+    }
+
+    pub fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let settings = txn.open_table(SETTINGS).at(path)?;
+        Ok(settings
+            .get(key.as_bytes())
+            .at(path)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Returns whether the key existed.
+    pub fn delete_setting(&self, key: &str) -> Result<bool, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.begin_write()?;
+        let existed = txn
+            .open_table(SETTINGS)
+            .at(path)?
+            .remove(key.as_bytes())
+            .at(path)?
+            .is_some();
+        if existed {
+            txn.commit().at(path)?;
+        } else {
+            txn.abort().at(path)?;
+        }
+        Ok(existed)
+    }
+
+    /// All settings whose key starts with `prefix`, sorted by key.
+    pub fn settings_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let settings = txn.open_table(SETTINGS).at(path)?;
+        let mut out = Vec::new();
+        for item in settings.range(prefix.as_bytes()..).at(path)? {
+            let (k, v) = item.at(path)?;
+            let k = k.value();
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let key = std::str::from_utf8(k)
+                .map_err(|_| corrupt(path, "setting key is not UTF-8"))?
+                .to_owned();
+            out.push((key, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    const ROOM: Id = [7; 32];
+    const OTHER_ROOM: Id = [8; 32];
+    const ALICE: Id = [1; 32];
+    const BOB: Id = [2; 32];
+    const CAROL: Id = [3; 32];
+
+    /// Stand-in for a real hash: distinct per (author, seq, branch tag).
+    fn h(author: &Id, seq: u64, tag: u8) -> Id {
+        if seq == 0 {
+            return ZERO;
+        }
+        let mut out = [0; 32];
+        out[..8].copy_from_slice(&seq.to_be_bytes());
+        out[8] = tag;
+        out[9..].copy_from_slice(&author[..23]);
+        out
+    }
+
+    fn mk(
+        room: &Id,
+        author: &Id,
+        seq: u64,
+        prev: Id,
+        tag: u8,
+        lamport: u64,
+    ) -> (EntryMeta, Vec<u8>) {
+        let meta = EntryMeta {
+            room: *room,
+            author: *author,
+            seq,
+            prev,
+            hash: h(author, seq, tag),
+            lamport,
+        };
+        let env = format!("env {} {seq} {tag} {lamport}", author[0]).into_bytes();
+        (meta, env)
+    }
+
+    /// Entry `seq` of the well-formed chain `tag` of an author.
+    fn e(room: &Id, author: &Id, seq: u64, lamport: u64) -> (EntryMeta, Vec<u8>) {
+        mk(room, author, seq, h(author, seq - 1, 0), 0, lamport)
+    }
+
+    fn tmp() -> (TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        (dir, path)
+    }
+
+    fn open_tmp() -> (TempDir, Journal) {
+        let (dir, path) = tmp();
+        let j = Journal::open(&path).unwrap();
+        (dir, j)
+    }
+
+    fn app(j: &Journal, x: &(EntryMeta, Vec<u8>)) -> AppendOutcome {
+        j.append(&x.0, &x.1).unwrap()
+    }
+
+    fn seqs(v: &[StoredEntry]) -> Vec<u64> {
+        v.iter().map(|s| s.meta.seq).collect()
+    }
+
+    #[test]
+    fn append_duplicate_and_same_seq_fork() {
+        let (_d, j) = open_tmp();
+        let e1 = e(&ROOM, &ALICE, 1, 1);
+        assert_eq!(app(&j, &e1), AppendOutcome::Appended { advanced_to: 1 });
+        assert_eq!(app(&j, &e1), AppendOutcome::Duplicate);
+        let e2 = e(&ROOM, &ALICE, 2, 2);
+        assert_eq!(app(&j, &e2), AppendOutcome::Appended { advanced_to: 2 });
+
+        // Same seq 1, different hash: fork, original kept.
+        let evil = mk(&ROOM, &ALICE, 1, ZERO, 9, 1);
+        assert_eq!(app(&j, &evil), AppendOutcome::Fork);
+        let got = j.get(&ROOM, &ALICE, 1).unwrap().unwrap();
+        assert_eq!(got.meta, e1.0);
+        assert_eq!(got.envelope, e1.1);
+        assert_eq!(
+            j.forks(&ROOM).unwrap(),
+            vec![ForkProof {
+                author: ALICE,
+                seq: 1,
+                existing: e1.0.hash,
+                conflicting: evil.0.hash,
+                conflicting_envelope: evil.1.clone(),
+            }]
+        );
+        // A second conflicting version keeps the first proof.
+        let evil2 = mk(&ROOM, &ALICE, 1, ZERO, 10, 1);
+        assert_eq!(app(&j, &evil2), AppendOutcome::Fork);
+        assert_eq!(j.forks(&ROOM).unwrap().len(), 1);
+        assert_eq!(
+            j.head(&ROOM, &ALICE).unwrap(),
+            Some(Head {
+                seq: 2,
+                hash: e2.0.hash
+            })
+        );
+        assert_eq!(j.count(&ROOM).unwrap(), 2);
+        assert!(j.forks(&OTHER_ROOM).unwrap().is_empty());
+    }
+
+    #[test]
+    fn prev_mismatch_is_a_fork() {
+        let (_d, j) = open_tmp();
+        let e1 = e(&ROOM, &ALICE, 1, 1);
+        app(&j, &e1);
+        let bad_prev = [0xaa; 32];
+        let bad = mk(&ROOM, &ALICE, 2, bad_prev, 0, 2);
+        assert_eq!(app(&j, &bad), AppendOutcome::Fork);
+        assert_eq!(j.head(&ROOM, &ALICE).unwrap().map(|h| h.seq), Some(1));
+        assert!(j.get(&ROOM, &ALICE, 2).unwrap().is_none());
+        let proofs = j.forks(&ROOM).unwrap();
+        assert_eq!(proofs.len(), 1);
+        assert_eq!(proofs[0].seq, 1);
+        assert_eq!(proofs[0].existing, e1.0.hash);
+        assert_eq!(proofs[0].conflicting, bad_prev);
+        assert_eq!(proofs[0].conflicting_envelope, bad.1);
+
+        // The chain can still continue correctly.
+        assert_eq!(
+            app(&j, &e(&ROOM, &ALICE, 2, 2)),
+            AppendOutcome::Appended { advanced_to: 2 }
+        );
+
+        // seq 1 must link to zero.
+        let bad_start = mk(&ROOM, &BOB, 1, [5; 32], 0, 1);
+        assert_eq!(app(&j, &bad_start), AppendOutcome::Fork);
+        assert_eq!(j.head(&ROOM, &BOB).unwrap(), None);
+        assert!(
+            j.forks(&ROOM)
+                .unwrap()
+                .iter()
+                .any(|p| p.author == BOB && p.seq == 0)
+        );
+    }
+
+    #[test]
+    fn seq_zero_is_rejected() {
+        let (_d, j) = open_tmp();
+        let (mut meta, env) = e(&ROOM, &ALICE, 1, 1);
+        meta.seq = 0;
+        let err = j.append(&meta, &env).unwrap_err();
+        assert!(matches!(err, JournalError::InvalidEntry { .. }), "{err}");
+        assert_eq!(j.count(&ROOM).unwrap(), 0);
+    }
+
+    #[test]
+    fn pending_then_fill() {
+        let (_d, j) = open_tmp();
+        assert_eq!(app(&j, &e(&ROOM, &ALICE, 3, 3)), AppendOutcome::Pending);
+        assert_eq!(app(&j, &e(&ROOM, &ALICE, 3, 3)), AppendOutcome::Duplicate);
+        assert_eq!(j.pending_count(&ROOM).unwrap(), 1);
+        assert_eq!(j.head(&ROOM, &ALICE).unwrap(), None);
+        assert!(j.version_vector(&ROOM).unwrap().is_empty());
+        assert_eq!(j.count(&ROOM).unwrap(), 0);
+        // Pending entries are readable by get, not by range/history.
+        assert!(j.get(&ROOM, &ALICE, 3).unwrap().is_some());
+        assert!(j.range(&ROOM, &ALICE, 1, 10, 10).unwrap().is_empty());
+        assert!(j.history(&ROOM, 10).unwrap().is_empty());
+        assert_eq!(j.max_lamport(&ROOM).unwrap(), 3);
+
+        assert_eq!(
+            app(&j, &e(&ROOM, &ALICE, 1, 1)),
+            AppendOutcome::Appended { advanced_to: 1 }
+        );
+        assert_eq!(
+            app(&j, &e(&ROOM, &ALICE, 2, 2)),
+            AppendOutcome::Appended { advanced_to: 3 }
+        );
+        assert_eq!(j.pending_count(&ROOM).unwrap(), 0);
+        assert_eq!(j.count(&ROOM).unwrap(), 3);
+        assert_eq!(
+            j.head(&ROOM, &ALICE).unwrap(),
+            Some(Head {
+                seq: 3,
+                hash: h(&ALICE, 3, 0)
+            })
+        );
+        assert_eq!(seqs(&j.history(&ROOM, 10).unwrap()), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn long_gap_filled_in_reverse() {
+        let (_d, j) = open_tmp();
+        app(&j, &e(&ROOM, &ALICE, 1, 1));
+        for seq in (3..=200).rev() {
+            assert_eq!(
+                app(&j, &e(&ROOM, &ALICE, seq, seq)),
+                AppendOutcome::Pending,
+                "seq {seq}"
+            );
+        }
+        assert_eq!(j.pending_count(&ROOM).unwrap(), 198);
+        assert_eq!(j.head(&ROOM, &ALICE).unwrap().map(|h| h.seq), Some(1));
+        assert_eq!(
+            app(&j, &e(&ROOM, &ALICE, 2, 2)),
+            AppendOutcome::Appended { advanced_to: 200 }
+        );
+        assert_eq!(j.pending_count(&ROOM).unwrap(), 0);
+        assert_eq!(j.count(&ROOM).unwrap(), 200);
+        let all = j.range(&ROOM, &ALICE, 1, u64::MAX, usize::MAX).unwrap();
+        assert_eq!(seqs(&all), (1..=200).collect::<Vec<_>>());
+        for w in all.windows(2) {
+            assert_eq!(w[1].meta.prev, w[0].meta.hash);
+        }
+        assert!(j.forks(&ROOM).unwrap().is_empty());
+    }
+
+    #[test]
+    fn promotion_stops_at_prev_mismatch() {
+        let (_d, j) = open_tmp();
+        app(&j, &e(&ROOM, &ALICE, 1, 1));
+        // Pending 3 from a different branch: it links to a seq 2 we will not receive.
+        let other3 = mk(&ROOM, &ALICE, 3, h(&ALICE, 2, 9), 9, 3);
+        assert_eq!(app(&j, &other3), AppendOutcome::Pending);
+        assert_eq!(
+            app(&j, &e(&ROOM, &ALICE, 2, 2)),
+            AppendOutcome::Appended { advanced_to: 2 }
+        );
+        assert_eq!(j.pending_count(&ROOM).unwrap(), 0);
+        let proofs = j.forks(&ROOM).unwrap();
+        assert_eq!(proofs.len(), 1);
+        assert_eq!(
+            proofs[0],
+            ForkProof {
+                author: ALICE,
+                seq: 2,
+                existing: h(&ALICE, 2, 0),
+                conflicting: h(&ALICE, 2, 9),
+                conflicting_envelope: other3.1.clone(),
+            }
+        );
+        // The matching seq 3 continues the chain.
+        assert_eq!(
+            app(&j, &e(&ROOM, &ALICE, 3, 3)),
+            AppendOutcome::Appended { advanced_to: 3 }
+        );
+    }
+
+    #[test]
+    fn pending_neighbours_are_checked() {
+        let (_d, j) = open_tmp();
+        app(&j, &e(&ROOM, &ALICE, 1, 1));
+        assert_eq!(app(&j, &e(&ROOM, &ALICE, 5, 5)), AppendOutcome::Pending);
+        // Same seq, different hash.
+        assert_eq!(
+            app(&j, &mk(&ROOM, &ALICE, 5, h(&ALICE, 4, 0), 9, 5)),
+            AppendOutcome::Fork
+        );
+        // seq 4 whose hash is not what pending 5 links to.
+        assert_eq!(
+            app(&j, &mk(&ROOM, &ALICE, 4, h(&ALICE, 3, 0), 9, 4)),
+            AppendOutcome::Fork
+        );
+        // seq 6 that does not link to pending 5.
+        assert_eq!(
+            app(&j, &mk(&ROOM, &ALICE, 6, h(&ALICE, 5, 9), 0, 6)),
+            AppendOutcome::Fork
+        );
+        assert_eq!(j.pending_count(&ROOM).unwrap(), 1);
+        // Proofs at seq 5 and seq 4; the later seq-5 proof is not kept (first wins).
+        let proofs = j.forks(&ROOM).unwrap();
+        assert_eq!(proofs.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![4, 5]);
+        // The consistent ones are accepted.
+        assert_eq!(app(&j, &e(&ROOM, &ALICE, 4, 4)), AppendOutcome::Pending);
+        assert_eq!(app(&j, &e(&ROOM, &ALICE, 6, 6)), AppendOutcome::Pending);
+        assert_eq!(app(&j, &e(&ROOM, &ALICE, 3, 3)), AppendOutcome::Pending);
+        assert_eq!(
+            app(&j, &e(&ROOM, &ALICE, 2, 2)),
+            AppendOutcome::Appended { advanced_to: 6 }
+        );
+        assert_eq!(j.pending_count(&ROOM).unwrap(), 0);
+    }
+
+    #[test]
+    fn version_vector_and_counters() {
+        let (_d, j) = open_tmp();
+        for seq in 1..=3 {
+            app(&j, &e(&ROOM, &ALICE, seq, seq * 10));
+        }
+        app(&j, &e(&ROOM, &BOB, 1, 5));
+        app(&j, &e(&ROOM, &CAROL, 2, 99)); // pending only
+        app(&j, &e(&OTHER_ROOM, &ALICE, 1, 1000));
+        let vv = j.version_vector(&ROOM).unwrap();
+        let expect: BTreeMap<Id, Head> = [
+            (
+                ALICE,
+                Head {
+                    seq: 3,
+                    hash: h(&ALICE, 3, 0),
+                },
+            ),
+            (
+                BOB,
+                Head {
+                    seq: 1,
+                    hash: h(&BOB, 1, 0),
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(vv, expect);
+        assert_eq!(j.count(&ROOM).unwrap(), 4);
+        assert_eq!(j.pending_count(&ROOM).unwrap(), 1);
+        assert_eq!(j.max_lamport(&ROOM).unwrap(), 99);
+        assert_eq!(j.max_lamport(&OTHER_ROOM).unwrap(), 1000);
+        assert_eq!(j.max_lamport(&[0; 32]).unwrap(), 0);
+        assert_eq!(j.count(&OTHER_ROOM).unwrap(), 1);
+        assert_eq!(j.version_vector(&OTHER_ROOM).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn range_and_get() {
+        let (_d, j) = open_tmp();
+        for seq in 1..=10 {
+            app(&j, &e(&ROOM, &ALICE, seq, seq));
+        }
+        app(&j, &e(&ROOM, &BOB, 1, 1));
+        assert_eq!(
+            seqs(&j.range(&ROOM, &ALICE, 3, 7, 100).unwrap()),
+            vec![3, 4, 5, 6, 7]
+        );
+        assert_eq!(seqs(&j.range(&ROOM, &ALICE, 3, 7, 2).unwrap()), vec![3, 4]);
+        assert_eq!(
+            seqs(&j.range(&ROOM, &ALICE, 9, 100, 100).unwrap()),
+            vec![9, 10]
+        );
+        assert!(j.range(&ROOM, &ALICE, 7, 3, 100).unwrap().is_empty());
+        assert!(j.range(&ROOM, &ALICE, 1, 10, 0).unwrap().is_empty());
+        assert_eq!(
+            seqs(&j.range(&ROOM, &BOB, 0, u64::MAX, 100).unwrap()),
+            vec![1]
+        );
+        let (meta, env) = e(&ROOM, &ALICE, 4, 4);
+        assert_eq!(
+            j.get(&ROOM, &ALICE, 4).unwrap(),
+            Some(StoredEntry {
+                meta,
+                envelope: env
+            })
+        );
+        assert_eq!(j.get(&ROOM, &ALICE, 11).unwrap(), None);
+        assert_eq!(j.get(&OTHER_ROOM, &ALICE, 4).unwrap(), None);
+    }
+
+    /// Entries of three authors with colliding lamports, so the author tie-break matters.
+    fn sample_entries() -> Vec<(EntryMeta, Vec<u8>)> {
+        let mut v = Vec::new();
+        for (i, author) in [ALICE, BOB, CAROL].iter().enumerate() {
+            for seq in 1..=12u64 {
+                v.push(e(&ROOM, author, seq, seq * 2 + (i as u64 % 2)));
+            }
+        }
+        v
+    }
+
+    fn shuffle<T>(v: &mut [T], mut seed: u64) {
+        for i in (1..v.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            v.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+    }
+
+    #[test]
+    fn history_order_is_independent_of_insertion_order() {
+        let (_d1, j1) = open_tmp();
+        let (_d2, j2) = open_tmp();
+        let entries = sample_entries();
+        for x in &entries {
+            app(&j1, x);
+        }
+        let mut shuffled = entries.clone();
+        shuffle(&mut shuffled, 0x9e37_79b9_7f4a_7c15);
+        assert_ne!(shuffled, entries);
+        for x in &shuffled {
+            app(&j2, x);
+        }
+        let h1 = j1.history(&ROOM, 1000).unwrap();
+        let h2 = j2.history(&ROOM, 1000).unwrap();
+        assert_eq!(h1.len(), entries.len());
+        assert_eq!(h1, h2);
+        let keys: Vec<_> = h1
+            .iter()
+            .map(|s| (s.meta.lamport, s.meta.author, s.meta.seq))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(
+            j1.version_vector(&ROOM).unwrap(),
+            j2.version_vector(&ROOM).unwrap()
+        );
+    }
+
+    #[test]
+    fn history_limit_returns_the_last_entries() {
+        let (_d, j) = open_tmp();
+        for x in sample_entries() {
+            app(&j, &x);
+        }
+        let all = j.history(&ROOM, usize::MAX).unwrap();
+        let last5 = j.history(&ROOM, 5).unwrap();
+        assert_eq!(last5, all[all.len() - 5..].to_vec());
+        assert!(j.history(&ROOM, 0).unwrap().is_empty());
+        assert!(j.history(&OTHER_ROOM, 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn batch_with_intra_batch_dependencies() {
+        let (_d, j) = open_tmp();
+        for seq in 1..=4 {
+            app(&j, &e(&ROOM, &ALICE, seq, seq));
+        }
+        let batch = vec![
+            e(&ROOM, &ALICE, 5, 5),
+            e(&ROOM, &ALICE, 6, 6),
+            e(&ROOM, &BOB, 3, 3),
+            e(&ROOM, &BOB, 2, 2),
+            e(&ROOM, &BOB, 1, 1),
+            e(&ROOM, &BOB, 1, 1),
+            mk(&ROOM, &ALICE, 6, h(&ALICE, 5, 0), 9, 6),
+            e(&OTHER_ROOM, &CAROL, 1, 1),
+        ];
+        let out = j.append_batch(&batch).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                AppendOutcome::Appended { advanced_to: 5 },
+                AppendOutcome::Appended { advanced_to: 6 },
+                AppendOutcome::Pending,
+                AppendOutcome::Pending,
+                AppendOutcome::Appended { advanced_to: 3 },
+                AppendOutcome::Duplicate,
+                AppendOutcome::Fork,
+                AppendOutcome::Appended { advanced_to: 1 },
+            ]
+        );
+        assert_eq!(j.count(&ROOM).unwrap(), 9);
+        assert_eq!(j.pending_count(&ROOM).unwrap(), 0);
+        assert_eq!(j.forks(&ROOM).unwrap().len(), 1);
+        assert_eq!(j.count(&OTHER_ROOM).unwrap(), 1);
+        assert_eq!(j.append_batch(&[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn batch_with_invalid_entry_writes_nothing() {
+        let (_d, j) = open_tmp();
+        let mut bad = e(&ROOM, &BOB, 1, 1);
+        bad.0.seq = 0;
+        let batch = vec![e(&ROOM, &ALICE, 1, 1), bad];
+        assert!(j.append_batch(&batch).is_err());
+        assert_eq!(j.count(&ROOM).unwrap(), 0);
+        assert_eq!(j.head(&ROOM, &ALICE).unwrap(), None);
+    }
+
+    #[test]
+    fn reopen_keeps_everything() {
+        let (_d, path) = tmp();
+        let (vv, hist, forks) = {
+            let j = Journal::open(&path).unwrap();
+            for x in sample_entries() {
+                app(&j, &x);
+            }
+            app(&j, &e(&OTHER_ROOM, &ALICE, 3, 50)); // pending
+            app(&j, &mk(&ROOM, &ALICE, 1, ZERO, 9, 1)); // fork
+            j.put_setting("k", b"v").unwrap();
+            (
+                j.version_vector(&ROOM).unwrap(),
+                j.history(&ROOM, 1000).unwrap(),
+                j.forks(&ROOM).unwrap(),
+            )
+        };
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.path(), path.as_path());
+        assert_eq!(j.version_vector(&ROOM).unwrap(), vv);
+        assert_eq!(j.history(&ROOM, 1000).unwrap(), hist);
+        assert_eq!(j.forks(&ROOM).unwrap(), forks);
+        assert_eq!(j.count(&ROOM).unwrap(), 36);
+        assert_eq!(j.pending_count(&OTHER_ROOM).unwrap(), 1);
+        assert_eq!(j.max_lamport(&OTHER_ROOM).unwrap(), 50);
+        assert_eq!(j.get_setting("k").unwrap(), Some(b"v".to_vec()));
+        // Pending entries from before the reopen still get promoted.
+        app(&j, &e(&OTHER_ROOM, &ALICE, 1, 1));
+        assert_eq!(
+            app(&j, &e(&OTHER_ROOM, &ALICE, 2, 2)),
+            AppendOutcome::Appended { advanced_to: 3 }
+        );
+    }
+
+    #[test]
+    fn purge_room_removes_only_that_room() {
+        let (_d, j) = open_tmp();
+        for x in sample_entries() {
+            app(&j, &x);
+        }
+        app(&j, &e(&ROOM, &ALICE, 20, 100)); // pending
+        app(&j, &mk(&ROOM, &BOB, 1, ZERO, 9, 1)); // fork
+        for seq in 1..=3 {
+            app(&j, &e(&OTHER_ROOM, &ALICE, seq, seq));
+        }
+        app(&j, &e(&OTHER_ROOM, &BOB, 5, 5));
+        j.purge_room(&ROOM).unwrap();
+
+        assert_eq!(j.count(&ROOM).unwrap(), 0);
+        assert_eq!(j.pending_count(&ROOM).unwrap(), 0);
+        assert_eq!(j.max_lamport(&ROOM).unwrap(), 0);
+        assert!(j.version_vector(&ROOM).unwrap().is_empty());
+        assert!(j.history(&ROOM, 100).unwrap().is_empty());
+        assert!(j.forks(&ROOM).unwrap().is_empty());
+        assert!(j.get(&ROOM, &ALICE, 20).unwrap().is_none());
+        assert!(j.get(&ROOM, &ALICE, 1).unwrap().is_none());
+
+        assert_eq!(j.count(&OTHER_ROOM).unwrap(), 3);
+        assert_eq!(j.pending_count(&OTHER_ROOM).unwrap(), 1);
+        assert_eq!(seqs(&j.history(&OTHER_ROOM, 100).unwrap()), vec![1, 2, 3]);
+
+        // The room starts over cleanly.
+        assert_eq!(
+            app(&j, &e(&ROOM, &ALICE, 1, 1)),
+            AppendOutcome::Appended { advanced_to: 1 }
+        );
+        assert_eq!(j.count(&ROOM).unwrap(), 1);
+    }
+
+    #[test]
+    fn settings() {
+        let (_d, j) = open_tmp();
+        assert_eq!(j.get_setting("a").unwrap(), None);
+        j.put_setting("a", b"1").unwrap();
+        j.put_setting("ab", b"2").unwrap();
+        j.put_setting("abc", b"").unwrap();
+        j.put_setting("b", b"3").unwrap();
+        j.put_setting("a", b"1'").unwrap();
+        assert_eq!(j.get_setting("a").unwrap(), Some(b"1'".to_vec()));
+        assert_eq!(j.get_setting("abc").unwrap(), Some(Vec::new()));
+        assert_eq!(
+            j.settings_with_prefix("a").unwrap(),
+            vec![
+                ("a".to_owned(), b"1'".to_vec()),
+                ("ab".to_owned(), b"2".to_vec()),
+                ("abc".to_owned(), Vec::new()),
+            ]
+        );
+        assert_eq!(j.settings_with_prefix("").unwrap().len(), 4);
+        assert!(j.settings_with_prefix("z").unwrap().is_empty());
+        assert!(j.delete_setting("ab").unwrap());
+        assert!(!j.delete_setting("ab").unwrap());
+        assert_eq!(j.get_setting("ab").unwrap(), None);
+        assert_eq!(j.settings_with_prefix("ab").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn garbage_file_is_an_error_naming_the_path() {
+        let (_d, path) = tmp();
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let garbage: Vec<u8> = (0..64 * 1024)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 24) as u8
+            })
+            .collect();
+        for bytes in [&garbage[..], b"not a database at all"] {
+            std::fs::write(&path, bytes).unwrap();
+            let err = Journal::open(&path).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains("move it aside"), "{msg}");
+            // The file is left as it was.
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn truncated_file_errors_or_opens_consistently() {
+        let (dir, path) = tmp();
+        {
+            let j = Journal::open(&path).unwrap();
+            for x in sample_entries() {
+                app(&j, &x);
+            }
+            let big = vec![0x5a; 20_000];
+            j.append(&e(&OTHER_ROOM, &ALICE, 1, 1).0, &big).unwrap();
+        }
+        let full = std::fs::read(&path).unwrap();
+        let mut lens: Vec<usize> = vec![1, 100, 512, 4096, 4097, full.len() / 2, full.len() - 1];
+        lens.extend((1..16).map(|i| full.len() * i / 16));
+        for len in lens {
+            let copy = dir.path().join(format!("trunc-{len}.redb"));
+            std::fs::write(&copy, &full[..len]).unwrap();
+            match Journal::open(&copy) {
+                Err(err) => {
+                    let msg = err.to_string();
+                    assert!(msg.contains(&copy.display().to_string()), "{msg}");
+                    assert_eq!(std::fs::read(&copy).unwrap(), &full[..len]);
+                }
+                Ok(j) => {
+                    // Whatever survived must be self-consistent; errors are fine, panics not.
+                    if let Ok(vv) = j.version_vector(&ROOM) {
+                        for (author, head) in vv {
+                            if let Ok(r) = j.range(&ROOM, &author, 1, head.seq, usize::MAX) {
+                                assert_eq!(r.len() as u64, head.seq);
+                            }
+                        }
+                    }
+                    let _ = j.history(&ROOM, 1000);
+                    let _ = j.count(&ROOM);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_bytes_never_panic() {
+        let (dir, path) = tmp();
+        {
+            let j = Journal::open(&path).unwrap();
+            for x in sample_entries() {
+                app(&j, &x);
+            }
+        }
+        let full = std::fs::read(&path).unwrap();
+        for i in 0..64usize {
+            let mut bytes = full.clone();
+            let pos = i * 7919 % bytes.len();
+            bytes[pos] ^= 0x41;
+            let copy = dir.path().join(format!("flip-{pos}.redb"));
+            std::fs::write(&copy, &bytes).unwrap();
+            match Journal::open(&copy) {
+                Err(err) => assert!(err.to_string().contains(&copy.display().to_string())),
+                Ok(j) => {
+                    let _ = j.history(&ROOM, 1000);
+                    let _ = j.version_vector(&ROOM);
+                    let _ = j.append(&e(&ROOM, &BOB, 13, 100).0, b"x");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let (_d, path) = tmp();
+        drop(Journal::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, &99u32.to_be_bytes()[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Journal::open(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                JournalError::NewerSchema {
+                    found: 99,
+                    supported: SCHEMA_VERSION,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&path.display().to_string()));
+
+        // A malformed version value is corruption, not a panic.
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, &b"x"[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Journal::open(&path).unwrap_err();
+        assert!(matches!(err, JournalError::CorruptEntry { .. }), "{err}");
+    }
+
+    #[test]
+    fn corrupt_value_is_an_error_not_a_panic() {
+        let (_d, path) = tmp();
+        {
+            let j = Journal::open(&path).unwrap();
+            app(&j, &e(&ROOM, &ALICE, 1, 1));
+        }
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(ENTRIES)
+                .unwrap()
+                .insert(&entry_key(&ROOM, &ALICE, 1)[..], &b"short"[..])
+                .unwrap();
+            txn.open_table(HEADS)
+                .unwrap()
+                .insert(&head_key(&ROOM, &BOB)[..], &b"bad"[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        let err = j.get(&ROOM, &ALICE, 1).unwrap_err();
+        assert!(err.to_string().contains("is corrupt"), "{err}");
+        assert!(j.history(&ROOM, 10).is_err());
+        assert!(j.version_vector(&ROOM).is_err());
+        assert!(j.append(&e(&ROOM, &ALICE, 1, 1).0, b"x").is_err());
+    }
+
+    #[test]
+    fn second_open_reports_the_lock() {
+        let (_d, path) = tmp();
+        let _j = Journal::open(&path).unwrap();
+        let err = Journal::open(&path).unwrap_err();
+        assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn missing_directory_is_an_io_error() {
+        let (_d, path) = tmp();
+        let path = path.with_file_name("missing").join("journal.redb");
+        let err = Journal::open(&path).unwrap_err();
+        assert!(matches!(err, JournalError::Io { .. }), "{err}");
+        assert!(err.to_string().contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn error_is_send_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<JournalError>();
+        check::<Journal>();
+    }
+}

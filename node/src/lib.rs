@@ -1,0 +1,23 @@
+//! cryptchat: a serverless, end-to-end encrypted group chat node.
+//!
+//! Protocol logic lives in plain synchronous modules ([`identity`], [`room`], [`envelope`],
+//! [`journal`], [`core`]); [`service`] runs them on a libp2p swarm ([`net`]) owned by a single
+//! task, and [`api`] exposes the node on loopback for the CLI ([`client`]) and the web page.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod crypto;
+pub mod envelope;
+pub mod identity;
+pub mod journal;
+pub mod net;
+pub mod room;
+pub mod service;
+
+/// Installs the process-wide rustls crypto provider. libp2p-webrtc (via webrtc-rs) panics on
+/// the first WebRTC connection without one, so every binary calls this first.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

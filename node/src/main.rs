@@ -1,0 +1,455 @@
+//! The `cryptchat` binary: `run` starts a node; the other subcommands talk to it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use cryptchat::api::{
+    ContactRequest, DialRequest, DmRequest, GroupRequest, HistoryRequest, IdView, JoinRequest,
+    NameRequest, SendRequest,
+};
+use cryptchat::client::Client;
+use cryptchat::config::{self, ApiInfo};
+use cryptchat::core::{ContactView, MessageView, RoomView};
+use cryptchat::identity::{Identity, KeySize};
+use cryptchat::service::{self, NodeConfig, PeerView, Sent, Status};
+use libp2p::Multiaddr;
+
+#[derive(Parser)]
+#[command(name = "cryptchat", version, about = "Serverless, end-to-end encrypted group chat")]
+struct Cli {
+    /// Where the node keeps its journal and keys (one data dir per running node).
+    #[arg(long, global = true, env = "CRYPTCHAT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Credentials {
+    /// Your username (with the password, it derives your identity).
+    #[arg(long, env = "CRYPTCHAT_USERNAME")]
+    username: String,
+    /// Read the password from this file (else CRYPTCHAT_PASSWORD, else a prompt).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// RSA key size: 2048, 3072 or 4096 (a different size is a different identity).
+    #[arg(long, default_value_t = 2048)]
+    key_bits: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node in the foreground.
+    Run {
+        #[command(flatten)]
+        creds: Credentials,
+        /// Address to listen on (repeatable). Default: TCP, QUIC and WebRTC-direct on all
+        /// interfaces with OS-chosen ports.
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
+        /// A peer to connect to at start (repeatable), e.g. /ip4/192.0.2.1/tcp/4001.
+        #[arg(long)]
+        bootstrap: Vec<Multiaddr>,
+        /// Discover peers on the local network with mDNS.
+        #[arg(long)]
+        mdns: bool,
+        /// Join this room at start (repeatable).
+        #[arg(long)]
+        join: Vec<String>,
+        /// Password file for the rooms given with --join.
+        #[arg(long)]
+        room_password_file: Option<PathBuf>,
+        /// Port of the local API on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        api_port: u16,
+    },
+    /// Print your user id, contact code and peer id.
+    Id {
+        #[command(flatten)]
+        creds: Credentials,
+    },
+    /// Join a room by name (and password).
+    Join {
+        room: String,
+        /// Read the room password from this file.
+        #[arg(long)]
+        room_password_file: Option<PathBuf>,
+        /// Ask for the room password on the terminal.
+        #[arg(long)]
+        room_password: bool,
+    },
+    /// Leave a room (its history stays on disk).
+    Leave { room: String },
+    /// List joined rooms.
+    Rooms,
+    /// Send a message to a room (direct rooms are named @contact).
+    Send { room: String, text: String },
+    /// Show a room's history.
+    History {
+        room: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Manage contacts.
+    #[command(subcommand)]
+    Contact(ContactCmd),
+    /// Create a group room with contacts as members.
+    Group { name: String, members: Vec<String> },
+    /// Send a direct message to a contact.
+    Dm { contact: String, text: String },
+    /// List connected peers.
+    Peers,
+    /// Show the node's status.
+    Status,
+    /// Connect to a peer by address.
+    Dial { addr: String },
+    /// Print messages as they arrive.
+    Watch,
+}
+
+#[derive(Subcommand)]
+enum ContactCmd {
+    /// Add a contact from the code they gave you (`cryptchat id` prints yours).
+    Add { name: String, code: String },
+    /// List contacts.
+    List,
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    cryptchat::install_crypto_provider();
+    let cli = Cli::parse();
+    let data_dir = cli.data_dir.clone().unwrap_or_else(config::default_data_dir);
+    match cli.cmd {
+        Cmd::Run {
+            creds,
+            listen,
+            bootstrap,
+            mdns,
+            join,
+            room_password_file,
+            api_port,
+        } => {
+            init_tracing();
+            let room_password = room_password_file
+                .as_deref()
+                .map(read_secret_file)
+                .transpose()?;
+            let identity = derive_identity(&creds)?;
+            let mut cfg = NodeConfig::new(data_dir.clone());
+            if !listen.is_empty() {
+                cfg.listen = listen;
+            }
+            cfg.bootstrap = bootstrap;
+            cfg.swarm.mdns = mdns;
+            tokio::runtime::Runtime::new()?.block_on(run(
+                identity,
+                cfg,
+                join,
+                room_password,
+                api_port,
+                cli.json,
+            ))
+        }
+        Cmd::Id { creds } => {
+            let identity = derive_identity(&creds)?;
+            let view = IdView {
+                username: identity.username().to_string(),
+                user_id: identity.id().to_hex(),
+                contact_code: identity.contact_code().encode(),
+                peer_id: identity.peer_id().to_string(),
+            };
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!("username:     {}", view.username);
+                println!("user id:      {}", view.user_id);
+                println!("peer id:      {}", view.peer_id);
+                println!("contact code: {}", view.contact_code);
+            }
+            Ok(())
+        }
+        cmd => client_command(cmd, &data_dir, cli.json),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn,webrtc=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn read_secret_file(path: &Path) -> Result<String> {
+    let s = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read password file {}", path.display()))?;
+    let s = s.trim_end_matches(['\n', '\r']).to_string();
+    if s.is_empty() {
+        bail!("password file {} is empty", path.display());
+    }
+    Ok(s)
+}
+
+fn read_password(creds: &Credentials) -> Result<String> {
+    if let Some(f) = &creds.password_file {
+        return read_secret_file(f);
+    }
+    if let Ok(p) = std::env::var("CRYPTCHAT_PASSWORD")
+        && !p.is_empty()
+    {
+        return Ok(p);
+    }
+    rpassword::prompt_password(format!("password for {}: ", creds.username)).context(
+        "no password: set CRYPTCHAT_PASSWORD, pass --password-file, or run in a terminal",
+    )
+}
+
+fn derive_identity(creds: &Credentials) -> Result<Arc<Identity>> {
+    let password = zeroize::Zeroizing::new(read_password(creds)?);
+    let size = KeySize::from_bits(creds.key_bits)?;
+    eprintln!("deriving identity for {} (argon2id, 64 MiB)...", creds.username);
+    Ok(Arc::new(Identity::derive(&creds.username, &password, size)?))
+}
+
+async fn run(
+    identity: Arc<Identity>,
+    cfg: NodeConfig,
+    join: Vec<String>,
+    room_password: Option<String>,
+    api_port: u16,
+    json: bool,
+) -> Result<()> {
+    let data_dir = cfg.data_dir.clone();
+    let node = service::start(identity.clone(), cfg).await?;
+    let (listener, addr) = cryptchat::api::bind(api_port)
+        .await
+        .context("cannot bind the local API")?;
+    let token = hex::encode(cryptchat::crypto::random_key()?.as_slice());
+    config::write_private(&data_dir.join(config::TOKEN_FILE), token.as_bytes())?;
+    let info = ApiInfo {
+        addr: addr.to_string(),
+        pid: std::process::id(),
+    };
+    config::write_private(
+        &data_dir.join(config::API_FILE),
+        serde_json::to_string(&info)?.as_bytes(),
+    )?;
+    let server = tokio::spawn(cryptchat::api::serve(listener, node.clone(), token));
+    for room in join {
+        let view = node.join(&room, room_password.clone()).await?;
+        tracing::info!(room = %view.name, "joined");
+    }
+    // Give the transports a moment to report their addresses, then say where we are.
+    let mut status = node.status().await?;
+    for _ in 0..20 {
+        if !status.listen_addrs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = node.status().await?;
+    }
+    if json {
+        println!("{}", serde_json::to_string(&status)?);
+    } else {
+        println!(
+            "cryptchat node for {} ({}) is running",
+            identity.username(),
+            identity.id().short()
+        );
+        println!("local API: http://{addr}/  (token in {})", data_dir.join(config::TOKEN_FILE).display());
+        for a in &status.listen_addrs {
+            println!("listening on {a}");
+        }
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = std::fs::remove_file(data_dir.join(config::API_FILE));
+    let _ = node.shutdown().await;
+    server.abort();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn print<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        human(value);
+    }
+    Ok(())
+}
+
+fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
+}
+
+fn print_message(m: &MessageView) {
+    let who = match &m.contact {
+        Some(c) => c.clone(),
+        None => format!("{} [{}]", m.author, &m.author_id[..8]),
+    };
+    println!(
+        "{} {} {}: {}",
+        clock(m.timestamp_ms),
+        m.room,
+        who,
+        m.text.as_deref().unwrap_or("")
+    );
+}
+
+fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
+    let c = Client::for_data_dir(data_dir)?;
+    match cmd {
+        Cmd::Join {
+            room,
+            room_password_file,
+            room_password,
+        } => {
+            let password = match (room_password_file, room_password) {
+                (Some(f), _) => Some(read_secret_file(&f)?),
+                (None, true) => Some(rpassword::prompt_password("room password: ")?),
+                (None, false) => None,
+            };
+            let v: RoomView = c.post("/join", &JoinRequest { name: room, password })?;
+            print(json, &v, |v| println!("joined {} ({} messages)", v.name, v.messages))
+        }
+        Cmd::Leave { room } => {
+            let v: RoomView = c.post("/leave", &NameRequest { name: room })?;
+            print(json, &v, |v| println!("left {}", v.name))
+        }
+        Cmd::Rooms => {
+            let v: Vec<RoomView> = c.get("/rooms")?;
+            print(json, &v, |v| {
+                for r in v {
+                    println!(
+                        "{:<24} {:<7} {:>6} messages{}",
+                        r.name,
+                        format!("{:?}", r.kind).to_lowercase(),
+                        r.messages,
+                        if r.has_password { "  (password)" } else { "" }
+                    );
+                }
+            })
+        }
+        Cmd::Send { room, text } => {
+            let v: Sent = c.post("/send", &SendRequest { room, text })?;
+            print(json, &v, print_sent)
+        }
+        Cmd::Dm { contact, text } => {
+            let v: Sent = c.post("/dm", &DmRequest { contact, text })?;
+            print(json, &v, print_sent)
+        }
+        Cmd::History { room, limit } => {
+            let v: Vec<MessageView> = c.post("/history", &HistoryRequest { room, limit })?;
+            print(json, &v, |v| v.iter().for_each(print_message))
+        }
+        Cmd::Contact(ContactCmd::Add { name, code }) => {
+            let v: ContactView = c.post("/contacts", &ContactRequest { name, code })?;
+            print(json, &v, |v| {
+                println!("added {} ({}); direct room: {}", v.name, &v.user_id[..16], v.room)
+            })
+        }
+        Cmd::Contact(ContactCmd::List) => {
+            let v: Vec<ContactView> = c.get("/contacts")?;
+            print(json, &v, |v| {
+                for c in v {
+                    println!("{:<20} {}", c.name, c.user_id);
+                }
+            })
+        }
+        Cmd::Group { name, members } => {
+            let v: RoomView = c.post("/groups", &GroupRequest { name, members })?;
+            print(json, &v, |v| println!("created group {} ({})", v.name, v.members.join(", ")))
+        }
+        Cmd::Peers => {
+            let v: Vec<PeerView> = c.get("/peers")?;
+            print(json, &v, |v| {
+                for p in v {
+                    println!("{} {}", p.peer_id, p.addrs.join(" "));
+                }
+            })
+        }
+        Cmd::Status => {
+            let v: Status = c.get("/status")?;
+            print(json, &v, |s| {
+                println!("{} ({})", s.username, s.user_id);
+                println!("peer id: {}", s.peer_id);
+                println!("peers: {}   nat: {}", s.connected_peers, s.nat);
+                for a in &s.listen_addrs {
+                    println!("listening on {a}");
+                }
+                for r in &s.rooms {
+                    println!("room {}: {} peers, {} unpublished", r.name, r.peers, r.unpublished);
+                }
+                println!(
+                    "messages: {} sent, {} accepted, {} duplicates, {} rejected",
+                    s.counters.sent,
+                    s.counters.accepted,
+                    s.counters.duplicates,
+                    s.counters.rejected.values().sum::<u64>()
+                );
+            })
+        }
+        Cmd::Dial { addr } => {
+            let v: () = c.post("/dial", &DialRequest { addr })?;
+            print(json, &v, |_| println!("dialling"))
+        }
+        Cmd::Watch => Ok(c.events(|data| {
+            if json {
+                println!("{data}");
+            } else if let Ok(cryptchat::service::Event::Message(m)) = serde_json::from_str(data)
+            {
+                print_message(&m);
+            }
+            true
+        })?),
+        Cmd::Run { .. } | Cmd::Id { .. } => unreachable!("handled before"),
+    }
+}
+
+fn print_sent(s: &Sent) {
+    if s.published {
+        println!("sent to {} (#{})", s.message.room, s.message.seq);
+    } else {
+        println!(
+            "stored in {} (#{}); no member reachable yet, it goes out when one is",
+            s.message.room, s.message.seq
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! The libp2p behaviour and swarm: transports (TCP, QUIC, WebRTC-direct, relay), discovery
+//! (identify, Kademlia, mDNS), NAT traversal (AutoNAT, relay, DCUtR) and gossipsub.
+
+use std::path::Path;
+use std::time::Duration;
+
+use libp2p::gossipsub::{self, MessageAuthenticity, TopicHash, ValidationMode};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, autonat, dcutr, identify, kad, mdns, noise, ping, relay,
+    tcp, yamux,
+};
+use libp2p_webrtc::tokio::Certificate;
+
+use crate::crypto;
+
+/// Our own Kademlia protocol, so cryptchat's DHT does not mix with IPFS's.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cryptchat/kad/1.0.0");
+/// Identify protocol version string.
+pub const PROTOCOL_VERSION: &str = "/cryptchat/1.0.0";
+/// Gossipsub's largest frame: an envelope plus gossipsub's own framing.
+pub const MAX_TRANSMIT: usize = 64 * 1024;
+/// Connections stay open this long without traffic (libp2p's default of 10 s is too short
+/// for a chat whose members are idle most of the time).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("could not build the libp2p swarm: {0}")]
+    Build(String),
+    #[error("WebRTC certificate file {path}: {why}")]
+    Certificate { path: String, why: String },
+}
+
+/// Accepts any number of cryptchat topics from a peer. Gossipsub's stock filters cap a
+/// peer's subscription list (and drop all of it past the cap); a node in many rooms must
+/// still be heard.
+#[derive(Default, Clone)]
+pub struct RoomTopics;
+
+impl gossipsub::TopicSubscriptionFilter for RoomTopics {
+    fn can_subscribe(&mut self, topic: &TopicHash) -> bool {
+        let t = topic.as_str();
+        t.starts_with(crate::room::TOPIC_PREFIX) && t.len() <= 128
+    }
+}
+
+pub type Gossipsub = gossipsub::Behaviour<gossipsub::IdentityTransform, RoomTopics>;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub relay_client: relay::client::Behaviour,
+    pub relay: relay::Behaviour,
+    pub ping: ping::Behaviour,
+    pub identify: identify::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub gossipsub: Gossipsub,
+    pub autonat: autonat::Behaviour,
+    pub dcutr: dcutr::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Options that shape the swarm.
+#[derive(Clone, Debug)]
+pub struct SwarmOptions {
+    pub mdns: bool,
+    /// Gossipsub heartbeat; shorter in tests and simulations for faster mesh formation.
+    pub heartbeat: Duration,
+}
+
+impl Default for SwarmOptions {
+    fn default() -> Self {
+        SwarmOptions {
+            mdns: false,
+            heartbeat: Duration::from_millis(700),
+        }
+    }
+}
+
+fn gossipsub_config(heartbeat: Duration) -> Result<gossipsub::Config, NetError> {
+    gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(heartbeat)
+        .validation_mode(ValidationMode::Strict)
+        // Every message waits for the node's verdict (signature, decryption, journal).
+        .validate_messages()
+        .max_transmit_size(MAX_TRANSMIT)
+        // Content addressing: the same envelope is the same message whoever relays it.
+        .message_id_fn(|m| gossipsub::MessageId::from(&crypto::sha256(&[&m.data])[..20]))
+        .build()
+        .map_err(|e| NetError::Build(e.to_string()))
+}
+
+/// Builds the swarm with every transport; nothing listens or dials yet.
+pub fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+    certificate: Certificate,
+    opts: &SwarmOptions,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let err = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
+    let gcfg = gossipsub_config(opts.heartbeat)?;
+    let mdns_on = opts.mdns;
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| err(&e))?
+        .with_quic()
+        .with_other_transport(|key| {
+            libp2p_webrtc::tokio::Transport::new(key.clone(), certificate)
+        })
+        .map_err(|e| err(&e))?
+        .with_dns()
+        .map_err(|e| err(&e))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| err(&e))?
+        .with_behaviour(|key, relay_client| {
+            let peer_id = key.public().to_peer_id();
+            let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
+            kad_cfg.set_query_timeout(Duration::from_secs(30));
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad_cfg,
+            );
+            // Kademlia starts as a client; a cryptchat node serves the DHT for its peers.
+            kad.set_mode(Some(kad::Mode::Server));
+            let gossipsub: Gossipsub = gossipsub::Behaviour::new_with_subscription_filter(
+                MessageAuthenticity::Signed(key.clone()),
+                gcfg,
+                RoomTopics,
+            )?;
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                relay_client,
+                relay: relay::Behaviour::new(peer_id, relay::Config::default()),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(PROTOCOL_VERSION.into(), key.public())
+                        .with_push_listen_addr_updates(true),
+                ),
+                kad,
+                gossipsub,
+                autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+                dcutr: dcutr::Behaviour::new(peer_id),
+                mdns: mdns.into(),
+            })
+        })
+        .map_err(|e| err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+/// Loads the WebRTC certificate, creating it on first use, so the node's `/certhash` (part
+/// of its WebRTC address) stays the same across restarts.
+pub fn load_or_create_certificate(path: &Path) -> Result<Certificate, NetError> {
+    let fail = |why: String| NetError::Certificate {
+        path: path.display().to_string(),
+        why,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(pem) => Certificate::from_pem(&pem)
+            .map_err(|e| fail(format!("{e}; delete it to create a new one"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The RNG argument is ignored by libp2p-webrtc (rcgen draws its own randomness).
+            let cert = Certificate::generate(&mut rand::rng()).map_err(|e| fail(e.to_string()))?;
+            crate::config::write_private(path, cert.serialize_pem().as_bytes())
+                .map_err(|e| fail(e.to_string()))?;
+            Ok(cert)
+        }
+        Err(e) => Err(fail(e.to_string())),
+    }
+}

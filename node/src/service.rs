@@ -1,0 +1,765 @@
+//! The node service: one task owns the swarm and the protocol state and is driven by
+//! commands over a channel. `NodeHandle` is the only way in; the local API and tests use it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, mdns};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::config;
+use crate::core::{
+    ContactView, Core, CoreError, Counters, Incoming, MessageView, Rejection, RoomView,
+};
+use crate::identity::Identity;
+use crate::journal::{Journal, JournalError};
+use crate::net::{self, Behaviour, BehaviourEvent, NetError, SwarmOptions};
+use crate::room::{Room, RoomId};
+
+/// How a node is started.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub swarm: SwarmOptions,
+    /// How often rooms look for members in the DHT once the node has settled.
+    pub rendezvous_interval: Duration,
+}
+
+impl NodeConfig {
+    /// Listens on every transport on all interfaces, with OS-chosen ports.
+    pub fn default_listen() -> Vec<Multiaddr> {
+        [
+            "/ip4/0.0.0.0/tcp/0",
+            "/ip4/0.0.0.0/udp/0/quic-v1",
+            "/ip4/0.0.0.0/udp/0/webrtc-direct",
+        ]
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect()
+    }
+
+    pub fn new(data_dir: PathBuf) -> Self {
+        NodeConfig {
+            data_dir,
+            listen: Self::default_listen(),
+            bootstrap: vec![],
+            swarm: SwarmOptions::default(),
+            rendezvous_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("cannot listen on {addr}: {why}")]
+    Listen { addr: String, why: String },
+    #[error("data dir {path}: {why}")]
+    DataDir { path: String, why: String },
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+impl From<JournalError> for NodeError {
+    fn from(e: JournalError) -> Self {
+        NodeError::Core(CoreError::Journal(e))
+    }
+}
+
+/// Something the node tells its clients as it happens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Message(MessageView),
+    Rejected { room_id: String, reason: Rejection },
+    PeerConnected { peer_id: String },
+    PeerDisconnected { peer_id: String },
+}
+
+/// A connected peer and the addresses of its connections.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerView {
+    pub peer_id: String,
+    pub addrs: Vec<String>,
+    /// "tcp", "quic", "webrtc-direct", "relay" or "other", per connection.
+    pub transports: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub username: String,
+    pub user_id: String,
+    pub peer_id: String,
+    pub listen_addrs: Vec<String>,
+    pub connected_peers: usize,
+    pub rooms: Vec<RoomStatus>,
+    pub counters: Counters,
+    pub nat: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomStatus {
+    pub name: String,
+    /// Peers subscribed to the room's topic that we are connected to.
+    pub peers: usize,
+    /// Own messages waiting for a peer to publish to.
+    pub unpublished: usize,
+}
+
+/// What `send` reports back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sent {
+    pub message: MessageView,
+    /// False when no room member was reachable yet: the message is stored and is published
+    /// as soon as one is.
+    pub published: bool,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+enum Command {
+    Status(Reply<Status>),
+    Peers(Reply<Vec<PeerView>>),
+    Join(Room, Reply<RoomView>),
+    Leave(String, Reply<RoomView>),
+    Rooms(Reply<Vec<RoomView>>),
+    Send(String, String, Reply<Sent>),
+    History(String, usize, Reply<Vec<MessageView>>),
+    AddContact(String, String, Reply<ContactView>),
+    Contacts(Reply<Vec<ContactView>>),
+    CreateGroup(String, Vec<String>, Reply<RoomView>),
+    Dial(Multiaddr, Reply<()>),
+    PublishRaw(String, Vec<u8>, Reply<()>),
+    Shutdown(Reply<()>),
+}
+
+/// Cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+    identity: Arc<Identity>,
+}
+
+impl NodeHandle {
+    async fn ask<T>(&self, f: impl FnOnce(Reply<T>) -> Command) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(f(tx)).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub async fn status(&self) -> Result<Status, NodeError> {
+        self.ask(Command::Status).await
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerView>, NodeError> {
+        self.ask(Command::Peers).await
+    }
+
+    /// Joins a named room. The password's argon2id runs off the swarm task.
+    pub async fn join(&self, name: &str, password: Option<String>) -> Result<RoomView, NodeError> {
+        let name = name.to_string();
+        let room = tokio::task::spawn_blocking(move || Room::named(&name, password.as_deref()))
+            .await
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(CoreError::from)?;
+        self.ask(|r| Command::Join(room, r)).await
+    }
+
+    pub async fn leave(&self, name: &str) -> Result<RoomView, NodeError> {
+        self.ask(|r| Command::Leave(name.to_string(), r)).await
+    }
+
+    pub async fn rooms(&self) -> Result<Vec<RoomView>, NodeError> {
+        self.ask(Command::Rooms).await
+    }
+
+    pub async fn send(&self, room: &str, text: &str) -> Result<Sent, NodeError> {
+        self.ask(|r| Command::Send(room.to_string(), text.to_string(), r))
+            .await
+    }
+
+    pub async fn history(&self, room: &str, limit: usize) -> Result<Vec<MessageView>, NodeError> {
+        self.ask(|r| Command::History(room.to_string(), limit, r))
+            .await
+    }
+
+    pub async fn add_contact(&self, name: &str, code: &str) -> Result<ContactView, NodeError> {
+        self.ask(|r| Command::AddContact(name.to_string(), code.to_string(), r))
+            .await
+    }
+
+    pub async fn contacts(&self) -> Result<Vec<ContactView>, NodeError> {
+        self.ask(Command::Contacts).await
+    }
+
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: Vec<String>,
+    ) -> Result<RoomView, NodeError> {
+        self.ask(|r| Command::CreateGroup(name.to_string(), members, r))
+            .await
+    }
+
+    /// Sends a direct message to a contact.
+    pub async fn dm(&self, contact: &str, text: &str) -> Result<Sent, NodeError> {
+        self.send(&format!("@{}", contact.trim_start_matches('@')), text)
+            .await
+    }
+
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.ask(|r| Command::Dial(addr, r)).await
+    }
+
+    /// Publishes raw bytes on a room's topic, bypassing the envelope code: for tests that
+    /// check how peers treat forged or malformed messages.
+    pub async fn publish_raw(&self, room: &str, bytes: Vec<u8>) -> Result<(), NodeError> {
+        self.ask(|r| Command::PublishRaw(room.to_string(), bytes, r))
+            .await
+    }
+
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        self.ask(Command::Shutdown).await
+    }
+}
+
+/// Opens the journal, builds the swarm, starts listening and dialling, and spawns the task
+/// that runs the node.
+pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
+    config::ensure_data_dir(&cfg.data_dir).map_err(|e| NodeError::DataDir {
+        path: cfg.data_dir.display().to_string(),
+        why: e.to_string(),
+    })?;
+    let journal = Journal::open(&cfg.data_dir.join(config::JOURNAL_FILE))?;
+    let core = Core::open(identity.clone(), journal)?;
+    let cert = net::load_or_create_certificate(&cfg.data_dir.join(config::CERT_FILE))?;
+    let mut swarm = net::build_swarm(identity.peer_keypair(), cert, &cfg.swarm)?;
+    for addr in &cfg.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NodeError::Listen {
+                addr: addr.to_string(),
+                why: e.to_string(),
+            })?;
+    }
+    let (tx, rx) = mpsc::channel(256);
+    let (events, _) = broadcast::channel(1024);
+    let mut service = Service {
+        swarm,
+        core,
+        rx,
+        events: events.clone(),
+        listen_addrs: vec![],
+        connections: HashMap::new(),
+        outbox: HashMap::new(),
+        bootstrap: cfg.bootstrap.clone(),
+        nat: "unknown".into(),
+        kad_ready: false,
+        rendezvous_interval: cfg.rendezvous_interval,
+    };
+    let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
+    for id in topics {
+        service.subscribe(id);
+    }
+    for addr in cfg.bootstrap.clone() {
+        service.dial_addr(addr);
+    }
+    tokio::spawn(service.run());
+    Ok(NodeHandle {
+        tx,
+        events,
+        identity,
+    })
+}
+
+struct Service {
+    swarm: Swarm<Behaviour>,
+    core: Core,
+    rx: mpsc::Receiver<Command>,
+    events: broadcast::Sender<Event>,
+    listen_addrs: Vec<Multiaddr>,
+    connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
+    /// Own envelopes not yet published because no member was reachable.
+    outbox: HashMap<RoomId, Vec<Vec<u8>>>,
+    bootstrap: Vec<Multiaddr>,
+    nat: String,
+    /// Kademlia has learnt at least one peer: provider records can be placed.
+    kad_ready: bool,
+    rendezvous_interval: Duration,
+}
+
+fn transport_of(addr: &Multiaddr) -> &'static str {
+    let mut kind = "other";
+    for p in addr.iter() {
+        match p {
+            Protocol::P2pCircuit => return "relay",
+            Protocol::WebRTCDirect => return "webrtc-direct",
+            Protocol::QuicV1 => kind = "quic",
+            Protocol::Tcp(_) if kind == "other" => kind = "tcp",
+            _ => {}
+        }
+    }
+    kind
+}
+
+impl Service {
+    async fn run(mut self) {
+        // Rendezvous often while the node settles, then at the configured interval.
+        let mut fast = tokio::time::interval(Duration::from_secs(2));
+        let mut slow = tokio::time::interval(self.rendezvous_interval);
+        let settle_until = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                cmd = self.rx.recv() => match cmd {
+                    Some(Command::Shutdown(reply)) => {
+                        let _ = reply.send(Ok(()));
+                        break;
+                    }
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                _ = fast.tick(), if tokio::time::Instant::now() < settle_until => {
+                    self.rendezvous_all(false);
+                    self.flush_outbox_all();
+                }
+                _ = slow.tick() => {
+                    self.rendezvous_all(true);
+                    self.flush_outbox_all();
+                }
+            }
+        }
+        tracing::info!("node stopped");
+    }
+
+    fn subscribe(&mut self, id: RoomId) {
+        let topic = IdentTopic::new(id.topic());
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+            tracing::warn!(error = %e, "gossipsub subscribe failed");
+        }
+        self.rendezvous(id, true);
+    }
+
+    /// Announces ourselves as a member of the room in the DHT and looks for other members.
+    fn rendezvous(&mut self, id: RoomId, announce: bool) {
+        if !self.kad_ready {
+            return;
+        }
+        let key = kad::RecordKey::new(&id.0);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if announce && let Err(e) = kad.start_providing(key.clone()) {
+            tracing::warn!(error = %e, "could not announce room membership");
+        }
+        kad.get_providers(key);
+    }
+
+    fn rendezvous_all(&mut self, announce: bool) {
+        let ids: Vec<RoomId> = self.core.rooms().map(|r| r.id).collect();
+        for id in ids {
+            self.rendezvous(id, announce);
+        }
+    }
+
+    fn dial_addr(&mut self, addr: Multiaddr) {
+        if let Err(e) = self.swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "dial failed");
+        }
+    }
+
+    fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dial to room member failed; asking the DHT");
+            self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        }
+    }
+
+    fn emit(&self, ev: Event) {
+        let _ = self.events.send(ev);
+    }
+
+    fn publish(&mut self, room: RoomId, bytes: Vec<u8>) -> bool {
+        let topic = IdentTopic::new(room.topic());
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes.clone()) {
+            Ok(_) | Err(PublishError::Duplicate) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "publish deferred");
+                let q = self.outbox.entry(room).or_default();
+                if !q.contains(&bytes) {
+                    q.push(bytes);
+                }
+                false
+            }
+        }
+    }
+
+    fn flush_outbox(&mut self, room: RoomId) {
+        let Some(queue) = self.outbox.remove(&room) else {
+            return;
+        };
+        for bytes in queue {
+            self.publish(room, bytes);
+        }
+    }
+
+    fn flush_outbox_all(&mut self) {
+        let rooms: Vec<RoomId> = self.outbox.keys().copied().collect();
+        for r in rooms {
+            self.flush_outbox(r);
+        }
+    }
+
+    fn room_peers(&self, id: RoomId) -> usize {
+        let hash = IdentTopic::new(id.topic()).hash();
+        self.swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&hash))
+            .count()
+    }
+
+    fn status(&self) -> Result<Status, NodeError> {
+        let me = self.core.identity();
+        let peer_id = *self.swarm.local_peer_id();
+        Ok(Status {
+            username: me.username().to_string(),
+            user_id: me.id().to_hex(),
+            peer_id: peer_id.to_string(),
+            listen_addrs: self
+                .listen_addrs
+                .iter()
+                .map(|a| a.clone().with_p2p(peer_id).unwrap_or_else(|a| a).to_string())
+                .collect(),
+            connected_peers: self.swarm.connected_peers().count(),
+            rooms: self
+                .core
+                .rooms()
+                .map(|r| RoomStatus {
+                    name: r.name.clone(),
+                    peers: self.room_peers(r.id),
+                    unpublished: self.outbox.get(&r.id).map_or(0, Vec::len),
+                })
+                .collect(),
+            counters: self.core.counters().clone(),
+            nat: self.nat.clone(),
+        })
+    }
+
+    fn peers(&self) -> Vec<PeerView> {
+        let mut v: Vec<PeerView> = self
+            .connections
+            .iter()
+            .map(|(p, conns)| PeerView {
+                peer_id: p.to_string(),
+                addrs: conns.iter().map(|(_, a)| a.to_string()).collect(),
+                transports: conns
+                    .iter()
+                    .map(|(_, a)| transport_of(a).to_string())
+                    .collect(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        v
+    }
+
+    fn join(&mut self, room: Room) -> Result<RoomView, NodeError> {
+        let (room, new) = self.core.join(room)?;
+        let (id, room) = (room.id, room.clone());
+        if new {
+            self.subscribe(id);
+        }
+        Ok(self.core.room_view(&room)?)
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Status(r) => {
+                let _ = r.send(self.status());
+            }
+            Command::Peers(r) => {
+                let _ = r.send(Ok(self.peers()));
+            }
+            Command::Join(room, r) => {
+                let _ = r.send(self.join(room));
+            }
+            Command::Leave(name, r) => {
+                let res = self.core.leave(&name).map_err(NodeError::from).and_then(|room| {
+                    let topic = IdentTopic::new(room.id.topic());
+                    self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .stop_providing(&kad::RecordKey::new(&room.id.0));
+                    self.outbox.remove(&room.id);
+                    Ok(self.core.room_view(&room)?)
+                });
+                let _ = r.send(res);
+            }
+            Command::Rooms(r) => {
+                let rooms: Vec<Room> = self.core.rooms().cloned().collect();
+                let res = rooms
+                    .iter()
+                    .map(|room| self.core.room_view(room).map_err(NodeError::from))
+                    .collect();
+                let _ = r.send(res);
+            }
+            Command::Send(room, text, r) => {
+                let res = self.core.compose(&room, &text).map(|(id, env, message)| {
+                    let published = self.publish(id, env.into_bytes());
+                    self.emit(Event::Message(message.clone()));
+                    Sent { message, published }
+                });
+                let _ = r.send(res.map_err(NodeError::from));
+            }
+            Command::History(room, limit, r) => {
+                let _ = r.send(self.core.history(&room, limit).map_err(NodeError::from));
+            }
+            Command::AddContact(name, code, r) => {
+                let res = self.core.add_contact(&name, &code);
+                if let Ok(c) = &res
+                    && let Ok(room) = self.core.room_by_name(&c.room)
+                {
+                    let id = room.id;
+                    self.subscribe(id);
+                }
+                let _ = r.send(res.map_err(NodeError::from));
+            }
+            Command::Contacts(r) => {
+                let _ = r.send(Ok(self.core.contacts()));
+            }
+            Command::CreateGroup(name, members, r) => {
+                let res = self.core.create_group(&name, &members);
+                if let Ok(room) = &res
+                    && let Some(id) = crate::room::RoomId::from_topic(&room.topic)
+                {
+                    self.subscribe(id);
+                }
+                let _ = r.send(res.map_err(NodeError::from));
+            }
+            Command::Dial(addr, r) => {
+                let res = self.swarm.dial(addr.clone()).map_err(|e| NodeError::Listen {
+                    addr: addr.to_string(),
+                    why: e.to_string(),
+                });
+                let _ = r.send(res);
+            }
+            Command::PublishRaw(room, bytes, r) => {
+                let res = self.core.room_by_name(&room).map(|r| r.id);
+                let res = match res {
+                    Ok(id) => {
+                        self.publish(id, bytes);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                let _ = r.send(res);
+            }
+            Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(addr = %address.clone().with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a), "listening");
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let addr = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => address.clone(),
+                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
+                };
+                tracing::debug!(%peer_id, %addr, "connected");
+                let conns = self.connections.entry(peer_id).or_default();
+                let first = conns.is_empty();
+                conns.push((connection_id, addr));
+                if first {
+                    self.emit(Event::PeerConnected {
+                        peer_id: peer_id.to_string(),
+                    });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            } => {
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.retain(|(c, _)| *c != connection_id);
+                    if conns.is_empty() {
+                        self.connections.remove(&peer_id);
+                        self.emit(Event::PeerDisconnected {
+                            peer_id: peer_id.to_string(),
+                        });
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, %error, "outgoing connection failed");
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Gossipsub(ev) => self.on_gossipsub(ev),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let speaks_kad = info.protocols.iter().any(|p| *p == net::KAD_PROTOCOL);
+                if speaks_kad {
+                    // Kademlia does not learn addresses by itself: feed it what identify saw.
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                    if !self.kad_ready {
+                        self.kad_ready = true;
+                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                        self.rendezvous_all(true);
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { result, .. }) => {
+                match result {
+                    kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                        providers,
+                        ..
+                    })) => {
+                        for p in providers {
+                            self.dial_peer(p, vec![]);
+                        }
+                    }
+                    kad::QueryResult::GetClosestPeers(Ok(ok)) => {
+                        for info in ok.peers {
+                            if !info.addrs.is_empty() && !self.swarm.is_connected(&info.peer_id) {
+                                let wanted = self.is_room_member_hint(&info.peer_id);
+                                if wanted {
+                                    self.dial_peer(info.peer_id, info.addrs);
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
+                for (peer, addr) in list {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    self.dial_peer(peer, vec![addr]);
+                }
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
+                self.nat = format!("{new:?}");
+                tracing::info!(nat = %self.nat, "reachability changed");
+                if matches!(new, autonat::NatStatus::Private) {
+                    self.listen_via_relays();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A peer we looked up because the DHT named it as a room member.
+    fn is_room_member_hint(&self, peer: &PeerId) -> bool {
+        peer != self.swarm.local_peer_id()
+    }
+
+    /// Behind NAT: reserve a slot on each bootstrap node's relay so others can reach us
+    /// (DCUtR then upgrades relayed connections to direct ones where it can).
+    fn listen_via_relays(&mut self) {
+        let relays: HashSet<Multiaddr> = self
+            .bootstrap
+            .iter()
+            .filter(|a| a.iter().any(|p| matches!(p, Protocol::P2p(_))))
+            .cloned()
+            .collect();
+        for r in relays {
+            let addr = r.with(Protocol::P2pCircuit);
+            if let Err(e) = self.swarm.listen_on(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot listen via relay");
+            }
+        }
+    }
+
+    fn on_gossipsub(&mut self, ev: gossipsub::Event) {
+        match ev {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let topic = message.topic.as_str().to_string();
+                let verdict = match self.core.receive(&topic, message.data) {
+                    Ok(Incoming::Accepted(view)) => {
+                        self.emit(Event::Message(*view));
+                        MessageAcceptance::Accept
+                    }
+                    Ok(Incoming::Pending) => MessageAcceptance::Accept,
+                    Ok(Incoming::Duplicate | Incoming::NotOurs) => MessageAcceptance::Ignore,
+                    Ok(Incoming::Rejected(reason)) => {
+                        tracing::info!(peer = %propagation_source, ?reason, "rejected message");
+                        self.emit(Event::Rejected {
+                            room_id: RoomId::from_topic(&topic)
+                                .map(|r| r.to_hex())
+                                .unwrap_or_default(),
+                            reason,
+                        });
+                        MessageAcceptance::Reject
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not store an incoming message");
+                        MessageAcceptance::Ignore
+                    }
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, verdict);
+            }
+            gossipsub::Event::Subscribed { topic, .. } => {
+                if let Some(id) = RoomId::from_topic(topic.as_str()) {
+                    self.flush_outbox(id);
+                }
+            }
+            _ => {}
+        }
+    }
+}

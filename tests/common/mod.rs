@@ -1,0 +1,235 @@
+//! Harness for end-to-end tests: starts real `cryptchat` processes on loopback, each with its
+//! own data dir, and drives them through the CLI exactly as a user would.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cryptchat");
+
+/// A strong password per test user (the node refuses weak ones).
+pub fn password_for(user: &str) -> String {
+    format!("{user} walks the quiet harbour at dawn 2031")
+}
+
+/// Polls `f` until it returns true; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// A running `cryptchat run` process. Killed on drop.
+pub struct NodeProc {
+    pub user: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl NodeProc {
+    /// Starts `cryptchat run` for `user` in `data_dir` with extra `run` arguments.
+    pub fn start(user: &str, data_dir: &Path, args: &[String]) -> NodeProc {
+        let mut n = NodeProc {
+            user: user.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            child: None,
+            args: args.to_vec(),
+        };
+        n.spawn(&password_for(user));
+        n.wait_ready();
+        n
+    }
+
+    fn spawn(&mut self, password: &str) {
+        std::fs::create_dir_all(&self.data_dir).unwrap();
+        let _ = std::fs::remove_file(self.data_dir.join("api.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("node.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("run")
+            .arg("--username")
+            .arg(&self.user)
+            .args(&self.args)
+            .env("CRYPTCHAT_PASSWORD", password)
+            .env("RUST_LOG", "info,cryptchat=debug,libp2p=warn,webrtc=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start cryptchat");
+        self.child = Some(child);
+    }
+
+    /// Waits until the node answers on its local API.
+    pub fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if self.data_dir.join("api.json").exists() && self.try_cli(&["status"]).status.success()
+            {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "node {} exited early ({status}):\n{}",
+                    self.user,
+                    self.log()
+                );
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                panic!("node {} did not start:\n{}", self.user, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("node.log")).unwrap_or_default()
+    }
+
+    /// Runs a client subcommand against this node.
+    pub fn try_cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cryptchat client")
+    }
+
+    /// Runs a client subcommand that must succeed; returns its JSON output.
+    pub fn cli(&self, args: &[&str]) -> Value {
+        let out = self.try_cli(args);
+        assert!(
+            out.status.success(),
+            "cryptchat {args:?} failed for {}: {}\n--- node log ---\n{}",
+            self.user,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    pub fn status(&self) -> Value {
+        self.cli(&["status"])
+    }
+
+    /// The first listen address (with /p2p/) whose text contains `needle`, e.g. "/tcp/",
+    /// "/quic-v1", "/webrtc-direct".
+    pub fn listen_addr(&self, needle: &str) -> String {
+        let mut found = None;
+        wait_until("a listen address", Duration::from_secs(10), || {
+            let s = self.status();
+            found = s["listen_addrs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|a| a.as_str())
+                .find(|a| a.contains(needle) && a.contains("127.0.0.1"))
+                .map(str::to_string);
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// Number of peers subscribed to `room` that this node is connected to.
+    pub fn room_peers(&self, room: &str) -> u64 {
+        self.status()["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == room)
+            .and_then(|r| r["peers"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Texts of the room's history, in display order.
+    pub fn texts(&self, room: &str) -> Vec<String> {
+        self.cli(&["history", room, "--limit", "1000"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["text"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts the process on the same data dir with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn(&password_for(&self.user.clone()));
+        self.wait_ready();
+    }
+
+    /// Starts the same data dir with a different password; returns the process output.
+    pub fn run_with_password(&mut self, password: &str) -> Output {
+        self.kill();
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("run")
+            .arg("--username")
+            .arg(&self.user)
+            .args(&self.args)
+            .env("CRYPTCHAT_PASSWORD", password)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Loopback listen address for one transport.
+pub fn listen_for(transport: &str) -> String {
+    match transport {
+        "tcp" => "/ip4/127.0.0.1/tcp/0",
+        "quic" => "/ip4/127.0.0.1/udp/0/quic-v1",
+        "webrtc-direct" => "/ip4/127.0.0.1/udp/0/webrtc-direct",
+        other => panic!("unknown transport {other}"),
+    }
+    .to_string()
+}
+
+/// The address fragment that identifies a transport in a multiaddr.
+pub fn needle_for(transport: &str) -> &'static str {
+    match transport {
+        "tcp" => "/tcp/",
+        "quic" => "/quic-v1",
+        "webrtc-direct" => "/webrtc-direct",
+        other => panic!("unknown transport {other}"),
+    }
+}
