@@ -211,7 +211,10 @@ async fn leave(
     Ok(Json(s.node.leave(&r.name).await?))
 }
 
-async fn send(State(s): State<AppState>, Json(r): Json<SendRequest>) -> ApiResult<crate::service::Sent> {
+async fn send(
+    State(s): State<AppState>,
+    Json(r): Json<SendRequest>,
+) -> ApiResult<crate::service::Sent> {
     Ok(Json(s.node.send(&r.room, &r.text).await?))
 }
 
@@ -233,7 +236,10 @@ async fn add_contact(
     Ok(Json(s.node.add_contact(&r.name, &r.code).await?))
 }
 
-async fn dm(State(s): State<AppState>, Json(r): Json<DmRequest>) -> ApiResult<crate::service::Sent> {
+async fn dm(
+    State(s): State<AppState>,
+    Json(r): Json<DmRequest>,
+) -> ApiResult<crate::service::Sent> {
     Ok(Json(s.node.dm(&r.contact, &r.text).await?))
 }
 

@@ -37,7 +37,9 @@ pub enum CoreError {
     WrongIdentity(String),
     #[error("message is empty")]
     EmptyMessage,
-    #[error("stored setting '{0}' cannot be read; it was written by another identity or is corrupt")]
+    #[error(
+        "stored setting '{0}' cannot be read; it was written by another identity or is corrupt"
+    )]
     CorruptSetting(String),
     #[error(transparent)]
     Journal(#[from] JournalError),
@@ -199,15 +201,18 @@ impl Core {
     fn check_owner(&mut self) -> Result<(), CoreError> {
         let me = self.identity.id();
         match self.journal.get_setting(OWNER_KEY)? {
-            Some(blob) => match crypto::open_blob(self.identity.local_key(), OWNER_KEY.as_bytes(), &blob) {
-                Ok(v) if crypto::ct_eq(&v, &me.0) => Ok(()),
-                _ => Err(CoreError::WrongIdentity(
-                    self.journal.path().display().to_string(),
-                )),
-            },
+            Some(blob) => {
+                match crypto::open_blob(self.identity.local_key(), OWNER_KEY.as_bytes(), &blob) {
+                    Ok(v) if crypto::ct_eq(&v, &me.0) => Ok(()),
+                    _ => Err(CoreError::WrongIdentity(
+                        self.journal.path().display().to_string(),
+                    )),
+                }
+            }
             None => {
-                let blob = crypto::seal_blob(self.identity.local_key(), OWNER_KEY.as_bytes(), &me.0)
-                    .map_err(IdentityError::from)?;
+                let blob =
+                    crypto::seal_blob(self.identity.local_key(), OWNER_KEY.as_bytes(), &me.0)
+                        .map_err(IdentityError::from)?;
                 self.journal.put_setting(OWNER_KEY, &blob)?;
                 Ok(())
             }
@@ -215,8 +220,10 @@ impl Core {
     }
 
     fn seal(&self, key: &str, plain: &[u8]) -> Result<Vec<u8>, CoreError> {
-        Ok(crypto::seal_blob(self.identity.local_key(), key.as_bytes(), plain)
-            .map_err(IdentityError::from)?)
+        Ok(
+            crypto::seal_blob(self.identity.local_key(), key.as_bytes(), plain)
+                .map_err(IdentityError::from)?,
+        )
     }
 
     fn unseal(&self, key: &str, blob: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, CoreError> {

@@ -79,8 +79,8 @@ pub fn argon2id_with(
     t: u32,
     p: u32,
 ) -> Result<SecretKey, CryptoError> {
-    let params = argon2::Params::new(m_kib, t, p, Some(32))
-        .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+    let params =
+        argon2::Params::new(m_kib, t, p, Some(32)).map_err(|e| CryptoError::Kdf(e.to_string()))?;
     let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut out = Zeroizing::new([0u8; 32]);
     a.hash_password_into(password, salt, out.as_mut())
@@ -163,7 +163,11 @@ pub fn seal_blob(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>
 }
 
 /// Opens a value sealed by [`seal_blob`].
-pub fn open_blob(key: &[u8; 32], aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+pub fn open_blob(
+    key: &[u8; 32],
+    aad: &[u8],
+    blob: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     if blob.len() < NONCE_LEN {
         return Err(CryptoError::Decrypt);
     }

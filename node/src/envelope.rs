@@ -206,7 +206,10 @@ impl Envelope {
         if bytes.len() > MAX_ENVELOPE {
             return Err(EnvelopeError::Oversized(bytes.len()));
         }
-        let mut r = Reader { buf: &bytes, pos: 0 };
+        let mut r = Reader {
+            buf: &bytes,
+            pos: 0,
+        };
         if r.take(2)? != MAGIC {
             return Err(EnvelopeError::Malformed("bad magic"));
         }
@@ -459,7 +462,10 @@ mod tests {
         let room = Room::direct(member(alice), member(bob));
         let env = Envelope::seal(alice, &room, Kind::Text, pos(1), &text("alice", "psst")).unwrap();
         assert_eq!(env.open(&room, bob).unwrap().text.as_deref(), Some("psst"));
-        assert_eq!(env.open(&room, alice).unwrap().text.as_deref(), Some("psst"));
+        assert_eq!(
+            env.open(&room, alice).unwrap().text.as_deref(),
+            Some("psst")
+        );
         assert_eq!(env.open(&room, carol), Err(EnvelopeError::Undecryptable));
         assert_eq!(
             Room::direct(member(bob), member(alice)).id,

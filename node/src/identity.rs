@@ -34,7 +34,9 @@ pub enum IdentityError {
          use a longer passphrase, e.g. four or more random words"
     )]
     WeakPassword { why: String },
-    #[error("username must be {MIN_USERNAME} to {MAX_USERNAME} characters without control characters or ':'")]
+    #[error(
+        "username must be {MIN_USERNAME} to {MAX_USERNAME} characters without control characters or ':'"
+    )]
     BadUsername,
     #[error("RSA key size {0} is not allowed: choose 2048, 3072 or 4096")]
     BadKeySize(usize),
@@ -357,7 +359,10 @@ impl Identity {
         let plain = rsa::oaep::DecryptingKey::<Sha256>::new(self.private.clone())
             .decrypt_with_rng(&mut rand::rngs::SysRng, wrapped)
             .map_err(|_| IdentityError::Unwrap)?;
-        let key: [u8; 32] = plain.as_slice().try_into().map_err(|_| IdentityError::Unwrap)?;
+        let key: [u8; 32] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| IdentityError::Unwrap)?;
         Ok(zeroize::Zeroizing::new(key))
     }
 }
@@ -377,7 +382,9 @@ mod tests {
     /// update, that update changes every user's identity and must not ship as is.
     const PINNED_USER: &str = "pinned-test-user";
     const PINNED_PASSWORD: &str = "correct horse battery staple 1984";
-    const PINNED_FINGERPRINT: &str = "TO_BE_PINNED";
+    const PINNED_FINGERPRINT: &str =
+        "14fb2d0e5f3f87704c5c71b345122ff2fc34c9bddb9a4c72e7196f1ac04863fc";
+    const PINNED_PEER_ID: &str = "12D3KooWMbV6UjxQD9p12TWoJptqNN4RMdWaCUzVVTxH4e1yNN1F";
 
     #[test]
     fn derivation_is_deterministic_and_pinned() {
@@ -386,12 +393,14 @@ mod tests {
         assert_eq!(a.id(), b.id());
         assert_eq!(a.peer_id(), b.peer_id());
         assert_eq!(a.id().to_hex(), PINNED_FINGERPRINT);
+        assert_eq!(a.peer_id().to_string(), PINNED_PEER_ID);
     }
 
     #[test]
     fn different_password_gives_different_identity() {
         let a = Identity::derive_unchecked("u", "first passphrase here", KeySize::Rsa2048).unwrap();
-        let b = Identity::derive_unchecked("u", "second passphrase here", KeySize::Rsa2048).unwrap();
+        let b =
+            Identity::derive_unchecked("u", "second passphrase here", KeySize::Rsa2048).unwrap();
         assert_ne!(a.id(), b.id());
         assert_ne!(a.peer_id(), b.peer_id());
         assert_ne!(a.local_key(), b.local_key());
@@ -429,7 +438,8 @@ mod tests {
 
     #[test]
     fn contact_code_roundtrip_and_garbage() {
-        let a = Identity::derive_unchecked("Alice", "pw-a for tests only", KeySize::Rsa2048).unwrap();
+        let a =
+            Identity::derive_unchecked("Alice", "pw-a for tests only", KeySize::Rsa2048).unwrap();
         let code = a.contact_code().encode();
         let back = ContactCode::decode(&code).unwrap();
         assert_eq!(back.username, "alice");

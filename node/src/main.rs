@@ -18,7 +18,11 @@ use cryptchat::service::{self, NodeConfig, PeerView, Sent, Status};
 use libp2p::Multiaddr;
 
 #[derive(Parser)]
-#[command(name = "cryptchat", version, about = "Serverless, end-to-end encrypted group chat")]
+#[command(
+    name = "cryptchat",
+    version,
+    about = "Serverless, end-to-end encrypted group chat"
+)]
 struct Cli {
     /// Where the node keeps its journal and keys (one data dir per running node).
     #[arg(long, global = true, env = "CRYPTCHAT_DATA_DIR")]
@@ -131,7 +135,10 @@ fn main() {
 fn real_main() -> Result<()> {
     cryptchat::install_crypto_provider();
     let cli = Cli::parse();
-    let data_dir = cli.data_dir.clone().unwrap_or_else(config::default_data_dir);
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(config::default_data_dir);
     match cli.cmd {
         Cmd::Run {
             creds,
@@ -213,16 +220,22 @@ fn read_password(creds: &Credentials) -> Result<String> {
     {
         return Ok(p);
     }
-    rpassword::prompt_password(format!("password for {}: ", creds.username)).context(
-        "no password: set CRYPTCHAT_PASSWORD, pass --password-file, or run in a terminal",
-    )
+    rpassword::prompt_password(format!("password for {}: ", creds.username))
+        .context("no password: set CRYPTCHAT_PASSWORD, pass --password-file, or run in a terminal")
 }
 
 fn derive_identity(creds: &Credentials) -> Result<Arc<Identity>> {
     let password = zeroize::Zeroizing::new(read_password(creds)?);
     let size = KeySize::from_bits(creds.key_bits)?;
-    eprintln!("deriving identity for {} (argon2id, 64 MiB)...", creds.username);
-    Ok(Arc::new(Identity::derive(&creds.username, &password, size)?))
+    eprintln!(
+        "deriving identity for {} (argon2id, 64 MiB)...",
+        creds.username
+    );
+    Ok(Arc::new(Identity::derive(
+        &creds.username,
+        &password,
+        size,
+    )?))
 }
 
 async fn run(
@@ -270,7 +283,10 @@ async fn run(
             identity.username(),
             identity.id().short()
         );
-        println!("local API: http://{addr}/  (token in {})", data_dir.join(config::TOKEN_FILE).display());
+        println!(
+            "local API: http://{addr}/  (token in {})",
+            data_dir.join(config::TOKEN_FILE).display()
+        );
         for a in &status.listen_addrs {
             println!("listening on {a}");
         }
@@ -346,8 +362,16 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                 (None, true) => Some(rpassword::prompt_password("room password: ")?),
                 (None, false) => None,
             };
-            let v: RoomView = c.post("/join", &JoinRequest { name: room, password })?;
-            print(json, &v, |v| println!("joined {} ({} messages)", v.name, v.messages))
+            let v: RoomView = c.post(
+                "/join",
+                &JoinRequest {
+                    name: room,
+                    password,
+                },
+            )?;
+            print(json, &v, |v| {
+                println!("joined {} ({} messages)", v.name, v.messages)
+            })
         }
         Cmd::Leave { room } => {
             let v: RoomView = c.post("/leave", &NameRequest { name: room })?;
@@ -382,7 +406,12 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
         Cmd::Contact(ContactCmd::Add { name, code }) => {
             let v: ContactView = c.post("/contacts", &ContactRequest { name, code })?;
             print(json, &v, |v| {
-                println!("added {} ({}); direct room: {}", v.name, &v.user_id[..16], v.room)
+                println!(
+                    "added {} ({}); direct room: {}",
+                    v.name,
+                    &v.user_id[..16],
+                    v.room
+                )
             })
         }
         Cmd::Contact(ContactCmd::List) => {
@@ -395,7 +424,9 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
         }
         Cmd::Group { name, members } => {
             let v: RoomView = c.post("/groups", &GroupRequest { name, members })?;
-            print(json, &v, |v| println!("created group {} ({})", v.name, v.members.join(", ")))
+            print(json, &v, |v| {
+                println!("created group {} ({})", v.name, v.members.join(", "))
+            })
         }
         Cmd::Peers => {
             let v: Vec<PeerView> = c.get("/peers")?;
@@ -415,7 +446,10 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     println!("listening on {a}");
                 }
                 for r in &s.rooms {
-                    println!("room {}: {} peers, {} unpublished", r.name, r.peers, r.unpublished);
+                    println!(
+                        "room {}: {} peers, {} unpublished",
+                        r.name, r.peers, r.unpublished
+                    );
                 }
                 println!(
                     "messages: {} sent, {} accepted, {} duplicates, {} rejected",
@@ -433,8 +467,7 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
         Cmd::Watch => Ok(c.events(|data| {
             if json {
                 println!("{data}");
-            } else if let Ok(cryptchat::service::Event::Message(m)) = serde_json::from_str(data)
-            {
+            } else if let Ok(cryptchat::service::Event::Message(m)) = serde_json::from_str(data) {
                 print_message(&m);
             }
             true

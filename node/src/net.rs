@@ -109,9 +109,7 @@ pub fn build_swarm(
         )
         .map_err(|e| err(&e))?
         .with_quic()
-        .with_other_transport(|key| {
-            libp2p_webrtc::tokio::Transport::new(key.clone(), certificate)
-        })
+        .with_other_transport(|key| libp2p_webrtc::tokio::Transport::new(key.clone(), certificate))
         .map_err(|e| err(&e))?
         .with_dns()
         .map_err(|e| err(&e))?
@@ -134,7 +132,10 @@ pub fn build_swarm(
                 RoomTopics,
             )?;
             let mdns = if mdns_on {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    peer_id,
+                )?)
             } else {
                 None
             };

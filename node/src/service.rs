@@ -103,6 +103,8 @@ pub struct PeerView {
 pub struct Status {
     pub username: String,
     pub user_id: String,
+    /// What others paste into `cryptchat contact add`.
+    pub contact_code: String,
     pub peer_id: String,
     pub listen_addrs: Vec<String>,
     pub connected_peers: usize,
@@ -185,6 +187,11 @@ impl NodeHandle {
             .await
             .map_err(|_| NodeError::Stopped)?
             .map_err(CoreError::from)?;
+        self.ask(|r| Command::Join(room, r)).await
+    }
+
+    /// Joins a room built by the caller (direct, group, or any [`Room`]).
+    pub async fn join_room(&self, room: Room) -> Result<RoomView, NodeError> {
         self.ask(|r| Command::Join(room, r)).await
     }
 
@@ -409,7 +416,12 @@ impl Service {
 
     fn publish(&mut self, room: RoomId, bytes: Vec<u8>) -> bool {
         let topic = IdentTopic::new(room.topic());
-        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes.clone()) {
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, bytes.clone())
+        {
             Ok(_) | Err(PublishError::Duplicate) => true,
             Err(e) => {
                 tracing::debug!(error = %e, "publish deferred");
@@ -454,11 +466,17 @@ impl Service {
         Ok(Status {
             username: me.username().to_string(),
             user_id: me.id().to_hex(),
+            contact_code: me.contact_code().encode(),
             peer_id: peer_id.to_string(),
             listen_addrs: self
                 .listen_addrs
                 .iter()
-                .map(|a| a.clone().with_p2p(peer_id).unwrap_or_else(|a| a).to_string())
+                .map(|a| {
+                    a.clone()
+                        .with_p2p(peer_id)
+                        .unwrap_or_else(|a| a)
+                        .to_string()
+                })
                 .collect(),
             connected_peers: self.swarm.connected_peers().count(),
             rooms: self
@@ -513,16 +531,20 @@ impl Service {
                 let _ = r.send(self.join(room));
             }
             Command::Leave(name, r) => {
-                let res = self.core.leave(&name).map_err(NodeError::from).and_then(|room| {
-                    let topic = IdentTopic::new(room.id.topic());
-                    self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .stop_providing(&kad::RecordKey::new(&room.id.0));
-                    self.outbox.remove(&room.id);
-                    Ok(self.core.room_view(&room)?)
-                });
+                let res = self
+                    .core
+                    .leave(&name)
+                    .map_err(NodeError::from)
+                    .and_then(|room| {
+                        let topic = IdentTopic::new(room.id.topic());
+                        self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .stop_providing(&kad::RecordKey::new(&room.id.0));
+                        self.outbox.remove(&room.id);
+                        Ok(self.core.room_view(&room)?)
+                    });
                 let _ = r.send(res);
             }
             Command::Rooms(r) => {
@@ -567,10 +589,13 @@ impl Service {
                 let _ = r.send(res.map_err(NodeError::from));
             }
             Command::Dial(addr, r) => {
-                let res = self.swarm.dial(addr.clone()).map_err(|e| NodeError::Listen {
-                    addr: addr.to_string(),
-                    why: e.to_string(),
-                });
+                let res = self
+                    .swarm
+                    .dial(addr.clone())
+                    .map_err(|e| NodeError::Listen {
+                        addr: addr.to_string(),
+                        why: e.to_string(),
+                    });
                 let _ = r.send(res);
             }
             Command::PublishRaw(room, bytes, r) => {
@@ -644,7 +669,7 @@ impl Service {
         match ev {
             BehaviourEvent::Gossipsub(ev) => self.on_gossipsub(ev),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                let speaks_kad = info.protocols.iter().any(|p| *p == net::KAD_PROTOCOL);
+                let speaks_kad = info.protocols.contains(&net::KAD_PROTOCOL);
                 if speaks_kad {
                     // Kademlia does not learn addresses by itself: feed it what identify saw.
                     for addr in info.listen_addrs {
@@ -657,32 +682,34 @@ impl Service {
                     }
                 }
             }
-            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { result, .. }) => {
-                match result {
-                    kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
-                        providers,
-                        ..
-                    })) => {
-                        for p in providers {
-                            self.dial_peer(p, vec![]);
-                        }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { result, .. }) => match result
+            {
+                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })) => {
+                    for p in providers {
+                        self.dial_peer(p, vec![]);
                     }
-                    kad::QueryResult::GetClosestPeers(Ok(ok)) => {
-                        for info in ok.peers {
-                            if !info.addrs.is_empty() && !self.swarm.is_connected(&info.peer_id) {
-                                let wanted = self.is_room_member_hint(&info.peer_id);
-                                if wanted {
-                                    self.dial_peer(info.peer_id, info.addrs);
-                                }
+                }
+                kad::QueryResult::GetClosestPeers(Ok(ok)) => {
+                    for info in ok.peers {
+                        if !info.addrs.is_empty() && !self.swarm.is_connected(&info.peer_id) {
+                            let wanted = self.is_room_member_hint(&info.peer_id);
+                            if wanted {
+                                self.dial_peer(info.peer_id, info.addrs);
                             }
                         }
                     }
-                    _ => {}
                 }
-            }
+                _ => {}
+            },
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 for (peer, addr) in list {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
                     self.dial_peer(peer, vec![addr]);
                 }
             }

@@ -1,0 +1,221 @@
+//! End-to-end: real `cryptchat run` processes on loopback, driven through the CLI.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{NodeProc, listen_for, needle_for, password_for, wait_until};
+
+const T: Duration = Duration::from_secs(60);
+
+/// Three nodes, one as bootstrap; the other two know only the bootstrap's address, find each
+/// other through the room's DHT rendezvous, and everyone reads everyone's messages.
+fn three_nodes_chat(transport: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = vec!["--listen".to_string(), listen_for(transport)];
+    let mut args = listen.clone();
+    args.extend(["--join".into(), "lobby".into()]);
+    let boot = NodeProc::start("boot", &dir.path().join("boot"), &args);
+    let boot_addr = boot.listen_addr(needle_for(transport));
+
+    let mut peer_args = args.clone();
+    peer_args.extend(["--bootstrap".into(), boot_addr]);
+    let b = NodeProc::start("bob", &dir.path().join("bob"), &peer_args);
+    let c = NodeProc::start("carol", &dir.path().join("carol"), &peer_args);
+    let nodes = [&boot, &b, &c];
+
+    // Bob and Carol were given no address of each other: the DHT rendezvous must connect
+    // them, so each ends up with two room peers.
+    for n in nodes {
+        wait_until(&format!("{} sees 2 room peers", n.user), T, || {
+            n.room_peers("lobby") >= 2
+        });
+    }
+    for n in nodes {
+        n.cli(&["send", "lobby", &format!("hello from {}", n.user)]);
+    }
+    let mut expected: Vec<String> = ["boot", "bob", "carol"]
+        .iter()
+        .map(|u| format!("hello from {u}"))
+        .collect();
+    expected.sort();
+    for n in nodes {
+        wait_until(&format!("{} has all messages", n.user), T, || {
+            let mut got = n.texts("lobby");
+            got.sort();
+            got == expected
+        });
+    }
+    // Same display order everywhere.
+    let order = boot.texts("lobby");
+    assert_eq!(b.texts("lobby"), order);
+    assert_eq!(c.texts("lobby"), order);
+    // Every connection really runs over the transport under test.
+    for n in nodes {
+        let peers = n.cli(&["peers"]);
+        let peers = peers.as_array().unwrap();
+        assert!(peers.len() >= 2, "{} has {} peers", n.user, peers.len());
+        for p in peers {
+            for t in p["transports"].as_array().unwrap() {
+                assert_eq!(t, transport, "{}: {p}", n.user);
+            }
+        }
+    }
+}
+
+#[test]
+fn room_chat_over_tcp() {
+    three_nodes_chat("tcp");
+}
+
+#[test]
+fn room_chat_over_quic() {
+    three_nodes_chat("quic");
+}
+
+#[test]
+fn room_chat_over_webrtc_direct() {
+    three_nodes_chat("webrtc-direct");
+}
+
+fn tcp_pair(dir: &std::path::Path, room_args: &[&str]) -> (NodeProc, NodeProc) {
+    let mut args = vec!["--listen".to_string(), listen_for("tcp")];
+    args.extend(room_args.iter().map(|s| s.to_string()));
+    let a = NodeProc::start("alice", &dir.join("alice"), &args);
+    let mut b_args = args.clone();
+    b_args.extend(["--bootstrap".into(), a.listen_addr("/tcp/")]);
+    let b = NodeProc::start("bob", &dir.join("bob"), &b_args);
+    (a, b)
+}
+
+#[test]
+fn wrong_room_password_sees_nothing_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = tcp_pair(dir.path(), &[]);
+    let right = dir.path().join("right.pw");
+    let wrong = dir.path().join("wrong.pw");
+    std::fs::write(&right, "blue ocean lantern").unwrap();
+    std::fs::write(&wrong, "red ocean lantern").unwrap();
+    let c = NodeProc::start(
+        "carol",
+        &dir.path().join("carol"),
+        &[
+            "--listen".into(),
+            listen_for("tcp"),
+            "--bootstrap".into(),
+            a.listen_addr("/tcp/"),
+        ],
+    );
+    a.cli(&[
+        "join",
+        "vault",
+        "--room-password-file",
+        right.to_str().unwrap(),
+    ]);
+    b.cli(&[
+        "join",
+        "vault",
+        "--room-password-file",
+        right.to_str().unwrap(),
+    ]);
+    c.cli(&[
+        "join",
+        "vault",
+        "--room-password-file",
+        wrong.to_str().unwrap(),
+    ]);
+    wait_until("alice and bob share the room", T, || {
+        a.room_peers("vault") >= 1 && b.room_peers("vault") >= 1
+    });
+    a.cli(&["send", "vault", "the code is 4711"]);
+    wait_until("bob reads it", T, || {
+        b.texts("vault") == ["the code is 4711"]
+    });
+    // Carol is connected to both, but her password gives another room: nothing arrives.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(c.texts("vault").is_empty());
+    assert_eq!(c.room_peers("vault"), 0);
+    assert_eq!(c.status()["counters"]["accepted"], 0);
+}
+
+#[test]
+fn direct_message_reaches_its_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = tcp_pair(dir.path(), &[]);
+    let a_code = a.status()["contact_code"].as_str().unwrap().to_string();
+    let b_code = b.status()["contact_code"].as_str().unwrap().to_string();
+    a.cli(&["contact", "add", "bob", &b_code]);
+    b.cli(&["contact", "add", "alice", &a_code]);
+    wait_until("direct room connected", T, || a.room_peers("@bob") >= 1);
+    a.cli(&["dm", "bob", "just between us"]);
+    wait_until("bob reads the DM", T, || {
+        b.texts("@alice") == ["just between us"]
+    });
+    let h = b.cli(&["history", "@alice"]);
+    assert_eq!(h[0]["contact"], "alice");
+    // A bad contact code is refused with a clear error.
+    let out = a.try_cli(&["contact", "add", "mallory", "cc1:garbage"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("contact code"));
+}
+
+#[test]
+fn restart_keeps_history_and_wrong_password_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, mut b) = tcp_pair(dir.path(), &["--join", "lobby"]);
+    wait_until("connected", T, || a.room_peers("lobby") >= 1);
+    a.cli(&["send", "lobby", "one"]);
+    b.cli(&["send", "lobby", "two"]);
+    wait_until("both messages at bob", T, || b.texts("lobby").len() == 2);
+    // SIGKILL: no graceful shutdown.
+    b.restart();
+    assert_eq!(b.texts("lobby").len(), 2);
+    let out = b.run_with_password(&password_for("not bob"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to another identity"), "{err}");
+    b.restart();
+    assert_eq!(b.texts("lobby").len(), 2);
+    b.cli(&["send", "lobby", "three"]);
+    wait_until("alice gets the post-restart message", T, || {
+        a.texts("lobby").len() == 3
+    });
+}
+
+#[test]
+fn weak_password_is_refused() {
+    let out = std::process::Command::new(common::BIN)
+        .args(["id", "--username", "alice"])
+        .env("CRYPTCHAT_PASSWORD", "password1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too weak"));
+}
+
+#[test]
+fn client_commands_explain_a_missing_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["send", "lobby", "hi"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no cryptchat node is running"), "{err}");
+}
+
+#[test]
+fn unknown_room_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = NodeProc::start(
+        "alice",
+        &dir.path().join("a"),
+        &["--listen".into(), listen_for("tcp")],
+    );
+    let out = a.try_cli(&["send", "nowhere", "hi"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown room 'nowhere'"));
+}
