@@ -1,76 +1,21 @@
 //! End-to-end with in-process nodes (real swarms on loopback, real redb files): what a
 //! hostile peer can do that the CLI cannot, such as publishing forged envelopes.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::inproc::{first_addr, identity, node, room_peers, texts, wait_for};
 use cryptchat::envelope::{Envelope, Kind, Payload, Position};
-use cryptchat::identity::{Identity, KeySize};
 use cryptchat::room::Room;
-use cryptchat::service::{self, NodeConfig, NodeHandle};
 
-fn identity(name: &str) -> Arc<Identity> {
-    Arc::new(
-        Identity::derive_unchecked(
-            name,
-            &format!("{name} in-process password"),
-            KeySize::Rsa2048,
-        )
-        .unwrap(),
-    )
-}
-
-async fn node(id: Arc<Identity>, dir: &std::path::Path, bootstrap: Option<String>) -> NodeHandle {
-    let mut cfg = NodeConfig::new(dir.to_path_buf());
-    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    cfg.bootstrap = bootstrap.into_iter().map(|a| a.parse().unwrap()).collect();
-    service::start(id, cfg).await.unwrap()
-}
-
-async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-async fn first_addr(n: &NodeHandle) -> String {
-    let mut addr = None;
-    wait_for("listen address", async || {
-        addr = n.status().await.unwrap().listen_addrs.first().cloned();
-        addr.is_some()
-    })
-    .await;
-    addr.unwrap()
-}
-
-async fn room_peers(n: &NodeHandle, room: &str) -> usize {
-    let s = n.status().await.unwrap();
-    s.rooms
-        .iter()
-        .find(|r| r.name == room)
-        .map_or(0, |r| r.peers)
-}
-
-async fn texts(n: &NodeHandle, room: &str) -> Vec<String> {
-    n.history(room, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| m.text)
-        .collect()
-}
+const T: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_and_malformed_envelopes_are_rejected_and_never_stored() {
-    cryptchat::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let alice = identity("alice");
-    let a = node(alice.clone(), &dir.path().join("a"), None).await;
+    let a = node(alice.clone(), &dir.path().join("a"), &[]).await;
     let b = node(
         identity("bob"),
         &dir.path().join("b"),
@@ -79,9 +24,9 @@ async fn forged_and_malformed_envelopes_are_rejected_and_never_stored() {
     .await;
     a.join("lobby", None).await.unwrap();
     b.join("lobby", None).await.unwrap();
-    wait_for("mesh", async || room_peers(&a, "lobby").await >= 1).await;
+    wait_for("mesh", T, async || room_peers(&a, "lobby").await >= 1).await;
     a.send("lobby", "real").await.unwrap();
-    wait_for("the real message", async || {
+    wait_for("the real message", T, async || {
         texts(&b, "lobby").await == ["real"]
     })
     .await;
@@ -111,7 +56,7 @@ async fn forged_and_malformed_envelopes_are_rejected_and_never_stored() {
     let foreign = Envelope::seal(&alice, &other, Kind::Text, pos, &payload).unwrap();
     a.publish_raw("lobby", foreign.into_bytes()).await.unwrap();
 
-    wait_for("four rejections at bob", async || {
+    wait_for("four rejections at bob", T, async || {
         let c = b.status().await.unwrap().counters;
         c.rejected.values().sum::<u64>() >= 4
     })
@@ -124,7 +69,7 @@ async fn forged_and_malformed_envelopes_are_rejected_and_never_stored() {
     assert_eq!(texts(&b, "lobby").await, ["real"]);
     // The node is still healthy after all that.
     a.send("lobby", "still here").await.unwrap();
-    wait_for("a later message", async || {
+    wait_for("a later message", T, async || {
         texts(&b, "lobby").await.len() == 2
     })
     .await;
@@ -132,13 +77,12 @@ async fn forged_and_malformed_envelopes_are_rejected_and_never_stored() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn eavesdropper_on_a_direct_room_cannot_read() {
-    cryptchat::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob, carol) = (identity("alice"), identity("bob"), identity("carol"));
-    let a = node(alice.clone(), &dir.path().join("a"), None).await;
+    let a = node(alice.clone(), &dir.path().join("a"), &[]).await;
     let boot = first_addr(&a).await;
-    let b = node(bob.clone(), &dir.path().join("b"), Some(boot.clone())).await;
-    let c = node(carol.clone(), &dir.path().join("c"), Some(boot)).await;
+    let b = node(bob.clone(), &dir.path().join("b"), &[boot.clone()]).await;
+    let c = node(carol.clone(), &dir.path().join("c"), &[boot]).await;
     a.add_contact("bob", &bob.contact_code().encode())
         .await
         .unwrap();
@@ -150,16 +94,16 @@ async fn eavesdropper_on_a_direct_room_cannot_read() {
     spy.id = Room::direct(alice.contact_code().into(), bob.contact_code().into()).id;
     spy.name = "spy".into();
     c.join_room(spy).await.unwrap();
-    wait_for("direct room mesh", async || {
+    wait_for("direct room mesh", T, async || {
         room_peers(&a, "@bob").await >= 2 && room_peers(&c, "spy").await >= 1
     })
     .await;
     a.dm("bob", "for bob only").await.unwrap();
-    wait_for("bob reads it", async || {
+    wait_for("bob reads it", T, async || {
         texts(&b, "@alice").await == ["for bob only"]
     })
     .await;
-    wait_for("carol refuses it", async || {
+    wait_for("carol refuses it", T, async || {
         let r = c.status().await.unwrap().counters.rejected;
         r.get("undecryptable") == Some(&1)
     })

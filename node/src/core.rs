@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::crypto;
 use crate::envelope::{Envelope, EnvelopeError, Kind, Payload, Position};
 use crate::identity::{ContactCode, Identity, IdentityError, UserId};
-use crate::journal::{AppendOutcome, Journal, JournalError, StoredEntry};
+use crate::journal::{AppendOutcome, EntryMeta, Head, Id, Journal, JournalError, StoredEntry};
 use crate::room::{Member, Room, RoomError, RoomId, RoomKind, StoredRoom};
+use crate::sync::{self, ForkRef, Range};
 
 const OWNER_KEY: &str = "owner";
 const ROOM_PREFIX: &str = "room/";
@@ -82,8 +83,34 @@ pub struct RoomView {
     pub kind: RoomKind,
     pub has_password: bool,
     pub messages: u64,
+    /// Entries held ahead of a gap in their author's chain, waiting for the missing ones.
+    pub pending: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
+    /// Authors caught signing two different entries at the same position.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forks: Vec<ForkView>,
+}
+
+/// A detected fork: proof that an author signed two entries at the same seq.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ForkView {
+    pub author_id: String,
+    pub seq: u64,
+}
+
+/// The two conflicting envelopes of a fork: (the one we kept, the conflicting one).
+pub type ForkPair = (Vec<u8>, Vec<u8>);
+
+/// What storing a batch of synchronised entries did.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    /// Newly stored, contiguous entries, as messages.
+    pub appended: Vec<MessageView>,
+    pub pending: usize,
+    pub duplicates: usize,
+    /// Authors whose entries conflicted with ours (fork proofs recorded).
+    pub forked_authors: Vec<Id>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -301,7 +328,17 @@ impl Core {
             kind: room.kind,
             has_password: room.has_password,
             messages: self.journal.count(&room.id.0)?,
+            pending: self.journal.pending_count(&room.id.0)?,
             members,
+            forks: self
+                .journal
+                .forks(&room.id.0)?
+                .into_iter()
+                .map(|f| ForkView {
+                    author_id: hex::encode(f.author),
+                    seq: f.seq,
+                })
+                .collect(),
         })
     }
 
@@ -430,22 +467,10 @@ impl Core {
             return Ok(Incoming::NotOurs);
         };
         let room = room.clone();
-        let checked = Envelope::parse(bytes).and_then(|env| {
-            if env.room != room.id {
-                return Err(EnvelopeError::WrongRoom);
-            }
-            let payload = env.open(&room, &self.identity)?;
-            Ok((env, payload))
-        });
-        let (env, payload) = match checked {
+        let (env, payload) = match check(&self.identity, &room, bytes) {
             Ok(v) => v,
-            Err(e) => return Ok(self.reject(Rejection::from_envelope(&e))),
+            Err(why) => return Ok(self.reject(why)),
         };
-        if let Some(members) = room.member_ids()
-            && !members.contains(&env.author_id())
-        {
-            return Ok(self.reject(Rejection::NotAMember));
-        }
         let outcome = self.journal.append(&env.meta(), env.bytes())?;
         Ok(match outcome {
             AppendOutcome::Appended { .. } => {
@@ -462,6 +487,122 @@ impl Core {
             }
             AppendOutcome::Fork => self.reject(Rejection::Fork),
         })
+    }
+
+    /// Counts entries that failed verification during sync.
+    pub fn count_rejection(&mut self, why: Rejection) {
+        self.reject(why);
+    }
+
+    /// Stores entries a peer sent during sync (already verified by [`check`]) in one
+    /// durable transaction.
+    pub fn store_batch(
+        &mut self,
+        room_id: RoomId,
+        verified: Vec<(Envelope, Payload)>,
+    ) -> Result<BatchReport, CoreError> {
+        let Some(room) = self.rooms.get(&room_id).cloned() else {
+            return Ok(BatchReport::default());
+        };
+        let batch: Vec<(EntryMeta, Vec<u8>)> = verified
+            .iter()
+            .map(|(env, _)| (env.meta(), env.bytes().to_vec()))
+            .collect();
+        let outcomes = self.journal.append_batch(&batch)?;
+        let mut report = BatchReport::default();
+        for ((env, payload), outcome) in verified.into_iter().zip(outcomes) {
+            match outcome {
+                AppendOutcome::Appended { .. } => {
+                    self.counters.accepted += 1;
+                    report.appended.push(self.view(&room, &env, payload));
+                }
+                AppendOutcome::Pending => {
+                    self.counters.accepted += 1;
+                    report.pending += 1;
+                }
+                AppendOutcome::Duplicate => {
+                    self.counters.duplicates += 1;
+                    report.duplicates += 1;
+                }
+                AppendOutcome::Fork => {
+                    self.reject(Rejection::Fork);
+                    report.forked_authors.push(env.author_id().0);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The room's version vector.
+    pub fn vector(&self, room: RoomId) -> Result<BTreeMap<Id, Head>, CoreError> {
+        Ok(self.journal.version_vector(&room.0)?)
+    }
+
+    /// The forks we hold proofs for in a room.
+    pub fn fork_refs(&self, room: RoomId) -> Result<Vec<ForkRef>, CoreError> {
+        let mut v: Vec<ForkRef> = self
+            .journal
+            .forks(&room.0)?
+            .into_iter()
+            .map(|f| ForkRef {
+                author: f.author,
+                seq: f.seq,
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        Ok(v)
+    }
+
+    /// Entries for a peer's pull, bounded in count and bytes; `true` if more remain.
+    pub fn serve_pull(
+        &self,
+        room: RoomId,
+        ranges: &[Range],
+    ) -> Result<(Vec<Vec<u8>>, bool), CoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for r in ranges.iter().take(sync::MAX_RANGES) {
+            if r.from == 0 || r.to < r.from {
+                continue;
+            }
+            let room_left = sync::MAX_BATCH_ENTRIES - out.len();
+            let entries = self
+                .journal
+                .range(&room.0, &r.author, r.from, r.to, room_left)?;
+            for e in entries {
+                if bytes + e.envelope.len() > sync::MAX_BATCH_BYTES {
+                    return Ok((out, true));
+                }
+                bytes += e.envelope.len();
+                out.push(e.envelope);
+            }
+            if out.len() >= sync::MAX_BATCH_ENTRIES {
+                return Ok((out, true));
+            }
+            // A range we only partly hold is fine: the peer asks others for the rest.
+        }
+        Ok((out, false))
+    }
+
+    /// Both envelopes of a fork we hold a proof for.
+    pub fn serve_fork_proof(
+        &self,
+        room: RoomId,
+        fork: ForkRef,
+    ) -> Result<Option<ForkPair>, CoreError> {
+        let Some(proof) = self
+            .journal
+            .forks(&room.0)?
+            .into_iter()
+            .find(|f| f.author == fork.author && f.seq == fork.seq)
+        else {
+            return Ok(None);
+        };
+        let Some(existing) = self.journal.get(&room.0, &fork.author, fork.seq)? else {
+            return Ok(None);
+        };
+        Ok(Some((existing.envelope, proof.conflicting_envelope)))
     }
 
     fn reject(&mut self, why: Rejection) -> Incoming {
@@ -500,6 +641,24 @@ impl Core {
             }
         }
     }
+}
+
+/// Verifies an envelope for `room`: signature, room, membership and decryption. Pure, so the
+/// service can run it off the swarm task for large sync batches.
+pub fn check(me: &Identity, room: &Room, bytes: Vec<u8>) -> Result<(Envelope, Payload), Rejection> {
+    let env = Envelope::parse(bytes).map_err(|e| Rejection::from_envelope(&e))?;
+    if env.room != room.id {
+        return Err(Rejection::WrongRoom);
+    }
+    if let Some(members) = room.member_ids()
+        && !members.contains(&env.author_id())
+    {
+        return Err(Rejection::NotAMember);
+    }
+    let payload = env
+        .open(room, me)
+        .map_err(|e| Rejection::from_envelope(&e))?;
+    Ok((env, payload))
 }
 
 #[cfg(test)]

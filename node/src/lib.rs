@@ -15,6 +15,7 @@ pub mod journal;
 pub mod net;
 pub mod room;
 pub mod service;
+pub mod sync;
 
 /// Installs the process-wide rustls crypto provider. libp2p-webrtc (via webrtc-rs) panics on
 /// the first WebRTC connection without one, so every binary calls this first.

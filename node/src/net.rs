@@ -5,15 +5,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use libp2p::gossipsub::{self, MessageAuthenticity, TopicHash, ValidationMode};
+use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, autonat, dcutr, identify, kad, mdns, noise, ping, relay,
-    tcp, yamux,
+    StreamProtocol, Swarm, SwarmBuilder, allow_block_list, autonat, dcutr, identify, kad, mdns,
+    noise, ping, relay, tcp, yamux,
 };
 use libp2p_webrtc::tokio::Certificate;
 
 use crate::crypto;
+use crate::sync::{SyncRequest, SyncResponse};
+
+/// History reconciliation protocol (see [`crate::sync`]).
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new(crate::sync::PROTOCOL);
 
 /// Our own Kademlia protocol, so cryptchat's DHT does not mix with IPFS's.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cryptchat/kad/1.0.0");
@@ -50,6 +55,8 @@ pub type Gossipsub = gossipsub::Behaviour<gossipsub::IdentityTransform, RoomTopi
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Peers cut off on purpose (fault injection: partitions).
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub relay_client: relay::client::Behaviour,
     pub relay: relay::Behaviour,
     pub ping: ping::Behaviour,
@@ -59,6 +66,7 @@ pub struct Behaviour {
     pub autonat: autonat::Behaviour,
     pub dcutr: dcutr::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
 }
 
 /// Options that shape the swarm.
@@ -140,6 +148,12 @@ pub fn build_swarm(
                 None
             };
             Ok(Behaviour {
+                blocked: Default::default(),
+                sync: request_response::cbor::Behaviour::new(
+                    [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(60)),
+                ),
                 relay_client,
                 relay: relay::Behaviour::new(peer_id, relay::Config::default()),
                 ping: ping::Behaviour::new(ping::Config::new()),

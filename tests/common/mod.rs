@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod inproc;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_cryptchat");
 
 /// A strong password per test user (the node refuses weak ones).

@@ -16,6 +16,8 @@ use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, mdns};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+mod reconcile;
+
 use crate::config;
 use crate::core::{
     ContactView, Core, CoreError, Counters, Incoming, MessageView, Rejection, RoomView,
@@ -34,6 +36,8 @@ pub struct NodeConfig {
     pub swarm: SwarmOptions,
     /// How often rooms look for members in the DHT once the node has settled.
     pub rendezvous_interval: Duration,
+    /// How often the node reconciles each room's history with its connected members.
+    pub sync_interval: Duration,
 }
 
 impl NodeConfig {
@@ -56,6 +60,7 @@ impl NodeConfig {
             bootstrap: vec![],
             swarm: SwarmOptions::default(),
             rendezvous_interval: Duration::from_secs(30),
+            sync_interval: Duration::from_secs(5),
         }
     }
 }
@@ -145,6 +150,8 @@ enum Command {
     Contacts(Reply<Vec<ContactView>>),
     CreateGroup(String, Vec<String>, Reply<RoomView>),
     Dial(Multiaddr, Reply<()>),
+    Block(Vec<PeerId>, bool, Reply<()>),
+    SyncNow(Reply<()>),
     PublishRaw(String, Vec<u8>, Reply<()>),
     Shutdown(Reply<()>),
 }
@@ -241,6 +248,17 @@ impl NodeHandle {
         self.ask(|r| Command::Dial(addr, r)).await
     }
 
+    /// Cuts off (or, with `blocked = false`, lets back) these peers: the fault injection
+    /// behind simulated partitions.
+    pub async fn block(&self, peers: Vec<PeerId>, blocked: bool) -> Result<(), NodeError> {
+        self.ask(|r| Command::Block(peers, blocked, r)).await
+    }
+
+    /// Starts a reconciliation round with every connected member of every room now.
+    pub async fn sync_now(&self) -> Result<(), NodeError> {
+        self.ask(Command::SyncNow).await
+    }
+
     /// Publishes raw bytes on a room's topic, bypassing the envelope code: for tests that
     /// check how peers treat forged or malformed messages.
     pub async fn publish_raw(&self, room: &str, bytes: Vec<u8>) -> Result<(), NodeError> {
@@ -273,7 +291,8 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
             })?;
     }
     let (tx, rx) = mpsc::channel(256);
-    let (events, _) = broadcast::channel(1024);
+    let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+    let (events, _) = broadcast::channel(4096);
     let mut service = Service {
         swarm,
         core,
@@ -286,6 +305,9 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         nat: "unknown".into(),
         kad_ready: false,
         rendezvous_interval: cfg.rendezvous_interval,
+        sync_interval: cfg.sync_interval,
+        reconcile: reconcile::State::new(internal_tx),
+        internal_rx,
     };
     let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
     for id in topics {
@@ -316,6 +338,9 @@ struct Service {
     /// Kademlia has learnt at least one peer: provider records can be placed.
     kad_ready: bool,
     rendezvous_interval: Duration,
+    sync_interval: Duration,
+    reconcile: reconcile::State,
+    internal_rx: mpsc::UnboundedReceiver<reconcile::Internal>,
 }
 
 fn transport_of(addr: &Multiaddr) -> &'static str {
@@ -338,12 +363,16 @@ impl Service {
         let mut fast = tokio::time::interval(Duration::from_secs(2));
         let mut slow = tokio::time::interval(self.rendezvous_interval);
         let settle_until = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut sync_tick = tokio::time::interval(self.sync_interval);
+        let mut stopped = None;
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
+                _ = sync_tick.tick() => self.sync_all(),
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
-                        let _ = reply.send(Ok(()));
+                        stopped = Some(reply);
                         break;
                     }
                     Some(cmd) => self.on_command(cmd),
@@ -359,7 +388,13 @@ impl Service {
                 }
             }
         }
+        // Close the journal and the listeners before saying we stopped, so the data dir can
+        // be opened again right away.
+        drop(self);
         tracing::info!("node stopped");
+        if let Some(reply) = stopped {
+            let _ = reply.send(Ok(()));
+        }
     }
 
     fn subscribe(&mut self, id: RoomId) {
@@ -598,6 +633,28 @@ impl Service {
                     });
                 let _ = r.send(res);
             }
+            Command::Block(peers, blocked, r) => {
+                for p in peers {
+                    let list = &mut self.swarm.behaviour_mut().blocked;
+                    if blocked {
+                        list.block_peer(p);
+                    } else {
+                        list.unblock_peer(p);
+                    }
+                }
+                if !blocked {
+                    // Reconnect through the bootstrap nodes and the DHT.
+                    for addr in self.bootstrap.clone() {
+                        self.dial_addr(addr);
+                    }
+                    self.rendezvous_all(false);
+                }
+                let _ = r.send(Ok(()));
+            }
+            Command::SyncNow(r) => {
+                self.sync_all();
+                let _ = r.send(Ok(()));
+            }
             Command::PublishRaw(room, bytes, r) => {
                 let res = self.core.room_by_name(&room).map(|r| r.id);
                 let res = match res {
@@ -651,6 +708,7 @@ impl Service {
                     conns.retain(|(c, _)| *c != connection_id);
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
+                        self.reconcile.forget_peer(&peer_id);
                         self.emit(Event::PeerDisconnected {
                             peer_id: peer_id.to_string(),
                         });
@@ -668,6 +726,7 @@ impl Service {
     fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
         match ev {
             BehaviourEvent::Gossipsub(ev) => self.on_gossipsub(ev),
+            BehaviourEvent::Sync(ev) => self.on_sync_event(ev),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let speaks_kad = info.protocols.contains(&net::KAD_PROTOCOL);
                 if speaks_kad {
@@ -759,7 +818,13 @@ impl Service {
                         self.emit(Event::Message(*view));
                         MessageAcceptance::Accept
                     }
-                    Ok(Incoming::Pending) => MessageAcceptance::Accept,
+                    Ok(Incoming::Pending) => {
+                        // A gap in an author's chain: whoever relayed this likely has the rest.
+                        if let Some(room) = RoomId::from_topic(&topic) {
+                            self.start_hello(propagation_source, room, false);
+                        }
+                        MessageAcceptance::Accept
+                    }
                     Ok(Incoming::Duplicate | Incoming::NotOurs) => MessageAcceptance::Ignore,
                     Ok(Incoming::Rejected(reason)) => {
                         tracing::info!(peer = %propagation_source, ?reason, "rejected message");
@@ -781,9 +846,13 @@ impl Service {
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, verdict);
             }
-            gossipsub::Event::Subscribed { topic, .. } => {
+            gossipsub::Event::Subscribed { peer_id, topic } => {
                 if let Some(id) = RoomId::from_topic(topic.as_str()) {
                     self.flush_outbox(id);
+                    // A member appeared: reconcile with it right away.
+                    if self.core.room(&id).is_some() {
+                        self.start_hello(peer_id, id, false);
+                    }
                 }
             }
             _ => {}

@@ -1,0 +1,489 @@
+//! The service's side of history reconciliation: when to exchange vectors, pulling missing
+//! ranges, serving peers' pulls, and verifying batches off the swarm task. The protocol
+//! logic itself lives in [`crate::sync`] and [`crate::core`].
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use libp2p::gossipsub::IdentTopic;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use tokio::sync::mpsc;
+
+use super::{Event, Service};
+use crate::core::{self, Rejection};
+use crate::envelope::{Envelope, Payload};
+use crate::room::RoomId;
+use crate::sync::{ApplyError, ForkRef, PeerViews, SyncRequest, SyncResponse};
+
+/// Requests a peer may make per window before it is told to slow down.
+const RATE_LIMIT: u32 = 200;
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Consecutive vector retries with one peer before giving up until the next round.
+const MAX_RETRIES: u32 = 3;
+
+/// Results coming back from blocking verification tasks.
+pub(crate) enum Internal {
+    Verified {
+        peer: PeerId,
+        room: RoomId,
+        ok: Vec<(Envelope, Payload)>,
+        bad: Vec<Rejection>,
+        more: bool,
+    },
+    ForkChecked {
+        peer: PeerId,
+        room: RoomId,
+        /// Both envelopes of a valid proof.
+        conflicting: Option<Vec<(Envelope, Payload)>>,
+    },
+}
+
+enum Pending {
+    Hello(PeerId, RoomId),
+    Pull(PeerId, RoomId),
+    Fork(RoomId, ForkRef),
+}
+
+pub(crate) struct State {
+    views: PeerViews<PeerId>,
+    hello_in_flight: HashSet<(PeerId, RoomId)>,
+    pull_in_flight: HashSet<(PeerId, RoomId)>,
+    fork_in_flight: HashSet<(RoomId, ForkRef)>,
+    requests: HashMap<OutboundRequestId, Pending>,
+    retries: HashMap<(PeerId, RoomId), u32>,
+    rate: HashMap<PeerId, (Instant, u32)>,
+    tx: mpsc::UnboundedSender<Internal>,
+}
+
+impl State {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<Internal>) -> Self {
+        State {
+            views: PeerViews::default(),
+            hello_in_flight: HashSet::new(),
+            pull_in_flight: HashSet::new(),
+            fork_in_flight: HashSet::new(),
+            requests: HashMap::new(),
+            retries: HashMap::new(),
+            rate: HashMap::new(),
+            tx,
+        }
+    }
+
+    pub(crate) fn forget_peer(&mut self, peer: &PeerId) {
+        self.views.forget_peer(peer);
+        self.hello_in_flight.retain(|(p, _)| p != peer);
+        self.pull_in_flight.retain(|(p, _)| p != peer);
+        self.retries.retain(|(p, _), _| p != peer);
+        self.rate.remove(peer);
+    }
+
+    /// True if the peer is within its request budget.
+    fn admit(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        let e = self.rate.entry(peer).or_insert((now, 0));
+        if now.duration_since(e.0) > RATE_WINDOW {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        e.1 <= RATE_LIMIT
+    }
+}
+
+impl Service {
+    /// Connected peers subscribed to the room's topic.
+    fn room_peer_ids(&self, room: RoomId) -> Vec<PeerId> {
+        let hash = IdentTopic::new(room.topic()).hash();
+        self.swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&hash))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// One reconciliation round with every connected member of every room.
+    pub(super) fn sync_all(&mut self) {
+        let rooms: Vec<RoomId> = self.core.rooms().map(|r| r.id).collect();
+        for room in rooms {
+            for peer in self.room_peer_ids(room) {
+                self.start_hello(peer, room, false);
+            }
+        }
+    }
+
+    /// Sends our vector for `room` to `peer` unless an exchange is already under way.
+    pub(super) fn start_hello(&mut self, peer: PeerId, room: RoomId, force_full: bool) {
+        if !self.swarm.is_connected(&peer) || !self.reconcile.hello_in_flight.insert((peer, room)) {
+            return;
+        }
+        let hello = match (self.core.vector(room), self.core.fork_refs(room)) {
+            (Ok(v), Ok(forks)) => self
+                .reconcile
+                .views
+                .hello(&peer, room.0, &v, forks, force_full),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot read the journal for sync");
+                self.reconcile.hello_in_flight.remove(&(peer, room));
+                return;
+            }
+        };
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&peer, SyncRequest::Hello(hello));
+        self.reconcile
+            .requests
+            .insert(id, Pending::Hello(peer, room));
+    }
+
+    /// Pulls what `peer` has and we lack, one bounded batch at a time.
+    fn pull_missing(&mut self, peer: PeerId, room: RoomId) {
+        if self.reconcile.pull_in_flight.contains(&(peer, room)) {
+            return;
+        }
+        let mine = match self.core.vector(room) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the journal for sync");
+                return;
+            }
+        };
+        let ranges = self.reconcile.views.missing(&peer, room.0, &mine);
+        if ranges.is_empty() {
+            return;
+        }
+        tracing::debug!(%peer, ranges = ranges.len(), "pulling missing entries");
+        self.reconcile.pull_in_flight.insert((peer, room));
+        let id = self.swarm.behaviour_mut().sync.send_request(
+            &peer,
+            SyncRequest::Pull {
+                room: room.0,
+                ranges,
+            },
+        );
+        self.reconcile
+            .requests
+            .insert(id, Pending::Pull(peer, room));
+    }
+
+    /// Asks for proofs of forks the peer knows and we do not.
+    fn pull_fork_proofs(&mut self, peer: PeerId, room: RoomId, theirs: &[ForkRef]) {
+        let known = self.core.fork_refs(room).unwrap_or_default();
+        for f in theirs.iter().take(16) {
+            if known.contains(f) || !self.reconcile.fork_in_flight.insert((room, *f)) {
+                continue;
+            }
+            let id = self.swarm.behaviour_mut().sync.send_request(
+                &peer,
+                SyncRequest::ForkProof {
+                    room: room.0,
+                    fork: *f,
+                },
+            );
+            self.reconcile.requests.insert(id, Pending::Fork(room, *f));
+        }
+    }
+
+    pub(super) fn on_sync_event(&mut self, ev: request_response::Event<SyncRequest, SyncResponse>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_sync_request(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.on_sync_response(peer, request_id, response),
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "sync request failed");
+                self.finish_request(request_id);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "sync request from peer failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Clears the in-flight mark of a finished request.
+    fn finish_request(&mut self, id: OutboundRequestId) -> Option<Pending> {
+        let p = self.reconcile.requests.remove(&id)?;
+        match &p {
+            Pending::Hello(peer, room) => {
+                self.reconcile.hello_in_flight.remove(&(*peer, *room));
+            }
+            Pending::Pull(peer, room) => {
+                self.reconcile.pull_in_flight.remove(&(*peer, *room));
+            }
+            Pending::Fork(room, fork) => {
+                self.reconcile.fork_in_flight.remove(&(*room, *fork));
+            }
+        }
+        Some(p)
+    }
+
+    fn respond(&mut self, channel: ResponseChannel<SyncResponse>, resp: SyncResponse) {
+        if self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_response(channel, resp)
+            .is_err()
+        {
+            tracing::debug!("sync response dropped: the peer went away");
+        }
+    }
+
+    fn on_sync_request(
+        &mut self,
+        peer: PeerId,
+        request: SyncRequest,
+        channel: ResponseChannel<SyncResponse>,
+    ) {
+        if !self.reconcile.admit(peer) {
+            self.respond(channel, SyncResponse::Denied("too many requests".into()));
+            return;
+        }
+        let room_id = match &request {
+            SyncRequest::Hello(h) => h.room,
+            SyncRequest::Pull { room, .. } | SyncRequest::ForkProof { room, .. } => *room,
+        };
+        let room = RoomId(room_id);
+        // Only members (those who know the room id) can ask, and only for rooms we are in.
+        if self.core.room(&room).is_none() {
+            self.respond(channel, SyncResponse::Denied("unknown room".into()));
+            return;
+        }
+        match request {
+            SyncRequest::Hello(hello) => {
+                let resp = match self.reconcile.views.apply(&peer, &hello) {
+                    Ok(()) => {
+                        let mine = self.core.vector(room);
+                        let forks = self.core.fork_refs(room);
+                        match (mine, forks) {
+                            (Ok(mine), Ok(forks)) => {
+                                SyncResponse::Hello(self.reconcile.views.hello(
+                                    &peer,
+                                    room.0,
+                                    &mine,
+                                    forks,
+                                    hello.want_full,
+                                ))
+                            }
+                            _ => SyncResponse::Denied("journal unavailable".into()),
+                        }
+                    }
+                    Err(ApplyError::NeedFull) => SyncResponse::Resend,
+                    Err(ApplyError::TooLarge) => SyncResponse::Denied("vector too large".into()),
+                };
+                let applied = matches!(resp, SyncResponse::Hello(_));
+                self.respond(channel, resp);
+                if applied {
+                    self.pull_missing(peer, room);
+                    self.pull_fork_proofs(peer, room, &hello.forks);
+                }
+            }
+            SyncRequest::Pull { ranges, .. } => {
+                let resp = match self.core.serve_pull(room, &ranges) {
+                    Ok((entries, more)) => SyncResponse::Entries {
+                        entries: entries
+                            .into_iter()
+                            .map(serde_bytes::ByteBuf::from)
+                            .collect(),
+                        more,
+                    },
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot serve a pull");
+                        SyncResponse::Denied("journal unavailable".into())
+                    }
+                };
+                self.respond(channel, resp);
+            }
+            SyncRequest::ForkProof { fork, .. } => {
+                let resp = match self.core.serve_fork_proof(room, fork) {
+                    Ok(Some((first, second))) => SyncResponse::ForkProof {
+                        first: first.into(),
+                        second: second.into(),
+                    },
+                    _ => SyncResponse::Denied("no such fork".into()),
+                };
+                self.respond(channel, resp);
+            }
+        }
+    }
+
+    fn on_sync_response(&mut self, peer: PeerId, id: OutboundRequestId, resp: SyncResponse) {
+        let Some(pending) = self.finish_request(id) else {
+            return;
+        };
+        match (pending, resp) {
+            (Pending::Hello(_, room), SyncResponse::Hello(hello)) => {
+                if hello.room != room.0 {
+                    return self.penalise(peer, "answered for another room");
+                }
+                match self.reconcile.views.apply(&peer, &hello) {
+                    Ok(()) => {
+                        self.reconcile.retries.remove(&(peer, room));
+                        self.pull_missing(peer, room);
+                        self.pull_fork_proofs(peer, room, &hello.forks);
+                    }
+                    // Our view of theirs is stale: the next hello asks for their whole vector.
+                    Err(ApplyError::NeedFull) => self.retry_hello(peer, room, false),
+                    Err(ApplyError::TooLarge) => {}
+                }
+            }
+            (Pending::Hello(_, room), SyncResponse::Resend) => {
+                self.reconcile.views.reset_sent(&peer, room.0);
+                self.retry_hello(peer, room, true);
+            }
+            (Pending::Pull(_, room), SyncResponse::Entries { entries, more }) => {
+                self.verify_batch(peer, room, entries, more);
+            }
+            (Pending::Fork(room, _), SyncResponse::ForkProof { first, second }) => {
+                self.verify_fork(peer, room, first.into_vec(), second.into_vec());
+            }
+            (_, SyncResponse::Denied(why)) => {
+                tracing::debug!(%peer, %why, "sync request denied");
+            }
+            (_, _) => self.penalise(peer, "unexpected sync response"),
+        }
+    }
+
+    fn retry_hello(&mut self, peer: PeerId, room: RoomId, force_full: bool) {
+        let n = self.reconcile.retries.entry((peer, room)).or_default();
+        *n += 1;
+        if *n <= MAX_RETRIES {
+            self.start_hello(peer, room, force_full);
+        }
+    }
+
+    /// Verifies a pulled batch on a blocking thread; the result comes back as [`Internal`].
+    fn verify_batch(
+        &mut self,
+        peer: PeerId,
+        room: RoomId,
+        entries: Vec<serde_bytes::ByteBuf>,
+        more: bool,
+    ) {
+        let Some(r) = self.core.room(&room).cloned() else {
+            return;
+        };
+        // Hold the pull slot until the batch is stored, so the next pull sees the new vector.
+        self.reconcile.pull_in_flight.insert((peer, room));
+        let me = self.core.identity().clone();
+        let tx = self.reconcile.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut ok = Vec::with_capacity(entries.len());
+            let mut bad = Vec::new();
+            for e in entries {
+                match core::check(&me, &r, e.into_vec()) {
+                    Ok(v) => ok.push(v),
+                    Err(why) => bad.push(why),
+                }
+            }
+            let _ = tx.send(Internal::Verified {
+                peer,
+                room,
+                ok,
+                bad,
+                more,
+            });
+        });
+    }
+
+    fn verify_fork(&mut self, peer: PeerId, room: RoomId, first: Vec<u8>, second: Vec<u8>) {
+        let Some(r) = self.core.room(&room).cloned() else {
+            return;
+        };
+        let me = self.core.identity().clone();
+        let tx = self.reconcile.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let a = core::check(&me, &r, first);
+            let b = core::check(&me, &r, second);
+            // A proof is two valid envelopes by one author at one seq with different bytes.
+            let conflicting = match (a, b) {
+                (Ok(a), Ok(b))
+                    if a.0.author_id() == b.0.author_id()
+                        && a.0.seq == b.0.seq
+                        && a.0.hash() != b.0.hash() =>
+                {
+                    // Storing both records the fork whichever of them we held before.
+                    Some(vec![a, b])
+                }
+                _ => None,
+            };
+            let _ = tx.send(Internal::ForkChecked {
+                peer,
+                room,
+                conflicting,
+            });
+        });
+    }
+
+    pub(super) fn on_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::Verified {
+                peer,
+                room,
+                ok,
+                bad,
+                more,
+            } => {
+                self.reconcile.pull_in_flight.remove(&(peer, room));
+                for why in &bad {
+                    self.core.count_rejection(*why);
+                }
+                if !ok.is_empty() {
+                    match self.core.store_batch(room, ok) {
+                        Ok(report) => {
+                            for author in &report.forked_authors {
+                                self.reconcile.views.mark_diverged(&peer, room.0, *author);
+                            }
+                            for m in report.appended {
+                                let _ = self.events.send(Event::Message(m));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not store synchronised entries");
+                            return;
+                        }
+                    }
+                }
+                if !bad.is_empty() {
+                    return self.penalise(peer, "sent entries that failed verification");
+                }
+                // Whether or not the peer said `more`, recompute what is still missing.
+                let _ = more;
+                self.pull_missing(peer, room);
+            }
+            Internal::ForkChecked {
+                peer,
+                room,
+                conflicting,
+            } => match conflicting {
+                Some(entries) => {
+                    if let Err(e) = self.core.store_batch(room, entries) {
+                        tracing::error!(error = %e, "could not store a fork proof");
+                    }
+                }
+                None => self.penalise(peer, "sent an invalid fork proof"),
+            },
+        }
+    }
+
+    /// A peer that sends garbage is disconnected; gossipsub's scoring handles the rest.
+    fn penalise(&mut self, peer: PeerId, why: &str) {
+        tracing::warn!(%peer, why, "disconnecting misbehaving peer");
+        self.reconcile.forget_peer(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+}

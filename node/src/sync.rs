@@ -1,0 +1,410 @@
+//! History reconciliation between two room members, without the network.
+//!
+//! Peers exchange version vectors ({author: (contiguous head seq, head hash)}) and each pulls
+//! the ranges it lacks, in bounded batches. To keep the exchange small, a peer sends only the
+//! heads that changed since what it last told that peer, plus a digest of its whole vector;
+//! a receiver whose reconstruction does not match the digest asks for the full vector again.
+//! Forks travel as (author, seq) pairs; a peer that lacks a proof pulls it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto;
+use crate::journal::{Head, Id};
+
+/// Request-response protocol name.
+pub const PROTOCOL: &str = "/cryptchat/sync/1.0.0";
+/// At most this many entries in one response.
+pub const MAX_BATCH_ENTRIES: usize = 512;
+/// At most this many envelope bytes in one response (below the codec's 10 MiB cap).
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// At most this many heads in one vector message; larger rooms send several rounds.
+pub const MAX_HEADS: usize = 10_000;
+/// At most this many ranges in one pull.
+pub const MAX_RANGES: usize = 1024;
+
+/// One author's head as carried on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireHead {
+    #[serde(with = "serde_bytes")]
+    pub author: Id,
+    pub seq: u64,
+    #[serde(with = "serde_bytes")]
+    pub hash: Id,
+}
+
+/// A peer's version vector, whole or as a change since the last exchange.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    #[serde(with = "serde_bytes")]
+    pub room: Id,
+    /// SHA-256 over the sender's whole vector: lets the receiver check its reconstruction.
+    #[serde(with = "serde_bytes")]
+    pub digest: Id,
+    /// `heads` is the whole vector, not a change.
+    pub full: bool,
+    /// Ask the receiver to answer with its whole vector.
+    pub want_full: bool,
+    pub heads: Vec<WireHead>,
+    /// (author, seq) of forks the sender holds proofs for.
+    pub forks: Vec<ForkRef>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ForkRef {
+    #[serde(with = "serde_bytes")]
+    pub author: Id,
+    pub seq: u64,
+}
+
+/// A contiguous run of one author's entries, both ends inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    #[serde(with = "serde_bytes")]
+    pub author: Id,
+    pub from: u64,
+    pub to: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SyncRequest {
+    Hello(Hello),
+    Pull {
+        #[serde(with = "serde_bytes")]
+        room: Id,
+        ranges: Vec<Range>,
+    },
+    ForkProof {
+        #[serde(with = "serde_bytes")]
+        room: Id,
+        fork: ForkRef,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SyncResponse {
+    Hello(Hello),
+    /// The change could not be applied: send the whole vector.
+    Resend,
+    Entries {
+        entries: Vec<serde_bytes::ByteBuf>,
+        /// More of the requested ranges remain.
+        more: bool,
+    },
+    /// Two conflicting envelopes by the same author at the same seq.
+    ForkProof {
+        first: serde_bytes::ByteBuf,
+        second: serde_bytes::ByteBuf,
+    },
+    /// Not a room this node serves, or too many requests.
+    Denied(String),
+}
+
+/// Digest of a whole vector: SHA-256 over the sorted (author, seq, hash) triples.
+pub fn digest(vector: &BTreeMap<Id, Head>) -> Id {
+    let mut buf = Vec::with_capacity(vector.len() * 72);
+    for (a, h) in vector {
+        buf.extend_from_slice(a);
+        buf.extend_from_slice(&h.seq.to_be_bytes());
+        buf.extend_from_slice(&h.hash);
+    }
+    crypto::sha256_framed("cryptchat/vector/v1", &[&buf])
+}
+
+/// Our knowledge about one peer in one room.
+#[derive(Default, Debug)]
+struct View {
+    /// What we last told the peer; None before the first exchange.
+    sent: Option<BTreeMap<Id, Head>>,
+    /// The peer's vector as we know it.
+    theirs: Option<BTreeMap<Id, Head>>,
+    /// Authors we stopped pulling from this peer because its chain conflicts with ours.
+    diverged: BTreeSet<Id>,
+}
+
+/// Why a received vector could not be applied.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ApplyError {
+    /// A change arrived but our base is missing or stale: ask for the whole vector.
+    NeedFull,
+    /// More heads than allowed.
+    TooLarge,
+}
+
+/// Per-peer reconciliation state for every room, keyed by any peer identifier.
+#[derive(Debug)]
+pub struct PeerViews<P> {
+    views: HashMap<(P, Id), View>,
+}
+
+impl<P> Default for PeerViews<P> {
+    fn default() -> Self {
+        PeerViews {
+            views: HashMap::new(),
+        }
+    }
+}
+
+impl<P: Hash + Eq + Clone> PeerViews<P> {
+    /// Builds the vector message for `peer`: only what changed since the last one we sent,
+    /// or everything on first contact or when asked.
+    pub fn hello(
+        &mut self,
+        peer: &P,
+        room: Id,
+        mine: &BTreeMap<Id, Head>,
+        forks: Vec<ForkRef>,
+        force_full: bool,
+    ) -> Hello {
+        let view = self.views.entry((peer.clone(), room)).or_default();
+        let (full, heads) = match (&view.sent, force_full) {
+            (Some(sent), false) => (
+                false,
+                mine.iter()
+                    .filter(|(a, h)| sent.get(*a) != Some(h))
+                    .map(|(a, h)| wire(a, h))
+                    .collect(),
+            ),
+            _ => (true, mine.iter().map(|(a, h)| wire(a, h)).collect()),
+        };
+        view.sent = Some(mine.clone());
+        Hello {
+            room,
+            digest: digest(mine),
+            full,
+            want_full: view.theirs.is_none(),
+            heads,
+            forks,
+        }
+    }
+
+    /// Applies a peer's vector message. On error the peer's view is cleared.
+    pub fn apply(&mut self, peer: &P, hello: &Hello) -> Result<(), ApplyError> {
+        let view = self.views.entry((peer.clone(), hello.room)).or_default();
+        if hello.heads.len() > MAX_HEADS {
+            view.theirs = None;
+            return Err(ApplyError::TooLarge);
+        }
+        let mut theirs = if hello.full {
+            BTreeMap::new()
+        } else {
+            match view.theirs.take() {
+                Some(t) => t,
+                None => return Err(ApplyError::NeedFull),
+            }
+        };
+        for h in &hello.heads {
+            theirs.insert(
+                h.author,
+                Head {
+                    seq: h.seq,
+                    hash: h.hash,
+                },
+            );
+        }
+        if !crypto::ct_eq(&digest(&theirs), &hello.digest) {
+            view.theirs = None;
+            return Err(ApplyError::NeedFull);
+        }
+        view.theirs = Some(theirs);
+        Ok(())
+    }
+
+    /// Forgets what we told `peer` about `room`, so the next message is whole.
+    pub fn reset_sent(&mut self, peer: &P, room: Id) {
+        if let Some(v) = self.views.get_mut(&(peer.clone(), room)) {
+            v.sent = None;
+        }
+    }
+
+    /// Forgets everything about a peer (it disconnected).
+    pub fn forget_peer(&mut self, peer: &P) {
+        self.views.retain(|(p, _), _| p != peer);
+    }
+
+    /// Marks an author whose chain at this peer conflicts with ours: stop pulling it there.
+    pub fn mark_diverged(&mut self, peer: &P, room: Id, author: Id) {
+        self.views
+            .entry((peer.clone(), room))
+            .or_default()
+            .diverged
+            .insert(author);
+    }
+
+    /// The peer's vector as last reconstructed.
+    pub fn theirs(&self, peer: &P, room: Id) -> Option<&BTreeMap<Id, Head>> {
+        self.views.get(&(peer.clone(), room))?.theirs.as_ref()
+    }
+
+    /// What we lack that the peer has: one range per author, capped at `MAX_RANGES`.
+    pub fn missing(&self, peer: &P, room: Id, mine: &BTreeMap<Id, Head>) -> Vec<Range> {
+        let Some(view) = self.views.get(&(peer.clone(), room)) else {
+            return vec![];
+        };
+        let Some(theirs) = &view.theirs else {
+            return vec![];
+        };
+        missing_ranges(mine, theirs, &view.diverged)
+    }
+}
+
+/// Ranges in `theirs` beyond `mine`, skipping `diverged` authors.
+pub fn missing_ranges(
+    mine: &BTreeMap<Id, Head>,
+    theirs: &BTreeMap<Id, Head>,
+    diverged: &BTreeSet<Id>,
+) -> Vec<Range> {
+    theirs
+        .iter()
+        .filter(|(a, _)| !diverged.contains(*a))
+        .filter_map(|(a, h)| {
+            let have = mine.get(a).map_or(0, |m| m.seq);
+            (h.seq > have).then_some(Range {
+                author: *a,
+                from: have + 1,
+                to: h.seq,
+            })
+        })
+        .take(MAX_RANGES)
+        .collect()
+}
+
+fn wire(a: &Id, h: &Head) -> WireHead {
+    WireHead {
+        author: *a,
+        seq: h.seq,
+        hash: h.hash,
+    }
+}
+
+/// Encoded size of a message, as sent by the request-response codec (CBOR).
+pub fn encoded_len<T: Serialize>(msg: &T) -> usize {
+    cbor4ii::serde::to_vec(Vec::new(), msg).map_or(0, |v| v.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vector(n: usize, seq: u64) -> BTreeMap<Id, Head> {
+        (0..n)
+            .map(|i| {
+                let mut a = [0u8; 32];
+                a[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                (
+                    a,
+                    Head {
+                        seq,
+                        hash: [seq as u8; 32],
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_exchange_is_full_then_only_changes() {
+        let mut alice: PeerViews<&str> = PeerViews::default();
+        let mut bob: PeerViews<&str> = PeerViews::default();
+        let room = [1; 32];
+        let mut mine = vector(100, 5);
+        let h1 = alice.hello(&"bob", room, &mine, vec![], false);
+        assert!(h1.full);
+        assert_eq!(h1.heads.len(), 100);
+        bob.apply(&"alice", &h1).unwrap();
+        // One author moves on: only that head travels.
+        let a0 = *mine.keys().next().unwrap();
+        mine.insert(
+            a0,
+            Head {
+                seq: 6,
+                hash: [6; 32],
+            },
+        );
+        let h2 = alice.hello(&"bob", room, &mine, vec![], false);
+        assert!(!h2.full);
+        assert_eq!(h2.heads.len(), 1);
+        assert!(encoded_len(&h2) * 20 < encoded_len(&h1));
+        bob.apply(&"alice", &h2).unwrap();
+        assert_eq!(bob.theirs(&"alice", room), Some(&mine));
+        // Bob's missing ranges: the one new entry.
+        let bobs = vector(100, 5);
+        assert_eq!(
+            bob.missing(&"alice", room, &bobs),
+            vec![Range {
+                author: a0,
+                from: 6,
+                to: 6
+            }]
+        );
+    }
+
+    #[test]
+    fn lost_base_asks_for_the_whole_vector() {
+        let mut alice: PeerViews<&str> = PeerViews::default();
+        let mut bob: PeerViews<&str> = PeerViews::default();
+        let room = [1; 32];
+        let mine = vector(3, 1);
+        let _lost = alice.hello(&"bob", room, &mine, vec![], false);
+        let mut next = mine.clone();
+        next.insert(
+            [9; 32],
+            Head {
+                seq: 1,
+                hash: [1; 32],
+            },
+        );
+        let delta = alice.hello(&"bob", room, &next, vec![], false);
+        assert_eq!(bob.apply(&"alice", &delta), Err(ApplyError::NeedFull));
+        alice.reset_sent(&"bob", room);
+        let full = alice.hello(&"bob", room, &next, vec![], false);
+        assert!(full.full);
+        bob.apply(&"alice", &full).unwrap();
+        assert_eq!(bob.theirs(&"alice", room), Some(&next));
+    }
+
+    #[test]
+    fn stale_base_is_caught_by_the_digest() {
+        let mut bob: PeerViews<&str> = PeerViews::default();
+        let room = [1; 32];
+        let mut alice: PeerViews<&str> = PeerViews::default();
+        let v1 = vector(3, 1);
+        bob.apply(&"alice", &alice.hello(&"bob", room, &v1, vec![], false))
+            .unwrap();
+        // Alice restarts (forgets what she sent) but Bob still has the old view: she sends
+        // a full vector, which replaces it. A forged digest is refused.
+        let mut h = alice.hello(&"bob", room, &vector(3, 2), vec![], true);
+        h.digest = [0; 32];
+        assert_eq!(bob.apply(&"alice", &h), Err(ApplyError::NeedFull));
+    }
+
+    #[test]
+    fn diverged_authors_are_not_pulled() {
+        let mut bob: PeerViews<&str> = PeerViews::default();
+        let mut alice: PeerViews<&str> = PeerViews::default();
+        let room = [1; 32];
+        let theirs = vector(2, 4);
+        bob.apply(&"alice", &alice.hello(&"bob", room, &theirs, vec![], false))
+            .unwrap();
+        let a0 = *theirs.keys().next().unwrap();
+        bob.mark_diverged(&"alice", room, a0);
+        let m = bob.missing(&"alice", room, &BTreeMap::new());
+        assert_eq!(m.len(), 1);
+        assert_ne!(m[0].author, a0);
+    }
+
+    #[test]
+    fn vector_message_sizes_grow_with_authors() {
+        let mut alice: PeerViews<u8> = PeerViews::default();
+        for n in [10, 100, 1000] {
+            let h = alice.hello(&(n as u8), [0; 32], &vector(n, 1), vec![], false);
+            let len = encoded_len(&SyncRequest::Hello(h));
+            assert!(
+                len > n * 72 && len < n * 90 + 200,
+                "{n} authors: {len} bytes"
+            );
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Journal reconciliation between real in-process nodes: offline catch-up, partitions, forks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::inproc::{entries, first_addr, identity, node, room_peers, texts, wait_for};
+use cryptchat::envelope::{Envelope, Kind, Payload, Position};
+use cryptchat::room::Room;
+
+const T: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_node_catches_up_on_1000_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ia, ib, ic) = (identity("alice"), identity("bob"), identity("carol"));
+    let a = node(ia, &dir.path().join("a"), &[]).await;
+    let boot = vec![first_addr(&a).await];
+    let b = node(ib, &dir.path().join("b"), &boot).await;
+    let c = node(ic.clone(), &dir.path().join("c"), &boot).await;
+    for n in [&a, &b, &c] {
+        n.join("lobby", None).await.unwrap();
+    }
+    wait_for("mesh", T, async || room_peers(&c, "lobby").await >= 2).await;
+    a.send("lobby", "before").await.unwrap();
+    wait_for("carol online", T, async || {
+        texts(&c, "lobby").await.len() == 1
+    })
+    .await;
+
+    c.shutdown().await.unwrap();
+    for i in 0..1000 {
+        let n = if i % 2 == 0 { &a } else { &b };
+        n.send("lobby", &format!("offline message {i}"))
+            .await
+            .unwrap();
+    }
+    wait_for("bob has everything", T, async || {
+        texts(&b, "lobby").await.len() == 1001
+    })
+    .await;
+
+    let back = Instant::now();
+    let c = node(ic, &dir.path().join("c"), &boot).await;
+    wait_for("carol caught up", T, async || {
+        texts(&c, "lobby").await.len() == 1001
+    })
+    .await;
+    eprintln!("carol caught up on 1000 messages in {:?}", back.elapsed());
+    let reference = entries(&a, "lobby").await;
+    assert_eq!(entries(&b, "lobby").await, reference);
+    assert_eq!(entries(&c, "lobby").await, reference);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_that_keep_chatting_converge_after_heal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ia, ib, ic) = (identity("alice"), identity("bob"), identity("carol"));
+    let a = node(ia.clone(), &dir.path().join("a"), &[]).await;
+    let boot = vec![first_addr(&a).await];
+    let b = node(ib.clone(), &dir.path().join("b"), &boot).await;
+    let c = node(ic.clone(), &dir.path().join("c"), &boot).await;
+    for n in [&a, &b, &c] {
+        n.join("lobby", None).await.unwrap();
+    }
+    wait_for("mesh", T, async || room_peers(&c, "lobby").await >= 2).await;
+
+    // Split {alice, bob} | {carol}.
+    a.block(vec![ic.peer_id()], true).await.unwrap();
+    b.block(vec![ic.peer_id()], true).await.unwrap();
+    c.block(vec![ia.peer_id(), ib.peer_id()], true)
+        .await
+        .unwrap();
+    wait_for("carol isolated", T, async || {
+        c.status().await.unwrap().connected_peers == 0
+    })
+    .await;
+    for i in 0..20 {
+        a.send("lobby", &format!("left a{i}")).await.unwrap();
+        b.send("lobby", &format!("left b{i}")).await.unwrap();
+        c.send("lobby", &format!("right c{i}")).await.unwrap();
+    }
+    wait_for("left side in sync", T, async || {
+        texts(&b, "lobby").await.len() == 40 && texts(&a, "lobby").await.len() == 40
+    })
+    .await;
+    assert_eq!(texts(&c, "lobby").await.len(), 20, "the partition held");
+
+    // Heal.
+    a.block(vec![ic.peer_id()], false).await.unwrap();
+    b.block(vec![ic.peer_id()], false).await.unwrap();
+    c.block(vec![ia.peer_id(), ib.peer_id()], false)
+        .await
+        .unwrap();
+    wait_for("all journals converge", T, async || {
+        let ea = entries(&a, "lobby").await;
+        ea.len() == 60 && entries(&b, "lobby").await == ea && entries(&c, "lobby").await == ea
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fork_is_detected_and_reported_on_every_honest_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ia, ib, ic, im) = (
+        identity("alice"),
+        identity("bob"),
+        identity("carol"),
+        identity("mallory"),
+    );
+    let a = node(ia, &dir.path().join("a"), &[]).await;
+    let boot = vec![first_addr(&a).await];
+    let b = node(ib.clone(), &dir.path().join("b"), &boot).await;
+    let c = node(ic.clone(), &dir.path().join("c"), &boot).await;
+    let m = node(im.clone(), &dir.path().join("m"), &boot).await;
+    // Mallory talks to Alice only; Bob and Carol learn of the fork through reconciliation.
+    m.block(vec![ib.peer_id(), ic.peer_id()], true)
+        .await
+        .unwrap();
+    b.block(vec![im.peer_id()], true).await.unwrap();
+    c.block(vec![im.peer_id()], true).await.unwrap();
+    for n in [&a, &b, &c, &m] {
+        n.join("lobby", None).await.unwrap();
+    }
+    wait_for("mesh", T, async || {
+        room_peers(&a, "lobby").await >= 3 && room_peers(&m, "lobby").await >= 1
+    })
+    .await;
+    let room = Room::named("lobby", None).unwrap();
+    let pos = Position {
+        seq: 1,
+        prev: [0; 32],
+        lamport: 1,
+        timestamp_ms: 1,
+    };
+    let say = |t: &str| Payload {
+        from: "mallory".into(),
+        text: Some(t.into()),
+    };
+    let one = Envelope::seal(&im, &room, Kind::Text, pos, &say("I pay you")).unwrap();
+    let two = Envelope::seal(&im, &room, Kind::Text, pos, &say("I owe you nothing")).unwrap();
+    m.publish_raw("lobby", one.into_bytes()).await.unwrap();
+    wait_for("first version everywhere", T, async || {
+        texts(&c, "lobby").await.len() == 1
+    })
+    .await;
+    m.publish_raw("lobby", two.into_bytes()).await.unwrap();
+    let mallory = im.id().to_hex();
+    for n in [&a, &b, &c] {
+        wait_for("fork reported", T, async || {
+            let rooms = n.rooms().await.unwrap();
+            rooms[0]
+                .forks
+                .iter()
+                .any(|f| f.author_id == mallory && f.seq == 1)
+        })
+        .await;
+    }
+    // Sync keeps working for everyone else.
+    b.send("lobby", "after the fork").await.unwrap();
+    wait_for("later message", T, async || {
+        texts(&c, "lobby")
+            .await
+            .contains(&"after the fork".to_string())
+    })
+    .await;
+}
