@@ -19,7 +19,7 @@ async fn forged_and_malformed_envelopes_are_rejected_and_never_stored() {
     let b = node(
         identity("bob"),
         &dir.path().join("b"),
-        Some(first_addr(&a).await),
+        &[first_addr(&a).await],
     )
     .await;
     a.join("lobby", None).await.unwrap();
