@@ -158,6 +158,7 @@ impl Rejection {
             EnvelopeError::Malformed(_)
             | EnvelopeError::Version(_)
             | EnvelopeError::BadPayload
+            | EnvelopeError::TextTooLong(_)
             | EnvelopeError::Build(_) => Rejection::Malformed,
         }
     }
@@ -213,11 +214,10 @@ impl Core {
         }
         for (key, blob) in core.journal.settings_with_prefix(CONTACT_PREFIX)? {
             let plain = core.unseal(&key, &blob)?;
-            let code = std::str::from_utf8(&plain)
+            let (name, code) = serde_json::from_slice::<(String, String)>(&plain)
                 .ok()
-                .and_then(|s| ContactCode::decode(s).ok())
+                .and_then(|(n, c)| Some((n, ContactCode::decode(&c).ok()?)))
                 .ok_or_else(|| CoreError::CorruptSetting(key.clone()))?;
-            let name = key[CONTACT_PREFIX.len()..].to_string();
             core.contacts.insert(name, code);
         }
         Ok(core)
@@ -244,6 +244,15 @@ impl Core {
                 Ok(())
             }
         }
+    }
+
+    /// Settings key for a contact: keyed by our local secret, so the file does not list names.
+    fn contact_key(&self, name: &str) -> String {
+        let h = crypto::sha256_framed(
+            "cryptchat/contact-key/v1",
+            &[self.identity.local_key(), name.as_bytes()],
+        );
+        format!("{CONTACT_PREFIX}{}", hex::encode(&h[..16]))
     }
 
     fn seal(&self, key: &str, plain: &[u8]) -> Result<Vec<u8>, CoreError> {
@@ -354,8 +363,10 @@ impl Core {
         {
             return Err(CoreError::ContactExists(name));
         }
-        let key = format!("{CONTACT_PREFIX}{name}");
-        let blob = self.seal(&key, code.encode().as_bytes())?;
+        let key = self.contact_key(&name);
+        let value = serde_json::to_vec(&(&name, code.encode()))
+            .map_err(|e| CoreError::CorruptSetting(e.to_string()))?;
+        let blob = self.seal(&key, &value)?;
         self.journal.put_setting(&key, &blob)?;
         let me: Member = self.identity.contact_code().into();
         let mut them: Member = code.clone().into();
@@ -443,7 +454,7 @@ impl Core {
         let pos = Position {
             seq: head.map_or(1, |h| h.seq + 1),
             prev: head.map_or([0; 32], |h| h.hash),
-            lamport: self.journal.max_lamport(&room.id.0)? + 1,
+            lamport: self.journal.max_lamport(&room.id.0)?.saturating_add(1),
             timestamp_ms: now_ms(),
         };
         let payload = Payload {
@@ -756,19 +767,28 @@ mod tests {
             panic!("bob should read it")
         };
         assert_eq!(v.contact.as_deref(), Some("alice"));
-        // Carol pretends to be in the room (she knows both public keys) but cannot read.
-        let forged = Room::direct(
-            identities()[2].contact_code().into(),
+        // Carol knows both public keys, so she can build the room exactly, but cannot read.
+        let mut forged = Room::direct(
+            identities()[0].contact_code().into(),
             identities()[1].contact_code().into(),
         );
-        let mut forged = forged;
-        forged.id = rid;
+        assert_eq!(forged.id, rid);
         forged.name = "spy".into();
-        c.join(forged).unwrap();
+        c.join(forged.clone()).unwrap();
         assert!(matches!(
             c.receive(&rid.topic(), env.bytes().to_vec()).unwrap(),
             Incoming::Rejected(Rejection::Undecryptable)
         ));
+        // A room whose member list lacks the author refuses its entries outright.
+        let mut wrong_members = Room::direct(
+            identities()[2].contact_code().into(),
+            identities()[1].contact_code().into(),
+        );
+        wrong_members.id = rid;
+        assert_eq!(
+            check(&identities()[2], &wrong_members, env.bytes().to_vec()).err(),
+            Some(Rejection::NotAMember)
+        );
     }
 
     #[test]
@@ -791,6 +811,10 @@ mod tests {
         drop(a);
         let raw = std::fs::read(dir.path().join("j0.redb")).unwrap();
         assert!(!raw.windows(11).any(|w| w == b"secret room"));
+        assert!(
+            !raw.windows(3).any(|w| w == b"bob"),
+            "contact names are sealed"
+        );
         let a = core(&dir, 0);
         assert!(a.room_by_name("secret room").is_ok());
         assert!(a.room_by_name("@bob").is_ok());

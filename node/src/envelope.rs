@@ -32,6 +32,9 @@ pub const VERSION: u8 = 1;
 pub const MAX_ENVELOPE: usize = 60 * 1024;
 /// Largest message text.
 pub const MAX_TEXT: usize = 16 * 1024;
+/// Lamport clocks at or above this are refused: a peer cannot push its messages to the end
+/// of every history forever, or overflow the next author's clock.
+pub const MAX_LAMPORT: u64 = 1 << 48;
 const MAX_KEY_DER: usize = 1024;
 const MAX_WRAPPED: usize = 1024;
 const MAX_SIGNATURE: usize = 1024;
@@ -84,6 +87,8 @@ pub enum EnvelopeError {
     BadPayload,
     #[error("could not build envelope: {0}")]
     Build(String),
+    #[error("message text is {0} bytes; the limit is {MAX_TEXT}")]
+    TextTooLong(usize),
 }
 
 /// How the content key is given to readers.
@@ -139,6 +144,11 @@ impl Envelope {
         pos: Position,
         payload: &Payload,
     ) -> Result<Envelope, EnvelopeError> {
+        if let Some(t) = &payload.text
+            && t.len() > MAX_TEXT
+        {
+            return Err(EnvelopeError::TextTooLong(t.len()));
+        }
         let plain = Zeroizing::new(
             serde_json::to_vec(payload).map_err(|e| EnvelopeError::Build(e.to_string()))?,
         );
@@ -231,6 +241,9 @@ impl Envelope {
         }
         let prev = r.array()?;
         let lamport = r.u64()?;
+        if lamport >= MAX_LAMPORT {
+            return Err(EnvelopeError::Malformed("lamport clock out of range"));
+        }
         let timestamp_ms = r.u64()?;
         let access = match r.u8()? {
             0 => KeyAccess::Shared,
@@ -509,10 +522,22 @@ mod tests {
     fn oversized_text_is_refused_at_seal() {
         let (alice, _, _) = ids();
         let room = Room::named("lobby", None).unwrap();
-        let big = "x".repeat(MAX_ENVELOPE);
-        assert!(matches!(
-            Envelope::seal(alice, &room, Kind::Text, pos(1), &text("alice", &big)),
-            Err(EnvelopeError::Oversized(_))
-        ));
+        let big = "x".repeat(MAX_TEXT + 1);
+        assert_eq!(
+            Envelope::seal(alice, &room, Kind::Text, pos(1), &text("alice", &big)).err(),
+            Some(EnvelopeError::TextTooLong(MAX_TEXT + 1))
+        );
+        let ok = "x".repeat(MAX_TEXT);
+        assert!(Envelope::seal(alice, &room, Kind::Text, pos(1), &text("alice", &ok)).is_ok());
+    }
+
+    #[test]
+    fn runaway_lamport_clocks_are_refused() {
+        let (alice, _, _) = ids();
+        let room = Room::named("lobby", None).unwrap();
+        let mut p = pos(1);
+        p.lamport = MAX_LAMPORT;
+        let env = Envelope::seal(alice, &room, Kind::Text, p, &text("alice", "x"));
+        assert!(matches!(env, Err(EnvelopeError::Malformed(_))));
     }
 }

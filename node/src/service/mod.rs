@@ -136,6 +136,11 @@ pub struct Sent {
     pub published: bool,
 }
 
+/// Invalid messages a peer may relay per window before it is cut off.
+const STRIKE_LIMIT: u32 = 20;
+const STRIKE_WINDOW: Duration = Duration::from_secs(60);
+const BAN_TIME: Duration = Duration::from_secs(300);
+
 type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 
 enum Command {
@@ -307,6 +312,8 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         rendezvous_interval: cfg.rendezvous_interval,
         sync_interval: cfg.sync_interval,
         reconcile: reconcile::State::new(internal_tx),
+        strikes: HashMap::new(),
+        banned: HashMap::new(),
         internal_rx,
     };
     let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
@@ -340,6 +347,10 @@ struct Service {
     rendezvous_interval: Duration,
     sync_interval: Duration,
     reconcile: reconcile::State,
+    /// Invalid messages per relaying peer in the current window.
+    strikes: HashMap<PeerId, (std::time::Instant, u32)>,
+    /// Peers cut off for misbehaviour, until the given time.
+    banned: HashMap<PeerId, std::time::Instant>,
     internal_rx: mpsc::UnboundedReceiver<reconcile::Internal>,
 }
 
@@ -369,7 +380,10 @@ impl Service {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
-                _ = sync_tick.tick() => self.sync_all(),
+                _ = sync_tick.tick() => {
+                    self.expire_bans();
+                    self.sync_all();
+                }
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
                         stopped = Some(reply);
@@ -805,6 +819,38 @@ impl Service {
         }
     }
 
+    /// Counts an invalid message relayed by `peer`; past the limit the peer is cut off for a
+    /// while (gossipsub's own scoring has no per-topic penalties configured).
+    fn strike(&mut self, peer: PeerId) {
+        let now = std::time::Instant::now();
+        let e = self.strikes.entry(peer).or_insert((now, 0));
+        if now.duration_since(e.0) > STRIKE_WINDOW {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        if e.1 >= STRIKE_LIMIT {
+            tracing::warn!(%peer, "too many invalid messages: cutting the peer off for a while");
+            self.strikes.remove(&peer);
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+            self.banned.insert(peer, now + BAN_TIME);
+        }
+    }
+
+    /// Lifts bans whose time is up.
+    fn expire_bans(&mut self) {
+        let now = std::time::Instant::now();
+        let expired: Vec<PeerId> = self
+            .banned
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expired {
+            self.banned.remove(&p);
+            self.swarm.behaviour_mut().blocked.unblock_peer(p);
+        }
+    }
+
     fn on_gossipsub(&mut self, ev: gossipsub::Event) {
         match ev {
             gossipsub::Event::Message {
@@ -828,6 +874,7 @@ impl Service {
                     Ok(Incoming::Duplicate | Incoming::NotOurs) => MessageAcceptance::Ignore,
                     Ok(Incoming::Rejected(reason)) => {
                         tracing::info!(peer = %propagation_source, ?reason, "rejected message");
+                        self.strike(propagation_source);
                         self.emit(Event::Rejected {
                             room_id: RoomId::from_topic(&topic)
                                 .map(|r| r.to_hex())
