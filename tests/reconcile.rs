@@ -136,6 +136,7 @@ async fn a_fork_is_detected_and_reported_on_every_honest_node() {
     let say = |t: &str| Payload {
         from: "mallory".into(),
         text: Some(t.into()),
+        receipt: None,
     };
     let one = Envelope::seal(&im, &room, Kind::Text, pos, &say("I pay you")).unwrap();
     let two = Envelope::seal(&im, &room, Kind::Text, pos, &say("I owe you nothing")).unwrap();
@@ -164,4 +165,48 @@ async fn a_fork_is_detected_and_reported_on_every_honest_node() {
             .contains(&"after the fork".to_string())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn senders_see_who_received_their_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ia, ib, ic) = (identity("alice"), identity("bob"), identity("carol"));
+    let a = node(ia, &dir.path().join("a"), &[]).await;
+    let boot = vec![first_addr(&a).await];
+    let b = node(ib, &dir.path().join("b"), &boot).await;
+    let c = node(ic.clone(), &dir.path().join("c"), &boot).await;
+    for n in [&a, &b, &c] {
+        n.join("lobby", None).await.unwrap();
+    }
+    wait_for("mesh", T, async || room_peers(&a, "lobby").await >= 2).await;
+    b.send("lobby", "bob was here").await.unwrap();
+    c.send("lobby", "carol too").await.unwrap();
+    a.send("lobby", "did you get this?").await.unwrap();
+    wait_for("delivered to 2 of 2", T, async || {
+        let h = a.history("lobby", 10).await.unwrap();
+        h.iter()
+            .find(|m| m.mine)
+            .is_some_and(|m| m.delivered_to == 2 && m.known_members == 2)
+    })
+    .await;
+    // Receipts are not messages: nobody's journal grew because of them.
+    for n in [&a, &b, &c] {
+        assert_eq!(n.rooms().await.unwrap()[0].messages, 3);
+    }
+    // Carol goes offline; Alice's next message is delivered to 1 of 2 until she is back.
+    c.shutdown().await.unwrap();
+    a.send("lobby", "carol?").await.unwrap();
+    wait_for("delivered to bob only", T, async || {
+        let h = a.history("lobby", 10).await.unwrap();
+        h.last()
+            .is_some_and(|m| m.text.as_deref() == Some("carol?") && m.delivered_to == 1)
+    })
+    .await;
+    let c = node(ic, &dir.path().join("c"), &boot).await;
+    wait_for("delivered to both after carol returns", T, async || {
+        let h = a.history("lobby", 10).await.unwrap();
+        h.last().is_some_and(|m| m.delivered_to == 2)
+    })
+    .await;
+    drop(c);
 }

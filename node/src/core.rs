@@ -2,7 +2,7 @@
 //! what to do with a message coming in or going out. Plain synchronous code, so it can be
 //! tested by handing envelopes from one `Core` to another.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -72,6 +72,11 @@ pub struct MessageView {
     pub text: Option<String>,
     pub hash: String,
     pub mine: bool,
+    /// Known members (other than the author) known to hold this message: ourselves, and
+    /// those whose delivery receipts cover it.
+    pub delivered_to: u32,
+    /// Known members of the room other than the author.
+    pub known_members: u32,
 }
 
 /// A joined room as listed to users.
@@ -127,6 +132,8 @@ pub enum Incoming {
     Accepted(Box<MessageView>),
     /// Valid but stored ahead of a gap in the author's chain: forward it.
     Pending,
+    /// A member's delivery receipt: recorded, not journaled; forward it.
+    Receipt,
     /// Already held: do not forward again, do not penalise.
     Duplicate,
     /// Not for a room we are in.
@@ -181,7 +188,12 @@ pub struct Core {
     names: BTreeMap<String, RoomId>,
     contacts: BTreeMap<String, ContactCode>,
     counters: Counters,
+    /// Latest delivery receipt per room and member: (receipt counter, author -> seq held).
+    receipts: HashMap<RoomId, HashMap<UserId, (u64, HashMap<Id, u64>)>>,
 }
+
+/// At most this many authors in one receipt, so a receipt always fits in one envelope.
+pub const MAX_RECEIPT_AUTHORS: usize = 256;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -200,6 +212,7 @@ impl Core {
             names: BTreeMap::new(),
             contacts: BTreeMap::new(),
             counters: Counters::default(),
+            receipts: HashMap::new(),
         };
         core.check_owner()?;
         for (key, blob) in core.journal.settings_with_prefix(ROOM_PREFIX)? {
@@ -423,6 +436,7 @@ impl Core {
 
     fn view(&self, room: &Room, env: &Envelope, payload: Payload) -> MessageView {
         let author = env.author_id();
+        let (delivered_to, known_members) = self.delivery(room, &author, env.seq);
         MessageView {
             room: room.name.clone(),
             room_id: room.id.to_hex(),
@@ -436,7 +450,114 @@ impl Core {
             text: payload.text,
             hash: hex::encode(env.hash()),
             mine: author == self.identity.id(),
+            delivered_to,
+            known_members,
         }
+    }
+
+    /// Known members of a room: the member list where there is one, else everyone who has
+    /// written or sent a receipt, and ourselves.
+    fn known_members(&self, room: &Room) -> BTreeSet<UserId> {
+        if let Some(ids) = room.member_ids() {
+            return ids.into_iter().collect();
+        }
+        let mut set: BTreeSet<UserId> = self
+            .journal
+            .version_vector(&room.id.0)
+            .map(|v| v.keys().map(|a| UserId(*a)).collect())
+            .unwrap_or_default();
+        if let Some(r) = self.receipts.get(&room.id) {
+            set.extend(r.keys().copied());
+        }
+        set.insert(self.identity.id());
+        set
+    }
+
+    /// (members other than the author known to hold entry `seq` of `author`, such members).
+    fn delivery(&self, room: &Room, author: &UserId, seq: u64) -> (u32, u32) {
+        let me = self.identity.id();
+        let receipts = self.receipts.get(&room.id);
+        let mut held = 0;
+        let mut total = 0;
+        for m in self.known_members(room) {
+            if m == *author {
+                continue;
+            }
+            total += 1;
+            let has = m == me
+                || receipts
+                    .and_then(|r| r.get(&m))
+                    .and_then(|(_, v)| v.get(&author.0))
+                    .is_some_and(|s| *s >= seq);
+            if has {
+                held += 1;
+            }
+        }
+        (held, total)
+    }
+
+    /// A delivery receipt for `room`: our vector, signed and sealed like any envelope but
+    /// never journaled. Its seq is a counter (milliseconds) so newer receipts win.
+    pub fn compose_receipt(&self, room_id: RoomId) -> Result<Option<Envelope>, CoreError> {
+        let Some(room) = self.rooms.get(&room_id) else {
+            return Ok(None);
+        };
+        let mut vector: Vec<(String, u64)> = self
+            .journal
+            .version_vector(&room_id.0)?
+            .into_iter()
+            .map(|(a, h)| (hex::encode(a), h.seq))
+            .collect();
+        if vector.is_empty() {
+            return Ok(None);
+        }
+        vector.sort_by(|a, b| b.1.cmp(&a.1));
+        vector.truncate(MAX_RECEIPT_AUTHORS);
+        let payload = Payload {
+            from: self.identity.username().to_string(),
+            text: None,
+            receipt: Some(vector),
+        };
+        let pos = Position {
+            seq: now_ms().max(1),
+            prev: [0; 32],
+            lamport: 0,
+            timestamp_ms: now_ms(),
+        };
+        Ok(Some(Envelope::seal(
+            &self.identity,
+            room,
+            Kind::Receipt,
+            pos,
+            &payload,
+        )?))
+    }
+
+    fn apply_receipt(&mut self, room: RoomId, env: &Envelope, payload: Payload) -> Incoming {
+        let Some(list) = payload.receipt else {
+            return self.reject(Rejection::Malformed);
+        };
+        if list.len() > MAX_RECEIPT_AUTHORS {
+            return self.reject(Rejection::Malformed);
+        }
+        let mut vector = HashMap::with_capacity(list.len());
+        for (author, seq) in list {
+            let Some(id) = UserId::from_hex(&author) else {
+                return self.reject(Rejection::Malformed);
+            };
+            vector.insert(id.0, seq);
+        }
+        let slot = self
+            .receipts
+            .entry(room)
+            .or_default()
+            .entry(env.author_id())
+            .or_insert((0, HashMap::new()));
+        if env.seq <= slot.0 {
+            return Incoming::Duplicate;
+        }
+        *slot = (env.seq, vector);
+        Incoming::Receipt
     }
 
     /// Writes a text message into the journal and returns the envelope to publish.
@@ -460,6 +581,7 @@ impl Core {
         let payload = Payload {
             from: self.identity.username().to_string(),
             text: Some(text.to_string()),
+            receipt: None,
         };
         let env = Envelope::seal(&self.identity, &room, Kind::Text, pos, &payload)?;
         // Durable before it is published.
@@ -482,6 +604,9 @@ impl Core {
             Ok(v) => v,
             Err(why) => return Ok(self.reject(why)),
         };
+        if env.kind == Kind::Receipt {
+            return Ok(self.apply_receipt(room.id, &env, payload));
+        }
         let outcome = self.journal.append(&env.meta(), env.bytes())?;
         Ok(match outcome {
             AppendOutcome::Appended { .. } => {
@@ -515,6 +640,13 @@ impl Core {
         let Some(room) = self.rooms.get(&room_id).cloned() else {
             return Ok(BatchReport::default());
         };
+        // Receipts are never journaled, so a peer has no business sending one here.
+        let (receipts, verified): (Vec<_>, Vec<_>) = verified
+            .into_iter()
+            .partition(|(env, _)| env.kind == Kind::Receipt);
+        for _ in receipts {
+            self.reject(Rejection::Malformed);
+        }
         let batch: Vec<(EntryMeta, Vec<u8>)> = verified
             .iter()
             .map(|(env, _)| (env.meta(), env.bytes().to_vec()))

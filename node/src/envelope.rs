@@ -106,6 +106,9 @@ pub struct Payload {
     pub from: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// A delivery receipt: the sender's version vector as (author id hex, contiguous seq).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Vec<(String, u64)>>,
 }
 
 /// A parsed envelope whose signature has been verified.
@@ -440,6 +443,7 @@ mod tests {
         Payload {
             from: from.into(),
             text: Some(t.into()),
+            receipt: None,
         }
     }
 

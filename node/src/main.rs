@@ -340,8 +340,13 @@ fn print_message(m: &MessageView) {
         Some(c) => c.clone(),
         None => format!("{} [{}]", m.author, &m.author_id[..8]),
     };
+    let delivery = if m.mine {
+        format!("  [delivered to {} of {}]", m.delivered_to, m.known_members)
+    } else {
+        String::new()
+    };
     println!(
-        "{} {} {}: {}",
+        "{} {} {}: {}{delivery}",
         clock(m.timestamp_ms),
         m.room,
         who,

@@ -138,6 +138,10 @@ pub struct Sent {
 
 /// Invalid messages a peer may relay per window before it is cut off.
 const STRIKE_LIMIT: u32 = 20;
+/// Receipts go out at most this often per room.
+const RECEIPT_INTERVAL: Duration = Duration::from_secs(1);
+/// Every this many sync rounds, every room re-sends its receipt.
+const RECEIPT_REFRESH_ROUNDS: u64 = 6;
 const STRIKE_WINDOW: Duration = Duration::from_secs(60);
 const BAN_TIME: Duration = Duration::from_secs(300);
 
@@ -313,6 +317,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         sync_interval: cfg.sync_interval,
         reconcile: reconcile::State::new(internal_tx),
         strikes: HashMap::new(),
+        receipts_due: HashSet::new(),
         banned: HashMap::new(),
         internal_rx,
     };
@@ -349,6 +354,8 @@ struct Service {
     reconcile: reconcile::State,
     /// Invalid messages per relaying peer in the current window.
     strikes: HashMap<PeerId, (std::time::Instant, u32)>,
+    /// Rooms whose delivery receipt should go out at the next receipt tick.
+    receipts_due: HashSet<RoomId>,
     /// Peers cut off for misbehaviour, until the given time.
     banned: HashMap<PeerId, std::time::Instant>,
     internal_rx: mpsc::UnboundedReceiver<reconcile::Internal>,
@@ -376,6 +383,8 @@ impl Service {
         let settle_until = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut sync_tick = tokio::time::interval(self.sync_interval);
         let mut stopped = None;
+        let mut receipt_tick = tokio::time::interval(RECEIPT_INTERVAL);
+        let mut rounds = 0u64;
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
@@ -383,7 +392,13 @@ impl Service {
                 _ = sync_tick.tick() => {
                     self.expire_bans();
                     self.sync_all();
+                    // Now and then everyone re-announces what it holds, for new members.
+                    rounds += 1;
+                    if rounds.is_multiple_of(RECEIPT_REFRESH_ROUNDS) {
+                        self.receipts_due.extend(self.core.rooms().map(|r| r.id));
+                    }
                 }
+                _ = receipt_tick.tick() => self.send_receipts(),
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
                         stopped = Some(reply);
@@ -606,6 +621,7 @@ impl Service {
             }
             Command::Send(room, text, r) => {
                 let res = self.core.compose(&room, &text).map(|(id, env, message)| {
+                    self.receipts_due.insert(id);
                     let published = self.publish(id, env.into_bytes());
                     self.emit(Event::Message(message.clone()));
                     Sent { message, published }
@@ -819,6 +835,26 @@ impl Service {
         }
     }
 
+    /// Publishes a delivery receipt in every room that received something since the last one.
+    fn send_receipts(&mut self) {
+        let due: Vec<RoomId> = self.receipts_due.drain().collect();
+        for room in due {
+            match self.core.compose_receipt(room) {
+                Ok(Some(env)) => {
+                    let topic = IdentTopic::new(room.topic());
+                    // Best effort: a receipt that finds no peer is simply not needed yet.
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(topic, env.into_bytes());
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "could not build a receipt"),
+            }
+        }
+    }
+
     /// Counts an invalid message relayed by `peer`; past the limit the peer is cut off for a
     /// while (gossipsub's own scoring has no per-topic penalties configured).
     fn strike(&mut self, peer: PeerId) {
@@ -861,9 +897,13 @@ impl Service {
                 let topic = message.topic.as_str().to_string();
                 let verdict = match self.core.receive(&topic, message.data) {
                     Ok(Incoming::Accepted(view)) => {
+                        if let Some(room) = RoomId::from_topic(&topic) {
+                            self.receipts_due.insert(room);
+                        }
                         self.emit(Event::Message(*view));
                         MessageAcceptance::Accept
                     }
+                    Ok(Incoming::Receipt) => MessageAcceptance::Accept,
                     Ok(Incoming::Pending) => {
                         // A gap in an author's chain: whoever relayed this likely has the rest.
                         if let Some(room) = RoomId::from_topic(&topic) {

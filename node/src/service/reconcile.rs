@@ -448,6 +448,9 @@ impl Service {
                             for author in &report.forked_authors {
                                 self.reconcile.views.mark_diverged(&peer, room.0, *author);
                             }
+                            if !report.appended.is_empty() {
+                                self.receipts_due.insert(room);
+                            }
                             for m in report.appended {
                                 let _ = self.events.send(Event::Message(m));
                             }
