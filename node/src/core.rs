@@ -189,8 +189,11 @@ pub struct Core {
     contacts: BTreeMap<String, ContactCode>,
     counters: Counters,
     /// Latest delivery receipt per room and member: (receipt counter, author -> seq held).
-    receipts: HashMap<RoomId, HashMap<UserId, (u64, HashMap<Id, u64>)>>,
+    receipts: HashMap<RoomId, HashMap<UserId, Receipt>>,
 }
+
+/// A member's latest receipt: (receipt counter, author -> contiguous seq held).
+type Receipt = (u64, HashMap<Id, u64>);
 
 /// At most this many authors in one receipt, so a receipt always fits in one envelope.
 pub const MAX_RECEIPT_AUTHORS: usize = 256;
@@ -511,7 +514,7 @@ impl Core {
         if vector.is_empty() {
             return Ok(None);
         }
-        vector.sort_by(|a, b| b.1.cmp(&a.1));
+        vector.sort_by_key(|(_, seq)| std::cmp::Reverse(*seq));
         vector.truncate(MAX_RECEIPT_AUTHORS);
         let payload = Payload {
             from: self.identity.username().to_string(),
