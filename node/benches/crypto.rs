@@ -56,7 +56,7 @@ fn identity_derivation(c: &mut Criterion) {
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5))
+        .measurement_time(Duration::from_secs(3))
         .throughput(Throughput::Elements(1));
 
     // Full derivation: argon2id (64 MiB, t=3, p=4) + HKDF + RSA-2048 keygen + ed25519.
@@ -93,7 +93,7 @@ fn rsa(c: &mut Criterion) {
     let mut g = c.benchmark_group("rsa2048");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(1))
         .throughput(Throughput::Elements(1));
 
     // What an envelope signs is ~0.7 KiB; PSS hashes it first, so the size barely matters.
@@ -123,7 +123,7 @@ fn aes_gcm(c: &mut Criterion) {
     let mut g = c.benchmark_group("aes256gcm");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2));
+        .measurement_time(Duration::from_secs(1));
     for size in [1024usize, 16 * 1024] {
         let plain = vec![0x42u8; size];
         g.throughput(Throughput::Bytes(size as u64));
@@ -143,6 +143,7 @@ fn envelope(c: &mut Criterion) {
     let payload = Payload {
         from: alice.username().to_string(),
         text: Some(text()),
+        receipt: None,
     };
     let rooms = [
         ("named", Room::named("bench", None).unwrap()),
@@ -151,7 +152,7 @@ fn envelope(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(1))
         .throughput(Throughput::Elements(1));
     for (label, room) in &rooms {
         let env = Envelope::seal(&alice, room, Kind::Text, pos(), &payload).unwrap();

@@ -132,6 +132,7 @@ async fn run_cryptchat(dir: &Path) -> (Run, usize) {
         &Payload {
             from: alice.username().to_string(),
             text: Some(text(0)),
+            receipt: None,
         },
     )
     .unwrap()

@@ -1,0 +1,128 @@
+//! End-to-end: crashes and damaged files, with real processes.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{NodeProc, listen_for, wait_until};
+use cryptchat::api::SendRequest;
+use cryptchat::client::Client;
+use cryptchat::service::Sent;
+
+const T: Duration = Duration::from_secs(90);
+
+fn pair(dir: &std::path::Path) -> (NodeProc, NodeProc) {
+    let args = vec![
+        "--listen".to_string(),
+        listen_for("tcp"),
+        "--join".into(),
+        "lobby".into(),
+    ];
+    let a = NodeProc::start("alice", &dir.join("alice"), &args);
+    let mut b_args = args.clone();
+    b_args.extend(["--bootstrap".into(), a.listen_addr("/tcp/")]);
+    let b = NodeProc::start("bob", &dir.join("bob"), &b_args);
+    wait_until("connected", T, || a.room_peers("lobby") >= 1);
+    (a, b)
+}
+
+/// Sends up to `n` messages through `node`'s API; records each one the node acknowledged.
+fn burst(dir: std::path::PathBuf, who: &'static str, n: usize, acked: Arc<Mutex<Vec<String>>>) {
+    let Ok(client) = Client::for_data_dir(&dir) else {
+        return;
+    };
+    for i in 0..n {
+        let text = format!("{who} {i}");
+        let req = SendRequest {
+            room: "lobby".into(),
+            text: text.clone(),
+        };
+        match client.post::<_, Sent>("/send", &req) {
+            Ok(_) => acked.lock().unwrap().push(text),
+            Err(_) => return,
+        }
+    }
+}
+
+#[test]
+fn kill_9_mid_burst_loses_nothing_committed_and_resyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, mut b) = pair(dir.path());
+    let acked_a = Arc::new(Mutex::new(Vec::new()));
+    let acked_b = Arc::new(Mutex::new(Vec::new()));
+    let ta = {
+        let (d, acked) = (a.data_dir.clone(), acked_a.clone());
+        std::thread::spawn(move || burst(d, "alice", 300, acked))
+    };
+    let tb = {
+        let (d, acked) = (b.data_dir.clone(), acked_b.clone());
+        std::thread::spawn(move || burst(d, "bob", 100_000, acked))
+    };
+    // Kill Bob while both are sending and Bob is also receiving Alice's burst.
+    wait_until("bob is mid-burst", T, || {
+        acked_b.lock().unwrap().len() >= 60
+    });
+    b.kill();
+    tb.join().unwrap();
+    let acked_b = acked_b.lock().unwrap().clone();
+
+    b.restart();
+    let after_restart = b.texts("lobby");
+    for t in &acked_b {
+        assert!(after_restart.contains(t), "bob lost his acknowledged '{t}'");
+    }
+    ta.join().unwrap();
+    let acked_a = acked_a.lock().unwrap().clone();
+    assert_eq!(acked_a.len(), 300);
+    // Reconciliation fills in what Bob missed while down, and Alice gets all of Bob's.
+    wait_until("journals converge", T, || {
+        let (ta, tb) = (a.texts("lobby"), b.texts("lobby"));
+        acked_a.iter().all(|t| tb.contains(t)) && acked_b.iter().all(|t| ta.contains(t))
+    });
+    // And both show the same entries in the same order.
+    let order = |n: &NodeProc| -> Vec<(String, u64)> {
+        n.cli(&["history", "lobby", "--limit", "100000"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["author_id"].as_str().unwrap().to_string(),
+                    m["seq"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    wait_until("same history on both", T, || order(&a) == order(&b));
+}
+
+#[test]
+fn corrupt_journal_is_a_clear_error_and_the_file_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--listen".to_string(),
+        listen_for("tcp"),
+        "--join".into(),
+        "lobby".into(),
+    ];
+    let mut a = NodeProc::start("alice", &dir.path().join("alice"), &args);
+    a.cli(&["send", "lobby", "precious"]);
+    a.kill();
+    let path = a.data_dir.join("journal.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = bytes.len();
+    bytes.truncate(len / 2);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = a.run_with_password(&common::password_for("alice"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("journal.redb"), "{err}");
+    assert!(err.contains("corrupt"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        (len / 2) as u64,
+        "file untouched"
+    );
+}
