@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::CoreError;
 use crate::crypto;
+use crate::faults::FaultConfig;
 use crate::service::{NodeError, NodeHandle};
 
 #[derive(Clone)]
@@ -134,6 +135,8 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/dm", post(dm))
         .route("/groups", post(group))
         .route("/dial", post(dial))
+        .route("/faults", get(get_faults).post(set_faults))
+        .route("/block", post(block))
         .route("/events", get(events))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -151,9 +154,13 @@ pub async fn serve(
     axum::serve(listener, router(node, token)).await
 }
 
-/// Binds the API listener on loopback; port 0 picks a free port.
-pub async fn bind(port: u16) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
-    let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+/// Binds the API listener, on loopback unless told otherwise; port 0 picks a free port.
+pub async fn bind(
+    ip: Option<std::net::IpAddr>,
+    port: u16,
+) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let ip = ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let l = tokio::net::TcpListener::bind((ip, port)).await?;
     let addr = l.local_addr()?;
     Ok((l, addr))
 }
@@ -256,6 +263,39 @@ async fn dial(State(s): State<AppState>, Json(r): Json<DialRequest>) -> ApiResul
         .parse()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad multiaddr: {e}")))?;
     Ok(Json(s.node.dial(addr).await?))
+}
+
+async fn get_faults(State(s): State<AppState>) -> ApiResult<FaultConfig> {
+    Ok(Json(s.node.faults().get()))
+}
+
+async fn set_faults(
+    State(s): State<AppState>,
+    Json(cfg): Json<FaultConfig>,
+) -> ApiResult<FaultConfig> {
+    cfg.validate()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    s.node.faults().set(cfg);
+    Ok(Json(cfg))
+}
+
+/// Cuts off or lets back peers (by peer id): simulated partitions.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct BlockRequest {
+    pub peers: Vec<String>,
+    pub blocked: bool,
+}
+
+async fn block(State(s): State<AppState>, Json(r): Json<BlockRequest>) -> ApiResult<()> {
+    let peers = r
+        .peers
+        .iter()
+        .map(|p| {
+            p.parse()
+                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad peer id {p}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(s.node.block(peers, r.blocked).await?))
 }
 
 async fn events(

@@ -10,6 +10,7 @@ pub mod config;
 pub mod core;
 pub mod crypto;
 pub mod envelope;
+pub mod faults;
 pub mod identity;
 pub mod journal;
 pub mod net;

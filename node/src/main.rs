@@ -7,12 +7,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cryptchat::api::{
-    ContactRequest, DialRequest, DmRequest, GroupRequest, HistoryRequest, IdView, JoinRequest,
-    NameRequest, SendRequest,
+    BlockRequest, ContactRequest, DialRequest, DmRequest, GroupRequest, HistoryRequest, IdView,
+    JoinRequest, NameRequest, SendRequest,
 };
 use cryptchat::client::Client;
 use cryptchat::config::{self, ApiInfo};
 use cryptchat::core::{ContactView, MessageView, RoomView};
+use cryptchat::faults::FaultConfig;
 use cryptchat::identity::{Identity, KeySize};
 use cryptchat::service::{self, NodeConfig, PeerView, Sent, Status};
 use libp2p::Multiaddr;
@@ -72,6 +73,13 @@ enum Cmd {
         /// Port of the local API on 127.0.0.1 (0: any free port).
         #[arg(long, default_value_t = 0)]
         api_port: u16,
+        /// Address for the local API instead of 127.0.0.1 (containers: 0.0.0.0; the
+        /// token still guards it).
+        #[arg(long)]
+        api_addr: Option<std::net::IpAddr>,
+        /// Simulated faults on this node's incoming links (testing and simulation).
+        #[command(flatten)]
+        faults: FaultArgs,
     },
     /// Print your user id, contact code and peer id.
     Id {
@@ -115,6 +123,47 @@ enum Cmd {
     Dial { addr: String },
     /// Print messages as they arrive.
     Watch,
+    /// Show or change the simulated faults on the running node.
+    Faults {
+        /// Change them (else only show them).
+        #[arg(long)]
+        set: bool,
+        #[command(flatten)]
+        faults: FaultArgs,
+    },
+    /// Cut off peers (by peer id), or let them back with --unblock: simulated partitions.
+    Block {
+        peers: Vec<String>,
+        #[arg(long)]
+        unblock: bool,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+struct FaultArgs {
+    /// Added latency in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Added random jitter in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+    /// Probability (0..1) of losing an incoming gossip message.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Receive bandwidth cap per connection, kbit/s (0: none).
+    #[arg(long, default_value_t = 0)]
+    bandwidth_kbps: u64,
+}
+
+impl FaultArgs {
+    fn config(&self) -> FaultConfig {
+        FaultConfig {
+            latency_ms: self.latency_ms,
+            jitter_ms: self.jitter_ms,
+            loss: self.loss,
+            bandwidth_kbps: self.bandwidth_kbps,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -148,6 +197,8 @@ fn real_main() -> Result<()> {
             join,
             room_password_file,
             api_port,
+            api_addr,
+            faults,
         } => {
             init_tracing();
             let room_password = room_password_file
@@ -161,12 +212,15 @@ fn real_main() -> Result<()> {
             }
             cfg.bootstrap = bootstrap;
             cfg.swarm.mdns = mdns;
+            let faults = faults.config();
+            faults.validate().map_err(anyhow::Error::msg)?;
+            cfg.swarm.faults.set(faults);
             tokio::runtime::Runtime::new()?.block_on(run(
                 identity,
                 cfg,
                 join,
                 room_password,
-                api_port,
+                (api_addr, api_port),
                 cli.json,
             ))
         }
@@ -243,12 +297,12 @@ async fn run(
     cfg: NodeConfig,
     join: Vec<String>,
     room_password: Option<String>,
-    api_port: u16,
+    (api_addr, api_port): (Option<std::net::IpAddr>, u16),
     json: bool,
 ) -> Result<()> {
     let data_dir = cfg.data_dir.clone();
     let node = service::start(identity.clone(), cfg).await?;
-    let (listener, addr) = cryptchat::api::bind(api_port)
+    let (listener, addr) = cryptchat::api::bind(api_addr, api_port)
         .await
         .context("cannot bind the local API")?;
     let token = hex::encode(cryptchat::crypto::random_key()?.as_slice());
@@ -477,6 +531,38 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             }
             true
         })?),
+        Cmd::Faults { set, faults } => {
+            let v: FaultConfig = if set {
+                c.post("/faults", &faults.config())?
+            } else {
+                c.get("/faults")?
+            };
+            print(json, &v, |f| {
+                println!(
+                    "latency {} ms, jitter {} ms, loss {}, bandwidth {} kbit/s",
+                    f.latency_ms,
+                    f.jitter_ms,
+                    f.loss,
+                    if f.bandwidth_kbps == 0 {
+                        "unlimited".to_string()
+                    } else {
+                        f.bandwidth_kbps.to_string()
+                    }
+                )
+            })
+        }
+        Cmd::Block { peers, unblock } => {
+            let v: () = c.post(
+                "/block",
+                &BlockRequest {
+                    peers,
+                    blocked: !unblock,
+                },
+            )?;
+            print(json, &v, |_| {
+                println!("{}", if unblock { "unblocked" } else { "blocked" })
+            })
+        }
         Cmd::Run { .. } | Cmd::Id { .. } => unreachable!("handled before"),
     }
 }

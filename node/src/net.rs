@@ -15,7 +15,12 @@ use libp2p::{
 use libp2p_webrtc::tokio::Certificate;
 
 use crate::crypto;
+use crate::faults::{Faults, FaultyMuxer};
 use crate::sync::{SyncRequest, SyncResponse};
+use futures::future::Either;
+use libp2p::PeerId;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::{Transport, upgrade};
 
 /// History reconciliation protocol (see [`crate::sync`]).
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new(crate::sync::PROTOCOL);
@@ -75,6 +80,8 @@ pub struct SwarmOptions {
     pub mdns: bool,
     /// Gossipsub heartbeat; shorter in tests and simulations for faster mesh formation.
     pub heartbeat: Duration,
+    /// Latency, jitter, bandwidth and loss injected on this node's links.
+    pub faults: Faults,
 }
 
 impl Default for SwarmOptions {
@@ -82,6 +89,7 @@ impl Default for SwarmOptions {
         SwarmOptions {
             mdns: false,
             heartbeat: Duration::from_millis(700),
+            faults: Faults::default(),
         }
     }
 }
@@ -108,16 +116,10 @@ pub fn build_swarm(
     let err = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
     let gcfg = gossipsub_config(opts.heartbeat)?;
     let mdns_on = opts.mdns;
+    let faults = opts.faults.clone();
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| err(&e))?
-        .with_quic()
-        .with_other_transport(|key| libp2p_webrtc::tokio::Transport::new(key.clone(), certificate))
+        .with_other_transport(|key| direct_transports(key, certificate, faults))
         .map_err(|e| err(&e))?
         .with_dns()
         .map_err(|e| err(&e))?
@@ -172,6 +174,39 @@ pub fn build_swarm(
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .build();
     Ok(swarm)
+}
+
+/// Every direct transport, boxed, with connections wrapped in the fault layer.
+type DirectTransport = libp2p::core::transport::Boxed<(PeerId, FaultyMuxer<StreamMuxerBox>)>;
+
+/// TCP (noise + yamux), QUIC and WebRTC-direct, every connection wrapped in the fault layer
+/// (a pass-through unless faults are configured).
+fn direct_transports(
+    key: &libp2p::identity::Keypair,
+    certificate: Certificate,
+    faults: Faults,
+) -> Result<DirectTransport, Box<dyn std::error::Error + Send + Sync>> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
+    let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
+        .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
+    let webrtc = libp2p_webrtc::tokio::Transport::new(key.clone(), certificate)
+        .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
+    Ok(tcp
+        .or_transport(quic)
+        .or_transport(webrtc)
+        .map(move |either, _| {
+            let (peer, muxer) = match either {
+                Either::Left(Either::Left(x))
+                | Either::Left(Either::Right(x))
+                | Either::Right(x) => x,
+            };
+            (peer, FaultyMuxer::new(muxer, peer, faults.clone()))
+        })
+        .boxed())
 }
 
 /// Loads the WebRTC certificate, creating it on first use, so the node's `/certhash` (part

@@ -171,6 +171,7 @@ pub struct NodeHandle {
     tx: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
     identity: Arc<Identity>,
+    faults: crate::faults::Faults,
 }
 
 impl NodeHandle {
@@ -263,6 +264,11 @@ impl NodeHandle {
         self.ask(|r| Command::Block(peers, blocked, r)).await
     }
 
+    /// The fault model applied to this node's links.
+    pub fn faults(&self) -> &crate::faults::Faults {
+        &self.faults
+    }
+
     /// Starts a reconciliation round with every connected member of every room now.
     pub async fn sync_now(&self) -> Result<(), NodeError> {
         self.ask(Command::SyncNow).await
@@ -318,6 +324,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         reconcile: reconcile::State::new(internal_tx),
         strikes: HashMap::new(),
         receipts_due: HashSet::new(),
+        faults: cfg.swarm.faults.clone(),
         banned: HashMap::new(),
         internal_rx,
     };
@@ -333,6 +340,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         tx,
         events,
         identity,
+        faults: cfg.swarm.faults.clone(),
     })
 }
 
@@ -354,6 +362,7 @@ struct Service {
     reconcile: reconcile::State,
     /// Invalid messages per relaying peer in the current window.
     strikes: HashMap<PeerId, (std::time::Instant, u32)>,
+    faults: crate::faults::Faults,
     /// Rooms whose delivery receipt should go out at the next receipt tick.
     receipts_due: HashSet<RoomId>,
     /// Peers cut off for misbehaviour, until the given time.
@@ -895,6 +904,18 @@ impl Service {
                 message,
             } => {
                 let topic = message.topic.as_str().to_string();
+                if self.faults.lose() {
+                    // Simulated loss: as if the message never arrived (sync recovers it).
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Ignore,
+                        );
+                    return;
+                }
                 let verdict = match self.core.receive(&topic, message.data) {
                     Ok(Incoming::Accepted(view)) => {
                         if let Some(room) = RoomId::from_topic(&topic) {
