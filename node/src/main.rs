@@ -38,8 +38,15 @@ struct Cli {
 #[derive(Args, Clone)]
 struct Credentials {
     /// Your username (with the password, it derives your identity).
-    #[arg(long, env = "CRYPTCHAT_USERNAME")]
-    username: String,
+    #[arg(
+        long,
+        env = "CRYPTCHAT_USERNAME",
+        required_unless_present = "username_from_hostname"
+    )]
+    username: Option<String>,
+    /// Use this machine's host name as the username (containers scaled from one spec).
+    #[arg(long)]
+    username_from_hostname: bool,
     /// Read the password from this file (else CRYPTCHAT_PASSWORD, else a prompt).
     #[arg(long)]
     password_file: Option<PathBuf>,
@@ -265,6 +272,19 @@ fn read_secret_file(path: &Path) -> Result<String> {
     Ok(s)
 }
 
+impl Credentials {
+    fn username(&self) -> Result<String> {
+        if self.username_from_hostname {
+            let name = std::fs::read_to_string("/etc/hostname")
+                .context("--username-from-hostname: cannot read /etc/hostname")?;
+            return Ok(name.trim().to_string());
+        }
+        self.username
+            .clone()
+            .context("no username: pass --username or set CRYPTCHAT_USERNAME")
+    }
+}
+
 fn read_password(creds: &Credentials) -> Result<String> {
     if let Some(f) = &creds.password_file {
         return read_secret_file(f);
@@ -274,22 +294,16 @@ fn read_password(creds: &Credentials) -> Result<String> {
     {
         return Ok(p);
     }
-    rpassword::prompt_password(format!("password for {}: ", creds.username))
+    rpassword::prompt_password(format!("password for {}: ", creds.username()?))
         .context("no password: set CRYPTCHAT_PASSWORD, pass --password-file, or run in a terminal")
 }
 
 fn derive_identity(creds: &Credentials) -> Result<Arc<Identity>> {
+    let username = creds.username()?;
     let password = zeroize::Zeroizing::new(read_password(creds)?);
     let size = KeySize::from_bits(creds.key_bits)?;
-    eprintln!(
-        "deriving identity for {} (argon2id, 64 MiB)...",
-        creds.username
-    );
-    Ok(Arc::new(Identity::derive(
-        &creds.username,
-        &password,
-        size,
-    )?))
+    eprintln!("deriving identity for {username} (argon2id, 64 MiB)...");
+    Ok(Arc::new(Identity::derive(&username, &password, size)?))
 }
 
 async fn run(
