@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,21 +55,42 @@ impl FaultConfig {
     }
 }
 
-/// A shared, changeable fault configuration.
+/// A shared, changeable fault configuration, plus byte counters of the node's links.
 #[derive(Clone, Debug, Default)]
-pub struct Faults(Arc<RwLock<FaultConfig>>);
+pub struct Faults {
+    cfg: Arc<RwLock<FaultConfig>>,
+    traffic: Arc<Traffic>,
+}
+
+/// Bytes through every substream of every connection (before transport overhead).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub read: AtomicU64,
+    pub written: AtomicU64,
+}
 
 impl Faults {
     pub fn new(cfg: FaultConfig) -> Self {
-        Faults(Arc::new(RwLock::new(cfg)))
+        Faults {
+            cfg: Arc::new(RwLock::new(cfg)),
+            traffic: Arc::default(),
+        }
     }
 
     pub fn get(&self) -> FaultConfig {
-        *self.0.read().unwrap_or_else(|e| e.into_inner())
+        *self.cfg.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn set(&self, cfg: FaultConfig) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+    }
+
+    /// (bytes read, bytes written) so far.
+    pub fn traffic(&self) -> (u64, u64) {
+        (
+            self.traffic.read.load(Ordering::Relaxed),
+            self.traffic.written.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether to drop the next incoming message.
@@ -193,7 +215,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for FaultyStream<S> {
         let this = self.get_mut();
         let cfg = this.faults.get();
         if !cfg.delays() && this.queue.is_empty() {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+            let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if let Poll::Ready(Ok(n)) = &r {
+                this.faults
+                    .traffic
+                    .read
+                    .fetch_add(*n as u64, Ordering::Relaxed);
+            }
+            return r;
         }
         loop {
             // Take in whatever the wire has now, stamping it with its arrival time.
@@ -225,6 +254,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for FaultyStream<S> {
                     this.queue.pop_front();
                 }
                 this.timer = None;
+                this.faults
+                    .traffic
+                    .read
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 return Poll::Ready(Ok(n));
             }
             let due = *due;
@@ -248,7 +281,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FaultyStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            this.faults
+                .traffic
+                .written
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

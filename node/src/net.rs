@@ -14,6 +14,9 @@ use libp2p::{
 };
 use libp2p_webrtc::tokio::Certificate;
 
+/// The WebRTC certificate type, for callers that build transports themselves.
+pub use libp2p_webrtc::tokio::Certificate as WebRtcCertificate;
+
 use crate::crypto;
 use crate::faults::{Faults, FaultyMuxer};
 use crate::sync::{SyncRequest, SyncResponse};
@@ -177,11 +180,11 @@ pub fn build_swarm(
 }
 
 /// Every direct transport, boxed, with connections wrapped in the fault layer.
-type DirectTransport = libp2p::core::transport::Boxed<(PeerId, FaultyMuxer<StreamMuxerBox>)>;
+pub type DirectTransport = libp2p::core::transport::Boxed<(PeerId, FaultyMuxer<StreamMuxerBox>)>;
 
 /// TCP (noise + yamux), QUIC and WebRTC-direct, every connection wrapped in the fault layer
 /// (a pass-through unless faults are configured).
-fn direct_transports(
+pub fn direct_transports(
     key: &libp2p::identity::Keypair,
     certificate: Certificate,
     faults: Faults,

@@ -136,6 +136,8 @@ pub struct Sent {
     pub published: bool,
 }
 
+/// Rendezvous dials more room members only while fewer than this many are connected.
+const TARGET_ROOM_PEERS: usize = 8;
 /// Invalid messages a peer may relay per window before it is cut off.
 const STRIKE_LIMIT: u32 = 20;
 /// Receipts go out at most this often per room.
@@ -783,10 +785,20 @@ impl Service {
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { result, .. }) => match result
             {
                 kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    key,
                     providers,
-                    ..
                 })) => {
-                    for p in providers {
+                    // Enough members connected already: gossipsub spreads the rest.
+                    let have = <[u8; 32]>::try_from(key.as_ref())
+                        .map(|k| self.room_peers(RoomId(k)))
+                        .unwrap_or(0);
+                    let want = TARGET_ROOM_PEERS.saturating_sub(have);
+                    let fresh: Vec<PeerId> = providers
+                        .into_iter()
+                        .filter(|p| !self.swarm.is_connected(p))
+                        .take(want)
+                        .collect();
+                    for p in fresh {
                         self.dial_peer(p, vec![]);
                     }
                 }

@@ -1,0 +1,221 @@
+//! The baseline: plain gossipsub nodes on the same transports and fault layer, with no
+//! crypto and no journal. What cryptchat costs is measured against this, in the same run.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use cryptchat::faults::Faults;
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, allow_block_list, identify};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    identify: identify::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+}
+
+enum Cmd {
+    Join(String),
+    Send(String, Vec<u8>, oneshot::Sender<bool>),
+    Held(String, oneshot::Sender<Vec<String>>),
+    Block(Vec<PeerId>, bool),
+    RoomPeers(String, oneshot::Sender<usize>),
+    Addr(oneshot::Sender<Option<Multiaddr>>),
+    Stop(oneshot::Sender<()>),
+}
+
+/// A delivered message: (room, text).
+pub type Delivery = (String, String);
+
+#[derive(Clone)]
+pub struct PlainNode {
+    tx: mpsc::Sender<Cmd>,
+    events: broadcast::Sender<Delivery>,
+    pub peer_id: PeerId,
+    pub faults: Faults,
+}
+
+impl PlainNode {
+    /// Starts a node listening on loopback that dials `dial`.
+    pub async fn start(
+        key: libp2p::identity::Keypair,
+        dial: Vec<Multiaddr>,
+        faults: Faults,
+        heartbeat: Duration,
+    ) -> anyhow::Result<PlainNode> {
+        let peer_id = key.public().to_peer_id();
+        let cert = cryptchat::net::WebRtcCertificate::generate(&mut rand::rng())?;
+        let f = faults.clone();
+        let gcfg = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(heartbeat)
+            .max_transmit_size(cryptchat::net::MAX_TRANSMIT)
+            .message_id_fn(|m| {
+                gossipsub::MessageId::from(&cryptchat::crypto::sha256(&[&m.data])[..20])
+            })
+            .build()?;
+        let mut swarm: Swarm<Behaviour> = SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_other_transport(|k| cryptchat::net::direct_transports(k, cert, f))?
+            .with_behaviour(|k| {
+                Ok(Behaviour {
+                    blocked: Default::default(),
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/netsim-baseline/1".into(),
+                        k.public(),
+                    )),
+                    gossipsub: gossipsub::Behaviour::new(
+                        MessageAuthenticity::Signed(k.clone()),
+                        gcfg,
+                    )?,
+                })
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(cryptchat::net::IDLE_TIMEOUT))
+            .build();
+        swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        for a in &dial {
+            let _ = swarm.dial(a.clone());
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let (events, _) = broadcast::channel(65536);
+        tokio::spawn(run(swarm, rx, events.clone(), dial));
+        Ok(PlainNode {
+            tx,
+            events,
+            peer_id,
+            faults,
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Delivery> {
+        self.events.subscribe()
+    }
+
+    pub async fn join(&self, room: &str) {
+        let _ = self.tx.send(Cmd::Join(room.to_string())).await;
+    }
+
+    pub async fn send(&self, room: &str, text: &str) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let _ = self
+            .tx
+            .send(Cmd::Send(room.into(), text.as_bytes().to_vec(), tx))
+            .await;
+        rx.await.unwrap_or(false)
+    }
+
+    pub async fn held(&self, room: &str) -> Vec<String> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Held(room.into(), tx)).await;
+        rx.await.unwrap_or_default()
+    }
+
+    pub async fn block(&self, peers: Vec<PeerId>, blocked: bool) {
+        let _ = self.tx.send(Cmd::Block(peers, blocked)).await;
+    }
+
+    pub async fn room_peers(&self, room: &str) -> usize {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::RoomPeers(room.into(), tx)).await;
+        rx.await.unwrap_or(0)
+    }
+
+    pub async fn addr(&self) -> Option<Multiaddr> {
+        for _ in 0..100 {
+            let (tx, rx) = oneshot::channel();
+            let _ = self.tx.send(Cmd::Addr(tx)).await;
+            if let Ok(Some(a)) = rx.await {
+                return Some(a);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Stop(tx)).await;
+        let _ = rx.await;
+    }
+}
+
+async fn run(
+    mut swarm: Swarm<Behaviour>,
+    mut rx: mpsc::Receiver<Cmd>,
+    events: broadcast::Sender<Delivery>,
+    dial: Vec<Multiaddr>,
+) {
+    let mut held: HashMap<String, Vec<String>> = HashMap::new();
+    let mut seen: HashSet<gossipsub::MessageId> = HashSet::new();
+    let mut addr = None;
+    loop {
+        tokio::select! {
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::NewListenAddr { address, .. } => addr = Some(address),
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                    message_id, message, ..
+                })) if seen.insert(message_id.clone()) => {
+                    let room = message.topic.as_str().to_string();
+                    let text = String::from_utf8_lossy(&message.data).into_owned();
+                    held.entry(room.clone()).or_default().push(text.clone());
+                    let _ = events.send((room, text));
+                }
+                _ => {}
+            },
+            cmd = rx.recv() => match cmd {
+                Some(Cmd::Join(room)) => {
+                    let _ = swarm.behaviour_mut().gossipsub.subscribe(&IdentTopic::new(room));
+                }
+                Some(Cmd::Send(room, data, reply)) => {
+                    let text = String::from_utf8_lossy(&data).into_owned();
+                    let ok = swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(IdentTopic::new(room.clone()), data)
+                        .is_ok();
+                    held.entry(room).or_default().push(text);
+                    let _ = reply.send(ok);
+                }
+                Some(Cmd::Held(room, reply)) => {
+                    let _ = reply.send(held.get(&room).cloned().unwrap_or_default());
+                }
+                Some(Cmd::Block(peers, blocked)) => {
+                    for p in peers {
+                        if blocked {
+                            swarm.behaviour_mut().blocked.block_peer(p);
+                        } else {
+                            swarm.behaviour_mut().blocked.unblock_peer(p);
+                        }
+                    }
+                    if !blocked {
+                        for a in &dial {
+                            let _ = swarm.dial(a.clone());
+                        }
+                    }
+                }
+                Some(Cmd::RoomPeers(room, reply)) => {
+                    let hash = IdentTopic::new(room).hash();
+                    let n = swarm
+                        .behaviour()
+                        .gossipsub
+                        .all_peers()
+                        .filter(|(_, t)| t.contains(&&hash))
+                        .count();
+                    let _ = reply.send(n);
+                }
+                Some(Cmd::Addr(reply)) => {
+                    let _ = reply.send(addr.clone());
+                }
+                Some(Cmd::Stop(reply)) => {
+                    drop(swarm);
+                    let _ = reply.send(());
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+}

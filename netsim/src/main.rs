@@ -1,0 +1,93 @@
+//! `netsim run SCENARIO`: runs a scenario and prints a report (plus JSON and SVG files).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use netsim::{Options, Scenario};
+
+#[derive(Parser)]
+#[command(
+    name = "netsim",
+    about = "Run many cryptchat nodes on one machine, with faults"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a scenario file.
+    Run {
+        scenario: PathBuf,
+        /// Also run the plain-gossipsub baseline and report ratios against it.
+        #[arg(long)]
+        baseline: bool,
+        /// Override the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Override the number of nodes (to find where a scenario breaks).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the latency/delivery plot here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    cryptchat::install_crypto_provider();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "netsim=info,cryptchat=warn,libp2p=error,webrtc=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Cli {
+        cmd:
+            Cmd::Run {
+                scenario,
+                baseline,
+                seed,
+                nodes,
+                json,
+                svg,
+            },
+    } = Cli::parse();
+    let mut s = Scenario::load(&scenario)?;
+    if let Some(seed) = seed {
+        s.seed = seed;
+    }
+    if let Some(n) = nodes {
+        s.nodes = n;
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    let base = if baseline {
+        let opts = Options {
+            baseline: true,
+            ..Default::default()
+        };
+        Some(rt.block_on(netsim::run(&s, &opts))?)
+    } else {
+        None
+    };
+    let report = rt.block_on(netsim::run(&s, &Options::default()))?;
+    print!("{}", report.table(base.as_ref()));
+    if let Some(path) = json {
+        let doc = serde_json::json!({ "cryptchat": report, "baseline": base });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    }
+    if let Some(path) = svg {
+        std::fs::write(&path, netsim::svg::render(&report, base.as_ref()))?;
+    }
+    if !report.complete() {
+        eprintln!("warning: delivery was incomplete or journals differ");
+        std::process::exit(2);
+    }
+    Ok(())
+}

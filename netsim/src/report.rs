@@ -1,0 +1,192 @@
+//! What a run measured, as a terminal table, JSON and an SVG plot.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(mut v: Vec<f64>) -> Percentiles {
+        if v.is_empty() {
+            return Percentiles::default();
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Percentiles {
+            count: v.len(),
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomReport {
+    pub name: String,
+    pub members: usize,
+    pub online_members: usize,
+    pub messages: u64,
+    /// Share of (message, online member) pairs where the member holds the message.
+    pub delivery_ratio: f64,
+    /// Every online member shows the same entries in the same order.
+    pub journals_identical: bool,
+}
+
+/// One delivery: when the message was sent (seconds into the load) and how long it took.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sample {
+    pub sent_s: f64,
+    pub latency_ms: f64,
+    pub node: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: String,
+    pub mode: String,
+    pub nodes: usize,
+    pub setup_s: f64,
+    pub messages_sent: u64,
+    pub rooms: Vec<RoomReport>,
+    /// Publish-to-deliver latency over every (message, receiver) pair, in ms.
+    pub latency: Percentiles,
+    /// Deliveries of a message a node already had.
+    pub duplicates: u64,
+    /// Bytes written on all links per (message, member) pair delivered: amplification.
+    pub bytes_per_delivered: f64,
+    /// Seconds from the last heal/restart (or the end of the load) until every online
+    /// member held every message; None if that never happened within the settle time.
+    pub convergence_s: Option<f64>,
+    pub cpu_s_per_node: f64,
+    pub peak_rss_mib_per_node: f64,
+    pub wall_s: f64,
+    /// Delivery ratio seen through live events, per node (online at the end).
+    pub per_node_delivery: Vec<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub samples: Vec<Sample>,
+}
+
+impl Report {
+    /// Full delivery in every room and identical journals.
+    pub fn complete(&self) -> bool {
+        self.rooms
+            .iter()
+            .all(|r| r.delivery_ratio >= 1.0 && r.journals_identical)
+    }
+
+    pub fn table(&self, baseline: Option<&Report>) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, k: &str, v: String, b: Option<String>| {
+            out.push_str(&format!("  {k:<32} {v:>14}"));
+            if let Some(b) = b {
+                out.push_str(&format!("   {b:>14}"));
+            }
+            out.push('\n');
+        };
+        out.push_str(&format!(
+            "scenario {} ({} nodes, {} messages)\n",
+            self.scenario, self.nodes, self.messages_sent
+        ));
+        if baseline.is_some() {
+            out.push_str(&format!(
+                "  {:<32} {:>14}   {:>14}\n",
+                "", "cryptchat", "baseline"
+            ));
+        }
+        for r in &self.rooms {
+            let b = baseline.and_then(|b| b.rooms.iter().find(|x| x.name == r.name));
+            line(
+                &mut out,
+                &format!("delivery in {} ({} online)", r.name, r.online_members),
+                format!("{:.2}%", r.delivery_ratio * 100.0),
+                b.map(|b| format!("{:.2}%", b.delivery_ratio * 100.0)),
+            );
+            line(
+                &mut out,
+                &format!("journals identical in {}", r.name),
+                r.journals_identical.to_string(),
+                None,
+            );
+        }
+        let ms = |v: f64| format!("{v:.1} ms");
+        let pairs = [
+            (
+                "latency p50",
+                self.latency.p50,
+                baseline.map(|b| b.latency.p50),
+            ),
+            (
+                "latency p95",
+                self.latency.p95,
+                baseline.map(|b| b.latency.p95),
+            ),
+            (
+                "latency p99",
+                self.latency.p99,
+                baseline.map(|b| b.latency.p99),
+            ),
+            (
+                "latency max",
+                self.latency.max,
+                baseline.map(|b| b.latency.max),
+            ),
+        ];
+        for (k, v, b) in pairs {
+            line(&mut out, k, ms(v), b.map(ms));
+        }
+        if let Some(b) = baseline
+            && b.latency.p99 > 0.0
+        {
+            line(
+                &mut out,
+                "p99 ratio (cryptchat / baseline)",
+                format!("{:.2}x", self.latency.p99 / b.latency.p99),
+                None,
+            );
+        }
+        line(
+            &mut out,
+            "duplicates",
+            self.duplicates.to_string(),
+            baseline.map(|b| b.duplicates.to_string()),
+        );
+        line(
+            &mut out,
+            "bytes sent per delivery",
+            format!("{:.0}", self.bytes_per_delivered),
+            baseline.map(|b| format!("{:.0}", b.bytes_per_delivered)),
+        );
+        line(
+            &mut out,
+            "convergence after heal/restart",
+            self.convergence_s
+                .map_or("never".into(), |c| format!("{c:.1} s")),
+            baseline.map(|b| {
+                b.convergence_s
+                    .map_or("never".into(), |c| format!("{c:.1} s"))
+            }),
+        );
+        line(
+            &mut out,
+            "CPU per node",
+            format!("{:.2} s", self.cpu_s_per_node),
+            baseline.map(|b| format!("{:.2} s", b.cpu_s_per_node)),
+        );
+        line(
+            &mut out,
+            "peak memory per node",
+            format!("{:.1} MiB", self.peak_rss_mib_per_node),
+            baseline.map(|b| format!("{:.1} MiB", b.peak_rss_mib_per_node)),
+        );
+        line(&mut out, "setup", format!("{:.1} s", self.setup_s), None);
+        out
+    }
+}

@@ -1,0 +1,510 @@
+//! Runs a scenario: starts the nodes, forms the rooms, drives the load and the faults on a
+//! seeded schedule, then measures delivery, latency, traffic and convergence.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cryptchat::faults::Faults;
+use cryptchat::identity::{Identity, KeySize};
+use libp2p::{Multiaddr, PeerId};
+use rand::RngExt;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tokio::sync::mpsc;
+
+use crate::node::{NodeSpec, SimNode};
+use crate::report::{Report, RoomReport, Sample};
+use crate::scenario::{Action, Scenario};
+use crate::stats;
+
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Plain gossipsub nodes instead of cryptchat nodes.
+    pub baseline: bool,
+    /// Where node data dirs go (default: a temporary dir, removed afterwards).
+    pub data_root: Option<PathBuf>,
+}
+
+/// Derives the identities of a run: seeded, without argon2id (only RSA generation), in
+/// parallel, so start-up is not dominated by key stretching.
+pub async fn identities(n: usize, seed: u64) -> anyhow::Result<Vec<Arc<Identity>>> {
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let master = cryptchat::crypto::sha256(&[
+                b"netsim identity",
+                &seed.to_be_bytes(),
+                &(i as u64).to_be_bytes(),
+            ]);
+            Identity::from_master(&format!("node{i}"), &master, KeySize::Rsa2048).map(Arc::new)
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+/// A message the run sent.
+struct Sent {
+    room: usize,
+    sender: usize,
+    at: Instant,
+}
+
+struct Sim<'a> {
+    s: &'a Scenario,
+    specs: Vec<NodeSpec>,
+    nodes: Vec<Option<SimNode>>,
+    boot_addrs: Vec<Multiaddr>,
+    tx: mpsc::UnboundedSender<(usize, (String, String))>,
+    rng: ChaCha20Rng,
+    baseline: bool,
+    /// Time of the last heal, restart or rejoin: convergence is measured from it.
+    last_disruption: Option<Instant>,
+}
+
+fn text_for(id: usize, size: usize) -> String {
+    let mut t = format!("#{id} ");
+    while t.len() < size {
+        t.push('.');
+    }
+    t
+}
+
+fn id_of(text: &str) -> Option<usize> {
+    text.strip_prefix('#')?.split(' ').next()?.parse().ok()
+}
+
+impl Sim<'_> {
+    async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut dial = self.boot_addrs.clone();
+        if self.baseline {
+            // Plain gossipsub has no rendezvous: give it a few random peers, as the DHT
+            // gives cryptchat nodes a few room members.
+            let started: Vec<usize> = (0..self.nodes.len())
+                .filter(|&j| j != i && self.nodes[j].is_some())
+                .collect();
+            let picked: Vec<usize> = started.sample(&mut self.rng, 6).copied().collect();
+            for j in picked {
+                if let Some(a) = self.nodes[j].as_ref().unwrap().addr().await {
+                    dial.push(a);
+                }
+            }
+        }
+        dial.retain(|a| {
+            !a.iter().any(|p| {
+                matches!(p, libp2p::multiaddr::Protocol::P2p(id) if id == self.specs[i].identity.peer_id())
+            })
+        });
+        let node = SimNode::start(&self.specs[i], dial).await?;
+        node.forward_deliveries(i, self.tx.clone());
+        for room in &self.s.rooms {
+            if self.s.members(room).contains(&i) {
+                node.join(&room.name, room.password.clone()).await?;
+            }
+        }
+        self.nodes[i] = Some(node);
+        Ok(())
+    }
+
+    fn peer(&self, i: usize) -> PeerId {
+        self.specs[i].identity.peer_id()
+    }
+
+    async fn apply(&mut self, action: &Action) -> anyhow::Result<()> {
+        match action {
+            Action::Partition { groups } => {
+                let sets: Vec<Vec<usize>> = groups.iter().map(|g| self.s.group(g)).collect();
+                for (gi, a) in sets.iter().enumerate() {
+                    let others: Vec<PeerId> = sets
+                        .iter()
+                        .enumerate()
+                        .filter(|(gj, _)| *gj != gi)
+                        .flat_map(|(_, b)| b.iter().map(|&j| self.peer(j)))
+                        .collect();
+                    for &i in a {
+                        if let Some(n) = &self.nodes[i] {
+                            n.block(others.clone(), true).await;
+                        }
+                    }
+                }
+            }
+            Action::Heal => {
+                let all: Vec<PeerId> = (0..self.nodes.len()).map(|j| self.peer(j)).collect();
+                for n in self.nodes.iter().flatten() {
+                    n.block(all.clone(), false).await;
+                }
+                self.last_disruption = Some(Instant::now());
+            }
+            Action::Kill { nodes } => {
+                for &i in nodes {
+                    if let Some(n) = self.nodes[i].take() {
+                        n.stop().await;
+                    }
+                }
+            }
+            Action::Restart { nodes } => {
+                for &i in nodes {
+                    if self.nodes[i].is_none() {
+                        self.start_node(i).await?;
+                    }
+                }
+                self.last_disruption = Some(Instant::now());
+            }
+            Action::Churn { .. } => unreachable!("expanded into kill and restart"),
+            Action::Link { group, faults } => {
+                let targets: Vec<usize> = match group {
+                    Some(g) => self.s.group(g),
+                    None => (0..self.nodes.len()).collect(),
+                };
+                for i in targets {
+                    self.specs[i].faults.set(*faults);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Expands churn into seeded kill and restart events; returns (at_s, action) sorted.
+fn schedule_events(s: &Scenario, rng: &mut ChaCha20Rng) -> Vec<(f64, Action)> {
+    let mut out = Vec::new();
+    for e in &s.events {
+        match &e.action {
+            Action::Churn { share, down_s } => {
+                let mut candidates: Vec<usize> =
+                    (0..s.nodes).filter(|i| !s.bootstrap.contains(i)).collect();
+                candidates.shuffle(rng);
+                let k = ((candidates.len() as f64) * share).round() as usize;
+                let picked: Vec<usize> = candidates.into_iter().take(k).collect();
+                out.push((
+                    e.at_s,
+                    Action::Kill {
+                        nodes: picked.clone(),
+                    },
+                ));
+                out.push((e.at_s + down_s, Action::Restart { nodes: picked }));
+            }
+            other => out.push((e.at_s, other.clone())),
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// Runs the scenario and measures it.
+pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
+    s.validate()?;
+    let tmp = tempfile::tempdir()?;
+    let root = opts
+        .data_root
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let mut rng = ChaCha20Rng::seed_from_u64(s.seed);
+    stats::reset_peak_memory();
+    let cpu_start = stats::cpu_time();
+    let wall_start = Instant::now();
+
+    tracing::info!(nodes = s.nodes, "deriving identities");
+    let ids = identities(s.nodes, s.seed).await?;
+    let specs: Vec<NodeSpec> = ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, identity)| NodeSpec {
+            index: i,
+            identity,
+            data_dir: root.join(format!("node{i}")),
+            faults: Faults::new(s.link),
+            sync_interval: Duration::from_secs_f64(s.sync_interval_s),
+            baseline: opts.baseline,
+        })
+        .collect();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut sim = Sim {
+        s,
+        specs,
+        nodes: vec![None; s.nodes],
+        boot_addrs: vec![],
+        tx,
+        rng: rng.clone(),
+        baseline: opts.baseline,
+        last_disruption: None,
+    };
+
+    // Bootstrap nodes first, then the rest.
+    for &b in &s.bootstrap {
+        sim.start_node(b).await?;
+        let addr = sim.nodes[b]
+            .as_ref()
+            .unwrap()
+            .addr()
+            .await
+            .context("bootstrap address")?;
+        sim.boot_addrs.push(addr);
+    }
+    for i in 0..s.nodes {
+        if sim.nodes[i].is_none() {
+            sim.start_node(i).await?;
+        }
+    }
+    tracing::info!("waiting for the room meshes");
+    let warm = Instant::now();
+    'warm: while warm.elapsed() < Duration::from_secs_f64(s.warmup_s) {
+        let mut ready = true;
+        for room in &s.rooms {
+            let members = s.members(room);
+            let need = (members.len() - 1).min(2);
+            for &i in &members {
+                if sim.nodes[i].as_ref().unwrap().room_peers(&room.name).await < need {
+                    ready = false;
+                    break;
+                }
+            }
+        }
+        if ready {
+            break 'warm;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let setup = wall_start.elapsed();
+
+    // The load: each sender sends into each of its rooms at the given rate, with seeded
+    // jitter so senders do not tick in lockstep.
+    let mut sends: Vec<(f64, usize, usize)> = Vec::new();
+    for (ri, room) in s.rooms.iter().enumerate() {
+        let members = s.members(room);
+        let senders: Vec<usize> = match &s.load.senders {
+            Some(list) => members
+                .iter()
+                .copied()
+                .filter(|m| list.contains(m))
+                .collect(),
+            None => members,
+        };
+        for sender in senders {
+            let period = 1.0 / s.load.rate.max(1e-9);
+            let mut t = rng.random_range(0.0..period);
+            while t < s.load.duration_s {
+                sends.push((t, ri, sender));
+                t += period * rng.random_range(0.5..1.5);
+            }
+        }
+    }
+    sends.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let events = schedule_events(s, &mut rng);
+
+    let t0 = Instant::now();
+    let mut sent: Vec<Sent> = Vec::with_capacity(sends.len());
+    let mut deliveries: HashMap<(usize, usize), Instant> = HashMap::new();
+    let mut duplicate_deliveries = 0u64;
+    let mut ev_iter = events.into_iter().peekable();
+    let mut send_iter = sends.into_iter().peekable();
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        let next_send = send_iter.peek().map(|x| x.0);
+        let next_event = ev_iter.peek().map(|x| x.0);
+        let next = match (next_send, next_event) {
+            (None, None) => break,
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+        };
+        let due = t0 + Duration::from_secs_f64(next);
+        // Collect deliveries while waiting.
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => break,
+                Some((node, (_, text))) = rx.recv() => {
+                    if let Some(id) = id_of(&text)
+                        && deliveries.insert((id, node), Instant::now()).is_some()
+                    {
+                        duplicate_deliveries += 1;
+                    }
+                }
+            }
+        }
+        if next_event == Some(next) {
+            let (at, action) = ev_iter.next().unwrap();
+            tracing::info!(at, ?action, "event");
+            sim.apply(&action).await?;
+        } else {
+            let (_, ri, sender) = send_iter.next().unwrap();
+            let Some(node) = sim.nodes[sender].clone() else {
+                continue; // offline senders do not send
+            };
+            let id = sent.len();
+            sent.push(Sent {
+                room: ri,
+                sender,
+                at: Instant::now(),
+            });
+            let room = s.rooms[ri].name.clone();
+            let text = text_for(id, s.load.size);
+            in_flight.spawn(async move { node.send(&room, &text).await });
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+    let load_end = Instant::now();
+
+    // Settle: wait until every online member holds every message of its rooms.
+    let expected: Vec<u64> = (0..s.rooms.len())
+        .map(|ri| sent.iter().filter(|m| m.room == ri).count() as u64)
+        .collect();
+    let settle_deadline = Instant::now() + Duration::from_secs_f64(s.settle_s);
+    let mut converged_at = None;
+    while Instant::now() < settle_deadline {
+        while let Ok((node, (_, text))) = rx.try_recv() {
+            if let Some(id) = id_of(&text)
+                && deliveries.insert((id, node), Instant::now()).is_some()
+            {
+                duplicate_deliveries += 1;
+            }
+        }
+        let mut done = true;
+        'check: for (ri, room) in s.rooms.iter().enumerate() {
+            for i in s.members(room) {
+                if let Some(n) = &sim.nodes[i]
+                    && n.count(&room.name).await < expected[ri]
+                {
+                    done = false;
+                    break 'check;
+                }
+            }
+        }
+        if done {
+            converged_at = Some(Instant::now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    while let Ok((node, (_, text))) = rx.try_recv() {
+        if let Some(id) = id_of(&text)
+            && deliveries.insert((id, node), Instant::now()).is_some()
+        {
+            duplicate_deliveries += 1;
+        }
+    }
+
+    // Measure.
+    let mut rooms = Vec::new();
+    let mut held_pairs = 0u64;
+    for (ri, room) in s.rooms.iter().enumerate() {
+        let members = s.members(room);
+        let ids: HashSet<usize> = sent
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.room == ri)
+            .map(|(id, _)| id)
+            .collect();
+        let mut want = 0u64;
+        let mut have = 0u64;
+        let mut orders = Vec::new();
+        let mut online = 0;
+        for &i in &members {
+            let Some(n) = &sim.nodes[i] else { continue };
+            online += 1;
+            let held: HashSet<usize> = n
+                .held(&room.name)
+                .await
+                .iter()
+                .filter_map(|t| id_of(t))
+                .collect();
+            want += ids.len() as u64;
+            have += ids.intersection(&held).count() as u64;
+            if !sim.baseline {
+                orders.push(n.order(&room.name).await);
+            }
+        }
+        held_pairs += have;
+        let converged = !orders.is_empty() && orders.windows(2).all(|w| w[0] == w[1]);
+        rooms.push(RoomReport {
+            name: room.name.clone(),
+            members: members.len(),
+            online_members: online,
+            messages: ids.len() as u64,
+            delivery_ratio: if want == 0 {
+                1.0
+            } else {
+                have as f64 / want as f64
+            },
+            journals_identical: converged || sim.baseline,
+        });
+    }
+    let mut samples = Vec::new();
+    for (&(id, node), &at) in &deliveries {
+        let Some(m) = sent.get(id) else { continue };
+        if node == m.sender {
+            continue;
+        }
+        samples.push(Sample {
+            sent_s: m.at.duration_since(t0).as_secs_f64(),
+            latency_ms: at.saturating_duration_since(m.at).as_secs_f64() * 1000.0,
+            node,
+        });
+    }
+    let bytes_written: u64 = sim.specs.iter().map(|sp| sp.faults.traffic().1).sum();
+    let mut duplicates = duplicate_deliveries;
+    for n in sim.nodes.iter().flatten() {
+        duplicates += n.duplicates().await;
+    }
+    let mut per_node_delivery = vec![(0u64, 0u64); s.nodes];
+    for (ri, room) in s.rooms.iter().enumerate() {
+        for i in s.members(room) {
+            if sim.nodes[i].is_none() {
+                continue;
+            }
+            let ids = sent
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.room == ri && m.sender != i);
+            for (id, _) in ids {
+                per_node_delivery[i].1 += 1;
+                if deliveries.contains_key(&(id, i)) {
+                    per_node_delivery[i].0 += 1;
+                }
+            }
+        }
+    }
+    // Convergence counts from the last heal or restart, or from the end of the load.
+    let convergence_from = sim.last_disruption.unwrap_or(load_end);
+    let report = Report {
+        scenario: s.name.clone(),
+        mode: if opts.baseline {
+            "baseline"
+        } else {
+            "cryptchat"
+        }
+        .into(),
+        nodes: s.nodes,
+        setup_s: setup.as_secs_f64(),
+        messages_sent: sent.len() as u64,
+        rooms,
+        latency: crate::report::Percentiles::of(samples.iter().map(|x| x.latency_ms).collect()),
+        duplicates,
+        bytes_per_delivered: if held_pairs == 0 {
+            0.0
+        } else {
+            bytes_written as f64 / held_pairs as f64
+        },
+        convergence_s: converged_at
+            .map(|t| t.saturating_duration_since(convergence_from).as_secs_f64()),
+        cpu_s_per_node: (stats::cpu_time() - cpu_start) / s.nodes as f64,
+        peak_rss_mib_per_node: stats::peak_memory_mib() / s.nodes as f64,
+        wall_s: wall_start.elapsed().as_secs_f64(),
+        per_node_delivery: per_node_delivery
+            .into_iter()
+            .map(|(a, b)| if b == 0 { 1.0 } else { a as f64 / b as f64 })
+            .collect(),
+        samples,
+    };
+    for n in sim.nodes.iter().flatten() {
+        n.stop().await;
+    }
+    Ok(report)
+}
