@@ -118,6 +118,12 @@ impl Client {
         self.finish(res)
     }
 
+    /// The web page's address, carrying the token in the fragment (never sent to a server).
+    pub fn web_url(&self) -> String {
+        let root = self.base.trim_end_matches("/v1");
+        format!("{root}/#token={}", self.token)
+    }
+
     /// Streams server-sent events, calling `f` with each event's JSON until it returns false.
     pub fn events(&self, mut f: impl FnMut(&str) -> bool) -> Result<(), ClientError> {
         use std::io::BufRead;

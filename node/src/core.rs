@@ -448,7 +448,8 @@ impl Core {
             contact: self.contact_name(&author),
             seq: env.seq,
             lamport: env.lamport,
-            timestamp_ms: env.timestamp_ms,
+            // The author's clock is only for display, and never later than ours.
+            timestamp_ms: env.timestamp_ms.min(now_ms()),
             kind: env.kind,
             text: payload.text,
             hash: hex::encode(env.hash()),
@@ -924,6 +925,52 @@ mod tests {
             check(&identities()[2], &wrong_members, env.bytes().to_vec()).err(),
             Some(Rejection::NotAMember)
         );
+    }
+
+    #[test]
+    fn group_rooms_are_shared_by_their_members_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cores: Vec<Core> = (0..3).map(|i| core(&dir, i)).collect();
+        let names = ["alice", "bob", "carol"];
+        for (i, c) in cores.iter_mut().enumerate() {
+            for (j, name) in names.iter().enumerate() {
+                if i != j {
+                    c.add_contact(name, &identities()[j].contact_code().encode())
+                        .unwrap();
+                }
+            }
+        }
+        let views: Vec<RoomView> = cores
+            .iter_mut()
+            .enumerate()
+            .map(|(i, c)| {
+                let others: Vec<String> = names
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, n)| n.to_string())
+                    .collect();
+                c.create_group("team", &others).unwrap()
+            })
+            .collect();
+        assert!(
+            views.windows(2).all(|w| w[0].id == w[1].id),
+            "same group id"
+        );
+        let (rid, env, _) = cores[0].compose("team", "standup at 10").unwrap();
+        for c in &mut cores[1..] {
+            let Incoming::Accepted(v) = c.receive(&rid.topic(), env.bytes().to_vec()).unwrap()
+            else {
+                panic!("members read group messages")
+            };
+            assert_eq!(v.text.as_deref(), Some("standup at 10"));
+            assert_eq!(v.known_members, 2);
+        }
+        // A group needs known contacts.
+        assert!(matches!(
+            cores[0].create_group("x", &["mallory".into()]),
+            Err(CoreError::UnknownContact(_))
+        ));
     }
 
     #[test]

@@ -80,6 +80,9 @@ enum Cmd {
         /// Port of the local API on 127.0.0.1 (0: any free port).
         #[arg(long, default_value_t = 0)]
         api_port: u16,
+        /// Seconds between history reconciliation rounds with each room's members.
+        #[arg(long, default_value_t = 5.0)]
+        sync_interval_s: f64,
         /// Address for the local API instead of 127.0.0.1 (containers: 0.0.0.0; the
         /// token still guards it).
         #[arg(long)]
@@ -130,6 +133,8 @@ enum Cmd {
     Dial { addr: String },
     /// Print messages as they arrive.
     Watch,
+    /// Print the address of the node's web page (with its access token: keep it private).
+    Web,
     /// Show or change the simulated faults on the running node.
     Faults {
         /// Change them (else only show them).
@@ -206,6 +211,7 @@ fn real_main() -> Result<()> {
             api_port,
             api_addr,
             faults,
+            sync_interval_s,
         } => {
             init_tracing();
             let room_password = room_password_file
@@ -219,6 +225,10 @@ fn real_main() -> Result<()> {
             }
             cfg.bootstrap = bootstrap;
             cfg.swarm.mdns = mdns;
+            if !(0.1..=3600.0).contains(&sync_interval_s) {
+                bail!("--sync-interval-s must be between 0.1 and 3600");
+            }
+            cfg.sync_interval = Duration::from_secs_f64(sync_interval_s);
             let faults = faults.config();
             faults.validate().map_err(anyhow::Error::msg)?;
             cfg.swarm.faults.set(faults);
@@ -545,6 +555,10 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             }
             true
         })?),
+        Cmd::Web => {
+            let url = c.web_url();
+            print(json, &url, |u| println!("{u}"))
+        }
         Cmd::Faults { set, faults } => {
             let v: FaultConfig = if set {
                 c.post("/faults", &faults.config())?
