@@ -142,6 +142,15 @@ pub enum Incoming {
     Rejected(Rejection),
 }
 
+/// The outcome of [`Core::admit`].
+#[derive(Debug)]
+pub enum Admitted {
+    /// Valid; store it with [`Core::commit`].
+    Entry(Box<(RoomId, Envelope, Payload)>),
+    /// Settled without storing anything.
+    Done(Incoming),
+}
+
 /// Why an incoming envelope was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -579,7 +588,14 @@ impl Core {
         let pos = Position {
             seq: head.map_or(1, |h| h.seq + 1),
             prev: head.map_or([0; 32], |h| h.hash),
-            lamport: self.journal.max_lamport(&room.id.0)?.saturating_add(1),
+            // Capped below the limit receivers enforce: a member who posts a huge clock can
+            // make later messages share one lamport (order then falls back to author and
+            // seq), but cannot stop the room.
+            lamport: self
+                .journal
+                .max_lamport(&room.id.0)?
+                .saturating_add(1)
+                .min(crate::envelope::MAX_LAMPORT - 1),
             timestamp_ms: now_ms(),
         };
         let payload = Payload {
@@ -597,36 +613,67 @@ impl Core {
 
     /// Validates an envelope received on `topic`; stores it if valid.
     pub fn receive(&mut self, topic: &str, bytes: Vec<u8>) -> Result<Incoming, CoreError> {
+        match self.admit(topic, bytes) {
+            Admitted::Entry(entry) => Ok(self
+                .commit(vec![*entry])?
+                .pop()
+                .unwrap_or(Incoming::Duplicate)),
+            Admitted::Done(incoming) => Ok(incoming),
+        }
+    }
+
+    /// First half of [`Core::receive`]: verifies an incoming envelope (and applies receipts,
+    /// which are never stored). A valid entry is returned for [`Core::commit`], so the
+    /// caller can store many in one durable transaction.
+    pub fn admit(&mut self, topic: &str, bytes: Vec<u8>) -> Admitted {
         let Some(room_id) = RoomId::from_topic(topic) else {
-            return Ok(Incoming::NotOurs);
+            return Admitted::Done(Incoming::NotOurs);
         };
         let Some(room) = self.rooms.get(&room_id) else {
-            return Ok(Incoming::NotOurs);
+            return Admitted::Done(Incoming::NotOurs);
         };
-        let room = room.clone();
-        let (env, payload) = match check(&self.identity, &room, bytes) {
-            Ok(v) => v,
-            Err(why) => return Ok(self.reject(why)),
-        };
-        if env.kind == Kind::Receipt {
-            return Ok(self.apply_receipt(room.id, &env, payload));
+        match check(&self.identity, room, bytes) {
+            Err(why) => Admitted::Done(self.reject(why)),
+            Ok((env, payload)) if env.kind == Kind::Receipt => {
+                Admitted::Done(self.apply_receipt(room_id, &env, payload))
+            }
+            Ok((env, payload)) => Admitted::Entry(Box::new((room_id, env, payload))),
         }
-        let outcome = self.journal.append(&env.meta(), env.bytes())?;
-        Ok(match outcome {
-            AppendOutcome::Appended { .. } => {
-                self.counters.accepted += 1;
-                Incoming::Accepted(Box::new(self.view(&room, &env, payload)))
-            }
-            AppendOutcome::Pending => {
-                self.counters.accepted += 1;
-                Incoming::Pending
-            }
-            AppendOutcome::Duplicate => {
-                self.counters.duplicates += 1;
-                Incoming::Duplicate
-            }
-            AppendOutcome::Fork => self.reject(Rejection::Fork),
-        })
+    }
+
+    /// Second half of [`Core::receive`]: stores admitted entries in one durable transaction;
+    /// one outcome per entry, in order.
+    pub fn commit(
+        &mut self,
+        entries: Vec<(RoomId, Envelope, Payload)>,
+    ) -> Result<Vec<Incoming>, CoreError> {
+        let batch: Vec<(EntryMeta, Vec<u8>)> = entries
+            .iter()
+            .map(|(_, env, _)| (env.meta(), env.bytes().to_vec()))
+            .collect();
+        let outcomes = self.journal.append_batch(&batch)?;
+        let mut out = Vec::with_capacity(outcomes.len());
+        for ((room_id, env, payload), outcome) in entries.into_iter().zip(outcomes) {
+            out.push(match outcome {
+                AppendOutcome::Appended { .. } => {
+                    self.counters.accepted += 1;
+                    match self.rooms.get(&room_id) {
+                        Some(room) => Incoming::Accepted(Box::new(self.view(room, &env, payload))),
+                        None => Incoming::NotOurs,
+                    }
+                }
+                AppendOutcome::Pending => {
+                    self.counters.accepted += 1;
+                    Incoming::Pending
+                }
+                AppendOutcome::Duplicate => {
+                    self.counters.duplicates += 1;
+                    Incoming::Duplicate
+                }
+                AppendOutcome::Fork => self.reject(Rejection::Fork),
+            });
+        }
+        Ok(out)
     }
 
     /// Counts entries that failed verification during sync.
@@ -641,9 +688,9 @@ impl Core {
         room_id: RoomId,
         verified: Vec<(Envelope, Payload)>,
     ) -> Result<BatchReport, CoreError> {
-        let Some(room) = self.rooms.get(&room_id).cloned() else {
+        if !self.rooms.contains_key(&room_id) {
             return Ok(BatchReport::default());
-        };
+        }
         // Receipts are never journaled, so a peer has no business sending one here.
         let (receipts, verified): (Vec<_>, Vec<_>) = verified
             .into_iter()
@@ -651,30 +698,19 @@ impl Core {
         for _ in receipts {
             self.reject(Rejection::Malformed);
         }
-        let batch: Vec<(EntryMeta, Vec<u8>)> = verified
-            .iter()
-            .map(|(env, _)| (env.meta(), env.bytes().to_vec()))
+        let authors: Vec<Id> = verified.iter().map(|(e, _)| e.author_id().0).collect();
+        let entries = verified
+            .into_iter()
+            .map(|(env, payload)| (room_id, env, payload))
             .collect();
-        let outcomes = self.journal.append_batch(&batch)?;
         let mut report = BatchReport::default();
-        for ((env, payload), outcome) in verified.into_iter().zip(outcomes) {
-            match outcome {
-                AppendOutcome::Appended { .. } => {
-                    self.counters.accepted += 1;
-                    report.appended.push(self.view(&room, &env, payload));
-                }
-                AppendOutcome::Pending => {
-                    self.counters.accepted += 1;
-                    report.pending += 1;
-                }
-                AppendOutcome::Duplicate => {
-                    self.counters.duplicates += 1;
-                    report.duplicates += 1;
-                }
-                AppendOutcome::Fork => {
-                    self.reject(Rejection::Fork);
-                    report.forked_authors.push(env.author_id().0);
-                }
+        for (author, incoming) in authors.into_iter().zip(self.commit(entries)?) {
+            match incoming {
+                Incoming::Accepted(view) => report.appended.push(*view),
+                Incoming::Pending => report.pending += 1,
+                Incoming::Duplicate => report.duplicates += 1,
+                Incoming::Rejected(Rejection::Fork) => report.forked_authors.push(author),
+                Incoming::Rejected(_) | Incoming::Receipt | Incoming::NotOurs => {}
             }
         }
         Ok(report)
@@ -971,6 +1007,35 @@ mod tests {
             cores[0].create_group("x", &["mallory".into()]),
             Err(CoreError::UnknownContact(_))
         ));
+    }
+
+    #[test]
+    fn a_runaway_lamport_clock_cannot_stop_a_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = core(&dir, 0);
+        let mut b = core(&dir, 1);
+        a.join(Room::named("lobby", None).unwrap()).unwrap();
+        b.join(Room::named("lobby", None).unwrap()).unwrap();
+        let room = Room::named("lobby", None).unwrap();
+        let pos = Position {
+            seq: 1,
+            prev: [0; 32],
+            lamport: crate::envelope::MAX_LAMPORT - 1,
+            timestamp_ms: 0,
+        };
+        let payload = Payload {
+            from: "alice".into(),
+            text: Some("far future".into()),
+            receipt: None,
+        };
+        let env = Envelope::seal(&identities()[0], &room, Kind::Text, pos, &payload).unwrap();
+        assert!(matches!(
+            b.receive(&room.id.topic(), env.bytes().to_vec()).unwrap(),
+            Incoming::Accepted(_)
+        ));
+        let (_, next, _) = b.compose("lobby", "still talking").unwrap();
+        assert_eq!(next.lamport, crate::envelope::MAX_LAMPORT - 1);
+        let _ = &mut a;
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub const PROTOCOL: &str = "/cryptchat/sync/1.0.0";
 pub const MAX_BATCH_ENTRIES: usize = 512;
 /// At most this many envelope bytes in one response (below the codec's 10 MiB cap).
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// At most this many heads in one vector message; larger rooms send several rounds.
+/// At most this many heads in one vector message: rooms with more authors than this are
+/// refused by reconciliation (gossip still works for them).
 pub const MAX_HEADS: usize = 10_000;
 /// At most this many ranges in one pull.
 pub const MAX_RANGES: usize = 1024;
@@ -216,6 +217,14 @@ impl<P: Hash + Eq + Clone> PeerViews<P> {
     pub fn reset_sent(&mut self, peer: &P, room: Id) {
         if let Some(v) = self.views.get_mut(&(peer.clone(), room)) {
             v.sent = None;
+        }
+    }
+
+    /// Forgets the peer's vector for a room (it advertised what it did not serve); the
+    /// next exchange asks for it whole.
+    pub fn forget_vector(&mut self, peer: &P, room: Id) {
+        if let Some(v) = self.views.get_mut(&(peer.clone(), room)) {
+            v.theirs = None;
         }
     }
 

@@ -20,7 +20,7 @@ mod reconcile;
 
 use crate::config;
 use crate::core::{
-    ContactView, Core, CoreError, Counters, Incoming, MessageView, Rejection, RoomView,
+    Admitted, ContactView, Core, CoreError, Counters, Incoming, MessageView, Rejection, RoomView,
 };
 use crate::identity::Identity;
 use crate::journal::{Journal, JournalError};
@@ -134,6 +134,19 @@ pub struct Sent {
     /// False when no room member was reachable yet: the message is stored and is published
     /// as soon as one is.
     pub published: bool,
+}
+
+/// A group commit waits at most this long for more messages...
+const GROUP_COMMIT_WAIT: Duration = Duration::from_millis(5);
+/// ...or until this many are waiting.
+const GROUP_COMMIT_MAX: usize = 256;
+
+/// Sleeps until `at`, or forever without a deadline.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Rendezvous dials more room members only while fewer than this many are connected.
@@ -326,6 +339,8 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         reconcile: reconcile::State::new(internal_tx),
         strikes: HashMap::new(),
         receipts_due: HashSet::new(),
+        unstored: Vec::new(),
+        commit_at: None,
         faults: cfg.swarm.faults.clone(),
         banned: HashMap::new(),
         internal_rx,
@@ -365,6 +380,14 @@ struct Service {
     /// Invalid messages per relaying peer in the current window.
     strikes: HashMap<PeerId, (std::time::Instant, u32)>,
     faults: crate::faults::Faults,
+    /// Admitted gossip messages waiting for the next group commit.
+    unstored: Vec<(
+        gossipsub::MessageId,
+        PeerId,
+        (RoomId, crate::envelope::Envelope, crate::envelope::Payload),
+    )>,
+    /// When the pending group commit must happen.
+    commit_at: Option<tokio::time::Instant>,
     /// Rooms whose delivery receipt should go out at the next receipt tick.
     receipts_due: HashSet<RoomId>,
     /// Peers cut off for misbehaviour, until the given time.
@@ -410,6 +433,7 @@ impl Service {
                     }
                 }
                 _ = receipt_tick.tick() => self.send_receipts(),
+                _ = sleep_until_opt(self.commit_at) => self.commit_unstored(),
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
                         stopped = Some(reply);
@@ -428,6 +452,8 @@ impl Service {
                 }
             }
         }
+        // What was verified but not yet stored goes to disk (its senders were not told yet).
+        self.commit_unstored();
         // Close the journal and the listeners before saying we stopped, so the data dir can
         // be opened again right away.
         drop(self);
@@ -876,6 +902,76 @@ impl Service {
         }
     }
 
+    /// Stores every admitted gossip message in one durable transaction, then gives
+    /// gossipsub each verdict.
+    fn commit_unstored(&mut self) {
+        self.commit_at = None;
+        let items = std::mem::take(&mut self.unstored);
+        if items.is_empty() {
+            return;
+        }
+        let (meta, entries): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .map(|(id, source, entry)| ((id, source, entry.0), entry))
+            .unzip();
+        match self.core.commit(entries) {
+            Ok(results) => {
+                for ((id, source, room), incoming) in meta.into_iter().zip(results) {
+                    self.settle(id, source, Some(room), Some(incoming));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not store incoming messages");
+                for (id, source, room) in meta {
+                    self.settle(id, source, Some(room), None);
+                }
+            }
+        }
+    }
+
+    /// Reports one gossip message's verdict and acts on it.
+    fn settle(
+        &mut self,
+        message_id: gossipsub::MessageId,
+        source: PeerId,
+        room: Option<RoomId>,
+        incoming: Option<Incoming>,
+    ) {
+        let verdict = match incoming {
+            Some(Incoming::Accepted(view)) => {
+                if let Some(room) = room {
+                    self.receipts_due.insert(room);
+                }
+                self.emit(Event::Message(*view));
+                MessageAcceptance::Accept
+            }
+            Some(Incoming::Receipt) => MessageAcceptance::Accept,
+            Some(Incoming::Pending) => {
+                // A gap in an author's chain: whoever relayed this likely has the rest.
+                if let Some(room) = room {
+                    self.start_hello(source, room, false);
+                }
+                MessageAcceptance::Accept
+            }
+            Some(Incoming::Duplicate | Incoming::NotOurs) => MessageAcceptance::Ignore,
+            Some(Incoming::Rejected(reason)) => {
+                tracing::info!(peer = %source, ?reason, "rejected message");
+                self.strike(source);
+                self.emit(Event::Rejected {
+                    room_id: room.map(|r| r.to_hex()).unwrap_or_default(),
+                    reason,
+                });
+                MessageAcceptance::Reject
+            }
+            // Not stored: do not forward, do not blame the sender.
+            None => MessageAcceptance::Ignore,
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&message_id, &source, verdict);
+    }
+
     /// Counts an invalid message relayed by `peer`; past the limit the peer is cut off for a
     /// while (gossipsub's own scoring has no per-topic penalties configured).
     fn strike(&mut self, peer: PeerId) {
@@ -928,43 +1024,22 @@ impl Service {
                         );
                     return;
                 }
-                let verdict = match self.core.receive(&topic, message.data) {
-                    Ok(Incoming::Accepted(view)) => {
-                        if let Some(room) = RoomId::from_topic(&topic) {
-                            self.receipts_due.insert(room);
+                match self.core.admit(&topic, message.data) {
+                    Admitted::Entry(entry) => {
+                        // Stored with others in one durable commit, then validated: a
+                        // message is forwarded only once it is on disk here.
+                        self.unstored.push((message_id, propagation_source, *entry));
+                        if self.unstored.len() >= GROUP_COMMIT_MAX {
+                            self.commit_unstored();
+                        } else if self.commit_at.is_none() {
+                            self.commit_at = Some(tokio::time::Instant::now() + GROUP_COMMIT_WAIT);
                         }
-                        self.emit(Event::Message(*view));
-                        MessageAcceptance::Accept
                     }
-                    Ok(Incoming::Receipt) => MessageAcceptance::Accept,
-                    Ok(Incoming::Pending) => {
-                        // A gap in an author's chain: whoever relayed this likely has the rest.
-                        if let Some(room) = RoomId::from_topic(&topic) {
-                            self.start_hello(propagation_source, room, false);
-                        }
-                        MessageAcceptance::Accept
+                    Admitted::Done(incoming) => {
+                        let room = RoomId::from_topic(&topic);
+                        self.settle(message_id, propagation_source, room, Some(incoming));
                     }
-                    Ok(Incoming::Duplicate | Incoming::NotOurs) => MessageAcceptance::Ignore,
-                    Ok(Incoming::Rejected(reason)) => {
-                        tracing::info!(peer = %propagation_source, ?reason, "rejected message");
-                        self.strike(propagation_source);
-                        self.emit(Event::Rejected {
-                            room_id: RoomId::from_topic(&topic)
-                                .map(|r| r.to_hex())
-                                .unwrap_or_default(),
-                            reason,
-                        });
-                        MessageAcceptance::Reject
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not store an incoming message");
-                        MessageAcceptance::Ignore
-                    }
-                };
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&message_id, &propagation_source, verdict);
+                }
             }
             gossipsub::Event::Subscribed { peer_id, topic } => {
                 if let Some(id) = RoomId::from_topic(topic.as_str()) {

@@ -49,6 +49,9 @@ pub(crate) struct State {
     views: PeerViews<PeerId>,
     hello_in_flight: HashSet<(PeerId, RoomId)>,
     pull_in_flight: HashSet<(PeerId, RoomId)>,
+    /// Authors being pulled right now, and from whom: one peer at a time per author, so
+    /// a node catching up does not fetch the same entries from every member at once.
+    pulling: HashMap<(RoomId, crate::journal::Id), PeerId>,
     fork_in_flight: HashSet<(RoomId, ForkRef)>,
     requests: HashMap<OutboundRequestId, Pending>,
     retries: HashMap<(PeerId, RoomId), u32>,
@@ -62,6 +65,7 @@ impl State {
             views: PeerViews::default(),
             hello_in_flight: HashSet::new(),
             pull_in_flight: HashSet::new(),
+            pulling: HashMap::new(),
             fork_in_flight: HashSet::new(),
             requests: HashMap::new(),
             retries: HashMap::new(),
@@ -74,6 +78,7 @@ impl State {
         self.views.forget_peer(peer);
         self.hello_in_flight.retain(|(p, _)| p != peer);
         self.pull_in_flight.retain(|(p, _)| p != peer);
+        self.pulling.retain(|_, p| p != peer);
         self.retries.retain(|(p, _), _| p != peer);
         self.rate.remove(peer);
     }
@@ -151,9 +156,19 @@ impl Service {
                 return;
             }
         };
-        let ranges = self.reconcile.views.missing(&peer, room.0, &mine);
+        let pulling = &self.reconcile.pulling;
+        let ranges: Vec<_> = self
+            .reconcile
+            .views
+            .missing(&peer, room.0, &mine)
+            .into_iter()
+            .filter(|r| pulling.get(&(room, r.author)).is_none_or(|p| *p == peer))
+            .collect();
         if ranges.is_empty() {
             return;
+        }
+        for r in &ranges {
+            self.reconcile.pulling.insert((room, r.author), peer);
         }
         tracing::debug!(%peer, ranges = ranges.len(), "pulling missing entries");
         self.reconcile.pull_in_flight.insert((peer, room));
@@ -223,6 +238,7 @@ impl Service {
             }
             Pending::Pull(peer, room) => {
                 self.reconcile.pull_in_flight.remove(&(*peer, *room));
+                self.release_authors(*peer, *room);
             }
             Pending::Fork(room, fork) => {
                 self.reconcile.fork_in_flight.remove(&(*room, *fork));
@@ -358,6 +374,13 @@ impl Service {
         }
     }
 
+    /// Lets other peers serve the authors this peer was pulled for.
+    fn release_authors(&mut self, peer: PeerId, room: RoomId) {
+        self.reconcile
+            .pulling
+            .retain(|(r, _), p| !(*r == room && *p == peer));
+    }
+
     fn retry_hello(&mut self, peer: PeerId, room: RoomId, force_full: bool) {
         let n = self.reconcile.retries.entry((peer, room)).or_default();
         *n += 1;
@@ -409,12 +432,14 @@ impl Service {
         tokio::task::spawn_blocking(move || {
             let a = core::check(&me, &r, first);
             let b = core::check(&me, &r, second);
-            // A proof is two valid envelopes by one author at one seq with different bytes.
+            // A proof is two valid envelopes by one author that cannot both be in its chain:
+            // the same seq with different bytes, or a successor whose `prev` is not the hash
+            // of the entry before it.
             let conflicting = match (a, b) {
                 (Ok(a), Ok(b))
                     if a.0.author_id() == b.0.author_id()
-                        && a.0.seq == b.0.seq
-                        && a.0.hash() != b.0.hash() =>
+                        && ((a.0.seq == b.0.seq && a.0.hash() != b.0.hash())
+                            || (a.0.seq + 1 == b.0.seq && b.0.prev != a.0.hash())) =>
                 {
                     // Storing both records the fork whichever of them we held before.
                     Some(vec![a, b])
@@ -439,6 +464,8 @@ impl Service {
                 more,
             } => {
                 self.reconcile.pull_in_flight.remove(&(peer, room));
+                self.release_authors(peer, room);
+                let nothing_sent = ok.is_empty() && bad.is_empty();
                 for why in &bad {
                     self.core.count_rejection(*why);
                 }
@@ -463,6 +490,12 @@ impl Service {
                 }
                 if !bad.is_empty() {
                     return self.penalise(peer, "sent entries that failed verification");
+                }
+                if nothing_sent {
+                    // It advertised entries it does not serve: stop pulling from it until its
+                    // next vector, and let other members serve those authors.
+                    self.reconcile.views.forget_vector(&peer, room.0);
+                    return;
                 }
                 // Whether or not the peer said `more`, recompute what is still missing.
                 let _ = more;
