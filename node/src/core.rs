@@ -486,6 +486,13 @@ impl Core {
         set
     }
 
+    /// Number of known members of a room (0 for rooms we are not in).
+    pub fn member_count(&self, room: RoomId) -> usize {
+        self.rooms
+            .get(&room)
+            .map_or(0, |r| self.known_members(r).len())
+    }
+
     /// (members other than the author known to hold entry `seq` of `author`, such members).
     fn delivery(&self, room: &Room, author: &UserId, seq: u64) -> (u32, u32) {
         let me = self.identity.id();

@@ -5,7 +5,9 @@
 //! same credentials give the same identity on any machine), one becomes the libp2p ed25519 key,
 //! one encrypts this node's local settings. Signing and encryption use the OS RNG only.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -120,16 +122,34 @@ impl fmt::Display for UserId {
 }
 
 /// Someone's public identity: what a contact code carries and envelopes are verified against.
+/// Cheap to clone; parsed keys are shared through a small cache, because every envelope
+/// carries its author's key and parsing an RSA key costs more than verifying with it.
 #[derive(Clone)]
-pub struct PublicIdentity {
+pub struct PublicIdentity(Arc<PublicInner>);
+
+struct PublicInner {
     key: RsaPublicKey,
+    verifier: rsa::pss::VerifyingKey<Sha256>,
     der: Vec<u8>,
     id: UserId,
+}
+
+/// Parsed keys by user id; cleared when it grows past this many entries.
+const KEY_CACHE_MAX: usize = 4096;
+
+fn key_cache() -> &'static Mutex<HashMap<UserId, PublicIdentity>> {
+    static CACHE: OnceLock<Mutex<HashMap<UserId, PublicIdentity>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
 }
 
 impl PublicIdentity {
     /// Parses a DER (SubjectPublicKeyInfo) RSA key, refusing sizes outside 2048..=4096 bits.
     pub fn from_der(der: &[u8]) -> Result<Self, IdentityError> {
+        // The id is the hash of these exact bytes, so a cache hit is the same key.
+        let id = UserId(crypto::sha256(&[der]));
+        if let Some(hit) = key_cache().lock().ok().and_then(|c| c.get(&id).cloned()) {
+            return Ok(hit);
+        }
         let key = RsaPublicKey::from_public_key_der(der)
             .map_err(|e| IdentityError::BadPublicKey(e.to_string()))?;
         let bits = key.n().bit_width() as usize;
@@ -138,20 +158,33 @@ impl PublicIdentity {
                 "{bits}-bit modulus is outside 2048..=4096"
             )));
         }
-        Ok(Self::from_key(key, der.to_vec()))
+        let parsed = Self::from_key(key, der.to_vec());
+        if let Ok(mut c) = key_cache().lock() {
+            if c.len() >= KEY_CACHE_MAX {
+                c.clear();
+            }
+            c.insert(id, parsed.clone());
+        }
+        Ok(parsed)
     }
 
     fn from_key(key: RsaPublicKey, der: Vec<u8>) -> Self {
         let id = UserId(crypto::sha256(&[&der]));
-        PublicIdentity { key, der, id }
+        let verifier = rsa::pss::VerifyingKey::<Sha256>::new(key.clone());
+        PublicIdentity(Arc::new(PublicInner {
+            key,
+            verifier,
+            der,
+            id,
+        }))
     }
 
     pub fn id(&self) -> UserId {
-        self.id
+        self.0.id
     }
 
     pub fn der(&self) -> &[u8] {
-        &self.der
+        &self.0.der
     }
 
     /// Verifies an RSA-PSS (SHA-256) signature over `msg`.
@@ -159,15 +192,13 @@ impl PublicIdentity {
         let Ok(sig) = rsa::pss::Signature::try_from(signature) else {
             return false;
         };
-        rsa::pss::VerifyingKey::<Sha256>::new(self.key.clone())
-            .verify(msg, &sig)
-            .is_ok()
+        self.0.verifier.verify(msg, &sig).is_ok()
     }
 
     /// Wraps a content key for this identity with RSA-OAEP (SHA-256).
     pub fn wrap_key(&self, key: &[u8; 32]) -> Result<Vec<u8>, IdentityError> {
         use rsa::traits::RandomizedEncryptor;
-        rsa::oaep::EncryptingKey::<Sha256>::new(self.key.clone())
+        rsa::oaep::EncryptingKey::<Sha256>::new(self.0.key.clone())
             .encrypt_with_rng(&mut rand::rngs::SysRng, key)
             .map_err(|e| IdentityError::Sign(e.to_string()))
     }
@@ -175,7 +206,7 @@ impl PublicIdentity {
 
 impl fmt::Debug for PublicIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicIdentity({})", self.id.short())
+        write!(f, "PublicIdentity({})", self.0.id.short())
     }
 }
 
@@ -227,7 +258,10 @@ impl ContactCode {
 /// The full identity of the local user. Lives only in memory.
 pub struct Identity {
     username: String,
-    private: RsaPrivateKey,
+    /// The private key, held once as a signer and once as a decryptor (built once: both
+    /// precompute from the key).
+    signer: rsa::pss::SigningKey<Sha256>,
+    decryptor: rsa::oaep::DecryptingKey<Sha256>,
     public: PublicIdentity,
     peer_key: libp2p::identity::Keypair,
     local_key: SecretKey,
@@ -306,7 +340,8 @@ impl Identity {
             .map_err(|e| IdentityError::KeyGen(e.to_string()))?;
         Ok(Identity {
             username,
-            private,
+            signer: rsa::pss::SigningKey::<Sha256>::new(private.clone()),
+            decryptor: rsa::oaep::DecryptingKey::<Sha256>::new(private),
             public,
             peer_key,
             local_key,
@@ -347,7 +382,7 @@ impl Identity {
 
     /// RSA-PSS (SHA-256) signature with a random salt from the OS RNG.
     pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, IdentityError> {
-        rsa::pss::SigningKey::<Sha256>::new(self.private.clone())
+        self.signer
             .try_sign_with_rng(&mut rand::rngs::SysRng, msg)
             .map(|s| s.to_vec())
             .map_err(|e| IdentityError::Sign(e.to_string()))
@@ -356,7 +391,8 @@ impl Identity {
     /// Unwraps a content key wrapped for us with RSA-OAEP.
     pub fn unwrap_key(&self, wrapped: &[u8]) -> Result<SecretKey, IdentityError> {
         use rsa::traits::RandomizedDecryptor;
-        let plain = rsa::oaep::DecryptingKey::<Sha256>::new(self.private.clone())
+        let plain = self
+            .decryptor
             .decrypt_with_rng(&mut rand::rngs::SysRng, wrapped)
             .map_err(|_| IdentityError::Unwrap)?;
         let key: [u8; 32] = plain

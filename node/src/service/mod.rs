@@ -155,6 +155,8 @@ const TARGET_ROOM_PEERS: usize = 8;
 const STRIKE_LIMIT: u32 = 20;
 /// Receipts go out at most this often per room.
 const RECEIPT_INTERVAL: Duration = Duration::from_secs(1);
+/// Receipts per second a whole room aims at (see `send_receipts`).
+const RECEIPTS_PER_ROOM_PER_S: f64 = 4.0;
 /// Every this many sync rounds, every room re-sends its receipt.
 const RECEIPT_REFRESH_ROUNDS: u64 = 6;
 const STRIKE_WINDOW: Duration = Duration::from_secs(60);
@@ -340,6 +342,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         strikes: HashMap::new(),
         receipts_due: HashSet::new(),
         unstored: Vec::new(),
+        last_receipt: HashMap::new(),
         commit_at: None,
         faults: cfg.swarm.faults.clone(),
         banned: HashMap::new(),
@@ -380,6 +383,8 @@ struct Service {
     /// Invalid messages per relaying peer in the current window.
     strikes: HashMap<PeerId, (std::time::Instant, u32)>,
     faults: crate::faults::Faults,
+    /// When each room last sent our receipt.
+    last_receipt: HashMap<RoomId, tokio::time::Instant>,
     /// Admitted gossip messages waiting for the next group commit.
     unstored: Vec<(
         gossipsub::MessageId,
@@ -883,9 +888,25 @@ impl Service {
     }
 
     /// Publishes a delivery receipt in every room that received something since the last one.
+    /// Each member's receipts are spaced by the room's size, so a room carries a few
+    /// receipts a second in total however many members it has (every receipt costs each
+    /// member a signature check).
     fn send_receipts(&mut self) {
-        let due: Vec<RoomId> = self.receipts_due.drain().collect();
+        let now = tokio::time::Instant::now();
+        let due: Vec<RoomId> = self.receipts_due.iter().copied().collect();
         for room in due {
+            let members = self.core.member_count(room).max(1) as f64;
+            let spacing =
+                Duration::from_secs_f64((members / RECEIPTS_PER_ROOM_PER_S).clamp(1.0, 60.0));
+            if self
+                .last_receipt
+                .get(&room)
+                .is_some_and(|t| now.duration_since(*t) < spacing)
+            {
+                continue;
+            }
+            self.receipts_due.remove(&room);
+            self.last_receipt.insert(room, now);
             match self.core.compose_receipt(room) {
                 Ok(Some(env)) => {
                     let topic = IdentTopic::new(room.topic());
