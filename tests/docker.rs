@@ -32,6 +32,8 @@ const CUT_OFF: [usize; 2] = [3, 4];
 const LATENCY_MS: &str = "20";
 const JITTER_MS: &str = "10";
 
+/// How long the partition lasts at least.
+const PARTITION_HOLD: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(300);
 const MESH_TIMEOUT: Duration = Duration::from_secs(120);
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -181,6 +183,11 @@ impl Compose {
             .arg("-f")
             .arg(self.root.join("docker-compose.yml"))
             .current_dir(&self.root)
+            // Not whatever the caller's environment holds (a weak one is refused).
+            .env(
+                "CRYPTCHAT_PASSWORD",
+                "cobalt meadow lantern 4417 quietly drifting",
+            )
             .env("LATENCY_MS", LATENCY_MS)
             .env("JITTER_MS", JITTER_MS)
             .env("LOSS", "0")
@@ -243,7 +250,14 @@ impl Compose {
         let project = format!("label=com.docker.compose.project={}", self.project);
         let net = format!("label=com.docker.compose.network={NETWORK}");
         let id = docker_ok(&[
-            "network", "ls", "-q", "--filter", &project, "--filter", &net,
+            "network",
+            "ls",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &project,
+            "--filter",
+            &net,
         ]);
         assert!(
             !id.is_empty() && !id.contains('\n'),
@@ -283,6 +297,15 @@ impl Compose {
 
     fn cli(&self, node: &Node, args: &[&str]) -> Value {
         self.try_cli(node, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The container's address on `network`.
+    fn ip(&self, node: &Node, network: &str) -> String {
+        let format = format!(
+            "{{{{range $id, $n := .NetworkSettings.Networks}}}}\
+             {{{{if eq $n.NetworkID \"{network}\"}}}}{{{{$n.IPAddress}}}}{{{{end}}}}{{{{end}}}}"
+        );
+        docker_ok(&["inspect", "--format", &format, &node.container])
     }
 
     fn health(&self, node: &Node) -> String {
@@ -442,7 +465,8 @@ fn delivery(
 }
 
 /// Waits until every node of `nodes` holds every message of `expected` (per room); prints the
-/// delivery ratio per room. Returns the time it took.
+/// delivery ratio per room, every 10 s while it waits. Returns the time it took; on timeout,
+/// panics with what each node holds.
 fn wait_delivered(
     net: &Compose,
     nodes: &[Node],
@@ -451,39 +475,88 @@ fn wait_delivered(
     timeout: Duration,
 ) -> Duration {
     let start = Instant::now();
-    let mut last = String::new();
-    let took = wait_until(what, timeout, || {
+    let mut last_said = Instant::now();
+    loop {
         let mut all = true;
         let mut line = Vec::new();
+        let mut per_node = Vec::new();
         for room in ROOMS {
-            let (held, wanted, _) = delivery(net, nodes, room, &expected[room]);
+            let want = &expected[room];
+            let (held, wanted, hs) = delivery(net, nodes, room, want);
             all &= held == wanted;
             line.push(format!(
                 "{room} {held}/{wanted} ({:.0}%)",
                 100.0 * held as f64 / wanted.max(1) as f64
             ));
+            let counts: Vec<String> = nodes
+                .iter()
+                .zip(&hs)
+                .map(|(n, h)| {
+                    let got = h.iter().filter(|(id, _)| want.contains(id)).count();
+                    format!("{} {got}/{}", n.name, want.len())
+                })
+                .collect();
+            per_node.push(format!("{room}: {}", counts.join(", ")));
         }
-        last = line.join(", ");
-        if !all && start.elapsed().as_secs() % 10 == 0 {
-            say!("  ... {what}: {last}");
+        let line = line.join(", ");
+        let took = start.elapsed();
+        if all {
+            say!("{what}: {line} in {:.1} s", took.as_secs_f64());
+            return took;
         }
-        all
-    });
-    say!("{what}: {last} in {:.1} s", took.as_secs_f64());
-    took
+        if took > timeout {
+            panic!(
+                "timed out after {timeout:?} waiting for: {what}\n{}",
+                per_node.join("\n")
+            );
+        }
+        if last_said.elapsed() >= Duration::from_secs(10) {
+            say!("  ... {what} after {:.0} s: {line}", took.as_secs_f64());
+            last_said = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// How the cut-off peers come back after the partition.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Heal {
+    /// Each gets its old address back (the network was cut, the hosts stayed): the nodes'
+    /// connections resume. Docker hands out the lowest free address, so reconnecting in
+    /// ascending order of the old addresses gives each its own again. Should an address change
+    /// anyway, the peer is told to `cryptchat dial /dns4/bootstrap/tcp/4001`.
+    SameAddresses,
+    /// The peers swap addresses (reconnected in descending order), and nothing else is done:
+    /// every node must notice by itself that its old connections are dead and reconnect.
+    SwappedAddresses,
 }
 
 #[test]
 fn compose_network_delivers_and_converges_after_a_partition() {
+    scenario(Heal::SameAddresses, CONVERGE_TIMEOUT);
+}
+
+/// After a partition, peers come back on swapped addresses: nodes must notice their dead
+/// connections (failed pings close them) and find each other again.
+#[test]
+fn compose_network_converges_after_peers_change_addresses() {
+    scenario(Heal::SwappedAddresses, Duration::from_secs(120));
+}
+
+fn scenario(heal: Heal, converge_timeout: Duration) {
     let Some(tool) = compose_tool() else {
         return;
     };
     say!("compose tool: {}", tool.join(" "));
     ensure_image();
     let started = Instant::now();
+    let suffix = match heal {
+        Heal::SameAddresses => "",
+        Heal::SwappedAddresses => "-moved",
+    };
     let net = Compose {
         tool,
-        project: format!("cryptchat-test-{}", std::process::id()),
+        project: format!("cryptchat-test-{}{suffix}", std::process::id()),
         root: repo_root(),
     };
     say!(
@@ -576,11 +649,13 @@ fn compose_network_delivers_and_converges_after_a_partition() {
         .iter()
         .cloned()
         .partition(|n| n.service == "peer" && CUT_OFF.contains(&n.index));
+    let ips_before: Vec<String> = side_b.iter().map(|n| net.ip(n, &network)).collect();
+    let cut_at = Instant::now();
     for n in &side_b {
         docker_ok(&["network", "disconnect", &network, &n.container]);
     }
     say!(
-        "partition: {} cut off from {} by docker network disconnect",
+        "partition: {} cut off from {} by docker network disconnect (for {}s at least)",
         side_b
             .iter()
             .map(|n| n.name.as_str())
@@ -590,7 +665,8 @@ fn compose_network_delivers_and_converges_after_a_partition() {
             .iter()
             .map(|n| n.name.as_str())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        PARTITION_HOLD.as_secs()
     );
     let before: BTreeMap<&'static str, BTreeSet<MsgId>> =
         ROOMS.iter().map(|r| (*r, sent.ids(r))).collect();
@@ -627,10 +703,25 @@ fn compose_network_delivers_and_converges_after_a_partition() {
         let (held, _, _) = delivery(&net, &side_a, room, &sent_b.ids(room));
         assert_eq!(held, 0, "{room}: messages crossed the partition");
     }
+    say!("nothing crossed the partition");
+    // Long enough for retransmissions to back off and for periodic sync rounds to fail.
+    let held_for = cut_at.elapsed();
+    if held_for < PARTITION_HOLD {
+        std::thread::sleep(PARTITION_HOLD - held_for);
+    }
 
     // 5. Heal: reconnect, under the service name as DNS alias (as compose had it).
+    let mut order: Vec<(std::net::Ipv4Addr, &Node)> = side_b
+        .iter()
+        .zip(&ips_before)
+        .map(|(n, ip)| (ip.parse().expect("an IPv4 address"), n))
+        .collect();
+    order.sort_by_key(|(ip, _)| *ip);
+    if heal == Heal::SwappedAddresses {
+        order.reverse();
+    }
     let healed = Instant::now();
-    for n in &side_b {
+    for (_, n) in &order {
         docker_ok(&[
             "network",
             "connect",
@@ -641,14 +732,30 @@ fn compose_network_delivers_and_converges_after_a_partition() {
         ]);
     }
     say!("partition healed (docker network connect)");
+    for (n, before) in side_b.iter().zip(&ips_before) {
+        let after = net.ip(n, &network);
+        if &after == before {
+            say!("{} is back on {after}", n.name);
+        } else if heal == Heal::SwappedAddresses {
+            say!("{} is back on {after} instead of {before}", n.name);
+        } else {
+            say!(
+                "{} came back on {after} instead of {before}: \
+                 explicit reconnection with `cryptchat dial /dns4/bootstrap/tcp/4001`",
+                n.name
+            );
+            net.cli(n, &["dial", "/dns4/bootstrap/tcp/4001"]);
+        }
+    }
     let all: BTreeMap<_, _> = ROOMS.iter().map(|r| (*r, sent.ids(r))).collect();
     let converge = wait_delivered(
         &net,
         &nodes,
         &all,
         "delivery after the partition",
-        CONVERGE_TIMEOUT,
+        converge_timeout,
     );
+    let since_heal = healed.elapsed();
 
     // Convergence: the same messages in the same (author_id, seq) order on every node.
     let mut order_report = Vec::new();
@@ -694,7 +801,7 @@ fn compose_network_delivers_and_converges_after_a_partition() {
     say!(
         "time to converge after the partition healed: {:.1} s (since reconnect: {:.1} s)",
         converge.as_secs_f64(),
-        healed.elapsed().as_secs_f64()
+        since_heal.as_secs_f64()
     );
     say!("histories: {}", order_report.join(", "));
     say!("total: {:.1} s", started.elapsed().as_secs_f64());

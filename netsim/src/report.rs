@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Percentiles {
     pub count: usize,
+    pub min: f64,
     pub p50: f64,
     pub p95: f64,
     pub p99: f64,
@@ -20,6 +21,7 @@ impl Percentiles {
         let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
         Percentiles {
             count: v.len(),
+            min: v[0],
             p50: at(0.50),
             p95: at(0.95),
             p99: at(0.99),
@@ -54,6 +56,8 @@ pub struct Report {
     pub mode: String,
     pub nodes: usize,
     pub setup_s: f64,
+    /// Connected room members per node when the load started.
+    pub room_peers: Percentiles,
     pub messages_sent: u64,
     pub rooms: Vec<RoomReport>,
     /// Publish-to-deliver latency over every (message, receiver) pair, in ms.
@@ -185,6 +189,12 @@ impl Report {
             "peak memory per node",
             format!("{:.1} MiB", self.peak_rss_mib_per_node),
             baseline.map(|b| format!("{:.1} MiB", b.peak_rss_mib_per_node)),
+        );
+        line(
+            &mut out,
+            "room peers per node (p50/min)",
+            format!("{:.0}/{:.0}", self.room_peers.p50, self.room_peers.min),
+            baseline.map(|b| format!("{:.0}/{:.0}", b.room_peers.p50, b.room_peers.min)),
         );
         line(&mut out, "setup", format!("{:.1} s", self.setup_s), None);
         out

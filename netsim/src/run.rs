@@ -202,7 +202,14 @@ fn schedule_events(s: &Scenario, rng: &mut ChaCha20Rng) -> Vec<(f64, Action)> {
 /// Runs the scenario and measures it.
 pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
     s.validate()?;
-    let tmp = tempfile::tempdir()?;
+    // In a simulation every node shares one disk, where in reality each has its own; on
+    // tmpfs their durable commits do not queue behind each other's fsyncs.
+    let shm = std::path::Path::new("/dev/shm");
+    let tmp = if opts.data_root.is_none() && shm.is_dir() {
+        tempfile::tempdir_in(shm).or_else(|_| tempfile::tempdir())?
+    } else {
+        tempfile::tempdir()?
+    };
     let root = opts
         .data_root
         .clone()
@@ -274,6 +281,14 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let setup = wall_start.elapsed();
+    let mut degrees = Vec::new();
+    for room in &s.rooms {
+        for i in s.members(room) {
+            degrees.push(sim.nodes[i].as_ref().unwrap().room_peers(&room.name).await as f64);
+        }
+    }
+    let room_peers = crate::report::Percentiles::of(degrees);
+    tracing::info!(?room_peers, "connected room members per node after warm-up");
 
     // The load: each sender sends into each of its rooms at the given rate, with seeded
     // jitter so senders do not tick in lockstep.
@@ -483,6 +498,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         .into(),
         nodes: s.nodes,
         setup_s: setup.as_secs_f64(),
+        room_peers,
         messages_sent: sent.len() as u64,
         rooms,
         latency: crate::report::Percentiles::of(samples.iter().map(|x| x.latency_ms).collect()),

@@ -567,14 +567,14 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             };
             print(json, &v, |f| {
                 println!(
-                    "latency {} ms, jitter {} ms, loss {}, bandwidth {} kbit/s",
+                    "latency {} ms, jitter {} ms, loss {}, bandwidth {}",
                     f.latency_ms,
                     f.jitter_ms,
                     f.loss,
                     if f.bandwidth_kbps == 0 {
                         "unlimited".to_string()
                     } else {
-                        f.bandwidth_kbps.to_string()
+                        format!("{} kbit/s", f.bandwidth_kbps)
                     }
                 )
             })

@@ -161,7 +161,12 @@ pub fn build_swarm(
                 ),
                 relay_client,
                 relay: relay::Behaviour::new(peer_id, relay::Config::default()),
-                ping: ping::Behaviour::new(ping::Config::new()),
+                // Pings every 5 s with a 10 s timeout: a dead link is noticed in seconds.
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(Duration::from_secs(5))
+                        .with_timeout(Duration::from_secs(10)),
+                ),
                 identify: identify::Behaviour::new(
                     identify::Config::new(PROTOCOL_VERSION.into(), key.public())
                         .with_push_listen_addr_updates(true),

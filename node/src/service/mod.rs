@@ -12,7 +12,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, mdns};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, mdns, ping};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -140,6 +140,15 @@ pub struct Sent {
 const GROUP_COMMIT_WAIT: Duration = Duration::from_millis(5);
 /// ...or until this many are waiting.
 const GROUP_COMMIT_MAX: usize = 256;
+
+/// Runs disk-bound work (durable journal commits) without stalling the runtime's other
+/// tasks: on a multi-threaded runtime the worker hands its other tasks to another thread.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
 
 /// Sleeps until `at`, or forever without a deadline.
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -662,7 +671,7 @@ impl Service {
                 let _ = r.send(res);
             }
             Command::Send(room, text, r) => {
-                let res = self.core.compose(&room, &text).map(|(id, env, message)| {
+                let res = blocking(|| self.core.compose(&room, &text)).map(|(id, env, message)| {
                     self.receipts_due.insert(id);
                     let published = self.publish(id, env.into_bytes());
                     self.emit(Event::Message(message.clone()));
@@ -781,6 +790,12 @@ impl Service {
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
                         self.reconcile.forget_peer(&peer_id);
+                        if self.connections.is_empty() {
+                            // Alone now: go back to the bootstrap nodes to find the network.
+                            for addr in self.bootstrap.clone() {
+                                self.dial_addr(addr);
+                            }
+                        }
                         self.emit(Event::PeerDisconnected {
                             peer_id: peer_id.to_string(),
                         });
@@ -853,6 +868,16 @@ impl Service {
                         .add_address(&peer, addr.clone());
                     self.dial_peer(peer, vec![addr]);
                 }
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            }) => {
+                // A connection that stops answering pings is dead (the peer moved or
+                // vanished): close it, so gossip and sync stop using it and we re-dial.
+                tracing::debug!(%peer, %error, "ping failed: closing the connection");
+                self.swarm.close_connection(connection);
             }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
                 self.nat = format!("{new:?}");
@@ -935,7 +960,7 @@ impl Service {
             .into_iter()
             .map(|(id, source, entry)| ((id, source, entry.0), entry))
             .unzip();
-        match self.core.commit(entries) {
+        match blocking(|| self.core.commit(entries)) {
             Ok(results) => {
                 for ((id, source, room), incoming) in meta.into_iter().zip(results) {
                     self.settle(id, source, Some(room), Some(incoming));

@@ -470,7 +470,7 @@ impl Service {
                     self.core.count_rejection(*why);
                 }
                 if !ok.is_empty() {
-                    match self.core.store_batch(room, ok) {
+                    match super::blocking(|| self.core.store_batch(room, ok)) {
                         Ok(report) => {
                             for author in &report.forked_authors {
                                 self.reconcile.views.mark_diverged(&peer, room.0, *author);
@@ -507,7 +507,7 @@ impl Service {
                 conflicting,
             } => match conflicting {
                 Some(entries) => {
-                    if let Err(e) = self.core.store_batch(room, entries) {
+                    if let Err(e) = super::blocking(|| self.core.store_batch(room, entries)) {
                         tracing::error!(error = %e, "could not store a fork proof");
                     }
                 }
