@@ -137,7 +137,7 @@ pub struct Sent {
 }
 
 /// A group commit waits at most this long for more messages...
-const GROUP_COMMIT_WAIT: Duration = Duration::from_millis(5);
+const GROUP_COMMIT_WAIT: Duration = Duration::from_millis(1);
 /// ...or until this many are waiting.
 const GROUP_COMMIT_MAX: usize = 256;
 
