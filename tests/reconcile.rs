@@ -2,26 +2,48 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::inproc::{entries, first_addr, identity, node, room_peers, texts, wait_for};
 use cryptchat::envelope::{Envelope, Kind, Payload, Position};
+use cryptchat::identity::Identity;
 use cryptchat::room::Room;
+use cryptchat::service::NodeHandle;
 
 const T: Duration = Duration::from_secs(90);
+
+/// Alice (the bootstrap), Bob and Carol, all in "lobby" and connected to each other.
+struct Trio {
+    ids: [Arc<Identity>; 3],
+    nodes: [NodeHandle; 3],
+    boot: Vec<String>,
+}
+
+async fn lobby_trio(dir: &std::path::Path) -> Trio {
+    let ids = [identity("alice"), identity("bob"), identity("carol")];
+    let a = node(ids[0].clone(), &dir.join("a"), &[]).await;
+    let boot = vec![first_addr(&a).await];
+    let b = node(ids[1].clone(), &dir.join("b"), &boot).await;
+    let c = node(ids[2].clone(), &dir.join("c"), &boot).await;
+    let nodes = [a, b, c];
+    for n in &nodes {
+        n.join("lobby", None).await.unwrap();
+    }
+    for n in &nodes {
+        wait_for("mesh", T, async || room_peers(n, "lobby").await >= 2).await;
+    }
+    Trio { ids, nodes, boot }
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn offline_node_catches_up_on_1000_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let (ia, ib, ic) = (identity("alice"), identity("bob"), identity("carol"));
-    let a = node(ia, &dir.path().join("a"), &[]).await;
-    let boot = vec![first_addr(&a).await];
-    let b = node(ib, &dir.path().join("b"), &boot).await;
-    let c = node(ic.clone(), &dir.path().join("c"), &boot).await;
-    for n in [&a, &b, &c] {
-        n.join("lobby", None).await.unwrap();
-    }
-    wait_for("mesh", T, async || room_peers(&c, "lobby").await >= 2).await;
+    let Trio {
+        ids: [_, _, ic],
+        nodes: [a, b, c],
+        boot,
+    } = lobby_trio(dir.path()).await;
     a.send("lobby", "before").await.unwrap();
     wait_for("carol online", T, async || {
         texts(&c, "lobby").await.len() == 1
@@ -55,15 +77,11 @@ async fn offline_node_catches_up_on_1000_messages() {
 #[tokio::test(flavor = "multi_thread")]
 async fn partitions_that_keep_chatting_converge_after_heal() {
     let dir = tempfile::tempdir().unwrap();
-    let (ia, ib, ic) = (identity("alice"), identity("bob"), identity("carol"));
-    let a = node(ia.clone(), &dir.path().join("a"), &[]).await;
-    let boot = vec![first_addr(&a).await];
-    let b = node(ib.clone(), &dir.path().join("b"), &boot).await;
-    let c = node(ic.clone(), &dir.path().join("c"), &boot).await;
-    for n in [&a, &b, &c] {
-        n.join("lobby", None).await.unwrap();
-    }
-    wait_for("mesh", T, async || room_peers(&c, "lobby").await >= 2).await;
+    let Trio {
+        ids: [ia, ib, ic],
+        nodes: [a, b, c],
+        ..
+    } = lobby_trio(dir.path()).await;
 
     // Split {alice, bob} | {carol}.
     a.block(vec![ic.peer_id()], true).await.unwrap();
@@ -170,15 +188,11 @@ async fn a_fork_is_detected_and_reported_on_every_honest_node() {
 #[tokio::test(flavor = "multi_thread")]
 async fn senders_see_who_received_their_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let (ia, ib, ic) = (identity("alice"), identity("bob"), identity("carol"));
-    let a = node(ia, &dir.path().join("a"), &[]).await;
-    let boot = vec![first_addr(&a).await];
-    let b = node(ib, &dir.path().join("b"), &boot).await;
-    let c = node(ic.clone(), &dir.path().join("c"), &boot).await;
-    for n in [&a, &b, &c] {
-        n.join("lobby", None).await.unwrap();
-    }
-    wait_for("mesh", T, async || room_peers(&a, "lobby").await >= 2).await;
+    let Trio {
+        ids: [_, _, ic],
+        nodes: [a, b, c],
+        boot,
+    } = lobby_trio(dir.path()).await;
     b.send("lobby", "bob was here").await.unwrap();
     c.send("lobby", "carol too").await.unwrap();
     a.send("lobby", "did you get this?").await.unwrap();
