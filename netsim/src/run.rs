@@ -78,6 +78,20 @@ fn text_for(id: usize, size: usize) -> String {
     t
 }
 
+/// Notes that `node` received the message carried by `text` (now), counting repeats.
+fn record(
+    deliveries: &mut HashMap<(usize, usize), Instant>,
+    duplicates: &mut u64,
+    node: usize,
+    text: &str,
+) {
+    if let Some(id) = id_of(text)
+        && deliveries.insert((id, node), Instant::now()).is_some()
+    {
+        *duplicates += 1;
+    }
+}
+
 fn id_of(text: &str) -> Option<usize> {
     text.strip_prefix('#')?.split(' ').next()?.parse().ok()
 }
@@ -336,11 +350,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             tokio::select! {
                 _ = tokio::time::sleep_until(due.into()) => break,
                 Some((node, (_, text))) = rx.recv() => {
-                    if let Some(id) = id_of(&text)
-                        && deliveries.insert((id, node), Instant::now()).is_some()
-                    {
-                        duplicate_deliveries += 1;
-                    }
+                    record(&mut deliveries, &mut duplicate_deliveries, node, &text);
                 }
             }
         }
@@ -375,11 +385,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
     let mut converged_at = None;
     while Instant::now() < settle_deadline {
         while let Ok((node, (_, text))) = rx.try_recv() {
-            if let Some(id) = id_of(&text)
-                && deliveries.insert((id, node), Instant::now()).is_some()
-            {
-                duplicate_deliveries += 1;
-            }
+            record(&mut deliveries, &mut duplicate_deliveries, node, &text);
         }
         let mut done = true;
         'check: for (ri, room) in s.rooms.iter().enumerate() {
@@ -399,11 +405,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     while let Ok((node, (_, text))) = rx.try_recv() {
-        if let Some(id) = id_of(&text)
-            && deliveries.insert((id, node), Instant::now()).is_some()
-        {
-            duplicate_deliveries += 1;
-        }
+        record(&mut deliveries, &mut duplicate_deliveries, node, &text);
     }
 
     // Measure.
