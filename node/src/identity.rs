@@ -3,19 +3,26 @@
 //! argon2id(password, salt = H(label, normalised username)) gives a master secret; HKDF splits
 //! it into independent seeds: one seeds a ChaCha20 RNG that generates the RSA key pair (so the
 //! same credentials give the same identity on any machine), one becomes the libp2p ed25519 key,
-//! one encrypts this node's local settings. Signing and encryption use the OS RNG only.
+//! one encrypts this node's local settings.
+//!
+//! The `rsa` crate only generates the key pair (its prime search is what makes the identity
+//! deterministic, so it is pinned). Every operation with the keys runs on AWS-LC: RSA-PSS
+//! (SHA-256, 32-byte salt) and RSA-OAEP (SHA-256, MGF1-SHA-256), with AWS-LC's blinded,
+//! constant-time private-key code and its own OS-seeded RNG for salts and padding.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use aws_lc_rs::rsa::{
+    KeyPair as LcKeyPair, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey,
+    OaepPublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey,
+};
+use aws_lc_rs::signature::{ParsedPublicKey, RSA_PSS_2048_8192_SHA256, RSA_PSS_SHA256};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
-use rsa::signature::{RandomizedSigner, SignatureEncoding, Verifier};
-use rsa::traits::PublicKeyParts;
-use rsa::{PrivateKey as RsaPrivateKey, PublicKey as RsaPublicKey};
-use sha2::Sha256;
+use rsa::PrivateKey as RsaPrivateKey;
+use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
 
 use crate::crypto::{self, CryptoError, SecretKey};
 
@@ -128,8 +135,8 @@ impl fmt::Display for UserId {
 pub struct PublicIdentity(Arc<PublicInner>);
 
 struct PublicInner {
-    key: RsaPublicKey,
-    verifier: rsa::pss::VerifyingKey<Sha256>,
+    verifier: ParsedPublicKey,
+    encryptor: OaepPublicEncryptingKey,
     der: Vec<u8>,
     id: UserId,
 }
@@ -150,15 +157,7 @@ impl PublicIdentity {
         if let Some(hit) = key_cache().lock().ok().and_then(|c| c.get(&id).cloned()) {
             return Ok(hit);
         }
-        let key = RsaPublicKey::from_public_key_der(der)
-            .map_err(|e| IdentityError::BadPublicKey(e.to_string()))?;
-        let bits = key.n().bit_width() as usize;
-        if !(2048..=4096).contains(&bits) {
-            return Err(IdentityError::BadPublicKey(format!(
-                "{bits}-bit modulus is outside 2048..=4096"
-            )));
-        }
-        let parsed = Self::from_key(key, der.to_vec());
+        let parsed = Self::parse(der)?;
         if let Ok(mut c) = key_cache().lock() {
             if c.len() >= KEY_CACHE_MAX {
                 c.clear();
@@ -168,15 +167,23 @@ impl PublicIdentity {
         Ok(parsed)
     }
 
-    fn from_key(key: RsaPublicKey, der: Vec<u8>) -> Self {
-        let id = UserId(crypto::sha256(&[&der]));
-        let verifier = rsa::pss::VerifyingKey::<Sha256>::new(key.clone());
-        PublicIdentity(Arc::new(PublicInner {
-            key,
+    fn parse(der: &[u8]) -> Result<Self, IdentityError> {
+        let bad = |why: &str| IdentityError::BadPublicKey(why.to_string());
+        // SubjectPublicKeyInfo only: the id hashes these bytes, so one key has one encoding.
+        let key = PublicEncryptingKey::from_der(der).map_err(|_| bad("not an RSA public key"))?;
+        let bits = key.key_size_bits();
+        if !(2048..=4096).contains(&bits) {
+            return Err(bad(&format!("{bits}-bit modulus is outside 2048..=4096")));
+        }
+        let verifier = ParsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, der)
+            .map_err(|_| bad("not an RSA public key"))?;
+        let encryptor = OaepPublicEncryptingKey::new(key).map_err(|_| bad("unusable for OAEP"))?;
+        Ok(PublicIdentity(Arc::new(PublicInner {
             verifier,
-            der,
-            id,
-        }))
+            encryptor,
+            der: der.to_vec(),
+            id: UserId(crypto::sha256(&[der])),
+        })))
     }
 
     pub fn id(&self) -> UserId {
@@ -189,18 +196,20 @@ impl PublicIdentity {
 
     /// Verifies an RSA-PSS (SHA-256) signature over `msg`.
     pub fn verify(&self, msg: &[u8], signature: &[u8]) -> bool {
-        let Ok(sig) = rsa::pss::Signature::try_from(signature) else {
-            return false;
-        };
-        self.0.verifier.verify(msg, &sig).is_ok()
+        self.0.verifier.verify_sig(msg, signature).is_ok()
     }
 
     /// Wraps a content key for this identity with RSA-OAEP (SHA-256).
     pub fn wrap_key(&self, key: &[u8; 32]) -> Result<Vec<u8>, IdentityError> {
-        use rsa::traits::RandomizedEncryptor;
-        rsa::oaep::EncryptingKey::<Sha256>::new(self.0.key.clone())
-            .encrypt_with_rng(&mut rand::rngs::SysRng, key)
-            .map_err(|e| IdentityError::Sign(e.to_string()))
+        let mut out = vec![0u8; self.0.encryptor.ciphertext_size()];
+        let n = self
+            .0
+            .encryptor
+            .encrypt(&OAEP_SHA256_MGF1SHA256, key, &mut out, None)
+            .map_err(|_| IdentityError::Sign("RSA-OAEP encryption failed".into()))?
+            .len();
+        out.truncate(n);
+        Ok(out)
     }
 }
 
@@ -258,10 +267,9 @@ impl ContactCode {
 /// The full identity of the local user. Lives only in memory.
 pub struct Identity {
     username: String,
-    /// The private key, held once as a signer and once as a decryptor (built once: both
-    /// precompute from the key).
-    signer: rsa::pss::SigningKey<Sha256>,
-    decryptor: rsa::oaep::DecryptingKey<Sha256>,
+    /// The private key, held once as a signer and once as a decryptor.
+    signer: LcKeyPair,
+    decryptor: OaepPrivateDecryptingKey,
     public: PublicIdentity,
     peer_key: libp2p::identity::Keypair,
     local_key: SecretKey,
@@ -326,22 +334,26 @@ impl Identity {
         let mut peer_seed = crypto::hkdf32(HKDF_SALT, master, "libp2p-ed25519");
         let local_key = crypto::hkdf32(HKDF_SALT, master, "local-storage");
 
+        let keygen = |e: &dyn fmt::Display| IdentityError::KeyGen(e.to_string());
         let mut rng = ChaCha20Rng::from_seed(*rsa_seed);
-        let private = RsaPrivateKey::new(&mut rng, size.bits())
-            .map_err(|e| IdentityError::KeyGen(e.to_string()))?;
-        let public_key = private.to_public_key();
-        let der = public_key
+        let private = RsaPrivateKey::new(&mut rng, size.bits()).map_err(|e| keygen(&e))?;
+        let der = private
+            .to_public_key()
             .to_public_key_der()
-            .map_err(|e| IdentityError::KeyGen(e.to_string()))?
-            .as_bytes()
-            .to_vec();
-        let public = PublicIdentity::from_key(public_key, der);
+            .map_err(|e| keygen(&e))?;
+        let public = PublicIdentity::parse(der.as_bytes())?;
+        // Handed to AWS-LC as PKCS#8; the document is zeroed when dropped, and so is `private`.
+        let pkcs8 = private.to_pkcs8_der().map_err(|e| keygen(&e))?;
+        let signer = LcKeyPair::from_pkcs8(pkcs8.as_bytes()).map_err(|e| keygen(&e))?;
+        let decryptor = PrivateDecryptingKey::from_pkcs8(pkcs8.as_bytes())
+            .map_err(|e| keygen(&e))
+            .and_then(|k| OaepPrivateDecryptingKey::new(k).map_err(|e| keygen(&e)))?;
         let peer_key = libp2p::identity::Keypair::ed25519_from_bytes(&mut peer_seed[..])
             .map_err(|e| IdentityError::KeyGen(e.to_string()))?;
         Ok(Identity {
             username,
-            signer: rsa::pss::SigningKey::<Sha256>::new(private.clone()),
-            decryptor: rsa::oaep::DecryptingKey::<Sha256>::new(private),
+            signer,
+            decryptor,
             public,
             peer_key,
             local_key,
@@ -380,25 +392,28 @@ impl Identity {
         &self.local_key
     }
 
-    /// RSA-PSS (SHA-256) signature with a random salt from the OS RNG.
+    /// RSA-PSS (SHA-256) signature with a fresh random salt.
     pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, IdentityError> {
+        let mut sig = vec![0u8; self.signer.public_modulus_len()];
         self.signer
-            .try_sign_with_rng(&mut rand::rngs::SysRng, msg)
-            .map(|s| s.to_vec())
-            .map_err(|e| IdentityError::Sign(e.to_string()))
+            .sign(
+                &RSA_PSS_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                msg,
+                &mut sig,
+            )
+            .map_err(|_| IdentityError::Sign("RSA-PSS signing failed".into()))?;
+        Ok(sig)
     }
 
     /// Unwraps a content key wrapped for us with RSA-OAEP.
     pub fn unwrap_key(&self, wrapped: &[u8]) -> Result<SecretKey, IdentityError> {
-        use rsa::traits::RandomizedDecryptor;
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; self.decryptor.min_output_size()]);
         let plain = self
             .decryptor
-            .decrypt_with_rng(&mut rand::rngs::SysRng, wrapped)
+            .decrypt(&OAEP_SHA256_MGF1SHA256, wrapped, &mut buf, None)
             .map_err(|_| IdentityError::Unwrap)?;
-        let key: [u8; 32] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| IdentityError::Unwrap)?;
+        let key: [u8; 32] = (&*plain).try_into().map_err(|_| IdentityError::Unwrap)?;
         Ok(zeroize::Zeroizing::new(key))
     }
 }
@@ -463,13 +478,63 @@ mod tests {
         assert!(!a.public().verify(b"msG", &sig));
         assert!(!b.public().verify(b"msg", &sig));
         assert!(!a.public().verify(b"msg", &sig[1..]));
-        // PSS signatures are randomised: the OS RNG is used, not the seeded one.
+        // PSS signatures are randomised: a fresh salt each time, not the seeded RNG.
         assert_ne!(sig, a.sign(b"msg").unwrap());
 
         let k = [7u8; 32];
         let w = b.public().wrap_key(&k).unwrap();
         assert_eq!(*b.unwrap_key(&w).unwrap(), k);
         assert!(a.unwrap_key(&w).is_err());
+    }
+
+    #[test]
+    fn garbage_never_unwraps() {
+        let a = Identity::derive_unchecked("a", "pw-a for tests only", KeySize::Rsa2048).unwrap();
+        let w = a.public().wrap_key(&[9u8; 32]).unwrap();
+        assert!(a.unwrap_key(&w[1..]).is_err());
+        assert!(a.unwrap_key(&[]).is_err());
+        let mut flipped = w.clone();
+        flipped[100] ^= 1;
+        assert!(a.unwrap_key(&flipped).is_err());
+        // A wrapped key of another length is refused too.
+        let mut out = vec![0u8; 256];
+        let n = a
+            .public()
+            .0
+            .encryptor
+            .encrypt(&OAEP_SHA256_MGF1SHA256, &[1u8; 16], &mut out, None)
+            .unwrap()
+            .len();
+        assert!(a.unwrap_key(&out[..n]).is_err());
+    }
+
+    /// Envelopes signed and keys wrapped by earlier versions (with the `rsa` crate) stay
+    /// readable: same PSS salt length, same OAEP hash and MGF.
+    #[test]
+    fn interoperates_with_the_rsa_crate() {
+        use rsa::signature::{RandomizedSigner, SignatureEncoding};
+        use rsa::traits::RandomizedEncryptor;
+        let master = [3u8; 32];
+        let a = Identity::from_master("a", &master, KeySize::Rsa2048).unwrap();
+        // The same key, rebuilt the way `from_master` builds it.
+        let seed = crypto::hkdf32(HKDF_SALT, &master, "rsa-seed");
+        let private = RsaPrivateKey::new(&mut ChaCha20Rng::from_seed(*seed), 2048).unwrap();
+        let old_signer = rsa::pss::SigningKey::<sha2::Sha256>::new(private.clone());
+        let sig = old_signer
+            .try_sign_with_rng(&mut rand::rngs::SysRng, b"old envelope")
+            .unwrap()
+            .to_vec();
+        assert!(a.public().verify(b"old envelope", &sig));
+        let wrapped = rsa::oaep::EncryptingKey::<sha2::Sha256>::new(private.to_public_key())
+            .encrypt_with_rng(&mut rand::rngs::SysRng, &[5u8; 32])
+            .unwrap();
+        assert_eq!(*a.unwrap_key(&wrapped).unwrap(), [5u8; 32]);
+        // And the other way round.
+        use rsa::signature::Verifier;
+        let new_sig = a.sign(b"new envelope").unwrap();
+        let old_verifier = rsa::pss::VerifyingKey::<sha2::Sha256>::new(private.to_public_key());
+        let parsed = rsa::pss::Signature::try_from(new_sig.as_slice()).unwrap();
+        assert!(old_verifier.verify(b"new envelope", &parsed).is_ok());
     }
 
     #[test]
