@@ -9,9 +9,11 @@
 //! gap is filled. Any two signed entries that disagree about an author's history are kept as a
 //! [`ForkProof`], and the author's head stops advancing at the point of disagreement.
 
-use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
@@ -347,6 +349,8 @@ struct Tx<'t> {
     rooms: RawTable<'t>,
     stats: BTreeMap<Id, RoomStats>,
     changed: bool,
+    /// Heads written, applied to the journal's vector cache once the commit succeeds.
+    new_heads: Vec<(Id, Id, Head)>,
 }
 
 impl<'t> Tx<'t> {
@@ -361,6 +365,7 @@ impl<'t> Tx<'t> {
             rooms: txn.open_table(ROOMS).at(path)?,
             stats: BTreeMap::new(),
             changed: false,
+            new_heads: Vec::new(),
         })
     }
 
@@ -526,6 +531,7 @@ impl<'t> Tx<'t> {
             self.heads
                 .insert(&head_key(room, author)[..], &encode_head(&top)[..])
                 .at(self.path)?;
+            self.new_heads.push((*room, *author, top));
             return Ok(AppendOutcome::Appended {
                 advanced_to: top.seq,
             });
@@ -587,10 +593,18 @@ impl<'t> Tx<'t> {
     }
 }
 
+/// A room's version vector, shared with callers without copying.
+pub type Vector = Arc<BTreeMap<Id, Head>>;
+
 /// The journal: one redb file. Cheap to share behind an `Arc`; redb serialises writers.
 pub struct Journal {
     db: Database,
     path: PathBuf,
+    /// Version vectors of the rooms read so far, kept in step with every commit: every
+    /// received message, receipt and sync exchange needs its room's vector.
+    vectors: Mutex<HashMap<Id, Vector>>,
+    /// Deferred commits not on disk yet (see [`Journal::append_batch_deferred`]).
+    unflushed: AtomicBool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -632,7 +646,12 @@ impl Journal {
                     cause: other.into(),
                 },
             })?;
-        let journal = Self { db, path: owned };
+        let journal = Self {
+            db,
+            path: owned,
+            vectors: Mutex::default(),
+            unflushed: AtomicBool::new(false),
+        };
         journal.init().map_err(|e| match e {
             JournalError::Storage { path, cause } => JournalError::Corrupt { path, cause },
             other => other,
@@ -682,38 +701,75 @@ impl Journal {
         &self.path
     }
 
-    /// Peer data must survive a crash intact, hence immediate durability and two-phase commit.
+    /// Peer data must survive a crash intact, hence immediate durability and two-phase commit
+    /// (whose header is never at the mercy of a checksum, since peers choose what we write).
     fn begin_write(&self) -> Result<WriteTransaction, JournalError> {
+        self.begin_write_with(true)
+    }
+
+    fn begin_write_with(&self, durable: bool) -> Result<WriteTransaction, JournalError> {
         let mut txn = self.db.begin_write().at(&self.path)?;
-        txn.set_durability(Durability::Immediate).at(&self.path)?;
-        txn.set_two_phase_commit(true);
+        if durable {
+            txn.set_durability(Durability::Immediate).at(&self.path)?;
+            txn.set_two_phase_commit(true);
+        } else {
+            txn.set_durability(Durability::None).at(&self.path)?;
+        }
         Ok(txn)
+    }
+
+    /// Commits; a durable commit also makes every deferred commit before it durable. The
+    /// flag changes while the transaction still holds redb's write lock, so no other commit
+    /// slips in between.
+    fn commit(&self, txn: WriteTransaction, durable: bool) -> Result<(), JournalError> {
+        if durable {
+            let was = self.unflushed.swap(false, Ordering::AcqRel);
+            txn.commit()
+                .at(&self.path)
+                .inspect_err(|_| self.unflushed.store(was, Ordering::Release))
+        } else {
+            txn.commit().at(&self.path)?;
+            self.unflushed.store(true, Ordering::Release);
+            Ok(())
+        }
     }
 
     /// Runs `f` over the chain tables in one write transaction; commits only if it changed
     /// something, so duplicates cost no fsync.
     fn write_chain<T>(
         &self,
+        durable: bool,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, JournalError>,
     ) -> Result<T, JournalError> {
-        let txn = self.begin_write()?;
-        let (out, changed) = {
+        let txn = self.begin_write_with(durable)?;
+        let (out, changed, new_heads) = {
             let mut tx = Tx::open(&txn, &self.path)?;
             let out = f(&mut tx)?;
             tx.flush()?;
-            (out, tx.changed)
+            (out, tx.changed, std::mem::take(&mut tx.new_heads))
         };
         if changed {
-            txn.commit().at(&self.path)?;
+            // Locked across the commit, so a vector loaded meanwhile cannot be older.
+            let mut vectors = self.cached_vectors();
+            self.commit(txn, durable)?;
+            for (room, author, head) in new_heads {
+                if let Some(v) = vectors.get_mut(&room) {
+                    Arc::make_mut(v).insert(author, head);
+                }
+            }
         } else {
             txn.abort().at(&self.path)?;
         }
         Ok(out)
     }
 
+    fn cached_vectors(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Vector>> {
+        self.vectors.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Appends one entry durably. See [`AppendOutcome`].
     pub fn append(&self, meta: &EntryMeta, envelope: &[u8]) -> Result<AppendOutcome, JournalError> {
-        self.write_chain(|tx| tx.append(meta, envelope))
+        self.write_chain(true, |tx| tx.append(meta, envelope))
     }
 
     /// Same as [`Self::append`] for many entries in one write transaction (batched catch-up);
@@ -723,10 +779,29 @@ impl Journal {
         &self,
         entries: &[(EntryMeta, Vec<u8>)],
     ) -> Result<Vec<AppendOutcome>, JournalError> {
+        self.append_batch_with(true, entries)
+    }
+
+    /// [`Self::append_batch`] whose commit is visible at once but reaches the disk only at the
+    /// next [`Self::flush`] or durable commit. For entries that other nodes hold too (received
+    /// ones): a crash loses at most what came in since the last flush, and reconciliation
+    /// brings it back, while each received message costs no disk sync of its own.
+    pub fn append_batch_deferred(
+        &self,
+        entries: &[(EntryMeta, Vec<u8>)],
+    ) -> Result<Vec<AppendOutcome>, JournalError> {
+        self.append_batch_with(false, entries)
+    }
+
+    fn append_batch_with(
+        &self,
+        durable: bool,
+        entries: &[(EntryMeta, Vec<u8>)],
+    ) -> Result<Vec<AppendOutcome>, JournalError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        self.write_chain(|tx| {
+        self.write_chain(durable, |tx| {
             entries
                 .iter()
                 .map(|(meta, envelope)| tx.append(meta, envelope))
@@ -734,7 +809,19 @@ impl Journal {
         })
     }
 
+    /// Makes deferred commits durable; returns whether there were any.
+    pub fn flush(&self) -> Result<bool, JournalError> {
+        if !self.unflushed.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        self.commit(self.begin_write()?, true)?;
+        Ok(true)
+    }
+
     pub fn head(&self, room: &Id, author: &Id) -> Result<Option<Head>, JournalError> {
+        if let Some(v) = self.cached_vectors().get(room) {
+            return Ok(v.get(author).copied());
+        }
         let path = self.path.as_path();
         let txn = self.db.begin_read().at(path)?;
         let heads = txn.open_table(HEADS).at(path)?;
@@ -746,6 +833,21 @@ impl Journal {
 
     /// The room's version vector: author -> contiguous head.
     pub fn version_vector(&self, room: &Id) -> Result<BTreeMap<Id, Head>, JournalError> {
+        Ok(self.vector(room)?.as_ref().clone())
+    }
+
+    /// The room's version vector, shared: no copy unless the caller makes one.
+    pub fn vector(&self, room: &Id) -> Result<Vector, JournalError> {
+        let mut vectors = self.cached_vectors();
+        if let Some(v) = vectors.get(room) {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(self.read_vector(room)?);
+        vectors.insert(*room, v.clone());
+        Ok(v)
+    }
+
+    fn read_vector(&self, room: &Id) -> Result<BTreeMap<Id, Head>, JournalError> {
         let path = self.path.as_path();
         let txn = self.db.begin_read().at(path)?;
         let heads = txn.open_table(HEADS).at(path)?;
@@ -922,7 +1024,10 @@ impl Journal {
             let mut rooms = txn.open_table(ROOMS).at(path)?;
             rooms.remove(&room[..]).at(path)?;
         }
-        txn.commit().at(path)
+        let mut vectors = self.cached_vectors();
+        self.commit(txn, true)?;
+        vectors.remove(room);
+        Ok(())
     }
 
     /// Stores an opaque setting value (the caller encrypts it).
@@ -933,7 +1038,7 @@ impl Journal {
             .at(path)?
             .insert(key.as_bytes(), value)
             .at(path)?;
-        txn.commit().at(path)
+        self.commit(txn, true)
     }
 
     pub fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
@@ -957,7 +1062,7 @@ impl Journal {
             .at(path)?
             .is_some();
         if existed {
-            txn.commit().at(path)?;
+            self.commit(txn, true)?;
         } else {
             txn.abort().at(path)?;
         }
@@ -1485,6 +1590,74 @@ mod tests {
             app(&j, &e(&OTHER_ROOM, &ALICE, 2, 2)),
             AppendOutcome::Appended { advanced_to: 3 }
         );
+    }
+
+    /// A deferred commit is visible at once, reaches the file only with a flush (or the next
+    /// durable commit), and a flush with nothing deferred writes nothing. The file is read
+    /// while the journal is still open: what a kill -9 would leave behind.
+    #[test]
+    fn deferred_commits_reach_the_disk_at_the_next_flush() {
+        let (dir, j) = open_tmp();
+        let on_disk = |name: &str| {
+            let copy = dir.path().join(name);
+            std::fs::copy(j.path(), &copy).unwrap();
+            let c = Journal::open(&copy).unwrap();
+            (c.count(&ROOM).unwrap(), c.count(&OTHER_ROOM).unwrap())
+        };
+        assert!(!j.flush().unwrap());
+        j.append(&e(&ROOM, &ALICE, 1, 1).0, b"durable").unwrap();
+        j.append_batch_deferred(&[e(&ROOM, &BOB, 1, 2), e(&ROOM, &BOB, 2, 3)])
+            .unwrap();
+        assert_eq!(j.count(&ROOM).unwrap(), 3, "visible before the flush");
+        assert_eq!(on_disk("a.redb"), (1, 0), "not on disk before the flush");
+        assert!(j.flush().unwrap());
+        assert_eq!(on_disk("b.redb"), (3, 0));
+        assert!(!j.flush().unwrap(), "nothing left to flush");
+        // A durable commit carries earlier deferred ones with it.
+        j.append_batch_deferred(&[e(&OTHER_ROOM, &BOB, 1, 1)])
+            .unwrap();
+        j.append(&e(&ROOM, &ALICE, 2, 4).0, b"durable").unwrap();
+        assert_eq!(on_disk("c.redb"), (4, 1));
+        assert!(!j.flush().unwrap());
+    }
+
+    /// The in-memory vectors must always equal what the file holds.
+    #[test]
+    fn cached_vectors_follow_every_write() {
+        let (_d, j) = open_tmp();
+        let check = |j: &Journal| {
+            for room in [ROOM, OTHER_ROOM] {
+                assert_eq!(*j.vector(&room).unwrap(), j.read_vector(&room).unwrap());
+            }
+        };
+        check(&j); // both rooms cached while empty
+        for x in sample_entries() {
+            app(&j, &x);
+            check(&j);
+        }
+        // A gap, then the entry that fills it: the head jumps over the promoted entry.
+        app(&j, &e(&OTHER_ROOM, &ALICE, 2, 2));
+        check(&j);
+        assert_eq!(j.head(&OTHER_ROOM, &ALICE).unwrap(), None);
+        app(&j, &e(&OTHER_ROOM, &ALICE, 1, 1));
+        check(&j);
+        assert_eq!(j.head(&OTHER_ROOM, &ALICE).unwrap().map(|h| h.seq), Some(2));
+        // A fork and a duplicate change no head.
+        app(&j, &mk(&OTHER_ROOM, &ALICE, 1, ZERO, 9, 1));
+        app(&j, &e(&OTHER_ROOM, &ALICE, 2, 2));
+        check(&j);
+        // A batch, and a batch that fails as a whole.
+        let batch: Vec<_> = (1..=5).map(|s| e(&OTHER_ROOM, &BOB, s, s)).collect();
+        j.append_batch(&batch).unwrap();
+        check(&j);
+        let mut bad = e(&OTHER_ROOM, &BOB, 7, 7);
+        bad.0.seq = 0;
+        assert!(j.append_batch(&[e(&OTHER_ROOM, &BOB, 6, 6), bad]).is_err());
+        check(&j);
+        assert_eq!(j.head(&OTHER_ROOM, &BOB).unwrap().map(|h| h.seq), Some(5));
+        j.purge_room(&ROOM).unwrap();
+        check(&j);
+        assert!(j.vector(&ROOM).unwrap().is_empty());
     }
 
     #[test]
