@@ -19,7 +19,7 @@ use cryptchat::net::{IDLE_TIMEOUT, SwarmOptions};
 use cryptchat::room::Room;
 use cryptchat::service::{self, Event, NodeConfig, NodeHandle};
 use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, Swarm, SwarmBuilder, noise, tcp, yamux};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -213,12 +213,11 @@ fn bare_swarm() -> BareSwarm {
             yamux::Config::default,
         )
         .unwrap()
-        .with_behaviour(|key| {
-            let cfg = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(SwarmOptions::default().heartbeat)
-                .build()?;
+        .with_behaviour(|_| {
+            // cryptchat's own gossipsub settings, without its validation.
+            let cfg = cryptchat::net::gossipsub_base(SwarmOptions::default().heartbeat).build()?;
             Ok(gossipsub::Behaviour::new(
-                MessageAuthenticity::Signed(key.clone()),
+                cryptchat::net::GOSSIP_AUTHENTICITY,
                 cfg,
             )?)
         })
