@@ -119,3 +119,70 @@ async fn eavesdropper_on_a_direct_room_cannot_read() {
     .await;
     assert!(texts(&c, "spy").await.is_empty());
 }
+
+/// In a room bigger than the connection budget, rendezvous and DHT traffic would connect
+/// every member to every other (the bootstrap node to all of them at once). The budget
+/// trims each node back to its gossipsub mesh plus a few spares, and every message still
+/// reaches everyone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_room_keeps_connections_within_the_budget() {
+    use cryptchat::peers::Budget;
+    const N: usize = 16;
+    // Gossipsub keeps up to 12 mesh peers per topic (its D_hi), and mesh peers are never
+    // trimmed: the most a node may keep in a one-room network.
+    const MESH_HIGH: usize = 12;
+    cryptchat::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let budget = Budget {
+        target: 3,
+        high: 5,
+        spare: 1,
+        grace: Duration::from_secs(3),
+    };
+    let start = |i: usize, boot: Vec<String>| {
+        let mut cfg = common::inproc::config(&dir.path().join(format!("n{i}")), &boot);
+        cfg.budget = budget;
+        cfg.sync_interval = Duration::from_secs(1);
+        let id = identity(&format!("member{i}"));
+        async move { cryptchat::service::start(id, cfg).await.unwrap() }
+    };
+    let boot_node = start(0, vec![]).await;
+    let boot = vec![first_addr(&boot_node).await];
+    let mut nodes = vec![boot_node];
+    for i in 1..N {
+        nodes.push(start(i, boot.clone()).await);
+    }
+    for n in &nodes {
+        n.join("lobby", None).await.unwrap();
+    }
+    for n in &nodes {
+        wait_for("room members", T, async || {
+            room_peers(n, "lobby").await >= 2
+        })
+        .await;
+    }
+    // Everyone dialled the bootstrap node, and without a budget every node ends up connected
+    // to all 15 others (measured: 16 x 15).
+    wait_for("connections trimmed to the budget", T, async || {
+        let mut counts = Vec::new();
+        for n in &nodes {
+            counts.push(n.status().await.unwrap().connected_peers);
+        }
+        counts.iter().all(|c| *c <= MESH_HIGH) && counts.iter().sum::<usize>() <= N * 10
+    })
+    .await;
+    for (i, n) in nodes.iter().enumerate() {
+        n.send("lobby", &format!("hello from {i}")).await.unwrap();
+    }
+    for n in &nodes {
+        wait_for("every message everywhere", T, async || {
+            texts(n, "lobby").await.len() == N
+        })
+        .await;
+    }
+    for n in &nodes {
+        let peers = n.status().await.unwrap().connected_peers;
+        assert!(peers <= MESH_HIGH, "{peers} connections");
+        assert!(room_peers(n, "lobby").await >= 2);
+    }
+}

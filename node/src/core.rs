@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto;
 use crate::envelope::{Envelope, EnvelopeError, Kind, Payload, Position};
 use crate::identity::{ContactCode, Identity, IdentityError, UserId};
-use crate::journal::{AppendOutcome, EntryMeta, Head, Id, Journal, JournalError, StoredEntry};
+use crate::journal::{AppendOutcome, EntryMeta, Id, Journal, JournalError, StoredEntry};
 use crate::room::{Member, Room, RoomError, RoomId, RoomKind, StoredRoom};
 use crate::sync::{self, ForkRef, Range};
 
@@ -197,12 +197,23 @@ pub struct Core {
     names: BTreeMap<String, RoomId>,
     contacts: BTreeMap<String, ContactCode>,
     counters: Counters,
-    /// Latest delivery receipt per room and member: (receipt counter, author -> seq held).
+    /// What each member's receipts say it holds, per room.
     receipts: HashMap<RoomId, HashMap<UserId, Receipt>>,
+    /// What our own receipts said last, per room: the next one carries only what changed.
+    announced: HashMap<RoomId, HashMap<Id, u64>>,
 }
 
-/// A member's latest receipt: (receipt counter, author -> contiguous seq held).
-type Receipt = (u64, HashMap<Id, u64>);
+/// What a member's receipts say: (latest receipt counter, author -> contiguous seq held).
+/// Receipts carry changes, so they merge: a held seq only ever grows.
+type Receipt = (u64, HashMap<ShortId, u64>);
+
+/// Receipts name authors by the first 8 bytes of their id: a receipt only informs delivery
+/// counts, and 8 bytes keep honest members apart while a receipt of 256 authors stays small.
+type ShortId = [u8; 8];
+
+fn short_id(id: &Id) -> ShortId {
+    id[..8].try_into().expect("ids are 32 bytes")
+}
 
 /// At most this many authors in one receipt, so a receipt always fits in one envelope.
 pub const MAX_RECEIPT_AUTHORS: usize = 256;
@@ -225,6 +236,7 @@ impl Core {
             contacts: BTreeMap::new(),
             counters: Counters::default(),
             receipts: HashMap::new(),
+            announced: HashMap::new(),
         };
         core.check_owner()?;
         for (key, blob) in core.journal.settings_with_prefix(ROOM_PREFIX)? {
@@ -468,29 +480,37 @@ impl Core {
         }
     }
 
-    /// Known members of a room: the member list where there is one, else everyone who has
-    /// written or sent a receipt, and ourselves.
-    fn known_members(&self, room: &Room) -> BTreeSet<UserId> {
+    /// Visits each known member of a room once: the member list where there is one, else
+    /// everyone who has written or sent a receipt, and ourselves. Runs for every delivered
+    /// message, so it walks the cached vector rather than building a set.
+    fn for_each_member(&self, room: &Room, mut f: impl FnMut(&UserId)) {
         if let Some(ids) = room.member_ids() {
-            return ids.into_iter().collect();
+            ids.into_iter().collect::<BTreeSet<_>>().iter().for_each(f);
+            return;
         }
-        let mut set: BTreeSet<UserId> = self
-            .journal
-            .version_vector(&room.id.0)
-            .map(|v| v.keys().map(|a| UserId(*a)).collect())
-            .unwrap_or_default();
-        if let Some(r) = self.receipts.get(&room.id) {
-            set.extend(r.keys().copied());
+        let vector = self.journal.vector(&room.id.0).unwrap_or_default();
+        let receipts = self.receipts.get(&room.id);
+        for author in vector.keys() {
+            f(&UserId(*author));
         }
-        set.insert(self.identity.id());
-        set
+        for m in receipts.into_iter().flat_map(|r| r.keys()) {
+            if !vector.contains_key(&m.0) {
+                f(m);
+            }
+        }
+        let me = self.identity.id();
+        if !vector.contains_key(&me.0) && !receipts.is_some_and(|r| r.contains_key(&me)) {
+            f(&me);
+        }
     }
 
     /// Number of known members of a room (0 for rooms we are not in).
     pub fn member_count(&self, room: RoomId) -> usize {
-        self.rooms
-            .get(&room)
-            .map_or(0, |r| self.known_members(r).len())
+        let mut n = 0;
+        if let Some(r) = self.rooms.get(&room) {
+            self.for_each_member(r, |_| n += 1);
+        }
+        n
     }
 
     /// (members other than the author known to hold entry `seq` of `author`, such members).
@@ -499,44 +519,60 @@ impl Core {
         let receipts = self.receipts.get(&room.id);
         let mut held = 0;
         let mut total = 0;
-        for m in self.known_members(room) {
-            if m == *author {
-                continue;
+        self.for_each_member(room, |m| {
+            if m == author {
+                return;
             }
             total += 1;
-            let has = m == me
+            let has = *m == me
                 || receipts
-                    .and_then(|r| r.get(&m))
-                    .and_then(|(_, v)| v.get(&author.0))
+                    .and_then(|r| r.get(m))
+                    .and_then(|(_, v)| v.get(&short_id(&author.0)))
                     .is_some_and(|s| *s >= seq);
             if has {
                 held += 1;
             }
-        }
+        });
         (held, total)
     }
 
-    /// A delivery receipt for `room`: our vector, signed and sealed like any envelope but
-    /// never journaled. Its seq is a counter (milliseconds) so newer receipts win.
-    pub fn compose_receipt(&self, room_id: RoomId) -> Result<Option<Envelope>, CoreError> {
+    /// A delivery receipt for `room`: the heads of our vector that moved since our last
+    /// receipt there, or all of them with `full` (for members who joined since). Signed and
+    /// sealed like any envelope but never journaled; its seq is a counter (milliseconds) so a
+    /// replayed receipt is recognised. None when there is nothing to say.
+    pub fn compose_receipt(
+        &mut self,
+        room_id: RoomId,
+        full: bool,
+    ) -> Result<Option<Envelope>, CoreError> {
         let Some(room) = self.rooms.get(&room_id) else {
             return Ok(None);
         };
-        let mut vector: Vec<(String, u64)> = self
-            .journal
-            .version_vector(&room_id.0)?
-            .into_iter()
-            .map(|(a, h)| (hex::encode(a), h.seq))
+        let vector = self.journal.vector(&room_id.0)?;
+        let announced = self.announced.entry(room_id).or_default();
+        let mut changed: Vec<(&Id, u64)> = vector
+            .iter()
+            .filter(|(a, h)| full || announced.get(*a).is_none_or(|s| *s < h.seq))
+            .map(|(a, h)| (a, h.seq))
             .collect();
-        if vector.is_empty() {
+        if changed.is_empty() {
             return Ok(None);
         }
-        vector.sort_by_key(|(_, seq)| std::cmp::Reverse(*seq));
-        vector.truncate(MAX_RECEIPT_AUTHORS);
+        // The most advanced first; what does not fit goes in the next receipt.
+        changed.sort_by_key(|(_, seq)| std::cmp::Reverse(*seq));
+        changed.truncate(MAX_RECEIPT_AUTHORS);
+        for (a, seq) in &changed {
+            announced.insert(**a, *seq);
+        }
         let payload = Payload {
             from: self.identity.username().to_string(),
             text: None,
-            receipt: Some(vector),
+            receipt: Some(
+                changed
+                    .into_iter()
+                    .map(|(a, seq)| (hex::encode(short_id(a)), seq))
+                    .collect(),
+            ),
         };
         let pos = Position {
             seq: now_ms().max(1),
@@ -560,12 +596,15 @@ impl Core {
         if list.len() > MAX_RECEIPT_AUTHORS {
             return self.reject(Rejection::Malformed);
         }
-        let mut vector = HashMap::with_capacity(list.len());
+        let mut heads = Vec::with_capacity(list.len());
         for (author, seq) in list {
-            let Some(id) = UserId::from_hex(&author) else {
+            let Some(id) = hex::decode(&author)
+                .ok()
+                .and_then(|b| ShortId::try_from(b.as_slice()).ok())
+            else {
                 return self.reject(Rejection::Malformed);
             };
-            vector.insert(id.0, seq);
+            heads.push((id, seq));
         }
         let slot = self
             .receipts
@@ -576,7 +615,11 @@ impl Core {
         if env.seq <= slot.0 {
             return Incoming::Duplicate;
         }
-        *slot = (env.seq, vector);
+        slot.0 = env.seq;
+        for (id, seq) in heads {
+            let held = slot.1.entry(id).or_default();
+            *held = (*held).max(seq);
+        }
         Incoming::Receipt
     }
 
@@ -648,8 +691,8 @@ impl Core {
         }
     }
 
-    /// Second half of [`Core::receive`]: stores admitted entries in one durable transaction;
-    /// one outcome per entry, in order.
+    /// Second half of [`Core::receive`]: stores admitted entries in one transaction, on disk
+    /// at the next [`Core::flush`]; one outcome per entry, in order.
     pub fn commit(
         &mut self,
         entries: Vec<(RoomId, Envelope, Payload)>,
@@ -658,7 +701,8 @@ impl Core {
             .iter()
             .map(|(_, env, _)| (env.meta(), env.bytes().to_vec()))
             .collect();
-        let outcomes = self.journal.append_batch(&batch)?;
+        // Received entries are also held by others: durable at the next flush.
+        let outcomes = self.journal.append_batch_deferred(&batch)?;
         let mut out = Vec::with_capacity(outcomes.len());
         for ((room_id, env, payload), outcome) in entries.into_iter().zip(outcomes) {
             out.push(match outcome {
@@ -681,6 +725,11 @@ impl Core {
             });
         }
         Ok(out)
+    }
+
+    /// Makes stored entries durable (see [`Journal::append_batch_deferred`]).
+    pub fn flush(&self) -> Result<bool, CoreError> {
+        Ok(self.journal.flush()?)
     }
 
     /// Counts entries that failed verification during sync.
@@ -724,8 +773,8 @@ impl Core {
     }
 
     /// The room's version vector.
-    pub fn vector(&self, room: RoomId) -> Result<BTreeMap<Id, Head>, CoreError> {
-        Ok(self.journal.version_vector(&room.0)?)
+    pub fn vector(&self, room: RoomId) -> Result<crate::journal::Vector, CoreError> {
+        Ok(self.journal.vector(&room.0)?)
     }
 
     /// The forks we hold proofs for in a room.
@@ -873,6 +922,75 @@ mod tests {
         let id = identities()[i].clone();
         let j = Journal::open(&dir.path().join(format!("j{i}.redb"))).unwrap();
         Core::open(id, j).unwrap()
+    }
+
+    #[test]
+    fn receipts_carry_what_changed_and_only_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, mut c) = (core(&dir, 0), core(&dir, 1), core(&dir, 2));
+        for x in [&mut a, &mut b, &mut c] {
+            x.join(Room::named("lobby", None).unwrap()).unwrap();
+        }
+        let mut rid = None;
+        for i in 0..3 {
+            let (r, env, _) = a.compose("lobby", &format!("m{i}")).unwrap();
+            assert!(matches!(
+                b.receive(&r.topic(), env.bytes().to_vec()).unwrap(),
+                Incoming::Accepted(_)
+            ));
+            rid = Some(r);
+        }
+        let rid = rid.unwrap();
+        let receipt = |x: &mut Core, full| {
+            x.compose_receipt(rid, full)
+                .unwrap()
+                .map(|env| env.into_bytes())
+        };
+        let delivered = |x: &Core| -> Vec<u32> {
+            x.history("lobby", 10)
+                .unwrap()
+                .iter()
+                .map(|m| m.delivered_to)
+                .collect()
+        };
+        // Bob holds a's three: his receipt says so, and Alice counts him.
+        let first = receipt(&mut b, false).expect("bob has news");
+        assert_eq!(delivered(&a), vec![0, 0, 0]);
+        assert!(matches!(
+            a.receive(&rid.topic(), first.clone()).unwrap(),
+            Incoming::Receipt
+        ));
+        assert_eq!(delivered(&a), vec![1, 1, 1]);
+        // Nothing moved: nothing to say, unless asked for everything.
+        assert!(receipt(&mut b, false).is_none());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let full = receipt(&mut b, true).expect("a full receipt");
+        // A replayed receipt is recognised, and an older one cannot take anything back.
+        assert!(matches!(
+            a.receive(&rid.topic(), first).unwrap(),
+            Incoming::Duplicate
+        ));
+        assert!(matches!(
+            a.receive(&rid.topic(), full).unwrap(),
+            Incoming::Receipt
+        ));
+        assert_eq!(delivered(&a), vec![1, 1, 1]);
+        // Carol has none of it: she counts as a member only once she says something.
+        assert!(receipt(&mut c, false).is_none());
+        let (_, env, _) = a.compose("lobby", "m3").unwrap();
+        b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let delta = receipt(&mut b, false).expect("bob has news");
+        let parsed = check(&a.identity, a.room(&rid).unwrap(), delta.clone())
+            .unwrap()
+            .1;
+        assert_eq!(
+            parsed.receipt.as_ref().map(Vec::len),
+            Some(1),
+            "only the moved head"
+        );
+        a.receive(&rid.topic(), delta).unwrap();
+        assert_eq!(delivered(&a), vec![1, 1, 1, 1]);
     }
 
     #[test]

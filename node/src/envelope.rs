@@ -106,7 +106,8 @@ pub struct Payload {
     pub from: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
-    /// A delivery receipt: the sender's version vector as (author id hex, contiguous seq).
+    /// A delivery receipt: heads of the sender's version vector as (first 8 bytes of the
+    /// author id in hex, contiguous seq held); only those that moved since its last receipt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Vec<(String, u64)>>,
 }

@@ -14,6 +14,7 @@ pub mod faults;
 pub mod identity;
 pub mod journal;
 pub mod net;
+pub mod peers;
 pub mod room;
 pub mod service;
 pub mod sync;

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, mdns, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, mdns, ping, relay};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -38,6 +38,8 @@ pub struct NodeConfig {
     pub rendezvous_interval: Duration,
     /// How often the node reconciles each room's history with its connected members.
     pub sync_interval: Duration,
+    /// How many members each room keeps connected.
+    pub budget: crate::peers::Budget,
 }
 
 impl NodeConfig {
@@ -61,6 +63,7 @@ impl NodeConfig {
             swarm: SwarmOptions::default(),
             rendezvous_interval: Duration::from_secs(30),
             sync_interval: Duration::from_secs(5),
+            budget: crate::peers::Budget::default(),
         }
     }
 }
@@ -136,10 +139,16 @@ pub struct Sent {
     pub published: bool,
 }
 
-/// A group commit waits at most this long for more messages...
-const GROUP_COMMIT_WAIT: Duration = Duration::from_millis(1);
-/// ...or until this many are waiting.
+/// Swarm events handled back to back before received messages are committed: what
+/// arrives in one burst lands in one transaction, and a lone message waits for nothing
+/// (not even a timer tick, which tokio rounds up to a millisecond).
 const GROUP_COMMIT_MAX: usize = 256;
+/// A busy node commits at most once per this interval: what arrives in between waits and
+/// lands in the same transaction (each costs about 0.1 ms of CPU, whatever its size).
+const COMMIT_SPACING: Duration = Duration::from_millis(10);
+/// Received entries reach the disk at most this long after they are stored: a crash loses
+/// no more than that, and reconciliation fetches it again from the members who hold it.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs disk-bound work (durable journal commits) without stalling the runtime's other
 /// tasks: on a multi-threaded runtime the worker hands its other tasks to another thread.
@@ -158,8 +167,12 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Rendezvous dials more room members only while fewer than this many are connected.
-const TARGET_ROOM_PEERS: usize = 8;
+/// A rendezvous dial counts towards its room's budget this long before the peer shows up
+/// as a member (connection, identify, subscription).
+const DIAL_PENDING: Duration = Duration::from_secs(15);
+/// Every this many rendezvous rounds, each room is announced in the DHT again (provider
+/// records live on other nodes' memory, which restarts lose).
+const ANNOUNCE_ROUNDS: u64 = 10;
 /// Invalid messages a peer may relay per window before it is cut off.
 const STRIKE_LIMIT: u32 = 20;
 /// Receipts go out at most this often per room.
@@ -347,12 +360,17 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         kad_ready: false,
         rendezvous_interval: cfg.rendezvous_interval,
         sync_interval: cfg.sync_interval,
+        budget: cfg.budget,
+        rank_salt: rand::random(),
+        room_dials: HashMap::new(),
+        relayed: HashMap::new(),
         reconcile: reconcile::State::new(internal_tx),
         strikes: HashMap::new(),
-        receipts_due: HashSet::new(),
+        receipts_due: HashMap::new(),
         unstored: Vec::new(),
-        last_receipt: HashMap::new(),
         commit_at: None,
+        last_commit: tokio::time::Instant::now(),
+        next_receipt: HashMap::new(),
         faults: cfg.swarm.faults.clone(),
         banned: HashMap::new(),
         internal_rx,
@@ -379,7 +397,8 @@ struct Service {
     rx: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
     listen_addrs: Vec<Multiaddr>,
-    connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
+    /// Open connections per peer, and when the first of them was established.
+    connections: HashMap<PeerId, (std::time::Instant, Vec<(ConnectionId, Multiaddr)>)>,
     /// Own envelopes not yet published because no member was reachable.
     outbox: HashMap<RoomId, Vec<Vec<u8>>>,
     bootstrap: Vec<Multiaddr>,
@@ -388,22 +407,30 @@ struct Service {
     kad_ready: bool,
     rendezvous_interval: Duration,
     sync_interval: Duration,
+    budget: crate::peers::Budget,
+    /// Salt of the order in which surplus connections are closed (see [`crate::peers`]).
+    rank_salt: u64,
+    /// Members dialled because the DHT named them, per room, not yet counted as members.
+    room_dials: HashMap<RoomId, HashMap<PeerId, std::time::Instant>>,
+    /// Reservations and circuits our relay serves, per peer: their connections stay open.
+    relayed: HashMap<PeerId, u32>,
     reconcile: reconcile::State,
     /// Invalid messages per relaying peer in the current window.
     strikes: HashMap<PeerId, (std::time::Instant, u32)>,
     faults: crate::faults::Faults,
-    /// When each room last sent our receipt.
-    last_receipt: HashMap<RoomId, tokio::time::Instant>,
-    /// Admitted gossip messages waiting for the next group commit.
+    /// When each room may send our next receipt.
+    next_receipt: HashMap<RoomId, tokio::time::Instant>,
+    /// When the pending group commit must happen, and when the last one did.
+    commit_at: Option<tokio::time::Instant>,
+    last_commit: tokio::time::Instant,
+    /// Verified gossip messages waiting for the next group commit, with who relayed them.
     unstored: Vec<(
-        gossipsub::MessageId,
         PeerId,
         (RoomId, crate::envelope::Envelope, crate::envelope::Payload),
     )>,
-    /// When the pending group commit must happen.
-    commit_at: Option<tokio::time::Instant>,
-    /// Rooms whose delivery receipt should go out at the next receipt tick.
-    receipts_due: HashSet<RoomId>,
+    /// Rooms whose delivery receipt should go out at the next receipt tick, and whether it
+    /// should carry our whole vector rather than what changed.
+    receipts_due: HashMap<RoomId, bool>,
     /// Peers cut off for misbehaviour, until the given time.
     banned: HashMap<PeerId, std::time::Instant>,
     internal_rx: mpsc::UnboundedReceiver<reconcile::Internal>,
@@ -432,22 +459,37 @@ impl Service {
         let mut sync_tick = tokio::time::interval(self.sync_interval);
         let mut stopped = None;
         let mut receipt_tick = tokio::time::interval(RECEIPT_INTERVAL);
+        let mut flush_tick = tokio::time::interval(FLUSH_INTERVAL);
         let mut rounds = 0u64;
+        let mut rendezvous_rounds = 0u64;
         loop {
             tokio::select! {
-                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                ev = self.swarm.select_next_some() => {
+                    self.on_swarm_event(ev);
+                    // Take whatever else is ready now, then store the burst at once.
+                    for _ in 1..GROUP_COMMIT_MAX {
+                        match self.swarm.next().now_or_never() {
+                            Some(Some(ev)) => self.on_swarm_event(ev),
+                            _ => break,
+                        }
+                    }
+                    self.commit_soon();
+                }
+                _ = sleep_until_opt(self.commit_at) => self.commit_unstored(),
                 Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
                 _ = sync_tick.tick() => {
                     self.expire_bans();
+                    self.trim_connections();
                     self.sync_all();
                     // Now and then everyone re-announces what it holds, for new members.
                     rounds += 1;
                     if rounds.is_multiple_of(RECEIPT_REFRESH_ROUNDS) {
-                        self.receipts_due.extend(self.core.rooms().map(|r| r.id));
+                        self.receipts_due.extend(self.core.rooms().map(|r| (r.id, true)));
                     }
                 }
                 _ = receipt_tick.tick() => self.send_receipts(),
-                _ = sleep_until_opt(self.commit_at) => self.commit_unstored(),
+                _ = flush_tick.tick() => self.flush(),
+                _ = sleep_until_opt(self.reconcile.next_pull()) => self.run_due_pulls(),
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
                         stopped = Some(reply);
@@ -461,13 +503,15 @@ impl Service {
                     self.flush_outbox_all();
                 }
                 _ = slow.tick() => {
-                    self.rendezvous_all(true);
+                    rendezvous_rounds += 1;
+                    self.rendezvous_all(rendezvous_rounds.is_multiple_of(ANNOUNCE_ROUNDS));
                     self.flush_outbox_all();
                 }
             }
         }
-        // What was verified but not yet stored goes to disk (its senders were not told yet).
+        // What was verified but not yet stored goes to disk.
         self.commit_unstored();
+        self.flush();
         // Close the journal and the listeners before saying we stopped, so the data dir can
         // be opened again right away.
         drop(self);
@@ -485,17 +529,87 @@ impl Service {
         self.rendezvous(id, true);
     }
 
-    /// Announces ourselves as a member of the room in the DHT and looks for other members.
+    /// Announces ourselves as a member of the room in the DHT (with `announce`), and looks
+    /// for other members if the room has fewer connected than the budget's target.
     fn rendezvous(&mut self, id: RoomId, announce: bool) {
         if !self.kad_ready {
             return;
         }
         let key = kad::RecordKey::new(&id.0);
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        if announce && let Err(e) = kad.start_providing(key.clone()) {
+        if announce && let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
             tracing::warn!(error = %e, "could not announce room membership");
         }
-        kad.get_providers(key);
+        let have = self.room_peers_or_dialled(id);
+        if have < self.budget.target {
+            tracing::debug!(have, "looking for room members in the DHT");
+            self.swarm.behaviour_mut().kad.get_providers(key);
+        }
+    }
+
+    /// Connected members of a room, plus members dialled for it that have not shown up yet.
+    fn room_peers_or_dialled(&mut self, id: RoomId) -> usize {
+        let members: HashSet<PeerId> = self.room_peer_ids(id).into_iter().collect();
+        let dials = self.room_dials.entry(id).or_default();
+        dials.retain(|p, at| at.elapsed() < DIAL_PENDING && !members.contains(p));
+        members.len() + dials.len()
+    }
+
+    /// Closes connections beyond the budget (see [`crate::peers`]).
+    fn trim_connections(&mut self) {
+        let gossipsub = &self.swarm.behaviour().gossipsub;
+        let mesh: HashSet<PeerId> = gossipsub.all_mesh_peers().copied().collect();
+        let topics: HashMap<PeerId, Vec<gossipsub::TopicHash>> = gossipsub
+            .all_peers()
+            .map(|(p, t)| (*p, t.into_iter().cloned().collect()))
+            .collect();
+        let ours: HashMap<gossipsub::TopicHash, RoomId> = self
+            .core
+            .rooms()
+            .map(|r| (IdentTopic::new(r.id.topic()).hash(), r.id))
+            .collect();
+        let pulling = self.reconcile.pulling_from();
+        // Bootstrap nodes double as our relays when we are behind NAT.
+        let relays: HashSet<PeerId> = self
+            .bootstrap
+            .iter()
+            .flat_map(|a| a.iter())
+            .filter_map(|p| match p {
+                Protocol::P2p(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let connected: Vec<crate::peers::Connected<PeerId, RoomId>> = self
+            .connections
+            .iter()
+            .map(|(peer, (since, _))| crate::peers::Connected {
+                peer: *peer,
+                rooms: topics
+                    .get(peer)
+                    .map(|ts| ts.iter().filter_map(|t| ours.get(t).copied()).collect())
+                    .unwrap_or_default(),
+                protected: mesh.contains(peer)
+                    || pulling.contains(peer)
+                    || relays.contains(peer)
+                    || self.relayed.contains_key(peer)
+                    || since.elapsed() < self.budget.grace,
+                rank: u64::from_be_bytes(
+                    crate::crypto::sha256(&[&self.rank_salt.to_be_bytes(), &peer.to_bytes()])[..8]
+                        .try_into()
+                        .expect("8 bytes"),
+                ),
+            })
+            .collect();
+        let surplus = crate::peers::excess(&connected, self.budget);
+        if !surplus.is_empty() {
+            tracing::debug!(
+                closing = surplus.len(),
+                connected = connected.len(),
+                "closing connections beyond the room budget"
+            );
+        }
+        for peer in surplus {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
     }
 
     fn rendezvous_all(&mut self, announce: bool) {
@@ -565,14 +679,20 @@ impl Service {
         }
     }
 
-    fn room_peers(&self, id: RoomId) -> usize {
-        let hash = IdentTopic::new(id.topic()).hash();
+    /// Connected peers subscribed to the room's topic.
+    fn room_peer_ids(&self, room: RoomId) -> Vec<PeerId> {
+        let hash = IdentTopic::new(room.topic()).hash();
         self.swarm
             .behaviour()
             .gossipsub
             .all_peers()
             .filter(|(_, topics)| topics.contains(&&hash))
-            .count()
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    fn room_peers(&self, id: RoomId) -> usize {
+        self.room_peer_ids(id).len()
     }
 
     fn status(&self) -> Result<Status, NodeError> {
@@ -612,7 +732,7 @@ impl Service {
         let mut v: Vec<PeerView> = self
             .connections
             .iter()
-            .map(|(p, conns)| PeerView {
+            .map(|(p, (_, conns))| PeerView {
                 peer_id: p.to_string(),
                 addrs: conns.iter().map(|(_, a)| a.to_string()).collect(),
                 transports: conns
@@ -672,7 +792,7 @@ impl Service {
             }
             Command::Send(room, text, r) => {
                 let res = blocking(|| self.core.compose(&room, &text)).map(|(id, env, message)| {
-                    self.receipts_due.insert(id);
+                    self.receipts_due.entry(id).or_insert(false);
                     let published = self.publish(id, env.into_bytes());
                     self.emit(Event::Message(message.clone()));
                     Sent { message, published }
@@ -771,7 +891,10 @@ impl Service {
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
                 };
                 tracing::debug!(%peer_id, %addr, "connected");
-                let conns = self.connections.entry(peer_id).or_default();
+                let (_, conns) = self
+                    .connections
+                    .entry(peer_id)
+                    .or_insert_with(|| (std::time::Instant::now(), Vec::new()));
                 let first = conns.is_empty();
                 conns.push((connection_id, addr));
                 if first {
@@ -785,10 +908,11 @@ impl Service {
                 connection_id,
                 ..
             } => {
-                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                if let Some((_, conns)) = self.connections.get_mut(&peer_id) {
                     conns.retain(|(c, _)| *c != connection_id);
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
+                        self.relayed.remove(&peer_id);
                         self.reconcile.forget_peer(&peer_id);
                         if self.connections.is_empty() {
                             // Alone now: go back to the bootstrap nodes to find the network.
@@ -834,28 +958,40 @@ impl Service {
                     key,
                     providers,
                 })) => {
-                    // Enough members connected already: gossipsub spreads the rest.
-                    let have = <[u8; 32]>::try_from(key.as_ref())
-                        .map(|k| self.room_peers(RoomId(k)))
-                        .unwrap_or(0);
-                    let want = TARGET_ROOM_PEERS.saturating_sub(have);
+                    // Enough members connected (or being dialled) already: gossipsub
+                    // spreads the rest. Answers arrive from many DHT nodes at once, so
+                    // dials in flight count too.
+                    let Ok(room) = <[u8; 32]>::try_from(key.as_ref()).map(RoomId) else {
+                        return;
+                    };
+                    let want = self
+                        .budget
+                        .target
+                        .saturating_sub(self.room_peers_or_dialled(room));
+                    let me = *self.swarm.local_peer_id();
                     let fresh: Vec<PeerId> = providers
                         .into_iter()
-                        .filter(|p| !self.swarm.is_connected(p))
+                        .filter(|p| *p != me && !self.swarm.is_connected(p))
                         .take(want)
                         .collect();
                     for p in fresh {
+                        self.room_dials
+                            .entry(room)
+                            .or_default()
+                            .insert(p, std::time::Instant::now());
                         self.dial_peer(p, vec![]);
                     }
                 }
                 kad::QueryResult::GetClosestPeers(Ok(ok)) => {
-                    for info in ok.peers {
-                        if !info.addrs.is_empty() && !self.swarm.is_connected(&info.peer_id) {
-                            let wanted = self.is_room_member_hint(&info.peer_id);
-                            if wanted {
-                                self.dial_peer(info.peer_id, info.addrs);
-                            }
-                        }
+                    // We looked up one room member whose address we lacked: dial it, and
+                    // only it (the rest of the answer is just its DHT neighbourhood).
+                    let Ok(wanted) = PeerId::from_bytes(&ok.key) else {
+                        return;
+                    };
+                    if let Some(info) = ok.peers.into_iter().find(|p| p.peer_id == wanted)
+                        && !info.addrs.is_empty()
+                    {
+                        self.dial_peer(info.peer_id, info.addrs);
                     }
                 }
                 _ => {}
@@ -879,6 +1015,7 @@ impl Service {
                 tracing::debug!(%peer, %error, "ping failed: closing the connection");
                 self.swarm.close_connection(connection);
             }
+            BehaviourEvent::Relay(ev) => self.on_relay_event(ev),
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
                 self.nat = format!("{new:?}");
                 tracing::info!(nat = %self.nat, "reachability changed");
@@ -890,9 +1027,43 @@ impl Service {
         }
     }
 
-    /// A peer we looked up because the DHT named it as a room member.
-    fn is_room_member_hint(&self, peer: &PeerId) -> bool {
-        peer != self.swarm.local_peer_id()
+    /// Counts what our relay serves per peer, so trimming never cuts a relayed peer off.
+    fn on_relay_event(&mut self, ev: relay::Event) {
+        let mut change = |peer: PeerId, up: bool| {
+            let n = self.relayed.entry(peer).or_default();
+            if up {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.relayed.remove(&peer);
+                }
+            }
+        };
+        match ev {
+            relay::Event::ReservationReqAccepted {
+                src_peer_id,
+                renewed: false,
+            } => change(src_peer_id, true),
+            relay::Event::ReservationClosed { src_peer_id }
+            | relay::Event::ReservationTimedOut { src_peer_id } => change(src_peer_id, false),
+            relay::Event::CircuitReqAccepted {
+                src_peer_id,
+                dst_peer_id,
+            } => {
+                change(src_peer_id, true);
+                change(dst_peer_id, true);
+            }
+            relay::Event::CircuitClosed {
+                src_peer_id,
+                dst_peer_id,
+                ..
+            } => {
+                change(src_peer_id, false);
+                change(dst_peer_id, false);
+            }
+            _ => {}
+        }
     }
 
     /// Behind NAT: reserve a slot on each bootstrap node's relay so others can reach us
@@ -915,24 +1086,23 @@ impl Service {
     /// Publishes a delivery receipt in every room that received something since the last one.
     /// Each member's receipts are spaced by the room's size, so a room carries a few
     /// receipts a second in total however many members it has (every receipt costs each
-    /// member a signature check).
+    /// member a signature check), and the spacing is drawn at random around that so that
+    /// members who started together do not all send at once.
     fn send_receipts(&mut self) {
+        use rand::RngExt;
         let now = tokio::time::Instant::now();
-        let due: Vec<RoomId> = self.receipts_due.iter().copied().collect();
-        for room in due {
-            let members = self.core.member_count(room).max(1) as f64;
-            let spacing =
-                Duration::from_secs_f64((members / RECEIPTS_PER_ROOM_PER_S).clamp(1.0, 60.0));
-            if self
-                .last_receipt
-                .get(&room)
-                .is_some_and(|t| now.duration_since(*t) < spacing)
-            {
+        let due: Vec<(RoomId, bool)> = self.receipts_due.iter().map(|(r, f)| (*r, *f)).collect();
+        for (room, full) in due {
+            if self.next_receipt.get(&room).is_some_and(|t| now < *t) {
                 continue;
             }
+            let members = self.core.member_count(room).max(1) as f64;
+            let spacing = (members / RECEIPTS_PER_ROOM_PER_S).clamp(1.0, 60.0)
+                * rand::rng().random_range(0.5..1.5);
             self.receipts_due.remove(&room);
-            self.last_receipt.insert(room, now);
-            match self.core.compose_receipt(room) {
+            self.next_receipt
+                .insert(room, now + Duration::from_secs_f64(spacing));
+            match self.core.compose_receipt(room, full) {
                 Ok(Some(env)) => {
                     let topic = IdentTopic::new(room.topic());
                     // Best effort: a receipt that finds no peer is simply not needed yet.
@@ -948,59 +1118,80 @@ impl Service {
         }
     }
 
-    /// Stores every admitted gossip message in one durable transaction, then gives
-    /// gossipsub each verdict.
+    /// Makes the entries stored since the last flush durable.
+    fn flush(&mut self) {
+        if let Err(e) = blocking(|| self.core.flush()) {
+            tracing::error!(error = %e, "could not flush the journal");
+        }
+    }
+
+    /// Stores every verified gossip message in one transaction, then tells the node's
+    /// clients about the new ones.
+    /// Commits now if the last commit is long enough ago, or schedules it.
+    fn commit_soon(&mut self) {
+        if self.unstored.is_empty() || self.commit_at.is_some() {
+            return;
+        }
+        let next = self.last_commit + COMMIT_SPACING;
+        if self.unstored.len() >= GROUP_COMMIT_MAX || tokio::time::Instant::now() >= next {
+            self.commit_unstored();
+        } else {
+            self.commit_at = Some(next);
+        }
+    }
+
     fn commit_unstored(&mut self) {
         self.commit_at = None;
+        self.last_commit = tokio::time::Instant::now();
         let items = std::mem::take(&mut self.unstored);
         if items.is_empty() {
             return;
         }
-        let (meta, entries): (Vec<_>, Vec<_>) = items
-            .into_iter()
-            .map(|(id, source, entry)| ((id, source, entry.0), entry))
-            .unzip();
-        match blocking(|| self.core.commit(entries)) {
+        let (sources, entries): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+        let rooms: Vec<RoomId> = entries.iter().map(|(room, _, _)| *room).collect();
+        // No disk sync here (that is the flush), so no need to leave the runtime.
+        match self.core.commit(entries) {
             Ok(results) => {
-                for ((id, source, room), incoming) in meta.into_iter().zip(results) {
-                    self.settle(id, source, Some(room), Some(incoming));
+                for ((source, room), incoming) in sources.into_iter().zip(rooms).zip(results) {
+                    self.on_stored(source, room, incoming);
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "could not store incoming messages");
-                for (id, source, room) in meta {
-                    self.settle(id, source, Some(room), None);
-                }
-            }
+            // Nothing is lost: the entries come back through reconciliation.
+            Err(e) => tracing::error!(error = %e, "could not store incoming messages"),
         }
     }
 
-    /// Reports one gossip message's verdict and acts on it.
+    /// What a received entry's outcome in the journal calls for.
+    fn on_stored(&mut self, source: PeerId, room: RoomId, incoming: Incoming) {
+        match incoming {
+            Incoming::Accepted(view) => {
+                self.receipts_due.entry(room).or_insert(false);
+                self.emit(Event::Message(*view));
+            }
+            // A gap in an author's chain: whoever relayed this likely has the rest.
+            Incoming::Pending => self.start_hello(source, room, false),
+            // The author signed two histories; whoever relayed it is not to blame, and the
+            // proof spreads to every member through reconciliation.
+            Incoming::Rejected(reason) => self.emit(Event::Rejected {
+                room_id: room.to_hex(),
+                reason,
+            }),
+            Incoming::Duplicate | Incoming::NotOurs | Incoming::Receipt => {}
+        }
+    }
+
+    /// Gives gossipsub the verdict on a message that needs no journal write: forwarded if
+    /// valid (receipts), dropped if useless, and its relayer blamed if invalid.
     fn settle(
         &mut self,
         message_id: gossipsub::MessageId,
         source: PeerId,
         room: Option<RoomId>,
-        incoming: Option<Incoming>,
+        incoming: Incoming,
     ) {
         let verdict = match incoming {
-            Some(Incoming::Accepted(view)) => {
-                if let Some(room) = room {
-                    self.receipts_due.insert(room);
-                }
-                self.emit(Event::Message(*view));
-                MessageAcceptance::Accept
-            }
-            Some(Incoming::Receipt) => MessageAcceptance::Accept,
-            Some(Incoming::Pending) => {
-                // A gap in an author's chain: whoever relayed this likely has the rest.
-                if let Some(room) = room {
-                    self.start_hello(source, room, false);
-                }
-                MessageAcceptance::Accept
-            }
-            Some(Incoming::Duplicate | Incoming::NotOurs) => MessageAcceptance::Ignore,
-            Some(Incoming::Rejected(reason)) => {
+            Incoming::Receipt => MessageAcceptance::Accept,
+            Incoming::Rejected(reason) => {
                 tracing::info!(peer = %source, ?reason, "rejected message");
                 self.strike(source);
                 self.emit(Event::Rejected {
@@ -1009,8 +1200,7 @@ impl Service {
                 });
                 MessageAcceptance::Reject
             }
-            // Not stored: do not forward, do not blame the sender.
-            None => MessageAcceptance::Ignore,
+            _ => MessageAcceptance::Ignore,
         };
         self.swarm
             .behaviour_mut()
@@ -1072,18 +1262,24 @@ impl Service {
                 }
                 match self.core.admit(&topic, message.data) {
                     Admitted::Entry(entry) => {
-                        // Stored with others in one durable commit, then validated: a
-                        // message is forwarded only once it is on disk here.
-                        self.unstored.push((message_id, propagation_source, *entry));
-                        if self.unstored.len() >= GROUP_COMMIT_MAX {
-                            self.commit_unstored();
-                        } else if self.commit_at.is_none() {
-                            self.commit_at = Some(tokio::time::Instant::now() + GROUP_COMMIT_WAIT);
-                        }
+                        // Verified: forward it now, so propagation never waits for a disk.
+                        // It is stored with others in one durable commit, and shown to the
+                        // node's clients once stored. (Its author stored it before
+                        // publishing, so a crash here loses nothing reconciliation cannot
+                        // bring back.)
+                        self.swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .report_message_validation_result(
+                                &message_id,
+                                &propagation_source,
+                                MessageAcceptance::Accept,
+                            );
+                        self.unstored.push((propagation_source, *entry));
                     }
                     Admitted::Done(incoming) => {
                         let room = RoomId::from_topic(&topic);
-                        self.settle(message_id, propagation_source, room, Some(incoming));
+                        self.settle(message_id, propagation_source, room, incoming);
                     }
                 }
             }

@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use libp2p::gossipsub::IdentTopic;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use tokio::sync::mpsc;
 
@@ -21,6 +20,14 @@ const RATE_LIMIT: u32 = 200;
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Consecutive vector retries with one peer before giving up until the next round.
 const MAX_RETRIES: u32 = 3;
+/// Room members each node exchanges vectors with per round, drawn at random. Gossip
+/// carries the live traffic; reconciliation is the backstop, and random exchanges spread
+/// what one node holds to all in a number of rounds that grows with the log of the room.
+const SYNC_FANOUT: usize = 3;
+/// After a vector exchange, the first pull waits this long: what the peer holds and we
+/// lack is often still on its way through gossip, and pulling it too would fetch and
+/// verify it twice.
+const PULL_DELAY: Duration = Duration::from_millis(1000);
 
 /// Results coming back from blocking verification tasks.
 pub(crate) enum Internal {
@@ -54,6 +61,8 @@ pub(crate) struct State {
     pulling: HashMap<(RoomId, crate::journal::Id), PeerId>,
     fork_in_flight: HashSet<(RoomId, ForkRef)>,
     requests: HashMap<OutboundRequestId, Pending>,
+    /// Pulls to start once their delay is over (see [`PULL_DELAY`]).
+    pulls_due: HashMap<(PeerId, RoomId), Instant>,
     retries: HashMap<(PeerId, RoomId), u32>,
     rate: HashMap<PeerId, (Instant, u32)>,
     tx: mpsc::UnboundedSender<Internal>,
@@ -68,6 +77,7 @@ impl State {
             pulling: HashMap::new(),
             fork_in_flight: HashSet::new(),
             requests: HashMap::new(),
+            pulls_due: HashMap::new(),
             retries: HashMap::new(),
             rate: HashMap::new(),
             tx,
@@ -78,9 +88,20 @@ impl State {
         self.views.forget_peer(peer);
         self.hello_in_flight.retain(|(p, _)| p != peer);
         self.pull_in_flight.retain(|(p, _)| p != peer);
+        self.pulls_due.retain(|(p, _), _| p != peer);
         self.pulling.retain(|_, p| p != peer);
         self.retries.retain(|(p, _), _| p != peer);
         self.rate.remove(peer);
+    }
+
+    /// When the next delayed pull is due.
+    pub(crate) fn next_pull(&self) -> Option<tokio::time::Instant> {
+        self.pulls_due.values().min().map(|at| (*at).into())
+    }
+
+    /// Peers we are pulling history from right now.
+    pub(crate) fn pulling_from(&self) -> HashSet<PeerId> {
+        self.pulling.values().copied().collect()
     }
 
     /// True if the peer is within its request budget.
@@ -96,25 +117,45 @@ impl State {
 }
 
 impl Service {
-    /// Connected peers subscribed to the room's topic.
-    fn room_peer_ids(&self, room: RoomId) -> Vec<PeerId> {
-        let hash = IdentTopic::new(room.topic()).hash();
-        self.swarm
-            .behaviour()
-            .gossipsub
-            .all_peers()
-            .filter(|(_, topics)| topics.contains(&&hash))
-            .map(|(p, _)| *p)
-            .collect()
-    }
-
-    /// One reconciliation round with every connected member of every room.
+    /// One reconciliation round: a vector exchange with a few connected members of every
+    /// room, drawn at random.
     pub(super) fn sync_all(&mut self) {
+        use rand::seq::IndexedRandom;
         let rooms: Vec<RoomId> = self.core.rooms().map(|r| r.id).collect();
+        let mut rng = rand::rng();
         for room in rooms {
-            for peer in self.room_peer_ids(room) {
+            let peers = self.room_peer_ids(room);
+            for peer in peers
+                .sample(&mut rng, SYNC_FANOUT)
+                .copied()
+                .collect::<Vec<_>>()
+            {
                 self.start_hello(peer, room, false);
             }
+        }
+    }
+
+    /// Pulls from `peer` what it holds and we lack, after [`PULL_DELAY`].
+    fn pull_later(&mut self, peer: PeerId, room: RoomId) {
+        self.reconcile
+            .pulls_due
+            .entry((peer, room))
+            .or_insert_with(|| Instant::now() + PULL_DELAY);
+    }
+
+    /// Starts the delayed pulls whose time has come.
+    pub(super) fn run_due_pulls(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(PeerId, RoomId)> = self
+            .reconcile
+            .pulls_due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for (peer, room) in due {
+            self.reconcile.pulls_due.remove(&(peer, room));
+            self.pull_missing(peer, room);
         }
     }
 
@@ -146,7 +187,9 @@ impl Service {
 
     /// Pulls what `peer` has and we lack, one bounded batch at a time.
     fn pull_missing(&mut self, peer: PeerId, room: RoomId) {
-        if self.reconcile.pull_in_flight.contains(&(peer, room)) {
+        // A request to a peer we are not connected to would dial it.
+        if !self.swarm.is_connected(&peer) || self.reconcile.pull_in_flight.contains(&(peer, room))
+        {
             return;
         }
         let mine = match self.core.vector(room) {
@@ -186,6 +229,9 @@ impl Service {
 
     /// Asks for proofs of forks the peer knows and we do not.
     fn pull_fork_proofs(&mut self, peer: PeerId, room: RoomId, theirs: &[ForkRef]) {
+        if !self.swarm.is_connected(&peer) {
+            return;
+        }
         let known = self.core.fork_refs(room).unwrap_or_default();
         for f in theirs.iter().take(16) {
             if known.contains(f) || !self.reconcile.fork_in_flight.insert((room, *f)) {
@@ -304,7 +350,7 @@ impl Service {
                 let applied = matches!(resp, SyncResponse::Hello(_));
                 self.respond(channel, resp);
                 if applied {
-                    self.pull_missing(peer, room);
+                    self.pull_later(peer, room);
                     self.pull_fork_proofs(peer, room, &hello.forks);
                 }
             }
@@ -349,7 +395,7 @@ impl Service {
                 match self.reconcile.views.apply(&peer, &hello) {
                     Ok(()) => {
                         self.reconcile.retries.remove(&(peer, room));
-                        self.pull_missing(peer, room);
+                        self.pull_later(peer, room);
                         self.pull_fork_proofs(peer, room, &hello.forks);
                     }
                     // Our view of theirs is stale: the next hello asks for their whole vector.
@@ -470,13 +516,13 @@ impl Service {
                     self.core.count_rejection(*why);
                 }
                 if !ok.is_empty() {
-                    match super::blocking(|| self.core.store_batch(room, ok)) {
+                    match self.core.store_batch(room, ok) {
                         Ok(report) => {
                             for author in &report.forked_authors {
                                 self.reconcile.views.mark_diverged(&peer, room.0, *author);
                             }
                             if !report.appended.is_empty() {
-                                self.receipts_due.insert(room);
+                                self.receipts_due.entry(room).or_insert(false);
                             }
                             for m in report.appended {
                                 let _ = self.events.send(Event::Message(m));
@@ -507,7 +553,7 @@ impl Service {
                 conflicting,
             } => match conflicting {
                 Some(entries) => {
-                    if let Err(e) = super::blocking(|| self.core.store_batch(room, entries)) {
+                    if let Err(e) = self.core.store_batch(room, entries) {
                         tracing::error!(error = %e, "could not store a fork proof");
                     }
                 }

@@ -1,0 +1,202 @@
+//! Which connections a node keeps.
+//!
+//! Gossipsub holds every connection it has a stream on, and every Kademlia query or
+//! rendezvous dial adds connections, so without a budget a node in a big room ends up
+//! connected to nearly every member (49 of 49 at 50 nodes, out of file descriptors at 200).
+//! A room needs only a handful of connected members: gossipsub's mesh plus a few spares
+//! for gossip and reconciliation. This module decides which connections to close; the
+//! service gathers the facts and closes them.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::Duration;
+
+/// How many connected members each room aims at, and when to trim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Rendezvous dials more members while a room has fewer than this many connected.
+    pub target: usize,
+    /// A room with more connected members than this is trimmed back to this many. The gap
+    /// between `target` and `high` keeps nodes from dialling and trimming in turn: a node
+    /// trimmed by its peers drops below `target` only after many of them did so.
+    pub high: usize,
+    /// Connections that share no room with us kept anyway (DHT neighbours, bootstrap).
+    pub spare: usize,
+    /// New connections are left alone this long: they are still exchanging
+    /// subscriptions, joining meshes and reconciling.
+    pub grace: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            target: 8,
+            high: 16,
+            spare: 4,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Budget {
+    /// Checks that the numbers make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.target == 0 || self.high < self.target {
+            return Err(format!(
+                "room peer budget needs 0 < target <= high (target {}, high {})",
+                self.target, self.high
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One connected peer, as the service sees it.
+#[derive(Clone, Debug)]
+pub struct Connected<P, R> {
+    pub peer: P,
+    /// Rooms we share with it (rooms we are in whose topic it subscribes to).
+    pub rooms: Vec<R>,
+    /// Never close: a gossipsub mesh peer, a fresh connection still settling, a peer we
+    /// are pulling history from.
+    pub protected: bool,
+    /// Order among candidates (lowest closed first). The service draws it per node, so
+    /// nodes do not all drop the same peers.
+    pub rank: u64,
+}
+
+/// The peers to disconnect so that no room keeps more than `budget.high` connected members,
+/// and at most `budget.spare` connections share no room with us. Protected peers are never
+/// chosen, and no peer is chosen that another room needs to stay at `budget.high`.
+pub fn excess<P: Clone, R: Copy + Eq + Hash>(peers: &[Connected<P, R>], budget: Budget) -> Vec<P> {
+    let mut count: HashMap<R, usize> = HashMap::new();
+    for p in peers {
+        for r in &p.rooms {
+            *count.entry(*r).or_default() += 1;
+        }
+    }
+    let mut candidates: Vec<&Connected<P, R>> = peers.iter().filter(|p| !p.protected).collect();
+    // Peers sharing fewer rooms go first: one that links us to several rooms is worth more.
+    candidates.sort_by_key(|p| (p.rooms.len(), p.rank));
+    let mut unshared_kept = peers
+        .iter()
+        .filter(|p| p.protected && p.rooms.is_empty())
+        .count();
+    let mut out = Vec::new();
+    for p in candidates {
+        if p.rooms.is_empty() {
+            if unshared_kept < budget.spare {
+                unshared_kept += 1;
+            } else {
+                out.push(p.peer.clone());
+            }
+            continue;
+        }
+        // Close only if every room it links us to has members to spare.
+        if p.rooms.iter().all(|r| count[r] > budget.high) {
+            for r in &p.rooms {
+                *count.get_mut(r).expect("counted above") -= 1;
+            }
+            out.push(p.peer.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u32, rooms: &[u8], protected: bool) -> Connected<u32, u8> {
+        Connected {
+            peer: id,
+            rooms: rooms.to_vec(),
+            protected,
+            rank: u64::from(id),
+        }
+    }
+
+    const B: Budget = Budget {
+        target: 3,
+        high: 5,
+        spare: 1,
+        grace: Duration::from_secs(1),
+    };
+
+    #[test]
+    fn a_room_within_its_budget_is_left_alone() {
+        let peers: Vec<_> = (0..5).map(|i| peer(i, &[1], false)).collect();
+        assert!(excess(&peers, B).is_empty());
+    }
+
+    #[test]
+    fn an_overfull_room_is_trimmed_to_high_sparing_protected_peers() {
+        let mut peers: Vec<_> = (0..10).map(|i| peer(i, &[1], false)).collect();
+        peers[0].protected = true;
+        peers[1].protected = true;
+        let out = excess(&peers, B);
+        assert_eq!(out.len(), 5, "{out:?}");
+        assert!(!out.contains(&0) && !out.contains(&1));
+    }
+
+    #[test]
+    fn protected_peers_can_keep_a_room_over_budget() {
+        let peers: Vec<_> = (0..8).map(|i| peer(i, &[1], i < 7)).collect();
+        assert_eq!(excess(&peers, B), vec![7]);
+    }
+
+    #[test]
+    fn a_peer_is_kept_if_another_room_needs_it() {
+        // Room 1 is over budget; peer 0 is also one of room 2's only two members.
+        let mut peers: Vec<_> = (0..8).map(|i| peer(i, &[1], false)).collect();
+        peers[0].rooms.push(2);
+        peers.push(peer(20, &[2], true));
+        let out = excess(&peers, B);
+        assert!(!out.contains(&0), "{out:?}");
+        assert_eq!(out.len(), 3, "room 1 goes from 8 to 5 without peer 0");
+    }
+
+    #[test]
+    fn peers_sharing_no_room_are_kept_up_to_the_spare_count() {
+        let peers = vec![
+            peer(1, &[], false),
+            peer(2, &[], false),
+            peer(3, &[], false),
+            peer(4, &[9], false),
+        ];
+        let out = excess(&peers, B);
+        assert_eq!(out, vec![2, 3], "the lowest rank is kept");
+        // A protected unshared peer uses the spare slot.
+        let mut peers = peers;
+        peers[2].protected = true;
+        assert_eq!(excess(&peers, B), vec![1, 2]);
+    }
+
+    #[test]
+    fn peers_linking_several_rooms_go_last() {
+        // Both rooms are over budget; peer 0 (the lowest rank) is in both.
+        let mut peers: Vec<_> = (0..8).map(|i| peer(i, &[1], false)).collect();
+        peers[0].rooms.push(2);
+        for i in 10..16 {
+            peers.push(peer(i, &[2], false));
+        }
+        let out = excess(&peers, B);
+        assert_eq!(out.len(), 5, "room 1 goes from 8 to 5, room 2 from 7 to 5");
+        assert!(!out.contains(&0));
+    }
+
+    #[test]
+    fn budget_validation() {
+        assert!(B.validate().is_ok());
+        assert!(Budget { target: 0, ..B }.validate().is_err());
+        assert!(
+            Budget {
+                target: 6,
+                high: 5,
+                ..B
+            }
+            .validate()
+            .is_err()
+        );
+    }
+}
