@@ -1,12 +1,13 @@
-//! The baseline: plain gossipsub nodes on the same transports and fault layer, with no
-//! crypto and no journal. What cryptchat costs is measured against this, in the same run.
+//! The baseline: plain gossipsub nodes on the same transports, gossipsub settings and fault
+//! layer (latency, jitter, bandwidth and loss), with no crypto, journal or reconciliation.
+//! What cryptchat costs is measured against this, in the same run.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use cryptchat::faults::Faults;
 use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, allow_block_list, identify};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -24,6 +25,7 @@ enum Cmd {
     Held(String, oneshot::Sender<Vec<String>>),
     Block(Vec<PeerId>, bool),
     RoomPeers(String, oneshot::Sender<usize>),
+    Connections(oneshot::Sender<usize>),
     Addr(oneshot::Sender<Option<Multiaddr>>),
     Stop(oneshot::Sender<()>),
 }
@@ -50,12 +52,10 @@ impl PlainNode {
         let peer_id = key.public().to_peer_id();
         let cert = cryptchat::net::WebRtcCertificate::generate(&mut rand::rng())?;
         let f = faults.clone();
-        let gcfg = gossipsub::ConfigBuilder::default()
-            .heartbeat_interval(heartbeat)
-            .max_transmit_size(cryptchat::net::MAX_TRANSMIT)
-            .message_id_fn(|m| {
-                gossipsub::MessageId::from(&cryptchat::crypto::sha256(&[&m.data])[..20])
-            })
+        // Validation is manual only so that simulated loss drops a message where cryptchat
+        // drops it: before it is forwarded.
+        let gcfg = cryptchat::net::gossipsub_base(heartbeat)
+            .validate_messages()
             .build()?;
         let mut swarm: Swarm<Behaviour> = SwarmBuilder::with_existing_identity(key)
             .with_tokio()
@@ -68,7 +68,7 @@ impl PlainNode {
                         k.public(),
                     )),
                     gossipsub: gossipsub::Behaviour::new(
-                        MessageAuthenticity::Signed(k.clone()),
+                        cryptchat::net::GOSSIP_AUTHENTICITY,
                         gcfg,
                     )?,
                 })
@@ -81,7 +81,7 @@ impl PlainNode {
         }
         let (tx, rx) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(65536);
-        tokio::spawn(run(swarm, rx, events.clone(), dial));
+        tokio::spawn(run(swarm, rx, events.clone(), dial, faults.clone()));
         Ok(PlainNode {
             tx,
             events,
@@ -123,6 +123,12 @@ impl PlainNode {
         rx.await.unwrap_or(0)
     }
 
+    pub async fn connections(&self) -> usize {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Connections(tx)).await;
+        rx.await.unwrap_or(0)
+    }
+
     pub async fn addr(&self) -> Option<Multiaddr> {
         for _ in 0..100 {
             let (tx, rx) = oneshot::channel();
@@ -147,6 +153,7 @@ async fn run(
     mut rx: mpsc::Receiver<Cmd>,
     events: broadcast::Sender<Delivery>,
     dial: Vec<Multiaddr>,
+    faults: Faults,
 ) {
     let mut held: HashMap<String, Vec<String>> = HashMap::new();
     let mut seen: HashSet<gossipsub::MessageId> = HashSet::new();
@@ -156,8 +163,22 @@ async fn run(
             ev = swarm.select_next_some() => match ev {
                 SwarmEvent::NewListenAddr { address, .. } => addr = Some(address),
                 SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                    message_id, message, ..
-                })) if seen.insert(message_id.clone()) => {
+                    propagation_source, message_id, message,
+                })) => {
+                    // Simulated loss, as in cryptchat's node: as if it never arrived.
+                    let verdict = if faults.lose() {
+                        MessageAcceptance::Ignore
+                    } else {
+                        MessageAcceptance::Accept
+                    };
+                    swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        verdict,
+                    );
+                    if verdict != MessageAcceptance::Accept || !seen.insert(message_id) {
+                        continue;
+                    }
                     let room = message.topic.as_str().to_string();
                     let text = String::from_utf8_lossy(&message.data).into_owned();
                     held.entry(room.clone()).or_default().push(text.clone());
@@ -205,6 +226,9 @@ async fn run(
                         .filter(|(_, t)| t.contains(&&hash))
                         .count();
                     let _ = reply.send(n);
+                }
+                Some(Cmd::Connections(reply)) => {
+                    let _ = reply.send(swarm.connected_peers().count());
                 }
                 Some(Cmd::Addr(reply)) => {
                     let _ = reply.send(addr.clone());

@@ -176,6 +176,14 @@ impl SimNode {
         }
     }
 
+    /// Peers this node is connected to.
+    pub async fn connections(&self) -> usize {
+        match self {
+            SimNode::Chat(h) => h.status().await.map_or(0, |s| s.connected_peers),
+            SimNode::Plain(p) => p.connections().await,
+        }
+    }
+
     pub async fn block(&self, peers: Vec<PeerId>, blocked: bool) {
         match self {
             SimNode::Chat(h) => {

@@ -58,6 +58,9 @@ pub struct Report {
     pub setup_s: f64,
     /// Connected room members per node when the load started.
     pub room_peers: Percentiles,
+    /// Connected peers per node at the end of the run (every room and the DHT).
+    #[serde(default)]
+    pub connections: Percentiles,
     pub messages_sent: u64,
     pub rooms: Vec<RoomReport>,
     /// Publish-to-deliver latency over every (message, receiver) pair, in ms.
@@ -195,6 +198,12 @@ impl Report {
             "room peers per node (p50/min)",
             format!("{:.0}/{:.0}", self.room_peers.p50, self.room_peers.min),
             baseline.map(|b| format!("{:.0}/{:.0}", b.room_peers.p50, b.room_peers.min)),
+        );
+        line(
+            &mut out,
+            "connections per node (p50/max)",
+            format!("{:.0}/{:.0}", self.connections.p50, self.connections.max),
+            baseline.map(|b| format!("{:.0}/{:.0}", b.connections.p50, b.connections.max)),
         );
         line(&mut out, "setup", format!("{:.1} s", self.setup_s), None);
         out

@@ -92,6 +92,18 @@ fn record(
     }
 }
 
+/// The last `window` connection counts (a second apart) are within 5% of each other.
+fn settled(totals: &[usize], window: usize) -> bool {
+    let Some(last) = totals
+        .get(totals.len().saturating_sub(window)..)
+        .filter(|l| l.len() == window && window > 0)
+    else {
+        return false;
+    };
+    let (lo, hi) = (last.iter().min().unwrap(), last.iter().max().unwrap());
+    hi - lo <= (hi / 20).max(2)
+}
+
 fn id_of(text: &str) -> Option<usize> {
     text.strip_prefix('#')?.split(' ').next()?.parse().ok()
 }
@@ -275,24 +287,37 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             sim.start_node(i).await?;
         }
     }
+    // Warm-up: every member sees members in each of its rooms, and the network has settled
+    // (the connection count holds still, once start-up dials and DHT lookups are over), so
+    // the load meets a network in its steady state rather than one still booting.
     tracing::info!("waiting for the room meshes");
     let warm = Instant::now();
+    let mut totals: Vec<usize> = Vec::new();
+    // Long enough to see new connections outlive their grace and be trimmed.
+    let settle_window = cryptchat::peers::Budget::default().grace.as_secs() as usize + 3;
     'warm: while warm.elapsed() < Duration::from_secs_f64(s.warmup_s) {
         let mut ready = true;
-        for room in &s.rooms {
+        'rooms: for room in &s.rooms {
             let members = s.members(room);
             let need = (members.len() - 1).min(2);
             for &i in &members {
                 if sim.nodes[i].as_ref().unwrap().room_peers(&room.name).await < need {
                     ready = false;
-                    break;
+                    break 'rooms;
                 }
             }
         }
         if ready {
-            break 'warm;
+            let mut total = 0;
+            for n in sim.nodes.iter().flatten() {
+                total += n.connections().await;
+            }
+            totals.push(total);
+            if settled(&totals, settle_window) {
+                break 'warm;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     let setup = wall_start.elapsed();
     let mut degrees = Vec::new();
@@ -488,6 +513,10 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             }
         }
     }
+    let mut connections = Vec::new();
+    for n in sim.nodes.iter().flatten() {
+        connections.push(n.connections().await as f64);
+    }
     // Convergence counts from the last heal or restart, or from the end of the load.
     let convergence_from = sim.last_disruption.unwrap_or(load_end);
     let report = Report {
@@ -501,6 +530,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         nodes: s.nodes,
         setup_s: setup.as_secs_f64(),
         room_peers,
+        connections: crate::report::Percentiles::of(connections),
         messages_sent: sent.len() as u64,
         rooms,
         latency: crate::report::Percentiles::of(samples.iter().map(|x| x.latency_ms).collect()),
@@ -525,4 +555,20 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         n.stop().await;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settled_needs_a_window_of_close_counts() {
+        assert!(!settled(&[], 3));
+        assert!(!settled(&[100, 100], 3));
+        assert!(settled(&[100, 100, 100], 3));
+        assert!(settled(&[400, 103, 100, 101], 3));
+        assert!(!settled(&[400, 103, 100, 101], 4));
+        assert!(!settled(&[130, 110, 100], 3));
+        assert!(settled(&[4, 5, 6], 3), "small networks may move by two");
+    }
 }
