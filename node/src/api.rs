@@ -39,9 +39,11 @@ impl From<NodeError> for ApiError {
             NodeError::Core(CoreError::UnknownRoom(_) | CoreError::UnknownContact(_)) => {
                 StatusCode::NOT_FOUND
             }
-            NodeError::Core(CoreError::AlreadyJoined(_) | CoreError::ContactExists(_)) => {
-                StatusCode::CONFLICT
-            }
+            NodeError::Core(
+                CoreError::AlreadyJoined(_)
+                | CoreError::ContactExists(_)
+                | CoreError::TooManyRooms(_),
+            ) => StatusCode::CONFLICT,
             NodeError::Core(
                 CoreError::EmptyMessage
                 | CoreError::OwnContact

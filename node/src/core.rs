@@ -25,6 +25,8 @@ pub enum CoreError {
     UnknownRoom(String),
     #[error("already in room '{0}'; to change its password, leave it first")]
     AlreadyJoined(String),
+    #[error("already in {0} rooms, the most one node can join: leave a room first")]
+    TooManyRooms(usize),
     #[error("unknown contact '{0}': add it with cryptchat contact add NAME CODE")]
     UnknownContact(String),
     #[error("contact name '{0}' is taken by another key")]
@@ -201,7 +203,14 @@ pub struct Core {
     receipts: HashMap<RoomId, HashMap<UserId, Receipt>>,
     /// What our own receipts said last, per room: the next one carries only what changed.
     announced: HashMap<RoomId, HashMap<Id, u64>>,
+    /// Joins past this many rooms are refused ([`MAX_ROOMS`]; lower in tests).
+    room_limit: usize,
 }
+
+/// The most rooms one node can be in. A node tells each new peer all its rooms in one
+/// gossipsub frame, so the list must fit in [`crate::net::MAX_TRANSMIT`]; past that, peers
+/// would not learn of any of its rooms.
+pub const MAX_ROOMS: usize = 10_000;
 
 /// What a member's receipts say: (latest receipt counter, author -> contiguous seq held).
 /// Receipts carry changes, so they merge: a held seq only ever grows.
@@ -237,6 +246,7 @@ impl Core {
             counters: Counters::default(),
             receipts: HashMap::new(),
             announced: HashMap::new(),
+            room_limit: MAX_ROOMS,
         };
         core.check_owner()?;
         for (key, blob) in core.journal.settings_with_prefix(ROOM_PREFIX)? {
@@ -339,6 +349,9 @@ impl Core {
                 return Err(CoreError::AlreadyJoined(room.name));
             }
             return Ok((&self.rooms[existing], false));
+        }
+        if self.rooms.len() >= self.room_limit {
+            return Err(CoreError::TooManyRooms(self.rooms.len()));
         }
         let key = format!("{ROOM_PREFIX}{}", room.id.to_hex());
         let stored = serde_json::to_vec(&StoredRoom::from(&room))
@@ -922,6 +935,27 @@ mod tests {
         let id = identities()[i].clone();
         let j = Journal::open(&dir.path().join(format!("j{i}.redb"))).unwrap();
         Core::open(id, j).unwrap()
+    }
+
+    #[test]
+    fn joins_past_the_room_limit_are_refused_and_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = core(&dir, 0);
+        a.room_limit = 3;
+        for i in 0..3 {
+            a.join(Room::named(&format!("r{i}"), None).unwrap())
+                .unwrap();
+        }
+        let err = a
+            .join(Room::named("one too many", None).unwrap())
+            .unwrap_err();
+        assert!(matches!(err, CoreError::TooManyRooms(3)), "{err}");
+        // Rejoining a room already joined is still fine, and nothing was lost.
+        let (_, new) = a.join(Room::named("r1", None).unwrap()).unwrap();
+        assert!(!new);
+        assert_eq!(a.rooms().count(), 3);
+        a.leave("r0").unwrap();
+        a.join(Room::named("one too many", None).unwrap()).unwrap();
     }
 
     #[test]

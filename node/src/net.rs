@@ -32,8 +32,18 @@ pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new(crate::sync::PROTO
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cryptchat/kad/1.0.0");
 /// Identify protocol version string.
 pub const PROTOCOL_VERSION: &str = "/cryptchat/1.0.0";
-/// Gossipsub's largest frame: an envelope plus gossipsub's own framing.
-pub const MAX_TRANSMIT: usize = 64 * 1024;
+/// Gossipsub's largest frame, and the most subscription and control bytes one frame may
+/// carry. Envelopes are far smaller (`MAX_ENVELOPE`, checked by our own validation), but
+/// when a connection opens gossipsub sends the peer every topic we are in as one frame:
+/// about 83 bytes a room. libp2p's defaults (16 KiB of control and subscriptions, 64 KiB a
+/// frame) made the receiver refuse the whole list past ~195 rooms, so the peer learnt of
+/// none of them. This fits [`crate::core::MAX_ROOMS`] rooms.
+pub const MAX_TRANSMIT: usize = 1024 * 1024;
+
+/// Protobuf bytes one topic takes in a subscription list, with room to spare.
+const SUBSCRIPTION_BYTES: usize = crate::room::TOPIC_LEN + 16;
+const _: () = assert!(crate::core::MAX_ROOMS * SUBSCRIPTION_BYTES < MAX_TRANSMIT);
+const _: () = assert!(crate::envelope::MAX_ENVELOPE + 1024 < MAX_TRANSMIT);
 /// Connections stay open this long without traffic (libp2p's default of 10 s is too short
 /// for a chat whose members are idle most of the time).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -110,6 +120,7 @@ pub fn gossipsub_base(heartbeat: Duration) -> gossipsub::ConfigBuilder {
     b.heartbeat_interval(heartbeat)
         .validation_mode(ValidationMode::Anonymous)
         .max_transmit_size(MAX_TRANSMIT)
+        .max_control_message_size(MAX_TRANSMIT)
         .message_id_fn(|m| gossipsub::MessageId::from(&crypto::sha256(&[&m.data])[..20]));
     b
 }

@@ -14,6 +14,8 @@ const ROOM_PASSWORD_SALT_LABEL: &str = "cryptchat/room-password-salt/v1";
 const DIRECT_LABEL: &str = "cryptchat/direct/v1";
 const GROUP_LABEL: &str = "cryptchat/group/v1";
 pub const TOPIC_PREFIX: &str = "cryptchat/v1/";
+/// Length of every room topic: the prefix and 64 hex digits.
+pub const TOPIC_LEN: usize = TOPIC_PREFIX.len() + 64;
 /// At most this many members in a group room: every message wraps its key once per member.
 pub const MAX_GROUP_MEMBERS: usize = 32;
 
@@ -272,6 +274,7 @@ mod tests {
         assert!(c.has_password && !a.has_password);
         // The topic never contains the name.
         assert!(!a.id.topic().contains("lobby"));
+        assert_eq!(a.id.topic().len(), TOPIC_LEN);
         assert_eq!(RoomId::from_topic(&a.id.topic()), Some(a.id));
         assert_eq!(RoomId::from_topic("other/topic"), None);
         let (Access::Shared(k1), Access::Shared(k2)) = (&c.access, &d.access) else {
