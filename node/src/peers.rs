@@ -103,6 +103,42 @@ pub fn excess<P: Clone, R: Copy + Eq + Hash>(peers: &[Connected<P, R>], budget: 
     out
 }
 
+/// Paces a room's DHT lookups for members. A room short of its target asks the DHT every
+/// rendezvous round at first; while the number of members it finds stays the same, it asks
+/// half as often each time, down to once every `max_every` rounds. A node in many small
+/// rooms (all forever short of the target) would otherwise run a DHT query per room per
+/// round. New members are not missed: a newcomer looks the room up itself and dials us.
+#[derive(Clone, Debug, Default)]
+pub struct Pacing {
+    /// Members at the last lookup.
+    last: Option<usize>,
+    /// Rounds between lookups now.
+    every: u32,
+    /// Rounds left to skip.
+    skip: u32,
+}
+
+impl Pacing {
+    /// Called once per rendezvous round with the room's member count: whether to look up.
+    pub fn due(&mut self, members: usize, max_every: u32) -> bool {
+        if self.last != Some(members) {
+            *self = Pacing {
+                last: Some(members),
+                every: 1,
+                skip: 0,
+            };
+            return true;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        self.every = (self.every * 2).min(max_every.max(1));
+        self.skip = self.every - 1;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +234,21 @@ mod tests {
             .validate()
             .is_err()
         );
+    }
+
+    #[test]
+    fn lookups_thin_out_while_nothing_changes_and_restart_on_change() {
+        let mut p = Pacing::default();
+        let rounds: Vec<bool> = (0..20).map(|_| p.due(2, 8)).collect();
+        let asked: Vec<usize> = (0..20).filter(|i| rounds[*i]).collect();
+        // Rounds 0, 1, 3, 7, then every 8th.
+        assert_eq!(asked, [0, 1, 3, 7, 15]);
+        // A member left: ask right away, then thin out again.
+        assert!(p.due(1, 8));
+        assert!(p.due(1, 8));
+        assert!(!p.due(1, 8));
+        // max_every 1 means every round.
+        let mut q = Pacing::default();
+        assert!((0..10).all(|_| q.due(0, 1)));
     }
 }

@@ -173,14 +173,19 @@ const DIAL_PENDING: Duration = Duration::from_secs(15);
 /// Every this many rendezvous rounds, each room is announced in the DHT again (provider
 /// records live on other nodes' memory, which restarts lose).
 const ANNOUNCE_ROUNDS: u64 = 10;
+/// A room whose member count holds still asks the DHT at least this many rendezvous rounds
+/// apart (see [`crate::peers::Pacing`]).
+const LOOKUP_MAX_EVERY: u32 = 8;
 /// Invalid messages a peer may relay per window before it is cut off.
 const STRIKE_LIMIT: u32 = 20;
 /// Receipts go out at most this often per room.
 const RECEIPT_INTERVAL: Duration = Duration::from_secs(1);
 /// Receipts per second a whole room aims at (see `send_receipts`).
 const RECEIPTS_PER_ROOM_PER_S: f64 = 4.0;
-/// Every this many sync rounds, every room re-sends its receipt.
-const RECEIPT_REFRESH_ROUNDS: u64 = 6;
+/// Every this many sync rounds, every room re-sends its whole receipt, for members that
+/// missed a change (receipts are best-effort gossip). A peer that subscribes to one of our
+/// rooms gets a whole receipt sooner.
+const RECEIPT_REFRESH_ROUNDS: u64 = 60;
 const STRIKE_WINDOW: Duration = Duration::from_secs(60);
 const BAN_TIME: Duration = Duration::from_secs(300);
 
@@ -363,6 +368,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         budget: cfg.budget,
         rank_salt: rand::random(),
         room_dials: HashMap::new(),
+        lookups: HashMap::new(),
         relayed: HashMap::new(),
         reconcile: reconcile::State::new(internal_tx),
         strikes: HashMap::new(),
@@ -412,6 +418,8 @@ struct Service {
     rank_salt: u64,
     /// Members dialled because the DHT named them, per room, not yet counted as members.
     room_dials: HashMap<RoomId, HashMap<PeerId, std::time::Instant>>,
+    /// Per-room pacing of DHT lookups for members.
+    lookups: HashMap<RoomId, crate::peers::Pacing>,
     /// Reservations and circuits our relay serves, per peer: their connections stay open.
     relayed: HashMap<PeerId, u32>,
     reconcile: reconcile::State,
@@ -499,12 +507,12 @@ impl Service {
                     None => break,
                 },
                 _ = fast.tick(), if tokio::time::Instant::now() < settle_until => {
-                    self.rendezvous_all(false);
+                    self.rendezvous_all(false, false);
                     self.flush_outbox_all();
                 }
                 _ = slow.tick() => {
                     rendezvous_rounds += 1;
-                    self.rendezvous_all(rendezvous_rounds.is_multiple_of(ANNOUNCE_ROUNDS));
+                    self.rendezvous_all(rendezvous_rounds.is_multiple_of(ANNOUNCE_ROUNDS), true);
                     self.flush_outbox_all();
                 }
             }
@@ -526,12 +534,13 @@ impl Service {
         if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
             tracing::warn!(error = %e, "gossipsub subscribe failed");
         }
-        self.rendezvous(id, true);
+        self.rendezvous(id, true, false);
     }
 
     /// Announces ourselves as a member of the room in the DHT (with `announce`), and looks
-    /// for other members if the room has fewer connected than the budget's target.
-    fn rendezvous(&mut self, id: RoomId, announce: bool) {
+    /// for other members if the room has fewer connected than the budget's target (with
+    /// `paced`, less and less often while that number holds still).
+    fn rendezvous(&mut self, id: RoomId, announce: bool, paced: bool) {
         if !self.kad_ready {
             return;
         }
@@ -540,7 +549,14 @@ impl Service {
             tracing::warn!(error = %e, "could not announce room membership");
         }
         let have = self.room_peers_or_dialled(id);
-        if have < self.budget.target {
+        if have < self.budget.target
+            && (!paced
+                || self
+                    .lookups
+                    .entry(id)
+                    .or_default()
+                    .due(have, LOOKUP_MAX_EVERY))
+        {
             tracing::debug!(have, "looking for room members in the DHT");
             self.swarm.behaviour_mut().kad.get_providers(key);
         }
@@ -612,10 +628,10 @@ impl Service {
         }
     }
 
-    fn rendezvous_all(&mut self, announce: bool) {
+    fn rendezvous_all(&mut self, announce: bool, paced: bool) {
         let ids: Vec<RoomId> = self.core.rooms().map(|r| r.id).collect();
         for id in ids {
-            self.rendezvous(id, announce);
+            self.rendezvous(id, announce, paced);
         }
     }
 
@@ -778,6 +794,7 @@ impl Service {
                             .kad
                             .stop_providing(&kad::RecordKey::new(&room.id.0));
                         self.outbox.remove(&room.id);
+                        self.lookups.remove(&room.id);
                         Ok(self.core.room_view(&room)?)
                     });
                 let _ = r.send(res);
@@ -848,7 +865,7 @@ impl Service {
                     for addr in self.bootstrap.clone() {
                         self.dial_addr(addr);
                     }
-                    self.rendezvous_all(false);
+                    self.rendezvous_all(false, false);
                 }
                 let _ = r.send(Ok(()));
             }
@@ -948,7 +965,7 @@ impl Service {
                     if !self.kad_ready {
                         self.kad_ready = true;
                         let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                        self.rendezvous_all(true);
+                        self.rendezvous_all(true, false);
                     }
                 }
             }
@@ -1286,9 +1303,11 @@ impl Service {
             gossipsub::Event::Subscribed { peer_id, topic } => {
                 if let Some(id) = RoomId::from_topic(topic.as_str()) {
                     self.flush_outbox(id);
-                    // A member appeared: reconcile with it right away.
+                    // A member appeared: reconcile with it right away, and tell it what we
+                    // hold (receipts are deltas; it has seen none of ours).
                     if self.core.room(&id).is_some() {
                         self.start_hello(peer_id, id, false);
+                        self.receipts_due.insert(id, true);
                     }
                 }
             }
