@@ -16,7 +16,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     identify: identify::Behaviour,
-    gossipsub: gossipsub::Behaviour,
+    gossipsub:
+        gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::AllowAllSubscriptionFilter>,
 }
 
 enum Cmd {
@@ -67,9 +68,12 @@ impl PlainNode {
                         "/netsim-baseline/1".into(),
                         k.public(),
                     )),
-                    gossipsub: gossipsub::Behaviour::new(
+                    // Like cryptchat's own filter: any number of topics per peer (the
+                    // stock filter drops a peer's subscriptions past 100 rooms).
+                    gossipsub: gossipsub::Behaviour::new_with_subscription_filter(
                         cryptchat::net::GOSSIP_AUTHENTICITY,
                         gcfg,
+                        gossipsub::AllowAllSubscriptionFilter {},
                     )?,
                 })
             })?

@@ -30,6 +30,12 @@ enum Cmd {
         /// Override the number of nodes (to find where a scenario breaks).
         #[arg(long)]
         nodes: Option<usize>,
+        /// Override the message rate (per sender per room per second).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Override the count of every counted room spec (`count = ...`).
+        #[arg(long)]
+        rooms: Option<usize>,
         /// Write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -55,17 +61,23 @@ fn main() -> Result<()> {
                 baseline,
                 seed,
                 nodes,
+                rooms,
+                rate,
                 json,
                 svg,
             },
     } = Cli::parse();
-    let mut s = Scenario::load(&scenario)?;
+    let mut s = Scenario::load_with(&scenario, rooms)?;
     if let Some(seed) = seed {
         s.seed = seed;
     }
     if let Some(n) = nodes {
         s.nodes = n;
     }
+    if let Some(r) = rate {
+        s.load.rate = r;
+    }
+    s.validate()?;
     let rt = tokio::runtime::Runtime::new()?;
     let base = if baseline {
         let opts = Options {

@@ -30,6 +30,9 @@ impl Percentiles {
     }
 }
 
+/// Past this many rooms the table summarises them instead of a line per room.
+const MAX_ROOM_LINES: usize = 10;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RoomReport {
     pub name: String,
@@ -48,6 +51,31 @@ pub struct Sample {
     pub sent_s: f64,
     pub latency_ms: f64,
     pub node: usize,
+}
+
+/// What the nodes cost while nothing is sent (the scenario's `idle_s`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Idle {
+    pub seconds: f64,
+    /// (room, member) pairs, summed over all nodes.
+    pub memberships: usize,
+    /// Process CPU over the idle period, in % of one core.
+    pub cpu_percent: f64,
+    /// Resident memory before the first node started, and at the start of the idle period.
+    pub rss_before_mib: f64,
+    pub rss_mib: f64,
+}
+
+impl Idle {
+    /// CPU per joined room, in microseconds per second (millionths of a core).
+    pub fn cpu_us_per_s_per_room(&self) -> f64 {
+        self.cpu_percent * 1e4 / self.memberships.max(1) as f64
+    }
+
+    /// Resident memory the nodes added, per joined room, in KiB.
+    pub fn kib_per_room(&self) -> f64 {
+        (self.rss_mib - self.rss_before_mib).max(0.0) * 1024.0 / self.memberships.max(1) as f64
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -75,6 +103,9 @@ pub struct Report {
     pub cpu_s_per_node: f64,
     pub peak_rss_mib_per_node: f64,
     pub wall_s: f64,
+    /// Idle cost, if the scenario has an idle period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Idle>,
     /// Delivery ratio seen through live events, per node (online at the end).
     pub per_node_delivery: Vec<f64>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
@@ -108,18 +139,52 @@ impl Report {
                 "", "cryptchat", "baseline"
             ));
         }
-        for r in &self.rooms {
-            let b = baseline.and_then(|b| b.rooms.iter().find(|x| x.name == r.name));
+        if self.rooms.len() <= MAX_ROOM_LINES {
+            for r in &self.rooms {
+                let b = baseline.and_then(|b| b.rooms.iter().find(|x| x.name == r.name));
+                line(
+                    &mut out,
+                    &format!("delivery in {} ({} online)", r.name, r.online_members),
+                    format!("{:.2}%", r.delivery_ratio * 100.0),
+                    b.map(|b| format!("{:.2}%", b.delivery_ratio * 100.0)),
+                );
+                line(
+                    &mut out,
+                    &format!("journals identical in {}", r.name),
+                    r.journals_identical.to_string(),
+                    None,
+                );
+            }
+        } else {
+            // Many rooms: the worst room and how many fell short say it all.
+            let worst = |rooms: &[RoomReport]| {
+                rooms
+                    .iter()
+                    .map(|r| r.delivery_ratio)
+                    .fold(1.0f64, f64::min)
+            };
+            let full =
+                |rooms: &[RoomReport]| rooms.iter().filter(|r| r.delivery_ratio >= 1.0).count();
             line(
                 &mut out,
-                &format!("delivery in {} ({} online)", r.name, r.online_members),
-                format!("{:.2}%", r.delivery_ratio * 100.0),
-                b.map(|b| format!("{:.2}%", b.delivery_ratio * 100.0)),
+                &format!("delivery, worst of {} rooms", self.rooms.len()),
+                format!("{:.2}%", worst(&self.rooms) * 100.0),
+                baseline.map(|b| format!("{:.2}%", worst(&b.rooms) * 100.0)),
             );
             line(
                 &mut out,
-                &format!("journals identical in {}", r.name),
-                r.journals_identical.to_string(),
+                "rooms with full delivery",
+                format!("{}/{}", full(&self.rooms), self.rooms.len()),
+                baseline.map(|b| format!("{}/{}", full(&b.rooms), b.rooms.len())),
+            );
+            line(
+                &mut out,
+                "rooms with identical journals",
+                format!(
+                    "{}/{}",
+                    self.rooms.iter().filter(|r| r.journals_identical).count(),
+                    self.rooms.len()
+                ),
                 None,
             );
         }
@@ -205,7 +270,47 @@ impl Report {
             format!("{:.0}/{:.0}", self.connections.p50, self.connections.max),
             baseline.map(|b| format!("{:.0}/{:.0}", b.connections.p50, b.connections.max)),
         );
+        if let Some(i) = &self.idle {
+            let b = baseline.and_then(|b| b.idle.as_ref());
+            line(
+                &mut out,
+                &format!("idle CPU ({} rooms joined)", i.memberships),
+                format!("{:.2}%", i.cpu_percent),
+                b.map(|b| format!("{:.2}%", b.cpu_percent)),
+            );
+            line(
+                &mut out,
+                "idle CPU per joined room",
+                format!("{:.1} us/s", i.cpu_us_per_s_per_room()),
+                b.map(|b| format!("{:.1} us/s", b.cpu_us_per_s_per_room())),
+            );
+            line(
+                &mut out,
+                "memory per joined room",
+                format!("{:.1} KiB", i.kib_per_room()),
+                b.map(|b| format!("{:.1} KiB", b.kib_per_room())),
+            );
+        }
         line(&mut out, "setup", format!("{:.1} s", self.setup_s), None);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_costs_are_shared_by_the_joined_rooms() {
+        let idle = Idle {
+            seconds: 60.0,
+            memberships: 2000,
+            cpu_percent: 4.0,
+            rss_before_mib: 100.0,
+            rss_mib: 150.0,
+        };
+        // 4% of a core is 40,000 us/s, over 2,000 rooms.
+        assert!((idle.cpu_us_per_s_per_room() - 20.0).abs() < 1e-9);
+        assert!((idle.kib_per_room() - 25.6).abs() < 1e-9);
     }
 }

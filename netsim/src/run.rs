@@ -259,6 +259,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             baseline: opts.baseline,
         })
         .collect();
+    let rss_before = stats::memory_mib();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut sim = Sim {
         s,
@@ -328,6 +329,25 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
     }
     let room_peers = crate::report::Percentiles::of(degrees);
     tracing::info!(?room_peers, "connected room members per node after warm-up");
+
+    // Idle: nothing is sent; what the nodes do now is what staying in their rooms costs.
+    let idle = if s.idle_s > 0.0 {
+        tracing::info!(seconds = s.idle_s, "measuring the idle network");
+        let rss_mib = stats::memory_mib();
+        let cpu0 = stats::cpu_time();
+        let t = Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(s.idle_s)).await;
+        let seconds = t.elapsed().as_secs_f64();
+        Some(crate::report::Idle {
+            seconds,
+            memberships: s.memberships(),
+            cpu_percent: (stats::cpu_time() - cpu0) / seconds * 100.0,
+            rss_before_mib: rss_before,
+            rss_mib,
+        })
+    } else {
+        None
+    };
 
     // The load: each sender sends into each of its rooms at the given rate, with seeded
     // jitter so senders do not tick in lockstep.
@@ -545,6 +565,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         cpu_s_per_node: (stats::cpu_time() - cpu_start) / s.nodes as f64,
         peak_rss_mib_per_node: stats::peak_memory_mib() / s.nodes as f64,
         wall_s: wall_start.elapsed().as_secs_f64(),
+        idle,
         per_node_delivery: per_node_delivery
             .into_iter()
             .map(|(a, b)| if b == 0 { 1.0 } else { a as f64 / b as f64 })
