@@ -33,12 +33,12 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cryptchat/kad/1.0
 /// Identify protocol version string.
 pub const PROTOCOL_VERSION: &str = "/cryptchat/1.0.0";
 /// Gossipsub's largest frame, and the most subscription and control bytes one frame may
-/// carry. Envelopes are far smaller (`MAX_ENVELOPE`, checked by our own validation), but
-/// when a connection opens gossipsub sends the peer every topic we are in as one frame:
-/// about 83 bytes a room. libp2p's defaults (16 KiB of control and subscriptions, 64 KiB a
-/// frame) made the receiver refuse the whole list past ~195 rooms, so the peer learnt of
-/// none of them. This fits [`crate::core::MAX_ROOMS`] rooms.
-pub const MAX_TRANSMIT: usize = 1024 * 1024;
+/// carry. When a connection opens gossipsub sends the peer every topic we are in as one
+/// frame, about 83 bytes a room; libp2p's default control limit (16 KiB) made the receiver
+/// refuse the whole list past ~195 rooms, so the peer learnt of none of them. Both limits
+/// are 64 KiB, which fits [`crate::core::MAX_ROOMS`] rooms. (1 MiB frames broke
+/// WebRTC-direct connections: tests/chat.rs, `room_chat_over_webrtc_direct`.)
+pub const MAX_TRANSMIT: usize = 64 * 1024;
 
 /// Protobuf bytes one topic takes in a subscription list, with room to spare.
 const SUBSCRIPTION_BYTES: usize = crate::room::TOPIC_LEN + 16;

@@ -107,7 +107,9 @@ pub fn excess<P: Clone, R: Copy + Eq + Hash>(peers: &[Connected<P, R>], budget: 
 /// rendezvous round at first; while the number of members it finds stays the same, it asks
 /// half as often each time, down to once every `max_every` rounds. A node in many small
 /// rooms (all forever short of the target) would otherwise run a DHT query per room per
-/// round. New members are not missed: a newcomer looks the room up itself and dials us.
+/// round. New members are not missed: a newcomer looks the room up itself and dials us. A
+/// lookup that names a member we are not connected to starts the pacing over (the service
+/// drops it), so a failed dial is retried at the next round.
 #[derive(Clone, Debug, Default)]
 pub struct Pacing {
     /// Members at the last lookup.

@@ -991,6 +991,11 @@ impl Service {
                         .filter(|p| *p != me && !self.swarm.is_connected(p))
                         .take(want)
                         .collect();
+                    // Someone to reach: keep looking every round until they show up, in
+                    // case the dial fails (pacing is for lookups that find nobody new).
+                    if !fresh.is_empty() {
+                        self.lookups.remove(&room);
+                    }
                     for p in fresh {
                         self.room_dials
                             .entry(room)
