@@ -1224,10 +1224,15 @@ impl Service {
             }
             _ => MessageAcceptance::Ignore,
         };
+        self.verdict(&message_id, &source, verdict);
+    }
+
+    /// Tells gossipsub whether to forward a message it is holding for validation.
+    fn verdict(&mut self, id: &gossipsub::MessageId, source: &PeerId, verdict: MessageAcceptance) {
         self.swarm
             .behaviour_mut()
             .gossipsub
-            .report_message_validation_result(&message_id, &source, verdict);
+            .report_message_validation_result(id, source, verdict);
     }
 
     /// Counts an invalid message relayed by `peer`; past the limit the peer is cut off for a
@@ -1272,14 +1277,7 @@ impl Service {
                 let topic = message.topic.as_str().to_string();
                 if self.faults.lose() {
                     // Simulated loss: as if the message never arrived (sync recovers it).
-                    self.swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .report_message_validation_result(
-                            &message_id,
-                            &propagation_source,
-                            MessageAcceptance::Ignore,
-                        );
+                    self.verdict(&message_id, &propagation_source, MessageAcceptance::Ignore);
                     return;
                 }
                 match self.core.admit(&topic, message.data) {
@@ -1289,14 +1287,7 @@ impl Service {
                         // node's clients once stored. (Its author stored it before
                         // publishing, so a crash here loses nothing reconciliation cannot
                         // bring back.)
-                        self.swarm
-                            .behaviour_mut()
-                            .gossipsub
-                            .report_message_validation_result(
-                                &message_id,
-                                &propagation_source,
-                                MessageAcceptance::Accept,
-                            );
+                        self.verdict(&message_id, &propagation_source, MessageAcceptance::Accept);
                         self.unstored.push((propagation_source, *entry));
                     }
                     Admitted::Done(incoming) => {
