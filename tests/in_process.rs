@@ -190,40 +190,65 @@ async fn a_big_room_keeps_connections_within_the_budget() {
 /// Gossipsub tells a new peer every room a node is in as one frame. With libp2p's default
 /// limits (16 KiB of subscriptions and control per frame) that list was refused whole past
 /// ~195 rooms, so a peer connecting to a node in more rooms learnt of none of them, and
-/// messages in those rooms never reached it. A node may join MAX_ROOMS (700) rooms.
+/// messages in those rooms never reached it. A node may join MAX_ROOMS (1,000) rooms, and all
+/// of them reach a new peer. History in hundreds of shared rooms reconciles too: with one
+/// sync request per room per round, a peer sharing that many rooms was refused most of them
+/// (rate limit, stream limit) and those rooms never caught up.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_in_hundreds_of_rooms_is_heard_in_all_of_them() {
     const ROOMS: usize = cryptchat::core::MAX_ROOMS;
+    // More than one vector-exchange request holds (sync::MAX_HELLOS).
+    const HISTORY_ROOMS: usize = 300;
     let dir = tempfile::tempdir().unwrap();
-    let b = node(identity("bob"), &dir.path().join("b"), &[]).await;
+    let bob = identity("bob");
+    let b = node(bob.clone(), &dir.path().join("b"), &[]).await;
     // Bob is in every room before anyone connects: his only announcement to Alice is the
     // subscription list sent when the connection opens.
     for i in 0..ROOMS {
         b.join(&format!("room-{i}"), None).await.unwrap();
     }
-    let a = node(
-        identity("alice"),
-        &dir.path().join("a"),
-        &[first_addr(&b).await],
-    )
-    .await;
+    // Written while Bob is alone, then he restarts: what waited to be published is gone
+    // with the process, and only reconciliation can bring it to Alice.
+    let a = node(identity("alice"), &dir.path().join("a"), &[]).await;
+    for i in 0..HISTORY_ROOMS {
+        let room = format!("room-{}", ROOMS - 1 - i);
+        let sent = b.send(&room, &format!("history {i}")).await.unwrap();
+        assert!(!sent.published);
+        a.join(&room, None).await.unwrap();
+    }
+    b.shutdown().await.unwrap();
+    let b = node(bob, &dir.path().join("b"), &[]).await;
+    a.dial(first_addr(&b).await.parse().unwrap()).await.unwrap();
     wait_for("alice connected to bob", T, async || {
         a.status().await.unwrap().connected_peers == 1
     })
     .await;
-    for room in ["room-0", "room-500", "room-699"] {
+    wait_for("history in every shared room", T, async || {
+        let mut caught_up = 0;
+        for r in a.rooms().await.unwrap() {
+            caught_up += usize::from(texts(&a, &r.name).await.len() == 1);
+        }
+        caught_up == HISTORY_ROOMS
+    })
+    .await;
+    for i in [0, HISTORY_ROOMS - 1] {
+        let room = format!("room-{}", ROOMS - 1 - i);
+        assert_eq!(texts(&a, &room).await, [format!("history {i}")]);
+    }
+    // Live traffic both ways in rooms Alice joins now, at either end of Bob's list.
+    for room in ["room-0", "room-500"] {
         a.join(room, None).await.unwrap();
         wait_for("bob as a member", T, async || {
             room_peers(&a, room).await == 1
         })
         .await;
     }
-    b.send("room-699", "from one of hundreds of rooms")
+    b.send("room-500", "from one of hundreds of rooms")
         .await
         .unwrap();
     a.send("room-0", "back to you").await.unwrap();
     wait_for("bob's message", T, async || {
-        texts(&a, "room-699").await == ["from one of hundreds of rooms"]
+        texts(&a, "room-500").await == ["from one of hundreds of rooms"]
     })
     .await;
     wait_for("alice's message", T, async || {

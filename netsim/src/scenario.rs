@@ -298,8 +298,8 @@ mod tests {
     fn room_counts_can_be_overridden() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/many-rooms.toml");
         let s = Scenario::load(&path).unwrap();
-        assert_eq!(s.rooms.len(), 700);
-        assert_eq!(s.memberships(), 1400);
+        assert_eq!(s.rooms.len(), 1000);
+        assert_eq!(s.memberships(), 2000);
         let s = Scenario::load_with(&path, Some(10)).unwrap();
         assert_eq!(s.rooms.len(), 10);
         assert_eq!(s.rooms[9].name, "room-9");

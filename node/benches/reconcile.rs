@@ -138,20 +138,20 @@ fn round_sizes() {
     for n in [10, 100, 1000] {
         let mut views: PeerViews<u8> = PeerViews::default();
         let v = vector(n, 10);
-        let full = encoded_len(&SyncRequest::Hello(views.hello(
+        let full = encoded_len(&SyncRequest::Hellos(vec![views.hello(
             &0,
             [0; 32],
             &v,
             vec![],
             false,
-        )));
-        let idle = encoded_len(&SyncRequest::Hello(views.hello(
+        )]));
+        let idle = encoded_len(&SyncRequest::Hellos(vec![views.hello(
             &0,
             [0; 32],
             &v,
             vec![],
             false,
-        )));
+        )]));
         let mut v2 = v.clone();
         let first = *v2.keys().next().unwrap();
         v2.insert(
@@ -161,13 +161,13 @@ fn round_sizes() {
                 hash: [9; 32],
             },
         );
-        let one = encoded_len(&SyncRequest::Hello(views.hello(
+        let one = encoded_len(&SyncRequest::Hellos(vec![views.hello(
             &0,
             [0; 32],
             &v2,
             vec![],
             false,
-        )));
+        )]));
         println!("| {n} | {full} | {idle} | {one} |");
     }
 }

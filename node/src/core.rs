@@ -210,7 +210,7 @@ pub struct Core {
 /// The most rooms one node can be in. A node tells each new peer all its rooms in one
 /// gossipsub frame, so the list must fit in [`crate::net::MAX_TRANSMIT`]; past that, peers
 /// would not learn of any of its rooms.
-pub const MAX_ROOMS: usize = 700;
+pub const MAX_ROOMS: usize = 1000;
 
 /// What a member's receipts say: (latest receipt counter, author -> contiguous seq held).
 /// Receipts carry changes, so they merge: a held seq only ever grows.

@@ -34,16 +34,24 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cryptchat/kad/1.0
 pub const PROTOCOL_VERSION: &str = "/cryptchat/1.0.0";
 /// Gossipsub's largest frame, and the most subscription and control bytes one frame may
 /// carry. When a connection opens gossipsub sends the peer every topic we are in as one
-/// frame, about 83 bytes a room; libp2p's default control limit (16 KiB) made the receiver
-/// refuse the whole list past ~195 rooms, so the peer learnt of none of them. Both limits
-/// are 64 KiB, which fits [`crate::core::MAX_ROOMS`] rooms. (1 MiB frames broke
-/// WebRTC-direct connections: tests/chat.rs, `room_chat_over_webrtc_direct`.)
+/// frame; libp2p's default control limit (16 KiB) made the receiver refuse the whole list
+/// past ~195 rooms, so the peer learnt of none of them. Both limits are 64 KiB, which fits
+/// [`crate::core::MAX_ROOMS`] rooms. (1 MiB frames broke WebRTC-direct connections:
+/// tests/chat.rs, `room_chat_over_webrtc_direct`.)
 pub const MAX_TRANSMIT: usize = 64 * 1024;
 
-/// Protobuf bytes one topic takes in a subscription list, with room to spare.
-const SUBSCRIPTION_BYTES: usize = crate::room::TOPIC_LEN + 16;
-const _: () = assert!(crate::core::MAX_ROOMS * SUBSCRIPTION_BYTES < MAX_TRANSMIT);
+/// Protobuf bytes one topic takes in a subscription list: the `subscriptions` field's tag
+/// and length (2), the `subscribe`, `requestsPartial` and `supportsPartial` flags (2 each),
+/// the `topic_id` field's tag and length (2) and the topic itself (one-byte lengths hold
+/// while topics are under 110 bytes). Checked against libp2p: 1,000 56-byte topics made a
+/// 66,318-byte frame (see docs/protocol.md, "Topic").
+const SUBSCRIPTION_BYTES: usize = crate::room::TOPIC_LEN + 10;
+const _: () = assert!(crate::room::TOPIC_LEN < 110);
+/// The whole list, plus the frame's length prefix, fits with a margin.
+const _: () = assert!(crate::core::MAX_ROOMS * SUBSCRIPTION_BYTES + 1024 < MAX_TRANSMIT);
 const _: () = assert!(crate::envelope::MAX_ENVELOPE + 1024 < MAX_TRANSMIT);
+/// Sync streams open at once per connection (see `build_swarm`).
+pub const SYNC_MAX_STREAMS: usize = 256;
 /// Connections stay open this long without traffic (libp2p's default of 10 s is too short
 /// for a chat whose members are idle most of the time).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -183,7 +191,10 @@ pub fn build_swarm(
                 sync: request_response::cbor::Behaviour::new(
                     [(SYNC_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(60)),
+                        .with_request_timeout(Duration::from_secs(60))
+                        // A vector exchange covers many rooms, but the pulls it leads to are
+                        // one per room, all due together: more than libp2p's default 100.
+                        .with_max_concurrent_streams(SYNC_MAX_STREAMS),
                 ),
                 relay_client,
                 relay: relay::Behaviour::new(peer_id, relay::Config::default()),

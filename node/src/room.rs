@@ -4,6 +4,8 @@
 //! from the room id, which hides the name and, for password rooms, costs an argon2id run per
 //! guess.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, CryptoError, SecretKey};
@@ -13,9 +15,12 @@ const ROOM_LABEL: &str = "cryptchat/room/v1";
 const ROOM_PASSWORD_SALT_LABEL: &str = "cryptchat/room-password-salt/v1";
 const DIRECT_LABEL: &str = "cryptchat/direct/v1";
 const GROUP_LABEL: &str = "cryptchat/group/v1";
-pub const TOPIC_PREFIX: &str = "cryptchat/v1/";
-/// Length of every room topic: the prefix and 64 hex digits.
-pub const TOPIC_LEN: usize = TOPIC_PREFIX.len() + 64;
+/// Topics are short because every topic a node is in goes to each new peer in one gossipsub
+/// frame (see [`crate::net::MAX_TRANSMIT`]): v1 was `cryptchat/v1/` and the id in hex, 77
+/// bytes in all.
+pub const TOPIC_PREFIX: &str = "cc/v2/";
+/// Length of every room topic: the prefix and the id in unpadded base64url (43 characters).
+pub const TOPIC_LEN: usize = TOPIC_PREFIX.len() + 43;
 /// At most this many members in a group room: every message wraps its key once per member.
 pub const MAX_GROUP_MEMBERS: usize = 32;
 
@@ -30,13 +35,13 @@ impl RoomId {
 
     /// The gossipsub topic string for this room.
     pub fn topic(&self) -> String {
-        format!("{TOPIC_PREFIX}{}", self.to_hex())
+        format!("{TOPIC_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.0))
     }
 
     /// Parses a topic string back into a room id (None for foreign topics).
     pub fn from_topic(topic: &str) -> Option<Self> {
-        let hex_part = topic.strip_prefix(TOPIC_PREFIX)?;
-        let bytes = hex::decode(hex_part).ok()?;
+        let encoded = topic.strip_prefix(TOPIC_PREFIX)?;
+        let bytes = URL_SAFE_NO_PAD.decode(encoded).ok()?;
         Some(RoomId(bytes.try_into().ok()?))
     }
 }

@@ -4,7 +4,9 @@
 //! the ranges it lacks, in bounded batches. To keep the exchange small, a peer sends only the
 //! heads that changed since what it last told that peer, plus a digest of its whole vector;
 //! a receiver whose reconstruction does not match the digest asks for the full vector again.
-//! Forks travel as (author, seq) pairs; a peer that lacks a proof pulls it.
+//! Forks travel as (author, seq) pairs; a peer that lacks a proof pulls it. A round's
+//! vectors for every room two peers share travel in one request ([`batches`]), so a node in
+//! a thousand rooms opens a few streams per round, not a thousand.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
@@ -15,7 +17,7 @@ use crate::crypto;
 use crate::journal::{Head, Id};
 
 /// Request-response protocol name.
-pub const PROTOCOL: &str = "/cryptchat/sync/1.0.0";
+pub const PROTOCOL: &str = "/cryptchat/sync/2.0.0";
 /// At most this many entries in one response.
 pub const MAX_BATCH_ENTRIES: usize = 512;
 /// At most this many envelope bytes in one response (below the codec's 10 MiB cap).
@@ -25,6 +27,11 @@ pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_HEADS: usize = 10_000;
 /// At most this many ranges in one pull.
 pub const MAX_RANGES: usize = 1024;
+/// At most this many rooms' vectors in one request; a longer list is refused whole.
+pub const MAX_HELLOS: usize = 256;
+/// A request takes no more rooms once its vectors hold this many heads (a room's vector
+/// alone may hold more, up to [`MAX_HEADS`]): keeps requests far below the codec's 1 MiB.
+pub const MAX_BATCH_HEADS: usize = 4096;
 
 /// One author's head as carried on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +78,8 @@ pub struct Range {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum SyncRequest {
-    Hello(Hello),
+    /// Our vectors for rooms we share with the peer (at most [`MAX_HELLOS`]).
+    Hellos(Vec<Hello>),
     Pull {
         #[serde(with = "serde_bytes")]
         room: Id,
@@ -84,11 +92,30 @@ pub enum SyncRequest {
     },
 }
 
+/// The answer for one room of a [`SyncRequest::Hellos`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum SyncResponse {
+pub enum HelloReply {
+    /// The responder's vector for that room.
     Hello(Hello),
     /// The change could not be applied: send the whole vector.
-    Resend,
+    Resend(#[serde(with = "serde_bytes")] Id),
+    /// Not a room the responder is in (or its vector is too large).
+    Denied(#[serde(with = "serde_bytes")] Id, String),
+}
+
+impl HelloReply {
+    pub fn room(&self) -> Id {
+        match self {
+            HelloReply::Hello(h) => h.room,
+            HelloReply::Resend(r) | HelloReply::Denied(r, _) => *r,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SyncResponse {
+    /// One reply per room asked, in any order.
+    Hellos(Vec<HelloReply>),
     Entries {
         entries: Vec<serde_bytes::ByteBuf>,
         /// More of the requested ranges remain.
@@ -112,6 +139,25 @@ pub fn digest(vector: &BTreeMap<Id, Head>) -> Id {
         buf.extend_from_slice(&h.hash);
     }
     crypto::sha256_framed("cryptchat/vector/v1", &[&buf])
+}
+
+/// Splits one round's vectors for a peer into requests: at most [`MAX_HELLOS`] rooms and,
+/// past the first room, [`MAX_BATCH_HEADS`] heads each.
+pub fn batches(hellos: Vec<Hello>) -> Vec<Vec<Hello>> {
+    let mut out: Vec<Vec<Hello>> = Vec::new();
+    let mut heads = 0;
+    for h in hellos {
+        let fits = out.last().is_some_and(|b| {
+            b.len() < MAX_HELLOS && heads + h.heads.len() + h.forks.len() <= MAX_BATCH_HEADS
+        });
+        if !fits {
+            out.push(Vec::new());
+            heads = 0;
+        }
+        heads += h.heads.len() + h.forks.len();
+        out.last_mut().expect("pushed above").push(h);
+    }
+    out
 }
 
 /// Our knowledge about one peer in one room.
@@ -409,11 +455,40 @@ mod tests {
         let mut alice: PeerViews<u8> = PeerViews::default();
         for n in [10, 100, 1000] {
             let h = alice.hello(&(n as u8), [0; 32], &vector(n, 1), vec![], false);
-            let len = encoded_len(&SyncRequest::Hello(h));
+            let len = encoded_len(&SyncRequest::Hellos(vec![h]));
             assert!(
                 len > n * 72 && len < n * 90 + 200,
                 "{n} authors: {len} bytes"
             );
         }
+    }
+
+    #[test]
+    fn a_round_for_many_rooms_goes_in_a_few_bounded_requests() {
+        let mut alice: PeerViews<&str> = PeerViews::default();
+        // A thousand rooms of three authors each: four requests of at most 256 rooms.
+        let hellos: Vec<Hello> = (0..1000u32)
+            .map(|i| {
+                let mut room = [0u8; 32];
+                room[..4].copy_from_slice(&i.to_be_bytes());
+                alice.hello(&"bob", room, &vector(3, 1), vec![], false)
+            })
+            .collect();
+        let b = batches(hellos.clone());
+        assert_eq!(
+            b.iter().map(Vec::len).collect::<Vec<_>>(),
+            [256, 256, 256, 232]
+        );
+        assert_eq!(b.concat(), hellos);
+        for batch in &b {
+            assert!(encoded_len(&SyncRequest::Hellos(batch.clone())) < 256 * 1024);
+        }
+        // Large vectors: the heads cap splits sooner, and a room larger than the cap still
+        // goes, alone.
+        let mut big = |n: usize, i: u8| alice.hello(&"bob", [i; 32], &vector(n, 1), vec![], true);
+        let b = batches(vec![big(3000, 1), big(1000, 2), big(5000, 3), big(10, 4)]);
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1, 1]);
+        assert_eq!(b[1][0].heads.len(), 5000);
+        assert!(batches(vec![]).is_empty());
     }
 }

@@ -516,6 +516,8 @@ impl Service {
                     self.flush_outbox_all();
                 }
             }
+            // Whatever the event called for, one vector exchange per peer carries it.
+            self.send_hellos();
         }
         // What was verified but not yet stored goes to disk.
         self.commit_unstored();

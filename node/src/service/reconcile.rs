@@ -2,7 +2,7 @@
 //! ranges, serving peers' pulls, and verifying batches off the swarm task. The protocol
 //! logic itself lives in [`crate::sync`] and [`crate::core`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -13,7 +13,9 @@ use super::{Event, Service};
 use crate::core::{self, Rejection};
 use crate::envelope::{Envelope, Payload};
 use crate::room::RoomId;
-use crate::sync::{ApplyError, ForkRef, PeerViews, SyncRequest, SyncResponse};
+use crate::sync::{
+    self, ApplyError, ForkRef, Hello, HelloReply, PeerViews, SyncRequest, SyncResponse,
+};
 
 /// Requests a peer may make per window before it is told to slow down.
 const RATE_LIMIT: u32 = 200;
@@ -47,7 +49,8 @@ pub(crate) enum Internal {
 }
 
 enum Pending {
-    Hello(PeerId, RoomId),
+    /// Vectors for these rooms, in one request.
+    Hellos(PeerId, Vec<RoomId>),
     Pull(PeerId, RoomId),
     Fork(RoomId, ForkRef),
 }
@@ -55,6 +58,9 @@ enum Pending {
 pub(crate) struct State {
     views: PeerViews<PeerId>,
     hello_in_flight: HashSet<(PeerId, RoomId)>,
+    /// Vector exchanges to start, per peer (room -> send the whole vector): sent together
+    /// by [`Service::send_hellos`] once the current event is handled.
+    hellos_due: HashMap<PeerId, BTreeMap<RoomId, bool>>,
     pull_in_flight: HashSet<(PeerId, RoomId)>,
     /// Authors being pulled right now, and from whom: one peer at a time per author, so
     /// a node catching up does not fetch the same entries from every member at once.
@@ -73,6 +79,7 @@ impl State {
         State {
             views: PeerViews::default(),
             hello_in_flight: HashSet::new(),
+            hellos_due: HashMap::new(),
             pull_in_flight: HashSet::new(),
             pulling: HashMap::new(),
             fork_in_flight: HashSet::new(),
@@ -87,6 +94,7 @@ impl State {
     pub(crate) fn forget_peer(&mut self, peer: &PeerId) {
         self.views.forget_peer(peer);
         self.hello_in_flight.retain(|(p, _)| p != peer);
+        self.hellos_due.remove(peer);
         self.pull_in_flight.retain(|(p, _)| p != peer);
         self.pulls_due.retain(|(p, _), _| p != peer);
         self.pulling.retain(|_, p| p != peer);
@@ -159,30 +167,61 @@ impl Service {
         }
     }
 
-    /// Sends our vector for `room` to `peer` unless an exchange is already under way.
+    /// Queues our vector for `room` to `peer` (unless an exchange is already under way):
+    /// everything queued for one peer goes out together in [`Service::send_hellos`].
     pub(super) fn start_hello(&mut self, peer: PeerId, room: RoomId, force_full: bool) {
-        if !self.swarm.is_connected(&peer) || !self.reconcile.hello_in_flight.insert((peer, room)) {
+        if !self.swarm.is_connected(&peer) || self.reconcile.hello_in_flight.contains(&(peer, room))
+        {
             return;
         }
-        let hello = match (self.core.vector(room), self.core.fork_refs(room)) {
-            (Ok(v), Ok(forks)) => self
-                .reconcile
-                .views
-                .hello(&peer, room.0, &v, forks, force_full),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(error = %e, "cannot read the journal for sync");
-                self.reconcile.hello_in_flight.remove(&(peer, room));
-                return;
+        *self
+            .reconcile
+            .hellos_due
+            .entry(peer)
+            .or_default()
+            .entry(room)
+            .or_default() |= force_full;
+    }
+
+    /// Sends the queued vector exchanges, one request per peer per [`sync::batches`].
+    pub(super) fn send_hellos(&mut self) {
+        if self.reconcile.hellos_due.is_empty() {
+            return;
+        }
+        let due = std::mem::take(&mut self.reconcile.hellos_due);
+        for (peer, rooms) in due {
+            if !self.swarm.is_connected(&peer) {
+                continue;
             }
-        };
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .sync
-            .send_request(&peer, SyncRequest::Hello(hello));
-        self.reconcile
-            .requests
-            .insert(id, Pending::Hello(peer, room));
+            let mut hellos: Vec<Hello> = Vec::with_capacity(rooms.len());
+            for (room, force_full) in rooms {
+                if !self.reconcile.hello_in_flight.insert((peer, room)) {
+                    continue;
+                }
+                match (self.core.vector(room), self.core.fork_refs(room)) {
+                    (Ok(v), Ok(forks)) => hellos.push(
+                        self.reconcile
+                            .views
+                            .hello(&peer, room.0, &v, forks, force_full),
+                    ),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::error!(error = %e, "cannot read the journal for sync");
+                        self.reconcile.hello_in_flight.remove(&(peer, room));
+                    }
+                }
+            }
+            for batch in sync::batches(hellos) {
+                let rooms = batch.iter().map(|h| RoomId(h.room)).collect();
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&peer, SyncRequest::Hellos(batch));
+                self.reconcile
+                    .requests
+                    .insert(id, Pending::Hellos(peer, rooms));
+            }
+        }
     }
 
     /// Pulls what `peer` has and we lack, one bounded batch at a time.
@@ -279,8 +318,10 @@ impl Service {
     fn finish_request(&mut self, id: OutboundRequestId) -> Option<Pending> {
         let p = self.reconcile.requests.remove(&id)?;
         match &p {
-            Pending::Hello(peer, room) => {
-                self.reconcile.hello_in_flight.remove(&(*peer, *room));
+            Pending::Hellos(peer, rooms) => {
+                for room in rooms {
+                    self.reconcile.hello_in_flight.remove(&(*peer, *room));
+                }
             }
             Pending::Pull(peer, room) => {
                 self.reconcile.pull_in_flight.remove(&(*peer, *room));
@@ -315,70 +356,115 @@ impl Service {
             self.respond(channel, SyncResponse::Denied("too many requests".into()));
             return;
         }
-        let room_id = match &request {
-            SyncRequest::Hello(h) => h.room,
-            SyncRequest::Pull { room, .. } | SyncRequest::ForkProof { room, .. } => *room,
-        };
-        let room = RoomId(room_id);
-        // Only members (those who know the room id) can ask, and only for rooms we are in.
-        if self.core.room(&room).is_none() {
-            self.respond(channel, SyncResponse::Denied("unknown room".into()));
-            return;
-        }
-        match request {
-            SyncRequest::Hello(hello) => {
-                let resp = match self.reconcile.views.apply(&peer, &hello) {
-                    Ok(()) => {
-                        let mine = self.core.vector(room);
-                        let forks = self.core.fork_refs(room);
-                        match (mine, forks) {
-                            (Ok(mine), Ok(forks)) => {
-                                SyncResponse::Hello(self.reconcile.views.hello(
-                                    &peer,
-                                    room.0,
-                                    &mine,
-                                    forks,
-                                    hello.want_full,
-                                ))
-                            }
-                            _ => SyncResponse::Denied("journal unavailable".into()),
-                        }
-                    }
-                    Err(ApplyError::NeedFull) => SyncResponse::Resend,
-                    Err(ApplyError::TooLarge) => SyncResponse::Denied("vector too large".into()),
-                };
-                let applied = matches!(resp, SyncResponse::Hello(_));
-                self.respond(channel, resp);
-                if applied {
-                    self.pull_later(peer, room);
-                    self.pull_fork_proofs(peer, room, &hello.forks);
+        let resp = match request {
+            SyncRequest::Hellos(hellos) => return self.on_hellos(peer, &hellos, channel),
+            // Only members (those who know the room id) can ask, and only for rooms we are in.
+            SyncRequest::Pull { room, .. } | SyncRequest::ForkProof { room, .. }
+                if self.core.room(&RoomId(room)).is_none() =>
+            {
+                SyncResponse::Denied("unknown room".into())
+            }
+            SyncRequest::Pull { room, ranges } => match self.core.serve_pull(RoomId(room), &ranges)
+            {
+                Ok((entries, more)) => SyncResponse::Entries {
+                    entries: entries
+                        .into_iter()
+                        .map(serde_bytes::ByteBuf::from)
+                        .collect(),
+                    more,
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve a pull");
+                    SyncResponse::Denied("journal unavailable".into())
                 }
-            }
-            SyncRequest::Pull { ranges, .. } => {
-                let resp = match self.core.serve_pull(room, &ranges) {
-                    Ok((entries, more)) => SyncResponse::Entries {
-                        entries: entries
-                            .into_iter()
-                            .map(serde_bytes::ByteBuf::from)
-                            .collect(),
-                        more,
-                    },
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot serve a pull");
-                        SyncResponse::Denied("journal unavailable".into())
-                    }
-                };
-                self.respond(channel, resp);
-            }
-            SyncRequest::ForkProof { fork, .. } => {
-                let resp = match self.core.serve_fork_proof(room, fork) {
+            },
+            SyncRequest::ForkProof { room, fork } => {
+                match self.core.serve_fork_proof(RoomId(room), fork) {
                     Ok(Some((first, second))) => SyncResponse::ForkProof {
                         first: first.into(),
                         second: second.into(),
                     },
                     _ => SyncResponse::Denied("no such fork".into()),
-                };
-                self.respond(channel, resp);
+                }
+            }
+        };
+        self.respond(channel, resp);
+    }
+
+    /// Answers a peer's vectors, room by room, then pulls what it holds and we lack.
+    fn on_hellos(
+        &mut self,
+        peer: PeerId,
+        hellos: &[Hello],
+        channel: ResponseChannel<SyncResponse>,
+    ) {
+        if hellos.len() > sync::MAX_HELLOS {
+            self.respond(channel, SyncResponse::Denied("too many rooms".into()));
+            return;
+        }
+        let mut replies = Vec::with_capacity(hellos.len());
+        let mut applied = Vec::new();
+        for hello in hellos {
+            let room = RoomId(hello.room);
+            // Only members (those who know the room id) can ask, and only for rooms we are in.
+            if self.core.room(&room).is_none() {
+                replies.push(HelloReply::Denied(room.0, "unknown room".into()));
+                continue;
+            }
+            let reply = match self.reconcile.views.apply(&peer, hello) {
+                Ok(()) => match (self.core.vector(room), self.core.fork_refs(room)) {
+                    (Ok(mine), Ok(forks)) => HelloReply::Hello(self.reconcile.views.hello(
+                        &peer,
+                        room.0,
+                        &mine,
+                        forks,
+                        hello.want_full,
+                    )),
+                    _ => HelloReply::Denied(room.0, "journal unavailable".into()),
+                },
+                Err(ApplyError::NeedFull) => HelloReply::Resend(room.0),
+                Err(ApplyError::TooLarge) => HelloReply::Denied(room.0, "vector too large".into()),
+            };
+            if matches!(reply, HelloReply::Hello(_)) {
+                applied.push((room, &hello.forks));
+            }
+            replies.push(reply);
+        }
+        self.respond(channel, SyncResponse::Hellos(replies));
+        for (room, forks) in applied {
+            self.pull_later(peer, room);
+            self.pull_fork_proofs(peer, room, forks);
+        }
+    }
+
+    /// Takes a peer's answers to our vectors, room by room.
+    fn on_hello_replies(&mut self, peer: PeerId, asked: &[RoomId], replies: Vec<HelloReply>) {
+        if replies.len() > asked.len() {
+            return self.penalise(peer, "answered more rooms than asked");
+        }
+        for reply in replies {
+            let room = RoomId(reply.room());
+            if !asked.contains(&room) {
+                return self.penalise(peer, "answered for another room");
+            }
+            match reply {
+                HelloReply::Hello(hello) => match self.reconcile.views.apply(&peer, &hello) {
+                    Ok(()) => {
+                        self.reconcile.retries.remove(&(peer, room));
+                        self.pull_later(peer, room);
+                        self.pull_fork_proofs(peer, room, &hello.forks);
+                    }
+                    // Our view of theirs is stale: the next hello asks for their whole vector.
+                    Err(ApplyError::NeedFull) => self.retry_hello(peer, room, false),
+                    Err(ApplyError::TooLarge) => {}
+                },
+                HelloReply::Resend(_) => {
+                    self.reconcile.views.reset_sent(&peer, room.0);
+                    self.retry_hello(peer, room, true);
+                }
+                HelloReply::Denied(_, why) => {
+                    tracing::debug!(%peer, %why, "vector exchange denied for a room");
+                }
             }
         }
     }
@@ -388,24 +474,8 @@ impl Service {
             return;
         };
         match (pending, resp) {
-            (Pending::Hello(_, room), SyncResponse::Hello(hello)) => {
-                if hello.room != room.0 {
-                    return self.penalise(peer, "answered for another room");
-                }
-                match self.reconcile.views.apply(&peer, &hello) {
-                    Ok(()) => {
-                        self.reconcile.retries.remove(&(peer, room));
-                        self.pull_later(peer, room);
-                        self.pull_fork_proofs(peer, room, &hello.forks);
-                    }
-                    // Our view of theirs is stale: the next hello asks for their whole vector.
-                    Err(ApplyError::NeedFull) => self.retry_hello(peer, room, false),
-                    Err(ApplyError::TooLarge) => {}
-                }
-            }
-            (Pending::Hello(_, room), SyncResponse::Resend) => {
-                self.reconcile.views.reset_sent(&peer, room.0);
-                self.retry_hello(peer, room, true);
+            (Pending::Hellos(_, rooms), SyncResponse::Hellos(replies)) => {
+                self.on_hello_replies(peer, &rooms, replies);
             }
             (Pending::Pull(_, room), SyncResponse::Entries { entries, more }) => {
                 self.verify_batch(peer, room, entries, more);
