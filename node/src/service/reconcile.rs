@@ -183,6 +183,22 @@ impl Service {
             .or_default() |= force_full;
     }
 
+    /// Our vector for `room` as the next message to `peer` (whole, or what changed since
+    /// the last one; see [`PeerViews::hello`]).
+    fn our_hello(
+        &mut self,
+        peer: PeerId,
+        room: RoomId,
+        full: bool,
+    ) -> Result<Hello, core::CoreError> {
+        let mine = self.core.vector(room)?;
+        let forks = self.core.fork_refs(room)?;
+        Ok(self
+            .reconcile
+            .views
+            .hello(&peer, room.0, &mine, forks, full))
+    }
+
     /// Sends the queued vector exchanges, one request per peer per [`sync::batches`].
     pub(super) fn send_hellos(&mut self) {
         if self.reconcile.hellos_due.is_empty() {
@@ -198,13 +214,9 @@ impl Service {
                 if !self.reconcile.hello_in_flight.insert((peer, room)) {
                     continue;
                 }
-                match (self.core.vector(room), self.core.fork_refs(room)) {
-                    (Ok(v), Ok(forks)) => hellos.push(
-                        self.reconcile
-                            .views
-                            .hello(&peer, room.0, &v, forks, force_full),
-                    ),
-                    (Err(e), _) | (_, Err(e)) => {
+                match self.our_hello(peer, room, force_full) {
+                    Ok(hello) => hellos.push(hello),
+                    Err(e) => {
                         tracing::error!(error = %e, "cannot read the journal for sync");
                         self.reconcile.hello_in_flight.remove(&(peer, room));
                     }
@@ -412,15 +424,9 @@ impl Service {
                 continue;
             }
             let reply = match self.reconcile.views.apply(&peer, hello) {
-                Ok(()) => match (self.core.vector(room), self.core.fork_refs(room)) {
-                    (Ok(mine), Ok(forks)) => HelloReply::Hello(self.reconcile.views.hello(
-                        &peer,
-                        room.0,
-                        &mine,
-                        forks,
-                        hello.want_full,
-                    )),
-                    _ => HelloReply::Denied(room.0, "journal unavailable".into()),
+                Ok(()) => match self.our_hello(peer, room, hello.want_full) {
+                    Ok(ours) => HelloReply::Hello(ours),
+                    Err(_) => HelloReply::Denied(room.0, "journal unavailable".into()),
                 },
                 Err(ApplyError::NeedFull) => HelloReply::Resend(room.0),
                 Err(ApplyError::TooLarge) => HelloReply::Denied(room.0, "vector too large".into()),
