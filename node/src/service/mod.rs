@@ -162,6 +162,19 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// A timer ticking every `period` from a random point of its first period. Nodes started
+/// together (a compose file, a simulation, a restart after an outage) would otherwise run
+/// their periodic work (vector exchanges, receipts, disk syncs) at the same moments, and
+/// those bursts, not the steady load, set a busy room's worst latencies.
+fn staggered(period: Duration) -> tokio::time::Interval {
+    use rand::RngExt;
+    let first = tokio::time::Instant::now() + period.mul_f64(rand::rng().random_range(0.0..1.0));
+    let mut timer = tokio::time::interval_at(first, period);
+    // A late tick (a busy moment) is not made up for by a burst of ticks.
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
 /// Sleeps until `at`, or forever without a deadline.
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
@@ -465,12 +478,12 @@ impl Service {
     async fn run(mut self) {
         // Rendezvous often while the node settles, then at the configured interval.
         let mut fast = tokio::time::interval(Duration::from_secs(2));
-        let mut slow = tokio::time::interval(self.rendezvous_interval);
+        let mut slow = staggered(self.rendezvous_interval);
         let settle_until = tokio::time::Instant::now() + Duration::from_secs(30);
-        let mut sync_tick = tokio::time::interval(self.sync_interval);
+        let mut sync_tick = staggered(self.sync_interval);
         let mut stopped = None;
-        let mut receipt_tick = tokio::time::interval(RECEIPT_INTERVAL);
-        let mut flush_tick = tokio::time::interval(FLUSH_INTERVAL);
+        let mut receipt_tick = staggered(RECEIPT_INTERVAL);
+        let mut flush_tick = staggered(FLUSH_INTERVAL);
         let mut rounds = 0u64;
         let mut rendezvous_rounds = 0u64;
         loop {
@@ -1120,15 +1133,27 @@ impl Service {
         let now = tokio::time::Instant::now();
         let due: Vec<(RoomId, bool)> = self.receipts_due.iter().map(|(r, f)| (*r, *f)).collect();
         for (room, full) in due {
-            if self.next_receipt.get(&room).is_some_and(|t| now < *t) {
+            let members = self.core.member_count(room).max(1) as f64;
+            let spacing = (members / RECEIPTS_PER_ROOM_PER_S).clamp(1.0, 60.0);
+            // After a quiet spell our last receipt no longer paces the next one, and every
+            // member that got the same message would answer at once: wait a random part of
+            // the spacing first.
+            let at = match self.next_receipt.get(&room) {
+                Some(t) if now < *t + RECEIPT_INTERVAL => *t,
+                _ => {
+                    let wait = spacing * rand::rng().random_range(0.0..1.0);
+                    let t = now + Duration::from_secs_f64(wait);
+                    self.next_receipt.insert(room, t);
+                    t
+                }
+            };
+            if now < at {
                 continue;
             }
-            let members = self.core.member_count(room).max(1) as f64;
-            let spacing = (members / RECEIPTS_PER_ROOM_PER_S).clamp(1.0, 60.0)
-                * rand::rng().random_range(0.5..1.5);
             self.receipts_due.remove(&room);
+            let next = spacing * rand::rng().random_range(0.5..1.5);
             self.next_receipt
-                .insert(room, now + Duration::from_secs_f64(spacing));
+                .insert(room, now + Duration::from_secs_f64(next));
             match self.core.compose_receipt(room, full) {
                 Ok(Some(env)) => {
                     let topic = IdentTopic::new(room.topic());
