@@ -227,9 +227,10 @@ async fn catch_up(n: usize) {
 
     // Baseline: verifying (and opening) the same entries, on one thread.
     let bytes: Vec<Vec<u8>> = envs.iter().map(|e| e.bytes().to_vec()).collect();
+    let keys = cryptchat::authors::AuthorKeys::default();
     let t = Instant::now();
     for b in &bytes {
-        core::check(&bob, &room, b.clone()).unwrap();
+        core::check(&bob, &room, b.clone(), &keys).unwrap();
     }
     let verify_rate = total as f64 / t.elapsed().as_secs_f64();
 

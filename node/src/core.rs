@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::authors::AuthorKeys;
 use crate::crypto;
 use crate::envelope::{Envelope, EnvelopeError, Kind, Payload, Position};
 use crate::identity::{ContactCode, Identity, IdentityError, UserId};
@@ -140,6 +141,9 @@ pub enum Incoming {
     Duplicate,
     /// Not for a room we are in.
     NotOurs,
+    /// From an author whose key we lack (its first entry has not arrived): not forwarded,
+    /// not held against the relayer, whose history reconciliation pulls from the start.
+    UnknownAuthor,
     /// Invalid: penalise the sender, do not forward.
     Rejected(Rejection),
 }
@@ -164,6 +168,8 @@ pub enum Rejection {
     Undecryptable,
     NotAMember,
     Fork,
+    /// Signed by an author whose key has not reached us yet (not counted as invalid).
+    UnknownAuthor,
 }
 
 impl Rejection {
@@ -173,6 +179,7 @@ impl Rejection {
             EnvelopeError::BadSignature => Rejection::BadSignature,
             EnvelopeError::WrongRoom => Rejection::WrongRoom,
             EnvelopeError::Undecryptable => Rejection::Undecryptable,
+            EnvelopeError::UnknownAuthor => Rejection::UnknownAuthor,
             EnvelopeError::Malformed(_)
             | EnvelopeError::Version(_)
             | EnvelopeError::BadPayload
@@ -195,6 +202,9 @@ pub struct Counters {
 pub struct Core {
     identity: Arc<Identity>,
     journal: Journal,
+    /// Keys of the authors met so far: envelopes name their author by id (see
+    /// [`crate::authors`]).
+    keys: AuthorKeys,
     rooms: BTreeMap<RoomId, Room>,
     names: BTreeMap<String, RoomId>,
     contacts: BTreeMap<String, ContactCode>,
@@ -237,9 +247,12 @@ fn now_ms() -> u64 {
 impl Core {
     /// Opens the node state on a journal; refuses a journal that belongs to another identity.
     pub fn open(identity: Arc<Identity>, journal: Journal) -> Result<Core, CoreError> {
+        let keys = AuthorKeys::default();
+        keys.insert(identity.public().clone());
         let mut core = Core {
             identity,
             journal,
+            keys,
             rooms: BTreeMap::new(),
             names: BTreeMap::new(),
             contacts: BTreeMap::new(),
@@ -267,7 +280,27 @@ impl Core {
                 .ok_or_else(|| CoreError::CorruptSetting(key.clone()))?;
             core.contacts.insert(name, code);
         }
+        core.learn_stored_keys()?;
         Ok(core)
+    }
+
+    /// Learns the key of every author we hold entries of, from its first entry in each room
+    /// (the one that carries the key). Runs at start-up; from then on keys are learnt as
+    /// envelopes arrive.
+    fn learn_stored_keys(&self) -> Result<(), CoreError> {
+        for room in self.rooms.keys() {
+            for author in self.journal.vector(&room.0)?.keys() {
+                if self.keys.get(&UserId(*author)).is_some() {
+                    continue;
+                }
+                if let Some(first) = self.journal.get(&room.0, author, 1)?
+                    && let Ok(env) = Envelope::parse(first.envelope, &self.keys)
+                {
+                    self.keys.insert(env.author);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The first identity to open a journal owns it; another identity (most likely a mistyped
@@ -320,6 +353,11 @@ impl Core {
 
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// The author keys this node knows, for verification off the event loop.
+    pub fn author_keys(&self) -> &AuthorKeys {
+        &self.keys
     }
 
     pub fn counters(&self) -> &Counters {
@@ -695,7 +733,9 @@ impl Core {
         let Some(room) = self.rooms.get(&room_id) else {
             return Admitted::Done(Incoming::NotOurs);
         };
-        match check(&self.identity, room, bytes) {
+        match check(&self.identity, room, bytes, &self.keys) {
+            // Not invalid: its author's first entry has not reached us yet.
+            Err(Rejection::UnknownAuthor) => Admitted::Done(Incoming::UnknownAuthor),
             Err(why) => Admitted::Done(self.reject(why)),
             Ok((env, payload)) if env.kind == Kind::Receipt => {
                 Admitted::Done(self.apply_receipt(room_id, &env, payload))
@@ -779,7 +819,10 @@ impl Core {
                 Incoming::Pending => report.pending += 1,
                 Incoming::Duplicate => report.duplicates += 1,
                 Incoming::Rejected(Rejection::Fork) => report.forked_authors.push(author),
-                Incoming::Rejected(_) | Incoming::Receipt | Incoming::NotOurs => {}
+                Incoming::Rejected(_)
+                | Incoming::Receipt
+                | Incoming::NotOurs
+                | Incoming::UnknownAuthor => {}
             }
         }
         Ok(report)
@@ -878,7 +921,7 @@ impl Core {
     }
 
     fn open_stored(&self, room: &Room, entry: StoredEntry) -> Option<MessageView> {
-        let env = match Envelope::parse(entry.envelope) {
+        let env = match Envelope::parse(entry.envelope, &self.keys) {
             Ok(env) => env,
             Err(e) => {
                 tracing::warn!(error = %e, "journal entry failed verification; skipped");
@@ -897,8 +940,14 @@ impl Core {
 
 /// Verifies an envelope for `room`: signature, room, membership and decryption. Pure, so the
 /// service can run it off the swarm task for large sync batches.
-pub fn check(me: &Identity, room: &Room, bytes: Vec<u8>) -> Result<(Envelope, Payload), Rejection> {
-    let env = Envelope::parse(bytes).map_err(|e| Rejection::from_envelope(&e))?;
+/// A key the envelope carries is learnt once the whole envelope checks out.
+pub fn check(
+    me: &Identity,
+    room: &Room,
+    bytes: Vec<u8>,
+    keys: &AuthorKeys,
+) -> Result<(Envelope, Payload), Rejection> {
+    let env = Envelope::parse(bytes, keys).map_err(|e| Rejection::from_envelope(&e))?;
     if env.room != room.id {
         return Err(Rejection::WrongRoom);
     }
@@ -910,6 +959,9 @@ pub fn check(me: &Identity, room: &Room, bytes: Vec<u8>) -> Result<(Envelope, Pa
     let payload = env
         .open(room, me)
         .map_err(|e| Rejection::from_envelope(&e))?;
+    if env.carries_key {
+        keys.insert(env.author.clone());
+    }
     Ok((env, payload))
 }
 
@@ -1015,7 +1067,7 @@ mod tests {
         b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
         let delta = receipt(&mut b, false).expect("bob has news");
-        let parsed = check(&a.identity, a.room(&rid).unwrap(), delta.clone())
+        let parsed = check(&a.identity, a.room(&rid).unwrap(), delta.clone(), &a.keys)
             .unwrap()
             .1;
         assert_eq!(
@@ -1083,6 +1135,48 @@ mod tests {
         assert!(b.history("lobby", 10).unwrap().is_empty());
     }
 
+    /// An author's key arrives with its first entry of a room: a later entry that comes
+    /// first waits (not counted as invalid), is accepted once the first is in, and a
+    /// restarted node knows the key again from its journal.
+    #[test]
+    fn author_keys_come_with_first_entries_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = core(&dir, 0);
+        let mut b = core(&dir, 1);
+        let lobby = Room::named("lobby", None).unwrap();
+        let rid = lobby.id;
+        a.join(lobby.clone()).unwrap();
+        b.join(lobby).unwrap();
+        let (_, first, _) = a.compose("lobby", "one").unwrap();
+        let (_, second, _) = a.compose("lobby", "two").unwrap();
+        assert!(first.carries_key && !second.carries_key);
+
+        assert!(matches!(
+            b.receive(&rid.topic(), second.bytes().to_vec()).unwrap(),
+            Incoming::UnknownAuthor
+        ));
+        assert_eq!(b.counters().rejected.values().sum::<u64>(), 0);
+        assert!(matches!(
+            b.receive(&rid.topic(), first.bytes().to_vec()).unwrap(),
+            Incoming::Accepted(_)
+        ));
+        assert!(matches!(
+            b.receive(&rid.topic(), second.bytes().to_vec()).unwrap(),
+            Incoming::Accepted(_)
+        ));
+        b.flush().unwrap();
+        drop(b);
+
+        let mut b = core(&dir, 1);
+        assert!(b.author_keys().get(&identities()[0].id()).is_some());
+        assert_eq!(b.history("lobby", 10).unwrap().len(), 2);
+        let (_, third, _) = a.compose("lobby", "three").unwrap();
+        assert!(matches!(
+            b.receive(&rid.topic(), third.bytes().to_vec()).unwrap(),
+            Incoming::Accepted(_)
+        ));
+    }
+
     #[test]
     fn direct_messages_reach_only_the_recipient() {
         let dir = tempfile::tempdir().unwrap();
@@ -1117,7 +1211,13 @@ mod tests {
         );
         wrong_members.id = rid;
         assert_eq!(
-            check(&identities()[2], &wrong_members, env.bytes().to_vec()).err(),
+            check(
+                &identities()[2],
+                &wrong_members,
+                env.bytes().to_vec(),
+                &AuthorKeys::default()
+            )
+            .err(),
             Some(Rejection::NotAMember)
         );
     }

@@ -1,10 +1,10 @@
 //! The signed, encrypted envelope every message travels and rests in.
 //!
-//! Layout (version 1, all integers big-endian; documented in docs/protocol.md):
+//! Layout (version 2, all integers big-endian; documented in docs/protocol.md):
 //!
 //! ```text
-//! "CC" | version u8 = 1 | kind u8 | room id [32]
-//! | author key len u16 | author public key (DER SubjectPublicKeyInfo)
+//! "CC" | version u8 = 2 | kind u8 | room id [32]
+//! | author id [32] | key len u16 | author public key (DER SubjectPublicKeyInfo), or nothing
 //! | seq u64 | prev hash [32] | lamport u64 | timestamp ms u64
 //! | access u8 (0 = shared room key, 1 = wrapped per member)
 //!   [access 1: count u8 | count x (recipient id [32] | len u16 | RSA-OAEP wrapped key)]
@@ -13,6 +13,10 @@
 //! | signature len u16 | RSA-PSS-SHA256 signature over every byte before "signature len"
 //! ```
 //!
+//! The key travels only in an author's first entry of a room and in receipts (see
+//! [`crate::authors`]); elsewhere "key len" is 0 and readers look the key up by id. Version 1
+//! (no author id, the key in every envelope) is still read, for journals written before.
+//!
 //! The signature covers the whole envelope, so any replica can verify authorship without
 //! being able to read the content; the entry hash (SHA-256 of all bytes) chains an author's
 //! entries through `prev`.
@@ -20,6 +24,7 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::authors::AuthorKeys;
 use crate::crypto::{self, NONCE_LEN};
 use crate::identity::{Identity, IdentityError, PublicIdentity, UserId};
 use crate::journal::EntryMeta;
@@ -27,7 +32,9 @@ use crate::room::{Access, Room, RoomId};
 
 const MAGIC: &[u8; 2] = b"CC";
 /// Current envelope version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// The version that carried the author's key in every envelope; still read.
+const VERSION_KEYED: u8 = 1;
 /// Largest envelope accepted from anyone; below gossipsub's 64 KiB transmit limit.
 pub const MAX_ENVELOPE: usize = 60 * 1024;
 /// Largest message text.
@@ -79,6 +86,8 @@ pub enum EnvelopeError {
     Version(u8),
     #[error("bad signature")]
     BadSignature,
+    #[error("the author's key is not known here yet (its first entry has not arrived)")]
+    UnknownAuthor,
     #[error("envelope is for another room")]
     WrongRoom,
     #[error("cannot decrypt: wrong room key, not a recipient, or tampered")]
@@ -118,6 +127,8 @@ pub struct Envelope {
     pub kind: Kind,
     pub room: RoomId,
     pub author: PublicIdentity,
+    /// Whether the envelope carries its author's key (see [`crate::authors`]).
+    pub carries_key: bool,
     pub seq: u64,
     pub prev: [u8; 32],
     pub lamport: u64,
@@ -171,12 +182,19 @@ impl Envelope {
         let mut nonce = [0u8; NONCE_LEN];
         crypto::fill_random(&mut nonce).map_err(|e| EnvelopeError::Build(e.to_string()))?;
 
-        let der = author.public().der();
-        let mut b = Vec::with_capacity(512 + plain.len());
+        // The key goes where a reader may not have it yet: the author's first entry of the
+        // room, and receipts (whose authors may never write).
+        let der: &[u8] = if kind == Kind::Receipt || pos.seq == 1 {
+            author.public().der()
+        } else {
+            &[]
+        };
+        let mut b = Vec::with_capacity(512 + der.len() + plain.len());
         b.extend_from_slice(MAGIC);
         b.push(VERSION);
         b.push(kind.to_u8());
         b.extend_from_slice(&room.id.0);
+        b.extend_from_slice(&author.id().0);
         b.extend_from_slice(&(der.len() as u16).to_be_bytes());
         b.extend_from_slice(der);
         b.extend_from_slice(&pos.seq.to_be_bytes());
@@ -210,13 +228,22 @@ impl Envelope {
             return Err(EnvelopeError::Oversized(b.len()));
         }
         // Parse what we built: one code path for every envelope, ours or a peer's.
-        let env = Envelope::parse(b)?;
+        let me = author.public();
+        let env = Envelope::parse_with(b, |id| (*id == me.id()).then(|| me.clone()))?;
         debug_assert_eq!(env.header_len, header_len);
         Ok(env)
     }
 
-    /// Parses `bytes` and verifies the author's signature. Never panics on any input.
-    pub fn parse(bytes: Vec<u8>) -> Result<Envelope, EnvelopeError> {
+    /// Parses `bytes` and verifies the author's signature, with the author's key from the
+    /// envelope or else from `keys`. Never panics on any input.
+    pub fn parse(bytes: Vec<u8>, keys: &AuthorKeys) -> Result<Envelope, EnvelopeError> {
+        Self::parse_with(bytes, |id| keys.get(id))
+    }
+
+    fn parse_with(
+        bytes: Vec<u8>,
+        lookup: impl FnOnce(&UserId) -> Option<PublicIdentity>,
+    ) -> Result<Envelope, EnvelopeError> {
         if bytes.len() > MAX_ENVELOPE {
             return Err(EnvelopeError::Oversized(bytes.len()));
         }
@@ -228,17 +255,35 @@ impl Envelope {
             return Err(EnvelopeError::Malformed("bad magic"));
         }
         let version = r.u8()?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_KEYED {
             return Err(EnvelopeError::Version(version));
         }
         let kind = Kind::from_u8(r.u8()?).ok_or(EnvelopeError::Malformed("unknown kind"))?;
         let room = RoomId(r.array()?);
+        let named = if version == VERSION {
+            Some(UserId(r.array()?))
+        } else {
+            None
+        };
         let der_len = r.u16()? as usize;
         if der_len > MAX_KEY_DER {
             return Err(EnvelopeError::Malformed("author key too long"));
         }
-        let author = PublicIdentity::from_der(r.take(der_len)?)
-            .map_err(|_| EnvelopeError::Malformed("bad author key"))?;
+        let der = r.take(der_len)?;
+        let carries_key = der_len > 0;
+        let author = match (named, carries_key) {
+            (_, true) => {
+                let key = PublicIdentity::from_der(der)
+                    .map_err(|_| EnvelopeError::Malformed("bad author key"))?;
+                // The id is the key's hash: compared in constant time like any digest.
+                if named.is_some_and(|id| !crypto::ct_eq(&id.0, &key.id().0)) {
+                    return Err(EnvelopeError::Malformed("author id does not match the key"));
+                }
+                key
+            }
+            (Some(id), false) => lookup(&id).ok_or(EnvelopeError::UnknownAuthor)?,
+            (None, false) => return Err(EnvelopeError::Malformed("no author key")),
+        };
         let seq = r.u64()?;
         if seq == 0 {
             return Err(EnvelopeError::Malformed("seq starts at 1"));
@@ -292,6 +337,7 @@ impl Envelope {
             kind,
             room,
             author,
+            carries_key,
             seq,
             prev,
             lamport,
@@ -427,6 +473,14 @@ mod tests {
         })
     }
 
+    /// Keys of alice and bob, as a node that has met them holds them.
+    fn known() -> AuthorKeys {
+        let keys = AuthorKeys::default();
+        keys.insert(ids().0.public().clone());
+        keys.insert(ids().1.public().clone());
+        keys
+    }
+
     fn member(i: &Identity) -> Member {
         i.contact_code().into()
     }
@@ -453,12 +507,46 @@ mod tests {
         let (alice, bob, _) = ids();
         let room = Room::named("lobby", None).unwrap();
         let env = Envelope::seal(alice, &room, Kind::Text, pos(1), &text("alice", "hi")).unwrap();
-        let parsed = Envelope::parse(env.bytes().to_vec()).unwrap();
+        let parsed = Envelope::parse(env.bytes().to_vec(), &AuthorKeys::default()).unwrap();
         assert_eq!(parsed.author_id(), alice.id());
         assert_eq!(parsed.hash(), env.hash());
         assert_eq!(parsed.open(&room, bob).unwrap(), text("alice", "hi"));
         // The plaintext is not visible in the bytes.
         assert!(!env.bytes().windows(2).any(|w| w == b"hi"));
+    }
+
+    /// The key rides in an author's first entry of a room and in receipts only; a later
+    /// entry is verified against the key learnt from the first, and waits without it.
+    #[test]
+    fn the_author_key_travels_once() {
+        let (alice, _, _) = ids();
+        let room = Room::named("lobby", None).unwrap();
+        let first = Envelope::seal(alice, &room, Kind::Text, pos(1), &text("alice", "a")).unwrap();
+        let later = Envelope::seal(alice, &room, Kind::Text, pos(2), &text("alice", "a")).unwrap();
+        let receipt = Envelope::seal(alice, &room, Kind::Receipt, pos(7), &text("alice", "a"));
+        assert!(first.carries_key && !later.carries_key && receipt.unwrap().carries_key);
+        assert!(first.bytes().len() >= later.bytes().len() + alice.public().der().len());
+
+        let none = AuthorKeys::default();
+        assert_eq!(
+            Envelope::parse(later.bytes().to_vec(), &none).err(),
+            Some(EnvelopeError::UnknownAuthor)
+        );
+        let parsed = Envelope::parse(first.bytes().to_vec(), &none).unwrap();
+        none.insert(parsed.author.clone());
+        let parsed = Envelope::parse(later.bytes().to_vec(), &none).unwrap();
+        assert_eq!(parsed.author_id(), alice.id());
+
+        // A known key does not let someone else's envelope pass as alice's: the id is
+        // signed, and a key that is not the id's own is refused.
+        let (_, bob, _) = ids();
+        let mut forged = first.bytes().to_vec();
+        let at = 2 + 1 + 1 + 32;
+        forged[at..at + 32].copy_from_slice(&bob.id().0);
+        assert!(matches!(
+            Envelope::parse(forged, &known()),
+            Err(EnvelopeError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -501,7 +589,10 @@ mod tests {
         for i in (0..bytes.len()).step_by(7) {
             let mut t = bytes.clone();
             t[i] ^= 0x40;
-            assert!(Envelope::parse(t).is_err(), "flip at {i} accepted");
+            assert!(
+                Envelope::parse(t, &known()).is_err(),
+                "flip at {i} accepted"
+            );
         }
     }
 
@@ -512,15 +603,15 @@ mod tests {
         let env = Envelope::seal(alice, &room, Kind::Text, pos(1), &text("alice", "hi")).unwrap();
         let bytes = env.bytes().to_vec();
         for n in 0..bytes.len() {
-            assert!(Envelope::parse(bytes[..n].to_vec()).is_err());
+            assert!(Envelope::parse(bytes[..n].to_vec(), &known()).is_err());
         }
         assert!(matches!(
-            Envelope::parse(vec![0u8; MAX_ENVELOPE + 1]),
+            Envelope::parse(vec![0u8; MAX_ENVELOPE + 1], &known()),
             Err(EnvelopeError::Oversized(_))
         ));
         let mut extra = bytes.clone();
         extra.push(0);
-        assert!(Envelope::parse(extra).is_err());
+        assert!(Envelope::parse(extra, &known()).is_err());
     }
 
     #[test]

@@ -129,8 +129,9 @@ impl fmt::Display for UserId {
 }
 
 /// Someone's public identity: what a contact code carries and envelopes are verified against.
-/// Cheap to clone; parsed keys are shared through a small cache, because every envelope
-/// carries its author's key and parsing an RSA key costs more than verifying with it.
+/// Cheap to clone; parsed keys are shared through a small cache, because contact codes,
+/// first entries and receipts carry keys again and again, and parsing an RSA key costs more
+/// than verifying with it.
 #[derive(Clone)]
 pub struct PublicIdentity(Arc<PublicInner>);
 

@@ -5,6 +5,7 @@
 //! task, and [`api`] exposes the node on loopback for the CLI ([`client`]) and the web page.
 
 pub mod api;
+pub mod authors;
 pub mod client;
 pub mod config;
 pub mod core;

@@ -1228,7 +1228,10 @@ impl Service {
                 room_id: room.to_hex(),
                 reason,
             }),
-            Incoming::Duplicate | Incoming::NotOurs | Incoming::Receipt => {}
+            Incoming::Duplicate
+            | Incoming::NotOurs
+            | Incoming::Receipt
+            | Incoming::UnknownAuthor => {}
         }
     }
 
@@ -1243,6 +1246,14 @@ impl Service {
     ) {
         let verdict = match incoming {
             Incoming::Receipt => MessageAcceptance::Accept,
+            // Unverifiable here yet: not forwarded, and the relayer, which holds the
+            // author's chain, is asked for it from the start.
+            Incoming::UnknownAuthor => {
+                if let Some(room) = room {
+                    self.start_hello(source, room, false);
+                }
+                MessageAcceptance::Ignore
+            }
             Incoming::Rejected(reason) => {
                 tracing::info!(peer = %source, ?reason, "rejected message");
                 self.strike(source);

@@ -525,12 +525,13 @@ impl Service {
         // Hold the pull slot until the batch is stored, so the next pull sees the new vector.
         self.reconcile.pull_in_flight.insert((peer, room));
         let me = self.core.identity().clone();
+        let keys = self.core.author_keys().clone();
         let tx = self.reconcile.tx.clone();
         tokio::task::spawn_blocking(move || {
             let mut ok = Vec::with_capacity(entries.len());
             let mut bad = Vec::new();
             for e in entries {
-                match core::check(&me, &r, e.into_vec()) {
+                match core::check(&me, &r, e.into_vec(), &keys) {
                     Ok(v) => ok.push(v),
                     Err(why) => bad.push(why),
                 }
@@ -550,10 +551,11 @@ impl Service {
             return;
         };
         let me = self.core.identity().clone();
+        let keys = self.core.author_keys().clone();
         let tx = self.reconcile.tx.clone();
         tokio::task::spawn_blocking(move || {
-            let a = core::check(&me, &r, first);
-            let b = core::check(&me, &r, second);
+            let a = core::check(&me, &r, first, &keys);
+            let b = core::check(&me, &r, second, &keys);
             // A proof is two valid envelopes by one author that cannot both be in its chain:
             // the same seq with different bytes, or a successor whose `prev` is not the hash
             // of the entry before it.
@@ -588,7 +590,7 @@ impl Service {
                 self.reconcile.pull_in_flight.remove(&(peer, room));
                 self.release_authors(peer, room);
                 let nothing_sent = ok.is_empty() && bad.is_empty();
-                for why in &bad {
+                for why in bad.iter().filter(|w| **w != core::Rejection::UnknownAuthor) {
                     self.core.count_rejection(*why);
                 }
                 if !ok.is_empty() {
@@ -610,7 +612,7 @@ impl Service {
                         }
                     }
                 }
-                if !bad.is_empty() {
+                if bad.iter().any(|w| *w != core::Rejection::UnknownAuthor) {
                     return self.penalise(peer, "sent entries that failed verification");
                 }
                 if nothing_sent {
