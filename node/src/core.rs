@@ -131,8 +131,9 @@ pub struct ContactView {
 /// What happened to an incoming envelope; maps onto gossipsub's Accept/Ignore/Reject.
 #[derive(Debug)]
 pub enum Incoming {
-    /// New and valid: stored durably; forward it.
-    Accepted(Box<MessageView>),
+    /// New and valid: stored durably; forward it. With the views of the entries it released:
+    /// held ones (received ahead of a gap) that it made contiguous, in seq order.
+    Accepted(Box<MessageView>, Vec<MessageView>),
     /// Valid but stored ahead of a gap in the author's chain: forward it.
     Pending,
     /// A member's delivery receipt: recorded, not journaled; forward it.
@@ -759,10 +760,13 @@ impl Core {
         let mut out = Vec::with_capacity(outcomes.len());
         for ((room_id, env, payload), outcome) in entries.into_iter().zip(outcomes) {
             out.push(match outcome {
-                AppendOutcome::Appended { .. } => {
+                AppendOutcome::Appended { advanced_to } => {
                     self.counters.accepted += 1;
                     match self.rooms.get(&room_id) {
-                        Some(room) => Incoming::Accepted(Box::new(self.view(room, &env, payload))),
+                        Some(room) => {
+                            let released = self.released(room, &env, advanced_to);
+                            Incoming::Accepted(Box::new(self.view(room, &env, payload)), released)
+                        }
                         None => Incoming::NotOurs,
                     }
                 }
@@ -778,6 +782,22 @@ impl Core {
             });
         }
         Ok(out)
+    }
+
+    /// Views of the held entries after `env` up to `to` that its arrival made contiguous:
+    /// shown now, since they were not when they came in.
+    fn released(&self, room: &Room, env: &Envelope, to: u64) -> Vec<MessageView> {
+        let author = env.author_id();
+        (env.seq + 1..=to)
+            .filter_map(|seq| match self.journal.get(&room.id.0, &author.0, seq) {
+                Ok(Some(entry)) => self.open_stored(room, entry),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a released entry");
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Makes stored entries durable (see [`Journal::append_batch_deferred`]).
@@ -815,7 +835,10 @@ impl Core {
         let mut report = BatchReport::default();
         for (author, incoming) in authors.into_iter().zip(self.commit(entries)?) {
             match incoming {
-                Incoming::Accepted(view) => report.appended.push(*view),
+                Incoming::Accepted(view, released) => {
+                    report.appended.push(*view);
+                    report.appended.extend(released);
+                }
                 Incoming::Pending => report.pending += 1,
                 Incoming::Duplicate => report.duplicates += 1,
                 Incoming::Rejected(Rejection::Fork) => report.forked_authors.push(author),
@@ -1022,7 +1045,7 @@ mod tests {
             let (r, env, _) = a.compose("lobby", &format!("m{i}")).unwrap();
             assert!(matches!(
                 b.receive(&r.topic(), env.bytes().to_vec()).unwrap(),
-                Incoming::Accepted(_)
+                Incoming::Accepted(..)
             ));
             rid = Some(r);
         }
@@ -1089,7 +1112,7 @@ mod tests {
         let (rid, env, view) = a.compose("lobby", "hello bob").unwrap();
         assert!(view.mine);
         let got = b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
-        let Incoming::Accepted(v) = got else {
+        let Incoming::Accepted(v, _) = got else {
             panic!("not accepted: {got:?}")
         };
         assert_eq!(v.text.as_deref(), Some("hello bob"));
@@ -1135,6 +1158,34 @@ mod tests {
         assert!(b.history("lobby", 10).unwrap().is_empty());
     }
 
+    /// Entries that came ahead of a gap are shown when the gap fills: the entry that fills
+    /// it carries their views, in order, so a client following new messages sees them all.
+    #[test]
+    fn filling_a_gap_releases_the_entries_held_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = core(&dir, 0);
+        let mut b = core(&dir, 1);
+        let lobby = Room::named("lobby", None).unwrap();
+        let rid = lobby.id;
+        a.join(lobby.clone()).unwrap();
+        b.join(lobby).unwrap();
+        let envs: Vec<Envelope> = ["one", "two", "three", "four"]
+            .iter()
+            .map(|t| a.compose("lobby", t).unwrap().1)
+            .collect();
+        let receive = |b: &mut Core, i: usize| b.receive(&rid.topic(), envs[i].bytes().to_vec());
+        assert!(matches!(receive(&mut b, 0).unwrap(), Incoming::Accepted(_, r) if r.is_empty()));
+        assert!(matches!(receive(&mut b, 3).unwrap(), Incoming::Pending));
+        assert!(matches!(receive(&mut b, 2).unwrap(), Incoming::Pending));
+        let Incoming::Accepted(v, released) = receive(&mut b, 1).unwrap() else {
+            panic!("the gap-filler is accepted")
+        };
+        assert_eq!(v.text.as_deref(), Some("two"));
+        let texts: Vec<_> = released.iter().map(|m| m.text.as_deref()).collect();
+        assert_eq!(texts, vec![Some("three"), Some("four")]);
+        assert_eq!(b.history("lobby", 10).unwrap().len(), 4);
+    }
+
     /// An author's key arrives with its first entry of a room: a later entry that comes
     /// first waits (not counted as invalid), is accepted once the first is in, and a
     /// restarted node knows the key again from its journal.
@@ -1158,11 +1209,11 @@ mod tests {
         assert_eq!(b.counters().rejected.values().sum::<u64>(), 0);
         assert!(matches!(
             b.receive(&rid.topic(), first.bytes().to_vec()).unwrap(),
-            Incoming::Accepted(_)
+            Incoming::Accepted(..)
         ));
         assert!(matches!(
             b.receive(&rid.topic(), second.bytes().to_vec()).unwrap(),
-            Incoming::Accepted(_)
+            Incoming::Accepted(..)
         ));
         b.flush().unwrap();
         drop(b);
@@ -1173,7 +1224,7 @@ mod tests {
         let (_, third, _) = a.compose("lobby", "three").unwrap();
         assert!(matches!(
             b.receive(&rid.topic(), third.bytes().to_vec()).unwrap(),
-            Incoming::Accepted(_)
+            Incoming::Accepted(..)
         ));
     }
 
@@ -1188,7 +1239,8 @@ mod tests {
         a.add_contact("bob", &b_code).unwrap();
         b.add_contact("alice", &a_code).unwrap();
         let (rid, env, _) = a.compose("@bob", "secret").unwrap();
-        let Incoming::Accepted(v) = b.receive(&rid.topic(), env.bytes().to_vec()).unwrap() else {
+        let Incoming::Accepted(v, _) = b.receive(&rid.topic(), env.bytes().to_vec()).unwrap()
+        else {
             panic!("bob should read it")
         };
         assert_eq!(v.contact.as_deref(), Some("alice"));
@@ -1254,7 +1306,7 @@ mod tests {
         );
         let (rid, env, _) = cores[0].compose("team", "standup at 10").unwrap();
         for c in &mut cores[1..] {
-            let Incoming::Accepted(v) = c.receive(&rid.topic(), env.bytes().to_vec()).unwrap()
+            let Incoming::Accepted(v, _) = c.receive(&rid.topic(), env.bytes().to_vec()).unwrap()
             else {
                 panic!("members read group messages")
             };
@@ -1290,7 +1342,7 @@ mod tests {
         let env = Envelope::seal(&identities()[0], &room, Kind::Text, pos, &payload).unwrap();
         assert!(matches!(
             b.receive(&room.id.topic(), env.bytes().to_vec()).unwrap(),
-            Incoming::Accepted(_)
+            Incoming::Accepted(..)
         ));
         let (_, next, _) = b.compose("lobby", "still talking").unwrap();
         assert_eq!(next.lamport, crate::envelope::MAX_LAMPORT - 1);

@@ -1216,9 +1216,12 @@ impl Service {
     /// What a received entry's outcome in the journal calls for.
     fn on_stored(&mut self, source: PeerId, room: RoomId, incoming: Incoming) {
         match incoming {
-            Incoming::Accepted(view) => {
+            Incoming::Accepted(view, released) => {
                 self.receipts_due.entry(room).or_insert(false);
                 self.emit(Event::Message(*view));
+                for view in released {
+                    self.emit(Event::Message(view));
+                }
             }
             // A gap in an author's chain: whoever relayed this likely has the rest.
             Incoming::Pending => self.start_hello(source, room, false),
