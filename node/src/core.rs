@@ -961,9 +961,9 @@ impl Core {
     }
 }
 
-/// Verifies an envelope for `room`: signature, room, membership and decryption. Pure, so the
+/// Verifies an envelope for `room`: signature, room, membership and decryption, and learns
+/// the author's key if the envelope carries it and checks out. Needs no [`Core`], so the
 /// service can run it off the swarm task for large sync batches.
-/// A key the envelope carries is learnt once the whole envelope checks out.
 pub fn check(
     me: &Identity,
     room: &Room,
