@@ -219,3 +219,51 @@ fn unknown_room_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown room 'nowhere'"));
 }
+
+/// A node started while its bootstrap node is down keeps trying: once the bootstrap node is
+/// back (same identity, same address), the two meet without a restart of the first.
+#[test]
+fn a_node_reaches_a_bootstrap_node_that_starts_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let args: Vec<String> = [
+        "--listen",
+        &format!("/ip4/127.0.0.1/tcp/{port}"),
+        "--join",
+        "lobby",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut boot = NodeProc::start("boot", &dir.path().join("boot"), &args);
+    let boot_addr = boot.listen_addr("/tcp/");
+    boot.kill();
+
+    let bob_args: Vec<String> = [
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--join",
+        "lobby",
+        "--bootstrap",
+        &boot_addr,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let bob = NodeProc::start("bob", &dir.path().join("bob"), &bob_args);
+    // Bob's first dial has failed by now.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(bob.room_peers("lobby"), 0);
+    boot.restart();
+    wait_until("bob reaches the late bootstrap node", T, || {
+        bob.room_peers("lobby") >= 1
+    });
+    bob.cli(&["send", "lobby", "made it"]);
+    wait_until("boot has bob's message", T, || {
+        boot.texts("lobby") == vec!["made it".to_string()]
+    });
+}

@@ -502,6 +502,7 @@ impl Service {
                 _ = sleep_until_opt(self.commit_at) => self.commit_unstored(),
                 Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
                 _ = sync_tick.tick() => {
+                    self.redial_if_alone();
                     self.expire_bans();
                     self.trim_connections();
                     self.sync_all();
@@ -523,6 +524,7 @@ impl Service {
                     None => break,
                 },
                 _ = fast.tick(), if tokio::time::Instant::now() < settle_until => {
+                    self.redial_if_alone();
                     self.rendezvous_all(false, false);
                     self.flush_outbox_all();
                 }
@@ -643,6 +645,18 @@ impl Service {
         }
         for peer in surplus {
             let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// With no connection at all, dials the bootstrap nodes again: the first dial can fail
+    /// (a bootstrap node not up yet, a lost handshake), and nothing else would ever bring
+    /// the node into the network. Every few seconds while settling, then every sync round.
+    fn redial_if_alone(&mut self) {
+        if !self.connections.is_empty() {
+            return;
+        }
+        for addr in self.bootstrap.clone() {
+            self.dial_addr(addr);
         }
     }
 
