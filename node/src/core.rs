@@ -1012,6 +1012,15 @@ mod tests {
         Core::open(id, j).unwrap()
     }
 
+    /// Alice's and Bob's cores, both in the named room "lobby".
+    fn two_in_lobby(dir: &tempfile::TempDir) -> (Core, Core, RoomId) {
+        let lobby = Room::named("lobby", None).unwrap();
+        let (mut a, mut b) = (core(dir, 0), core(dir, 1));
+        a.join(lobby.clone()).unwrap();
+        b.join(lobby.clone()).unwrap();
+        (a, b, lobby.id)
+    }
+
     #[test]
     fn joins_past_the_room_limit_are_refused_and_lose_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -1105,10 +1114,7 @@ mod tests {
     #[test]
     fn message_flows_between_cores_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = core(&dir, 0);
-        let mut b = core(&dir, 1);
-        a.join(Room::named("lobby", None).unwrap()).unwrap();
-        b.join(Room::named("lobby", None).unwrap()).unwrap();
+        let (mut a, mut b, _) = two_in_lobby(&dir);
         let (rid, env, view) = a.compose("lobby", "hello bob").unwrap();
         assert!(view.mine);
         let got = b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
@@ -1131,10 +1137,7 @@ mod tests {
     #[test]
     fn tampered_and_foreign_envelopes_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = core(&dir, 0);
-        let mut b = core(&dir, 1);
-        a.join(Room::named("lobby", None).unwrap()).unwrap();
-        b.join(Room::named("lobby", None).unwrap()).unwrap();
+        let (mut a, mut b, _) = two_in_lobby(&dir);
         let (rid, env, _) = a.compose("lobby", "hi").unwrap();
         let mut bytes = env.bytes().to_vec();
         let n = bytes.len();
@@ -1163,12 +1166,7 @@ mod tests {
     #[test]
     fn filling_a_gap_releases_the_entries_held_behind_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = core(&dir, 0);
-        let mut b = core(&dir, 1);
-        let lobby = Room::named("lobby", None).unwrap();
-        let rid = lobby.id;
-        a.join(lobby.clone()).unwrap();
-        b.join(lobby).unwrap();
+        let (mut a, mut b, rid) = two_in_lobby(&dir);
         let envs: Vec<Envelope> = ["one", "two", "three", "four"]
             .iter()
             .map(|t| a.compose("lobby", t).unwrap().1)
@@ -1192,12 +1190,7 @@ mod tests {
     #[test]
     fn author_keys_come_with_first_entries_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = core(&dir, 0);
-        let mut b = core(&dir, 1);
-        let lobby = Room::named("lobby", None).unwrap();
-        let rid = lobby.id;
-        a.join(lobby.clone()).unwrap();
-        b.join(lobby).unwrap();
+        let (mut a, mut b, rid) = two_in_lobby(&dir);
         let (_, first, _) = a.compose("lobby", "one").unwrap();
         let (_, second, _) = a.compose("lobby", "two").unwrap();
         assert!(first.carries_key && !second.carries_key);
@@ -1323,10 +1316,7 @@ mod tests {
     #[test]
     fn a_runaway_lamport_clock_cannot_stop_a_room() {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = core(&dir, 0);
-        let mut b = core(&dir, 1);
-        a.join(Room::named("lobby", None).unwrap()).unwrap();
-        b.join(Room::named("lobby", None).unwrap()).unwrap();
+        let (mut a, mut b, _) = two_in_lobby(&dir);
         let room = Room::named("lobby", None).unwrap();
         let pos = Position {
             seq: 1,
