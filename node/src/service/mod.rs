@@ -1147,15 +1147,13 @@ impl Service {
         let now = tokio::time::Instant::now();
         let due: Vec<(RoomId, bool)> = self.receipts_due.iter().map(|(r, f)| (*r, *f)).collect();
         for (room, full) in due {
-            let members = self.core.member_count(room).max(1) as f64;
-            let spacing = (members / RECEIPTS_PER_ROOM_PER_S).clamp(1.0, 60.0);
             // After a quiet spell our last receipt no longer paces the next one, and every
             // member that got the same message would answer at once: wait a random part of
             // the spacing first.
             let at = match self.next_receipt.get(&room) {
                 Some(t) if now < *t + RECEIPT_INTERVAL => *t,
                 _ => {
-                    let wait = spacing * rand::rng().random_range(0.0..1.0);
+                    let wait = self.receipt_spacing(room) * rand::rng().random_range(0.0..1.0);
                     let t = now + Duration::from_secs_f64(wait);
                     self.next_receipt.insert(room, t);
                     t
@@ -1165,7 +1163,7 @@ impl Service {
                 continue;
             }
             self.receipts_due.remove(&room);
-            let next = spacing * rand::rng().random_range(0.5..1.5);
+            let next = self.receipt_spacing(room) * rand::rng().random_range(0.5..1.5);
             self.next_receipt
                 .insert(room, now + Duration::from_secs_f64(next));
             match self.core.compose_receipt(room, full) {
@@ -1182,6 +1180,13 @@ impl Service {
                 Err(e) => tracing::warn!(error = %e, "could not build a receipt"),
             }
         }
+    }
+
+    /// Seconds between two of our receipts in `room`, so that the whole room carries about
+    /// [`RECEIPTS_PER_ROOM_PER_S`]. Counts the members: only for rooms whose receipt is due.
+    fn receipt_spacing(&self, room: RoomId) -> f64 {
+        let members = self.core.member_count(room).max(1) as f64;
+        (members / RECEIPTS_PER_ROOM_PER_S).clamp(1.0, 60.0)
     }
 
     /// Makes the entries stored since the last flush durable.
