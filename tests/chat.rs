@@ -4,78 +4,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NodeProc, listen_for, needle_for, password_for, wait_until};
+use common::{NodeProc, listen_for, password_for, three_nodes_chat, wait_until};
 
 const T: Duration = Duration::from_secs(60);
 
-/// Three nodes, one as bootstrap; the other two know only the bootstrap's address, find each
-/// other through the room's DHT rendezvous, and everyone reads everyone's messages.
-fn three_nodes_chat(transport: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = vec!["--listen".to_string(), listen_for(transport)];
-    let mut args = listen.clone();
-    args.extend(["--join".into(), "lobby".into()]);
-    let boot = NodeProc::start("boot", &dir.path().join("boot"), &args);
-    let boot_addr = boot.listen_addr(needle_for(transport));
-
-    let mut peer_args = args.clone();
-    peer_args.extend(["--bootstrap".into(), boot_addr]);
-    let b = NodeProc::start("bob", &dir.path().join("bob"), &peer_args);
-    let c = NodeProc::start("carol", &dir.path().join("carol"), &peer_args);
-    let nodes = [&boot, &b, &c];
-
-    // Bob and Carol were given no address of each other: the DHT rendezvous must connect
-    // them, so each ends up with two room peers.
-    for n in nodes {
-        wait_until(&format!("{} sees 2 room peers", n.user), T, || {
-            n.room_peers("lobby") >= 2
-        });
-    }
-    for n in nodes {
-        n.cli(&["send", "lobby", &format!("hello from {}", n.user)]);
-    }
-    let mut expected: Vec<String> = ["boot", "bob", "carol"]
-        .iter()
-        .map(|u| format!("hello from {u}"))
-        .collect();
-    expected.sort();
-    for n in nodes {
-        wait_until(&format!("{} has all messages", n.user), T, || {
-            let mut got = n.texts("lobby");
-            got.sort();
-            got == expected
-        });
-    }
-    // Same display order everywhere.
-    let order = boot.texts("lobby");
-    assert_eq!(b.texts("lobby"), order);
-    assert_eq!(c.texts("lobby"), order);
-    // Every connection really runs over the transport under test.
-    for n in nodes {
-        let peers = n.cli(&["peers"]);
-        let peers = peers.as_array().unwrap();
-        assert!(peers.len() >= 2, "{} has {} peers", n.user, peers.len());
-        for p in peers {
-            for t in p["transports"].as_array().unwrap() {
-                assert_eq!(t, transport, "{}: {p}", n.user);
-            }
-        }
-    }
-}
-
 #[test]
 fn room_chat_over_tcp() {
-    three_nodes_chat("tcp");
+    three_nodes_chat("tcp", T);
 }
 
 #[test]
 fn room_chat_over_quic() {
-    three_nodes_chat("quic");
-}
-
-#[test]
-fn room_chat_over_webrtc_direct() {
-    three_nodes_chat("webrtc-direct");
+    three_nodes_chat("quic", T);
 }
 
 fn tcp_pair(dir: &std::path::Path, room_args: &[&str]) -> (NodeProc, NodeProc) {

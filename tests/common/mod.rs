@@ -212,6 +212,16 @@ impl NodeProc {
 impl Drop for NodeProc {
     fn drop(&mut self) {
         self.kill();
+        // A failed test deletes its temporary dir: keep the end of each node's log in the
+        // test output, where CI shows it.
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(150).collect();
+            eprintln!("--- last lines of {}'s log ---", self.user);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
@@ -233,5 +243,60 @@ pub fn needle_for(transport: &str) -> &'static str {
         "quic" => "/quic-v1",
         "webrtc-direct" => "/webrtc-direct",
         other => panic!("unknown transport {other}"),
+    }
+}
+
+/// Three nodes, one as bootstrap; the other two know only the bootstrap's address, find each
+/// other through the room's DHT rendezvous, and everyone reads everyone's messages.
+pub fn three_nodes_chat(transport: &str, timeout: Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = vec!["--listen".to_string(), listen_for(transport)];
+    let mut args = listen.clone();
+    args.extend(["--join".into(), "lobby".into()]);
+    let boot = NodeProc::start("boot", &dir.path().join("boot"), &args);
+    let boot_addr = boot.listen_addr(needle_for(transport));
+
+    let mut peer_args = args.clone();
+    peer_args.extend(["--bootstrap".into(), boot_addr]);
+    let b = NodeProc::start("bob", &dir.path().join("bob"), &peer_args);
+    let c = NodeProc::start("carol", &dir.path().join("carol"), &peer_args);
+    let nodes = [&boot, &b, &c];
+
+    // Bob and Carol were given no address of each other: the DHT rendezvous must connect
+    // them, so each ends up with two room peers.
+    for n in nodes {
+        wait_until(&format!("{} sees 2 room peers", n.user), timeout, || {
+            n.room_peers("lobby") >= 2
+        });
+    }
+    for n in nodes {
+        n.cli(&["send", "lobby", &format!("hello from {}", n.user)]);
+    }
+    let mut expected: Vec<String> = ["boot", "bob", "carol"]
+        .iter()
+        .map(|u| format!("hello from {u}"))
+        .collect();
+    expected.sort();
+    for n in nodes {
+        wait_until(&format!("{} has all messages", n.user), timeout, || {
+            let mut got = n.texts("lobby");
+            got.sort();
+            got == expected
+        });
+    }
+    // Same display order everywhere.
+    let order = boot.texts("lobby");
+    assert_eq!(b.texts("lobby"), order);
+    assert_eq!(c.texts("lobby"), order);
+    // Every connection really runs over the transport under test.
+    for n in nodes {
+        let peers = n.cli(&["peers"]);
+        let peers = peers.as_array().unwrap();
+        assert!(peers.len() >= 2, "{} has {} peers", n.user, peers.len());
+        for p in peers {
+            for t in p["transports"].as_array().unwrap() {
+                assert_eq!(t, transport, "{}: {p}", n.user);
+            }
+        }
     }
 }
