@@ -60,7 +60,7 @@ impl PlainNode {
             .build()?;
         let mut swarm: Swarm<Behaviour> = SwarmBuilder::with_existing_identity(key)
             .with_tokio()
-            .with_other_transport(|k| cryptchat::net::direct_transports(k, cert, f))?
+            .with_other_transport(|k| cryptchat::net::direct_transports(k, cert, f, None))?
             .with_behaviour(|k| {
                 Ok(Behaviour {
                     blocked: Default::default(),

@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod crypto;
+pub mod dial_order;
 pub mod envelope;
 pub mod faults;
 pub mod identity;

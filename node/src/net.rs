@@ -18,6 +18,7 @@ use libp2p_webrtc::tokio::Certificate;
 pub use libp2p_webrtc::tokio::Certificate as WebRtcCertificate;
 
 use crate::crypto;
+use crate::dial_order::{OrderedDials, SharedDialOrder};
 use crate::faults::{Faults, FaultyMuxer};
 use crate::sync::{SyncRequest, SyncResponse};
 use futures::future::Either;
@@ -37,7 +38,7 @@ pub const PROTOCOL_VERSION: &str = "/cryptchat/1.0.0";
 /// frame; libp2p's default control limit (16 KiB) made the receiver refuse the whole list
 /// past ~195 rooms, so the peer learnt of none of them. Both limits are 64 KiB, which fits
 /// [`crate::core::MAX_ROOMS`] rooms. (1 MiB frames broke WebRTC-direct connections:
-/// tests/chat.rs, `room_chat_over_webrtc_direct`.)
+/// tests/webrtc.rs, `room_chat_over_webrtc_direct`.)
 pub const MAX_TRANSMIT: usize = 64 * 1024;
 
 /// Protobuf bytes one topic takes in a subscription list: the `subscriptions` field's tag
@@ -149,6 +150,7 @@ pub fn build_swarm(
     keypair: libp2p::identity::Keypair,
     certificate: Certificate,
     opts: &SwarmOptions,
+    dial_order: SharedDialOrder,
 ) -> Result<Swarm<Behaviour>, NetError> {
     let err = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
     let gcfg = gossipsub_config(opts.heartbeat)?;
@@ -156,7 +158,7 @@ pub fn build_swarm(
     let faults = opts.faults.clone();
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_other_transport(|key| direct_transports(key, certificate, faults))
+        .with_other_transport(|key| direct_transports(key, certificate, faults, Some(dial_order)))
         .map_err(|e| err(&e))?
         .with_dns()
         .map_err(|e| err(&e))?
@@ -225,11 +227,13 @@ pub fn build_swarm(
 pub type DirectTransport = libp2p::core::transport::Boxed<(PeerId, FaultyMuxer<StreamMuxerBox>)>;
 
 /// TCP (noise + yamux), QUIC and WebRTC-direct, every connection wrapped in the fault layer
-/// (a pass-through unless faults are configured).
+/// (a pass-through unless faults are configured). With `dial_order`, WebRTC-direct dials
+/// follow it (see [`crate::dial_order`]).
 pub fn direct_transports(
     key: &libp2p::identity::Keypair,
     certificate: Certificate,
     faults: Faults,
+    dial_order: Option<SharedDialOrder>,
 ) -> Result<DirectTransport, Box<dyn std::error::Error + Send + Sync>> {
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .upgrade(upgrade::Version::V1Lazy)
@@ -239,7 +243,12 @@ pub fn direct_transports(
     let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
         .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
     let webrtc = libp2p_webrtc::tokio::Transport::new(key.clone(), certificate)
-        .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
+        .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+        .boxed();
+    let webrtc = match dial_order {
+        Some(order) => OrderedDials::new(webrtc, order).boxed(),
+        None => webrtc,
+    };
     Ok(tcp
         .or_transport(quic)
         .or_transport(webrtc)

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 mod reconcile;
+mod webrtc;
 
 use crate::config;
 use crate::core::{
@@ -356,14 +357,25 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
     let journal = Journal::open(&cfg.data_dir.join(config::JOURNAL_FILE))?;
     let core = Core::open(identity.clone(), journal)?;
     let cert = net::load_or_create_certificate(&cfg.data_dir.join(config::CERT_FILE))?;
-    let mut swarm = net::build_swarm(identity.peer_keypair(), cert, &cfg.swarm)?;
+    let keypair = identity.peer_keypair();
+    let dial_order = crate::dial_order::DialOrder::shared(keypair.public().to_peer_id());
+    if let Ok(mut order) = dial_order.lock() {
+        for peer in cfg.bootstrap.iter().filter_map(peer_in) {
+            order.exempt(peer);
+        }
+    }
+    let mut swarm = net::build_swarm(keypair, cert, &cfg.swarm, dial_order.clone())?;
+    let mut webrtc_listeners = Vec::new();
     for addr in &cfg.listen {
-        swarm
+        let id = swarm
             .listen_on(addr.clone())
             .map_err(|e| NodeError::Listen {
                 addr: addr.to_string(),
                 why: e.to_string(),
             })?;
+        if webrtc::renewable(addr) {
+            webrtc_listeners.push((id, addr.clone()));
+        }
     }
     let (tx, rx) = mpsc::channel(256);
     let (internal_tx, internal_rx) = mpsc::unbounded_channel();
@@ -396,14 +408,14 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         faults: cfg.swarm.faults.clone(),
         banned: HashMap::new(),
         internal_rx,
+        webrtc: webrtc::Sockets::new(webrtc_listeners),
+        dial_order,
     };
     let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
     for id in topics {
         service.subscribe(id);
     }
-    for addr in cfg.bootstrap.clone() {
-        service.dial_addr(addr);
-    }
+    service.dial_bootstrap();
     tokio::spawn(service.run());
     Ok(NodeHandle {
         tx,
@@ -458,6 +470,18 @@ struct Service {
     /// Peers cut off for misbehaviour, until the given time.
     banned: HashMap<PeerId, std::time::Instant>,
     internal_rx: mpsc::UnboundedReceiver<reconcile::Internal>,
+    /// Our WebRTC-direct listeners, renewed after a failed WebRTC-direct dial.
+    webrtc: webrtc::Sockets,
+    /// Which side of a pair dials over WebRTC-direct (shared with the transport).
+    dial_order: crate::dial_order::SharedDialOrder,
+}
+
+/// The peer an address names in its `/p2p/` component, if any.
+fn peer_in(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
 }
 
 fn transport_of(addr: &Multiaddr) -> &'static str {
@@ -655,8 +679,28 @@ impl Service {
         if !self.connections.is_empty() {
             return;
         }
+        self.dial_bootstrap();
+    }
+
+    /// Dials every bootstrap node not connected or being dialled already. A second dial
+    /// while the first is still in its handshake would only compete with it (over
+    /// WebRTC-direct both come from the same UDP port, and the remote keeps the first).
+    fn dial_bootstrap(&mut self) {
+        let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
         for addr in self.bootstrap.clone() {
-            self.dial_addr(addr);
+            match peer_in(&addr) {
+                Some(peer) => by_peer.entry(peer).or_default().push(addr),
+                None => self.dial_addr(addr),
+            }
+        }
+        for (peer, addrs) in by_peer {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::trace!(%peer, error = %e, "bootstrap node not dialled again");
+            }
         }
     }
 
@@ -874,6 +918,10 @@ impl Service {
                 let _ = r.send(res.map_err(NodeError::from));
             }
             Command::Dial(addr, r) => {
+                // The user asked for this peer: no waiting for it to dial first.
+                if let (Some(peer), Ok(mut order)) = (peer_in(&addr), self.dial_order.lock()) {
+                    order.exempt(peer);
+                }
                 let res = self
                     .swarm
                     .dial(addr.clone())
@@ -894,9 +942,7 @@ impl Service {
                 }
                 if !blocked {
                     // Reconnect through the bootstrap nodes and the DHT.
-                    for addr in self.bootstrap.clone() {
-                        self.dial_addr(addr);
-                    }
+                    self.dial_bootstrap();
                     self.rendezvous_all(false, false);
                 }
                 let _ = r.send(Ok(()));
@@ -965,9 +1011,7 @@ impl Service {
                         self.reconcile.forget_peer(&peer_id);
                         if self.connections.is_empty() {
                             // Alone now: go back to the bootstrap nodes to find the network.
-                            for addr in self.bootstrap.clone() {
-                                self.dial_addr(addr);
-                            }
+                            self.dial_bootstrap();
                         }
                         self.emit(Event::PeerDisconnected {
                             peer_id: peer_id.to_string(),
@@ -977,6 +1021,23 @@ impl Service {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(?peer_id, %error, "outgoing connection failed");
+                // A dial we held back ourselves says nothing about the link.
+                let held_back = peer_id.is_some_and(|p| {
+                    self.dial_order
+                        .lock()
+                        .is_ok_and(|o| o.holding(&p, std::time::Instant::now()))
+                });
+                if let libp2p::swarm::DialError::Transport(errors) = &error
+                    && errors
+                        .iter()
+                        .any(|(a, _)| transport_of(a) == "webrtc-direct")
+                    && !held_back
+                {
+                    self.webrtc_dial_failed();
+                }
+            }
+            SwarmEvent::ListenerClosed { addresses, .. } => {
+                self.listen_addrs.retain(|a| !addresses.contains(a));
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
             _ => {}
@@ -1118,6 +1179,31 @@ impl Service {
             }
             _ => {}
         }
+    }
+
+    /// After a failed WebRTC-direct dial, listens on fresh UDP ports when [`webrtc`] says so.
+    fn webrtc_dial_failed(&mut self) {
+        let in_use = !self.webrtc_connections().is_empty();
+        if self.webrtc.dial_failed(in_use) {
+            self.renew_webrtc();
+        }
+    }
+
+    fn webrtc_connections(&self) -> Vec<ConnectionId> {
+        self.connections
+            .values()
+            .flat_map(|(_, conns)| conns)
+            .filter(|(_, addr)| transport_of(addr) == "webrtc-direct")
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn renew_webrtc(&mut self) {
+        let swarm = &mut self.swarm;
+        self.webrtc.renew(|id, addr| {
+            swarm.remove_listener(id);
+            swarm.listen_on(addr.clone()).map_err(|e| e.to_string())
+        });
     }
 
     /// Behind NAT: reserve a slot on each bootstrap node's relay so others can reach us
