@@ -107,8 +107,9 @@ impl DialOrder {
     }
 }
 
-/// The peer an address names in its last `/p2p/` component.
-fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+/// The peer an address names in its last `/p2p/` component: for a relayed address, the
+/// target rather than the relay.
+pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().fold(None, |found, p| match p {
         Protocol::P2p(id) => Some(id),
         _ => found,

@@ -360,7 +360,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
     let keypair = identity.peer_keypair();
     let dial_order = crate::dial_order::DialOrder::shared(keypair.public().to_peer_id());
     if let Ok(mut order) = dial_order.lock() {
-        for peer in cfg.bootstrap.iter().filter_map(peer_in) {
+        for peer in cfg.bootstrap.iter().filter_map(crate::dial_order::peer_of) {
             order.exempt(peer);
         }
     }
@@ -474,14 +474,6 @@ struct Service {
     webrtc: webrtc::Sockets,
     /// Which side of a pair dials over WebRTC-direct (shared with the transport).
     dial_order: crate::dial_order::SharedDialOrder,
-}
-
-/// The peer an address names in its `/p2p/` component, if any.
-fn peer_in(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter().find_map(|p| match p {
-        Protocol::P2p(id) => Some(id),
-        _ => None,
-    })
 }
 
 fn transport_of(addr: &Multiaddr) -> &'static str {
@@ -688,17 +680,13 @@ impl Service {
     fn dial_bootstrap(&mut self) {
         let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
         for addr in self.bootstrap.clone() {
-            match peer_in(&addr) {
+            match crate::dial_order::peer_of(&addr) {
                 Some(peer) => by_peer.entry(peer).or_default().push(addr),
                 None => self.dial_addr(addr),
             }
         }
         for (peer, addrs) in by_peer {
-            let opts = DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
+            if let Err(e) = self.dial_unless_dialling(peer, addrs) {
                 tracing::trace!(%peer, error = %e, "bootstrap node not dialled again");
             }
         }
@@ -717,15 +705,24 @@ impl Service {
         }
     }
 
-    fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
-            return;
-        }
+    /// Dials `peer` at `addrs` unless it is connected or being dialled already.
+    fn dial_unless_dialling(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), libp2p::swarm::DialError> {
         let opts = DialOpts::peer_id(peer)
             .addresses(addrs)
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .build();
-        if let Err(e) = self.swarm.dial(opts) {
+        self.swarm.dial(opts)
+    }
+
+    fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+            return;
+        }
+        if let Err(e) = self.dial_unless_dialling(peer, addrs) {
             tracing::debug!(%peer, error = %e, "dial to room member failed; asking the DHT");
             self.swarm.behaviour_mut().kad.get_closest_peers(peer);
         }
@@ -919,7 +916,9 @@ impl Service {
             }
             Command::Dial(addr, r) => {
                 // The user asked for this peer: no waiting for it to dial first.
-                if let (Some(peer), Ok(mut order)) = (peer_in(&addr), self.dial_order.lock()) {
+                if let (Some(peer), Ok(mut order)) =
+                    (crate::dial_order::peer_of(&addr), self.dial_order.lock())
+                {
                     order.exempt(peer);
                 }
                 let res = self
@@ -1021,17 +1020,17 @@ impl Service {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(?peer_id, %error, "outgoing connection failed");
-                // A dial we held back ourselves says nothing about the link.
-                let held_back = peer_id.is_some_and(|p| {
+                // A dial we held back or refused ourselves says nothing about the link.
+                let held_back = |p: PeerId| {
                     self.dial_order
                         .lock()
                         .is_ok_and(|o| o.holding(&p, std::time::Instant::now()))
-                });
+                };
                 if let libp2p::swarm::DialError::Transport(errors) = &error
                     && errors
                         .iter()
                         .any(|(a, _)| transport_of(a) == "webrtc-direct")
-                    && !held_back
+                    && !peer_id.is_some_and(held_back)
                 {
                     self.webrtc_dial_failed();
                 }
@@ -1183,22 +1182,14 @@ impl Service {
 
     /// After a failed WebRTC-direct dial, listens on fresh UDP ports when [`webrtc`] says so.
     fn webrtc_dial_failed(&mut self) {
-        let in_use = !self.webrtc_connections().is_empty();
-        if self.webrtc.dial_failed(in_use) {
-            self.renew_webrtc();
-        }
-    }
-
-    fn webrtc_connections(&self) -> Vec<ConnectionId> {
-        self.connections
+        let in_use = self
+            .connections
             .values()
             .flat_map(|(_, conns)| conns)
-            .filter(|(_, addr)| transport_of(addr) == "webrtc-direct")
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
-    fn renew_webrtc(&mut self) {
+            .any(|(_, addr)| transport_of(addr) == "webrtc-direct");
+        if !self.webrtc.dial_failed(in_use) {
+            return;
+        }
         let swarm = &mut self.swarm;
         self.webrtc.renew(|id, addr| {
             swarm.remove_listener(id);

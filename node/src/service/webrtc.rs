@@ -50,11 +50,11 @@ impl Sockets {
 
     /// A WebRTC-direct dial failed; `in_use` says whether live WebRTC-direct connections use
     /// our sockets. Returns whether to renew them now.
-    pub fn dial_failed(&mut self, in_use: bool) -> bool {
+    pub fn dial_failed(&self, in_use: bool) -> bool {
         self.dial_failed_at(Instant::now(), in_use)
     }
 
-    fn dial_failed_at(&mut self, now: Instant, in_use: bool) -> bool {
+    fn dial_failed_at(&self, now: Instant, in_use: bool) -> bool {
         !in_use && self.due_at(now)
     }
 
