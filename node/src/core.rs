@@ -13,6 +13,7 @@ use crate::crypto;
 use crate::envelope::{Envelope, EnvelopeError, Kind, Payload, Position};
 use crate::identity::{ContactCode, Identity, IdentityError, UserId};
 use crate::journal::{AppendOutcome, EntryMeta, Id, Journal, JournalError, StoredEntry};
+use crate::receipt::{Heads, ShortId};
 use crate::room::{Member, Room, RoomError, RoomId, RoomKind, StoredRoom};
 use crate::sync::{self, ForkRef, Range};
 
@@ -226,10 +227,6 @@ pub const MAX_ROOMS: usize = 1000;
 /// What a member's receipts say: (latest receipt counter, author -> contiguous seq held).
 /// Receipts carry changes, so they merge: a held seq only ever grows.
 type Receipt = (u64, HashMap<ShortId, u64>);
-
-/// Receipts name authors by the first 8 bytes of their id: a receipt only informs delivery
-/// counts, and 8 bytes keep honest members apart while a receipt of 256 authors stays small.
-type ShortId = [u8; 8];
 
 fn short_id(id: &Id) -> ShortId {
     id[..8].try_into().expect("ids are 32 bytes")
@@ -619,12 +616,12 @@ impl Core {
         let payload = Payload {
             from: self.identity.username().to_string(),
             text: None,
-            receipt: Some(
+            receipt: Some(Heads(
                 changed
                     .into_iter()
-                    .map(|(a, seq)| (hex::encode(short_id(a)), seq))
+                    .map(|(a, seq)| (short_id(a), seq))
                     .collect(),
-            ),
+            )),
         };
         let pos = Position {
             seq: now_ms().max(1),
@@ -632,31 +629,25 @@ impl Core {
             lamport: 0,
             timestamp_ms: now_ms(),
         };
-        Ok(Some(Envelope::seal(
+        // Once we have written here, every reader met our key in our first entry: only a
+        // whole receipt (for members who may not hold that entry yet) carries it again.
+        let carry_key = full || !vector.contains_key(&self.identity.id().0);
+        Ok(Some(Envelope::seal_carrying_key(
             &self.identity,
             room,
             Kind::Receipt,
             pos,
             &payload,
+            carry_key,
         )?))
     }
 
     fn apply_receipt(&mut self, room: RoomId, env: &Envelope, payload: Payload) -> Incoming {
-        let Some(list) = payload.receipt else {
+        let Some(Heads(heads)) = payload.receipt else {
             return self.reject(Rejection::Malformed);
         };
-        if list.len() > MAX_RECEIPT_AUTHORS {
+        if heads.len() > MAX_RECEIPT_AUTHORS {
             return self.reject(Rejection::Malformed);
-        }
-        let mut heads = Vec::with_capacity(list.len());
-        for (author, seq) in list {
-            let Some(id) = hex::decode(&author)
-                .ok()
-                .and_then(|b| ShortId::try_from(b.as_slice()).ok())
-            else {
-                return self.reject(Rejection::Malformed);
-            };
-            heads.push((id, seq));
         }
         let slot = self
             .receipts
@@ -1103,12 +1094,57 @@ mod tests {
             .unwrap()
             .1;
         assert_eq!(
-            parsed.receipt.as_ref().map(Vec::len),
+            parsed.receipt.as_ref().map(Heads::len),
             Some(1),
             "only the moved head"
         );
         a.receive(&rid.topic(), delta).unwrap();
         assert_eq!(delivered(&a), vec![1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn receipts_carry_the_key_only_where_a_reader_may_lack_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, mut c) = (core(&dir, 0), core(&dir, 1), core(&dir, 2));
+        for x in [&mut a, &mut b, &mut c] {
+            x.join(Room::named("lobby", None).unwrap()).unwrap();
+        }
+        let (rid, env, _) = a.compose("lobby", "hi").unwrap();
+        b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        let carries_key = |x: &Core, bytes: &[u8]| {
+            check(&x.identity, x.room(&rid).unwrap(), bytes.to_vec(), &x.keys)
+                .unwrap()
+                .0
+                .carries_key
+        };
+        // Bob has never written here: nobody may know his key yet.
+        let lurker = b.compose_receipt(rid, false).unwrap().unwrap().into_bytes();
+        assert!(carries_key(&a, &lurker));
+        // Once he has, Alice knows it from his first entry, and his receipts leave it out.
+        let (_, first, _) = b.compose("lobby", "hello").unwrap();
+        assert!(matches!(
+            a.receive(&rid.topic(), first.bytes().to_vec()).unwrap(),
+            Incoming::Accepted(..)
+        ));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let delta = b.compose_receipt(rid, false).unwrap().unwrap().into_bytes();
+        assert!(!carries_key(&a, &delta));
+        assert!(matches!(
+            a.receive(&rid.topic(), delta.clone()).unwrap(),
+            Incoming::Receipt
+        ));
+        // Carol never got that entry: she cannot check the receipt, and does not pass it on.
+        assert!(matches!(
+            c.receive(&rid.topic(), delta).unwrap(),
+            Incoming::UnknownAuthor
+        ));
+        // A whole receipt (sent to newcomers) carries the key again.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let full = b.compose_receipt(rid, true).unwrap().unwrap().into_bytes();
+        assert!(matches!(
+            c.receive(&rid.topic(), full).unwrap(),
+            Incoming::Receipt
+        ));
     }
 
     #[test]

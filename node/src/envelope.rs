@@ -28,6 +28,7 @@ use crate::authors::AuthorKeys;
 use crate::crypto::{self, NONCE_LEN};
 use crate::identity::{Identity, IdentityError, PublicIdentity, UserId};
 use crate::journal::EntryMeta;
+use crate::receipt::Heads;
 use crate::room::{Access, Room, RoomId};
 
 const MAGIC: &[u8; 2] = b"CC";
@@ -115,10 +116,10 @@ pub struct Payload {
     pub from: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
-    /// A delivery receipt: heads of the sender's version vector as (first 8 bytes of the
-    /// author id in hex, contiguous seq held); only those that moved since its last receipt.
+    /// A delivery receipt: heads of the sender's version vector (see [`crate::receipt`]);
+    /// only those that moved since its last receipt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub receipt: Option<Vec<(String, u64)>>,
+    pub receipt: Option<Heads>,
 }
 
 /// A parsed envelope whose signature has been verified.
@@ -151,13 +152,29 @@ pub struct Position {
 }
 
 impl Envelope {
-    /// Encrypts and signs `payload` for `room` as `author`.
+    /// Encrypts and signs `payload` for `room` as `author`. The author's key goes where a
+    /// reader may not have it yet: the author's first entry of the room, and receipts.
     pub fn seal(
         author: &Identity,
         room: &Room,
         kind: Kind,
         pos: Position,
         payload: &Payload,
+    ) -> Result<Envelope, EnvelopeError> {
+        let carry_key = kind == Kind::Receipt || pos.seq == 1;
+        Self::seal_carrying_key(author, room, kind, pos, payload, carry_key)
+    }
+
+    /// [`Envelope::seal`], with the caller deciding whether the envelope carries the
+    /// author's key: a receipt from a member who has written in the room can leave it out,
+    /// as its readers met the key in that member's first entry.
+    pub fn seal_carrying_key(
+        author: &Identity,
+        room: &Room,
+        kind: Kind,
+        pos: Position,
+        payload: &Payload,
+        carry_key: bool,
     ) -> Result<Envelope, EnvelopeError> {
         if let Some(t) = &payload.text
             && t.len() > MAX_TEXT
@@ -182,9 +199,7 @@ impl Envelope {
         let mut nonce = [0u8; NONCE_LEN];
         crypto::fill_random(&mut nonce).map_err(|e| EnvelopeError::Build(e.to_string()))?;
 
-        // The key goes where a reader may not have it yet: the author's first entry of the
-        // room, and receipts (whose authors may never write).
-        let der: &[u8] = if kind == Kind::Receipt || pos.seq == 1 {
+        let der: &[u8] = if carry_key {
             author.public().der()
         } else {
             &[]

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod journal;
 pub mod net;
 pub mod peers;
+pub mod receipt;
 pub mod room;
 pub mod service;
 pub mod sync;

@@ -1,0 +1,169 @@
+//! What a delivery receipt says, and how it travels.
+//!
+//! A receipt lists heads of its sender's version vector: per author, the first 8 bytes of
+//! the author's id and the contiguous seq held. Receipts are the one kind of gossip that
+//! every member sends in every busy room, so their size matters: the list travels as one
+//! base64url string of `id (8 bytes) | seq (LEB128)` per author, about 13 bytes each where
+//! the JSON list of hex strings that receipts used before (still read) took about 24.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Receipts name authors by the first 8 bytes of their id: a receipt only informs delivery
+/// counts, and 8 bytes keep honest members apart while a receipt of 256 authors stays small.
+pub type ShortId = [u8; 8];
+
+/// The longest LEB128 encoding of a u64.
+const MAX_VARINT: usize = 10;
+
+/// A receipt's heads: (short author id, contiguous seq held).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Heads(pub Vec<(ShortId, u64)>);
+
+impl Heads {
+    /// The packed form: `id | LEB128 seq` per author, base64url without padding.
+    pub fn encode(&self) -> String {
+        let mut b = Vec::with_capacity(self.0.len() * 11);
+        for (id, seq) in &self.0 {
+            b.extend_from_slice(id);
+            let mut v = *seq;
+            loop {
+                let byte = (v & 0x7f) as u8;
+                v >>= 7;
+                if v == 0 {
+                    b.push(byte);
+                    break;
+                }
+                b.push(byte | 0x80);
+            }
+        }
+        URL_SAFE_NO_PAD.encode(b)
+    }
+
+    /// Reads the packed form; None for anything malformed (never panics).
+    pub fn decode(s: &str) -> Option<Heads> {
+        let b = URL_SAFE_NO_PAD.decode(s).ok()?;
+        let mut out = Vec::new();
+        let mut rest = b.as_slice();
+        while !rest.is_empty() {
+            let (id, tail) = rest.split_first_chunk::<8>()?;
+            let (seq, tail) = read_varint(tail)?;
+            out.push((*id, seq));
+            rest = tail;
+        }
+        Some(Heads(out))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One LEB128 u64 and what follows it; None if truncated or past 64 bits.
+fn read_varint(b: &[u8]) -> Option<(u64, &[u8])> {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().take(MAX_VARINT).enumerate() {
+        let bits = u64::from(byte & 0x7f);
+        // The tenth byte may only hold the top bit of a u64.
+        if i == MAX_VARINT - 1 && bits > 1 {
+            return None;
+        }
+        v |= bits << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, &b[i + 1..]));
+        }
+    }
+    None
+}
+
+impl Serialize for Heads {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.encode())
+    }
+}
+
+impl<'de> Deserialize<'de> for Heads {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Packed(String),
+            /// The first receipt format: `[[author id hex (16 digits), seq], ...]`.
+            Listed(Vec<(String, u64)>),
+        }
+        let bad = || D::Error::custom("malformed receipt heads");
+        match Wire::deserialize(d)? {
+            Wire::Packed(s) => Heads::decode(&s).ok_or_else(bad),
+            Wire::Listed(list) => list
+                .into_iter()
+                .map(|(author, seq)| {
+                    let id = hex::decode(author).ok()?;
+                    Some((ShortId::try_from(id.as_slice()).ok()?, seq))
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(Heads)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_heads_round_trip_and_stay_small() {
+        let heads = Heads(vec![
+            ([1; 8], 0),
+            ([2; 8], 127),
+            ([3; 8], 128),
+            ([4; 8], 1 << 48),
+            ([5; 8], u64::MAX),
+        ]);
+        assert_eq!(Heads::decode(&heads.encode()), Some(heads.clone()));
+        let json = serde_json::to_string(&heads).unwrap();
+        assert_eq!(serde_json::from_str::<Heads>(&json).unwrap(), heads);
+        // Forty authors with seqs below 16,384: 10 bytes each before base64.
+        let forty = Heads((0..40u8).map(|i| ([i; 8], 5000)).collect());
+        assert_eq!(forty.encode().len(), (400 * 4usize).div_ceil(3));
+        assert_eq!(Heads::default().encode(), "");
+        assert_eq!(Heads::decode(""), Some(Heads::default()));
+    }
+
+    #[test]
+    fn the_listed_form_is_still_read() {
+        let old = r#"[["0102030405060708", 7], ["ffffffffffffffff", 1]]"#;
+        let heads: Heads = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            heads,
+            Heads(vec![([1, 2, 3, 4, 5, 6, 7, 8], 7), ([0xff; 8], 1)])
+        );
+    }
+
+    #[test]
+    fn malformed_heads_are_refused() {
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        // An id cut short, a seq missing, a seq cut short, a seq past 64 bits, bad base64.
+        for s in [
+            b64(&[1; 5]),
+            b64(&[1; 8]),
+            b64(&[1, 1, 1, 1, 1, 1, 1, 1, 0x80]),
+            b64(&[[1u8; 8].as_slice(), &[0xff; 9], &[0x02]].concat()),
+            b64(&[[1u8; 8].as_slice(), &[0xff; 11]].concat()),
+            "not base64!".to_string(),
+        ] {
+            assert_eq!(Heads::decode(&s), None, "{s}");
+            let json = serde_json::to_string(&s).unwrap();
+            assert!(serde_json::from_str::<Heads>(&json).is_err());
+        }
+        for old in [r#"[["01020304", 7]]"#, r#"[["zz02030405060708", 7]]"#, "7"] {
+            assert!(serde_json::from_str::<Heads>(old).is_err(), "{old}");
+        }
+    }
+}
