@@ -97,10 +97,18 @@ pub struct Report {
     pub duplicates: u64,
     /// Bytes written on all links per (message, member) pair delivered: amplification.
     pub bytes_per_delivered: f64,
+    /// The same, counting only what was written from the start of the load until every
+    /// member held every message (or the settle time ran out): without start-up traffic.
+    #[serde(default)]
+    pub load_bytes_per_delivered: f64,
     /// Seconds from the last heal/restart (or the end of the load) until every online
     /// member held every message; None if that never happened within the settle time.
     pub convergence_s: Option<f64>,
     pub cpu_s_per_node: f64,
+    /// Cores the whole simulation kept busy from the start of the load until convergence
+    /// (or the settle time ran out): what the messages cost on top of staying connected.
+    #[serde(default)]
+    pub load_cores: f64,
     pub peak_rss_mib_per_node: f64,
     pub wall_s: f64,
     /// Idle cost, if the scenario has an idle period.
@@ -238,6 +246,12 @@ impl Report {
         );
         line(
             &mut out,
+            "  of which from load start",
+            format!("{:.0}", self.load_bytes_per_delivered),
+            baseline.map(|b| format!("{:.0}", b.load_bytes_per_delivered)),
+        );
+        line(
+            &mut out,
             "convergence after heal/restart",
             self.convergence_s
                 .map_or("never".into(), |c| format!("{c:.1} s")),
@@ -251,6 +265,12 @@ impl Report {
             "CPU per node",
             format!("{:.2} s", self.cpu_s_per_node),
             baseline.map(|b| format!("{:.2} s", b.cpu_s_per_node)),
+        );
+        line(
+            &mut out,
+            "cores busy from load start",
+            format!("{:.2}", self.load_cores),
+            baseline.map(|b| format!("{:.2}", b.load_cores)),
         );
         line(
             &mut out,

@@ -109,6 +109,11 @@ fn id_of(text: &str) -> Option<usize> {
 }
 
 impl Sim<'_> {
+    /// Bytes written on every node's links so far.
+    fn written(&self) -> u64 {
+        self.specs.iter().map(|sp| sp.faults.traffic().1).sum()
+    }
+
     async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         let mut dial = self.boot_addrs.clone();
         if self.baseline {
@@ -375,6 +380,9 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
     let events = schedule_events(s, &mut rng);
 
     let t0 = Instant::now();
+    // What the load costs, apart from start-up: traffic and CPU from here to convergence.
+    let load_bytes0 = sim.written();
+    let load_cpu0 = stats::cpu_time();
     let mut sent: Vec<Sent> = Vec::with_capacity(sends.len());
     let mut deliveries: HashMap<(usize, usize), Instant> = HashMap::new();
     let mut duplicate_deliveries = 0u64;
@@ -452,6 +460,9 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
     while let Ok((node, (_, text))) = rx.try_recv() {
         record(&mut deliveries, &mut duplicate_deliveries, node, &text);
     }
+    let load_bytes = sim.written() - load_bytes0;
+    let load_cpu = stats::cpu_time() - load_cpu0;
+    let load_window = t0.elapsed().as_secs_f64();
 
     // Measure.
     let mut rooms = Vec::new();
@@ -510,7 +521,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             node,
         });
     }
-    let bytes_written: u64 = sim.specs.iter().map(|sp| sp.faults.traffic().1).sum();
+    let bytes_written = sim.written();
     let mut duplicates = duplicate_deliveries;
     for n in sim.nodes.iter().flatten() {
         duplicates += n.duplicates().await;
@@ -562,7 +573,13 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         },
         convergence_s: converged_at
             .map(|t| t.saturating_duration_since(convergence_from).as_secs_f64()),
+        load_bytes_per_delivered: if held_pairs == 0 {
+            0.0
+        } else {
+            load_bytes as f64 / held_pairs as f64
+        },
         cpu_s_per_node: (stats::cpu_time() - cpu_start) / s.nodes as f64,
+        load_cores: load_cpu / load_window.max(1e-9),
         peak_rss_mib_per_node: stats::peak_memory_mib() / s.nodes as f64,
         wall_s: wall_start.elapsed().as_secs_f64(),
         idle,
