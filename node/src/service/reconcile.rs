@@ -31,6 +31,9 @@ const SYNC_FANOUT: usize = 3;
 /// verify it twice.
 const PULL_DELAY: Duration = Duration::from_millis(1000);
 
+/// Threads that check one pulled batch's signatures at most.
+const MAX_CHECK_THREADS: usize = 4;
+
 /// Results coming back from blocking verification tasks.
 pub(crate) enum Internal {
     Verified {
@@ -527,11 +530,15 @@ impl Service {
         let me = self.core.identity().clone();
         let keys = self.core.author_keys().clone();
         let tx = self.reconcile.tx.clone();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_CHECK_THREADS);
         tokio::task::spawn_blocking(move || {
             let mut ok = Vec::with_capacity(entries.len());
             let mut bad = Vec::new();
-            for e in entries {
-                match core::check(&me, &r, e.into_vec(), &keys) {
+            let entries = entries.into_iter().map(|e| e.into_vec()).collect();
+            for result in core::check_batch(&me, &r, entries, &keys, threads) {
+                match result {
                     Ok(v) => ok.push(v),
                     Err(why) => bad.push(why),
                 }
