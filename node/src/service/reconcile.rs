@@ -17,8 +17,16 @@ use crate::sync::{
     self, ApplyError, ForkRef, Hello, HelloReply, PeerViews, SyncRequest, SyncResponse,
 };
 
-/// Requests a peer may make per window before it is told to slow down.
+/// Requests other than pulls a peer may make per window before it is told to slow down.
 const RATE_LIMIT: u32 = 200;
+/// Bytes of entries a peer may pull per window. Pulls have a budget of their own: a node
+/// catching up asks for one batch after another (100,000 entries are some 200 pulls), and
+/// counted as requests they stalled it for the rest of the window at about 10,000 entries a
+/// second; counted in bytes they cost the server what they read and send, whatever their
+/// number. About 46,000 typical entries a second, more than a two-core node verifies.
+const PULL_BYTES: u64 = 256 * 1024 * 1024;
+/// What a pull counts for at least, however little it returned (or if it was refused).
+const PULL_MIN_COST: u64 = 64 * 1024;
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Consecutive vector retries with one peer before giving up until the next round.
 const MAX_RETRIES: u32 = 3;
@@ -73,7 +81,7 @@ pub(crate) struct State {
     /// Pulls to start once their delay is over (see [`PULL_DELAY`]).
     pulls_due: HashMap<(PeerId, RoomId), Instant>,
     retries: HashMap<(PeerId, RoomId), u32>,
-    rate: HashMap<PeerId, (Instant, u32)>,
+    rate: HashMap<PeerId, Budget>,
     tx: mpsc::UnboundedSender<Internal>,
 }
 
@@ -115,15 +123,51 @@ impl State {
         self.pulling.values().copied().collect()
     }
 
-    /// True if the peer is within its request budget.
-    fn admit(&mut self, peer: PeerId) -> bool {
+    /// The peer's budget for the current window.
+    fn budget(&mut self, peer: PeerId) -> &mut Budget {
         let now = Instant::now();
-        let e = self.rate.entry(peer).or_insert((now, 0));
-        if now.duration_since(e.0) > RATE_WINDOW {
-            *e = (now, 0);
+        let b = self.rate.entry(peer).or_insert_with(|| Budget::new(now));
+        if now.duration_since(b.since) > RATE_WINDOW {
+            *b = Budget::new(now);
         }
-        e.1 += 1;
-        e.1 <= RATE_LIMIT
+        b
+    }
+
+    /// True if the peer may make this request now (see [`RATE_LIMIT`], [`PULL_BYTES`]).
+    fn admit(&mut self, peer: PeerId, pull: bool) -> bool {
+        let b = self.budget(peer);
+        if pull {
+            // Charged up front, so that pulls which return nothing (or are refused) count.
+            let ok = b.pulled < PULL_BYTES;
+            b.pulled = b.pulled.saturating_add(PULL_MIN_COST);
+            ok
+        } else {
+            b.requests += 1;
+            b.requests <= RATE_LIMIT
+        }
+    }
+
+    /// Counts what a pull by `peer` returned, beyond its up-front charge, against its budget.
+    fn charge_pull(&mut self, peer: PeerId, bytes: u64) {
+        let b = self.budget(peer);
+        b.pulled = b.pulled.saturating_add(bytes.saturating_sub(PULL_MIN_COST));
+    }
+}
+
+/// What a peer has asked of us in the current rate window.
+struct Budget {
+    since: Instant,
+    requests: u32,
+    pulled: u64,
+}
+
+impl Budget {
+    fn new(since: Instant) -> Self {
+        Budget {
+            since,
+            requests: 0,
+            pulled: 0,
+        }
     }
 }
 
@@ -367,7 +411,8 @@ impl Service {
         request: SyncRequest,
         channel: ResponseChannel<SyncResponse>,
     ) {
-        if !self.reconcile.admit(peer) {
+        let pull = matches!(request, SyncRequest::Pull { .. });
+        if !self.reconcile.admit(peer, pull) {
             self.respond(channel, SyncResponse::Denied("too many requests".into()));
             return;
         }
@@ -381,13 +426,17 @@ impl Service {
             }
             SyncRequest::Pull { room, ranges } => match self.core.serve_pull(RoomId(room), &ranges)
             {
-                Ok((entries, more)) => SyncResponse::Entries {
-                    entries: entries
-                        .into_iter()
-                        .map(serde_bytes::ByteBuf::from)
-                        .collect(),
-                    more,
-                },
+                Ok((entries, more)) => {
+                    let bytes = entries.iter().map(|e| e.len() as u64).sum();
+                    self.reconcile.charge_pull(peer, bytes);
+                    SyncResponse::Entries {
+                        entries: entries
+                            .into_iter()
+                            .map(serde_bytes::ByteBuf::from)
+                            .collect(),
+                        more,
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot serve a pull");
                     SyncResponse::Denied("journal unavailable".into())
@@ -652,5 +701,37 @@ impl Service {
         tracing::warn!(%peer, why, "disconnecting misbehaving peer");
         self.reconcile.forget_peer(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pulls_are_budgeted_in_bytes_and_other_requests_by_count() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut state = State::new(tx);
+        let (peer, other) = (PeerId::random(), PeerId::random());
+        for _ in 0..RATE_LIMIT {
+            assert!(state.admit(peer, false));
+        }
+        assert!(!state.admit(peer, false), "past the request limit");
+        // A node catching up: far more pulls than requests, until the bytes run out.
+        let batch = 512 * 560;
+        let mut pulls = 0u64;
+        while state.admit(peer, true) {
+            state.charge_pull(peer, batch);
+            pulls += 1;
+        }
+        assert_eq!(pulls, PULL_BYTES.div_ceil(batch));
+        assert!(pulls > u64::from(RATE_LIMIT));
+        // Empty or refused pulls count too.
+        let mut empty = 0u64;
+        while state.admit(other, true) {
+            empty += 1;
+        }
+        assert_eq!(empty, PULL_BYTES / PULL_MIN_COST);
+        assert!(state.admit(other, false), "budgets are separate");
     }
 }
