@@ -193,6 +193,9 @@ const ANNOUNCE_ROUNDS: u64 = 10;
 /// A room whose member count holds still asks the DHT at least this many rendezvous rounds
 /// apart (see [`crate::peers::Pacing`]).
 const LOOKUP_MAX_EVERY: u32 = 8;
+/// DHT queries (announcements and lookups) a node runs at once at most; see
+/// [`Service::rendezvous`].
+const MAX_DHT_QUERIES: usize = 64;
 /// Invalid messages a peer may relay per window before it is cut off.
 const STRIKE_LIMIT: u32 = 20;
 /// Receipts go out at most this often per room.
@@ -397,6 +400,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         rank_salt: rand::random(),
         room_dials: HashMap::new(),
         lookups: HashMap::new(),
+        announce_due: HashSet::new(),
         relayed: HashMap::new(),
         reconcile: reconcile::State::new(internal_tx),
         strikes: HashMap::new(),
@@ -448,6 +452,8 @@ struct Service {
     room_dials: HashMap<RoomId, HashMap<PeerId, std::time::Instant>>,
     /// Per-room pacing of DHT lookups for members.
     lookups: HashMap<RoomId, crate::peers::Pacing>,
+    /// Rooms whose announcement waits for the DHT to have room for another query.
+    announce_due: HashSet<RoomId>,
     /// Reservations and circuits our relay serves, per peer: their connections stay open.
     relayed: HashMap<PeerId, u32>,
     reconcile: reconcile::State,
@@ -581,11 +587,24 @@ impl Service {
             return;
         }
         let key = kad::RecordKey::new(&id.0);
-        if announce && let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
-            tracing::warn!(error = %e, "could not announce room membership");
+        // Every announcement and lookup is a DHT query, and libp2p keeps its queries in a
+        // table that never shrinks, some 20 KiB each: a node joining 1,000 rooms at once
+        // would start 2,000 and keep their memory for good. What does not fit waits for a
+        // later rendezvous round.
+        let busy = self.swarm.behaviour_mut().kad.iter_queries().count() >= MAX_DHT_QUERIES;
+        if announce || self.announce_due.contains(&id) {
+            if busy {
+                self.announce_due.insert(id);
+            } else {
+                self.announce_due.remove(&id);
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
+                    tracing::warn!(error = %e, "could not announce room membership");
+                }
+            }
         }
         let have = self.room_peers_or_dialled(id);
-        if have < self.budget.target
+        if !busy
+            && have < self.budget.target
             && (!paced
                 || self
                     .lookups
@@ -868,6 +887,7 @@ impl Service {
                             .stop_providing(&kad::RecordKey::new(&room.id.0));
                         self.outbox.remove(&room.id);
                         self.lookups.remove(&room.id);
+                        self.announce_due.remove(&room.id);
                         Ok(self.core.room_view(&room)?)
                     });
                 let _ = r.send(res);
