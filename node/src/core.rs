@@ -992,50 +992,43 @@ const PARALLEL_CHECK_MIN: usize = 64;
 pub fn check_batch(
     me: &Identity,
     room: &Room,
-    entries: Vec<Vec<u8>>,
+    entries: &[Vec<u8>],
     keys: &AuthorKeys,
     threads: usize,
 ) -> Vec<Checked> {
-    let run = |slice: Vec<Vec<u8>>| -> Vec<(Checked, Option<Vec<u8>>)> {
+    let run = |slice: &[Vec<u8>]| -> Vec<Checked> {
         slice
-            .into_iter()
-            .map(|bytes| match check(me, room, bytes.clone(), keys) {
-                Err(Rejection::UnknownAuthor) => (Err(Rejection::UnknownAuthor), Some(bytes)),
-                r => (r, None),
-            })
+            .iter()
+            .map(|bytes| check(me, room, bytes.clone(), keys))
             .collect()
     };
     let threads = threads.clamp(1, entries.len().div_ceil(PARALLEL_CHECK_MIN).max(1));
-    let checked = if threads == 1 {
+    let mut checked = if threads == 1 {
         run(entries)
     } else {
         let per = entries.len().div_ceil(threads);
-        let mut slices = Vec::with_capacity(threads);
-        let mut rest = entries;
-        while !rest.is_empty() {
-            let tail = rest.split_off(per.min(rest.len()));
-            slices.push(std::mem::replace(&mut rest, tail));
-        }
         std::thread::scope(|s| {
-            let handles: Vec<_> = slices
-                .into_iter()
-                .map(|slice| s.spawn(|| run(slice)))
+            let handles: Vec<_> = entries
+                .chunks(per)
+                .map(|slice| (slice.len(), s.spawn(move || run(slice))))
                 .collect();
-            // `check` does not panic; if a thread did anyway, its slice is simply not
-            // stored, and the next pull asks for it again.
+            // `check` does not panic; if a thread did anyway, its slice is checked again
+            // below, on this thread.
             handles
                 .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
+                .flat_map(|(n, h)| {
+                    h.join()
+                        .unwrap_or_else(|_| vec![Err(Rejection::UnknownAuthor); n])
+                })
                 .collect()
         })
     };
+    for (result, bytes) in checked.iter_mut().zip(entries) {
+        if matches!(result, Err(Rejection::UnknownAuthor)) {
+            *result = check(me, room, bytes.clone(), keys);
+        }
+    }
     checked
-        .into_iter()
-        .map(|(r, retry)| match retry {
-            Some(bytes) => check(me, room, bytes, keys),
-            None => r,
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -1063,6 +1056,14 @@ mod tests {
     }
 
     /// Alice's and Bob's cores, both in the named room "lobby".
+    fn three_in_lobby(dir: &tempfile::TempDir) -> (Core, Core, Core) {
+        let (mut a, mut b, mut c) = (core(dir, 0), core(dir, 1), core(dir, 2));
+        for x in [&mut a, &mut b, &mut c] {
+            x.join(Room::named("lobby", None).unwrap()).unwrap();
+        }
+        (a, b, c)
+    }
+
     fn two_in_lobby(dir: &tempfile::TempDir) -> (Core, Core, RoomId) {
         let lobby = Room::named("lobby", None).unwrap();
         let (mut a, mut b) = (core(dir, 0), core(dir, 1));
@@ -1095,10 +1096,7 @@ mod tests {
     #[test]
     fn receipts_carry_what_changed_and_only_grow() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut a, mut b, mut c) = (core(&dir, 0), core(&dir, 1), core(&dir, 2));
-        for x in [&mut a, &mut b, &mut c] {
-            x.join(Room::named("lobby", None).unwrap()).unwrap();
-        }
+        let (mut a, mut b, mut c) = three_in_lobby(&dir);
         let mut rid = None;
         for i in 0..3 {
             let (r, env, _) = a.compose("lobby", &format!("m{i}")).unwrap();
@@ -1164,10 +1162,7 @@ mod tests {
     #[test]
     fn receipts_carry_the_key_only_where_a_reader_may_lack_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut a, mut b, mut c) = (core(&dir, 0), core(&dir, 1), core(&dir, 2));
-        for x in [&mut a, &mut b, &mut c] {
-            x.join(Room::named("lobby", None).unwrap()).unwrap();
-        }
+        let (mut a, mut b, mut c) = three_in_lobby(&dir);
         let (rid, env, _) = a.compose("lobby", "hi").unwrap();
         b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
         let carries_key = |x: &Core, bytes: &[u8]| {
@@ -1295,7 +1290,7 @@ mod tests {
         let outcome = |threads: usize| -> Vec<Result<u64, Rejection>> {
             // A reader that has not met the author: only entry 1 carries the key.
             let keys = AuthorKeys::default();
-            check_batch(&b.identity, room, batch.clone(), &keys, threads)
+            check_batch(&b.identity, room, &batch, &keys, threads)
                 .into_iter()
                 .map(|r| r.map(|(env, _)| env.seq))
                 .collect()

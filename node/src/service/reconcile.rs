@@ -585,8 +585,8 @@ impl Service {
         tokio::task::spawn_blocking(move || {
             let mut ok = Vec::with_capacity(entries.len());
             let mut bad = Vec::new();
-            let entries = entries.into_iter().map(|e| e.into_vec()).collect();
-            for result in core::check_batch(&me, &r, entries, &keys, threads) {
+            let entries: Vec<Vec<u8>> = entries.into_iter().map(|e| e.into_vec()).collect();
+            for result in core::check_batch(&me, &r, &entries, &keys, threads) {
                 match result {
                     Ok(v) => ok.push(v),
                     Err(why) => bad.push(why),
