@@ -101,6 +101,14 @@ pub struct Report {
     /// member held every message (or the settle time ran out): without start-up traffic.
     #[serde(default)]
     pub load_bytes_per_delivered: f64,
+    /// Over the same window, writes on substreams per delivery: each is a muxer frame, and
+    /// per-frame costs (syscalls, wake-ups) are most of what moving messages costs.
+    #[serde(default)]
+    pub load_writes_per_delivered: f64,
+    /// Over the same window, substreams opened per delivery (request-response exchanges,
+    /// DHT queries and the like each open one).
+    #[serde(default)]
+    pub load_streams_per_delivered: f64,
     /// Seconds from the last heal/restart (or the end of the load) until every online
     /// member held every message; None if that never happened within the settle time.
     pub convergence_s: Option<f64>,
@@ -249,6 +257,18 @@ impl Report {
             "  of which from load start",
             format!("{:.0}", self.load_bytes_per_delivered),
             baseline.map(|b| format!("{:.0}", b.load_bytes_per_delivered)),
+        );
+        line(
+            &mut out,
+            "writes per delivery from load start",
+            format!("{:.1}", self.load_writes_per_delivered),
+            baseline.map(|b| format!("{:.1}", b.load_writes_per_delivered)),
+        );
+        line(
+            &mut out,
+            "substreams per delivery from load start",
+            format!("{:.3}", self.load_streams_per_delivered),
+            baseline.map(|b| format!("{:.3}", b.load_streams_per_delivered)),
         );
         line(
             &mut out,

@@ -114,6 +114,14 @@ impl Sim<'_> {
         self.specs.iter().map(|sp| sp.faults.traffic().1).sum()
     }
 
+    /// (substreams opened, writes) on every node's links so far.
+    fn frames(&self) -> (u64, u64) {
+        self.specs.iter().fold((0, 0), |(o, w), sp| {
+            let (o2, w2) = sp.faults.frames();
+            (o + o2, w + w2)
+        })
+    }
+
     async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         let mut dial = self.boot_addrs.clone();
         if self.baseline {
@@ -382,6 +390,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
     let t0 = Instant::now();
     // What the load costs, apart from start-up: traffic and CPU from here to convergence.
     let load_bytes0 = sim.written();
+    let load_frames0 = sim.frames();
     let load_cpu0 = stats::cpu_time();
     let mut sent: Vec<Sent> = Vec::with_capacity(sends.len());
     let mut deliveries: HashMap<(usize, usize), Instant> = HashMap::new();
@@ -461,6 +470,11 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         record(&mut deliveries, &mut duplicate_deliveries, node, &text);
     }
     let load_bytes = sim.written() - load_bytes0;
+    let load_frames = sim.frames();
+    let (load_opened, load_writes) = (
+        load_frames.0 - load_frames0.0,
+        load_frames.1 - load_frames0.1,
+    );
     let load_cpu = stats::cpu_time() - load_cpu0;
     let load_window = t0.elapsed().as_secs_f64();
 
@@ -578,6 +592,8 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         } else {
             load_bytes as f64 / held_pairs as f64
         },
+        load_writes_per_delivered: load_writes as f64 / held_pairs.max(1) as f64,
+        load_streams_per_delivered: load_opened as f64 / held_pairs.max(1) as f64,
         cpu_s_per_node: (stats::cpu_time() - cpu_start) / s.nodes as f64,
         load_cores: load_cpu / load_window.max(1e-9),
         peak_rss_mib_per_node: stats::peak_memory_mib() / s.nodes as f64,

@@ -62,11 +62,17 @@ pub struct Faults {
     traffic: Arc<Traffic>,
 }
 
-/// Bytes through every substream of every connection (before transport overhead).
+/// Bytes through every substream of every connection (before transport overhead), and how
+/// many writes and substreams carried them: per-frame costs (wake-ups, syscalls) follow
+/// those counts more than the bytes.
 #[derive(Debug, Default)]
 pub struct Traffic {
     pub read: AtomicU64,
     pub written: AtomicU64,
+    /// Successful writes on substreams (each becomes at least one muxer frame).
+    pub writes: AtomicU64,
+    /// Substreams this node opened.
+    pub opened: AtomicU64,
 }
 
 impl Faults {
@@ -90,6 +96,14 @@ impl Faults {
         (
             self.traffic.read.load(Ordering::Relaxed),
             self.traffic.written.load(Ordering::Relaxed),
+        )
+    }
+
+    /// (substreams opened, writes) so far, on this node's side of its links.
+    pub fn frames(&self) -> (u64, u64) {
+        (
+            self.traffic.opened.load(Ordering::Relaxed),
+            self.traffic.writes.load(Ordering::Relaxed),
         )
     }
 
@@ -153,9 +167,13 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Substream, Self::Error>> {
         let this = self.get_mut();
-        Pin::new(&mut this.inner)
+        let r = Pin::new(&mut this.inner)
             .poll_outbound(cx)
-            .map_ok(|s| this.wrap(s))
+            .map_ok(|s| this.wrap(s));
+        if let Poll::Ready(Ok(_)) = &r {
+            this.faults.traffic.opened.fetch_add(1, Ordering::Relaxed);
+        }
+        r
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -284,10 +302,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FaultyStream<S> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
-            this.faults
-                .traffic
-                .written
-                .fetch_add(*n as u64, Ordering::Relaxed);
+            let traffic = &this.faults.traffic;
+            traffic.written.fetch_add(*n as u64, Ordering::Relaxed);
+            traffic.writes.fetch_add(1, Ordering::Relaxed);
         }
         r
     }
@@ -362,6 +379,16 @@ mod tests {
         assert_eq!(got, b"hello");
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert!(s.queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn writes_are_counted_with_their_bytes() {
+        use futures::io::AsyncWriteExt;
+        let mut s = stream(FaultConfig::default(), Vec::new());
+        s.write_all(b"hello").await.unwrap();
+        s.write_all(b", world").await.unwrap();
+        assert_eq!(s.faults.traffic(), (0, 12));
+        assert_eq!(s.faults.frames(), (0, 2));
     }
 
     #[test]
