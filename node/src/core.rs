@@ -137,8 +137,9 @@ pub enum Incoming {
     Accepted(Box<MessageView>, Vec<MessageView>),
     /// Valid but stored ahead of a gap in the author's chain: forward it.
     Pending,
-    /// A member's delivery receipt: recorded, not journaled; forward it.
-    Receipt,
+    /// A member's delivery receipt: recorded, not journaled; forward it. `ahead` if the
+    /// member holds entries we lack (gossip lost them on the way to us).
+    Receipt { ahead: bool },
     /// Already held: do not forward again, do not penalise.
     Duplicate,
     /// Not for a room we are in.
@@ -659,11 +660,18 @@ impl Core {
             return Incoming::Duplicate;
         }
         slot.0 = env.seq;
+        let ours: HashMap<ShortId, u64> = self
+            .journal
+            .vector(&room.0)
+            .map(|v| v.iter().map(|(a, h)| (short_id(a), h.seq)).collect())
+            .unwrap_or_default();
+        let mut ahead = false;
         for (id, seq) in heads {
+            ahead |= ours.get(&id).is_none_or(|s| *s < seq);
             let held = slot.1.entry(id).or_default();
             *held = (*held).max(seq);
         }
-        Incoming::Receipt
+        Incoming::Receipt { ahead }
     }
 
     /// Writes a text message into the journal and returns the envelope to publish.
@@ -834,7 +842,7 @@ impl Core {
                 Incoming::Duplicate => report.duplicates += 1,
                 Incoming::Rejected(Rejection::Fork) => report.forked_authors.push(author),
                 Incoming::Rejected(_)
-                | Incoming::Receipt
+                | Incoming::Receipt { .. }
                 | Incoming::NotOurs
                 | Incoming::UnknownAuthor => {}
             }
@@ -1124,7 +1132,7 @@ mod tests {
         assert_eq!(delivered(&a), vec![0, 0, 0]);
         assert!(matches!(
             a.receive(&rid.topic(), first.clone()).unwrap(),
-            Incoming::Receipt
+            Incoming::Receipt { ahead: false }
         ));
         assert_eq!(delivered(&a), vec![1, 1, 1]);
         // Nothing moved: nothing to say, unless asked for everything.
@@ -1138,7 +1146,7 @@ mod tests {
         ));
         assert!(matches!(
             a.receive(&rid.topic(), full).unwrap(),
-            Incoming::Receipt
+            Incoming::Receipt { ahead: false }
         ));
         assert_eq!(delivered(&a), vec![1, 1, 1]);
         // Carol has none of it: she counts as a member only once she says something.
@@ -1185,7 +1193,7 @@ mod tests {
         assert!(!carries_key(&a, &delta));
         assert!(matches!(
             a.receive(&rid.topic(), delta.clone()).unwrap(),
-            Incoming::Receipt
+            Incoming::Receipt { ahead: false }
         ));
         // Carol never got that entry: she cannot check the receipt, and does not pass it on.
         assert!(matches!(
@@ -1197,7 +1205,7 @@ mod tests {
         let full = b.compose_receipt(rid, true).unwrap().unwrap().into_bytes();
         assert!(matches!(
             c.receive(&rid.topic(), full).unwrap(),
-            Incoming::Receipt
+            Incoming::Receipt { ahead: true }
         ));
     }
 

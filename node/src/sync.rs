@@ -326,6 +326,54 @@ pub fn missing_ranges(
         .collect()
 }
 
+/// Most rounds a quiet room waits between two vector exchanges (16 rounds: 80 s at the
+/// default 5 s sync interval).
+pub const MAX_QUIET_ROUNDS: u64 = 16;
+
+/// When each room's next vector exchange is due. A room with news (an entry arrived or was
+/// written, a receipt showed a member holding what we lack, a member appeared) exchanges
+/// every round; a quiet one waits twice as many rounds after each exchange, up to
+/// [`MAX_QUIET_ROUNDS`]. Exchanges are the backstop for what gossip lost, and what gossip
+/// loses shows up as news: the members who got it say so in their receipts. So idle rooms
+/// cost a node little, and a room where anything happens is reconciled as before.
+#[derive(Debug)]
+pub struct Pacing<R> {
+    /// Room -> (rounds to wait after its next exchange, round it is next due).
+    rooms: HashMap<R, (u64, u64)>,
+}
+
+impl<R> Default for Pacing<R> {
+    fn default() -> Self {
+        Pacing {
+            rooms: HashMap::new(),
+        }
+    }
+}
+
+impl<R: Hash + Eq> Pacing<R> {
+    /// Whether `room` exchanges vectors in round `round`; if so, the wait before the next
+    /// one doubles.
+    pub fn due(&mut self, room: R, round: u64) -> bool {
+        let (wait, next) = self.rooms.entry(room).or_insert((1, 0));
+        if round < *next {
+            return false;
+        }
+        *next = round + *wait;
+        *wait = (*wait * 2).min(MAX_QUIET_ROUNDS);
+        true
+    }
+
+    /// Something happened in `room`: exchange in every round again, starting with the next.
+    pub fn wake(&mut self, room: R) {
+        self.rooms.insert(room, (1, 0));
+    }
+
+    /// The room was left.
+    pub fn forget(&mut self, room: &R) {
+        self.rooms.remove(room);
+    }
+}
+
 fn wire(a: &Id, h: &Head) -> WireHead {
     WireHead {
         author: *a,
@@ -490,5 +538,36 @@ mod tests {
         assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1, 1]);
         assert_eq!(b[1][0].heads.len(), 5000);
         assert!(batches(vec![]).is_empty());
+    }
+
+    #[test]
+    fn quiet_rooms_back_off_and_news_wakes_them() {
+        let mut p = Pacing::default();
+        let rounds: Vec<u64> = (0..100).filter(|r| p.due("quiet", *r)).collect();
+        // 1, 2, 4, 8 rounds apart, then every MAX_QUIET_ROUNDS.
+        assert_eq!(&rounds[..6], &[0, 1, 3, 7, 15, 31]);
+        assert!(rounds.windows(2).all(|w| w[1] - w[0] <= MAX_QUIET_ROUNDS));
+        assert_eq!(rounds.len(), 10);
+
+        // News: due in the next round, then backs off again from the start.
+        assert!(!p.due("quiet", 100));
+        p.wake("quiet");
+        assert!(p.due("quiet", 101));
+        assert!(p.due("quiet", 102));
+        assert!(!p.due("quiet", 103));
+        assert!(p.due("quiet", 104));
+
+        // A room that keeps getting news exchanges every round.
+        let mut busy = 0;
+        for r in 0..50 {
+            if p.due("busy", r) {
+                busy += 1;
+            }
+            p.wake("busy");
+        }
+        assert_eq!(busy, 50);
+
+        p.forget(&"quiet");
+        assert!(p.due("quiet", 105), "a forgotten room starts over");
     }
 }

@@ -888,6 +888,7 @@ impl Service {
                         self.outbox.remove(&room.id);
                         self.lookups.remove(&room.id);
                         self.announce_due.remove(&room.id);
+                        self.forget_room(room.id);
                         Ok(self.core.room_view(&room)?)
                     });
                 let _ = r.send(res);
@@ -903,6 +904,7 @@ impl Service {
             Command::Send(room, text, r) => {
                 let res = blocking(|| self.core.compose(&room, &text)).map(|(id, env, message)| {
                     self.receipts_due.entry(id).or_insert(false);
+                    self.news(id);
                     let published = self.publish(id, env.into_bytes());
                     self.emit(Event::Message(message.clone()));
                     Sent { message, published }
@@ -1334,22 +1336,29 @@ impl Service {
         match incoming {
             Incoming::Accepted(view, released) => {
                 self.receipts_due.entry(room).or_insert(false);
+                self.news(room);
                 self.emit(Event::Message(*view));
                 for view in released {
                     self.emit(Event::Message(view));
                 }
             }
             // A gap in an author's chain: whoever relayed this likely has the rest.
-            Incoming::Pending => self.start_hello(source, room, false),
+            Incoming::Pending => {
+                self.news(room);
+                self.start_hello(source, room, false);
+            }
             // The author signed two histories; whoever relayed it is not to blame, and the
             // proof spreads to every member through reconciliation.
-            Incoming::Rejected(reason) => self.emit(Event::Rejected {
-                room_id: room.to_hex(),
-                reason,
-            }),
+            Incoming::Rejected(reason) => {
+                self.news(room);
+                self.emit(Event::Rejected {
+                    room_id: room.to_hex(),
+                    reason,
+                });
+            }
             Incoming::Duplicate
             | Incoming::NotOurs
-            | Incoming::Receipt
+            | Incoming::Receipt { .. }
             | Incoming::UnknownAuthor => {}
         }
     }
@@ -1364,7 +1373,13 @@ impl Service {
         incoming: Incoming,
     ) {
         let verdict = match incoming {
-            Incoming::Receipt => MessageAcceptance::Accept,
+            Incoming::Receipt { ahead } => {
+                // A member holds what gossip did not bring us: reconcile in the next round.
+                if ahead && let Some(room) = room {
+                    self.news(room);
+                }
+                MessageAcceptance::Accept
+            }
             // Unverifiable here yet: not forwarded, and the relayer, which holds the
             // author's chain, is asked for it from the start.
             Incoming::UnknownAuthor => {
@@ -1462,6 +1477,7 @@ impl Service {
                     // A member appeared: reconcile with it right away, and tell it what we
                     // hold (receipts are deltas; it has seen none of ours).
                     if self.core.room(&id).is_some() {
+                        self.news(id);
                         self.start_hello(peer_id, id, false);
                         self.receipts_due.insert(id, true);
                     }

@@ -14,7 +14,7 @@ use crate::core::{self, Rejection};
 use crate::envelope::{Envelope, Payload};
 use crate::room::RoomId;
 use crate::sync::{
-    self, ApplyError, ForkRef, Hello, HelloReply, PeerViews, SyncRequest, SyncResponse,
+    self, ApplyError, ForkRef, Hello, HelloReply, Pacing, PeerViews, SyncRequest, SyncResponse,
 };
 
 /// Requests other than pulls a peer may make per window before it is told to slow down.
@@ -68,6 +68,10 @@ enum Pending {
 
 pub(crate) struct State {
     views: PeerViews<PeerId>,
+    /// Which rooms exchange vectors in which round (quiet rooms less often).
+    pacing: Pacing<RoomId>,
+    /// Reconciliation rounds so far.
+    round: u64,
     hello_in_flight: HashSet<(PeerId, RoomId)>,
     /// Vector exchanges to start, per peer (room -> send the whole vector): sent together
     /// by [`Service::send_hellos`] once the current event is handled.
@@ -89,6 +93,8 @@ impl State {
     pub(crate) fn new(tx: mpsc::UnboundedSender<Internal>) -> Self {
         State {
             views: PeerViews::default(),
+            pacing: Pacing::default(),
+            round: 0,
             hello_in_flight: HashSet::new(),
             hellos_due: HashMap::new(),
             pull_in_flight: HashSet::new(),
@@ -174,12 +180,34 @@ impl Budget {
 impl Service {
     /// One reconciliation round: a vector exchange with a few connected members of every
     /// room, drawn at random.
+    /// Rooms that have been quiet take part less often (see [`Pacing`]).
     pub(super) fn sync_all(&mut self) {
         use rand::seq::IndexedRandom;
-        let rooms: Vec<RoomId> = self.core.rooms().map(|r| r.id).collect();
+        let round = self.reconcile.round;
+        self.reconcile.round += 1;
+        let pacing = &mut self.reconcile.pacing;
+        let rooms: Vec<RoomId> = self
+            .core
+            .rooms()
+            .map(|r| r.id)
+            .filter(|id| pacing.due(*id, round))
+            .collect();
+        if rooms.is_empty() {
+            return;
+        }
+        // Who is in which room, from one pass over gossipsub's peers rather than one per room.
+        let mut members: HashMap<libp2p::gossipsub::TopicHash, Vec<PeerId>> = HashMap::new();
+        for (peer, topics) in self.swarm.behaviour().gossipsub.all_peers() {
+            for t in topics {
+                members.entry(t.clone()).or_default().push(*peer);
+            }
+        }
         let mut rng = rand::rng();
         for room in rooms {
-            let peers = self.room_peer_ids(room);
+            let topic = libp2p::gossipsub::IdentTopic::new(room.topic()).hash();
+            let Some(peers) = members.get(&topic) else {
+                continue;
+            };
             for peer in peers
                 .sample(&mut rng, SYNC_FANOUT)
                 .copied()
@@ -188,6 +216,17 @@ impl Service {
                 self.start_hello(peer, room, false);
             }
         }
+    }
+
+    /// Something happened in `room` that reconciliation should follow up at once: an entry
+    /// arrived or was written, a member showed it holds what we lack, a member appeared.
+    pub(super) fn news(&mut self, room: RoomId) {
+        self.reconcile.pacing.wake(room);
+    }
+
+    /// We left `room`.
+    pub(super) fn forget_room(&mut self, room: RoomId) {
+        self.reconcile.pacing.forget(&room);
     }
 
     /// Pulls from `peer` what it holds and we lack, after [`PULL_DELAY`].
@@ -657,6 +696,7 @@ impl Service {
                             }
                             if !report.appended.is_empty() {
                                 self.receipts_due.entry(room).or_insert(false);
+                                self.news(room);
                             }
                             for m in report.appended {
                                 let _ = self.events.send(Event::Message(m));
