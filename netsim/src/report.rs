@@ -61,6 +61,9 @@ pub struct Idle {
     pub memberships: usize,
     /// Process CPU over the idle period, in % of one core.
     pub cpu_percent: f64,
+    /// Bytes all nodes wrote on their links per second over the idle period.
+    #[serde(default)]
+    pub bytes_per_s: f64,
     /// Resident memory before the first node started, and at the start of the idle period.
     pub rss_before_mib: f64,
     pub rss_mib: f64,
@@ -70,6 +73,11 @@ impl Idle {
     /// CPU per joined room, in microseconds per second (millionths of a core).
     pub fn cpu_us_per_s_per_room(&self) -> f64 {
         self.cpu_percent * 1e4 / self.memberships.max(1) as f64
+    }
+
+    /// Bytes written per joined room per second while idle.
+    pub fn bytes_per_s_per_room(&self) -> f64 {
+        self.bytes_per_s / self.memberships.max(1) as f64
     }
 
     /// Resident memory the nodes added, per joined room, in KiB.
@@ -326,6 +334,12 @@ impl Report {
             );
             line(
                 &mut out,
+                "idle traffic per joined room",
+                format!("{:.1} B/s", i.bytes_per_s_per_room()),
+                b.map(|b| format!("{:.1} B/s", b.bytes_per_s_per_room())),
+            );
+            line(
+                &mut out,
                 "memory per joined room",
                 format!("{:.1} KiB", i.kib_per_room()),
                 b.map(|b| format!("{:.1} KiB", b.kib_per_room())),
@@ -346,11 +360,13 @@ mod tests {
             seconds: 60.0,
             memberships: 2000,
             cpu_percent: 4.0,
+            bytes_per_s: 50_000.0,
             rss_before_mib: 100.0,
             rss_mib: 150.0,
         };
         // 4% of a core is 40,000 us/s, over 2,000 rooms.
         assert!((idle.cpu_us_per_s_per_room() - 20.0).abs() < 1e-9);
+        assert!((idle.bytes_per_s_per_room() - 25.0).abs() < 1e-9);
         assert!((idle.kib_per_room() - 25.6).abs() < 1e-9);
     }
 }

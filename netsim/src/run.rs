@@ -348,6 +348,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         tracing::info!(seconds = s.idle_s, "measuring the idle network");
         let rss_mib = stats::memory_mib();
         let cpu0 = stats::cpu_time();
+        let bytes0 = sim.written();
         let t = Instant::now();
         tokio::time::sleep(Duration::from_secs_f64(s.idle_s)).await;
         let seconds = t.elapsed().as_secs_f64();
@@ -355,6 +356,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             seconds,
             memberships: s.memberships(),
             cpu_percent: (stats::cpu_time() - cpu0) / seconds * 100.0,
+            bytes_per_s: (sim.written() - bytes0) as f64 / seconds,
             rss_before_mib: rss_before,
             rss_mib,
         })
