@@ -566,6 +566,14 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
     }
     // Convergence counts from the last heal or restart, or from the end of the load.
     let convergence_from = sim.last_disruption.unwrap_or(load_end);
+    // Counts over the (message, member) pairs delivered; 0 when nothing was.
+    let per_delivery = |n: u64| {
+        if held_pairs == 0 {
+            0.0
+        } else {
+            n as f64 / held_pairs as f64
+        }
+    };
     let report = Report {
         scenario: s.name.clone(),
         mode: if opts.baseline {
@@ -582,20 +590,12 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         rooms,
         latency: crate::report::Percentiles::of(samples.iter().map(|x| x.latency_ms).collect()),
         duplicates,
-        bytes_per_delivered: if held_pairs == 0 {
-            0.0
-        } else {
-            bytes_written as f64 / held_pairs as f64
-        },
+        bytes_per_delivered: per_delivery(bytes_written),
         convergence_s: converged_at
             .map(|t| t.saturating_duration_since(convergence_from).as_secs_f64()),
-        load_bytes_per_delivered: if held_pairs == 0 {
-            0.0
-        } else {
-            load_bytes as f64 / held_pairs as f64
-        },
-        load_writes_per_delivered: load_writes as f64 / held_pairs.max(1) as f64,
-        load_streams_per_delivered: load_opened as f64 / held_pairs.max(1) as f64,
+        load_bytes_per_delivered: per_delivery(load_bytes),
+        load_writes_per_delivered: per_delivery(load_writes),
+        load_streams_per_delivered: per_delivery(load_opened),
         cpu_s_per_node: (stats::cpu_time() - cpu_start) / s.nodes as f64,
         load_cores: load_cpu / load_window.max(1e-9),
         peak_rss_mib_per_node: stats::peak_memory_mib() / s.nodes as f64,
