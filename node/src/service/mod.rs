@@ -903,8 +903,7 @@ impl Service {
             }
             Command::Send(room, text, r) => {
                 let res = blocking(|| self.core.compose(&room, &text)).map(|(id, env, message)| {
-                    self.receipts_due.entry(id).or_insert(false);
-                    self.news(id);
+                    self.entries_added(id);
                     let published = self.publish(id, env.into_bytes());
                     self.emit(Event::Message(message.clone()));
                     Sent { message, published }
@@ -1335,8 +1334,7 @@ impl Service {
     fn on_stored(&mut self, source: PeerId, room: RoomId, incoming: Incoming) {
         match incoming {
             Incoming::Accepted(view, released) => {
-                self.receipts_due.entry(room).or_insert(false);
-                self.news(room);
+                self.entries_added(room);
                 self.emit(Event::Message(*view));
                 for view in released {
                     self.emit(Event::Message(view));

@@ -224,6 +224,13 @@ impl Service {
         self.reconcile.pacing.wake(room);
     }
 
+    /// We hold new entries in `room`: members hear of them in our next receipt, and the
+    /// room reconciles in every round again.
+    pub(super) fn entries_added(&mut self, room: RoomId) {
+        self.receipts_due.entry(room).or_insert(false);
+        self.news(room);
+    }
+
     /// We left `room`.
     pub(super) fn forget_room(&mut self, room: RoomId) {
         self.reconcile.pacing.forget(&room);
@@ -695,8 +702,7 @@ impl Service {
                                 self.reconcile.views.mark_diverged(&peer, room.0, *author);
                             }
                             if !report.appended.is_empty() {
-                                self.receipts_due.entry(room).or_insert(false);
-                                self.news(room);
+                                self.entries_added(room);
                             }
                             for m in report.appended {
                                 let _ = self.events.send(Event::Message(m));
