@@ -799,6 +799,18 @@ impl Service {
             .collect()
     }
 
+    /// [`Self::room_peer_ids`] for every topic at once: one pass over gossipsub's peers
+    /// (each of which lists all its topics) rather than one per room.
+    fn topic_peers(&self) -> HashMap<gossipsub::TopicHash, Vec<PeerId>> {
+        let mut members: HashMap<gossipsub::TopicHash, Vec<PeerId>> = HashMap::new();
+        for (peer, topics) in self.swarm.behaviour().gossipsub.all_peers() {
+            for t in topics {
+                members.entry(t.clone()).or_default().push(*peer);
+            }
+        }
+        members
+    }
+
     fn room_peers(&self, id: RoomId) -> usize {
         self.room_peer_ids(id).len()
     }

@@ -179,8 +179,8 @@ impl Budget {
 
 impl Service {
     /// One reconciliation round: a vector exchange with a few connected members of every
-    /// room, drawn at random.
-    /// Rooms that have been quiet take part less often (see [`Pacing`]).
+    /// room, drawn at random. Rooms that have been quiet take part less often (see
+    /// [`Pacing`]).
     pub(super) fn sync_all(&mut self) {
         use rand::seq::IndexedRandom;
         let round = self.reconcile.round;
@@ -195,13 +195,7 @@ impl Service {
         if rooms.is_empty() {
             return;
         }
-        // Who is in which room, from one pass over gossipsub's peers rather than one per room.
-        let mut members: HashMap<libp2p::gossipsub::TopicHash, Vec<PeerId>> = HashMap::new();
-        for (peer, topics) in self.swarm.behaviour().gossipsub.all_peers() {
-            for t in topics {
-                members.entry(t.clone()).or_default().push(*peer);
-            }
-        }
+        let members = self.topic_peers();
         let mut rng = rand::rng();
         for room in rooms {
             let topic = libp2p::gossipsub::IdentTopic::new(room.topic()).hash();
