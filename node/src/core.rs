@@ -236,6 +236,17 @@ fn short_id(id: &Id) -> ShortId {
 /// At most this many authors in one receipt, so a receipt always fits in one envelope.
 pub const MAX_RECEIPT_AUTHORS: usize = 256;
 
+/// At most this many heads ride on one message (about 13 bytes each): enough for the
+/// authors of a busy room between two of a member's messages, while a 100-byte message
+/// stays under gossipsub's 1,000-byte threshold for IDONTWANT (which costs an extra frame to
+/// every mesh peer). The rest goes in the next receipt.
+const MAX_PIGGYBACK_HEADS: usize = 24;
+
+/// Heads in their travelling form.
+fn packed(heads: &[(Id, u64)]) -> Heads {
+    Heads(heads.iter().map(|(a, seq)| (short_id(a), *seq)).collect())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -595,34 +606,19 @@ impl Core {
         room_id: RoomId,
         full: bool,
     ) -> Result<Option<Envelope>, CoreError> {
-        let Some(room) = self.rooms.get(&room_id) else {
+        if !self.rooms.contains_key(&room_id) {
             return Ok(None);
-        };
+        }
         let vector = self.journal.vector(&room_id.0)?;
-        let announced = self.announced.entry(room_id).or_default();
-        let mut changed: Vec<(&Id, u64)> = vector
-            .iter()
-            .filter(|(a, h)| full || announced.get(*a).is_none_or(|s| *s < h.seq))
-            .map(|(a, h)| (a, h.seq))
-            .collect();
+        let changed = self.unannounced(room_id, &vector, full, MAX_RECEIPT_AUTHORS);
         if changed.is_empty() {
             return Ok(None);
         }
-        // The most advanced first; what does not fit goes in the next receipt.
-        changed.sort_by_key(|(_, seq)| std::cmp::Reverse(*seq));
-        changed.truncate(MAX_RECEIPT_AUTHORS);
-        for (a, seq) in &changed {
-            announced.insert(**a, *seq);
-        }
+        self.mark_announced(room_id, &changed);
         let payload = Payload {
             from: self.identity.username().to_string(),
             text: None,
-            receipt: Some(Heads(
-                changed
-                    .into_iter()
-                    .map(|(a, seq)| (short_id(a), seq))
-                    .collect(),
-            )),
+            receipt: Some(packed(&changed)),
         };
         let pos = Position {
             seq: now_ms().max(1),
@@ -633,6 +629,7 @@ impl Core {
         // Once we have written here, every reader met our key in our first entry: only a
         // whole receipt (for members who may not hold that entry yet) carries it again.
         let carry_key = full || !vector.contains_key(&self.identity.id().0);
+        let room = &self.rooms[&room_id];
         Ok(Some(Envelope::seal_carrying_key(
             &self.identity,
             room,
@@ -643,13 +640,40 @@ impl Core {
         )?))
     }
 
+    /// The heads of our vector in a room that moved since we last announced them (all of
+    /// them with `full`), the most advanced first, at most `max`: what does not fit goes
+    /// out next time.
+    fn unannounced(
+        &self,
+        room: RoomId,
+        vector: &crate::journal::Vector,
+        full: bool,
+        max: usize,
+    ) -> Vec<(Id, u64)> {
+        let announced = self.announced.get(&room);
+        let mut changed: Vec<(Id, u64)> = vector
+            .iter()
+            .filter(|(a, h)| full || announced.and_then(|m| m.get(*a)).is_none_or(|s| *s < h.seq))
+            .map(|(a, h)| (*a, h.seq))
+            .collect();
+        changed.sort_by_key(|(_, seq)| std::cmp::Reverse(*seq));
+        changed.truncate(max);
+        changed
+    }
+
+    /// Records heads as told to the room (by a receipt, or riding on a message).
+    fn mark_announced(&mut self, room: RoomId, heads: &[(Id, u64)]) {
+        let announced = self.announced.entry(room).or_default();
+        for (a, seq) in heads {
+            let s = announced.entry(*a).or_default();
+            *s = (*s).max(*seq);
+        }
+    }
+
     fn apply_receipt(&mut self, room: RoomId, env: &Envelope, payload: Payload) -> Incoming {
         let Some(Heads(heads)) = payload.receipt else {
             return self.reject(Rejection::Malformed);
         };
-        if heads.len() > MAX_RECEIPT_AUTHORS {
-            return self.reject(Rejection::Malformed);
-        }
         let slot = self
             .receipts
             .entry(room)
@@ -660,18 +684,33 @@ impl Core {
             return Incoming::Duplicate;
         }
         slot.0 = env.seq;
+        let ahead = self.note_heads(room, env.author_id(), &heads);
+        Incoming::Receipt { ahead }
+    }
+
+    /// Merges what a member says it holds (a receipt, or heads riding on its message) into
+    /// what we know of it; true if it holds something we lack. Heads only grow, so a replay
+    /// or an older list takes nothing back.
+    fn note_heads(&mut self, room: RoomId, member: UserId, heads: &[(ShortId, u64)]) -> bool {
         let ours: HashMap<ShortId, u64> = self
             .journal
             .vector(&room.0)
             .map(|v| v.iter().map(|(a, h)| (short_id(a), h.seq)).collect())
             .unwrap_or_default();
+        let held = &mut self
+            .receipts
+            .entry(room)
+            .or_default()
+            .entry(member)
+            .or_insert((0, HashMap::new()))
+            .1;
         let mut ahead = false;
         for (id, seq) in heads {
-            ahead |= ours.get(&id).is_none_or(|s| *s < seq);
-            let held = slot.1.entry(id).or_default();
-            *held = (*held).max(seq);
+            ahead |= ours.get(id).is_none_or(|s| s < seq);
+            let h = held.entry(*id).or_default();
+            *h = (*h).max(*seq);
         }
-        Incoming::Receipt { ahead }
+        ahead
     }
 
     /// Writes a text message into the journal and returns the envelope to publish.
@@ -699,15 +738,23 @@ impl Core {
                 .min(crate::envelope::MAX_LAMPORT - 1),
             timestamp_ms: now_ms(),
         };
+        // The message doubles as our receipt: it carries the heads that moved since we last
+        // told the room, so a member who writes sends few receipts of its own.
+        let vector = self.journal.vector(&room.id.0)?;
+        let mut heads = self.unannounced(room.id, &vector, false, MAX_PIGGYBACK_HEADS);
+        heads.retain(|(a, _)| *a != me.0);
         let payload = Payload {
             from: self.identity.username().to_string(),
             text: Some(text.to_string()),
-            receipt: None,
+            receipt: (!heads.is_empty()).then(|| packed(&heads)),
         };
         let env = Envelope::seal(&self.identity, &room, Kind::Text, pos, &payload)?;
         // Durable before it is published.
         self.journal.append(&env.meta(), env.bytes())?;
         self.counters.sent += 1;
+        // The entry itself tells every reader that we hold our own chain up to it.
+        heads.push((me.0, pos.seq));
+        self.mark_announced(room.id, &heads);
         let view = self.view(&room, &env, payload);
         Ok((room.id, env, view))
     }
@@ -756,6 +803,12 @@ impl Core {
             .collect();
         // Received entries are also held by others: durable at the next flush.
         let outcomes = self.journal.append_batch_deferred(&batch)?;
+        // What their authors held when they wrote them (see `compose`).
+        for (room_id, env, payload) in &entries {
+            if let Some(Heads(heads)) = &payload.receipt {
+                self.note_heads(*room_id, env.author_id(), heads);
+            }
+        }
         let mut out = Vec::with_capacity(outcomes.len());
         for ((room_id, env, payload), outcome) in entries.into_iter().zip(outcomes) {
             out.push(match outcome {
@@ -981,6 +1034,13 @@ pub fn check(
     let payload = env
         .open(room, me)
         .map_err(|e| Rejection::from_envelope(&e))?;
+    if payload
+        .receipt
+        .as_ref()
+        .is_some_and(|h| h.len() > MAX_RECEIPT_AUTHORS)
+    {
+        return Err(Rejection::Malformed);
+    }
     if env.carries_key {
         keys.insert(env.author.clone());
     }
@@ -1168,6 +1228,108 @@ mod tests {
     }
 
     #[test]
+    fn a_message_carries_its_authors_receipt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, mut c) = three_in_lobby(&dir);
+        let (rid, _, _) = a.compose("lobby", "m0").unwrap();
+        for i in 1..3 {
+            a.compose("lobby", &format!("m{i}")).unwrap();
+        }
+        for seq in 1..=3 {
+            let entry = a.journal.get(&rid.0, &a.identity.id().0, seq).unwrap();
+            b.receive(&rid.topic(), entry.unwrap().envelope).unwrap();
+        }
+        let delivered = |x: &Core| -> Vec<u32> {
+            x.history("lobby", 10)
+                .unwrap()
+                .iter()
+                .map(|m| m.delivered_to)
+                .collect()
+        };
+        // Bob answers: his message says he holds Alice's three, and she counts him.
+        let (_, reply, _) = b.compose("lobby", "got them").unwrap();
+        let heads = check(
+            &a.identity,
+            a.room(&rid).unwrap(),
+            reply.bytes().to_vec(),
+            &a.keys,
+        )
+        .unwrap()
+        .1
+        .receipt;
+        assert_eq!(heads.as_ref().map(Heads::len), Some(1), "alice's head only");
+        assert_eq!(delivered(&a), vec![0, 0, 0]);
+        assert!(matches!(
+            a.receive(&rid.topic(), reply.bytes().to_vec()).unwrap(),
+            Incoming::Accepted(..)
+        ));
+        assert_eq!(delivered(&a), vec![1, 1, 1, 1], "and she holds his");
+        // Said once: neither his next receipt nor his next message repeats it.
+        assert!(b.compose_receipt(rid, false).unwrap().is_none());
+        let (_, again, _) = b.compose("lobby", "still here").unwrap();
+        let parsed = check(
+            &a.identity,
+            a.room(&rid).unwrap(),
+            again.bytes().to_vec(),
+            &a.keys,
+        )
+        .unwrap()
+        .1;
+        assert_eq!(parsed.receipt, None);
+        // Heads pulled through reconciliation count as well: Carol gets Bob's message in a
+        // batch and learns he holds Alice's chain.
+        for seq in 1..=3 {
+            let entry = a.journal.get(&rid.0, &a.identity.id().0, seq).unwrap();
+            c.receive(&rid.topic(), entry.unwrap().envelope).unwrap();
+        }
+        let verified = check(
+            &c.identity,
+            c.room(&rid).unwrap(),
+            reply.bytes().to_vec(),
+            &c.keys,
+        )
+        .unwrap();
+        c.store_batch(rid, vec![verified]).unwrap();
+        assert_eq!(delivered(&c)[..3], [2, 2, 2], "bob and carol herself");
+    }
+
+    #[test]
+    fn an_oversized_receipt_is_malformed_wherever_it_rides() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, rid) = two_in_lobby(&dir);
+        let room = b.room(&rid).unwrap().clone();
+        let heads = Heads(
+            (0..=MAX_RECEIPT_AUTHORS as u64)
+                .map(|i| ([7; 8], i))
+                .collect(),
+        );
+        for kind in [Kind::Text, Kind::Receipt] {
+            let payload = Payload {
+                from: "bob".into(),
+                text: (kind == Kind::Text).then(|| "hi".to_string()),
+                receipt: Some(heads.clone()),
+            };
+            let pos = Position {
+                seq: 1,
+                prev: [0; 32],
+                lamport: 1,
+                timestamp_ms: now_ms(),
+            };
+            let env = Envelope::seal(&b.identity, &room, kind, pos, &payload).unwrap();
+            assert_eq!(
+                check(
+                    &a.identity,
+                    a.room(&rid).unwrap(),
+                    env.into_bytes(),
+                    &a.keys
+                )
+                .err(),
+                Some(Rejection::Malformed)
+            );
+        }
+    }
+
+    #[test]
     fn receipts_carry_the_key_only_where_a_reader_may_lack_it() {
         let dir = tempfile::tempdir().unwrap();
         let (mut a, mut b, mut c) = three_in_lobby(&dir);
@@ -1188,6 +1350,9 @@ mod tests {
             a.receive(&rid.topic(), first.bytes().to_vec()).unwrap(),
             Incoming::Accepted(..)
         ));
+        // (His message carried his receipt; he has news again once Alice writes more.)
+        let (_, more, _) = a.compose("lobby", "more").unwrap();
+        b.receive(&rid.topic(), more.bytes().to_vec()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
         let delta = b.compose_receipt(rid, false).unwrap().unwrap().into_bytes();
         assert!(!carries_key(&a, &delta));

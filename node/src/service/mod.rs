@@ -916,6 +916,8 @@ impl Service {
             Command::Send(room, text, r) => {
                 let res = blocking(|| self.core.compose(&room, &text)).map(|(id, env, message)| {
                     self.entries_added(id);
+                    // The message carries our receipt (see `Core::compose`).
+                    self.space_receipt(id);
                     let published = self.publish(id, env.into_bytes());
                     self.emit(Event::Message(message.clone()));
                     Sent { message, published }
@@ -1273,9 +1275,7 @@ impl Service {
                 continue;
             }
             self.receipts_due.remove(&room);
-            let next = self.receipt_spacing(room) * rand::rng().random_range(0.5..1.5);
-            self.next_receipt
-                .insert(room, now + Duration::from_secs_f64(next));
+            self.space_receipt(room);
             match self.core.compose_receipt(room, full) {
                 Ok(Some(env)) => {
                     let topic = IdentTopic::new(room.topic());
@@ -1290,6 +1290,17 @@ impl Service {
                 Err(e) => tracing::warn!(error = %e, "could not build a receipt"),
             }
         }
+    }
+
+    /// Our next receipt in `room` waits a spacing (drawn at random around
+    /// [`Service::receipt_spacing`]) from now: we just told the room what we hold.
+    fn space_receipt(&mut self, room: RoomId) {
+        use rand::RngExt;
+        let next = self.receipt_spacing(room) * rand::rng().random_range(0.5..1.5);
+        self.next_receipt.insert(
+            room,
+            tokio::time::Instant::now() + Duration::from_secs_f64(next),
+        );
     }
 
     /// Seconds between two of our receipts in `room`, so that the whole room carries about
