@@ -218,6 +218,8 @@ pub struct Core {
     announced: HashMap<RoomId, HashMap<Id, u64>>,
     /// Joins past this many rooms are refused ([`MAX_ROOMS`]; lower in tests).
     room_limit: usize,
+    /// Heads one message carries at most ([`MAX_PIGGYBACK_HEADS`]; lower in tests).
+    piggyback_max: usize,
 }
 
 /// The most rooms one node can be in. A node tells each new peer all its rooms in one
@@ -270,6 +272,7 @@ impl Core {
             receipts: HashMap::new(),
             announced: HashMap::new(),
             room_limit: MAX_ROOMS,
+            piggyback_max: MAX_PIGGYBACK_HEADS,
         };
         core.check_owner()?;
         for (key, blob) in core.journal.settings_with_prefix(ROOM_PREFIX)? {
@@ -661,6 +664,14 @@ impl Core {
         changed
     }
 
+    /// Whether the room has been told every head we hold (so our next receipt can wait):
+    /// false when a message could not carry all that changed.
+    pub fn announced_all(&self, room: RoomId) -> bool {
+        self.journal
+            .vector(&room.0)
+            .is_ok_and(|v| self.unannounced(room, &v, false, 1).is_empty())
+    }
+
     /// Records heads as told to the room (by a receipt, or riding on a message).
     fn mark_announced(&mut self, room: RoomId, heads: &[(Id, u64)]) {
         let announced = self.announced.entry(room).or_default();
@@ -741,8 +752,9 @@ impl Core {
         // The message doubles as our receipt: it carries the heads that moved since we last
         // told the room, so a member who writes sends few receipts of its own.
         let vector = self.journal.vector(&room.id.0)?;
-        let mut heads = self.unannounced(room.id, &vector, false, MAX_PIGGYBACK_HEADS);
+        let mut heads = self.unannounced(room.id, &vector, false, self.piggyback_max + 1);
         heads.retain(|(a, _)| *a != me.0);
+        heads.truncate(self.piggyback_max);
         let payload = Payload {
             from: self.identity.username().to_string(),
             text: Some(text.to_string()),
@@ -1291,6 +1303,38 @@ mod tests {
         .unwrap();
         c.store_batch(rid, vec![verified]).unwrap();
         assert_eq!(delivered(&c)[..3], [2, 2, 2], "bob and carol herself");
+    }
+
+    #[test]
+    fn what_a_message_cannot_carry_waits_for_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, mut c) = three_in_lobby(&dir);
+        for writer in [&mut a, &mut c] {
+            let (rid, env, _) = writer.compose("lobby", "hi").unwrap();
+            b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        }
+        let rid = *b.names.get("lobby").unwrap();
+        b.piggyback_max = 1;
+        let carried = |b: &mut Core| {
+            let (_, env, _) = b.compose("lobby", "reply").unwrap();
+            check(
+                &a.identity,
+                a.room(&rid).unwrap(),
+                env.into_bytes(),
+                &a.keys,
+            )
+            .unwrap()
+            .1
+            .receipt
+            .map_or(0, |h| h.len())
+        };
+        assert!(!b.announced_all(rid));
+        assert_eq!(carried(&mut b), 1);
+        // One head is still untold: the service lets the receipt go at its usual time.
+        assert!(!b.announced_all(rid));
+        assert_eq!(carried(&mut b), 1);
+        assert!(b.announced_all(rid));
+        assert_eq!(carried(&mut b), 0);
     }
 
     #[test]
