@@ -215,7 +215,10 @@ pub struct Core {
     /// What each member's receipts say it holds, per room.
     receipts: HashMap<RoomId, HashMap<UserId, Receipt>>,
     /// What our own receipts said last, per room: the next one carries only what changed.
-    announced: HashMap<RoomId, HashMap<Id, u64>>,
+    announced: HashMap<RoomId, HashMap<Id, Told>>,
+    /// Counts announcements (receipts and messages carrying heads), to order heads by when
+    /// they were last told.
+    told_clock: u64,
     /// Joins past this many rooms are refused ([`MAX_ROOMS`]; lower in tests).
     room_limit: usize,
     /// Heads one message carries at most ([`MAX_PIGGYBACK_HEADS`]; lower in tests).
@@ -226,6 +229,13 @@ pub struct Core {
 /// gossipsub frame, so the list must fit in [`crate::net::MAX_TRANSMIT`]; past that, peers
 /// would not learn of any of its rooms.
 pub const MAX_ROOMS: usize = 1000;
+
+/// What we last told a room of one author's chain: the seq, and when (`Core::told_clock`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Told {
+    seq: u64,
+    at: u64,
+}
 
 /// What a member's receipts say: (latest receipt counter, author -> contiguous seq held).
 /// Receipts carry changes, so they merge: a held seq only ever grows.
@@ -271,6 +281,7 @@ impl Core {
             counters: Counters::default(),
             receipts: HashMap::new(),
             announced: HashMap::new(),
+            told_clock: 0,
             room_limit: MAX_ROOMS,
             piggyback_max: MAX_PIGGYBACK_HEADS,
         };
@@ -644,8 +655,10 @@ impl Core {
     }
 
     /// The heads of our vector in a room that moved since we last announced them (all of
-    /// them with `full`), the most advanced first, at most `max`: what does not fit goes
-    /// out next time.
+    /// them with `full`), at most `max`: those told longest ago (or never) first, so what
+    /// does not fit goes out next time, ahead of authors told since. A member who writes
+    /// often, each message carrying a few heads, thus tells every author's progress within
+    /// a few messages however busy the room.
     fn unannounced(
         &self,
         room: RoomId,
@@ -654,30 +667,28 @@ impl Core {
         max: usize,
     ) -> Vec<(Id, u64)> {
         let announced = self.announced.get(&room);
-        let mut changed: Vec<(Id, u64)> = vector
+        let told = |a: &Id| announced.and_then(|m| m.get(a)).copied();
+        let mut changed: Vec<(Id, u64, u64)> = vector
             .iter()
-            .filter(|(a, h)| full || announced.and_then(|m| m.get(*a)).is_none_or(|s| *s < h.seq))
-            .map(|(a, h)| (*a, h.seq))
+            .filter_map(|(a, h)| {
+                let t = told(a);
+                (full || t.is_none_or(|t| t.seq < h.seq))
+                    .then(|| (*a, h.seq, t.map_or(0, |t| t.at)))
+            })
             .collect();
-        changed.sort_by_key(|(_, seq)| std::cmp::Reverse(*seq));
+        changed.sort_by_key(|(_, seq, at)| (*at, std::cmp::Reverse(*seq)));
         changed.truncate(max);
-        changed
-    }
-
-    /// Whether the room has been told every head we hold (so our next receipt can wait):
-    /// false when a message could not carry all that changed.
-    pub fn announced_all(&self, room: RoomId) -> bool {
-        self.journal
-            .vector(&room.0)
-            .is_ok_and(|v| self.unannounced(room, &v, false, 1).is_empty())
+        changed.into_iter().map(|(a, seq, _)| (a, seq)).collect()
     }
 
     /// Records heads as told to the room (by a receipt, or riding on a message).
     fn mark_announced(&mut self, room: RoomId, heads: &[(Id, u64)]) {
+        self.told_clock += 1;
         let announced = self.announced.entry(room).or_default();
         for (a, seq) in heads {
-            let s = announced.entry(*a).or_default();
-            *s = (*s).max(*seq);
+            let t = announced.entry(*a).or_default();
+            t.seq = t.seq.max(*seq);
+            t.at = self.told_clock;
         }
     }
 
@@ -1306,35 +1317,41 @@ mod tests {
     }
 
     #[test]
-    fn what_a_message_cannot_carry_waits_for_the_next_one() {
+    fn what_a_message_cannot_carry_goes_first_in_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let (mut a, mut b, mut c) = three_in_lobby(&dir);
-        for writer in [&mut a, &mut c] {
-            let (rid, env, _) = writer.compose("lobby", "hi").unwrap();
-            b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
-        }
-        let rid = *b.names.get("lobby").unwrap();
+        let (rid, env, _) = a.compose("lobby", "a1").unwrap();
+        b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        let (_, env, _) = c.compose("lobby", "c1").unwrap();
+        b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
         b.piggyback_max = 1;
-        let carried = |b: &mut Core| {
+        let short = |x: &Core| short_id(&x.identity.id().0);
+        let carried = |b: &mut Core| -> Vec<(ShortId, u64)> {
             let (_, env, _) = b.compose("lobby", "reply").unwrap();
             check(
-                &a.identity,
-                a.room(&rid).unwrap(),
+                &b.identity,
+                b.room(&rid).unwrap(),
                 env.into_bytes(),
-                &a.keys,
+                &b.keys,
             )
             .unwrap()
             .1
             .receipt
-            .map_or(0, |h| h.len())
+            .map_or(Vec::new(), |h| h.0)
         };
-        assert!(!b.announced_all(rid));
-        assert_eq!(carried(&mut b), 1);
-        // One head is still untold: the service lets the receipt go at its usual time.
-        assert!(!b.announced_all(rid));
-        assert_eq!(carried(&mut b), 1);
-        assert!(b.announced_all(rid));
-        assert_eq!(carried(&mut b), 0);
+        let first = carried(&mut b);
+        assert_eq!(first.len(), 1, "one head fits");
+        // Whoever was told moves on again, yet the other author, never told, goes first.
+        let (told, other) = if first[0].0 == short(&a) {
+            (&mut a, &mut c)
+        } else {
+            (&mut c, &mut a)
+        };
+        let (_, env, _) = told.compose("lobby", "again").unwrap();
+        b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        assert_eq!(carried(&mut b), vec![(short(other), 1)]);
+        assert_eq!(carried(&mut b), vec![(short(told), 2)]);
+        assert_eq!(carried(&mut b), vec![], "nothing left untold");
     }
 
     #[test]

@@ -916,11 +916,9 @@ impl Service {
             Command::Send(room, text, r) => {
                 let res = blocking(|| self.core.compose(&room, &text)).map(|(id, env, message)| {
                     self.entries_added(id);
-                    // The message carried our receipt (see `Core::compose`); if it could
-                    // not carry all of it, the receipt goes at its usual time with the rest.
-                    if self.core.announced_all(id) {
-                        self.space_receipt(id);
-                    }
+                    // The message carried our receipt (see `Core::compose`); what did not
+                    // fit rides first on our next message, or goes in the next receipt.
+                    self.space_receipt(id);
                     let published = self.publish(id, env.into_bytes());
                     self.emit(Event::Message(message.clone()));
                     Sent { message, published }
