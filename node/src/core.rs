@@ -214,7 +214,8 @@ pub struct Core {
     counters: Counters,
     /// What each member's receipts say it holds, per room.
     receipts: HashMap<RoomId, HashMap<UserId, Receipt>>,
-    /// What our own receipts said last, per room: the next one carries only what changed.
+    /// What we last told each room (by receipts, and by heads riding on our messages): the
+    /// next receipt or message carries only what changed.
     announced: HashMap<RoomId, HashMap<Id, Told>>,
     /// Counts announcements (receipts and messages carrying heads), to order heads by when
     /// they were last told.
@@ -251,7 +252,7 @@ pub const MAX_RECEIPT_AUTHORS: usize = 256;
 /// At most this many heads ride on one message (about 13 bytes each): enough for the
 /// authors of a busy room between two of a member's messages, while a 100-byte message
 /// stays under gossipsub's 1,000-byte threshold for IDONTWANT (which costs an extra frame to
-/// every mesh peer). The rest goes in the next receipt.
+/// every mesh peer). The rest rides first on the next message, or goes in the next receipt.
 const MAX_PIGGYBACK_HEADS: usize = 24;
 
 /// Heads in their travelling form.
