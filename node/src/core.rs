@@ -707,19 +707,22 @@ impl Core {
             return Incoming::Duplicate;
         }
         slot.0 = env.seq;
-        let ahead = self.note_heads(room, env.author_id(), &heads);
-        Incoming::Receipt { ahead }
-    }
-
-    /// Merges what a member says it holds (a receipt, or heads riding on its message) into
-    /// what we know of it; true if it holds something we lack. Heads only grow, so a replay
-    /// or an older list takes nothing back.
-    fn note_heads(&mut self, room: RoomId, member: UserId, heads: &[(ShortId, u64)]) -> bool {
+        // Only a receipt's `ahead` wakes reconciliation: a message's arrival already does.
         let ours: HashMap<ShortId, u64> = self
             .journal
             .vector(&room.0)
             .map(|v| v.iter().map(|(a, h)| (short_id(a), h.seq)).collect())
             .unwrap_or_default();
+        let ahead = heads
+            .iter()
+            .any(|(id, seq)| ours.get(id).is_none_or(|s| s < seq));
+        self.note_heads(room, env.author_id(), &heads);
+        Incoming::Receipt { ahead }
+    }
+
+    /// Merges what a member says it holds (a receipt, or heads riding on its message) into
+    /// what we know of it. Heads only grow, so a replay or an older list takes nothing back.
+    fn note_heads(&mut self, room: RoomId, member: UserId, heads: &[(ShortId, u64)]) {
         let held = &mut self
             .receipts
             .entry(room)
@@ -727,13 +730,10 @@ impl Core {
             .entry(member)
             .or_insert((0, HashMap::new()))
             .1;
-        let mut ahead = false;
         for (id, seq) in heads {
-            ahead |= ours.get(id).is_none_or(|s| s < seq);
             let h = held.entry(*id).or_default();
             *h = (*h).max(*seq);
         }
-        ahead
     }
 
     /// Writes a text message into the journal and returns the envelope to publish.
@@ -747,7 +747,8 @@ impl Core {
         }
         let room = self.room_by_name(room_name)?.clone();
         let me = self.identity.id();
-        let head = self.journal.head(&room.id.0, &me.0)?;
+        let vector = self.journal.vector(&room.id.0)?;
+        let head = vector.get(&me.0).copied();
         let pos = Position {
             seq: head.map_or(1, |h| h.seq + 1),
             prev: head.map_or([0; 32], |h| h.hash),
@@ -763,7 +764,6 @@ impl Core {
         };
         // The message doubles as our receipt: it carries the heads that moved since we last
         // told the room, so a member who writes sends few receipts of its own.
-        let vector = self.journal.vector(&room.id.0)?;
         let mut heads = self.unannounced(room.id, &vector, false, self.piggyback_max + 1);
         heads.retain(|(a, _)| *a != me.0);
         heads.truncate(self.piggyback_max);
@@ -1156,6 +1156,15 @@ mod tests {
         (a, b, c)
     }
 
+    /// Delivered-to counts of the lobby's history, oldest first.
+    fn delivered(x: &Core) -> Vec<u32> {
+        x.history("lobby", 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.delivered_to)
+            .collect()
+    }
+
     fn two_in_lobby(dir: &tempfile::TempDir) -> (Core, Core, RoomId) {
         let lobby = Room::named("lobby", None).unwrap();
         let (mut a, mut b) = (core(dir, 0), core(dir, 1));
@@ -1203,13 +1212,6 @@ mod tests {
             x.compose_receipt(rid, full)
                 .unwrap()
                 .map(|env| env.into_bytes())
-        };
-        let delivered = |x: &Core| -> Vec<u32> {
-            x.history("lobby", 10)
-                .unwrap()
-                .iter()
-                .map(|m| m.delivered_to)
-                .collect()
         };
         // Bob holds a's three: his receipt says so, and Alice counts him.
         let first = receipt(&mut b, false).expect("bob has news");
@@ -1263,13 +1265,6 @@ mod tests {
             let entry = a.journal.get(&rid.0, &a.identity.id().0, seq).unwrap();
             b.receive(&rid.topic(), entry.unwrap().envelope).unwrap();
         }
-        let delivered = |x: &Core| -> Vec<u32> {
-            x.history("lobby", 10)
-                .unwrap()
-                .iter()
-                .map(|m| m.delivered_to)
-                .collect()
-        };
         // What a message of Bob's says he holds, as Alice reads it.
         let heads_in = |a: &Core, env: &Envelope| {
             check(
