@@ -36,6 +36,10 @@ enum Cmd {
         /// Override the count of every counted room spec (`count = ...`).
         #[arg(long)]
         rooms: Option<usize>,
+        /// Give every node a runtime and a thread of its own, as if it were its own process,
+        /// instead of running all nodes on one shared runtime.
+        #[arg(long)]
+        runtime_per_node: bool,
         /// Write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -63,6 +67,7 @@ fn main() -> Result<()> {
                 nodes,
                 rooms,
                 rate,
+                runtime_per_node,
                 json,
                 svg,
             },
@@ -82,13 +87,18 @@ fn main() -> Result<()> {
     let base = if baseline {
         let opts = Options {
             baseline: true,
+            runtime_per_node,
             ..Default::default()
         };
         Some(rt.block_on(netsim::run(&s, &opts))?)
     } else {
         None
     };
-    let report = rt.block_on(netsim::run(&s, &Options::default()))?;
+    let opts = Options {
+        runtime_per_node,
+        ..Default::default()
+    };
+    let report = rt.block_on(netsim::run(&s, &opts))?;
     print!("{}", report.table(base.as_ref()));
     if let Some(path) = json {
         let doc = serde_json::json!({ "cryptchat": report, "baseline": base });

@@ -2,21 +2,37 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use cryptchat::faults::Faults;
 use cryptchat::identity::Identity;
 use cryptchat::service::{self, Event, NodeConfig, NodeHandle};
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::baseline::PlainNode;
 
-/// A message delivered to a node: (room name, text).
-pub type Delivered = (String, String);
+/// A message delivered to a node.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    /// Index of the node that received it.
+    pub node: usize,
+    pub text: String,
+    /// When the node handed it to its client: stamped by the node's own forwarder, so the
+    /// runner's collector, one task for every node, adds nothing to the latency it measures.
+    pub at: Instant,
+}
 
 #[derive(Clone)]
-pub enum SimNode {
+pub struct SimNode {
+    kind: Kind,
+    /// Ends the node's own runtime thread when the last clone goes (if it has one).
+    _thread: Option<Arc<oneshot::Sender<()>>>,
+}
+
+#[derive(Clone)]
+enum Kind {
     Chat(NodeHandle),
     Plain(PlainNode),
 }
@@ -30,10 +46,56 @@ pub struct NodeSpec {
     pub faults: Faults,
     pub sync_interval: Duration,
     pub baseline: bool,
+    /// Run the node on a runtime of its own, on its own thread (see [`SimNode::start`]).
+    pub own_thread: bool,
 }
 
 impl SimNode {
+    /// Starts a node. With `own_thread`, the node gets a single-threaded runtime on a thread
+    /// of its own, as if it were its own process: the operating system then shares the cores
+    /// between nodes, preempting as it would between processes, instead of every node's tasks
+    /// taking turns on the few workers of one shared runtime, where any task's long poll
+    /// delays every other node's.
     pub async fn start(spec: &NodeSpec, dial: Vec<Multiaddr>) -> anyhow::Result<SimNode> {
+        if !spec.own_thread {
+            return Ok(SimNode {
+                kind: Kind::start(spec, dial).await?,
+                _thread: None,
+            });
+        }
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let spec = spec.clone();
+        std::thread::Builder::new()
+            .name(format!("node-{}", spec.index))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let _ = ready_tx.send(Kind::start(&spec, dial).await);
+                    // Runs until the last handle goes; dropping the runtime then ends
+                    // whatever of the node is left.
+                    let _ = stop_rx.await;
+                });
+            })?;
+        let kind = ready_rx.await.context("the node's thread ended")??;
+        Ok(SimNode {
+            kind,
+            _thread: Some(Arc::new(stop_tx)),
+        })
+    }
+}
+
+impl Kind {
+    async fn start(spec: &NodeSpec, dial: Vec<Multiaddr>) -> anyhow::Result<Kind> {
         if spec.baseline {
             let n = PlainNode::start(
                 spec.identity.peer_keypair(),
@@ -42,21 +104,23 @@ impl SimNode {
                 cryptchat::net::SwarmOptions::default().heartbeat,
             )
             .await?;
-            return Ok(SimNode::Plain(n));
+            return Ok(Kind::Plain(n));
         }
         let mut cfg = NodeConfig::new(spec.data_dir.clone());
         cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
         cfg.bootstrap = dial;
         cfg.sync_interval = spec.sync_interval;
         cfg.swarm.faults = spec.faults.clone();
-        Ok(SimNode::Chat(
+        Ok(Kind::Chat(
             service::start(spec.identity.clone(), cfg).await?,
         ))
     }
+}
 
+impl SimNode {
     pub async fn addr(&self) -> Option<Multiaddr> {
-        match self {
-            SimNode::Chat(h) => {
+        match &self.kind {
+            Kind::Chat(h) => {
                 for _ in 0..100 {
                     if let Ok(s) = h.status().await
                         && let Some(a) = s.listen_addrs.first()
@@ -67,21 +131,27 @@ impl SimNode {
                 }
                 None
             }
-            SimNode::Plain(p) => p.addr().await,
+            Kind::Plain(p) => p.addr().await,
         }
     }
 
-    /// Forwards every message delivered to this node into `tx`, tagged with `index`.
-    pub fn forward_deliveries(&self, index: usize, tx: mpsc::UnboundedSender<(usize, Delivered)>) {
-        match self {
-            SimNode::Chat(h) => {
+    /// Forwards every message delivered to this node into `tx`, tagged with `index` and
+    /// stamped with the time it came out of the node.
+    pub fn forward_deliveries(&self, index: usize, tx: mpsc::UnboundedSender<Delivered>) {
+        match &self.kind {
+            Kind::Chat(h) => {
                 let mut rx = h.subscribe();
                 tokio::spawn(async move {
                     loop {
                         match rx.recv().await {
                             Ok(Event::Message(m)) if !m.mine => {
-                                if let Some(t) = m.text {
-                                    let _ = tx.send((index, (m.room, t)));
+                                if let Some(text) = m.text {
+                                    let at = Instant::now();
+                                    let _ = tx.send(Delivered {
+                                        node: index,
+                                        text,
+                                        at,
+                                    });
                                 }
                             }
                             Ok(_) => {}
@@ -93,13 +163,18 @@ impl SimNode {
                     }
                 });
             }
-            SimNode::Plain(p) => {
+            Kind::Plain(p) => {
                 let mut rx = p.subscribe();
                 tokio::spawn(async move {
                     loop {
                         match rx.recv().await {
-                            Ok(d) => {
-                                let _ = tx.send((index, d));
+                            Ok((_room, text)) => {
+                                let at = Instant::now();
+                                let _ = tx.send(Delivered {
+                                    node: index,
+                                    text,
+                                    at,
+                                });
                             }
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                             Err(_) => return,
@@ -111,101 +186,101 @@ impl SimNode {
     }
 
     pub async fn join(&self, room: &str, password: Option<String>) -> anyhow::Result<()> {
-        match self {
-            SimNode::Chat(h) => {
+        match &self.kind {
+            Kind::Chat(h) => {
                 h.join(room, password).await?;
             }
-            SimNode::Plain(p) => p.join(room).await,
+            Kind::Plain(p) => p.join(room).await,
         }
         Ok(())
     }
 
     pub async fn send(&self, room: &str, text: &str) -> bool {
-        match self {
-            SimNode::Chat(h) => h.send(room, text).await.is_ok(),
-            SimNode::Plain(p) => p.send(room, text).await,
+        match &self.kind {
+            Kind::Chat(h) => h.send(room, text).await.is_ok(),
+            Kind::Plain(p) => p.send(room, text).await,
         }
     }
 
     /// Texts this node holds for a room (journal for cryptchat, received set for baseline).
     pub async fn held(&self, room: &str) -> Vec<String> {
-        match self {
-            SimNode::Chat(h) => h
+        match &self.kind {
+            Kind::Chat(h) => h
                 .history(room, usize::MAX)
                 .await
                 .map(|v| v.into_iter().filter_map(|m| m.text).collect())
                 .unwrap_or_default(),
-            SimNode::Plain(p) => p.held(room).await,
+            Kind::Plain(p) => p.held(room).await,
         }
     }
 
     /// Number of messages held for a room (cheap: no decryption).
     pub async fn count(&self, room: &str) -> u64 {
-        match self {
-            SimNode::Chat(h) => h
+        match &self.kind {
+            Kind::Chat(h) => h
                 .rooms()
                 .await
                 .ok()
                 .and_then(|rs| rs.into_iter().find(|r| r.name == room))
                 .map_or(0, |r| r.messages),
-            SimNode::Plain(p) => p.held(room).await.len() as u64,
+            Kind::Plain(p) => p.held(room).await.len() as u64,
         }
     }
 
     /// (author, seq) order of a room, for convergence checks.
     pub async fn order(&self, room: &str) -> Vec<(String, u64)> {
-        match self {
-            SimNode::Chat(h) => h
+        match &self.kind {
+            Kind::Chat(h) => h
                 .history(room, usize::MAX)
                 .await
                 .map(|v| v.into_iter().map(|m| (m.author_id, m.seq)).collect())
                 .unwrap_or_default(),
-            SimNode::Plain(_) => vec![],
+            Kind::Plain(_) => vec![],
         }
     }
 
     pub async fn room_peers(&self, room: &str) -> usize {
-        match self {
-            SimNode::Chat(h) => h
+        match &self.kind {
+            Kind::Chat(h) => h
                 .status()
                 .await
                 .ok()
                 .and_then(|s| s.rooms.into_iter().find(|r| r.name == room))
                 .map_or(0, |r| r.peers),
-            SimNode::Plain(p) => p.room_peers(room).await,
+            Kind::Plain(p) => p.room_peers(room).await,
         }
     }
 
     /// Peers this node is connected to.
     pub async fn connections(&self) -> usize {
-        match self {
-            SimNode::Chat(h) => h.status().await.map_or(0, |s| s.connected_peers),
-            SimNode::Plain(p) => p.connections().await,
+        match &self.kind {
+            Kind::Chat(h) => h.status().await.map_or(0, |s| s.connected_peers),
+            Kind::Plain(p) => p.connections().await,
         }
     }
 
     pub async fn block(&self, peers: Vec<PeerId>, blocked: bool) {
-        match self {
-            SimNode::Chat(h) => {
+        match &self.kind {
+            Kind::Chat(h) => {
                 let _ = h.block(peers, blocked).await;
             }
-            SimNode::Plain(p) => p.block(peers, blocked).await,
+            Kind::Plain(p) => p.block(peers, blocked).await,
         }
     }
 
     pub async fn duplicates(&self) -> u64 {
-        match self {
-            SimNode::Chat(h) => h.status().await.map_or(0, |s| s.counters.duplicates),
-            SimNode::Plain(_) => 0,
+        match &self.kind {
+            Kind::Chat(h) => h.status().await.map_or(0, |s| s.counters.duplicates),
+            Kind::Plain(_) => 0,
         }
     }
 
     pub async fn stop(&self) {
-        match self {
-            SimNode::Chat(h) => {
+        match &self.kind {
+            Kind::Chat(h) => {
                 let _ = h.shutdown().await;
             }
-            SimNode::Plain(p) => p.stop().await,
+            Kind::Plain(p) => p.stop().await,
         }
     }
 }

@@ -90,6 +90,10 @@ impl Idle {
 pub struct Report {
     pub scenario: String,
     pub mode: String,
+    /// "shared" (every node's tasks on one runtime) or "per-node" (a runtime and a thread
+    /// for each node, as if each were its own process).
+    #[serde(default)]
+    pub runtime: String,
     pub nodes: usize,
     pub setup_s: f64,
     /// Connected room members per node when the load started.
@@ -154,8 +158,8 @@ impl Report {
             out.push('\n');
         };
         out.push_str(&format!(
-            "scenario {} ({} nodes, {} messages)\n",
-            self.scenario, self.nodes, self.messages_sent
+            "scenario {} ({} nodes, {} messages, {} runtime)\n",
+            self.scenario, self.nodes, self.messages_sent, self.runtime
         ));
         if baseline.is_some() {
             out.push_str(&format!(

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::sync::mpsc;
 
-use crate::node::{NodeSpec, SimNode};
+use crate::node::{Delivered, NodeSpec, SimNode};
 use crate::report::{Report, RoomReport, Sample};
 use crate::scenario::{Action, Scenario};
 use crate::stats;
@@ -28,6 +28,9 @@ pub struct Options {
     pub baseline: bool,
     /// Where node data dirs go (default: a temporary dir, removed afterwards).
     pub data_root: Option<PathBuf>,
+    /// A runtime per node on a thread of its own, instead of every node's tasks on the
+    /// caller's runtime (see [`SimNode::start`]).
+    pub runtime_per_node: bool,
 }
 
 /// Derives the identities of a run: seeded, without argon2id (only RSA generation), in
@@ -63,7 +66,7 @@ struct Sim<'a> {
     specs: Vec<NodeSpec>,
     nodes: Vec<Option<SimNode>>,
     boot_addrs: Vec<Multiaddr>,
-    tx: mpsc::UnboundedSender<(usize, (String, String))>,
+    tx: mpsc::UnboundedSender<Delivered>,
     rng: ChaCha20Rng,
     baseline: bool,
     /// Time of the last heal, restart or rejoin: convergence is measured from it.
@@ -78,15 +81,10 @@ fn text_for(id: usize, size: usize) -> String {
     t
 }
 
-/// Notes that `node` received the message carried by `text` (now), counting repeats.
-fn record(
-    deliveries: &mut HashMap<(usize, usize), Instant>,
-    duplicates: &mut u64,
-    node: usize,
-    text: &str,
-) {
-    if let Some(id) = id_of(text)
-        && deliveries.insert((id, node), Instant::now()).is_some()
+/// Notes a delivery, counting repeats.
+fn record(deliveries: &mut HashMap<(usize, usize), Instant>, duplicates: &mut u64, d: Delivered) {
+    if let Some(id) = id_of(&d.text)
+        && deliveries.insert((id, d.node), d.at).is_some()
     {
         *duplicates += 1;
     }
@@ -270,6 +268,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             faults: Faults::new(s.link),
             sync_interval: Duration::from_secs_f64(s.sync_interval_s),
             baseline: opts.baseline,
+            own_thread: opts.runtime_per_node,
         })
         .collect();
     let rss_before = stats::memory_mib();
@@ -413,8 +412,8 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(due.into()) => break,
-                Some((node, (_, text))) = rx.recv() => {
-                    record(&mut deliveries, &mut duplicate_deliveries, node, &text);
+                Some(d) = rx.recv() => {
+                    record(&mut deliveries, &mut duplicate_deliveries, d);
                 }
             }
         }
@@ -448,8 +447,8 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
     let settle_deadline = Instant::now() + Duration::from_secs_f64(s.settle_s);
     let mut converged_at = None;
     while Instant::now() < settle_deadline {
-        while let Ok((node, (_, text))) = rx.try_recv() {
-            record(&mut deliveries, &mut duplicate_deliveries, node, &text);
+        while let Ok(d) = rx.try_recv() {
+            record(&mut deliveries, &mut duplicate_deliveries, d);
         }
         let mut done = true;
         'check: for (ri, room) in s.rooms.iter().enumerate() {
@@ -468,8 +467,8 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    while let Ok((node, (_, text))) = rx.try_recv() {
-        record(&mut deliveries, &mut duplicate_deliveries, node, &text);
+    while let Ok(d) = rx.try_recv() {
+        record(&mut deliveries, &mut duplicate_deliveries, d);
     }
     let load_bytes = sim.written() - load_bytes0;
     let load_frames = sim.frames();
@@ -580,6 +579,12 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             "baseline"
         } else {
             "cryptchat"
+        }
+        .into(),
+        runtime: if opts.runtime_per_node {
+            "per-node"
+        } else {
+            "shared"
         }
         .into(),
         nodes: s.nodes,

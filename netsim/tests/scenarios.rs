@@ -26,6 +26,34 @@ async fn smoke_delivers_everything() {
     assert!(r.bytes_per_delivered > 0.0);
 }
 
+/// A runtime and a thread per node: the nodes still deliver everything, and a node stopped
+/// and started again (its runtime dropped and a new one built) catches up.
+#[tokio::test(flavor = "multi_thread")]
+async fn runtime_per_node_delivers_through_a_restart() {
+    cryptchat::install_crypto_provider();
+    let mut s = scenario("smoke.toml");
+    s.events = vec![
+        netsim::scenario::EventSpec {
+            at_s: 1.0,
+            action: netsim::scenario::Action::Kill { nodes: vec![3] },
+        },
+        netsim::scenario::EventSpec {
+            at_s: 3.0,
+            action: netsim::scenario::Action::Restart { nodes: vec![3] },
+        },
+    ];
+    let opts = Options {
+        runtime_per_node: true,
+        ..Default::default()
+    };
+    let r = netsim::run(&s, &opts).await.unwrap();
+    println!("{}", r.table(None));
+    assert_eq!(r.runtime, "per-node");
+    assert!(r.complete(), "{r:#?}");
+    assert!(r.convergence_s.is_some());
+    assert!(r.latency.count > 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn short_partition_converges_after_heal() {
     cryptchat::install_crypto_provider();
