@@ -129,6 +129,12 @@ pub struct Report {
     /// (or the settle time ran out): what the messages cost on top of staying connected.
     #[serde(default)]
     pub load_cores: f64,
+    /// CPU time of all nodes from the start of the load until convergence, per delivered
+    /// message: what a delivery costs the machine. On loopback, where links add nothing,
+    /// a message reaches the last members once the machine has done the work of every hop,
+    /// so latency follows this figure.
+    #[serde(default)]
+    pub load_cpu_ms_per_delivered: f64,
     pub peak_rss_mib_per_node: f64,
     pub wall_s: f64,
     /// Idle cost, if the scenario has an idle period.
@@ -303,6 +309,12 @@ impl Report {
             "cores busy from load start",
             format!("{:.2}", self.load_cores),
             baseline.map(|b| format!("{:.2}", b.load_cores)),
+        );
+        line(
+            &mut out,
+            "CPU per delivery from load start",
+            format!("{:.2} ms", self.load_cpu_ms_per_delivered),
+            baseline.map(|b| format!("{:.2} ms", b.load_cpu_ms_per_delivered)),
         );
         line(
             &mut out,

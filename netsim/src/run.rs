@@ -603,6 +603,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         load_streams_per_delivered: per_delivery(load_opened),
         cpu_s_per_node: (stats::cpu_time() - cpu_start) / s.nodes as f64,
         load_cores: load_cpu / load_window.max(1e-9),
+        load_cpu_ms_per_delivered: load_cpu * 1000.0 / held_pairs.max(1) as f64,
         peak_rss_mib_per_node: stats::peak_memory_mib() / s.nodes as f64,
         wall_s: wall_start.elapsed().as_secs_f64(),
         idle,
