@@ -27,8 +27,15 @@ pub struct Delivered {
 #[derive(Clone)]
 pub struct SimNode {
     kind: Kind,
-    /// Ends the node's own runtime thread when the last clone goes (if it has one).
-    _thread: Option<Arc<oneshot::Sender<()>>>,
+    /// The node's own runtime, if it has one (see [`SimNode::start`]).
+    own: Option<OwnRuntime>,
+}
+
+#[derive(Clone)]
+struct OwnRuntime {
+    handle: tokio::runtime::Handle,
+    /// Ends the runtime's thread when the last clone of the node goes.
+    _stop: Arc<oneshot::Sender<()>>,
 }
 
 #[derive(Clone)]
@@ -55,12 +62,12 @@ impl SimNode {
     /// of its own, as if it were its own process: the operating system then shares the cores
     /// between nodes, preempting as it would between processes, instead of every node's tasks
     /// taking turns on the few workers of one shared runtime, where any task's long poll
-    /// delays every other node's.
+    /// delays every other node's. The node's delivery forwarder runs on that runtime too.
     pub async fn start(spec: &NodeSpec, dial: Vec<Multiaddr>) -> anyhow::Result<SimNode> {
         if !spec.own_thread {
             return Ok(SimNode {
                 kind: Kind::start(spec, dial).await?,
-                _thread: None,
+                own: None,
             });
         }
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -79,17 +86,22 @@ impl SimNode {
                         return;
                     }
                 };
+                let handle = rt.handle().clone();
                 rt.block_on(async move {
-                    let _ = ready_tx.send(Kind::start(&spec, dial).await);
+                    let started = Kind::start(&spec, dial).await.map(|k| (k, handle));
+                    let _ = ready_tx.send(started);
                     // Runs until the last handle goes; dropping the runtime then ends
                     // whatever of the node is left.
                     let _ = stop_rx.await;
                 });
             })?;
-        let kind = ready_rx.await.context("the node's thread ended")??;
+        let (kind, handle) = ready_rx.await.context("the node's thread ended")??;
         Ok(SimNode {
             kind,
-            _thread: Some(Arc::new(stop_tx)),
+            own: Some(OwnRuntime {
+                handle,
+                _stop: Arc::new(stop_tx),
+            }),
         })
     }
 }
@@ -135,13 +147,22 @@ impl SimNode {
         }
     }
 
+    /// Runs `task` beside the node: on its own runtime if it has one, so that what the task
+    /// measures does not wait for another runtime's workers.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        match &self.own {
+            Some(own) => drop(own.handle.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
+    }
+
     /// Forwards every message delivered to this node into `tx`, tagged with `index` and
     /// stamped with the time it came out of the node.
     pub fn forward_deliveries(&self, index: usize, tx: mpsc::UnboundedSender<Delivered>) {
         match &self.kind {
             Kind::Chat(h) => {
                 let mut rx = h.subscribe();
-                tokio::spawn(async move {
+                self.spawn(async move {
                     loop {
                         match rx.recv().await {
                             Ok(Event::Message(m)) if !m.mine => {
@@ -165,7 +186,7 @@ impl SimNode {
             }
             Kind::Plain(p) => {
                 let mut rx = p.subscribe();
-                tokio::spawn(async move {
+                self.spawn(async move {
                     loop {
                         match rx.recv().await {
                             Ok((_room, text)) => {
