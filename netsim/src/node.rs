@@ -24,6 +24,17 @@ pub struct Delivered {
     pub at: Instant,
 }
 
+impl Delivered {
+    /// `text`, delivered to `node` just now.
+    fn now(node: usize, text: String) -> Delivered {
+        Delivered {
+            node,
+            text,
+            at: Instant::now(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct SimNode {
     kind: Kind,
@@ -167,12 +178,7 @@ impl SimNode {
                         match rx.recv().await {
                             Ok(Event::Message(m)) if !m.mine => {
                                 if let Some(text) = m.text {
-                                    let at = Instant::now();
-                                    let _ = tx.send(Delivered {
-                                        node: index,
-                                        text,
-                                        at,
-                                    });
+                                    let _ = tx.send(Delivered::now(index, text));
                                 }
                             }
                             Ok(_) => {}
@@ -190,12 +196,7 @@ impl SimNode {
                     loop {
                         match rx.recv().await {
                             Ok((_room, text)) => {
-                                let at = Instant::now();
-                                let _ = tx.send(Delivered {
-                                    node: index,
-                                    text,
-                                    at,
-                                });
+                                let _ = tx.send(Delivered::now(index, text));
                             }
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                             Err(_) => return,
