@@ -31,6 +31,13 @@ pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new(crate::sync::PROTO
 
 /// Our own Kademlia protocol, so cryptchat's DHT does not mix with IPFS's.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cryptchat/kad/1.0.0");
+/// How often Kademlia walks the DHT to refresh its routing table (libp2p's default is 5
+/// minutes). Each walk connects to dozens of nodes, mostly not connected yet, and at 200
+/// nodes these walks and the rooms' re-announcements together cost several times the CPU
+/// of the room's own traffic; our room lookups and announcements refresh the table on the
+/// way anyway. Kademlia still walks as soon as a peer enters a
+/// table that holds fewer than 20 (a node starting up or left nearly alone).
+pub const DHT_REFRESH: Duration = Duration::from_secs(30 * 60);
 /// Identify protocol version string.
 pub const PROTOCOL_VERSION: &str = "/cryptchat/1.0.0";
 /// Gossipsub's largest frame, and the most subscription and control bytes one frame may
@@ -168,6 +175,7 @@ pub fn build_swarm(
             let peer_id = key.public().to_peer_id();
             let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
             kad_cfg.set_query_timeout(Duration::from_secs(30));
+            kad_cfg.set_periodic_bootstrap_interval(Some(DHT_REFRESH));
             let mut kad = kad::Behaviour::with_config(
                 peer_id,
                 kad::store::MemoryStore::new(peer_id),

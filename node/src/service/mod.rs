@@ -187,9 +187,11 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 /// A rendezvous dial counts towards its room's budget this long before the peer shows up
 /// as a member (connection, identify, subscription).
 const DIAL_PENDING: Duration = Duration::from_secs(15);
-/// Every this many rendezvous rounds, each room is announced in the DHT again (provider
-/// records live on other nodes' memory, which restarts lose).
-const ANNOUNCE_ROUNDS: u64 = 10;
+/// Each room is announced in the DHT again every this many rendezvous rounds at least
+/// (provider records live in other nodes' memory, which restarts lose)...
+const ANNOUNCE_MIN_ROUNDS: u32 = 10;
+/// ...and at most, whatever the room's size (see [`crate::peers::announce_every`]).
+const ANNOUNCE_MAX_ROUNDS: u32 = 120;
 /// A room whose member count holds still asks the DHT at least this many rendezvous rounds
 /// apart (see [`crate::peers::Pacing`]).
 const LOOKUP_MAX_EVERY: u32 = 8;
@@ -394,6 +396,8 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         bootstrap: cfg.bootstrap.clone(),
         nat: "unknown".into(),
         kad_ready: false,
+        rendezvous_rounds: 0,
+        announced: HashMap::new(),
         rendezvous_interval: cfg.rendezvous_interval,
         sync_interval: cfg.sync_interval,
         budget: cfg.budget,
@@ -454,6 +458,11 @@ struct Service {
     lookups: HashMap<RoomId, crate::peers::Pacing>,
     /// Rooms whose announcement waits for the DHT to have room for another query.
     announce_due: HashSet<RoomId>,
+    /// Rendezvous rounds so far.
+    rendezvous_rounds: u64,
+    /// Per room, the round of our last announcement and the random factor (0.5..1.5)
+    /// that stretches the wait for the next one (see [`Service::announce_is_due`]).
+    announced: HashMap<RoomId, (u64, f64)>,
     /// Reservations and circuits our relay serves, per peer: their connections stay open.
     relayed: HashMap<PeerId, u32>,
     reconcile: reconcile::State,
@@ -507,7 +516,6 @@ impl Service {
         let mut receipt_tick = staggered(RECEIPT_INTERVAL);
         let mut flush_tick = staggered(FLUSH_INTERVAL);
         let mut rounds = 0u64;
-        let mut rendezvous_rounds = 0u64;
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => {
@@ -547,12 +555,12 @@ impl Service {
                 },
                 _ = fast.tick(), if tokio::time::Instant::now() < settle_until => {
                     self.redial_if_alone();
-                    self.rendezvous_all(false, false);
+                    self.rendezvous_all(false);
                     self.flush_outbox_all();
                 }
                 _ = slow.tick() => {
-                    rendezvous_rounds += 1;
-                    self.rendezvous_all(rendezvous_rounds.is_multiple_of(ANNOUNCE_ROUNDS), true);
+                    self.rendezvous_rounds += 1;
+                    self.rendezvous_round();
                     self.flush_outbox_all();
                 }
             }
@@ -600,6 +608,7 @@ impl Service {
                 if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
                     tracing::warn!(error = %e, "could not announce room membership");
                 }
+                self.announced_now(id);
             }
         }
         let have = self.room_peers_or_dialled(id);
@@ -711,10 +720,54 @@ impl Service {
         }
     }
 
-    fn rendezvous_all(&mut self, announce: bool, paced: bool) {
+    /// One rendezvous round: every room looks for members (paced), and the rooms whose
+    /// turn has come are announced again.
+    fn rendezvous_round(&mut self) {
         let ids: Vec<RoomId> = self.core.rooms().map(|r| r.id).collect();
         for id in ids {
-            self.rendezvous(id, announce, paced);
+            let due = self.announce_is_due(id);
+            self.rendezvous(id, due, true);
+        }
+    }
+
+    /// Whether our announcement of `room` is due again: [`crate::peers::announce_every`]
+    /// rounds after the last, stretched by a factor drawn at each announcement so that
+    /// members who joined together spread out. Decided afresh every round, so a room that
+    /// loses its connected members shortens its wait at once.
+    fn announce_is_due(&mut self, room: RoomId) -> bool {
+        let Some(&(last, stretch)) = self.announced.get(&room) else {
+            return true;
+        };
+        // Never sooner than the minimum: spares the counting below in most rounds.
+        let soonest = (f64::from(ANNOUNCE_MIN_ROUNDS) * stretch).round().max(1.0) as u64;
+        if self.rendezvous_rounds < last + soonest {
+            return false;
+        }
+        let well_connected = self.room_peer_ids(room).len() >= self.budget.target;
+        let every = crate::peers::announce_every(
+            self.core.member_count(room),
+            well_connected,
+            ANNOUNCE_MIN_ROUNDS,
+            ANNOUNCE_MAX_ROUNDS,
+        );
+        let wait = (f64::from(every) * stretch).round().max(1.0) as u64;
+        self.rendezvous_rounds >= last + wait
+    }
+
+    /// Notes that `room` was just announced.
+    fn announced_now(&mut self, room: RoomId) {
+        use rand::RngExt;
+        let stretch = rand::rng().random_range(0.5..1.5);
+        self.announced
+            .insert(room, (self.rendezvous_rounds, stretch));
+    }
+
+    /// Looks for members of every room short of its target now (unpaced), and announces
+    /// every room with `announce`.
+    fn rendezvous_all(&mut self, announce: bool) {
+        let ids: Vec<RoomId> = self.core.rooms().map(|r| r.id).collect();
+        for id in ids {
+            self.rendezvous(id, announce, false);
         }
     }
 
@@ -900,6 +953,7 @@ impl Service {
                         self.outbox.remove(&room.id);
                         self.lookups.remove(&room.id);
                         self.announce_due.remove(&room.id);
+                        self.announced.remove(&room.id);
                         self.forget_room(room.id);
                         Ok(self.core.room_view(&room)?)
                     });
@@ -978,7 +1032,7 @@ impl Service {
                 if !blocked {
                     // Reconnect through the bootstrap nodes and the DHT.
                     self.dial_bootstrap();
-                    self.rendezvous_all(false, false);
+                    self.rendezvous_all(false);
                 }
                 let _ = r.send(Ok(()));
             }
@@ -1093,7 +1147,7 @@ impl Service {
                     if !self.kad_ready {
                         self.kad_ready = true;
                         let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                        self.rendezvous_all(true, false);
+                        self.rendezvous_all(true);
                     }
                 }
             }
