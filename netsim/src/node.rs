@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -35,11 +36,17 @@ impl Delivered {
     }
 }
 
+/// A status query waits this long at most. A saturated node (hundreds of nodes on two
+/// cores) may not answer for minutes; the run still has to finish and report, counting
+/// the query as unanswered (see [`NodeSpec::unanswered`]).
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct SimNode {
     kind: Kind,
     /// The node's own runtime, if it has one (see [`SimNode::start`]).
     own: Option<OwnRuntime>,
+    unanswered: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -66,6 +73,8 @@ pub struct NodeSpec {
     pub baseline: bool,
     /// Run the node on a runtime of its own, on its own thread (see [`SimNode::start`]).
     pub own_thread: bool,
+    /// Status queries that timed out, over the whole run (shared by every node's spec).
+    pub unanswered: Arc<AtomicU64>,
 }
 
 impl SimNode {
@@ -79,10 +88,12 @@ impl SimNode {
             return Ok(SimNode {
                 kind: Kind::start(spec, dial).await?,
                 own: None,
+                unanswered: spec.unanswered.clone(),
             });
         }
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let unanswered = spec.unanswered.clone();
         let spec = spec.clone();
         std::thread::Builder::new()
             .name(format!("node-{}", spec.index))
@@ -113,6 +124,7 @@ impl SimNode {
                 handle,
                 _stop: Arc::new(stop_tx),
             }),
+            unanswered,
         })
     }
 }
@@ -141,6 +153,23 @@ impl Kind {
 }
 
 impl SimNode {
+    /// `query`'s answer, or `fallback` (counted as unanswered) after [`QUERY_TIMEOUT`].
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        fallback: T,
+        query: impl std::future::Future<Output = T>,
+    ) -> T {
+        match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+            Ok(v) => v,
+            Err(_) => {
+                self.unanswered.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(what, "a node did not answer a status query in time");
+                fallback
+            }
+        }
+    }
+
     pub async fn addr(&self) -> Option<Multiaddr> {
         match &self.kind {
             Kind::Chat(h) => {
@@ -226,59 +255,74 @@ impl SimNode {
 
     /// Texts this node holds for a room (journal for cryptchat, received set for baseline).
     pub async fn held(&self, room: &str) -> Vec<String> {
-        match &self.kind {
-            Kind::Chat(h) => h
-                .history(room, usize::MAX)
-                .await
-                .map(|v| v.into_iter().filter_map(|m| m.text).collect())
-                .unwrap_or_default(),
-            Kind::Plain(p) => p.held(room).await,
-        }
+        self.bounded("held", Vec::new(), async {
+            match &self.kind {
+                Kind::Chat(h) => h
+                    .history(room, usize::MAX)
+                    .await
+                    .map(|v| v.into_iter().filter_map(|m| m.text).collect())
+                    .unwrap_or_default(),
+                Kind::Plain(p) => p.held(room).await,
+            }
+        })
+        .await
     }
 
     /// Number of messages held for a room (cheap: no decryption).
     pub async fn count(&self, room: &str) -> u64 {
-        match &self.kind {
-            Kind::Chat(h) => h
-                .rooms()
-                .await
-                .ok()
-                .and_then(|rs| rs.into_iter().find(|r| r.name == room))
-                .map_or(0, |r| r.messages),
-            Kind::Plain(p) => p.held(room).await.len() as u64,
-        }
+        self.bounded("count", 0, async {
+            match &self.kind {
+                Kind::Chat(h) => h
+                    .rooms()
+                    .await
+                    .ok()
+                    .and_then(|rs| rs.into_iter().find(|r| r.name == room))
+                    .map_or(0, |r| r.messages),
+                Kind::Plain(p) => p.held(room).await.len() as u64,
+            }
+        })
+        .await
     }
 
     /// (author, seq) order of a room, for convergence checks.
     pub async fn order(&self, room: &str) -> Vec<(String, u64)> {
-        match &self.kind {
-            Kind::Chat(h) => h
-                .history(room, usize::MAX)
-                .await
-                .map(|v| v.into_iter().map(|m| (m.author_id, m.seq)).collect())
-                .unwrap_or_default(),
-            Kind::Plain(_) => vec![],
-        }
+        self.bounded("order", Vec::new(), async {
+            match &self.kind {
+                Kind::Chat(h) => h
+                    .history(room, usize::MAX)
+                    .await
+                    .map(|v| v.into_iter().map(|m| (m.author_id, m.seq)).collect())
+                    .unwrap_or_default(),
+                Kind::Plain(_) => vec![],
+            }
+        })
+        .await
     }
 
     pub async fn room_peers(&self, room: &str) -> usize {
-        match &self.kind {
-            Kind::Chat(h) => h
-                .status()
-                .await
-                .ok()
-                .and_then(|s| s.rooms.into_iter().find(|r| r.name == room))
-                .map_or(0, |r| r.peers),
-            Kind::Plain(p) => p.room_peers(room).await,
-        }
+        self.bounded("room_peers", 0, async {
+            match &self.kind {
+                Kind::Chat(h) => h
+                    .status()
+                    .await
+                    .ok()
+                    .and_then(|s| s.rooms.into_iter().find(|r| r.name == room))
+                    .map_or(0, |r| r.peers),
+                Kind::Plain(p) => p.room_peers(room).await,
+            }
+        })
+        .await
     }
 
     /// Peers this node is connected to.
     pub async fn connections(&self) -> usize {
-        match &self.kind {
-            Kind::Chat(h) => h.status().await.map_or(0, |s| s.connected_peers),
-            Kind::Plain(p) => p.connections().await,
-        }
+        self.bounded("connections", 0, async {
+            match &self.kind {
+                Kind::Chat(h) => h.status().await.map_or(0, |s| s.connected_peers),
+                Kind::Plain(p) => p.connections().await,
+            }
+        })
+        .await
     }
 
     pub async fn block(&self, peers: Vec<PeerId>, blocked: bool) {
@@ -291,10 +335,13 @@ impl SimNode {
     }
 
     pub async fn duplicates(&self) -> u64 {
-        match &self.kind {
-            Kind::Chat(h) => h.status().await.map_or(0, |s| s.counters.duplicates),
-            Kind::Plain(_) => 0,
-        }
+        self.bounded("duplicates", 0, async {
+            match &self.kind {
+                Kind::Chat(h) => h.status().await.map_or(0, |s| s.counters.duplicates),
+                Kind::Plain(_) => 0,
+            }
+        })
+        .await
     }
 
     pub async fn stop(&self) {

@@ -144,6 +144,10 @@ pub struct Report {
     pub per_node_delivery: Vec<f64>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub samples: Vec<Sample>,
+    /// Status queries a node did not answer within [`crate::node::QUERY_TIMEOUT`]: the
+    /// figures drawn from them (delivery, convergence) count that node as holding nothing.
+    #[serde(default)]
+    pub unanswered_queries: u64,
 }
 
 impl Report {
@@ -172,6 +176,14 @@ impl Report {
                 "  {:<32} {:>14}   {:>14}\n",
                 "", "cryptchat", "baseline"
             ));
+        }
+        if self.unanswered_queries > 0 {
+            line(
+                &mut out,
+                "status queries unanswered",
+                self.unanswered_queries.to_string(),
+                baseline.map(|b| b.unanswered_queries.to_string()),
+            );
         }
         if self.rooms.len() <= MAX_ROOM_LINES {
             for r in &self.rooms {

@@ -258,6 +258,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
 
     tracing::info!(nodes = s.nodes, "deriving identities");
     let ids = identities(s.nodes, s.seed).await?;
+    let unanswered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let specs: Vec<NodeSpec> = ids
         .into_iter()
         .enumerate()
@@ -269,6 +270,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             sync_interval: Duration::from_secs_f64(s.sync_interval_s),
             baseline: opts.baseline,
             own_thread: opts.runtime_per_node,
+            unanswered: unanswered.clone(),
         })
         .collect();
     let rss_before = stats::memory_mib();
@@ -493,22 +495,33 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         let mut want = 0u64;
         let mut have = 0u64;
         let mut orders = Vec::new();
-        let mut online = 0;
-        for &i in &members {
-            let Some(n) = &sim.nodes[i] else { continue };
-            online += 1;
+        // Every member at once: each query is bounded, so a run whose nodes are saturated
+        // still reports (after one timeout, not one per node).
+        let online: Vec<&SimNode> = members
+            .iter()
+            .filter_map(|&i| sim.nodes[i].as_ref())
+            .collect();
+        let answers = futures::future::join_all(online.iter().map(|n| async {
             let held: HashSet<usize> = n
                 .held(&room.name)
                 .await
                 .iter()
                 .filter_map(|t| id_of(t))
                 .collect();
+            let order = if sim.baseline {
+                None
+            } else {
+                Some(n.order(&room.name).await)
+            };
+            (held, order)
+        }))
+        .await;
+        for (held, order) in answers {
             want += ids.len() as u64;
             have += ids.intersection(&held).count() as u64;
-            if !sim.baseline {
-                orders.push(n.order(&room.name).await);
-            }
+            orders.extend(order);
         }
+        let online = online.len();
         held_pairs += have;
         let converged = !orders.is_empty() && orders.windows(2).all(|w| w[0] == w[1]);
         rooms.push(RoomReport {
@@ -537,10 +550,11 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         });
     }
     let bytes_written = sim.written();
-    let mut duplicates = duplicate_deliveries;
-    for n in sim.nodes.iter().flatten() {
-        duplicates += n.duplicates().await;
-    }
+    let duplicates = duplicate_deliveries
+        + futures::future::join_all(sim.nodes.iter().flatten().map(|n| n.duplicates()))
+            .await
+            .into_iter()
+            .sum::<u64>();
     let mut per_node_delivery = vec![(0u64, 0u64); s.nodes];
     for (ri, room) in s.rooms.iter().enumerate() {
         for i in s.members(room) {
@@ -559,10 +573,12 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             }
         }
     }
-    let mut connections = Vec::new();
-    for n in sim.nodes.iter().flatten() {
-        connections.push(n.connections().await as f64);
-    }
+    let connections: Vec<f64> =
+        futures::future::join_all(sim.nodes.iter().flatten().map(|n| n.connections()))
+            .await
+            .into_iter()
+            .map(|c| c as f64)
+            .collect();
     // Convergence counts from the last heal or restart, or from the end of the load.
     let convergence_from = sim.last_disruption.unwrap_or(load_end);
     // Counts over the (message, member) pairs delivered; 0 when nothing was.
@@ -612,9 +628,15 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             .map(|(a, b)| if b == 0 { 1.0 } else { a as f64 / b as f64 })
             .collect(),
         samples,
+        unanswered_queries: unanswered.load(std::sync::atomic::Ordering::Relaxed),
     };
-    for n in sim.nodes.iter().flatten() {
-        n.stop().await;
+    // A node too busy to stop in time is dropped with the run instead.
+    let stops = futures::future::join_all(sim.nodes.iter().flatten().map(|n| n.stop()));
+    if tokio::time::timeout(crate::node::QUERY_TIMEOUT, stops)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some nodes did not stop in time");
     }
     Ok(report)
 }
