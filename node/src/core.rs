@@ -204,7 +204,8 @@ pub struct Counters {
 /// The protocol state of one node.
 pub struct Core {
     identity: Arc<Identity>,
-    journal: Journal,
+    /// Shared with the thread that makes it durable (see [`Core::shared_journal`]).
+    journal: Arc<Journal>,
     /// Keys of the authors met so far: envelopes name their author by id (see
     /// [`crate::authors`]).
     keys: AuthorKeys,
@@ -274,7 +275,7 @@ impl Core {
         keys.insert(identity.public().clone());
         let mut core = Core {
             identity,
-            journal,
+            journal: Arc::new(journal),
             keys,
             rooms: BTreeMap::new(),
             names: BTreeMap::new(),
@@ -881,13 +882,20 @@ impl Core {
         Ok(self.journal.flush()?)
     }
 
+    /// The journal, for work that must not hold up the caller: a durable flush waits for
+    /// the disk, and [`Journal::flush`] may run on another thread while this core keeps
+    /// committing (redb's write lock orders the two).
+    pub fn shared_journal(&self) -> Arc<Journal> {
+        self.journal.clone()
+    }
+
     /// Counts entries that failed verification during sync.
     pub fn count_rejection(&mut self, why: Rejection) {
         self.reject(why);
     }
 
     /// Stores entries a peer sent during sync (already verified by [`check`]) in one
-    /// durable transaction.
+    /// transaction, durable at the next flush like gossip (their senders hold them too).
     pub fn store_batch(
         &mut self,
         room_id: RoomId,

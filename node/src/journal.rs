@@ -809,6 +809,11 @@ impl Journal {
         })
     }
 
+    /// Whether deferred commits wait for a [`Self::flush`].
+    pub fn has_unflushed(&self) -> bool {
+        self.unflushed.load(Ordering::Acquire)
+    }
+
     /// Makes deferred commits durable; returns whether there were any.
     pub fn flush(&self) -> Result<bool, JournalError> {
         if !self.unflushed.load(Ordering::Acquire) {

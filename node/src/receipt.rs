@@ -6,6 +6,9 @@
 //! base64url string of `id (8 bytes) | seq (LEB128)` per author, about 13 bytes each where
 //! the JSON list of hex strings that receipts used before (still read) took about 24.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::Error as _;
@@ -113,9 +116,66 @@ impl<'de> Deserialize<'de> for Heads {
     }
 }
 
+/// Receipts heard per room over the last second or so. A member that has just joined a
+/// busy room, or whose room has been quiet, knows few of the others, so its own count says
+/// the room is small and its receipts may go out every second: when a message reaches
+/// hundreds of members at once, all of them would answer within that second, each receipt
+/// to every member. What a member hears tells it the room already carries its share.
+#[derive(Debug)]
+pub struct Heard<K> {
+    current: HashMap<K, u32>,
+    previous: HashMap<K, u32>,
+}
+
+impl<K> Default for Heard<K> {
+    fn default() -> Self {
+        Heard {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq> Heard<K> {
+    /// Counts a valid receipt received in `room`.
+    pub fn record(&mut self, room: K) {
+        *self.current.entry(room).or_default() += 1;
+    }
+
+    /// Starts a new window; call once per receipt interval.
+    pub fn roll(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
+    }
+
+    /// Receipts heard in `room` in the last full window or the current one, whichever
+    /// holds more.
+    pub fn recent(&self, room: &K) -> u32 {
+        let get = |m: &HashMap<K, u32>| m.get(room).copied().unwrap_or(0);
+        get(&self.current).max(get(&self.previous))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heard_receipts_count_over_the_last_window() {
+        let mut heard = Heard::default();
+        assert_eq!(heard.recent(&1), 0);
+        heard.record(1);
+        heard.record(1);
+        heard.record(2);
+        assert_eq!((heard.recent(&1), heard.recent(&2)), (2, 1));
+        heard.roll();
+        heard.record(1);
+        // The window before still counts until it is a full window old.
+        assert_eq!((heard.recent(&1), heard.recent(&2)), (2, 1));
+        heard.roll();
+        assert_eq!((heard.recent(&1), heard.recent(&2)), (1, 0));
+        heard.roll();
+        assert_eq!(heard.recent(&1), 0);
+    }
 
     #[test]
     fn packed_heads_round_trip_and_stay_small() {

@@ -163,6 +163,19 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// A node whose event loop is this late holds up every connection it has (once their
+/// buffered events fill up, they stop reading).
+const LATE: Duration = Duration::from_millis(100);
+
+/// Logs how late a timer was handled, past [`LATE`] (at debug, under the `cryptchat::slow`
+/// target): the node's task was busy with earlier events or waited for the runtime.
+fn lag_report(due: tokio::time::Instant) {
+    let lag = due.elapsed();
+    if lag >= LATE {
+        tracing::debug!(target: "cryptchat::slow", ms = lag.as_millis() as u64, "timer fired late");
+    }
+}
+
 /// A timer ticking every `period` from a random point of its first period. Nodes started
 /// together (a compose file, a simulation, a restart after an outage) would otherwise run
 /// their periodic work (vector exchanges, receipts, disk syncs) at the same moments, and
@@ -198,6 +211,10 @@ const LOOKUP_MAX_EVERY: u32 = 8;
 /// DHT queries (announcements and lookups) a node runs at once at most; see
 /// [`Service::rendezvous`].
 const MAX_DHT_QUERIES: usize = 64;
+/// Ping failures in a row (as reported: libp2p's handler keeps quiet about the first)
+/// after which a connection counts as dead. With pings every 5 s and 10 s timeouts, a dead
+/// link is closed within about 40 s, and a peer that answers late now and then is kept.
+const PING_FAILURES_TO_CLOSE: u32 = 2;
 /// Invalid messages a peer may relay per window before it is cut off.
 const STRIKE_LIMIT: u32 = 20;
 /// Receipts go out at most this often per room.
@@ -413,9 +430,12 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         commit_at: None,
         last_commit: tokio::time::Instant::now(),
         next_receipt: HashMap::new(),
+        receipts_heard: Default::default(),
         faults: cfg.swarm.faults.clone(),
         banned: HashMap::new(),
         internal_rx,
+        flushing: false,
+        ping_failures: HashMap::new(),
         webrtc: webrtc::Sockets::new(webrtc_listeners),
         dial_order,
     };
@@ -471,6 +491,8 @@ struct Service {
     faults: crate::faults::Faults,
     /// When each room may send our next receipt.
     next_receipt: HashMap<RoomId, tokio::time::Instant>,
+    /// Receipts other members sent lately, per room.
+    receipts_heard: crate::receipt::Heard<RoomId>,
     /// When the pending group commit must happen, and when the last one did.
     commit_at: Option<tokio::time::Instant>,
     last_commit: tokio::time::Instant,
@@ -485,6 +507,10 @@ struct Service {
     /// Peers cut off for misbehaviour, until the given time.
     banned: HashMap<PeerId, std::time::Instant>,
     internal_rx: mpsc::UnboundedReceiver<reconcile::Internal>,
+    /// A flush runs on a blocking thread (at most one at a time).
+    flushing: bool,
+    /// Ping failures in a row per connection (see [`PING_FAILURES_TO_CLOSE`]).
+    ping_failures: HashMap<libp2p::swarm::ConnectionId, u32>,
     /// Our WebRTC-direct listeners, renewed after a failed WebRTC-direct dial.
     webrtc: webrtc::Sockets,
     /// Which side of a pair dials over WebRTC-direct (shared with the transport).
@@ -543,7 +569,10 @@ impl Service {
                     }
                 }
                 _ = receipt_tick.tick() => self.send_receipts(),
-                _ = flush_tick.tick() => self.flush(),
+                due = flush_tick.tick() => {
+                    lag_report(due);
+                    self.flush();
+                }
                 _ = sleep_until_opt(self.reconcile.next_pull()) => self.run_due_pulls(),
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
@@ -567,9 +596,19 @@ impl Service {
             // Whatever the event called for, one vector exchange per peer carries it.
             self.send_hellos();
         }
+        // A flush in flight holds the journal: let it finish, so that the database is
+        // closed when we say we stopped.
+        while self.flushing {
+            match self.internal_rx.recv().await {
+                Some(msg) => self.on_internal(msg),
+                None => break,
+            }
+        }
         // What was verified but not yet stored goes to disk.
         self.commit_unstored();
-        self.flush();
+        if let Err(e) = blocking(|| self.core.flush()) {
+            tracing::error!(error = %e, "could not flush the journal");
+        }
         // Close the journal and the listeners before saying we stopped, so the data dir can
         // be opened again right away.
         drop(self);
@@ -1092,6 +1131,7 @@ impl Service {
                 connection_id,
                 ..
             } => {
+                self.ping_failures.remove(&connection_id);
                 if let Some((_, conns)) = self.connections.get_mut(&peer_id) {
                     conns.retain(|(c, _)| *c != connection_id);
                     if conns.is_empty() {
@@ -1210,14 +1250,31 @@ impl Service {
                 }
             }
             BehaviourEvent::Ping(ping::Event {
+                connection,
+                result: Ok(_),
+                ..
+            }) => {
+                self.ping_failures.remove(&connection);
+            }
+            BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,
                 result: Err(error),
             }) => {
                 // A connection that stops answering pings is dead (the peer moved or
                 // vanished): close it, so gossip and sync stop using it and we re-dial.
-                tracing::debug!(%peer, %error, "ping failed: closing the connection");
-                self.swarm.close_connection(connection);
+                // But a slow answer is not a dead peer: a node busy for a few seconds
+                // would otherwise lose its connections all at once, and re-making them
+                // (lookups, handshakes) keeps everyone busy for longer.
+                let failures = self.ping_failures.entry(connection).or_default();
+                *failures += 1;
+                if *failures >= PING_FAILURES_TO_CLOSE {
+                    tracing::debug!(%peer, %error, "pings failed: closing the connection");
+                    self.ping_failures.remove(&connection);
+                    self.swarm.close_connection(connection);
+                } else {
+                    tracing::debug!(%peer, %error, "ping failed");
+                }
             }
             BehaviourEvent::Relay(ev) => self.on_relay_event(ev),
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
@@ -1312,6 +1369,7 @@ impl Service {
     fn send_receipts(&mut self) {
         use rand::RngExt;
         let now = tokio::time::Instant::now();
+        self.receipts_heard.roll();
         let due: Vec<(RoomId, bool)> = self.receipts_due.iter().map(|(r, f)| (*r, *f)).collect();
         for (room, full) in due {
             // After a quiet spell our last receipt no longer paces the next one, and every
@@ -1327,6 +1385,12 @@ impl Service {
                 }
             };
             if now < at {
+                continue;
+            }
+            // The room carries its share of receipts already: ours waits another spacing
+            // (by then we know more members, so the spacing is longer).
+            if f64::from(self.receipts_heard.recent(&room)) >= RECEIPTS_PER_ROOM_PER_S {
+                self.space_receipt(room);
                 continue;
             }
             self.receipts_due.remove(&room);
@@ -1365,9 +1429,29 @@ impl Service {
         (members / RECEIPTS_PER_ROOM_PER_S).clamp(1.0, 60.0)
     }
 
-    /// Makes the entries stored since the last flush durable.
+    /// Makes the entries stored since the last flush durable, on a blocking thread: a
+    /// durable commit waits for the disk (two syncs), and the event loop keeps going
+    /// meanwhile. Handing the runtime worker over with `block_in_place` instead cost a
+    /// thread switch per flush, every second on every node holding new entries.
     fn flush(&mut self) {
-        if let Err(e) = blocking(|| self.core.flush()) {
+        let journal = self.core.shared_journal();
+        if self.flushing || !journal.has_unflushed() {
+            return;
+        }
+        self.flushing = true;
+        let tx = self.reconcile.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = journal.flush();
+            // Let go of the journal first: a node shutting down waits for this message, then
+            // closes the database.
+            drop(journal);
+            let _ = tx.send(reconcile::Internal::Flushed(result));
+        });
+    }
+
+    fn flushed(&mut self, result: Result<bool, crate::journal::JournalError>) {
+        self.flushing = false;
+        if let Err(e) = result {
             tracing::error!(error = %e, "could not flush the journal");
         }
     }
@@ -1450,9 +1534,13 @@ impl Service {
     ) {
         let verdict = match incoming {
             Incoming::Receipt { ahead } => {
-                // A member holds what gossip did not bring us: reconcile in the next round.
-                if ahead && let Some(room) = room {
-                    self.news(room);
+                if let Some(room) = room {
+                    self.receipts_heard.record(room);
+                    // A member holds what gossip did not bring us: reconcile in the next
+                    // round.
+                    if ahead {
+                        self.news(room);
+                    }
                 }
                 MessageAcceptance::Accept
             }

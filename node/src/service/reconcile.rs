@@ -57,6 +57,8 @@ pub(crate) enum Internal {
         /// Both envelopes of a valid proof.
         conflicting: Option<Vec<(Envelope, Payload)>>,
     },
+    /// A flush on a blocking thread finished (see [`Service::flush`]).
+    Flushed(Result<bool, crate::journal::JournalError>),
 }
 
 enum Pending {
@@ -86,7 +88,7 @@ pub(crate) struct State {
     pulls_due: HashMap<(PeerId, RoomId), Instant>,
     retries: HashMap<(PeerId, RoomId), u32>,
     rate: HashMap<PeerId, Budget>,
-    tx: mpsc::UnboundedSender<Internal>,
+    pub(super) tx: mpsc::UnboundedSender<Internal>,
 }
 
 impl State {
@@ -733,6 +735,7 @@ impl Service {
                 }
                 None => self.penalise(peer, "sent an invalid fork proof"),
             },
+            Internal::Flushed(result) => self.flushed(result),
         }
     }
 
