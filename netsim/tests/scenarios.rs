@@ -85,3 +85,19 @@ async fn short_partition_converges_after_heal() {
     .unwrap();
     assert!(b.rooms[0].delivery_ratio < 1.0, "{:?}", b.rooms);
 }
+
+/// Links that lose a tenth of what they carry, with latency, jitter and a bandwidth cap:
+/// gossip drops messages, and reconciliation must still deliver every one.
+#[tokio::test(flavor = "multi_thread")]
+async fn lossy_links_lose_nothing() {
+    cryptchat::install_crypto_provider();
+    let mut s = scenario("lossy.toml");
+    // The shipped scenario, shrunk to test size.
+    s.nodes = 6;
+    s.load.duration_s = 8.0;
+    let r = netsim::run(&s, &Options::default()).await.unwrap();
+    println!("{}", r.table(None));
+    assert!(r.messages_sent > 0);
+    assert!(r.complete(), "{r:#?}");
+    assert!(r.convergence_s.is_some());
+}
