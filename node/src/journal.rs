@@ -816,7 +816,7 @@ impl Journal {
 
     /// Makes deferred commits durable; returns whether there were any.
     pub fn flush(&self) -> Result<bool, JournalError> {
-        if !self.unflushed.load(Ordering::Acquire) {
+        if !self.has_unflushed() {
             return Ok(false);
         }
         self.commit(self.begin_write()?, true)?;

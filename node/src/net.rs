@@ -208,8 +208,8 @@ pub fn build_swarm(
                 ),
                 relay_client,
                 relay: relay::Behaviour::new(peer_id, relay::Config::default()),
-                // Pings every 5 s with a 10 s timeout; the service closes a link after a few failures
-                // in a row (`PING_FAILURES_TO_CLOSE`).
+                // Pings every 5 s with a 10 s timeout; the service closes a link after three
+                // failed pings in a row (`PING_FAILURES_TO_CLOSE`).
                 ping: ping::Behaviour::new(
                     ping::Config::new()
                         .with_interval(Duration::from_secs(5))

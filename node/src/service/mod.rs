@@ -1434,8 +1434,11 @@ impl Service {
     /// meanwhile. Handing the runtime worker over with `block_in_place` instead cost a
     /// thread switch per flush, every second on every node holding new entries.
     fn flush(&mut self) {
+        if self.flushing {
+            return;
+        }
         let journal = self.core.shared_journal();
-        if self.flushing || !journal.has_unflushed() {
+        if !journal.has_unflushed() {
             return;
         }
         self.flushing = true;
