@@ -180,11 +180,75 @@ async fn a_big_room_keeps_connections_within_the_budget() {
         })
         .await;
     }
+    let mut activity = cryptchat::activity::Activity::default();
     for n in &nodes {
-        let peers = n.status().await.unwrap().connected_peers;
-        assert!(peers <= MESH_HIGH, "{peers} connections");
+        let status = n.status().await.unwrap();
+        assert!(
+            status.connected_peers <= MESH_HIGH,
+            "{} connections",
+            status.connected_peers
+        );
         assert!(room_peers(n, "lobby").await >= 2);
+        activity.add(&status.activity);
     }
+    // Members short of the target asked the members they had for more (member exchange)
+    // before the DHT.
+    assert!(
+        activity.member_asks > 0 && activity.member_asks_answered > 0,
+        "{activity:?}"
+    );
+}
+
+/// Member exchange: a member tells whoever asks (knowing the room) which members it is
+/// connected to and where they listen, and those addresses work: the asker reaches a member
+/// it knew nothing of through them. Who asks for what is a room id; other rooms are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_names_its_neighbours_and_they_can_be_dialled() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(identity("alice"), &dir.path().join("a"), &[]).await;
+    let boot = vec![first_addr(&a).await];
+    let b = node(identity("bob"), &dir.path().join("b"), &boot).await;
+    let c = node(identity("carol"), &dir.path().join("c"), &boot).await;
+    for n in [&a, &b, &c] {
+        n.join("lobby", None).await.unwrap();
+    }
+    wait_for("alice sees both members", T, async || {
+        room_peers(&a, "lobby").await >= 2
+    })
+    .await;
+    let peer_of = async |n: &cryptchat::service::NodeHandle| -> libp2p::PeerId {
+        n.status().await.unwrap().peer_id.parse().unwrap()
+    };
+    let (pa, pb, pc) = (peer_of(&a).await, peer_of(&b).await, peer_of(&c).await);
+
+    // Carol asks Alice: Alice names Bob (with addresses) and leaves Carol out.
+    let mut named = Vec::new();
+    wait_for("alice names bob", T, async || {
+        named = c.ask_members(pa, "lobby").await.unwrap();
+        named.iter().any(|(p, _)| *p == pb)
+    })
+    .await;
+    assert!(
+        named.iter().all(|(p, addrs)| *p != pc && !addrs.is_empty()),
+        "{named:?}"
+    );
+    // Bob's named addresses reach Bob.
+    let (_, addrs) = named.iter().find(|(p, _)| *p == pb).unwrap();
+    let d = node(identity("dave"), &dir.path().join("d"), &[]).await;
+    d.dial(addrs[0].clone().with_p2p(pb).unwrap())
+        .await
+        .unwrap();
+    wait_for("dave reaches bob", T, async || {
+        d.peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|v| v.peer_id == pb.to_string())
+    })
+    .await;
+    // A room Alice is not in: refused.
+    c.join("elsewhere", None).await.unwrap();
+    assert!(c.ask_members(pa, "elsewhere").await.is_err());
 }
 
 /// Gossipsub tells a new peer every room a node is in as one frame. With libp2p's default

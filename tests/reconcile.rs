@@ -69,6 +69,17 @@ async fn offline_node_catches_up_on_1000_messages() {
     })
     .await;
     eprintln!("carol caught up on 1000 messages in {:?}", back.elapsed());
+    // Her counters say how: she pulled what she missed (gossip does not replay history),
+    // and the others served it.
+    let activity = c.status().await.unwrap().activity;
+    assert!(
+        activity.pulls_sent > 0 && activity.exchanges_sent > 0,
+        "{activity:?}"
+    );
+    assert!(activity.entries_pulled >= 1000, "{activity:?}");
+    let served = a.status().await.unwrap().activity.entries_served
+        + b.status().await.unwrap().activity.entries_served;
+    assert!(served >= 1000, "served {served}");
     let reference = entries(&a, "lobby").await;
     assert_eq!(entries(&b, "lobby").await, reference);
     assert_eq!(entries(&c, "lobby").await, reference);

@@ -4,6 +4,7 @@
 //! [`journal`], [`core`]); [`service`] runs them on a libp2p swarm ([`net`]) owned by a single
 //! task, and [`api`] exposes the node on loopback for the CLI ([`client`]) and the web page.
 
+pub mod activity;
 pub mod api;
 pub mod authors;
 pub mod client;

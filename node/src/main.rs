@@ -541,6 +541,25 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     s.counters.duplicates,
                     s.counters.rejected.values().sum::<u64>()
                 );
+                let a = &s.activity;
+                println!(
+                    "sync: {} vector exchanges sent, {} answered, {} pulls ({} entries), {} served ({} entries), {} failed",
+                    a.exchanges_sent,
+                    a.exchanges_answered,
+                    a.pulls_sent,
+                    a.entries_pulled,
+                    a.pulls_served,
+                    a.entries_served,
+                    a.sync_failures
+                );
+                println!(
+                    "receipts: {} sent, {} heard   connections: {} opened, {} closed   lookups: {}",
+                    a.receipts_sent,
+                    a.receipts_heard,
+                    a.connections_opened,
+                    a.connections_closed,
+                    a.lookups
+                );
             })
         }
         Cmd::Dial { addr } => {

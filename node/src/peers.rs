@@ -164,9 +164,83 @@ impl Pacing {
     }
 }
 
+/// Members one answer to a member exchange names at most (see [`pick_offered`]).
+pub const EXCHANGE_MAX_MEMBERS: usize = 16;
+/// Addresses per member in such an answer at most.
+pub const EXCHANGE_MAX_ADDRS: usize = 4;
+
+/// Member exchange: a member short of connected room members asks one it is connected to
+/// which members *it* is connected to, and dials some of them. A DHT lookup hands every
+/// member that asks the same first 20 providers of the room key (each record holder keeps
+/// only those), so in a big room everyone who lost connections crowds onto the same few;
+/// the members' own neighbours are spread over the whole room, and asking one costs a
+/// single request instead of a DHT walk. The DHT stays the fallback for a member with no
+/// room member connected, or whose neighbours know no one new.
+///
+/// From what a peer `offered`, the members worth dialling: the first of each peer only (an
+/// answer may repeat one), none that `skip` rules out (ourselves, connected or being
+/// dialled already), at most `want`, drawn at random so that members who ask the same peer
+/// do not all dial the same few. Only the first [`EXCHANGE_MAX_MEMBERS`] offered count.
+pub fn pick_offered<P, A, R>(
+    offered: Vec<(P, A)>,
+    skip: impl Fn(&P) -> bool,
+    want: usize,
+    rng: &mut R,
+) -> Vec<(P, A)>
+where
+    P: Clone + Eq + Hash,
+    R: rand::Rng + ?Sized,
+{
+    use rand::seq::IndexedRandom;
+    let mut seen = std::collections::HashSet::new();
+    let fresh: Vec<(P, A)> = offered
+        .into_iter()
+        .take(EXCHANGE_MAX_MEMBERS)
+        .filter(|(p, _)| !skip(p) && seen.insert(p.clone()))
+        .collect();
+    let chosen: Vec<usize> = (0..fresh.len())
+        .collect::<Vec<_>>()
+        .sample(rng, want)
+        .copied()
+        .collect();
+    fresh
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| chosen.contains(i))
+        .map(|(_, x)| x)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offered_members_are_picked_fresh_unique_and_at_random() {
+        let mut rng = rand::rng();
+        let offered: Vec<(u32, ())> = [1, 2, 2, 3, 4, 5, 6].iter().map(|p| (*p, ())).collect();
+        // 1 is us, 2 is connected already.
+        let skip = |p: &u32| *p == 1 || *p == 2;
+        let all = pick_offered(offered.clone(), skip, 10, &mut rng);
+        let mut ids: Vec<u32> = all.iter().map(|(p, _)| *p).collect();
+        ids.sort();
+        assert_eq!(ids, vec![3, 4, 5, 6]);
+        assert_eq!(pick_offered(offered.clone(), skip, 2, &mut rng).len(), 2);
+        assert!(pick_offered(offered.clone(), skip, 0, &mut rng).is_empty());
+        // Over many draws every fresh member gets picked: askers spread out.
+        let mut picked = std::collections::HashSet::new();
+        for _ in 0..200 {
+            for (p, _) in pick_offered(offered.clone(), skip, 1, &mut rng) {
+                picked.insert(p);
+            }
+        }
+        assert_eq!(picked.len(), 4);
+        // An answer longer than allowed counts only up to the limit.
+        let long: Vec<(usize, ())> = (0..1000).map(|p| (p, ())).collect();
+        let got = pick_offered(long, |_| false, 1000, &mut rng);
+        assert_eq!(got.len(), EXCHANGE_MAX_MEMBERS);
+        assert!(got.iter().all(|(p, _)| *p < EXCHANGE_MAX_MEMBERS));
+    }
 
     fn peer(id: u32, rooms: &[u8], protected: bool) -> Connected<u32, u8> {
         Connected {

@@ -155,9 +155,34 @@ impl<K: Hash + Eq> Heard<K> {
     }
 }
 
+/// Receipts per second a whole room aims at: each costs every member a signature check.
+pub const PER_ROOM_PER_S: f64 = 4.0;
+/// The longest a member waits between two receipts in one room. A room of 2,400 members
+/// reaches it; what a member hears ([`Heard`]) keeps larger rooms at their share. Past a
+/// few minutes the whole receipt every member sends now and then says as much.
+pub const MAX_SPACING_S: f64 = 600.0;
+
+/// Seconds between two of one member's receipts in a room of `members` (as far as it
+/// knows), so that the room carries about [`PER_ROOM_PER_S`] in all.
+pub fn spacing(members: usize) -> f64 {
+    (members.max(1) as f64 / PER_ROOM_PER_S).clamp(1.0, MAX_SPACING_S)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spacing_keeps_a_room_at_its_share() {
+        assert_eq!(spacing(0), 1.0);
+        assert_eq!(spacing(3), 1.0);
+        assert_eq!(spacing(40), 10.0);
+        // 500 members: one receipt each every 125 s, four a second in all (a ceiling of a
+        // minute let such a room ask for more than eight).
+        assert_eq!(spacing(500), 125.0);
+        assert!(500.0 / spacing(500) <= PER_ROOM_PER_S);
+        assert_eq!(spacing(100_000), MAX_SPACING_S);
+    }
 
     #[test]
     fn heard_receipts_count_over_the_last_window() {

@@ -90,6 +90,21 @@ pub enum SyncRequest {
         room: Id,
         fork: ForkRef,
     },
+    /// Which room members the peer is connected to, and where they listen (member
+    /// exchange; see [`crate::peers::pick_offered`]). Nodes before it fail the request,
+    /// and the asker falls back to the DHT.
+    Members {
+        #[serde(with = "serde_bytes")]
+        room: Id,
+    },
+}
+
+/// A room member the responder is connected to: its peer id and listen addresses, as
+/// bytes (the asker parses them and drops what does not parse).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    pub peer: serde_bytes::ByteBuf,
+    pub addrs: Vec<serde_bytes::ByteBuf>,
 }
 
 /// The answer for one room of a [`SyncRequest::Hellos`].
@@ -126,6 +141,8 @@ pub enum SyncResponse {
         first: serde_bytes::ByteBuf,
         second: serde_bytes::ByteBuf,
     },
+    /// Answer to [`SyncRequest::Members`]: at most [`crate::peers::EXCHANGE_MAX_MEMBERS`].
+    Members(Vec<Member>),
     /// Not a room this node serves, or too many requests.
     Denied(String),
 }

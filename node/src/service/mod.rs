@@ -81,6 +81,8 @@ pub enum NodeError {
     DataDir { path: String, why: String },
     #[error("the node has stopped")]
     Stopped,
+    #[error("the peer did not answer: {0}")]
+    Peer(String),
 }
 
 impl From<JournalError> for NodeError {
@@ -119,6 +121,9 @@ pub struct Status {
     pub connected_peers: usize,
     pub rooms: Vec<RoomStatus>,
     pub counters: Counters,
+    /// What the node's networking did since it started.
+    #[serde(default)]
+    pub activity: crate::activity::Activity,
     pub nat: String,
 }
 
@@ -219,8 +224,8 @@ const PING_FAILURES_TO_CLOSE: u32 = 2;
 const STRIKE_LIMIT: u32 = 20;
 /// Receipts go out at most this often per room.
 const RECEIPT_INTERVAL: Duration = Duration::from_secs(1);
-/// Receipts per second a whole room aims at (see `send_receipts`).
-const RECEIPTS_PER_ROOM_PER_S: f64 = 4.0;
+/// How often a node logs its [`crate::activity::Activity`] (at debug).
+const ACTIVITY_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Every this many sync rounds, every room re-sends its whole receipt, for members that
 /// missed a change (receipts are best-effort gossip). A peer that subscribes to one of our
 /// rooms gets a whole receipt sooner.
@@ -245,6 +250,7 @@ enum Command {
     Block(Vec<PeerId>, bool, Reply<()>),
     SyncNow(Reply<()>),
     PublishRaw(String, Vec<u8>, Reply<()>),
+    AskMembers(PeerId, String, Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
     Shutdown(Reply<()>),
 }
 
@@ -364,6 +370,18 @@ impl NodeHandle {
             .await
     }
 
+    /// Asks a connected peer which members of a room it is connected to (member exchange,
+    /// as the node does by itself when a room is short of members), and returns the answer
+    /// as parsed: for tests of what a member hands on.
+    pub async fn ask_members(
+        &self,
+        peer: PeerId,
+        room: &str,
+    ) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, NodeError> {
+        self.ask(|r| Command::AskMembers(peer, room.to_string(), r))
+            .await
+    }
+
     pub async fn shutdown(&self) -> Result<(), NodeError> {
         self.ask(Command::Shutdown).await
     }
@@ -421,6 +439,8 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         rank_salt: rand::random(),
         room_dials: HashMap::new(),
         lookups: HashMap::new(),
+        peer_addrs: HashMap::new(),
+        exchanged_at: HashMap::new(),
         announce_due: HashSet::new(),
         relayed: HashMap::new(),
         reconcile: reconcile::State::new(internal_tx),
@@ -431,6 +451,8 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         last_commit: tokio::time::Instant::now(),
         next_receipt: HashMap::new(),
         receipts_heard: Default::default(),
+        activity: Default::default(),
+        activity_logged: Default::default(),
         faults: cfg.swarm.faults.clone(),
         banned: HashMap::new(),
         internal_rx,
@@ -476,6 +498,10 @@ struct Service {
     room_dials: HashMap<RoomId, HashMap<PeerId, std::time::Instant>>,
     /// Per-room pacing of DHT lookups for members.
     lookups: HashMap<RoomId, crate::peers::Pacing>,
+    /// Members connected or dialled per room when we last asked for a member exchange.
+    exchanged_at: HashMap<RoomId, usize>,
+    /// Listen addresses connected peers told us (identify): what member exchange hands on.
+    peer_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     /// Rooms whose announcement waits for the DHT to have room for another query.
     announce_due: HashSet<RoomId>,
     /// Rendezvous rounds so far.
@@ -509,6 +535,9 @@ struct Service {
     internal_rx: mpsc::UnboundedReceiver<reconcile::Internal>,
     /// A flush runs on a blocking thread (at most one at a time).
     flushing: bool,
+    /// What the networking did (see [`crate::activity`]), and its last logged value.
+    activity: crate::activity::Activity,
+    activity_logged: crate::activity::Activity,
     /// Ping failures in a row per connection (see [`PING_FAILURES_TO_CLOSE`]).
     ping_failures: HashMap<libp2p::swarm::ConnectionId, u32>,
     /// Our WebRTC-direct listeners, renewed after a failed WebRTC-direct dial.
@@ -541,6 +570,7 @@ impl Service {
         let mut stopped = None;
         let mut receipt_tick = staggered(RECEIPT_INTERVAL);
         let mut flush_tick = staggered(FLUSH_INTERVAL);
+        let mut activity_tick = staggered(ACTIVITY_LOG_INTERVAL);
         let mut rounds = 0u64;
         loop {
             tokio::select! {
@@ -569,6 +599,9 @@ impl Service {
                     }
                 }
                 _ = receipt_tick.tick() => self.send_receipts(),
+                _ = activity_tick.tick() => {
+                    self.activity_logged = self.activity.log_since(&self.activity_logged);
+                }
                 due = flush_tick.tick() => {
                     lag_report(due);
                     self.flush();
@@ -651,18 +684,57 @@ impl Service {
             }
         }
         let have = self.room_peers_or_dialled(id);
-        if !busy
-            && have < self.budget.target
+        let short = have < self.budget.target
             && (!paced
                 || self
                     .lookups
                     .entry(id)
                     .or_default()
-                    .due(have, LOOKUP_MAX_EVERY))
-        {
-            tracing::debug!(have, "looking for room members in the DHT");
-            self.swarm.behaviour_mut().kad.get_providers(key);
+                    .due(have, LOOKUP_MAX_EVERY));
+        if !short {
+            return;
         }
+        // Ask a connected member first; the DHT when there is none, when it answers with no
+        // one new, and when the last exchange left the count where it was (the member asked
+        // may have named peers that were gone, or lied): then the DHT gets its turn once.
+        let stale = self.exchanged_at.remove(&id) == Some(have);
+        if !stale && self.ask_members(id) {
+            self.exchanged_at.insert(id, have);
+        } else if !busy {
+            self.lookup(id);
+        }
+    }
+
+    /// Looks the room's members up in the DHT (unless too many queries run already).
+    fn lookup(&mut self, id: RoomId) {
+        if self.swarm.behaviour_mut().kad.iter_queries().count() >= MAX_DHT_QUERIES {
+            return;
+        }
+        tracing::debug!(
+            have = self.room_peer_ids(id).len(),
+            "looking for room members in the DHT"
+        );
+        self.activity.lookups += 1;
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .get_providers(kad::RecordKey::new(&id.0));
+    }
+
+    /// Member exchange ([`crate::peers::pick_offered`]): asks a random connected room member
+    /// which members it is connected to. False if we have no connected member to ask, or
+    /// too many exchanges are under way.
+    fn ask_members(&mut self, id: RoomId) -> bool {
+        use rand::seq::IndexedRandom;
+        let Some(peer) = self.room_peer_ids(id).choose(&mut rand::rng()).copied() else {
+            return false;
+        };
+        self.request_members(peer, id)
+    }
+
+    /// Where a connected peer listens, as it told us (identify), for member exchange.
+    fn listen_addrs_of(&self, peer: &PeerId) -> Option<&Vec<Multiaddr>> {
+        self.peer_addrs.get(peer).filter(|a| !a.is_empty())
     }
 
     /// Connected members of a room, plus members dialled for it that have not shown up yet.
@@ -936,6 +1008,7 @@ impl Service {
                 })
                 .collect(),
             counters: self.core.counters().clone(),
+            activity: self.activity,
             nat: self.nat.clone(),
         })
     }
@@ -991,6 +1064,7 @@ impl Service {
                             .stop_providing(&kad::RecordKey::new(&room.id.0));
                         self.outbox.remove(&room.id);
                         self.lookups.remove(&room.id);
+                        self.exchanged_at.remove(&room.id);
                         self.announce_due.remove(&room.id);
                         self.announced.remove(&room.id);
                         self.forget_room(room.id);
@@ -1090,6 +1164,15 @@ impl Service {
                 };
                 let _ = r.send(res);
             }
+            Command::AskMembers(peer, room, r) => match self.core.room_by_name(&room) {
+                Ok(room) => {
+                    let room = room.id;
+                    self.ask_members_for(peer, room, r);
+                }
+                Err(e) => {
+                    let _ = r.send(Err(e.into()));
+                }
+            },
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }
@@ -1114,6 +1197,7 @@ impl Service {
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
                 };
                 tracing::debug!(%peer_id, %addr, "connected");
+                self.activity.connections_opened += 1;
                 let (_, conns) = self
                     .connections
                     .entry(peer_id)
@@ -1132,11 +1216,13 @@ impl Service {
                 ..
             } => {
                 self.ping_failures.remove(&connection_id);
+                self.activity.connections_closed += 1;
                 if let Some((_, conns)) = self.connections.get_mut(&peer_id) {
                     conns.retain(|(c, _)| *c != connection_id);
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
                         self.relayed.remove(&peer_id);
+                        self.peer_addrs.remove(&peer_id);
                         self.reconcile.forget_peer(&peer_id);
                         if self.connections.is_empty() {
                             // Alone now: go back to the bootstrap nodes to find the network.
@@ -1178,6 +1264,15 @@ impl Service {
             BehaviourEvent::Gossipsub(ev) => self.on_gossipsub(ev),
             BehaviourEvent::Sync(ev) => self.on_sync_event(ev),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if self.swarm.is_connected(&peer_id) {
+                    let addrs = info
+                        .listen_addrs
+                        .iter()
+                        .take(crate::peers::EXCHANGE_MAX_ADDRS)
+                        .cloned()
+                        .collect();
+                    self.peer_addrs.insert(peer_id, addrs);
+                }
                 let speaks_kad = info.protocols.contains(&net::KAD_PROTOCOL);
                 if speaks_kad {
                     // Kademlia does not learn addresses by itself: feed it what identify saw.
@@ -1389,7 +1484,7 @@ impl Service {
             }
             // The room carries its share of receipts already: ours waits another spacing
             // (by then we know more members, so the spacing is longer).
-            if f64::from(self.receipts_heard.recent(&room)) >= RECEIPTS_PER_ROOM_PER_S {
+            if f64::from(self.receipts_heard.recent(&room)) >= crate::receipt::PER_ROOM_PER_S {
                 self.space_receipt(room);
                 continue;
             }
@@ -1399,11 +1494,15 @@ impl Service {
                 Ok(Some(env)) => {
                     let topic = IdentTopic::new(room.topic());
                     // Best effort: a receipt that finds no peer is simply not needed yet.
-                    let _ = self
+                    if self
                         .swarm
                         .behaviour_mut()
                         .gossipsub
-                        .publish(topic, env.into_bytes());
+                        .publish(topic, env.into_bytes())
+                        .is_ok()
+                    {
+                        self.activity.receipts_sent += 1;
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "could not build a receipt"),
@@ -1423,10 +1522,9 @@ impl Service {
     }
 
     /// Seconds between two of our receipts in `room`, so that the whole room carries about
-    /// [`RECEIPTS_PER_ROOM_PER_S`]. Counts the members: only for rooms whose receipt is due.
+    /// [`crate::receipt::PER_ROOM_PER_S`]. Counts the members: only for rooms whose receipt is due.
     fn receipt_spacing(&self, room: RoomId) -> f64 {
-        let members = self.core.member_count(room).max(1) as f64;
-        (members / RECEIPTS_PER_ROOM_PER_S).clamp(1.0, 60.0)
+        crate::receipt::spacing(self.core.member_count(room))
     }
 
     /// Makes the entries stored since the last flush durable, on a blocking thread: a
@@ -1537,6 +1635,7 @@ impl Service {
     ) {
         let verdict = match incoming {
             Incoming::Receipt { ahead } => {
+                self.activity.receipts_heard += 1;
                 if let Some(room) = room {
                     self.receipts_heard.record(room);
                     // A member holds what gossip did not bring us: reconcile in the next
@@ -1622,6 +1721,7 @@ impl Service {
                     self.verdict(&message_id, &propagation_source, MessageAcceptance::Ignore);
                     return;
                 }
+                self.activity.gossip_in += 1;
                 match self.core.admit(&topic, message.data) {
                     Admitted::Entry(entry) => {
                         // Verified: forward it now, so propagation never waits for a disk.

@@ -39,6 +39,9 @@ const SYNC_FANOUT: usize = 3;
 /// verify it twice.
 const PULL_DELAY: Duration = Duration::from_millis(1000);
 
+/// Member exchanges (one per room) under way at once at most.
+const MAX_MEMBER_ASKS: usize = 32;
+
 /// Threads that check one pulled batch's signatures at most.
 const MAX_CHECK_THREADS: usize = 4;
 
@@ -66,6 +69,9 @@ enum Pending {
     Hellos(PeerId, Vec<RoomId>),
     Pull(PeerId, RoomId),
     Fork(RoomId, ForkRef),
+    Members(RoomId),
+    /// A member exchange asked through [`super::NodeHandle::ask_members`].
+    MembersFor(super::Reply<Vec<(PeerId, Vec<libp2p::Multiaddr>)>>),
 }
 
 pub(crate) struct State {
@@ -83,6 +89,8 @@ pub(crate) struct State {
     /// a node catching up does not fetch the same entries from every member at once.
     pulling: HashMap<(RoomId, crate::journal::Id), PeerId>,
     fork_in_flight: HashSet<(RoomId, ForkRef)>,
+    /// Rooms with a member exchange under way (one at a time per room).
+    members_in_flight: HashSet<RoomId>,
     requests: HashMap<OutboundRequestId, Pending>,
     /// Pulls to start once their delay is over (see [`PULL_DELAY`]).
     pulls_due: HashMap<(PeerId, RoomId), Instant>,
@@ -102,6 +110,7 @@ impl State {
             pull_in_flight: HashSet::new(),
             pulling: HashMap::new(),
             fork_in_flight: HashSet::new(),
+            members_in_flight: HashSet::new(),
             requests: HashMap::new(),
             pulls_due: HashMap::new(),
             retries: HashMap::new(),
@@ -311,6 +320,7 @@ impl Service {
                     }
                 }
             }
+            self.activity.exchanges_sent += hellos.len() as u64;
             for batch in sync::batches(hellos) {
                 let rooms = batch.iter().map(|h| RoomId(h.room)).collect();
                 let id = self
@@ -354,6 +364,7 @@ impl Service {
             self.reconcile.pulling.insert((room, r.author), peer);
         }
         tracing::debug!(%peer, ranges = ranges.len(), "pulling missing entries");
+        self.activity.pulls_sent += 1;
         self.reconcile.pull_in_flight.insert((peer, room));
         let id = self.swarm.behaviour_mut().sync.send_request(
             &peer,
@@ -406,7 +417,15 @@ impl Service {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "sync request failed");
-                self.finish_request(request_id);
+                self.activity.sync_failures += 1;
+                // A member that could not answer (or predates member exchange): the DHT.
+                match self.finish_request(request_id) {
+                    Some(Pending::Members(room)) => self.lookup(room),
+                    Some(Pending::MembersFor(reply)) => {
+                        let _ = reply.send(Err(super::NodeError::Peer(error.to_string())));
+                    }
+                    _ => {}
+                }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "sync request from peer failed");
@@ -431,6 +450,10 @@ impl Service {
             Pending::Fork(room, fork) => {
                 self.reconcile.fork_in_flight.remove(&(*room, *fork));
             }
+            Pending::Members(room) => {
+                self.reconcile.members_in_flight.remove(room);
+            }
+            Pending::MembersFor(_) => {}
         }
         Some(p)
     }
@@ -461,7 +484,9 @@ impl Service {
         let resp = match request {
             SyncRequest::Hellos(hellos) => return self.on_hellos(peer, &hellos, channel),
             // Only members (those who know the room id) can ask, and only for rooms we are in.
-            SyncRequest::Pull { room, .. } | SyncRequest::ForkProof { room, .. }
+            SyncRequest::Pull { room, .. }
+            | SyncRequest::ForkProof { room, .. }
+            | SyncRequest::Members { room }
                 if self.core.room(&RoomId(room)).is_none() =>
             {
                 SyncResponse::Denied("unknown room".into())
@@ -471,6 +496,8 @@ impl Service {
                 Ok((entries, more)) => {
                     let bytes = entries.iter().map(|e| e.len() as u64).sum();
                     self.reconcile.charge_pull(peer, bytes);
+                    self.activity.pulls_served += 1;
+                    self.activity.entries_served += entries.len() as u64;
                     SyncResponse::Entries {
                         entries: entries
                             .into_iter()
@@ -484,6 +511,10 @@ impl Service {
                     SyncResponse::Denied("journal unavailable".into())
                 }
             },
+            SyncRequest::Members { room } => {
+                self.activity.member_asks_answered += 1;
+                SyncResponse::Members(self.members_for(peer, RoomId(room)))
+            }
             SyncRequest::ForkProof { room, fork } => {
                 match self.core.serve_fork_proof(RoomId(room), fork) {
                     Ok(Some((first, second))) => SyncResponse::ForkProof {
@@ -526,6 +557,7 @@ impl Service {
                 Err(ApplyError::TooLarge) => HelloReply::Denied(room.0, "vector too large".into()),
             };
             if matches!(reply, HelloReply::Hello(_)) {
+                self.activity.exchanges_answered += 1;
                 applied.push((room, &hello.forks));
             }
             replies.push(reply);
@@ -583,11 +615,134 @@ impl Service {
             (Pending::Fork(room, _), SyncResponse::ForkProof { first, second }) => {
                 self.verify_fork(peer, room, first.into_vec(), second.into_vec());
             }
+            (Pending::Members(room), SyncResponse::Members(members)) => {
+                self.on_members(room, members);
+            }
+            (Pending::Members(room), SyncResponse::Denied(why)) => {
+                tracing::debug!(%peer, %why, "member exchange denied");
+                self.lookup(room);
+            }
+            (Pending::MembersFor(reply), SyncResponse::Members(members)) => {
+                let _ = reply.send(Ok(parse_members(members)));
+            }
+            (Pending::MembersFor(reply), SyncResponse::Denied(why)) => {
+                let _ = reply.send(Err(super::NodeError::Peer(why)));
+            }
             (_, SyncResponse::Denied(why)) => {
                 tracing::debug!(%peer, %why, "sync request denied");
             }
             (_, _) => self.penalise(peer, "unexpected sync response"),
         }
+    }
+
+    /// Asks `peer` which members of `room` it is connected to, unless an exchange for the
+    /// room is under way already. False if too many exchanges are (a node in hundreds of
+    /// rooms, all short of members, would otherwise send hundreds of requests a round to
+    /// the same few peers): the room then takes the DHT's path.
+    pub(super) fn request_members(&mut self, peer: PeerId, room: RoomId) -> bool {
+        if self.reconcile.members_in_flight.contains(&room) {
+            return true;
+        }
+        if self.reconcile.members_in_flight.len() >= MAX_MEMBER_ASKS {
+            return false;
+        }
+        self.reconcile.members_in_flight.insert(room);
+        self.activity.member_asks += 1;
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&peer, SyncRequest::Members { room: room.0 });
+        self.reconcile.requests.insert(id, Pending::Members(room));
+        true
+    }
+
+    /// The room members we are connected to, for `asker`: a random selection of those
+    /// whose listen addresses we know, the asker left out.
+    fn members_for(&self, asker: PeerId, room: RoomId) -> Vec<sync::Member> {
+        use rand::seq::IndexedRandom;
+        let known: Vec<(PeerId, &Vec<libp2p::Multiaddr>)> = self
+            .room_peer_ids(room)
+            .into_iter()
+            .filter(|p| *p != asker)
+            .filter_map(|p| self.listen_addrs_of(&p).map(|a| (p, a)))
+            .collect();
+        known
+            .sample(&mut rand::rng(), crate::peers::EXCHANGE_MAX_MEMBERS)
+            .map(|(p, addrs)| sync::Member {
+                peer: serde_bytes::ByteBuf::from(p.to_bytes()),
+                addrs: addrs
+                    .iter()
+                    .take(crate::peers::EXCHANGE_MAX_ADDRS)
+                    .map(|a| serde_bytes::ByteBuf::from(a.to_vec()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Dials some of the members a peer named, as many as the room is short of; the DHT
+    /// if it named no one new.
+    fn on_members(&mut self, room: RoomId, members: Vec<sync::Member>) {
+        if self.core.room(&room).is_none() {
+            return;
+        }
+        let want = self
+            .budget
+            .target
+            .saturating_sub(self.room_peers_or_dialled(room));
+        if want == 0 {
+            return;
+        }
+        let offered = parse_members(members);
+        let me = *self.swarm.local_peer_id();
+        let dialling: HashSet<PeerId> = self
+            .room_dials
+            .get(&room)
+            .map(|d| d.keys().copied().collect())
+            .unwrap_or_default();
+        let swarm = &self.swarm;
+        let picked = crate::peers::pick_offered(
+            offered,
+            |p| *p == me || swarm.is_connected(p) || dialling.contains(p),
+            want,
+            &mut rand::rng(),
+        );
+        if picked.is_empty() {
+            self.lookup(room);
+            return;
+        }
+        // Someone new to reach: keep looking every round until they show up.
+        self.lookups.remove(&room);
+        for (peer, addrs) in picked {
+            self.room_dials
+                .entry(room)
+                .or_default()
+                .insert(peer, std::time::Instant::now());
+            self.activity.members_dialled += 1;
+            self.dial_peer(peer, addrs);
+        }
+    }
+
+    /// [`Self::request_members`] for [`super::NodeHandle::ask_members`]: the parsed answer
+    /// goes back to the caller, and nothing is dialled.
+    pub(super) fn ask_members_for(
+        &mut self,
+        peer: PeerId,
+        room: RoomId,
+        reply: super::Reply<Vec<(PeerId, Vec<libp2p::Multiaddr>)>>,
+    ) {
+        if !self.swarm.is_connected(&peer) {
+            let _ = reply.send(Err(super::NodeError::Peer("not connected".into())));
+            return;
+        }
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&peer, SyncRequest::Members { room: room.0 });
+        self.reconcile
+            .requests
+            .insert(id, Pending::MembersFor(reply));
     }
 
     /// Lets other peers serve the authors this peer was pulled for.
@@ -687,6 +842,7 @@ impl Service {
             } => {
                 self.reconcile.pull_in_flight.remove(&(peer, room));
                 self.release_authors(peer, room);
+                self.activity.entries_pulled += (ok.len() + bad.len()) as u64;
                 let nothing_sent = ok.is_empty() && bad.is_empty();
                 for why in bad.iter().filter(|w| **w != core::Rejection::UnknownAuthor) {
                     self.core.count_rejection(*why);
@@ -747,9 +903,58 @@ impl Service {
     }
 }
 
+/// A member exchange answer as peers and addresses: what does not parse is dropped, as are
+/// entries past [`crate::peers::EXCHANGE_MAX_MEMBERS`], addresses past
+/// [`crate::peers::EXCHANGE_MAX_ADDRS`], and members left with no address.
+fn parse_members(members: Vec<sync::Member>) -> Vec<(PeerId, Vec<libp2p::Multiaddr>)> {
+    members
+        .into_iter()
+        .take(crate::peers::EXCHANGE_MAX_MEMBERS)
+        .filter_map(|m| {
+            let peer = PeerId::from_bytes(&m.peer).ok()?;
+            let addrs = m
+                .addrs
+                .into_iter()
+                .take(crate::peers::EXCHANGE_MAX_ADDRS)
+                .filter_map(|a| libp2p::Multiaddr::try_from(a.into_vec()).ok())
+                .collect::<Vec<_>>();
+            (!addrs.is_empty()).then_some((peer, addrs))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_answers_drop_what_does_not_parse_and_what_is_past_the_limits() {
+        use serde_bytes::ByteBuf;
+        let addr: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
+        let good = PeerId::random();
+        let member = |peer: Vec<u8>, addrs: Vec<Vec<u8>>| sync::Member {
+            peer: ByteBuf::from(peer),
+            addrs: addrs.into_iter().map(ByteBuf::from).collect(),
+        };
+        let list = vec![
+            member(good.to_bytes(), vec![addr.to_vec(), b"garbage".to_vec()]),
+            member(b"not a peer id".to_vec(), vec![addr.to_vec()]),
+            // No address that parses: nothing to dial.
+            member(PeerId::random().to_bytes(), vec![vec![0xff; 40]]),
+            member(PeerId::random().to_bytes(), vec![addr.to_vec(); 10]),
+        ];
+        let parsed = parse_members(list);
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0], (good, vec![addr.clone()]));
+        assert_eq!(parsed[1].1.len(), crate::peers::EXCHANGE_MAX_ADDRS);
+        let long = (0..100)
+            .map(|_| member(PeerId::random().to_bytes(), vec![addr.to_vec()]))
+            .collect();
+        assert_eq!(
+            parse_members(long).len(),
+            crate::peers::EXCHANGE_MAX_MEMBERS
+        );
+    }
 
     #[test]
     fn pulls_are_budgeted_in_bytes_and_other_requests_by_count() {
