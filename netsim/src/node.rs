@@ -334,6 +334,18 @@ impl SimNode {
         }
     }
 
+    /// The node's activity counters (see [`cryptchat::activity`]); None for baseline nodes
+    /// and nodes that did not answer.
+    pub async fn activity(&self) -> Option<cryptchat::activity::Activity> {
+        self.bounded("activity", None, async {
+            match &self.kind {
+                Kind::Chat(h) => h.status().await.ok().map(|s| s.activity),
+                Kind::Plain(_) => None,
+            }
+        })
+        .await
+    }
+
     pub async fn duplicates(&self) -> u64 {
         self.bounded("duplicates", 0, async {
             match &self.kind {

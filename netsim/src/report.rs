@@ -107,6 +107,9 @@ pub struct Report {
     pub latency: Percentiles,
     /// Deliveries of a message a node already had.
     pub duplicates: u64,
+    /// (message, member) pairs held at the end: what the per-delivery figures divide by.
+    #[serde(default)]
+    pub delivered: u64,
     /// Bytes written on all links per (message, member) pair delivered: amplification.
     pub bytes_per_delivered: f64,
     /// The same, counting only what was written from the start of the load until every
@@ -121,6 +124,10 @@ pub struct Report {
     /// DHT queries and the like each open one).
     #[serde(default)]
     pub load_streams_per_delivered: f64,
+    /// What the nodes' networking did from the start of the load until convergence, summed
+    /// over nodes (cryptchat only): receipts, vector exchanges, pulls, connections.
+    #[serde(default)]
+    pub load_activity: Option<cryptchat::activity::Activity>,
     /// Seconds from the last heal/restart (or the end of the load) until every online
     /// member held every message; None if that never happened within the settle time.
     pub convergence_s: Option<f64>,
@@ -300,6 +307,35 @@ impl Report {
             format!("{:.3}", self.load_streams_per_delivered),
             baseline.map(|b| format!("{:.3}", b.load_streams_per_delivered)),
         );
+        if let Some(a) = &self.load_activity {
+            let per = |n: u64| n as f64 / self.delivered.max(1) as f64;
+            line(
+                &mut out,
+                "from load start, per delivery",
+                format!(
+                    "receipts heard {:.3}, vector exchanges {:.3}, pulls {:.3}, entries pulled {:.3}",
+                    per(a.receipts_heard),
+                    per(a.exchanges_sent),
+                    per(a.pulls_sent),
+                    per(a.entries_pulled),
+                ),
+                None,
+            );
+            line(
+                &mut out,
+                "from load start, in all",
+                format!(
+                    "connections opened {}, closed {}, lookups {}, member asks {} (dialled {}), sync failures {}",
+                    a.connections_opened,
+                    a.connections_closed,
+                    a.lookups,
+                    a.member_asks,
+                    a.members_dialled,
+                    a.sync_failures
+                ),
+                None,
+            );
+        }
         line(
             &mut out,
             "convergence after heal/restart",

@@ -395,6 +395,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
     let load_bytes0 = sim.written();
     let load_frames0 = sim.frames();
     let load_cpu0 = stats::cpu_time();
+    let load_activity0 = activities(&sim).await;
     let mut sent: Vec<Sent> = Vec::with_capacity(sends.len());
     let mut deliveries: HashMap<(usize, usize), Instant> = HashMap::new();
     let mut duplicate_deliveries = 0u64;
@@ -479,6 +480,18 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         load_frames.1 - load_frames0.1,
     );
     let load_cpu = stats::cpu_time() - load_cpu0;
+    let load_activity = if opts.baseline {
+        None
+    } else {
+        let now = activities(&sim).await;
+        let mut sum = cryptchat::activity::Activity::default();
+        for (a, b) in now.iter().zip(&load_activity0) {
+            if let (Some(a), Some(b)) = (a, b) {
+                sum.add(&a.since(b));
+            }
+        }
+        Some(sum)
+    };
     let load_window = t0.elapsed().as_secs_f64();
 
     // Measure.
@@ -611,11 +624,13 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         rooms,
         latency: crate::report::Percentiles::of(samples.iter().map(|x| x.latency_ms).collect()),
         duplicates,
+        delivered: held_pairs,
         bytes_per_delivered: per_delivery(bytes_written),
         convergence_s: converged_at
             .map(|t| t.saturating_duration_since(convergence_from).as_secs_f64()),
         load_bytes_per_delivered: per_delivery(load_bytes),
         load_writes_per_delivered: per_delivery(load_writes),
+        load_activity,
         load_streams_per_delivered: per_delivery(load_opened),
         cpu_s_per_node: (stats::cpu_time() - cpu_start) / s.nodes as f64,
         load_cores: load_cpu / load_window.max(1e-9),
@@ -639,6 +654,17 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         tracing::warn!("some nodes did not stop in time");
     }
     Ok(report)
+}
+
+/// Every node's activity counters, by node index (None for nodes down or not answering).
+async fn activities(sim: &Sim<'_>) -> Vec<Option<cryptchat::activity::Activity>> {
+    futures::future::join_all(sim.nodes.iter().map(|n| async move {
+        match n {
+            Some(n) => n.activity().await,
+            None => None,
+        }
+    }))
+    .await
 }
 
 #[cfg(test)]
