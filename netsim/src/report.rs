@@ -325,10 +325,14 @@ impl Report {
                 &mut out,
                 "from load start, in all",
                 format!(
-                    "connections opened {}, closed {}, lookups {}, member asks {} (dialled {}), sync failures {}",
+                    "connections opened {} (dialled {}), closed {}; DHT queries {} (lookups {}, announcements {}, bootstraps {}); member asks {} (dialled {}); sync failures {}",
                     a.connections_opened,
+                    a.connections_dialled,
                     a.connections_closed,
+                    a.dht_queries,
                     a.lookups,
+                    a.announcements,
+                    a.dht_bootstraps,
                     a.member_asks,
                     a.members_dialled,
                     a.sync_failures

@@ -31,10 +31,19 @@ pub struct Activity {
     pub sync_failures: u64,
     /// Connections opened, either way.
     pub connections_opened: u64,
+    /// Of which we dialled.
+    pub connections_dialled: u64,
     /// Connections closed, by either side.
     pub connections_closed: u64,
     /// DHT searches for room members.
     pub lookups: u64,
+    /// Announcements of our rooms in the DHT (each a walk, then a record on 20 nodes).
+    pub announcements: u64,
+    /// DHT queries finished, of any kind (lookups, announcements, walks for a peer's
+    /// address, Kademlia's own bootstraps).
+    pub dht_queries: u64,
+    /// Of which Kademlia bootstraps (each a walk per bucket).
+    pub dht_bootstraps: u64,
     /// Member exchanges asked of connected room members (see [`crate::peers::pick_offered`]).
     pub member_asks: u64,
     /// Members dialled on what those answers named.
@@ -60,8 +69,12 @@ impl Activity {
             entries_served: d(self.entries_served, earlier.entries_served),
             sync_failures: d(self.sync_failures, earlier.sync_failures),
             connections_opened: d(self.connections_opened, earlier.connections_opened),
+            connections_dialled: d(self.connections_dialled, earlier.connections_dialled),
             connections_closed: d(self.connections_closed, earlier.connections_closed),
             lookups: d(self.lookups, earlier.lookups),
+            announcements: d(self.announcements, earlier.announcements),
+            dht_queries: d(self.dht_queries, earlier.dht_queries),
+            dht_bootstraps: d(self.dht_bootstraps, earlier.dht_bootstraps),
             member_asks: d(self.member_asks, earlier.member_asks),
             members_dialled: d(self.members_dialled, earlier.members_dialled),
             member_asks_answered: d(self.member_asks_answered, earlier.member_asks_answered),
@@ -81,8 +94,12 @@ impl Activity {
         self.entries_served += other.entries_served;
         self.sync_failures += other.sync_failures;
         self.connections_opened += other.connections_opened;
+        self.connections_dialled += other.connections_dialled;
         self.connections_closed += other.connections_closed;
         self.lookups += other.lookups;
+        self.announcements += other.announcements;
+        self.dht_queries += other.dht_queries;
+        self.dht_bootstraps += other.dht_bootstraps;
         self.member_asks += other.member_asks;
         self.members_dialled += other.members_dialled;
         self.member_asks_answered += other.member_asks_answered;
@@ -106,8 +123,12 @@ impl Activity {
                 entries_served = d.entries_served,
                 sync_failures = d.sync_failures,
                 connections_opened = d.connections_opened,
+                connections_dialled = d.connections_dialled,
                 connections_closed = d.connections_closed,
                 lookups = d.lookups,
+                announcements = d.announcements,
+                dht_queries = d.dht_queries,
+                dht_bootstraps = d.dht_bootstraps,
                 member_asks = d.member_asks,
                 members_dialled = d.members_dialled,
                 member_asks_answered = d.member_asks_answered,
@@ -158,8 +179,12 @@ mod tests {
             entries_served: 9,
             sync_failures: 10,
             connections_opened: 11,
+            connections_dialled: 17,
             connections_closed: 12,
             lookups: 13,
+            announcements: 18,
+            dht_queries: 19,
+            dht_bootstraps: 20,
             member_asks: 14,
             members_dialled: 15,
             member_asks_answered: 16,

@@ -677,6 +677,7 @@ impl Service {
                 self.announce_due.insert(id);
             } else {
                 self.announce_due.remove(&id);
+                self.activity.announcements += 1;
                 if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
                     tracing::warn!(error = %e, "could not announce room membership");
                 }
@@ -1198,6 +1199,9 @@ impl Service {
                 };
                 tracing::debug!(%peer_id, %addr, "connected");
                 self.activity.connections_opened += 1;
+                if endpoint.is_dialer() {
+                    self.activity.connections_dialled += 1;
+                }
                 let (_, conns) = self
                     .connections
                     .entry(peer_id)
@@ -1286,55 +1290,15 @@ impl Service {
                     }
                 }
             }
-            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { result, .. }) => match result
-            {
-                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
-                    key,
-                    providers,
-                })) => {
-                    // Enough members connected (or being dialled) already: gossipsub
-                    // spreads the rest. Answers arrive from many DHT nodes at once, so
-                    // dials in flight count too.
-                    let Ok(room) = <[u8; 32]>::try_from(key.as_ref()).map(RoomId) else {
-                        return;
-                    };
-                    let want = self
-                        .budget
-                        .target
-                        .saturating_sub(self.room_peers_or_dialled(room));
-                    let me = *self.swarm.local_peer_id();
-                    let fresh: Vec<PeerId> = providers
-                        .into_iter()
-                        .filter(|p| *p != me && !self.swarm.is_connected(p))
-                        .take(want)
-                        .collect();
-                    // Someone to reach: keep looking every round until they show up, in
-                    // case the dial fails (pacing is for lookups that find nobody new).
-                    if !fresh.is_empty() {
-                        self.lookups.remove(&room);
-                    }
-                    for p in fresh {
-                        self.room_dials
-                            .entry(room)
-                            .or_default()
-                            .insert(p, std::time::Instant::now());
-                        self.dial_peer(p, vec![]);
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { result, step, .. }) => {
+                if step.last {
+                    self.activity.dht_queries += 1;
+                    if matches!(result, kad::QueryResult::Bootstrap(_)) {
+                        self.activity.dht_bootstraps += 1;
                     }
                 }
-                kad::QueryResult::GetClosestPeers(Ok(ok)) => {
-                    // We looked up one room member whose address we lacked: dial it, and
-                    // only it (the rest of the answer is just its DHT neighbourhood).
-                    let Ok(wanted) = PeerId::from_bytes(&ok.key) else {
-                        return;
-                    };
-                    if let Some(info) = ok.peers.into_iter().find(|p| p.peer_id == wanted)
-                        && !info.addrs.is_empty()
-                    {
-                        self.dial_peer(info.peer_id, info.addrs);
-                    }
-                }
-                _ => {}
-            },
+                self.on_kad_result(result);
+            }
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 for (peer, addr) in list {
                     self.swarm
@@ -1708,6 +1672,58 @@ impl Service {
         }
     }
 
+    /// What a finished (or progressing) DHT query found.
+    fn on_kad_result(&mut self, result: kad::QueryResult) {
+        match result {
+            kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                key,
+                providers,
+            })) => {
+                // Enough members connected (or being dialled) already: gossipsub
+                // spreads the rest. Answers arrive from many DHT nodes at once, so
+                // dials in flight count too.
+                let Ok(room) = <[u8; 32]>::try_from(key.as_ref()).map(RoomId) else {
+                    return;
+                };
+                let want = self
+                    .budget
+                    .target
+                    .saturating_sub(self.room_peers_or_dialled(room));
+                let me = *self.swarm.local_peer_id();
+                let fresh: Vec<PeerId> = providers
+                    .into_iter()
+                    .filter(|p| *p != me && !self.swarm.is_connected(p))
+                    .take(want)
+                    .collect();
+                // Someone to reach: keep looking every round until they show up, in
+                // case the dial fails (pacing is for lookups that find nobody new).
+                if !fresh.is_empty() {
+                    self.lookups.remove(&room);
+                }
+                for p in fresh {
+                    self.room_dials
+                        .entry(room)
+                        .or_default()
+                        .insert(p, std::time::Instant::now());
+                    self.dial_peer(p, vec![]);
+                }
+            }
+            kad::QueryResult::GetClosestPeers(Ok(ok)) => {
+                // We looked up one room member whose address we lacked: dial it, and
+                // only it (the rest of the answer is just its DHT neighbourhood).
+                let Ok(wanted) = PeerId::from_bytes(&ok.key) else {
+                    return;
+                };
+                if let Some(info) = ok.peers.into_iter().find(|p| p.peer_id == wanted)
+                    && !info.addrs.is_empty()
+                {
+                    self.dial_peer(info.peer_id, info.addrs);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn on_gossipsub(&mut self, ev: gossipsub::Event) {
         match ev {
             gossipsub::Event::Message {
@@ -1742,11 +1758,18 @@ impl Service {
                 if let Some(id) = RoomId::from_topic(topic.as_str()) {
                     self.flush_outbox(id);
                     // A member appeared: reconcile with it right away, and tell it what we
-                    // hold (receipts are deltas; it has seen none of ours).
+                    // hold (receipts are deltas; it has seen none of ours). One exchange
+                    // serves both ways (the answer carries the other vector, and each side
+                    // pulls what it lacks), so a member that holds nothing leaves it to one
+                    // that does: in a room that has not spoken yet, every connection (and a
+                    // DHT walk opens dozens) cost an exchange each way for nothing.
                     if self.core.room(&id).is_some() {
                         self.news(id);
-                        self.start_hello(peer_id, id, false);
-                        self.receipts_due.insert(id, true);
+                        let holds_something = self.core.vector(id).map_or(true, |v| !v.is_empty());
+                        if holds_something {
+                            self.start_hello(peer_id, id, false);
+                            self.receipts_due.insert(id, true);
+                        }
                     }
                 }
             }
