@@ -155,17 +155,77 @@ impl<K: Hash + Eq> Heard<K> {
     }
 }
 
-/// Receipts per second a whole room aims at: each costs every member a signature check.
+/// Receipts per second a whole room carries at most: each costs every member a signature
+/// check.
 pub const PER_ROOM_PER_S: f64 = 4.0;
-/// The longest a member waits between two receipts in one room. A room of 2,400 members
-/// reaches it; what a member hears ([`Heard`]) keeps larger rooms at their share. Past a
-/// few minutes the whole receipt every member sends now and then says as much.
+/// ... and at least, however quiet and big the room.
+pub const MIN_PER_ROOM_PER_S: f64 = 0.1;
+/// Receipt deliveries per second a room may always cost (four receipts a second to 40
+/// members): rooms up to that size get [`PER_ROOM_PER_S`] whatever their traffic, so a
+/// sender in a small room hears back within seconds.
+const SMALL_ROOM_DELIVERIES_PER_S: f64 = 160.0;
+/// The longest a member waits between two receipts in one room. Past a few minutes the
+/// whole receipt every member sends now and then says as much; what a member hears
+/// ([`Heard`]) keeps bigger rooms at their share.
 pub const MAX_SPACING_S: f64 = 600.0;
 
+/// Receipts per second a room of `members` aims at, carrying `messages_per_s`: as many as
+/// its messages (a receipt answers messages; more cost every member more signature checks
+/// than the messages themselves: at 500 members and one message a second, four receipts a
+/// second were 80% of what every member checked), but never fewer than a small room gets,
+/// within [`MIN_PER_ROOM_PER_S`]..=[`PER_ROOM_PER_S`].
+pub fn budget(members: usize, messages_per_s: f64) -> f64 {
+    let small_room = SMALL_ROOM_DELIVERIES_PER_S / members.max(1) as f64;
+    messages_per_s
+        .max(small_room)
+        .clamp(MIN_PER_ROOM_PER_S, PER_ROOM_PER_S)
+}
+
 /// Seconds between two of one member's receipts in a room of `members` (as far as it
-/// knows), so that the room carries about [`PER_ROOM_PER_S`] in all.
-pub fn spacing(members: usize) -> f64 {
-    (members.max(1) as f64 / PER_ROOM_PER_S).clamp(1.0, MAX_SPACING_S)
+/// knows), so that the room carries `budget` receipts a second in all.
+pub fn spacing(members: usize, budget: f64) -> f64 {
+    (members.max(1) as f64 / budget.max(MIN_PER_ROOM_PER_S)).clamp(1.0, MAX_SPACING_S)
+}
+
+/// Messages per second each room carries (received and sent), smoothed over about ten
+/// seconds: what a room's receipt [`budget`] follows.
+#[derive(Debug)]
+pub struct MessageRate<K> {
+    /// Per room: the smoothed rate, and the messages counted since the last tick.
+    rooms: HashMap<K, (f64, u32)>,
+}
+
+/// Weight of the last second in the smoothed rate (one tick a second: about ten seconds).
+const RATE_WEIGHT: f64 = 0.1;
+
+impl<K> Default for MessageRate<K> {
+    fn default() -> Self {
+        MessageRate {
+            rooms: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq> MessageRate<K> {
+    /// Counts a message in `room`.
+    pub fn record(&mut self, room: K) {
+        self.rooms.entry(room).or_insert((0.0, 0)).1 += 1;
+    }
+
+    /// Folds the last second's count into the rate; call once a second. Rooms that have
+    /// gone quiet are forgotten.
+    pub fn tick(&mut self) {
+        for (rate, count) in self.rooms.values_mut() {
+            *rate = *rate * (1.0 - RATE_WEIGHT) + f64::from(*count) * RATE_WEIGHT;
+            *count = 0;
+        }
+        self.rooms.retain(|_, (rate, _)| *rate > 1e-3);
+    }
+
+    /// Messages per second in `room`.
+    pub fn per_s(&self, room: &K) -> f64 {
+        self.rooms.get(room).map_or(0.0, |(rate, _)| *rate)
+    }
 }
 
 #[cfg(test)]
@@ -173,15 +233,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spacing_keeps_a_room_at_its_share() {
-        assert_eq!(spacing(0), 1.0);
-        assert_eq!(spacing(3), 1.0);
-        assert_eq!(spacing(40), 10.0);
-        // 500 members: one receipt each every 125 s, four a second in all (a ceiling of a
-        // minute let such a room ask for more than eight).
-        assert_eq!(spacing(500), 125.0);
-        assert!(500.0 / spacing(500) <= PER_ROOM_PER_S);
-        assert_eq!(spacing(100_000), MAX_SPACING_S);
+    fn small_rooms_keep_fast_receipts_and_big_ones_follow_their_messages() {
+        // Up to 40 members: four a second, quiet or not (spacing 10 s at 40).
+        assert_eq!(budget(5, 0.0), PER_ROOM_PER_S);
+        assert_eq!(budget(40, 0.0), PER_ROOM_PER_S);
+        assert_eq!(spacing(40, budget(40, 0.0)), 10.0);
+        assert_eq!(spacing(3, budget(3, 0.0)), 1.0);
+        // 500 members, one message a second: one receipt a second, not four.
+        assert_eq!(budget(500, 1.0), 1.0);
+        assert_eq!(spacing(500, budget(500, 1.0)), 500.0);
+        // Busy: at most four a second whatever the size.
+        assert_eq!(budget(500, 50.0), PER_ROOM_PER_S);
+        // Quiet and big: a floor, and a ceiling on the spacing.
+        assert_eq!(budget(100_000, 0.0), MIN_PER_ROOM_PER_S);
+        assert_eq!(spacing(100_000, budget(100_000, 0.0)), MAX_SPACING_S);
+        assert_eq!(spacing(0, budget(0, 0.0)), 1.0);
+    }
+
+    #[test]
+    fn message_rate_follows_the_traffic_and_forgets_quiet_rooms() {
+        let mut rate = MessageRate::default();
+        for _ in 0..60 {
+            rate.record(1);
+            rate.record(1);
+            rate.record(2);
+            rate.tick();
+        }
+        assert!((rate.per_s(&1) - 2.0).abs() < 0.01, "{}", rate.per_s(&1));
+        assert!((rate.per_s(&2) - 1.0).abs() < 0.01);
+        assert_eq!(rate.per_s(&3), 0.0);
+        for _ in 0..120 {
+            rate.tick();
+        }
+        assert_eq!(rate.per_s(&1), 0.0);
+        assert!(rate.rooms.is_empty());
     }
 
     #[test]

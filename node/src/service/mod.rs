@@ -451,6 +451,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         last_commit: tokio::time::Instant::now(),
         next_receipt: HashMap::new(),
         receipts_heard: Default::default(),
+        message_rate: Default::default(),
         activity: Default::default(),
         activity_logged: Default::default(),
         faults: cfg.swarm.faults.clone(),
@@ -519,6 +520,8 @@ struct Service {
     next_receipt: HashMap<RoomId, tokio::time::Instant>,
     /// Receipts other members sent lately, per room.
     receipts_heard: crate::receipt::Heard<RoomId>,
+    /// Messages per second per room: what paces receipts in big rooms.
+    message_rate: crate::receipt::MessageRate<RoomId>,
     /// When the pending group commit must happen, and when the last one did.
     commit_at: Option<tokio::time::Instant>,
     last_commit: tokio::time::Instant,
@@ -1429,6 +1432,7 @@ impl Service {
         use rand::RngExt;
         let now = tokio::time::Instant::now();
         self.receipts_heard.roll();
+        self.message_rate.tick();
         let due: Vec<(RoomId, bool)> = self.receipts_due.iter().map(|(r, f)| (*r, *f)).collect();
         for (room, full) in due {
             // After a quiet spell our last receipt no longer paces the next one, and every
@@ -1448,7 +1452,7 @@ impl Service {
             }
             // The room carries its share of receipts already: ours waits another spacing
             // (by then we know more members, so the spacing is longer).
-            if f64::from(self.receipts_heard.recent(&room)) >= crate::receipt::PER_ROOM_PER_S {
+            if f64::from(self.receipts_heard.recent(&room)) >= self.receipt_budget(room) {
                 self.space_receipt(room);
                 continue;
             }
@@ -1485,10 +1489,20 @@ impl Service {
         );
     }
 
-    /// Seconds between two of our receipts in `room`, so that the whole room carries about
-    /// [`crate::receipt::PER_ROOM_PER_S`]. Counts the members: only for rooms whose receipt is due.
+    /// Receipts per second the whole room aims at ([`crate::receipt::budget`]). Counts
+    /// the members: only for rooms whose receipt is due.
+    fn receipt_budget(&self, room: RoomId) -> f64 {
+        crate::receipt::budget(self.core.member_count(room), self.message_rate.per_s(&room))
+    }
+
+    /// Seconds between two of our receipts in `room`, so that the whole room carries its
+    /// [`Self::receipt_budget`].
     fn receipt_spacing(&self, room: RoomId) -> f64 {
-        crate::receipt::spacing(self.core.member_count(room))
+        let members = self.core.member_count(room);
+        crate::receipt::spacing(
+            members,
+            crate::receipt::budget(members, self.message_rate.per_s(&room)),
+        )
     }
 
     /// Makes the entries stored since the last flush durable, on a blocking thread: a

@@ -233,6 +233,7 @@ impl Service {
     /// room reconciles in every round again.
     pub(super) fn entries_added(&mut self, room: RoomId) {
         self.receipts_due.entry(room).or_insert(false);
+        self.message_rate.record(room);
         self.news(room);
     }
 
