@@ -176,6 +176,9 @@ pub fn build_swarm(
             let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
             kad_cfg.set_query_timeout(Duration::from_secs(30));
             kad_cfg.set_periodic_bootstrap_interval(Some(DHT_REFRESH));
+            // The service decides what enters the routing table (`Service::kad_has_room`):
+            // inserted on connection, a full bucket dials its oldest disconnected entry.
+            kad_cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
             let mut kad = kad::Behaviour::with_config(
                 peer_id,
                 kad::store::MemoryStore::new(peer_id),
