@@ -704,7 +704,8 @@ impl Service {
         let stale = self.exchanged_at.remove(&id) == Some(have);
         if !stale && self.ask_members(id) {
             self.exchanged_at.insert(id, have);
-        } else if !busy {
+        } else {
+            // `lookup` checks the DHT's query table itself (after any announcement above).
             self.lookup(id);
         }
     }
@@ -1108,7 +1109,8 @@ impl Service {
                     self.entries_added(id);
                     // The message carried our receipt (see `Core::compose`); what did not
                     // fit rides first on our next message, or goes in the next receipt.
-                    self.space_receipt(id);
+                    let (_, spacing) = self.receipt_pace(id);
+                    self.space_receipt(id, spacing);
                     let published = self.publish(id, env.into_bytes());
                     self.emit(Event::Message(message.clone()));
                     Sent { message, published }
@@ -1465,7 +1467,8 @@ impl Service {
             let at = match self.next_receipt.get(&room) {
                 Some(t) if now < *t + RECEIPT_INTERVAL => *t,
                 _ => {
-                    let wait = self.receipt_spacing(room) * rand::rng().random_range(0.0..1.0);
+                    let (_, spacing) = self.receipt_pace(room);
+                    let wait = spacing * rand::rng().random_range(0.0..1.0);
                     let t = now + Duration::from_secs_f64(wait);
                     self.next_receipt.insert(room, t);
                     t
@@ -1476,12 +1479,13 @@ impl Service {
             }
             // The room carries its share of receipts already: ours waits another spacing
             // (by then we know more members, so the spacing is longer).
-            if f64::from(self.receipts_heard.recent(&room)) >= self.receipt_budget(room) {
-                self.space_receipt(room);
+            let (budget, spacing) = self.receipt_pace(room);
+            if f64::from(self.receipts_heard.recent(&room)) >= budget {
+                self.space_receipt(room, spacing);
                 continue;
             }
             self.receipts_due.remove(&room);
-            self.space_receipt(room);
+            self.space_receipt(room, spacing);
             match self.core.compose_receipt(room, full) {
                 Ok(Some(env)) => {
                     let topic = IdentTopic::new(room.topic());
@@ -1502,31 +1506,25 @@ impl Service {
         }
     }
 
-    /// Our next receipt in `room` waits a spacing (drawn at random around
-    /// [`Service::receipt_spacing`]) from now: we just told the room what we hold.
-    fn space_receipt(&mut self, room: RoomId) {
+    /// Our next receipt in `room` waits a spacing (drawn at random around `spacing`, from
+    /// [`Service::receipt_pace`]) from now: we just told the room what we hold.
+    fn space_receipt(&mut self, room: RoomId, spacing: f64) {
         use rand::RngExt;
-        let next = self.receipt_spacing(room) * rand::rng().random_range(0.5..1.5);
+        let next = spacing * rand::rng().random_range(0.5..1.5);
         self.next_receipt.insert(
             room,
             tokio::time::Instant::now() + Duration::from_secs_f64(next),
         );
     }
 
-    /// Receipts per second the whole room aims at ([`crate::receipt::budget`]). Counts
-    /// the members: only for rooms whose receipt is due.
-    fn receipt_budget(&self, room: RoomId) -> f64 {
-        crate::receipt::budget(self.core.member_count(room), self.message_rate.per_s(&room))
-    }
-
-    /// Seconds between two of our receipts in `room`, so that the whole room carries its
-    /// [`Self::receipt_budget`].
-    fn receipt_spacing(&self, room: RoomId) -> f64 {
+    /// Receipts per second the whole room aims at ([`crate::receipt::budget`]), and the
+    /// seconds between two of ours that keep it there ([`crate::receipt::spacing`]). Counts
+    /// the members (a walk over the room's members), once: only for rooms whose receipt is
+    /// due.
+    fn receipt_pace(&self, room: RoomId) -> (f64, f64) {
         let members = self.core.member_count(room);
-        crate::receipt::spacing(
-            members,
-            crate::receipt::budget(members, self.message_rate.per_s(&room)),
-        )
+        let budget = crate::receipt::budget(members, self.message_rate.per_s(&room));
+        (budget, crate::receipt::spacing(members, budget))
     }
 
     /// Makes the entries stored since the last flush durable, on a blocking thread: a
