@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -137,9 +137,9 @@ pub enum Incoming {
     Accepted(Box<MessageView>, Vec<MessageView>),
     /// Valid but stored ahead of a gap in the author's chain: forward it.
     Pending,
-    /// A member's delivery receipt: recorded, not journaled; forward it. `ahead` if the
-    /// member holds entries we lack (gossip lost them on the way to us).
-    Receipt { ahead: bool },
+    /// A member's delivery receipt: recorded, not journaled; forward it. What it says the
+    /// member holds and we lack is for reconciliation to fetch ([`Core::chase_claims`]).
+    Receipt,
     /// Already held: do not forward again, do not penalise.
     Duplicate,
     /// Not for a room we are in.
@@ -215,6 +215,10 @@ pub struct Core {
     counters: Counters,
     /// What each member's receipts say it holds, per room.
     receipts: HashMap<RoomId, HashMap<UserId, Receipt>>,
+    /// Per room, the furthest any member said it holds of each author's chain (receipts and
+    /// heads riding on messages), where that is past what we hold: what reconciliation
+    /// should fetch (see [`Core::chase_claims`]).
+    claims: HashMap<RoomId, HashMap<ShortId, Claim>>,
     /// What we last told each room (by receipts, and by heads riding on our messages): the
     /// next receipt or message carries only what changed.
     announced: HashMap<RoomId, HashMap<Id, Told>>,
@@ -239,6 +243,15 @@ struct Told {
     at: u64,
 }
 
+/// A member said it holds an author's chain up to `seq`, first at `at`; `chased` once a
+/// reconciliation round went after it.
+#[derive(Clone, Copy, Debug)]
+struct Claim {
+    seq: u64,
+    at: Instant,
+    chased: bool,
+}
+
 /// What a member's receipts say: (latest receipt counter, author -> contiguous seq held).
 /// Receipts carry changes, so they merge: a held seq only ever grows.
 type Receipt = (u64, HashMap<ShortId, u64>);
@@ -246,6 +259,11 @@ type Receipt = (u64, HashMap<ShortId, u64>);
 fn short_id(id: &Id) -> ShortId {
     id[..8].try_into().expect("ids are 32 bytes")
 }
+
+/// Authors whose progress we track per member, and claims per room: what members say they
+/// hold is theirs to make up, so memory for it is capped (a room with more authors than
+/// this still reconciles, through the backstop rounds).
+const MAX_TRACKED_AUTHORS: usize = 4096;
 
 /// At most this many authors in one receipt, so a receipt always fits in one envelope.
 pub const MAX_RECEIPT_AUTHORS: usize = 256;
@@ -282,6 +300,7 @@ impl Core {
             contacts: BTreeMap::new(),
             counters: Counters::default(),
             receipts: HashMap::new(),
+            claims: HashMap::new(),
             announced: HashMap::new(),
             told_clock: 0,
             room_limit: MAX_ROOMS,
@@ -434,6 +453,7 @@ impl Core {
         self.journal
             .delete_setting(&format!("{ROOM_PREFIX}{}", id.to_hex()))?;
         self.names.retain(|_, v| *v != id);
+        self.claims.remove(&id);
         self.rooms
             .remove(&id)
             .ok_or_else(|| CoreError::UnknownRoom(name.to_string()))
@@ -708,17 +728,8 @@ impl Core {
             return Incoming::Duplicate;
         }
         slot.0 = env.seq;
-        // Only a receipt's `ahead` wakes reconciliation: a message's arrival already does.
-        let ours: HashMap<ShortId, u64> = self
-            .journal
-            .vector(&room.0)
-            .map(|v| v.iter().map(|(a, h)| (short_id(a), h.seq)).collect())
-            .unwrap_or_default();
-        let ahead = heads
-            .iter()
-            .any(|(id, seq)| ours.get(id).is_none_or(|s| s < seq));
         self.note_heads(room, env.author_id(), &heads);
-        Incoming::Receipt { ahead }
+        Incoming::Receipt
     }
 
     /// Merges what a member says it holds (a receipt, or heads riding on its message) into
@@ -732,9 +743,60 @@ impl Core {
             .or_insert((0, HashMap::new()))
             .1;
         for (id, seq) in heads {
+            // A member names any authors it likes: past the cap, only those already known.
+            if held.len() >= MAX_TRACKED_AUTHORS && !held.contains_key(id) {
+                continue;
+            }
             let h = held.entry(*id).or_default();
             *h = (*h).max(*seq);
         }
+        let claims = self.claims.entry(room).or_default();
+        let claim = Claim {
+            seq: 0,
+            at: Instant::now(),
+            chased: false,
+        };
+        for (id, seq) in heads {
+            let full = claims.len() >= MAX_TRACKED_AUTHORS;
+            match claims.get_mut(id) {
+                Some(c) if c.seq < *seq => *c = Claim { seq: *seq, ..claim },
+                Some(_) => {}
+                None if full => {}
+                None => {
+                    claims.insert(*id, Claim { seq: *seq, ..claim });
+                }
+            }
+        }
+    }
+
+    /// Whether some member said, before `settled`, that it holds entries of `room` we still
+    /// lack, and no reconciliation round went after them yet; marks those claims as chased.
+    ///
+    /// This is how gossip's losses come to light: the members who got a message say so (in
+    /// a receipt, or in heads riding on their own messages), while a claim heard just now is
+    /// most likely a message still on its way to us, hence `settled`. Claims we now meet are
+    /// dropped, so the check costs one walk over the authors still outstanding.
+    pub fn chase_claims(&mut self, room: RoomId, settled: Instant) -> bool {
+        let Some(claims) = self.claims.get_mut(&room) else {
+            return false;
+        };
+        if claims.is_empty() {
+            return false;
+        }
+        let ours: HashMap<ShortId, u64> = self
+            .journal
+            .vector(&room.0)
+            .map(|v| v.iter().map(|(a, h)| (short_id(a), h.seq)).collect())
+            .unwrap_or_default();
+        claims.retain(|id, c| ours.get(id).is_none_or(|s| *s < c.seq));
+        let mut chase = false;
+        for c in claims.values_mut() {
+            if !c.chased && c.at <= settled {
+                c.chased = true;
+                chase = true;
+            }
+        }
+        chase
     }
 
     /// Writes a text message into the journal and returns the envelope to publish.
@@ -927,7 +989,7 @@ impl Core {
                 Incoming::Duplicate => report.duplicates += 1,
                 Incoming::Rejected(Rejection::Fork) => report.forked_authors.push(author),
                 Incoming::Rejected(_)
-                | Incoming::Receipt { .. }
+                | Incoming::Receipt
                 | Incoming::NotOurs
                 | Incoming::UnknownAuthor => {}
             }
@@ -1226,7 +1288,7 @@ mod tests {
         assert_eq!(delivered(&a), vec![0, 0, 0]);
         assert!(matches!(
             a.receive(&rid.topic(), first.clone()).unwrap(),
-            Incoming::Receipt { ahead: false }
+            Incoming::Receipt
         ));
         assert_eq!(delivered(&a), vec![1, 1, 1]);
         // Nothing moved: nothing to say, unless asked for everything.
@@ -1240,7 +1302,7 @@ mod tests {
         ));
         assert!(matches!(
             a.receive(&rid.topic(), full).unwrap(),
-            Incoming::Receipt { ahead: false }
+            Incoming::Receipt
         ));
         assert_eq!(delivered(&a), vec![1, 1, 1]);
         // Carol has none of it: she counts as a member only once she says something.
@@ -1391,6 +1453,45 @@ mod tests {
     }
 
     #[test]
+    fn what_members_claim_to_hold_is_chased_once_it_has_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, mut c) = three_in_lobby(&dir);
+        let (rid, m1, _) = a.compose("lobby", "m1").unwrap();
+        let (_, m2, _) = a.compose("lobby", "m2").unwrap();
+        for env in [&m1, &m2] {
+            b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        }
+        // Gossip lost m2 on its way to Carol; she has nothing to chase yet.
+        c.receive(&rid.topic(), m1.bytes().to_vec()).unwrap();
+        assert!(!c.chase_claims(rid, Instant::now()));
+        // Bob's message carries what he holds, Alice's m2 among it.
+        let before = Instant::now();
+        let (_, from_bob, _) = b.compose("lobby", "hi").unwrap();
+        c.receive(&rid.topic(), from_bob.bytes().to_vec()).unwrap();
+        // Heard just now: as likely m2 still on its way as lost.
+        assert!(!c.chase_claims(rid, before));
+        assert!(c.chase_claims(rid, Instant::now()));
+        // Chased once; the backstop rounds take it from there.
+        assert!(!c.chase_claims(rid, Instant::now()));
+        // Once she holds it, the claim is gone.
+        c.receive(&rid.topic(), m2.bytes().to_vec()).unwrap();
+        assert!(!c.chase_claims(rid, Instant::now()));
+        assert!(c.claims[&rid].is_empty());
+        // A member claiming more (here in a receipt) is chased again.
+        let (_, m3, _) = a.compose("lobby", "m3").unwrap();
+        b.receive(&rid.topic(), m3.bytes().to_vec()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let receipt = b.compose_receipt(rid, false).unwrap().unwrap().into_bytes();
+        assert!(matches!(
+            c.receive(&rid.topic(), receipt).unwrap(),
+            Incoming::Receipt
+        ));
+        assert!(c.chase_claims(rid, Instant::now()));
+        // What a member claims of a chain we hold in full is nothing to chase.
+        assert!(!b.chase_claims(rid, Instant::now()));
+    }
+
+    #[test]
     fn receipts_carry_the_key_only_where_a_reader_may_lack_it() {
         let dir = tempfile::tempdir().unwrap();
         let (mut a, mut b, mut c) = three_in_lobby(&dir);
@@ -1419,7 +1520,7 @@ mod tests {
         assert!(!carries_key(&a, &delta));
         assert!(matches!(
             a.receive(&rid.topic(), delta.clone()).unwrap(),
-            Incoming::Receipt { ahead: false }
+            Incoming::Receipt
         ));
         // Carol never got that entry: she cannot check the receipt, and does not pass it on.
         assert!(matches!(
@@ -1431,8 +1532,13 @@ mod tests {
         let full = b.compose_receipt(rid, true).unwrap().unwrap().into_bytes();
         assert!(matches!(
             c.receive(&rid.topic(), full).unwrap(),
-            Incoming::Receipt { ahead: true }
+            Incoming::Receipt
         ));
+        // It says Bob holds what Carol lacks: her next reconciliation round goes after it,
+        // once (a claim is chased once, until a member claims more).
+        let now = Instant::now();
+        assert!(c.chase_claims(rid, now));
+        assert!(!c.chase_claims(rid, now));
     }
 
     #[test]

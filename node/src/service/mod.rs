@@ -1619,7 +1619,7 @@ impl Service {
             }
             Incoming::Duplicate
             | Incoming::NotOurs
-            | Incoming::Receipt { .. }
+            | Incoming::Receipt
             | Incoming::UnknownAuthor => {}
         }
     }
@@ -1634,15 +1634,12 @@ impl Service {
         incoming: Incoming,
     ) {
         let verdict = match incoming {
-            Incoming::Receipt { ahead } => {
+            // What it says the member holds and we lack, the next round goes after
+            // (`Service::sync_all`).
+            Incoming::Receipt => {
                 self.activity.receipts_heard += 1;
                 if let Some(room) = room {
                     self.receipts_heard.record(room);
-                    // A member holds what gossip did not bring us: reconcile in the next
-                    // round.
-                    if ahead {
-                        self.news(room);
-                    }
                 }
                 MessageAcceptance::Accept
             }

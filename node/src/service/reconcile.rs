@@ -39,6 +39,11 @@ const SYNC_FANOUT: usize = 3;
 /// verify it twice.
 const PULL_DELAY: Duration = Duration::from_millis(1000);
 
+/// A member's claim to hold what we lack is chased once it is this old: a claim heard just
+/// now is most likely a message still on its way to us (a member's message can outrun
+/// another author's on a different gossip path).
+const CLAIM_SETTLE: Duration = Duration::from_millis(1000);
+
 /// Member exchanges (one per room) under way at once at most.
 const MAX_MEMBER_ASKS: usize = 32;
 
@@ -190,19 +195,28 @@ impl Budget {
 
 impl Service {
     /// One reconciliation round: a vector exchange with a few connected members of every
-    /// room, drawn at random. Rooms that have been quiet take part less often (see
-    /// [`Pacing`]).
+    /// room that needs one, drawn at random. A room needs one when a member said it holds
+    /// what we lack ([`core::Core::chase_claims`]), when something woke it ([`Service::news`]),
+    /// or as a backstop, less and less often while nothing happens (see [`Pacing`]).
     pub(super) fn sync_all(&mut self) {
         use rand::seq::IndexedRandom;
         let round = self.reconcile.round;
         self.reconcile.round += 1;
-        let pacing = &mut self.reconcile.pacing;
-        let rooms: Vec<RoomId> = self
-            .core
-            .rooms()
-            .map(|r| r.id)
-            .filter(|id| pacing.due(*id, round))
-            .collect();
+        let settled = Instant::now()
+            .checked_sub(CLAIM_SETTLE)
+            .unwrap_or_else(Instant::now);
+        let ids: Vec<RoomId> = self.core.rooms().map(|r| r.id).collect();
+        let mut rooms = Vec::new();
+        for id in ids {
+            // Chasing a claim wakes the room, so the backstop follows it up soon if the
+            // members drawn this round lack it too.
+            if self.core.chase_claims(id, settled) {
+                self.reconcile.pacing.wake(id);
+            }
+            if self.reconcile.pacing.due(id, round) {
+                rooms.push(id);
+            }
+        }
         if rooms.is_empty() {
             return;
         }
@@ -223,18 +237,20 @@ impl Service {
         }
     }
 
-    /// Something happened in `room` that reconciliation should follow up at once: an entry
-    /// arrived or was written, a member showed it holds what we lack, a member appeared.
+    /// Something happened in `room` that reconciliation should follow up at once: a gap in
+    /// an author's chain, a fork, a member appeared, entries came in by reconciliation.
     pub(super) fn news(&mut self, room: RoomId) {
         self.reconcile.pacing.wake(room);
     }
 
-    /// We hold new entries in `room`: members hear of them in our next receipt, and the
-    /// room reconciles in every round again.
+    /// We hold new entries in `room`: members hear of them in our next receipt. Entries
+    /// that gossip brought (or that we wrote) wake no exchange by themselves: a member that
+    /// gossip missed learns of them from the heads that receipts and later messages carry
+    /// (see [`Service::sync_all`]), and a room where every message arrives has nothing to
+    /// reconcile.
     pub(super) fn entries_added(&mut self, room: RoomId) {
         self.receipts_due.entry(room).or_insert(false);
         self.message_rate.record(room);
-        self.news(room);
     }
 
     /// We left `room`.
@@ -855,7 +871,9 @@ impl Service {
                                 self.reconcile.views.mark_diverged(&peer, room.0, *author);
                             }
                             if !report.appended.is_empty() {
+                                // Others may lack them too.
                                 self.entries_added(room);
+                                self.news(room);
                             }
                             for m in report.appended {
                                 let _ = self.events.send(Event::Message(m));
