@@ -2,13 +2,14 @@
 //! what to do with a message coming in or going out. Plain synchronous code, so it can be
 //! tested by handing envelopes from one `Core` to another.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::authors::AuthorKeys;
+use crate::claims::{Arrival, Claims};
 use crate::crypto;
 use crate::envelope::{Envelope, EnvelopeError, Kind, Payload, Position};
 use crate::identity::{ContactCode, Identity, IdentityError, UserId};
@@ -215,10 +216,14 @@ pub struct Core {
     counters: Counters,
     /// What each member's receipts say it holds, per room.
     receipts: HashMap<RoomId, HashMap<UserId, Receipt>>,
+    /// Known members of each named room: everyone who has written (an entry stored) or said
+    /// what it holds (a receipt, or heads on a message), and ourselves. Kept as they appear,
+    /// since every delivered message counts them.
+    members: HashMap<RoomId, HashSet<UserId>>,
     /// Per room, the furthest any member said it holds of each author's chain (receipts and
     /// heads riding on messages), where that is past what we hold: what reconciliation
     /// should fetch (see [`Core::chase_claims`]).
-    claims: HashMap<RoomId, HashMap<ShortId, Claim>>,
+    claims: Claims,
     /// What we last told each room (by receipts, and by heads riding on our messages): the
     /// next receipt or message carries only what changed.
     announced: HashMap<RoomId, HashMap<Id, Told>>,
@@ -241,15 +246,6 @@ pub const MAX_ROOMS: usize = 1000;
 struct Told {
     seq: u64,
     at: u64,
-}
-
-/// A member said it holds an author's chain up to `seq`, first at `at`; `chased` once a
-/// reconciliation round went after it.
-#[derive(Clone, Copy, Debug)]
-struct Claim {
-    seq: u64,
-    at: Instant,
-    chased: bool,
 }
 
 /// What a member's receipts say: (latest receipt counter, author -> contiguous seq held).
@@ -300,7 +296,8 @@ impl Core {
             contacts: BTreeMap::new(),
             counters: Counters::default(),
             receipts: HashMap::new(),
-            claims: HashMap::new(),
+            members: HashMap::new(),
+            claims: Claims::new(MAX_TRACKED_AUTHORS),
             announced: HashMap::new(),
             told_clock: 0,
             room_limit: MAX_ROOMS,
@@ -316,6 +313,10 @@ impl Core {
                 .ok_or_else(|| CoreError::CorruptSetting(key.clone()))?;
             core.names.insert(room.name.clone(), room.id);
             core.rooms.insert(room.id, room);
+        }
+        let ids: Vec<RoomId> = core.rooms.keys().copied().collect();
+        for id in ids {
+            core.gather_members(id)?;
         }
         for (key, blob) in core.journal.settings_with_prefix(CONTACT_PREFIX)? {
             let plain = core.unseal(&key, &blob)?;
@@ -444,6 +445,7 @@ impl Core {
         let id = room.id;
         self.names.insert(room.name.clone(), id);
         self.rooms.insert(id, room);
+        self.gather_members(id)?;
         Ok((&self.rooms[&id], true))
     }
 
@@ -453,7 +455,8 @@ impl Core {
         self.journal
             .delete_setting(&format!("{ROOM_PREFIX}{}", id.to_hex()))?;
         self.names.retain(|_, v| *v != id);
-        self.claims.remove(&id);
+        self.claims.forget(id);
+        self.members.remove(&id);
         self.rooms
             .remove(&id)
             .ok_or_else(|| CoreError::UnknownRoom(name.to_string()))
@@ -577,37 +580,45 @@ impl Core {
         }
     }
 
+    /// Collects a named room's known members from what the journal and the receipts hold
+    /// (see `Core::members`): when the room is loaded or joined; from then on they are added
+    /// as they appear.
+    fn gather_members(&mut self, room: RoomId) -> Result<(), CoreError> {
+        let mut members: HashSet<UserId> = self
+            .journal
+            .vector(&room.0)?
+            .keys()
+            .map(|a| UserId(*a))
+            .collect();
+        members.extend(self.receipts.get(&room).into_iter().flat_map(|r| r.keys()));
+        members.insert(self.identity.id());
+        self.members.insert(room, members);
+        Ok(())
+    }
+
+    /// `member` has written in `room` or said what it holds there.
+    fn add_member(&mut self, room: RoomId, member: UserId) {
+        if let Some(m) = self.members.get_mut(&room) {
+            m.insert(member);
+        }
+    }
+
     /// Visits each known member of a room once: the member list where there is one, else
-    /// everyone who has written or sent a receipt, and ourselves. Runs for every delivered
-    /// message, so it walks the cached vector rather than building a set.
-    fn for_each_member(&self, room: &Room, mut f: impl FnMut(&UserId)) {
-        if let Some(ids) = room.member_ids() {
-            ids.into_iter().collect::<BTreeSet<_>>().iter().for_each(f);
-            return;
-        }
-        let vector = self.journal.vector(&room.id.0).unwrap_or_default();
-        let receipts = self.receipts.get(&room.id);
-        for author in vector.keys() {
-            f(&UserId(*author));
-        }
-        for m in receipts.into_iter().flat_map(|r| r.keys()) {
-            if !vector.contains_key(&m.0) {
-                f(m);
-            }
-        }
-        let me = self.identity.id();
-        if !vector.contains_key(&me.0) && !receipts.is_some_and(|r| r.contains_key(&me)) {
-            f(&me);
+    /// everyone who has written or said what it holds, and ourselves.
+    fn for_each_member(&self, room: &Room, f: impl FnMut(&UserId)) {
+        match room.member_ids() {
+            Some(ids) => ids.into_iter().collect::<BTreeSet<_>>().iter().for_each(f),
+            None => self.members.get(&room.id).into_iter().flatten().for_each(f),
         }
     }
 
     /// Number of known members of a room (0 for rooms we are not in).
     pub fn member_count(&self, room: RoomId) -> usize {
-        let mut n = 0;
-        if let Some(r) = self.rooms.get(&room) {
-            self.for_each_member(r, |_| n += 1);
+        match self.rooms.get(&room).map(|r| (r, r.member_ids())) {
+            None => 0,
+            Some((_, Some(ids))) => ids.into_iter().collect::<BTreeSet<_>>().len(),
+            Some((r, None)) => self.members.get(&r.id).map_or(0, HashSet::len),
         }
-        n
     }
 
     /// (members other than the author known to hold entry `seq` of `author`, such members).
@@ -735,6 +746,7 @@ impl Core {
     /// Merges what a member says it holds (a receipt, or heads riding on its message) into
     /// what we know of it. Heads only grow, so a replay or an older list takes nothing back.
     fn note_heads(&mut self, room: RoomId, member: UserId, heads: &[(ShortId, u64)]) {
+        self.add_member(room, member);
         let held = &mut self
             .receipts
             .entry(room)
@@ -750,37 +762,18 @@ impl Core {
             let h = held.entry(*id).or_default();
             *h = (*h).max(*seq);
         }
-        let claims = self.claims.entry(room).or_default();
-        let claim = Claim {
-            seq: 0,
-            at: Instant::now(),
-            chased: false,
-        };
-        for (id, seq) in heads {
-            let full = claims.len() >= MAX_TRACKED_AUTHORS;
-            match claims.get_mut(id) {
-                Some(c) if c.seq < *seq => *c = Claim { seq: *seq, ..claim },
-                Some(_) => {}
-                None if full => {}
-                None => {
-                    claims.insert(*id, Claim { seq: *seq, ..claim });
-                }
-            }
-        }
+        self.claims.note(room, heads, Instant::now());
     }
 
-    /// Whether some member said, before `settled`, that it holds entries of `room` we still
+    /// Whether some member said, long enough ago, that it holds entries of `room` we still
     /// lack, and no reconciliation round went after them yet; marks those claims as chased.
     ///
     /// This is how gossip's losses come to light: the members who got a message say so (in
-    /// a receipt, or in heads riding on their own messages), while a claim heard just now is
-    /// most likely a message still on its way to us, hence `settled`. Claims we now meet are
-    /// dropped, so the check costs one walk over the authors still outstanding.
-    pub fn chase_claims(&mut self, room: RoomId, settled: Instant) -> bool {
-        let Some(claims) = self.claims.get_mut(&room) else {
-            return false;
-        };
-        if claims.is_empty() {
+    /// a receipt, or in heads riding on their own messages), while a claim heard lately is
+    /// most likely a message still on its way to us: "long enough" is what the room's gossip
+    /// has shown it takes ([`Claims::settle`]).
+    pub fn chase_claims(&mut self, room: RoomId, now: Instant) -> bool {
+        if self.claims.outstanding(room) == 0 {
             return false;
         }
         let ours: HashMap<ShortId, u64> = self
@@ -788,15 +781,12 @@ impl Core {
             .vector(&room.0)
             .map(|v| v.iter().map(|(a, h)| (short_id(a), h.seq)).collect())
             .unwrap_or_default();
-        claims.retain(|id, c| ours.get(id).is_none_or(|s| *s < c.seq));
-        let mut chase = false;
-        for c in claims.values_mut() {
-            if !c.chased && c.at <= settled {
-                c.chased = true;
-                chase = true;
-            }
-        }
-        chase
+        self.claims.chase(room, |id| ours.get(id).copied(), now)
+    }
+
+    /// How old a claim in `room` must be before [`Core::chase_claims`] goes after it.
+    pub fn claim_settle(&self, room: RoomId) -> std::time::Duration {
+        self.claims.settle(room)
     }
 
     /// Writes a text message into the journal and returns the envelope to publish.
@@ -878,11 +868,19 @@ impl Core {
         }
     }
 
-    /// Second half of [`Core::receive`]: stores admitted entries in one transaction, on disk
-    /// at the next [`Core::flush`]; one outcome per entry, in order.
+    /// Second half of [`Core::receive`]: stores entries gossip brought (admitted) in one
+    /// transaction, on disk at the next [`Core::flush`]; one outcome per entry, in order.
     pub fn commit(
         &mut self,
         entries: Vec<(RoomId, Envelope, Payload)>,
+    ) -> Result<Vec<Incoming>, CoreError> {
+        self.store(entries, Arrival::Gossip)
+    }
+
+    fn store(
+        &mut self,
+        entries: Vec<(RoomId, Envelope, Payload)>,
+        how: Arrival,
     ) -> Result<Vec<Incoming>, CoreError> {
         let batch: Vec<(EntryMeta, Vec<u8>)> = entries
             .iter()
@@ -901,6 +899,11 @@ impl Core {
             out.push(match outcome {
                 AppendOutcome::Appended { advanced_to } => {
                     self.counters.accepted += 1;
+                    let author = env.author_id();
+                    self.add_member(room_id, author);
+                    let short = short_id(&author.0);
+                    self.claims
+                        .met(room_id, short, advanced_to, how, Instant::now());
                     match self.rooms.get(&room_id) {
                         Some(room) => {
                             let released = self.released(room, &env, advanced_to);
@@ -979,7 +982,10 @@ impl Core {
             .map(|(env, payload)| (room_id, env, payload))
             .collect();
         let mut report = BatchReport::default();
-        for (author, incoming) in authors.into_iter().zip(self.commit(entries)?) {
+        for (author, incoming) in authors
+            .into_iter()
+            .zip(self.store(entries, Arrival::Other)?)
+        {
             match incoming {
                 Incoming::Accepted(view, released) => {
                     report.appended.push(*view);
@@ -1470,13 +1476,13 @@ mod tests {
         c.receive(&rid.topic(), from_bob.bytes().to_vec()).unwrap();
         // Heard just now: as likely m2 still on its way as lost.
         assert!(!c.chase_claims(rid, before));
-        assert!(c.chase_claims(rid, Instant::now()));
+        assert!(c.chase_claims(rid, Instant::now() + c.claim_settle(rid)));
         // Chased once; the backstop rounds take it from there.
         assert!(!c.chase_claims(rid, Instant::now()));
         // Once she holds it, the claim is gone.
         c.receive(&rid.topic(), m2.bytes().to_vec()).unwrap();
         assert!(!c.chase_claims(rid, Instant::now()));
-        assert!(c.claims[&rid].is_empty());
+        assert_eq!(c.claims.outstanding(rid), 0);
         // A member claiming more (here in a receipt) is chased again.
         let (_, m3, _) = a.compose("lobby", "m3").unwrap();
         b.receive(&rid.topic(), m3.bytes().to_vec()).unwrap();
@@ -1486,7 +1492,7 @@ mod tests {
             c.receive(&rid.topic(), receipt).unwrap(),
             Incoming::Receipt
         ));
-        assert!(c.chase_claims(rid, Instant::now()));
+        assert!(c.chase_claims(rid, Instant::now() + c.claim_settle(rid)));
         // What a member claims of a chain we hold in full is nothing to chase.
         assert!(!b.chase_claims(rid, Instant::now()));
     }
@@ -1536,7 +1542,7 @@ mod tests {
         ));
         // It says Bob holds what Carol lacks: her next reconciliation round goes after it,
         // once (a claim is chased once, until a member claims more).
-        let now = Instant::now();
+        let now = Instant::now() + c.claim_settle(rid);
         assert!(c.chase_claims(rid, now));
         assert!(!c.chase_claims(rid, now));
     }

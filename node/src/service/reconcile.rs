@@ -39,11 +39,6 @@ const SYNC_FANOUT: usize = 3;
 /// verify it twice.
 const PULL_DELAY: Duration = Duration::from_millis(1000);
 
-/// A member's claim to hold what we lack is chased once it is this old: a claim heard just
-/// now is most likely a message still on its way to us (a member's message can outrun
-/// another author's on a different gossip path).
-const CLAIM_SETTLE: Duration = Duration::from_millis(1000);
-
 /// Member exchanges (one per room) under way at once at most.
 const MAX_MEMBER_ASKS: usize = 32;
 
@@ -202,15 +197,13 @@ impl Service {
         use rand::seq::IndexedRandom;
         let round = self.reconcile.round;
         self.reconcile.round += 1;
-        let settled = Instant::now()
-            .checked_sub(CLAIM_SETTLE)
-            .unwrap_or_else(Instant::now);
+        let now = Instant::now();
         let ids: Vec<RoomId> = self.core.rooms().map(|r| r.id).collect();
         let mut rooms = Vec::new();
         for id in ids {
             // Chasing a claim wakes the room, so the backstop follows it up soon if the
             // members drawn this round lack it too.
-            if self.core.chase_claims(id, settled) {
+            if self.core.chase_claims(id, now) {
                 self.reconcile.pacing.wake(id);
             }
             if self.reconcile.pacing.due(id, round) {
