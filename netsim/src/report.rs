@@ -325,7 +325,7 @@ impl Report {
                 &mut out,
                 "from load start, in all",
                 format!(
-                    "connections opened {} (dialled {}), closed {}; DHT queries {} (lookups {}, announcements {}, bootstraps {}); member asks {} (dialled {}); sync failures {}",
+                    "connections opened {} (dialled {}), closed {}; DHT queries {} (lookups {}, announcements {}, bootstraps {}, address walks {}); member asks {} (dialled {}); sync failures {}",
                     a.connections_opened,
                     a.connections_dialled,
                     a.connections_closed,
@@ -333,6 +333,7 @@ impl Report {
                     a.lookups,
                     a.announcements,
                     a.dht_bootstraps,
+                    a.address_walks,
                     a.member_asks,
                     a.members_dialled,
                     a.sync_failures

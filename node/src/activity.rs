@@ -44,6 +44,8 @@ pub struct Activity {
     pub dht_queries: u64,
     /// Of which Kademlia bootstraps (each a walk per bucket).
     pub dht_bootstraps: u64,
+    /// DHT walks started for the address of a member we meant to dial.
+    pub address_walks: u64,
     /// Member exchanges asked of connected room members (see [`crate::peers::pick_offered`]).
     pub member_asks: u64,
     /// Members dialled on what those answers named.
@@ -75,6 +77,7 @@ impl Activity {
             announcements: d(self.announcements, earlier.announcements),
             dht_queries: d(self.dht_queries, earlier.dht_queries),
             dht_bootstraps: d(self.dht_bootstraps, earlier.dht_bootstraps),
+            address_walks: d(self.address_walks, earlier.address_walks),
             member_asks: d(self.member_asks, earlier.member_asks),
             members_dialled: d(self.members_dialled, earlier.members_dialled),
             member_asks_answered: d(self.member_asks_answered, earlier.member_asks_answered),
@@ -100,6 +103,7 @@ impl Activity {
         self.announcements += other.announcements;
         self.dht_queries += other.dht_queries;
         self.dht_bootstraps += other.dht_bootstraps;
+        self.address_walks += other.address_walks;
         self.member_asks += other.member_asks;
         self.members_dialled += other.members_dialled;
         self.member_asks_answered += other.member_asks_answered;
@@ -129,6 +133,7 @@ impl Activity {
                 announcements = d.announcements,
                 dht_queries = d.dht_queries,
                 dht_bootstraps = d.dht_bootstraps,
+                address_walks = d.address_walks,
                 member_asks = d.member_asks,
                 members_dialled = d.members_dialled,
                 member_asks_answered = d.member_asks_answered,
@@ -185,6 +190,7 @@ mod tests {
             announcements: 18,
             dht_queries: 19,
             dht_bootstraps: 20,
+            address_walks: 21,
             member_asks: 14,
             members_dialled: 15,
             member_asks_answered: 16,

@@ -604,6 +604,7 @@ impl Service {
                 _ = receipt_tick.tick() => self.send_receipts(),
                 _ = activity_tick.tick() => {
                     self.activity_logged = self.activity.log_since(&self.activity_logged);
+                    self.log_tables();
                 }
                 due = flush_tick.tick() => {
                     lag_report(due);
@@ -929,9 +930,17 @@ impl Service {
         if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
             return;
         }
-        if let Err(e) = self.dial_unless_dialling(peer, addrs) {
-            tracing::debug!(%peer, error = %e, "dial to room member failed; asking the DHT");
-            self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        match self.dial_unless_dialling(peer, addrs) {
+            Ok(()) => {}
+            // Nobody knows where it is: the DHT walks to its neighbourhood, which does.
+            Err(libp2p::swarm::DialError::NoAddresses) => {
+                tracing::debug!(%peer, "no address for a room member; asking the DHT");
+                self.activity.address_walks += 1;
+                self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+            }
+            // Already being dialled (DHT answers name the same members many times over),
+            // or blocked: a walk would find nothing the dial in flight does not.
+            Err(e) => tracing::trace!(%peer, error = %e, "room member not dialled"),
         }
     }
 
@@ -1525,6 +1534,25 @@ impl Service {
         let members = self.core.member_count(room);
         let budget = crate::receipt::budget(members, self.message_rate.per_s(&room));
         (budget, crate::receipt::spacing(members, budget))
+    }
+
+    /// Logs (at debug, next to the activity counts) how many peers the DHT routing table
+    /// and the connections hold: Kademlia walks on its own whenever a peer enters a table
+    /// of fewer than 20, so a thin table is what makes a starting network dial a lot.
+    fn log_tables(&mut self) {
+        let routing: usize = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
+        tracing::debug!(
+            target: "cryptchat::activity",
+            routing_table = routing,
+            connected_peers = self.swarm.connected_peers().count(),
+            "tables"
+        );
     }
 
     /// Makes the entries stored since the last flush durable, on a blocking thread: a
