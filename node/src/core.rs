@@ -2,7 +2,7 @@
 //! what to do with a message coming in or going out. Plain synchronous code, so it can be
 //! tested by handing envelopes from one `Core` to another.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -216,9 +216,10 @@ pub struct Core {
     counters: Counters,
     /// What each member's receipts say it holds, per room.
     receipts: HashMap<RoomId, HashMap<UserId, Receipt>>,
-    /// Known members of each named room: everyone who has written (an entry stored) or said
-    /// what it holds (a receipt, or heads on a message), and ourselves. Kept as they appear,
-    /// since every delivered message counts them.
+    /// Known members of each room: a direct room's member list; in a named room everyone
+    /// who has written (an entry stored) or said what it holds (a receipt, or heads on a
+    /// message), and ourselves. Kept as they appear, since every delivered message counts
+    /// them.
     members: HashMap<RoomId, HashSet<UserId>>,
     /// Per room, the furthest any member said it holds of each author's chain (receipts and
     /// heads riding on messages), where that is past what we hold: what reconciliation
@@ -580,45 +581,47 @@ impl Core {
         }
     }
 
-    /// Collects a named room's known members from what the journal and the receipts hold
-    /// (see `Core::members`): when the room is loaded or joined; from then on they are added
-    /// as they appear.
+    /// Collects a room's known members (see `Core::members`) when it is loaded or joined;
+    /// from then on a named room's are added as they appear.
     fn gather_members(&mut self, room: RoomId) -> Result<(), CoreError> {
-        let mut members: HashSet<UserId> = self
-            .journal
-            .vector(&room.0)?
-            .keys()
-            .map(|a| UserId(*a))
-            .collect();
-        members.extend(self.receipts.get(&room).into_iter().flat_map(|r| r.keys()));
-        members.insert(self.identity.id());
+        let members: HashSet<UserId> = match self.rooms.get(&room).and_then(Room::member_ids) {
+            Some(ids) => ids.into_iter().collect(),
+            None => {
+                let mut m: HashSet<UserId> = self
+                    .journal
+                    .vector(&room.0)?
+                    .keys()
+                    .map(|a| UserId(*a))
+                    .collect();
+                m.extend(self.receipts.get(&room).into_iter().flat_map(|r| r.keys()));
+                m.insert(self.identity.id());
+                m
+            }
+        };
         self.members.insert(room, members);
         Ok(())
     }
 
-    /// `member` has written in `room` or said what it holds there.
+    /// `member` has written in named room `room` or said what it holds there (a direct
+    /// room's members are its list).
     fn add_member(&mut self, room: RoomId, member: UserId) {
-        if let Some(m) = self.members.get_mut(&room) {
+        let named = self
+            .rooms
+            .get(&room)
+            .is_some_and(|r| matches!(r.access, crate::room::Access::Shared(_)));
+        if named && let Some(m) = self.members.get_mut(&room) {
             m.insert(member);
         }
     }
 
-    /// Visits each known member of a room once: the member list where there is one, else
-    /// everyone who has written or said what it holds, and ourselves.
+    /// Visits each known member of a room once (see `Core::members`).
     fn for_each_member(&self, room: &Room, f: impl FnMut(&UserId)) {
-        match room.member_ids() {
-            Some(ids) => ids.into_iter().collect::<BTreeSet<_>>().iter().for_each(f),
-            None => self.members.get(&room.id).into_iter().flatten().for_each(f),
-        }
+        self.members.get(&room.id).into_iter().flatten().for_each(f);
     }
 
     /// Number of known members of a room (0 for rooms we are not in).
     pub fn member_count(&self, room: RoomId) -> usize {
-        match self.rooms.get(&room).map(|r| (r, r.member_ids())) {
-            None => 0,
-            Some((_, Some(ids))) => ids.into_iter().collect::<BTreeSet<_>>().len(),
-            Some((r, None)) => self.members.get(&r.id).map_or(0, HashSet::len),
-        }
+        self.members.get(&room).map_or(0, HashSet::len)
     }
 
     /// (members other than the author known to hold entry `seq` of `author`, such members).
@@ -1568,6 +1571,42 @@ mod tests {
         let h = b.history("lobby", 10).unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].text.as_deref(), Some("hello bob"));
+    }
+
+    #[test]
+    fn a_named_room_knows_its_writers_and_receipt_senders_and_remembers_its_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, mut c) = three_in_lobby(&dir);
+        let rid = Room::named("lobby", None).unwrap().id;
+        assert_eq!(c.member_count(rid), 1, "only herself yet");
+        let (_, env, _) = a.compose("lobby", "hi").unwrap();
+        for x in [&mut b, &mut c] {
+            x.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        }
+        assert_eq!(c.member_count(rid), 2);
+        // Bob never writes, but says what he holds.
+        let receipt = b.compose_receipt(rid, true).unwrap().unwrap().into_bytes();
+        assert!(matches!(
+            c.receive(&rid.topic(), receipt).unwrap(),
+            Incoming::Receipt
+        ));
+        assert_eq!(c.member_count(rid), 3);
+        // A second message from a known member counts nobody twice.
+        let (_, env, _) = a.compose("lobby", "again").unwrap();
+        let Incoming::Accepted(v, _) = c.receive(&rid.topic(), env.bytes().to_vec()).unwrap()
+        else {
+            panic!("accepted")
+        };
+        assert_eq!(
+            (v.delivered_to, v.known_members),
+            (1, 2),
+            "she holds it; Bob's receipt came before it"
+        );
+        // Receipts are not stored: after a restart, the writers and ourselves.
+        drop(c);
+        let c = core(&dir, 2);
+        assert_eq!(c.member_count(rid), 2);
+        assert_eq!(c.member_count(RoomId([9; 32])), 0, "not a room of ours");
     }
 
     #[test]
