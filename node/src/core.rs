@@ -787,11 +787,6 @@ impl Core {
         self.claims.chase(room, |id| ours.get(id).copied(), now)
     }
 
-    /// How old a claim in `room` must be before [`Core::chase_claims`] goes after it.
-    pub fn claim_settle(&self, room: RoomId) -> std::time::Duration {
-        self.claims.settle(room)
-    }
-
     /// Writes a text message into the journal and returns the envelope to publish.
     pub fn compose(
         &mut self,
@@ -897,6 +892,7 @@ impl Core {
                 self.note_heads(*room_id, env.author_id(), heads);
             }
         }
+        let now = Instant::now();
         let mut out = Vec::with_capacity(outcomes.len());
         for ((room_id, env, payload), outcome) in entries.into_iter().zip(outcomes) {
             out.push(match outcome {
@@ -905,8 +901,7 @@ impl Core {
                     let author = env.author_id();
                     self.add_member(room_id, author);
                     let short = short_id(&author.0);
-                    self.claims
-                        .met(room_id, short, advanced_to, how, Instant::now());
+                    self.claims.met(room_id, short, advanced_to, how, now);
                     match self.rooms.get(&room_id) {
                         Some(room) => {
                             let released = self.released(room, &env, advanced_to);
@@ -1479,7 +1474,7 @@ mod tests {
         c.receive(&rid.topic(), from_bob.bytes().to_vec()).unwrap();
         // Heard just now: as likely m2 still on its way as lost.
         assert!(!c.chase_claims(rid, before));
-        assert!(c.chase_claims(rid, Instant::now() + c.claim_settle(rid)));
+        assert!(c.chase_claims(rid, Instant::now() + c.claims.settle(rid)));
         // Chased once; the backstop rounds take it from there.
         assert!(!c.chase_claims(rid, Instant::now()));
         // Once she holds it, the claim is gone.
@@ -1495,7 +1490,7 @@ mod tests {
             c.receive(&rid.topic(), receipt).unwrap(),
             Incoming::Receipt
         ));
-        assert!(c.chase_claims(rid, Instant::now() + c.claim_settle(rid)));
+        assert!(c.chase_claims(rid, Instant::now() + c.claims.settle(rid)));
         // What a member claims of a chain we hold in full is nothing to chase.
         assert!(!b.chase_claims(rid, Instant::now()));
     }
@@ -1545,7 +1540,7 @@ mod tests {
         ));
         // It says Bob holds what Carol lacks: her next reconciliation round goes after it,
         // once (a claim is chased once, until a member claims more).
-        let now = Instant::now() + c.claim_settle(rid);
+        let now = Instant::now() + c.claims.settle(rid);
         assert!(c.chase_claims(rid, now));
         assert!(!c.chase_claims(rid, now));
     }

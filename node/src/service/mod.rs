@@ -1527,9 +1527,8 @@ impl Service {
     }
 
     /// Receipts per second the whole room aims at ([`crate::receipt::budget`]), and the
-    /// seconds between two of ours that keep it there ([`crate::receipt::spacing`]). Counts
-    /// the members (a walk over the room's members), once: only for rooms whose receipt is
-    /// due.
+    /// seconds between two of ours that keep it there ([`crate::receipt::spacing`]), from
+    /// the room's known members.
     fn receipt_pace(&self, room: RoomId) -> (f64, f64) {
         let members = self.core.member_count(room);
         let budget = crate::receipt::budget(members, self.message_rate.per_s(&room));
