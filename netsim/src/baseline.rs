@@ -43,9 +43,10 @@ pub struct PlainNode {
 }
 
 impl PlainNode {
-    /// Starts a node listening on loopback that dials `dial`.
+    /// Starts a node listening on `listen` (loopback) that dials `dial`.
     pub async fn start(
         key: libp2p::identity::Keypair,
+        listen: Multiaddr,
         dial: Vec<Multiaddr>,
         faults: Faults,
         heartbeat: Duration,
@@ -79,7 +80,7 @@ impl PlainNode {
             })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(cryptchat::net::IDLE_TIMEOUT))
             .build();
-        swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        swarm.listen_on(listen)?;
         for a in &dial {
             let _ = swarm.dial(a.clone());
         }

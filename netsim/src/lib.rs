@@ -12,4 +12,4 @@ pub mod svg;
 
 pub use report::Report;
 pub use run::{Options, run};
-pub use scenario::Scenario;
+pub use scenario::{Scenario, Transport};

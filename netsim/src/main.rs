@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use netsim::{Options, Scenario};
+use netsim::{Options, Scenario, Transport};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,11 @@ enum Cmd {
         /// instead of running all nodes on one shared runtime.
         #[arg(long)]
         runtime_per_node: bool,
+        /// What the nodes connect over, instead of the scenario's `transport`: QUIC needs
+        /// one socket per node instead of two per connection, for runs past the descriptor
+        /// limit.
+        #[arg(long, value_enum)]
+        transport: Option<Transport>,
         /// Write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -68,6 +73,7 @@ fn main() -> Result<()> {
                 rooms,
                 rate,
                 runtime_per_node,
+                transport,
                 json,
                 svg,
             },
@@ -81,6 +87,9 @@ fn main() -> Result<()> {
     }
     if let Some(r) = rate {
         s.load.rate = r;
+    }
+    if let Some(t) = transport {
+        s.transport = t;
     }
     s.validate()?;
     let rt = tokio::runtime::Runtime::new()?;

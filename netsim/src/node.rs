@@ -73,6 +73,8 @@ pub struct NodeSpec {
     pub baseline: bool,
     /// Run the node on a runtime of its own, on its own thread (see [`SimNode::start`]).
     pub own_thread: bool,
+    /// Where the node listens (its transport, on a free loopback port).
+    pub listen: Multiaddr,
     /// Status queries that timed out, over the whole run (shared by every node's spec).
     pub unanswered: Arc<AtomicU64>,
 }
@@ -134,6 +136,7 @@ impl Kind {
         if spec.baseline {
             let n = PlainNode::start(
                 spec.identity.peer_keypair(),
+                spec.listen.clone(),
                 dial,
                 spec.faults.clone(),
                 cryptchat::net::SwarmOptions::default().heartbeat,
@@ -142,7 +145,7 @@ impl Kind {
             return Ok(Kind::Plain(n));
         }
         let mut cfg = NodeConfig::new(spec.data_dir.clone());
-        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
+        cfg.listen = vec![spec.listen.clone()];
         cfg.bootstrap = dial;
         cfg.sync_interval = spec.sync_interval;
         cfg.swarm.faults = spec.faults.clone();

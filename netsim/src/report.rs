@@ -94,6 +94,9 @@ pub struct Report {
     /// for each node, as if each were its own process).
     #[serde(default)]
     pub runtime: String,
+    /// "tcp" or "quic" (see [`crate::scenario::Transport`]); empty in reports from before.
+    #[serde(default)]
+    pub transport: String,
     pub nodes: usize,
     pub setup_s: f64,
     /// Connected room members per node when the load started.
@@ -175,8 +178,8 @@ impl Report {
             out.push('\n');
         };
         out.push_str(&format!(
-            "scenario {} ({} nodes, {} messages, {} runtime)\n",
-            self.scenario, self.nodes, self.messages_sent, self.runtime
+            "scenario {} ({} nodes, {} messages, {} runtime, {})\n",
+            self.scenario, self.nodes, self.messages_sent, self.runtime, self.transport
         ));
         if baseline.is_some() {
             out.push_str(&format!(

@@ -81,12 +81,25 @@ fn text_for(id: usize, size: usize) -> String {
     t
 }
 
-/// Notes a delivery, counting repeats.
+/// Notes a delivery, counting repeats: a message's latency at a node is its first delivery
+/// there.
 fn record(deliveries: &mut HashMap<(usize, usize), Instant>, duplicates: &mut u64, d: Delivered) {
-    if let Some(id) = id_of(&d.text)
-        && deliveries.insert((id, d.node), d.at).is_some()
-    {
-        *duplicates += 1;
+    let Some(id) = id_of(&d.text) else {
+        return;
+    };
+    match deliveries.entry((id, d.node)) {
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(d.at);
+        }
+        std::collections::hash_map::Entry::Occupied(first) => {
+            *duplicates += 1;
+            tracing::debug!(
+                node = d.node,
+                message = id,
+                after_ms = d.at.saturating_duration_since(*first.get()).as_millis() as u64,
+                "delivered again"
+            );
+        }
     }
 }
 
@@ -270,6 +283,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             sync_interval: Duration::from_secs_f64(s.sync_interval_s),
             baseline: opts.baseline,
             own_thread: opts.runtime_per_node,
+            listen: s.transport.listen_addr(),
             unanswered: unanswered.clone(),
         })
         .collect();
@@ -616,6 +630,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             "shared"
         }
         .into(),
+        transport: s.transport.name().into(),
         nodes: s.nodes,
         setup_s: setup.as_secs_f64(),
         room_peers,

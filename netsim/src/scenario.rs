@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use cryptchat::faults::FaultConfig;
+use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,39 @@ pub struct Scenario {
     /// idle nodes cost: CPU and resident memory per joined room (0: no idle period).
     #[serde(default)]
     pub idle_s: f64,
+    /// What the nodes connect over ("tcp", the default, or "quic").
+    #[serde(default)]
+    pub transport: Transport,
+}
+
+/// The transport a run's nodes use; faults apply the same to both (they wrap the muxer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP with noise and yamux: two sockets per connection in a one-process run.
+    #[default]
+    Tcp,
+    /// QUIC: one UDP socket per node, whatever its connection count, so a run of a
+    /// thousand nodes stays under a process's descriptor limit.
+    Quic,
+}
+
+impl Transport {
+    /// A loopback listen address on a free port.
+    pub fn listen_addr(self) -> Multiaddr {
+        let a = match self {
+            Transport::Tcp => "/ip4/127.0.0.1/tcp/0",
+            Transport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+        };
+        a.parse().expect("a valid multiaddr")
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        }
+    }
 }
 
 fn one() -> u64 {
@@ -276,6 +310,22 @@ mod tests {
             n += 1;
         }
         assert!(n >= 5);
+    }
+
+    #[test]
+    fn a_scenario_names_its_transport() {
+        let base = "name = \"x\"\nnodes = 2\n[[rooms]]\nname = \"r\"\nmembers = \"all\"\n[load]\nrate = 1.0\nduration_s = 1.0\n";
+        let tcp: Scenario = toml::from_str(base).unwrap();
+        assert_eq!(tcp.transport, Transport::Tcp);
+        let quic: Scenario = toml::from_str(&format!("transport = \"quic\"\n{base}")).unwrap();
+        assert_eq!(quic.transport, Transport::Quic);
+        assert_eq!(
+            quic.transport.listen_addr().to_string(),
+            "/ip4/127.0.0.1/udp/0/quic-v1"
+        );
+        assert!(toml::from_str::<Scenario>(&format!("transport = \"sctp\"\n{base}")).is_err());
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/scale-1000.toml");
+        assert_eq!(Scenario::load(&shipped).unwrap().transport, Transport::Quic);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use netsim::{Options, Scenario};
+use netsim::{Options, Scenario, Transport};
 
 fn scenario(name: &str) -> Scenario {
     Scenario::load(
@@ -24,6 +24,44 @@ async fn smoke_delivers_everything() {
     assert!(r.complete(), "{r:#?}");
     assert!(r.latency.count > 0);
     assert!(r.bytes_per_delivered > 0.0);
+}
+
+/// Over QUIC (how runs past the descriptor limit go), with a node killed and restarted on
+/// a new UDP port: everything is delivered, the restarted node catches up, and the
+/// baseline runs over QUIC too.
+#[tokio::test(flavor = "multi_thread")]
+async fn smoke_over_quic_delivers_through_a_restart() {
+    cryptchat::install_crypto_provider();
+    let mut s = scenario("smoke.toml");
+    s.transport = Transport::Quic;
+    s.events = vec![
+        netsim::scenario::EventSpec {
+            at_s: 1.0,
+            action: netsim::scenario::Action::Kill { nodes: vec![2] },
+        },
+        netsim::scenario::EventSpec {
+            at_s: 3.0,
+            action: netsim::scenario::Action::Restart { nodes: vec![2] },
+        },
+    ];
+    let r = netsim::run(&s, &Options::default()).await.unwrap();
+    println!("{}", r.table(None));
+    assert_eq!(r.transport, "quic");
+    assert!(r.complete(), "{r:#?}");
+    assert!(r.convergence_s.is_some());
+    assert!(r.latency.count > 0);
+    s.events.clear();
+    let b = netsim::run(
+        &s,
+        &Options {
+            baseline: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.transport, "quic");
+    assert_eq!(b.rooms[0].delivery_ratio, 1.0, "{:?}", b.rooms);
 }
 
 /// A runtime and a thread per node: the nodes still deliver everything, and a node stopped
