@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::authors::AuthorKeys;
+use crate::census::Census;
 use crate::claims::{Arrival, Claims};
 use crate::crypto;
 use crate::envelope::{Envelope, EnvelopeError, Kind, Payload, Position};
@@ -221,6 +222,9 @@ pub struct Core {
     /// message), and ourselves. Kept as they appear, since every delivered message counts
     /// them.
     members: HashMap<RoomId, HashSet<UserId>>,
+    /// Per room, who we heard from lately: how big the room is beyond the members we know
+    /// (see [`crate::census`]), for pacing.
+    census: HashMap<RoomId, Census>,
     /// Per room, the furthest any member said it holds of each author's chain (receipts and
     /// heads riding on messages), where that is past what we hold: what reconciliation
     /// should fetch (see [`Core::chase_claims`]).
@@ -298,6 +302,7 @@ impl Core {
             counters: Counters::default(),
             receipts: HashMap::new(),
             members: HashMap::new(),
+            census: HashMap::new(),
             claims: Claims::new(MAX_TRACKED_AUTHORS),
             announced: HashMap::new(),
             told_clock: 0,
@@ -458,6 +463,7 @@ impl Core {
         self.names.retain(|_, v| *v != id);
         self.claims.forget(id);
         self.members.remove(&id);
+        self.census.remove(&id);
         self.rooms
             .remove(&id)
             .ok_or_else(|| CoreError::UnknownRoom(name.to_string()))
@@ -614,6 +620,29 @@ impl Core {
         }
     }
 
+    /// A gossip message (entry or receipt) from `sender` reached us in `room`: counts,
+    /// before `sender` joins the known members, whether it was one of them.
+    fn census_heard(&mut self, room: RoomId, sender: UserId) {
+        if sender == self.identity.id() {
+            return;
+        }
+        let Some(known) = self.members.get(&room) else {
+            return;
+        };
+        let (others, was_known) = (known.len().saturating_sub(1), known.contains(&sender));
+        self.census
+            .entry(room)
+            .or_default()
+            .heard(others, was_known);
+    }
+
+    /// How many members a room has, as far as pacing goes: the known members, or more
+    /// when whom we hear says the room is bigger (see [`crate::census`]).
+    pub fn room_size(&self, room: RoomId) -> usize {
+        let known = self.member_count(room);
+        self.census.get(&room).map_or(known, |c| c.estimate(known))
+    }
+
     /// Visits each known member of a room once (see `Core::members`).
     fn for_each_member(&self, room: &Room, f: impl FnMut(&UserId)) {
         self.members.get(&room.id).into_iter().flatten().for_each(f);
@@ -742,6 +771,7 @@ impl Core {
             return Incoming::Duplicate;
         }
         slot.0 = env.seq;
+        self.census_heard(room, env.author_id());
         self.note_heads(room, env.author_id(), &heads);
         Incoming::Receipt
     }
@@ -886,6 +916,13 @@ impl Core {
             .collect();
         // Received entries are also held by others: durable at the next flush.
         let outcomes = self.journal.append_batch_deferred(&batch)?;
+        // Who gossip brought them from, before they count as known (pulled entries come
+        // by author, in runs: not a sample of the room).
+        if matches!(how, Arrival::Gossip) {
+            for (room_id, env, _) in &entries {
+                self.census_heard(*room_id, env.author_id());
+            }
+        }
         // What their authors held when they wrote them (see `compose`).
         for (room_id, env, payload) in &entries {
             if let Some(Heads(heads)) = &payload.receipt {
@@ -1602,6 +1639,43 @@ mod tests {
         let c = core(&dir, 2);
         assert_eq!(c.member_count(rid), 2);
         assert_eq!(c.member_count(RoomId([9; 32])), 0, "not a room of ours");
+    }
+
+    /// Six writers, each heard once and each new to her: the room is bigger than the seven
+    /// members she knows, as far as pacing goes; heard again and again, they are all she
+    /// hears, and the room is what she knows.
+    #[test]
+    fn whom_a_member_hears_sizes_the_room_beyond_the_members_it_knows() {
+        let dir = tempfile::tempdir().unwrap();
+        let lobby = Room::named("lobby", None).unwrap();
+        let rid = lobby.id;
+        let mut c = core(&dir, 2);
+        c.join(lobby.clone()).unwrap();
+        let mut writers: Vec<Core> = (0..6u8)
+            .map(|i| {
+                let master = crypto::sha256(&[b"census test", &[i]]);
+                let id = Identity::from_master(&format!("w{i}"), &master, KeySize::Rsa2048);
+                let j = Journal::open(&dir.path().join(format!("w{i}.redb"))).unwrap();
+                let mut x = Core::open(Arc::new(id.unwrap()), j).unwrap();
+                x.join(lobby.clone()).unwrap();
+                x
+            })
+            .collect();
+        assert_eq!(c.room_size(rid), 1);
+        for w in &mut writers {
+            let (_, env, _) = w.compose("lobby", "hi").unwrap();
+            c.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        }
+        assert_eq!(c.member_count(rid), 7);
+        assert!(c.room_size(rid) > 7, "{}", c.room_size(rid));
+        for round in 0..25 {
+            for w in &mut writers {
+                let (_, env, _) = w.compose("lobby", &format!("again {round}")).unwrap();
+                c.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+            }
+        }
+        assert_eq!(c.member_count(rid), 7);
+        assert_eq!(c.room_size(rid), 7);
     }
 
     #[test]

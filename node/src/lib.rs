@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod api;
 pub mod authors;
+pub mod census;
 pub mod claims;
 pub mod client;
 pub mod config;

@@ -113,17 +113,15 @@ pub fn excess<P: Clone, R: Copy + Eq + Hash>(peers: &[Connected<P, R>], budget: 
 /// anyway (libp2p's guard against record flooding), so a big room gains nothing from all
 /// its members re-announcing often. A member `well_connected` (at its budget's target of
 /// connected room members) waits the longest, `max` rounds; otherwise the room as a whole
-/// re-announces about once a round: each of `known_members` members every `known_members`
-/// rounds, within `min..=max` (measured at 200 members: every member re-announcing every
+/// re-announces about once a round: each of `members` members (the room's size as
+/// [`crate::core::Core::room_size`] estimates it) every `members` rounds, within `min..=max` (measured at 200 members: every member re-announcing every
 /// 10 rounds kept the nodes busier with DHT walks than with the room's messages).
-pub fn announce_every(known_members: usize, well_connected: bool, min: u32, max: u32) -> u32 {
+pub fn announce_every(members: usize, well_connected: bool, min: u32, max: u32) -> u32 {
     let max = max.max(min);
     if well_connected {
         return max;
     }
-    u32::try_from(known_members)
-        .unwrap_or(u32::MAX)
-        .clamp(min, max)
+    u32::try_from(members).unwrap_or(u32::MAX).clamp(min, max)
 }
 
 /// Paces a room's DHT lookups for members. A room short of its target asks the DHT every

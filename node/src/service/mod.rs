@@ -881,7 +881,7 @@ impl Service {
         }
         let well_connected = self.room_peer_ids(room).len() >= self.budget.target;
         let every = crate::peers::announce_every(
-            self.core.member_count(room),
+            self.core.room_size(room),
             well_connected,
             ANNOUNCE_MIN_ROUNDS,
             ANNOUNCE_MAX_ROUNDS,
@@ -1528,9 +1528,11 @@ impl Service {
 
     /// Receipts per second the whole room aims at ([`crate::receipt::budget`]), and the
     /// seconds between two of ours that keep it there ([`crate::receipt::spacing`]), from
-    /// the room's known members.
+    /// the room's size as whom we hear shows it ([`Core::room_size`]): the members we
+    /// know are a small part of a big room for minutes, and paced as if they were all,
+    /// its members sent several times its budget.
     fn receipt_pace(&self, room: RoomId) -> (f64, f64) {
-        let members = self.core.member_count(room);
+        let members = self.core.room_size(room);
         let budget = crate::receipt::budget(members, self.message_rate.per_s(&room));
         (budget, crate::receipt::spacing(members, budget))
     }
