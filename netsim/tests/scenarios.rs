@@ -14,6 +14,31 @@ fn scenario(name: &str) -> Scenario {
     .unwrap()
 }
 
+/// The smoke scenario with node `n` killed 1 s into the load and restarted at 3 s.
+fn smoke_with_restart(n: usize) -> Scenario {
+    let mut s = scenario("smoke.toml");
+    s.events = vec![
+        netsim::scenario::EventSpec {
+            at_s: 1.0,
+            action: netsim::scenario::Action::Kill { nodes: vec![n] },
+        },
+        netsim::scenario::EventSpec {
+            at_s: 3.0,
+            action: netsim::scenario::Action::Restart { nodes: vec![n] },
+        },
+    ];
+    s
+}
+
+/// `s` run with plain gossipsub nodes.
+async fn baseline(s: &Scenario) -> netsim::Report {
+    let opts = Options {
+        baseline: true,
+        ..Default::default()
+    };
+    netsim::run(s, &opts).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn smoke_delivers_everything() {
     cryptchat::install_crypto_provider();
@@ -32,18 +57,8 @@ async fn smoke_delivers_everything() {
 #[tokio::test(flavor = "multi_thread")]
 async fn smoke_over_quic_delivers_through_a_restart() {
     cryptchat::install_crypto_provider();
-    let mut s = scenario("smoke.toml");
+    let mut s = smoke_with_restart(2);
     s.transport = Transport::Quic;
-    s.events = vec![
-        netsim::scenario::EventSpec {
-            at_s: 1.0,
-            action: netsim::scenario::Action::Kill { nodes: vec![2] },
-        },
-        netsim::scenario::EventSpec {
-            at_s: 3.0,
-            action: netsim::scenario::Action::Restart { nodes: vec![2] },
-        },
-    ];
     let r = netsim::run(&s, &Options::default()).await.unwrap();
     println!("{}", r.table(None));
     assert_eq!(r.transport, "quic");
@@ -51,15 +66,7 @@ async fn smoke_over_quic_delivers_through_a_restart() {
     assert!(r.convergence_s.is_some());
     assert!(r.latency.count > 0);
     s.events.clear();
-    let b = netsim::run(
-        &s,
-        &Options {
-            baseline: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let b = baseline(&s).await;
     assert_eq!(b.transport, "quic");
     assert_eq!(b.rooms[0].delivery_ratio, 1.0, "{:?}", b.rooms);
 }
@@ -69,17 +76,7 @@ async fn smoke_over_quic_delivers_through_a_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn runtime_per_node_delivers_through_a_restart() {
     cryptchat::install_crypto_provider();
-    let mut s = scenario("smoke.toml");
-    s.events = vec![
-        netsim::scenario::EventSpec {
-            at_s: 1.0,
-            action: netsim::scenario::Action::Kill { nodes: vec![3] },
-        },
-        netsim::scenario::EventSpec {
-            at_s: 3.0,
-            action: netsim::scenario::Action::Restart { nodes: vec![3] },
-        },
-    ];
+    let s = smoke_with_restart(3);
     let opts = Options {
         runtime_per_node: true,
         ..Default::default()
@@ -112,15 +109,7 @@ async fn short_partition_converges_after_heal() {
     // Without reconciliation, the same split loses messages: the baseline shows why the
     // journal exists. (It never converges, so do not wait long for it.)
     s.settle_s = 3.0;
-    let b = netsim::run(
-        &s,
-        &Options {
-            baseline: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let b = baseline(&s).await;
     assert!(b.rooms[0].delivery_ratio < 1.0, "{:?}", b.rooms);
 }
 

@@ -56,8 +56,8 @@ impl Census {
             return known;
         }
         let others = self.known_sum as f64 / f64::from(self.hits.max(1));
-        let est = 1.0 + others.round();
-        known.max(est.min(usize::MAX as f64) as usize)
+        // At most 128 senders times u32::MAX others: no overflow.
+        known.max(1 + others.round() as usize)
     }
 }
 
@@ -66,9 +66,8 @@ mod tests {
     use super::*;
     use rand::{RngExt, SeedableRng};
 
-    /// Hears `n` senders drawn uniformly from a room of `size` (us excluded), learning
-    /// each one as it is heard, starting from `known` (us included); returns the members
-    /// known at the end.
+    /// Hears `n` senders drawn uniformly from a room of `size` (member 0 is us), adding
+    /// each to `known` (us included) once heard.
     fn hear(
         c: &mut Census,
         known: &mut std::collections::HashSet<usize>,
