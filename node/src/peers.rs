@@ -114,8 +114,9 @@ pub fn excess<P: Clone, R: Copy + Eq + Hash>(peers: &[Connected<P, R>], budget: 
 /// its members re-announcing often. A member `well_connected` (at its budget's target of
 /// connected room members) waits the longest, `max` rounds; otherwise the room as a whole
 /// re-announces about once a round: each of `members` members (the room's size as
-/// [`crate::core::Core::room_size`] estimates it) every `members` rounds, within `min..=max` (measured at 200 members: every member re-announcing every
-/// 10 rounds kept the nodes busier with DHT walks than with the room's messages).
+/// [`crate::core::Core::room_size`] estimates it) every `members` rounds, within
+/// `min..=max` (measured at 200 members: every member re-announcing every 10 rounds kept
+/// the nodes busier with DHT walks than with the room's messages).
 pub fn announce_every(members: usize, well_connected: bool, min: u32, max: u32) -> u32 {
     let max = max.max(min);
     if well_connected {
