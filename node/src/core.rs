@@ -17,6 +17,7 @@ use crate::identity::{ContactCode, Identity, IdentityError, UserId};
 use crate::journal::{AppendOutcome, EntryMeta, Id, Journal, JournalError, StoredEntry};
 use crate::receipt::{Heads, ShortId};
 use crate::room::{Member, Room, RoomError, RoomId, RoomKind, StoredRoom};
+use crate::shown::Shown;
 use crate::sync::{self, ForkRef, Range};
 
 const OWNER_KEY: &str = "owner";
@@ -116,8 +117,12 @@ pub type ForkPair = (Vec<u8>, Vec<u8>);
 /// What storing a batch of synchronised entries did.
 #[derive(Debug, Default)]
 pub struct BatchReport {
-    /// Newly stored, contiguous entries, as messages.
+    /// Newly stored, contiguous entries, as messages (those not shown already: see
+    /// [`Core::preview`]).
     pub appended: Vec<MessageView>,
+    /// Entries of the batch stored in their chain, shown before or not (not counting held
+    /// ones they released).
+    pub added: usize,
     pub pending: usize,
     pub duplicates: usize,
     /// Authors whose entries conflicted with ours (fork proofs recorded).
@@ -137,6 +142,9 @@ pub enum Incoming {
     /// New and valid: stored durably; forward it. With the views of the entries it released:
     /// held ones (received ahead of a gap) that it made contiguous, in seq order.
     Accepted(Box<MessageView>, Vec<MessageView>),
+    /// The same, for an entry shown already when it was admitted ([`Core::preview`]): only
+    /// the entries it released are new to show.
+    Shown(Vec<MessageView>),
     /// Valid but stored ahead of a gap in the author's chain: forward it.
     Pending,
     /// A member's delivery receipt: recorded, not journaled; forward it. What it says the
@@ -229,6 +237,8 @@ pub struct Core {
     /// heads riding on messages), where that is past what we hold: what reconciliation
     /// should fetch (see [`Core::chase_claims`]).
     claims: Claims,
+    /// Received entries shown before they were stored ([`Core::preview`]).
+    shown: Shown,
     /// What we last told each room (by receipts, and by heads riding on our messages): the
     /// next receipt or message carries only what changed.
     announced: HashMap<RoomId, HashMap<Id, Told>>,
@@ -304,6 +314,7 @@ impl Core {
             members: HashMap::new(),
             census: HashMap::new(),
             claims: Claims::new(MAX_TRACKED_AUTHORS),
+            shown: Shown::default(),
             announced: HashMap::new(),
             told_clock: 0,
             room_limit: MAX_ROOMS,
@@ -462,6 +473,7 @@ impl Core {
             .delete_setting(&format!("{ROOM_PREFIX}{}", id.to_hex()))?;
         self.names.retain(|_, v| *v != id);
         self.claims.forget(id);
+        self.shown.forget_room(&id.0);
         self.members.remove(&id);
         self.census.remove(&id);
         self.rooms
@@ -896,6 +908,37 @@ impl Core {
         }
     }
 
+    /// The view of an admitted entry, to show before it is stored, if it comes next in its
+    /// author's chain (after what the journal holds or what was shown already): see
+    /// [`crate::shown`]. Storing it later ([`Core::commit`], or reconciliation) then
+    /// yields [`Incoming::Shown`] instead of showing it again. Entries after a gap, repeats
+    /// and forks are left to the store, which decides.
+    pub fn preview(
+        &mut self,
+        room_id: RoomId,
+        env: &Envelope,
+        payload: &Payload,
+    ) -> Option<MessageView> {
+        let room = self.rooms.get(&room_id)?;
+        let meta = env.meta();
+        let held = match self.journal.head(&meta.room, &meta.author) {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a chain's head; shown once stored");
+                return None;
+            }
+        };
+        if !self.shown.show(&meta, held) {
+            return None;
+        }
+        Some(self.view(room, env, payload.clone()))
+    }
+
+    /// Received entries shown and not yet stored.
+    pub fn shown_unstored(&self) -> usize {
+        self.shown.len()
+    }
+
     /// Second half of [`Core::receive`]: stores entries gossip brought (admitted) in one
     /// transaction, on disk at the next [`Core::flush`]; one outcome per entry, in order.
     pub fn commit(
@@ -931,7 +974,9 @@ impl Core {
         }
         let now = Instant::now();
         let mut out = Vec::with_capacity(outcomes.len());
+        let mut chains = Vec::new();
         for ((room_id, env, payload), outcome) in entries.into_iter().zip(outcomes) {
+            let hash = env.hash();
             out.push(match outcome {
                 AppendOutcome::Appended { advanced_to } => {
                     self.counters.accepted += 1;
@@ -939,34 +984,60 @@ impl Core {
                     self.add_member(room_id, author);
                     let short = short_id(&author.0);
                     self.claims.met(room_id, short, advanced_to, how, now);
-                    match self.rooms.get(&room_id) {
-                        Some(room) => {
-                            let released = self.released(room, &env, advanced_to);
-                            Incoming::Accepted(Box::new(self.view(room, &env, payload)), released)
+                    chains.push((room_id, author));
+                    let shown = self.shown.stored(&hash);
+                    if !self.rooms.contains_key(&room_id) {
+                        Incoming::NotOurs
+                    } else {
+                        let released = self.released(room_id, &env, advanced_to);
+                        if shown {
+                            Incoming::Shown(released)
+                        } else {
+                            let view = self.view(&self.rooms[&room_id], &env, payload);
+                            Incoming::Accepted(Box::new(view), released)
                         }
-                        None => Incoming::NotOurs,
                     }
                 }
+                // Shown or not, it is shown (if not already) when it is released.
                 AppendOutcome::Pending => {
                     self.counters.accepted += 1;
                     Incoming::Pending
                 }
                 AppendOutcome::Duplicate => {
+                    self.shown.stored(&hash);
                     self.counters.duplicates += 1;
                     Incoming::Duplicate
                 }
-                AppendOutcome::Fork => self.reject(Rejection::Fork),
+                AppendOutcome::Fork => {
+                    self.shown.stored(&hash);
+                    self.reject(Rejection::Fork)
+                }
             });
+        }
+        // (A head that cannot be read leaves its tip for the next store to clear.)
+        for (room_id, author) in chains {
+            if let Ok(held) = self.journal.head(&room_id.0, &author.0) {
+                self.shown.caught_up(&room_id.0, &author.0, held);
+            }
         }
         Ok(out)
     }
 
     /// Views of the held entries after `env` up to `to` that its arrival made contiguous:
-    /// shown now, since they were not when they came in.
-    fn released(&self, room: &Room, env: &Envelope, to: u64) -> Vec<MessageView> {
+    /// shown now, since they were not when they came in (unless shown ahead of a store that
+    /// failed: see [`crate::shown`]).
+    fn released(&mut self, room: RoomId, env: &Envelope, to: u64) -> Vec<MessageView> {
         let author = env.author_id();
-        (env.seq + 1..=to)
-            .filter_map(|seq| match self.journal.get(&room.id.0, &author.0, seq) {
+        let entries: Vec<_> = (env.seq + 1..=to)
+            .map(|seq| self.journal.get(&room.0, &author.0, seq))
+            .filter(|entry| !matches!(entry, Ok(Some(e)) if self.shown.stored(&e.meta.hash)))
+            .collect();
+        let Some(room) = self.rooms.get(&room) else {
+            return Vec::new();
+        };
+        entries
+            .into_iter()
+            .filter_map(|entry| match entry {
                 Ok(Some(entry)) => self.open_stored(room, entry),
                 Ok(None) => None,
                 Err(e) => {
@@ -1023,7 +1094,12 @@ impl Core {
         {
             match incoming {
                 Incoming::Accepted(view, released) => {
+                    report.added += 1;
                     report.appended.push(*view);
+                    report.appended.extend(released);
+                }
+                Incoming::Shown(released) => {
+                    report.added += 1;
                     report.appended.extend(released);
                 }
                 Incoming::Pending => report.pending += 1,
@@ -1726,6 +1802,104 @@ mod tests {
         let texts: Vec<_> = released.iter().map(|m| m.text.as_deref()).collect();
         assert_eq!(texts, vec![Some("three"), Some("four")]);
         assert_eq!(b.history("lobby", 10).unwrap().len(), 4);
+    }
+
+    /// Admits `env` as gossip does: the entry to store, and its view if shown at once.
+    fn admit_entry(
+        c: &mut Core,
+        rid: RoomId,
+        env: &Envelope,
+    ) -> ((RoomId, Envelope, Payload), Option<MessageView>) {
+        let Admitted::Entry(entry) = c.admit(&rid.topic(), env.bytes().to_vec()) else {
+            panic!("a valid entry is admitted")
+        };
+        let view = c.preview(entry.0, &entry.1, &entry.2);
+        (*entry, view)
+    }
+
+    /// An entry that comes next in its author's chain is shown when admitted, the same view
+    /// it would have had once stored, and storing it shows nothing more; one after a gap
+    /// waits for the store, and is shown (once) when the gap fills.
+    #[test]
+    fn entries_next_in_their_chain_are_shown_before_they_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, rid) = two_in_lobby(&dir);
+        let envs: Vec<Envelope> = ["one", "two", "three", "four"]
+            .iter()
+            .map(|t| a.compose("lobby", t).unwrap().1)
+            .collect();
+
+        let (first, shown) = admit_entry(&mut b, rid, &envs[0]);
+        let shown = shown.expect("next in the chain: shown at once");
+        assert_eq!(shown.text.as_deref(), Some("one"));
+        assert_eq!(shown.seq, 1);
+        // Two follows one although one is not stored yet; four is after a gap.
+        let (second, shown2) = admit_entry(&mut b, rid, &envs[1]);
+        assert_eq!(shown2.unwrap().text.as_deref(), Some("two"));
+        let (fourth, none) = admit_entry(&mut b, rid, &envs[3]);
+        assert!(none.is_none());
+        assert_eq!(b.shown_unstored(), 2);
+        assert!(
+            b.history("lobby", 10).unwrap().is_empty(),
+            "nothing stored yet"
+        );
+
+        let out = b.commit(vec![first, second, fourth]).unwrap();
+        assert!(
+            matches!(&out[0], Incoming::Shown(r) if r.is_empty()),
+            "{out:?}"
+        );
+        assert!(
+            matches!(&out[1], Incoming::Shown(r) if r.is_empty()),
+            "{out:?}"
+        );
+        assert!(matches!(out[2], Incoming::Pending));
+        assert_eq!(b.shown_unstored(), 0);
+        // The stored view is the one shown.
+        let stored = b.history("lobby", 10).unwrap();
+        assert_eq!(stored[0], shown);
+
+        // Three fills the gap: shown at once, and four comes with its store.
+        let (third, shown3) = admit_entry(&mut b, rid, &envs[2]);
+        assert_eq!(shown3.unwrap().text.as_deref(), Some("three"));
+        let out = b.commit(vec![third]).unwrap();
+        let Incoming::Shown(released) = &out[0] else {
+            panic!("{out:?}")
+        };
+        let texts: Vec<_> = released.iter().map(|m| m.text.as_deref()).collect();
+        assert_eq!(texts, vec![Some("four")]);
+        assert_eq!(b.history("lobby", 10).unwrap().len(), 4);
+    }
+
+    /// A message shown on arrival that reconciliation stores first is not shown again by
+    /// reconciliation, and the gossip copy stored after it is a duplicate; a repeat of a
+    /// message shown is not shown again either.
+    #[test]
+    fn a_shown_entry_is_shown_once_whichever_path_stores_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, rid) = two_in_lobby(&dir);
+        let (_, env, _) = a.compose("lobby", "hello").unwrap();
+        let (entry, shown) = admit_entry(&mut b, rid, &env);
+        assert!(shown.is_some());
+        let (_, again) = admit_entry(&mut b, rid, &env);
+        assert!(again.is_none(), "a repeat is not shown twice");
+
+        let payload = entry.2.clone();
+        let report = b
+            .store_batch(rid, vec![(entry.1.clone(), payload)])
+            .unwrap();
+        assert_eq!(report.added, 1);
+        assert!(report.appended.is_empty(), "shown already");
+        assert!(matches!(
+            b.commit(vec![entry]).unwrap()[0],
+            Incoming::Duplicate
+        ));
+        assert_eq!(b.shown_unstored(), 0);
+        assert_eq!(b.history("lobby", 10).unwrap().len(), 1);
+
+        // The next message goes on from the journal.
+        let (_, env2, _) = a.compose("lobby", "again").unwrap();
+        assert!(admit_entry(&mut b, rid, &env2).1.is_some());
     }
 
     /// A pulled batch checked on several threads gives what one thread gives, in order,

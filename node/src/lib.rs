@@ -23,6 +23,7 @@ pub mod peers;
 pub mod receipt;
 pub mod room;
 pub mod service;
+pub mod shown;
 pub mod sync;
 
 /// Installs the process-wide rustls crypto provider. libp2p-webrtc (via webrtc-rs) panics on

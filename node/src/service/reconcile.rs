@@ -863,7 +863,7 @@ impl Service {
                             for author in &report.forked_authors {
                                 self.reconcile.views.mark_diverged(&peer, room.0, *author);
                             }
-                            if !report.appended.is_empty() {
+                            if report.added > 0 {
                                 // Others may lack them too.
                                 self.entries_added(room);
                                 self.news(room);
