@@ -633,15 +633,23 @@ impl Core {
     }
 
     /// A gossip message (entry or receipt) from `sender` reached us in `room`: counts,
-    /// before `sender` joins the known members, whether it was one of them.
-    fn census_heard(&mut self, room: RoomId, sender: UserId) {
+    /// before `sender` joins the known members, whether it was one of them. `new` holds
+    /// the senders of a batch stored at once that were not known yet: each is known from
+    /// its next message on, and counts among the others known, as it would had the batch
+    /// come one message at a time.
+    fn census_heard(&mut self, room: RoomId, sender: UserId, new: &mut Vec<(RoomId, UserId)>) {
         if sender == self.identity.id() {
             return;
         }
         let Some(known) = self.members.get(&room) else {
             return;
         };
-        let (others, was_known) = (known.len().saturating_sub(1), known.contains(&sender));
+        let new_before = new.iter().filter(|(r, _)| *r == room).count();
+        let others = known.len().saturating_sub(1) + new_before;
+        let was_known = known.contains(&sender) || new.contains(&(room, sender));
+        if !was_known {
+            new.push((room, sender));
+        }
         self.census
             .entry(room)
             .or_default()
@@ -783,7 +791,7 @@ impl Core {
             return Incoming::Duplicate;
         }
         slot.0 = env.seq;
-        self.census_heard(room, env.author_id());
+        self.census_heard(room, env.author_id(), &mut Vec::new());
         self.note_heads(room, env.author_id(), &heads);
         Incoming::Receipt
     }
@@ -962,8 +970,9 @@ impl Core {
         // Who gossip brought them from, before they count as known (pulled entries come
         // by author, in runs: not a sample of the room).
         if matches!(how, Arrival::Gossip) {
+            let mut new = Vec::new();
             for (room_id, env, _) in &entries {
-                self.census_heard(*room_id, env.author_id());
+                self.census_heard(*room_id, env.author_id(), &mut new);
             }
         }
         // What their authors held when they wrote them (see `compose`).
@@ -1900,6 +1909,52 @@ mod tests {
         // The next message goes on from the journal.
         let (_, env2, _) = a.compose("lobby", "again").unwrap();
         assert!(admit_entry(&mut b, rid, &env2).1.is_some());
+    }
+
+    /// A batch stored at once sizes the room as the same messages one at a time would: an
+    /// author new to the room is a known sender from its second message on (counting it
+    /// as new each time made a writer of several messages in one batch look like several
+    /// members never met).
+    #[test]
+    fn a_batch_counts_its_senders_as_one_message_at_a_time_would() {
+        let writers = tempfile::tempdir().unwrap();
+        let (mut alice, _, mut carol) = three_in_lobby(&writers);
+        let rid = Room::named("lobby", None).unwrap().id;
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut one, mut batched) = (core(&d1, 1), core(&d2, 1));
+        let hello = carol.compose("lobby", "hello").unwrap().1;
+        let envs: Vec<Envelope> = (0..4)
+            .map(|i| alice.compose("lobby", &format!("m{i}")).unwrap().1)
+            .collect();
+        for x in [&mut one, &mut batched] {
+            x.join(Room::named("lobby", None).unwrap()).unwrap();
+            x.receive(&rid.topic(), hello.bytes().to_vec()).unwrap();
+        }
+        for env in &envs {
+            one.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        }
+        let entries: Vec<_> = envs
+            .iter()
+            .map(
+                |env| match batched.admit(&rid.topic(), env.bytes().to_vec()) {
+                    Admitted::Entry(e) => *e,
+                    Admitted::Done(i) => panic!("{i:?}"),
+                },
+            )
+            .collect();
+        let out = batched.commit(entries).unwrap();
+        assert!(
+            out.iter().all(|i| matches!(i, Incoming::Accepted(..))),
+            "{out:?}"
+        );
+        for x in [&one, &batched] {
+            assert_eq!(x.member_count(rid), 3);
+            assert_eq!(
+                x.room_size(rid),
+                3,
+                "a writer of four messages is one member"
+            );
+        }
     }
 
     /// A pulled batch checked on several threads gives what one thread gives, in order,
