@@ -1790,16 +1790,21 @@ mod tests {
         assert!(b.history("lobby", 10).unwrap().is_empty());
     }
 
+    /// `a`'s next four messages in the lobby: "one" to "four".
+    fn four_in_lobby(a: &mut Core) -> Vec<Envelope> {
+        ["one", "two", "three", "four"]
+            .iter()
+            .map(|t| a.compose("lobby", t).unwrap().1)
+            .collect()
+    }
+
     /// Entries that came ahead of a gap are shown when the gap fills: the entry that fills
     /// it carries their views, in order, so a client following new messages sees them all.
     #[test]
     fn filling_a_gap_releases_the_entries_held_behind_it() {
         let dir = tempfile::tempdir().unwrap();
         let (mut a, mut b, rid) = two_in_lobby(&dir);
-        let envs: Vec<Envelope> = ["one", "two", "three", "four"]
-            .iter()
-            .map(|t| a.compose("lobby", t).unwrap().1)
-            .collect();
+        let envs = four_in_lobby(&mut a);
         let receive = |b: &mut Core, i: usize| b.receive(&rid.topic(), envs[i].bytes().to_vec());
         assert!(matches!(receive(&mut b, 0).unwrap(), Incoming::Accepted(_, r) if r.is_empty()));
         assert!(matches!(receive(&mut b, 3).unwrap(), Incoming::Pending));
@@ -1833,10 +1838,7 @@ mod tests {
     fn entries_next_in_their_chain_are_shown_before_they_are_stored() {
         let dir = tempfile::tempdir().unwrap();
         let (mut a, mut b, rid) = two_in_lobby(&dir);
-        let envs: Vec<Envelope> = ["one", "two", "three", "four"]
-            .iter()
-            .map(|t| a.compose("lobby", t).unwrap().1)
-            .collect();
+        let envs = four_in_lobby(&mut a);
 
         let (first, shown) = admit_entry(&mut b, rid, &envs[0]);
         let shown = shown.expect("next in the chain: shown at once");

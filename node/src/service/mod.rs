@@ -1589,9 +1589,8 @@ impl Service {
         }
     }
 
-    /// Stores every verified gossip message in one transaction, then tells the node's
-    /// clients about the new ones.
-    /// Commits now if the last commit is long enough ago, or schedules it.
+    /// Schedules the store of the received entries waiting, `STORE_DELAY` after the first
+    /// of them came; stores them now if there are many.
     fn commit_soon(&mut self) {
         if self.unstored.len() >= GROUP_COMMIT_MAX {
             self.commit_unstored();
@@ -1600,6 +1599,8 @@ impl Service {
         }
     }
 
+    /// Stores every verified gossip message waiting in one transaction, then tells the
+    /// node's clients about those not shown yet (see `Core::preview`).
     fn commit_unstored(&mut self) {
         self.commit_at = None;
         let items = std::mem::take(&mut self.unstored);
