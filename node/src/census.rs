@@ -47,6 +47,13 @@ impl Census {
         self.hits += u32::from(was_known);
     }
 
+    /// Whether some sender heard was one of the members known just before: the first
+    /// recapture. Until then every sender has been new, which a room of any size beyond
+    /// them would give, so the estimate says little.
+    pub fn recaptured(&self) -> bool {
+        self.hits > 0
+    }
+
     /// The room's size, us included, given `known` members (us included): never fewer.
     /// Before a single hit the estimate is what the window's senders alone imply (each
     /// missed sender a known count's worth), which keeps a room's first seconds from
@@ -86,6 +93,25 @@ mod tests {
     #[test]
     fn nothing_heard_means_what_is_known() {
         assert_eq!(Census::default().estimate(7), 7);
+    }
+
+    #[test]
+    fn a_room_is_recaptured_once_a_known_sender_is_heard_again() {
+        let mut c = Census::default();
+        assert!(!c.recaptured());
+        c.heard(0, false);
+        c.heard(1, false);
+        assert!(
+            !c.recaptured(),
+            "two new senders say nothing of the room's size"
+        );
+        c.heard(2, true);
+        assert!(c.recaptured());
+        // The hit leaves the window after WINDOW more senders, all new.
+        for k in 3..3 + WINDOW {
+            c.heard(k, false);
+        }
+        assert!(!c.recaptured());
     }
 
     #[test]

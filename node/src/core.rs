@@ -663,6 +663,18 @@ impl Core {
         self.census.get(&room).map_or(known, |c| c.estimate(known))
     }
 
+    /// Whether the room's size can be told beyond the `neighbours` members (us included)
+    /// we are connected to: we know more members than that, or the census has heard a
+    /// known sender again (see [`crate::census::Census::recaptured`]). In a new room whose
+    /// members have not spoken yet, neither holds, however big it is.
+    pub fn room_size_known(&self, room: RoomId, neighbours: usize) -> bool {
+        self.member_count(room) > neighbours
+            || self
+                .census
+                .get(&room)
+                .is_some_and(crate::census::Census::recaptured)
+    }
+
     /// Visits each known member of a room once (see `Core::members`).
     fn for_each_member(&self, room: &Room, f: impl FnMut(&UserId)) {
         self.members.get(&room.id).into_iter().flatten().for_each(f);
@@ -1957,6 +1969,37 @@ mod tests {
                 "a writer of four messages is one member"
             );
         }
+    }
+
+    /// A new room's size is unknown, however big, until more members are known than we
+    /// are connected to or a known sender is heard again: what paces its first receipts
+    /// (`receipt::first_spacing`).
+    #[test]
+    fn a_rooms_size_is_known_once_a_sender_is_heard_again() {
+        let writers = tempfile::tempdir().unwrap();
+        let (mut alice, _, mut carol) = three_in_lobby(&writers);
+        let rid = Room::named("lobby", None).unwrap().id;
+        let d = tempfile::tempdir().unwrap();
+        let mut x = core(&d, 1);
+        x.join(Room::named("lobby", None).unwrap()).unwrap();
+        assert!(!x.room_size_known(rid, 11), "nobody heard yet");
+        for env in [
+            alice.compose("lobby", "a1").unwrap().1,
+            carol.compose("lobby", "c1").unwrap().1,
+        ] {
+            x.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        }
+        assert!(
+            !x.room_size_known(rid, 11),
+            "two new senders fit a room of any size"
+        );
+        assert!(
+            x.room_size_known(rid, 2),
+            "three members known, more than the two we are connected to"
+        );
+        let again = alice.compose("lobby", "a2").unwrap().1;
+        x.receive(&rid.topic(), again.bytes().to_vec()).unwrap();
+        assert!(x.room_size_known(rid, 11), "alice heard again");
     }
 
     /// A pulled batch checked on several threads gives what one thread gives, in order,

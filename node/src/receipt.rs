@@ -181,6 +181,31 @@ pub fn budget(members: usize, messages_per_s: f64) -> f64 {
         .clamp(MIN_PER_ROOM_PER_S, PER_ROOM_PER_S)
 }
 
+/// The least window, in seconds, over which members spread their first receipts after a
+/// quiet spell while they cannot tell how big their room is (see [`first_spacing`]).
+pub const UNSIZED_WINDOW_S: f64 = 30.0;
+
+/// The spacing a member's first receipt after a quiet spell is drawn within (a random
+/// part of it), given the `spacing` the room's estimated size calls for, the room members
+/// it is connected to (`room_peers`), the connection budget's `target` of them, and
+/// whether the room's size is known ([`crate::core::Core::room_size_known`]).
+///
+/// A member connected to fewer than `target` members is in a room that small (members
+/// connect to that many when there are that many), and one that knows the room's size
+/// paces by it. Otherwise the room may hold hundreds: every member got the same message
+/// within a second, has heard from nobody, and paced by the few it knows every one of
+/// them would answer within a second or two, each receipt checked by all (measured at
+/// 500 members: receipts twice the work of the messages, and a tail of seconds). Spread
+/// over [`UNSIZED_WINDOW_S`], the first receipts are heard before most members' are due,
+/// and what is heard then paces the rest ([`Heard`], [`crate::census`]).
+pub fn first_spacing(spacing: f64, room_peers: usize, target: usize, size_known: bool) -> f64 {
+    if size_known || room_peers < target {
+        spacing
+    } else {
+        spacing.max(UNSIZED_WINDOW_S)
+    }
+}
+
 /// Seconds between two of one member's receipts in a room of `members` (as far as it
 /// knows), so that the room carries `budget` receipts a second in all.
 pub fn spacing(members: usize, budget: f64) -> f64 {
@@ -231,6 +256,20 @@ impl<K: Hash + Eq> MessageRate<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_receipts_spread_out_only_where_the_room_may_be_big() {
+        // A room smaller than the connection target: we know it all; pace as usual.
+        assert_eq!(first_spacing(1.0, 4, 8, false), 1.0);
+        // Connected to the target and nothing heard twice: could be 500 members.
+        assert_eq!(first_spacing(1.0, 8, 8, false), UNSIZED_WINDOW_S);
+        assert_eq!(first_spacing(1.0, 15, 8, false), UNSIZED_WINDOW_S);
+        // Once the size is known, by it, whichever way it goes.
+        assert_eq!(first_spacing(2.5, 15, 8, true), 2.5);
+        assert_eq!(first_spacing(125.0, 15, 8, true), 125.0);
+        // Never sooner than the size already calls for.
+        assert_eq!(first_spacing(125.0, 15, 8, false), 125.0);
+    }
 
     #[test]
     fn small_rooms_keep_fast_receipts_and_big_ones_follow_their_messages() {

@@ -450,6 +450,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         unstored: Vec::new(),
         commit_at: None,
         next_receipt: HashMap::new(),
+        first_receipt: HashMap::new(),
         receipts_heard: Default::default(),
         message_rate: Default::default(),
         activity: Default::default(),
@@ -518,6 +519,9 @@ struct Service {
     faults: crate::faults::Faults,
     /// When each room may send our next receipt.
     next_receipt: HashMap<RoomId, tokio::time::Instant>,
+    /// Rooms whose first receipt after a quiet spell waits: since when, and the random
+    /// part of the window it waits (the window follows what we learn of the room).
+    first_receipt: HashMap<RoomId, (tokio::time::Instant, f64)>,
     /// Receipts other members sent lately, per room.
     receipts_heard: crate::receipt::Heard<RoomId>,
     /// Messages per second per room: what paces receipts in big rooms.
@@ -1474,13 +1478,24 @@ impl Service {
         for (room, full) in due {
             // After a quiet spell our last receipt no longer paces the next one, and every
             // member that got the same message would answer at once: wait a random part of
-            // the spacing first.
-            let at = match self.next_receipt.get(&room) {
-                Some(t) if now < *t + RECEIPT_INTERVAL => *t,
-                _ => {
+            // the spacing first (or of a longer window while the room's size is unknown),
+            // worked out again each tick as what we hear tells us more of the room.
+            let at = match (self.next_receipt.get(&room), self.first_receipt.get(&room)) {
+                (Some(t), None) if now < *t + RECEIPT_INTERVAL => *t,
+                (_, first) => {
+                    let (since, draw) = first
+                        .copied()
+                        .unwrap_or_else(|| (now, rand::rng().random_range(0.0..1.0)));
+                    self.first_receipt.insert(room, (since, draw));
                     let (_, spacing) = self.receipt_pace(room);
-                    let wait = spacing * rand::rng().random_range(0.0..1.0);
-                    let t = now + Duration::from_secs_f64(wait);
+                    let neighbours = self.room_peer_ids(room).len();
+                    let window = crate::receipt::first_spacing(
+                        spacing,
+                        neighbours,
+                        self.budget.target,
+                        self.core.room_size_known(room, neighbours + 1),
+                    );
+                    let t = since + Duration::from_secs_f64(window * draw);
                     self.next_receipt.insert(room, t);
                     t
                 }
@@ -1521,6 +1536,7 @@ impl Service {
     /// [`Service::receipt_pace`]) from now: we just told the room what we hold.
     fn space_receipt(&mut self, room: RoomId, spacing: f64) {
         use rand::RngExt;
+        self.first_receipt.remove(&room);
         let next = spacing * rand::rng().random_range(0.5..1.5);
         self.next_receipt.insert(
             room,
