@@ -720,7 +720,7 @@ impl Service {
             return;
         }
         tracing::debug!(
-            have = self.room_peer_ids(id).len(),
+            have = self.room_peers(id),
             "looking for room members in the DHT"
         );
         self.activity.lookups += 1;
@@ -882,7 +882,7 @@ impl Service {
         if self.rendezvous_rounds < last + soonest {
             return false;
         }
-        let well_connected = self.room_peer_ids(room).len() >= self.budget.target;
+        let well_connected = self.room_peers(room) >= self.budget.target;
         let every = crate::peers::announce_every(
             self.core.room_size(room),
             well_connected,
@@ -1488,7 +1488,7 @@ impl Service {
                         .unwrap_or_else(|| (now, rand::rng().random_range(0.0..1.0)));
                     self.first_receipt.insert(room, (since, draw));
                     let (_, spacing) = self.receipt_pace(room);
-                    let neighbours = self.room_peer_ids(room).len();
+                    let neighbours = self.room_peers(room);
                     let window = crate::receipt::first_spacing(
                         spacing,
                         neighbours,
