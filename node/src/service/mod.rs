@@ -1256,8 +1256,11 @@ impl Service {
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 connection_id,
+                cause,
                 ..
             } => {
+                // No cause: we closed it (budget, pings, a misbehaving peer).
+                tracing::debug!(%peer_id, ?cause, "connection closed");
                 self.ping_failures.remove(&connection_id);
                 self.activity.connections_closed += 1;
                 if let Some((_, conns)) = self.connections.get_mut(&peer_id) {
@@ -1482,11 +1485,11 @@ impl Service {
             // worked out again each tick as what we hear tells us more of the room.
             let at = match (self.next_receipt.get(&room), self.first_receipt.get(&room)) {
                 (Some(t), None) if now < *t + RECEIPT_INTERVAL => *t,
-                (_, first) => {
-                    let (since, draw) = first
-                        .copied()
-                        .unwrap_or_else(|| (now, rand::rng().random_range(0.0..1.0)));
-                    self.first_receipt.insert(room, (since, draw));
+                _ => {
+                    let (since, draw) = *self
+                        .first_receipt
+                        .entry(room)
+                        .or_insert_with(|| (now, rand::rng().random_range(0.0..1.0)));
                     let (_, spacing) = self.receipt_pace(room);
                     let neighbours = self.room_peers(room);
                     let window = crate::receipt::first_spacing(
