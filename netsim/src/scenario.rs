@@ -44,7 +44,8 @@ pub struct Scenario {
     /// How long to wait after the load for everything to converge.
     #[serde(default = "settle")]
     pub settle_s: f64,
-    /// How long to wait for the room meshes to form before the load starts.
+    /// How long at most to wait for the room meshes to form and the connection count to
+    /// hold still before the load starts (the load starts as soon as both hold).
     #[serde(default = "warmup")]
     pub warmup_s: f64,
     /// Reconciliation interval of every node.
