@@ -773,6 +773,14 @@ impl Service {
         members.len() + dials.len()
     }
 
+    /// A member dialled for a room will not show up through that dial (it failed, or was
+    /// refused): it no longer counts towards any room's target.
+    fn forget_room_dials(&mut self, peer: &PeerId) {
+        for dials in self.room_dials.values_mut() {
+            dials.remove(peer);
+        }
+    }
+
     /// Closes connections beyond the budget (see [`crate::peers`]).
     fn trim_connections(&mut self) {
         let gossipsub = &self.swarm.behaviour().gossipsub;
@@ -941,8 +949,13 @@ impl Service {
                 self.activity.address_walks += 1;
                 self.swarm.behaviour_mut().kad.get_closest_peers(peer);
             }
-            // Already being dialled (DHT answers name the same members many times over),
-            // or blocked: a walk would find nothing the dial in flight does not.
+            // Blocked: it will not show up, so it stops counting towards any room's target.
+            Err(e @ libp2p::swarm::DialError::Denied { .. }) => {
+                tracing::trace!(%peer, error = %e, "room member not dialled");
+                self.forget_room_dials(&peer);
+            }
+            // Already being dialled (DHT answers name the same members many times over): a
+            // walk would find nothing the dial in flight does not.
             Err(e) => tracing::trace!(%peer, error = %e, "room member not dialled"),
         }
     }
@@ -1288,13 +1301,24 @@ impl Service {
                         .lock()
                         .is_ok_and(|o| o.holding(&p, std::time::Instant::now()))
                 };
+                let held = peer_id.is_some_and(held_back);
                 if let libp2p::swarm::DialError::Transport(errors) = &error
                     && errors
                         .iter()
                         .any(|(a, _)| transport_of(a) == "webrtc-direct")
-                    && !peer_id.is_some_and(held_back)
+                    && !held
                 {
                     self.webrtc_dial_failed();
+                }
+                // A member we dialled for a room will not show up through this dial: the
+                // room looks again at its next round instead of waiting out
+                // `DIAL_PENDING`. A dial held back stays counted: the other side is
+                // expected to dial us.
+                if let Some(peer) = peer_id
+                    && !held
+                    && !self.swarm.is_connected(&peer)
+                {
+                    self.forget_room_dials(&peer);
                 }
             }
             SwarmEvent::ListenerClosed { addresses, .. } => {
