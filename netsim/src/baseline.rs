@@ -1,16 +1,45 @@
 //! The baseline: plain gossipsub nodes on the same transports, gossipsub settings and fault
 //! layer (latency, jitter, bandwidth and loss), with no crypto, journal or reconciliation.
 //! What cryptchat costs is measured against this, in the same run.
+//!
+//! Two baselines, by the swarm they run ([`BaselineSwarm`]): `plain`, gossipsub and identify
+//! only; and `cryptchat`, cryptchat's own swarm ([`cryptchat::net::build_swarm`]: Kademlia,
+//! ping, relay, AutoNAT, DCUtR and the sync protocol beside gossipsub) carrying the same plain
+//! messages. The first measures cryptchat against bare gossipsub; the second against the
+//! libp2p node it runs on, so that what is left is cryptchat's own work (envelopes, journal,
+//! receipts, reconciliation).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use cryptchat::faults::Faults;
+use cryptchat::net;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, allow_block_list, identify};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Which swarm baseline nodes run (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BaselineSwarm {
+    /// Gossipsub and identify only.
+    #[default]
+    Plain,
+    /// cryptchat's own swarm, every protocol in it, with plain messages on gossipsub.
+    Cryptchat,
+}
+
+impl BaselineSwarm {
+    pub fn name(self) -> &'static str {
+        match self {
+            BaselineSwarm::Plain => "plain",
+            BaselineSwarm::Cryptchat => "cryptchat",
+        }
+    }
+}
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -18,6 +47,70 @@ struct Behaviour {
     identify: identify::Behaviour,
     gossipsub:
         gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::AllowAllSubscriptionFilter>,
+}
+
+/// What the baseline's run loop needs of a swarm's behaviour.
+trait Substrate: NetworkBehaviour {
+    type Filter: gossipsub::TopicSubscriptionFilter + Send + 'static;
+    /// A topic this swarm's subscription filter accepts, for a room name.
+    fn topic(room: &str) -> IdentTopic;
+    fn gossipsub(&self) -> &gossipsub::Behaviour<gossipsub::IdentityTransform, Self::Filter>;
+    fn gossipsub_mut(
+        &mut self,
+    ) -> &mut gossipsub::Behaviour<gossipsub::IdentityTransform, Self::Filter>;
+    fn blocked(&mut self) -> &mut allow_block_list::Behaviour<allow_block_list::BlockedPeers>;
+    /// The gossipsub event among this behaviour's events, if it is one.
+    fn gossip_event(ev: Self::ToSwarm) -> Option<gossipsub::Event>;
+}
+
+impl Substrate for Behaviour {
+    type Filter = gossipsub::AllowAllSubscriptionFilter;
+    fn topic(room: &str) -> IdentTopic {
+        IdentTopic::new(room)
+    }
+    fn gossipsub(&self) -> &gossipsub::Behaviour<gossipsub::IdentityTransform, Self::Filter> {
+        &self.gossipsub
+    }
+    fn gossipsub_mut(
+        &mut self,
+    ) -> &mut gossipsub::Behaviour<gossipsub::IdentityTransform, Self::Filter> {
+        &mut self.gossipsub
+    }
+    fn blocked(&mut self) -> &mut allow_block_list::Behaviour<allow_block_list::BlockedPeers> {
+        &mut self.blocked
+    }
+    fn gossip_event(ev: BehaviourEvent) -> Option<gossipsub::Event> {
+        match ev {
+            BehaviourEvent::Gossipsub(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl Substrate for net::Behaviour {
+    type Filter = net::RoomTopics;
+    /// Room topics carry cryptchat's prefix (its filter takes nothing else); the name
+    /// stands in for the hash, which only cryptchat's nodes compute.
+    fn topic(room: &str) -> IdentTopic {
+        IdentTopic::new(format!("{}{room}", cryptchat::room::TOPIC_PREFIX))
+    }
+    fn gossipsub(&self) -> &gossipsub::Behaviour<gossipsub::IdentityTransform, Self::Filter> {
+        &self.gossipsub
+    }
+    fn gossipsub_mut(
+        &mut self,
+    ) -> &mut gossipsub::Behaviour<gossipsub::IdentityTransform, Self::Filter> {
+        &mut self.gossipsub
+    }
+    fn blocked(&mut self) -> &mut allow_block_list::Behaviour<allow_block_list::BlockedPeers> {
+        &mut self.blocked
+    }
+    fn gossip_event(ev: net::BehaviourEvent) -> Option<gossipsub::Event> {
+        match ev {
+            net::BehaviourEvent::Gossipsub(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 enum Cmd {
@@ -43,8 +136,10 @@ pub struct PlainNode {
 }
 
 impl PlainNode {
-    /// Starts a node listening on `listen` (loopback) that dials `dial`.
+    /// Starts a node running `kind`'s swarm, listening on `listen` (loopback), that dials
+    /// `dial`.
     pub async fn start(
+        kind: BaselineSwarm,
         key: libp2p::identity::Keypair,
         listen: Multiaddr,
         dial: Vec<Multiaddr>,
@@ -53,6 +148,29 @@ impl PlainNode {
     ) -> anyhow::Result<PlainNode> {
         let peer_id = key.public().to_peer_id();
         let cert = cryptchat::net::WebRtcCertificate::generate(&mut rand::rng())?;
+        let (tx, rx) = mpsc::channel(1024);
+        let (events, _) = broadcast::channel(65536);
+        let node = PlainNode {
+            tx,
+            events: events.clone(),
+            peer_id,
+            faults: faults.clone(),
+        };
+        if kind == BaselineSwarm::Cryptchat {
+            let opts = net::SwarmOptions {
+                mdns: false,
+                heartbeat,
+                faults: faults.clone(),
+            };
+            let order = cryptchat::dial_order::DialOrder::shared(peer_id);
+            let mut swarm = net::build_swarm(key, cert, &opts, order)?;
+            swarm.listen_on(listen)?;
+            for a in &dial {
+                let _ = swarm.dial(a.clone());
+            }
+            tokio::spawn(run(swarm, rx, events, dial, faults));
+            return Ok(node);
+        }
         let f = faults.clone();
         // Validation is manual only so that simulated loss drops a message where cryptchat
         // drops it: before it is forwarded.
@@ -84,15 +202,8 @@ impl PlainNode {
         for a in &dial {
             let _ = swarm.dial(a.clone());
         }
-        let (tx, rx) = mpsc::channel(1024);
-        let (events, _) = broadcast::channel(65536);
-        tokio::spawn(run(swarm, rx, events.clone(), dial, faults.clone()));
-        Ok(PlainNode {
-            tx,
-            events,
-            peer_id,
-            faults,
-        })
+        tokio::spawn(run(swarm, rx, events, dial, faults));
+        Ok(node)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Delivery> {
@@ -153,8 +264,9 @@ impl PlainNode {
     }
 }
 
-async fn run(
-    mut swarm: Swarm<Behaviour>,
+/// The node's one task: owns the swarm, answers commands. Rooms are keyed by topic.
+async fn run<B: Substrate>(
+    mut swarm: Swarm<B>,
     mut rx: mpsc::Receiver<Cmd>,
     events: broadcast::Sender<Delivery>,
     dial: Vec<Multiaddr>,
@@ -167,16 +279,19 @@ async fn run(
         tokio::select! {
             ev = swarm.select_next_some() => match ev {
                 SwarmEvent::NewListenAddr { address, .. } => addr = Some(address),
-                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                    propagation_source, message_id, message,
-                })) => {
+                SwarmEvent::Behaviour(ev) => {
+                    let Some(gossipsub::Event::Message {
+                        propagation_source, message_id, message,
+                    }) = B::gossip_event(ev) else {
+                        continue;
+                    };
                     // Simulated loss, as in cryptchat's node: as if it never arrived.
                     let verdict = if faults.lose() {
                         MessageAcceptance::Ignore
                     } else {
                         MessageAcceptance::Accept
                     };
-                    swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    swarm.behaviour_mut().gossipsub_mut().report_message_validation_result(
                         &message_id,
                         &propagation_source,
                         verdict,
@@ -193,27 +308,26 @@ async fn run(
             },
             cmd = rx.recv() => match cmd {
                 Some(Cmd::Join(room)) => {
-                    let _ = swarm.behaviour_mut().gossipsub.subscribe(&IdentTopic::new(room));
+                    let _ = swarm.behaviour_mut().gossipsub_mut().subscribe(&B::topic(&room));
                 }
                 Some(Cmd::Send(room, data, reply)) => {
                     let text = String::from_utf8_lossy(&data).into_owned();
-                    let ok = swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .publish(IdentTopic::new(room.clone()), data)
-                        .is_ok();
-                    held.entry(room).or_default().push(text);
+                    let topic = B::topic(&room);
+                    let key = topic.hash().into_string();
+                    let ok = swarm.behaviour_mut().gossipsub_mut().publish(topic, data).is_ok();
+                    held.entry(key).or_default().push(text);
                     let _ = reply.send(ok);
                 }
                 Some(Cmd::Held(room, reply)) => {
-                    let _ = reply.send(held.get(&room).cloned().unwrap_or_default());
+                    let key = B::topic(&room).hash().into_string();
+                    let _ = reply.send(held.get(&key).cloned().unwrap_or_default());
                 }
                 Some(Cmd::Block(peers, blocked)) => {
                     for p in peers {
                         if blocked {
-                            swarm.behaviour_mut().blocked.block_peer(p);
+                            swarm.behaviour_mut().blocked().block_peer(p);
                         } else {
-                            swarm.behaviour_mut().blocked.unblock_peer(p);
+                            swarm.behaviour_mut().blocked().unblock_peer(p);
                         }
                     }
                     if !blocked {
@@ -223,10 +337,10 @@ async fn run(
                     }
                 }
                 Some(Cmd::RoomPeers(room, reply)) => {
-                    let hash = IdentTopic::new(room).hash();
+                    let hash = B::topic(&room).hash();
                     let n = swarm
                         .behaviour()
-                        .gossipsub
+                        .gossipsub()
                         .all_peers()
                         .filter(|(_, t)| t.contains(&&hash))
                         .count();

@@ -10,6 +10,7 @@ pub mod scenario;
 pub mod stats;
 pub mod svg;
 
+pub use baseline::BaselineSwarm;
 pub use report::Report;
 pub use run::{Options, run};
 pub use scenario::{Scenario, Transport};

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use netsim::{Options, Scenario, Transport};
+use netsim::{BaselineSwarm, Options, Scenario, Transport};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +24,10 @@ enum Cmd {
         /// Also run the plain-gossipsub baseline and report ratios against it.
         #[arg(long)]
         baseline: bool,
+        /// The swarm the baseline runs: `plain` (gossipsub and identify) or `cryptchat`
+        /// (cryptchat's own swarm, every protocol in it, carrying the same plain messages).
+        #[arg(long, value_enum, default_value_t = BaselineSwarm::Plain, requires = "baseline")]
+        baseline_swarm: BaselineSwarm,
         /// Override the scenario's seed.
         #[arg(long)]
         seed: Option<u64>,
@@ -68,6 +72,7 @@ fn main() -> Result<()> {
             Cmd::Run {
                 scenario,
                 baseline,
+                baseline_swarm,
                 seed,
                 nodes,
                 rooms,
@@ -96,6 +101,7 @@ fn main() -> Result<()> {
     let base = if baseline {
         let opts = Options {
             baseline: true,
+            baseline_swarm,
             runtime_per_node,
             ..Default::default()
         };

@@ -12,7 +12,7 @@ use cryptchat::service::{self, Event, NodeConfig, NodeHandle};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::baseline::PlainNode;
+use crate::baseline::{BaselineSwarm, PlainNode};
 
 /// A message delivered to a node.
 #[derive(Clone, Debug)]
@@ -71,6 +71,8 @@ pub struct NodeSpec {
     pub faults: Faults,
     pub sync_interval: Duration,
     pub baseline: bool,
+    /// The swarm a baseline node runs.
+    pub baseline_swarm: BaselineSwarm,
     /// Run the node on a runtime of its own, on its own thread (see [`SimNode::start`]).
     pub own_thread: bool,
     /// Where the node listens (its transport, on a free loopback port).
@@ -135,6 +137,7 @@ impl Kind {
     async fn start(spec: &NodeSpec, dial: Vec<Multiaddr>) -> anyhow::Result<Kind> {
         if spec.baseline {
             let n = PlainNode::start(
+                spec.baseline_swarm,
                 spec.identity.peer_keypair(),
                 spec.listen.clone(),
                 dial,

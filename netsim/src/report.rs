@@ -181,7 +181,10 @@ impl Report {
             "scenario {} ({} nodes, {} messages, {} runtime, {})\n",
             self.scenario, self.nodes, self.messages_sent, self.runtime, self.transport
         ));
-        if baseline.is_some() {
+        if let Some(b) = baseline {
+            if b.mode != "baseline" {
+                out.push_str(&format!("  against {}\n", b.mode));
+            }
             out.push_str(&format!(
                 "  {:<32} {:>14}   {:>14}\n",
                 "", "cryptchat", "baseline"

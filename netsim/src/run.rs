@@ -16,6 +16,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::sync::mpsc;
 
+use crate::baseline::BaselineSwarm;
 use crate::node::{Delivered, NodeSpec, SimNode};
 use crate::report::{Report, RoomReport, Sample};
 use crate::scenario::{Action, Scenario};
@@ -26,6 +27,8 @@ use crate::stats;
 pub struct Options {
     /// Plain gossipsub nodes instead of cryptchat nodes.
     pub baseline: bool,
+    /// The swarm those plain gossipsub nodes run.
+    pub baseline_swarm: BaselineSwarm,
     /// Where node data dirs go (default: a temporary dir, removed afterwards).
     pub data_root: Option<PathBuf>,
     /// A runtime per node on a thread of its own, instead of every node's tasks on the
@@ -282,6 +285,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             faults: Faults::new(s.link),
             sync_interval: Duration::from_secs_f64(s.sync_interval_s),
             baseline: opts.baseline,
+            baseline_swarm: opts.baseline_swarm,
             own_thread: opts.runtime_per_node,
             listen: s.transport.listen_addr(),
             unanswered: unanswered.clone(),
@@ -618,10 +622,10 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
     };
     let report = Report {
         scenario: s.name.clone(),
-        mode: if opts.baseline {
-            "baseline"
-        } else {
-            "cryptchat"
+        mode: match (opts.baseline, opts.baseline_swarm) {
+            (false, _) => "cryptchat",
+            (true, BaselineSwarm::Plain) => "baseline",
+            (true, BaselineSwarm::Cryptchat) => "baseline-cryptchat-swarm",
         }
         .into(),
         runtime: if opts.runtime_per_node {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use netsim::{Options, Scenario, Transport};
+use netsim::{BaselineSwarm, Options, Scenario, Transport};
 
 fn scenario(name: &str) -> Scenario {
     Scenario::load(
@@ -37,6 +37,25 @@ async fn baseline(s: &Scenario) -> netsim::Report {
         ..Default::default()
     };
     netsim::run(s, &opts).await.unwrap()
+}
+
+/// The baseline on cryptchat's own swarm (every protocol of a node, plain messages) carries
+/// every message of the smoke scenario, on topics cryptchat's subscription filter takes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_baseline_on_cryptchats_swarm_delivers_everything() {
+    cryptchat::install_crypto_provider();
+    let s = scenario("smoke.toml");
+    let opts = Options {
+        baseline: true,
+        baseline_swarm: BaselineSwarm::Cryptchat,
+        ..Default::default()
+    };
+    let b = netsim::run(&s, &opts).await.unwrap();
+    println!("{}", b.table(None));
+    assert_eq!(b.mode, "baseline-cryptchat-swarm");
+    assert!(b.messages_sent > 0);
+    assert_eq!(b.rooms[0].delivery_ratio, 1.0, "{:?}", b.rooms);
+    assert!(b.latency.count > 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
