@@ -32,15 +32,6 @@ pub enum BaselineSwarm {
     Cryptchat,
 }
 
-impl BaselineSwarm {
-    pub fn name(self) -> &'static str {
-        match self {
-            BaselineSwarm::Plain => "plain",
-            BaselineSwarm::Cryptchat => "cryptchat",
-        }
-    }
-}
-
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
