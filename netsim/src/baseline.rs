@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use cryptchat::faults::Faults;
 use cryptchat::net;
+use cryptchat::net::BehaviourEvent as NetEvent;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -54,55 +55,50 @@ trait Substrate: NetworkBehaviour {
     fn gossip_event(ev: Self::ToSwarm) -> Option<gossipsub::Event>;
 }
 
-impl Substrate for Behaviour {
-    type Filter = gossipsub::AllowAllSubscriptionFilter;
-    fn topic(room: &str) -> IdentTopic {
-        IdentTopic::new(room)
-    }
-    fn gossipsub(&self) -> &gossipsub::Behaviour<gossipsub::IdentityTransform, Self::Filter> {
-        &self.gossipsub
-    }
-    fn gossipsub_mut(
-        &mut self,
-    ) -> &mut gossipsub::Behaviour<gossipsub::IdentityTransform, Self::Filter> {
-        &mut self.gossipsub
-    }
-    fn blocked(&mut self) -> &mut allow_block_list::Behaviour<allow_block_list::BlockedPeers> {
-        &mut self.blocked
-    }
-    fn gossip_event(ev: BehaviourEvent) -> Option<gossipsub::Event> {
-        match ev {
-            BehaviourEvent::Gossipsub(e) => Some(e),
-            _ => None,
+/// Both behaviours name their parts alike (`gossipsub`, `blocked`, a `Gossipsub` event);
+/// they differ in the subscription filter and the topics it takes.
+macro_rules! impl_substrate {
+    ($behaviour:ty, $event:ident, $filter:ty, |$room:ident| $topic:expr) => {
+        impl Substrate for $behaviour {
+            type Filter = $filter;
+            fn topic($room: &str) -> IdentTopic {
+                $topic
+            }
+            fn gossipsub(&self) -> &gossipsub::Behaviour<gossipsub::IdentityTransform, $filter> {
+                &self.gossipsub
+            }
+            fn gossipsub_mut(
+                &mut self,
+            ) -> &mut gossipsub::Behaviour<gossipsub::IdentityTransform, $filter> {
+                &mut self.gossipsub
+            }
+            fn blocked(
+                &mut self,
+            ) -> &mut allow_block_list::Behaviour<allow_block_list::BlockedPeers> {
+                &mut self.blocked
+            }
+            fn gossip_event(ev: $event) -> Option<gossipsub::Event> {
+                match ev {
+                    $event::Gossipsub(e) => Some(e),
+                    _ => None,
+                }
+            }
         }
-    }
+    };
 }
 
-impl Substrate for net::Behaviour {
-    type Filter = net::RoomTopics;
-    /// Room topics carry cryptchat's prefix (its filter takes nothing else); the name
-    /// stands in for the hash, which only cryptchat's nodes compute.
-    fn topic(room: &str) -> IdentTopic {
-        IdentTopic::new(format!("{}{room}", cryptchat::room::TOPIC_PREFIX))
-    }
-    fn gossipsub(&self) -> &gossipsub::Behaviour<gossipsub::IdentityTransform, Self::Filter> {
-        &self.gossipsub
-    }
-    fn gossipsub_mut(
-        &mut self,
-    ) -> &mut gossipsub::Behaviour<gossipsub::IdentityTransform, Self::Filter> {
-        &mut self.gossipsub
-    }
-    fn blocked(&mut self) -> &mut allow_block_list::Behaviour<allow_block_list::BlockedPeers> {
-        &mut self.blocked
-    }
-    fn gossip_event(ev: net::BehaviourEvent) -> Option<gossipsub::Event> {
-        match ev {
-            net::BehaviourEvent::Gossipsub(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+impl_substrate!(
+    Behaviour,
+    BehaviourEvent,
+    gossipsub::AllowAllSubscriptionFilter,
+    |room| IdentTopic::new(room)
+);
+
+// Room topics carry cryptchat's prefix (its filter takes nothing else); the name stands in
+// for the hash, which only cryptchat's nodes compute.
+impl_substrate!(net::Behaviour, NetEvent, net::RoomTopics, |room| {
+    IdentTopic::new(format!("{}{room}", cryptchat::room::TOPIC_PREFIX))
+});
 
 enum Cmd {
     Join(String),
