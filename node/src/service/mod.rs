@@ -1457,21 +1457,32 @@ impl Service {
         }
     }
 
-    /// After a failed WebRTC-direct dial, listens on fresh UDP ports when [`webrtc`] says so.
+    /// After a failed WebRTC-direct dial, listens on fresh UDP ports (instead of the old ones,
+    /// or beside them) when [`webrtc`] says so.
     fn webrtc_dial_failed(&mut self) {
         let in_use = self
             .connections
             .values()
             .flat_map(|(_, conns)| conns)
             .any(|(_, addr)| transport_of(addr) == "webrtc-direct");
-        if !self.webrtc.dial_failed(in_use) {
+        let how = self.webrtc.dial_failed(in_use);
+        if how == webrtc::Renewal::None {
             return;
         }
-        let swarm = &mut self.swarm;
-        self.webrtc.renew(|id, addr| {
-            swarm.remove_listener(id);
-            swarm.listen_on(addr.clone()).map_err(|e| e.to_string())
-        });
+        // Both callbacks need the swarm, one at a time.
+        let swarm = std::cell::RefCell::new(&mut self.swarm);
+        self.webrtc.renew(
+            how,
+            |id| {
+                swarm.borrow_mut().remove_listener(id);
+            },
+            |addr| {
+                swarm
+                    .borrow_mut()
+                    .listen_on(addr.clone())
+                    .map_err(|e| e.to_string())
+            },
+        );
     }
 
     /// Behind NAT: reserve a slot on each bootstrap node's relay so others can reach us

@@ -11,10 +11,14 @@
 //! part of an address others were given.
 //!
 //! Renewing ends the WebRTC-direct connections on the old socket, so it happens only while
-//! there are none: with live ones, the failed pair stays unreachable over WebRTC-direct until
-//! one side is alone or restarts. (Closing the live connections first and then renewing was
-//! tried: the connections made from the fresh socket came up but carried no gossipsub traffic
-//! in three runs out of three.) See docs/protocol.md, "WebRTC-direct dialling".
+//! there are none. (Closing the live connections first and then renewing was tried: the
+//! connections made from the fresh socket came up but carried no gossipsub traffic in three
+//! runs out of three.) With live ones, the node opens one fresh socket beside the old one
+//! instead and keeps both: the library dials from the listener that last reported anything,
+//! which is the fresh one once it reports its address, so the next attempt comes from an
+//! address the remote has not seen, while the live connections stay on the old socket. That
+//! happens once; a pair that fails again after it stays unreachable over WebRTC-direct until
+//! one side is alone or restarts. See docs/protocol.md, "WebRTC-direct dialling".
 
 use std::time::{Duration, Instant};
 
@@ -33,10 +37,24 @@ pub fn renewable(addr: &Multiaddr) -> bool {
     webrtc && ephemeral
 }
 
+/// What to do about our sockets after a failed WebRTC-direct dial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// Nothing: too soon since the last renewal, or nothing left to try.
+    None,
+    /// No live WebRTC-direct connection: close every renewable socket, listen on fresh ones.
+    Replace,
+    /// Live connections use the sockets: listen on a fresh one beside each, keep the old.
+    Beside,
+}
+
 /// The renewable WebRTC-direct listeners and when they were last renewed.
 #[derive(Debug)]
 pub struct Sockets {
+    /// The listeners asked for, each on its current socket.
     listeners: Vec<(ListenerId, Multiaddr)>,
+    /// Fresh sockets opened beside listeners in use ([`Renewal::Beside`]).
+    beside: Vec<ListenerId>,
     renewed: Option<Instant>,
 }
 
@@ -44,18 +62,27 @@ impl Sockets {
     pub fn new(listeners: Vec<(ListenerId, Multiaddr)>) -> Self {
         Sockets {
             listeners,
+            beside: Vec::new(),
             renewed: None,
         }
     }
 
     /// A WebRTC-direct dial failed; `in_use` says whether live WebRTC-direct connections use
-    /// our sockets. Returns whether to renew them now.
-    pub fn dial_failed(&self, in_use: bool) -> bool {
+    /// our sockets. Returns what to do now.
+    pub fn dial_failed(&self, in_use: bool) -> Renewal {
         self.dial_failed_at(Instant::now(), in_use)
     }
 
-    fn dial_failed_at(&self, now: Instant, in_use: bool) -> bool {
-        !in_use && self.due_at(now)
+    fn dial_failed_at(&self, now: Instant, in_use: bool) -> Renewal {
+        if !self.due_at(now) {
+            Renewal::None
+        } else if !in_use {
+            Renewal::Replace
+        } else if self.beside.is_empty() {
+            Renewal::Beside
+        } else {
+            Renewal::None
+        }
     }
 
     /// Whether a renewal may happen at `now`.
@@ -66,25 +93,54 @@ impl Sockets {
                 .is_none_or(|at| now.saturating_duration_since(at) >= RENEW_SPACING)
     }
 
-    /// Hands each listener to `reopen`, which closes it and listens on its address again,
-    /// returning the new listener's id. A listener that cannot be opened again is dropped
-    /// with a warning.
+    /// Carries out `how`: `close` ends a listener, `listen` listens on an address again (on
+    /// a fresh port) and returns the new listener's id. A listener that cannot be opened
+    /// again is dropped with a warning.
     pub fn renew(
         &mut self,
-        reopen: impl FnMut(ListenerId, &Multiaddr) -> Result<ListenerId, String>,
+        how: Renewal,
+        close: impl FnMut(ListenerId),
+        listen: impl FnMut(&Multiaddr) -> Result<ListenerId, String>,
     ) {
-        self.renew_at(Instant::now(), reopen)
+        self.renew_at(Instant::now(), how, close, listen)
     }
 
     fn renew_at(
         &mut self,
         now: Instant,
-        mut reopen: impl FnMut(ListenerId, &Multiaddr) -> Result<ListenerId, String>,
+        how: Renewal,
+        mut close: impl FnMut(ListenerId),
+        mut listen: impl FnMut(&Multiaddr) -> Result<ListenerId, String>,
     ) {
+        if how == Renewal::None {
+            return;
+        }
         self.renewed = Some(now);
+        if how == Renewal::Beside {
+            for (_, addr) in &self.listeners {
+                match listen(addr) {
+                    Ok(id) => {
+                        tracing::info!(
+                            %addr,
+                            "a WebRTC-direct dial failed: listening on a fresh UDP port beside \
+                             the one in use, so the next attempt is not taken for the failed one"
+                        );
+                        self.beside.push(id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "cannot listen on WebRTC-direct again")
+                    }
+                }
+            }
+            return;
+        }
+        for id in self.beside.drain(..) {
+            close(id);
+        }
         let old = std::mem::take(&mut self.listeners);
         for (id, addr) in old {
-            match reopen(id, &addr) {
+            close(id);
+            match listen(&addr) {
                 Ok(new) => {
                     tracing::info!(
                         %addr,
@@ -107,6 +163,22 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Runs a renewal with recording callbacks: (closed, listened on).
+    fn run(sockets: &mut Sockets, at: Instant, how: Renewal) -> (Vec<ListenerId>, Vec<Multiaddr>) {
+        let mut closed = Vec::new();
+        let mut opened = Vec::new();
+        sockets.renew_at(
+            at,
+            how,
+            |id| closed.push(id),
+            |addr| {
+                opened.push(addr.clone());
+                Ok(ListenerId::next())
+            },
+        );
+        (closed, opened)
+    }
+
     #[test]
     fn only_ephemeral_webrtc_direct_listeners_are_renewable() {
         assert!(renewable(&addr("/ip4/0.0.0.0/udp/0/webrtc-direct")));
@@ -123,54 +195,85 @@ mod tests {
         let (ia, ib) = (ListenerId::next(), ListenerId::next());
         let mut sockets = Sockets::new(vec![(ia, a.clone()), (ib, b.clone())]);
         let t0 = Instant::now();
-        assert!(sockets.due_at(t0));
+        assert_eq!(sockets.dial_failed_at(t0, false), Renewal::Replace);
 
-        let mut removed = Vec::new();
-        let mut opened = Vec::new();
-        sockets.renew_at(t0, |id, addr| {
-            removed.push(id);
-            opened.push(addr.clone());
-            Ok(ListenerId::next())
-        });
-        assert_eq!(removed, vec![ia, ib]);
+        let (closed, opened) = run(&mut sockets, t0, Renewal::Replace);
+        assert_eq!(closed, vec![ia, ib]);
         assert_eq!(opened, vec![a.clone(), b.clone()]);
         let ids: Vec<ListenerId> = sockets.listeners.iter().map(|(id, _)| *id).collect();
         assert!(!ids.contains(&ia) && !ids.contains(&ib), "new ids are kept");
 
         // Not again within the spacing, then again after it.
-        assert!(!sockets.due_at(t0 + RENEW_SPACING / 2));
-        assert!(sockets.due_at(t0 + RENEW_SPACING));
+        assert_eq!(
+            sockets.dial_failed_at(t0 + RENEW_SPACING / 2, false),
+            Renewal::None
+        );
+        assert_eq!(
+            sockets.dial_failed_at(t0 + RENEW_SPACING, false),
+            Renewal::Replace
+        );
     }
 
     #[test]
     fn a_listener_that_cannot_be_reopened_is_dropped() {
         let a = addr("/ip4/127.0.0.1/udp/0/webrtc-direct");
         let mut sockets = Sockets::new(vec![(ListenerId::next(), a)]);
-        sockets.renew_at(Instant::now(), |_, _| Err("no port".into()));
+        sockets.renew_at(
+            Instant::now(),
+            Renewal::Replace,
+            |_| {},
+            |_| Err("no port".into()),
+        );
         assert!(sockets.listeners.is_empty());
-        assert!(
-            !sockets.due_at(Instant::now() + RENEW_SPACING),
+        assert_eq!(
+            sockets.dial_failed_at(Instant::now() + RENEW_SPACING, false),
+            Renewal::None,
             "nothing left to renew"
         );
     }
 
     #[test]
-    fn live_connections_keep_the_socket() {
+    fn live_connections_get_one_fresh_socket_beside_theirs() {
         let a = addr("/ip4/127.0.0.1/udp/0/webrtc-direct");
-        let mut sockets = Sockets::new(vec![(ListenerId::next(), a)]);
+        let ia = ListenerId::next();
+        let mut sockets = Sockets::new(vec![(ia, a.clone())]);
         let t0 = Instant::now();
-        assert!(!sockets.dial_failed_at(t0, true));
-        assert!(sockets.dial_failed_at(t0, false));
-        sockets.renew_at(t0, |_, _| Ok(ListenerId::next()));
-        assert!(
-            !sockets.dial_failed_at(t0 + RENEW_SPACING / 2, false),
-            "spaced out"
+        assert_eq!(sockets.dial_failed_at(t0, true), Renewal::Beside);
+        let (closed, opened) = run(&mut sockets, t0, Renewal::Beside);
+        assert!(closed.is_empty(), "the socket in use stays open");
+        assert_eq!(opened, vec![a.clone()]);
+        assert_eq!(sockets.listeners, vec![(ia, a.clone())]);
+        assert_eq!(sockets.beside.len(), 1);
+
+        // Spaced out, and only once while connections are live.
+        assert_eq!(
+            sockets.dial_failed_at(t0 + RENEW_SPACING / 2, true),
+            Renewal::None
         );
-        assert!(sockets.dial_failed_at(t0 + RENEW_SPACING, false));
+        assert_eq!(
+            sockets.dial_failed_at(t0 + RENEW_SPACING, true),
+            Renewal::None
+        );
+
+        // Alone again: every socket goes, the one beside included, and fresh ones come.
+        let t1 = t0 + RENEW_SPACING;
+        assert_eq!(sockets.dial_failed_at(t1, false), Renewal::Replace);
+        let beside = sockets.beside.clone();
+        let (closed, opened) = run(&mut sockets, t1, Renewal::Replace);
+        assert_eq!(closed, [beside, vec![ia]].concat());
+        assert_eq!(opened, vec![a]);
+        assert!(sockets.beside.is_empty());
+        assert_eq!(
+            sockets.dial_failed_at(t1 + RENEW_SPACING, true),
+            Renewal::Beside,
+            "a fresh socket beside the new one may come again"
+        );
     }
 
     #[test]
     fn nothing_to_renew_is_never_due() {
-        assert!(!Sockets::new(vec![]).due_at(Instant::now()));
+        let sockets = Sockets::new(vec![]);
+        assert_eq!(sockets.dial_failed_at(Instant::now(), false), Renewal::None);
+        assert_eq!(sockets.dial_failed_at(Instant::now(), true), Renewal::None);
     }
 }
