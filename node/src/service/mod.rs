@@ -1469,20 +1469,7 @@ impl Service {
         if how == webrtc::Renewal::None {
             return;
         }
-        // Both callbacks need the swarm, one at a time.
-        let swarm = std::cell::RefCell::new(&mut self.swarm);
-        self.webrtc.renew(
-            how,
-            |id| {
-                swarm.borrow_mut().remove_listener(id);
-            },
-            |addr| {
-                swarm
-                    .borrow_mut()
-                    .listen_on(addr.clone())
-                    .map_err(|e| e.to_string())
-            },
-        );
+        self.webrtc.renew(how, &mut self.swarm);
     }
 
     /// Behind NAT: reserve a slot on each bootstrap node's relay so others can reach us

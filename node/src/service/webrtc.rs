@@ -37,6 +37,22 @@ pub fn renewable(addr: &Multiaddr) -> bool {
     webrtc && ephemeral
 }
 
+/// What renewing needs of the swarm (a seam, so the rules are tested without one).
+pub trait Listen {
+    fn close(&mut self, id: ListenerId);
+    /// Listens on `addr` again, on a fresh port, and returns the new listener's id.
+    fn listen(&mut self, addr: &Multiaddr) -> Result<ListenerId, String>;
+}
+
+impl<B: libp2p::swarm::NetworkBehaviour> Listen for libp2p::Swarm<B> {
+    fn close(&mut self, id: ListenerId) {
+        self.remove_listener(id);
+    }
+    fn listen(&mut self, addr: &Multiaddr) -> Result<ListenerId, String> {
+        self.listen_on(addr.clone()).map_err(|e| e.to_string())
+    }
+}
+
 /// What to do about our sockets after a failed WebRTC-direct dial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Renewal {
@@ -93,32 +109,20 @@ impl Sockets {
                 .is_none_or(|at| now.saturating_duration_since(at) >= RENEW_SPACING)
     }
 
-    /// Carries out `how`: `close` ends a listener, `listen` listens on an address again (on
-    /// a fresh port) and returns the new listener's id. A listener that cannot be opened
-    /// again is dropped with a warning.
-    pub fn renew(
-        &mut self,
-        how: Renewal,
-        close: impl FnMut(ListenerId),
-        listen: impl FnMut(&Multiaddr) -> Result<ListenerId, String>,
-    ) {
-        self.renew_at(Instant::now(), how, close, listen)
+    /// Carries out `how` on `swarm`'s listeners. A listener that cannot be opened again is
+    /// dropped with a warning.
+    pub fn renew(&mut self, how: Renewal, swarm: &mut impl Listen) {
+        self.renew_at(Instant::now(), how, swarm)
     }
 
-    fn renew_at(
-        &mut self,
-        now: Instant,
-        how: Renewal,
-        mut close: impl FnMut(ListenerId),
-        mut listen: impl FnMut(&Multiaddr) -> Result<ListenerId, String>,
-    ) {
+    fn renew_at(&mut self, now: Instant, how: Renewal, swarm: &mut impl Listen) {
         if how == Renewal::None {
             return;
         }
         self.renewed = Some(now);
         if how == Renewal::Beside {
             for (_, addr) in &self.listeners {
-                match listen(addr) {
+                match swarm.listen(addr) {
                     Ok(id) => {
                         tracing::info!(
                             %addr,
@@ -135,12 +139,12 @@ impl Sockets {
             return;
         }
         for id in self.beside.drain(..) {
-            close(id);
+            swarm.close(id);
         }
         let old = std::mem::take(&mut self.listeners);
         for (id, addr) in old {
-            close(id);
-            match listen(&addr) {
+            swarm.close(id);
+            match swarm.listen(&addr) {
                 Ok(new) => {
                     tracing::info!(
                         %addr,
@@ -163,20 +167,32 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// Runs a renewal with recording callbacks: (closed, listened on).
+    /// A swarm's listeners, recorded; `fail` makes every listen fail.
+    #[derive(Default)]
+    struct Recorder {
+        closed: Vec<ListenerId>,
+        opened: Vec<Multiaddr>,
+        fail: bool,
+    }
+
+    impl Listen for Recorder {
+        fn close(&mut self, id: ListenerId) {
+            self.closed.push(id);
+        }
+        fn listen(&mut self, addr: &Multiaddr) -> Result<ListenerId, String> {
+            if self.fail {
+                return Err("no port".into());
+            }
+            self.opened.push(addr.clone());
+            Ok(ListenerId::next())
+        }
+    }
+
+    /// Runs a renewal: (closed, listened on).
     fn run(sockets: &mut Sockets, at: Instant, how: Renewal) -> (Vec<ListenerId>, Vec<Multiaddr>) {
-        let mut closed = Vec::new();
-        let mut opened = Vec::new();
-        sockets.renew_at(
-            at,
-            how,
-            |id| closed.push(id),
-            |addr| {
-                opened.push(addr.clone());
-                Ok(ListenerId::next())
-            },
-        );
-        (closed, opened)
+        let mut swarm = Recorder::default();
+        sockets.renew_at(at, how, &mut swarm);
+        (swarm.closed, swarm.opened)
     }
 
     #[test]
@@ -218,12 +234,11 @@ mod tests {
     fn a_listener_that_cannot_be_reopened_is_dropped() {
         let a = addr("/ip4/127.0.0.1/udp/0/webrtc-direct");
         let mut sockets = Sockets::new(vec![(ListenerId::next(), a)]);
-        sockets.renew_at(
-            Instant::now(),
-            Renewal::Replace,
-            |_| {},
-            |_| Err("no port".into()),
-        );
+        let mut failing = Recorder {
+            fail: true,
+            ..Default::default()
+        };
+        sockets.renew_at(Instant::now(), Renewal::Replace, &mut failing);
         assert!(sockets.listeners.is_empty());
         assert_eq!(
             sockets.dial_failed_at(Instant::now() + RENEW_SPACING, false),
