@@ -15,7 +15,7 @@
 //! connections made from the fresh socket came up but carried no gossipsub traffic in three
 //! runs out of three.) With live ones, the node opens one fresh socket beside the old one
 //! instead and keeps both: the library dials from the listener that last reported anything,
-//! which is the fresh one once it reports its address, so the next attempt comes from an
+//! which is the fresh one from the moment it is added, so the next attempt comes from an
 //! address the remote has not seen, while the live connections stay on the old socket. That
 //! happens once; a pair that fails again after it stays unreachable over WebRTC-direct until
 //! one side is alone or restarts. See docs/protocol.md, "WebRTC-direct dialling".
