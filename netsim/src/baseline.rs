@@ -19,12 +19,10 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, allow_block_list, identify};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Which swarm baseline nodes run (see the module docs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum BaselineSwarm {
     /// Gossipsub and identify only.
     #[default]
@@ -151,10 +149,7 @@ impl PlainNode {
             };
             let order = cryptchat::dial_order::DialOrder::shared(peer_id);
             let mut swarm = net::build_swarm(key, cert, &opts, order)?;
-            swarm.listen_on(listen)?;
-            for a in &dial {
-                let _ = swarm.dial(a.clone());
-            }
+            listen_and_dial(&mut swarm, listen, &dial)?;
             tokio::spawn(run(swarm, rx, events, dial, faults));
             return Ok(node);
         }
@@ -185,10 +180,7 @@ impl PlainNode {
             })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(cryptchat::net::IDLE_TIMEOUT))
             .build();
-        swarm.listen_on(listen)?;
-        for a in &dial {
-            let _ = swarm.dial(a.clone());
-        }
+        listen_and_dial(&mut swarm, listen, &dial)?;
         tokio::spawn(run(swarm, rx, events, dial, faults));
         Ok(node)
     }
@@ -249,6 +241,20 @@ impl PlainNode {
         let _ = self.tx.send(Cmd::Stop(tx)).await;
         let _ = rx.await;
     }
+}
+
+/// Starts `swarm` listening on `listen` and dialling `dial` (failed dials are retried by the
+/// run loop when a partition heals).
+fn listen_and_dial<B: NetworkBehaviour>(
+    swarm: &mut Swarm<B>,
+    listen: Multiaddr,
+    dial: &[Multiaddr],
+) -> anyhow::Result<()> {
+    swarm.listen_on(listen)?;
+    for a in dial {
+        let _ = swarm.dial(a.clone());
+    }
+    Ok(())
 }
 
 /// The node's one task: owns the swarm, answers commands. Rooms are keyed by topic.
