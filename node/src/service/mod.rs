@@ -1465,10 +1465,8 @@ impl Service {
             .values()
             .flat_map(|(_, conns)| conns)
             .any(|(_, addr)| transport_of(addr) == "webrtc-direct");
+        // `renew` does nothing for `Renewal::None`.
         let how = self.webrtc.dial_failed(in_use);
-        if how == webrtc::Renewal::None {
-            return;
-        }
         self.webrtc.renew(how, &mut self.swarm);
     }
 
