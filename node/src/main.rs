@@ -264,8 +264,11 @@ fn real_main() -> Result<()> {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn,webrtc=warn"));
+    // libp2p-kad's warnings are about states a node meets in normal use (a first node,
+    // alone, has no one to bootstrap from), which cryptchat reports in its own words.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,libp2p=warn,libp2p_kad=error,webrtc=warn")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -325,6 +328,7 @@ async fn run(
     json: bool,
 ) -> Result<()> {
     let data_dir = cfg.data_dir.clone();
+    let alone = cfg.bootstrap.is_empty() && !cfg.swarm.mdns;
     let node = service::start(identity.clone(), cfg).await?;
     let (listener, addr) = cryptchat::api::bind(api_addr, api_port)
         .await
@@ -367,6 +371,12 @@ async fn run(
         );
         for a in &status.listen_addrs {
             println!("listening on {a}");
+        }
+        if alone {
+            println!(
+                "no --bootstrap address and no --mdns: this node waits for others to dial it \
+                 (give them an address above)"
+            );
         }
     }
     wait_for_signal().await;
