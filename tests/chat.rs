@@ -28,6 +28,27 @@ fn tcp_pair(dir: &std::path::Path, room_args: &[&str]) -> (NodeProc, NodeProc) {
     (a, b)
 }
 
+/// What `run` prints once the node is up.
+const ALONE_HINT: &str = "this node waits for others to dial it";
+
+#[test]
+fn only_a_node_with_no_way_to_find_peers_says_it_waits_to_be_dialled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = tcp_pair(dir.path(), &[]);
+    wait_until("alice says she waits to be dialled", T, || {
+        a.log().contains(ALONE_HINT)
+    });
+    // `run` prints its whole banner in one write.
+    wait_until("bob says he is running", T, || {
+        b.log().contains("is running")
+    });
+    assert!(
+        !b.log().contains(ALONE_HINT),
+        "bob has a bootstrap address:\n{}",
+        b.log()
+    );
+}
+
 #[test]
 fn wrong_room_password_sees_nothing_readable() {
     let dir = tempfile::tempdir().unwrap();

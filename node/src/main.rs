@@ -360,24 +360,21 @@ async fn run(
     if json {
         println!("{}", serde_json::to_string(&status)?);
     } else {
-        println!(
-            "cryptchat node for {} ({}) is running",
+        // One write, so that whoever reads the output sees all of it or none.
+        let mut out = format!(
+            "cryptchat node for {} ({}) is running\nlocal API: http://{addr}/  (token in {})\n",
             identity.username(),
-            identity.id().short()
-        );
-        println!(
-            "local API: http://{addr}/  (token in {})",
+            identity.id().short(),
             data_dir.join(config::TOKEN_FILE).display()
         );
         for a in &status.listen_addrs {
-            println!("listening on {a}");
+            out += &format!("listening on {a}\n");
         }
         if alone {
-            println!(
-                "no --bootstrap address and no --mdns: this node waits for others to dial it \
-                 (give them an address above)"
-            );
+            out += "no --bootstrap address and no --mdns: this node waits for others to dial it \
+                    (give them an address above)\n";
         }
+        print!("{out}");
     }
     wait_for_signal().await;
     tracing::info!("shutting down");
