@@ -145,6 +145,7 @@ fn envelope(c: &mut Criterion) {
         from: alice.username().to_string(),
         text: Some(text()),
         receipt: None,
+        file: None,
     };
     let rooms = [
         ("named", Room::named("bench", None).unwrap()),

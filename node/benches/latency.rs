@@ -133,6 +133,7 @@ async fn run_cryptchat(dir: &Path) -> (Run, usize) {
             from: alice.username().to_string(),
             text: Some(text(0)),
             receipt: None,
+            file: None,
         },
     )
     .unwrap()

@@ -203,6 +203,7 @@ async fn catch_up(n: usize) {
                             "catch-up entry {seq} ........................................"
                         )),
                         receipt: None,
+                        file: None,
                     };
                     let pos = Position {
                         seq,

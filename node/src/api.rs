@@ -36,9 +36,11 @@ struct ApiError(StatusCode, String);
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         let status = match &e {
-            NodeError::Core(CoreError::UnknownRoom(_) | CoreError::UnknownContact(_)) => {
-                StatusCode::NOT_FOUND
-            }
+            NodeError::Core(
+                CoreError::UnknownRoom(_)
+                | CoreError::UnknownContact(_)
+                | CoreError::UnknownFile(..),
+            ) => StatusCode::NOT_FOUND,
             NodeError::Core(
                 CoreError::AlreadyJoined(_)
                 | CoreError::ContactExists(_)
@@ -49,8 +51,11 @@ impl From<NodeError> for ApiError {
                 | CoreError::OwnContact
                 | CoreError::Room(_)
                 | CoreError::Identity(_)
-                | CoreError::Envelope(_),
+                | CoreError::Envelope(_)
+                | CoreError::AmbiguousFile(..),
             ) => StatusCode::BAD_REQUEST,
+            NodeError::FileInput(_) => StatusCode::BAD_REQUEST,
+            NodeError::FileUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::Listen { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -82,6 +87,25 @@ pub struct NameRequest {
 pub struct SendRequest {
     pub room: String,
     pub text: String,
+}
+
+/// Share a file: `path` is read by the node, so it must be absolute (the CLI resolves it).
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ShareRequest {
+    pub room: String,
+    pub path: String,
+}
+
+/// Fetch a file by id (or a prefix of 8+ hex digits) into `path`, or into `dir` under the
+/// file's own name. Both must be absolute.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct FetchRequest {
+    pub room: String,
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -133,6 +157,8 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/leave", post(leave))
         .route("/send", post(send))
         .route("/history", post(history))
+        .route("/share", post(share))
+        .route("/fetch", post(fetch))
         .route("/contacts", get(contacts).post(add_contact))
         .route("/dm", post(dm))
         .route("/groups", post(group))
@@ -225,6 +251,44 @@ async fn send(
     Json(r): Json<SendRequest>,
 ) -> ApiResult<crate::service::Sent> {
     Ok(Json(s.node.send(&r.room, &r.text).await?))
+}
+
+fn absolute(p: &str, what: &str) -> Result<std::path::PathBuf, ApiError> {
+    let path = std::path::PathBuf::from(p);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{what} must be an absolute path, not {p}"),
+        ))
+    }
+}
+
+async fn share(
+    State(s): State<AppState>,
+    Json(r): Json<ShareRequest>,
+) -> ApiResult<crate::service::Sent> {
+    let path = absolute(&r.path, "path")?;
+    Ok(Json(s.node.share_file(&r.room, path).await?))
+}
+
+async fn fetch(
+    State(s): State<AppState>,
+    Json(r): Json<FetchRequest>,
+) -> ApiResult<crate::service::Fetched> {
+    use crate::service::Target;
+    let target = match (&r.path, &r.dir) {
+        (Some(p), None) => Target::Path(absolute(p, "path")?),
+        (None, Some(d)) => Target::InDir(absolute(d, "dir")?),
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of path and dir".into(),
+            ));
+        }
+    };
+    Ok(Json(s.node.fetch_file(&r.room, &r.id, target).await?))
 }
 
 async fn history(

@@ -118,6 +118,25 @@ impl Client {
         self.finish(res)
     }
 
+    /// [`Client::post`] without the client's overall time limit, for requests that last as
+    /// long as the work they ask for (a file fetch; the node gives up on its own when no
+    /// peer can serve it).
+    pub fn post_unbounded<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let res = agent
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .send_json(body);
+        self.finish(res)
+    }
+
     /// The web page's address, carrying the token in the fragment (never sent to a server).
     pub fn web_url(&self) -> String {
         let root = self.base.trim_end_matches("/v1");

@@ -13,6 +13,7 @@ use crate::census::Census;
 use crate::claims::{Arrival, Claims};
 use crate::crypto;
 use crate::envelope::{Envelope, EnvelopeError, Kind, Payload, Position};
+use crate::files::FileRef;
 use crate::identity::{ContactCode, Identity, IdentityError, UserId};
 use crate::journal::{AppendOutcome, EntryMeta, Id, Journal, JournalError, StoredEntry};
 use crate::receipt::{Heads, ShortId};
@@ -45,6 +46,10 @@ pub enum CoreError {
     WrongIdentity(String),
     #[error("message is empty")]
     EmptyMessage,
+    #[error("no file '{0}' in room '{1}': see cryptchat files ROOM")]
+    UnknownFile(String, String),
+    #[error("more than one file in room '{1}' starts with '{0}': give more of its id")]
+    AmbiguousFile(String, String),
     #[error(
         "stored setting '{0}' cannot be read; it was written by another identity or is corrupt"
     )]
@@ -77,6 +82,9 @@ pub struct MessageView {
     pub kind: Kind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// A shared file (kind `file`): fetch it with its id. (Boxed: most messages are text.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<Box<FileView>>,
     pub hash: String,
     pub mine: bool,
     /// Known members (other than the author) known to hold this message: ourselves, and
@@ -84,6 +92,24 @@ pub struct MessageView {
     pub delivered_to: u32,
     /// Known members of the room other than the author.
     pub known_members: u32,
+}
+
+/// A shared file as shown to users: its id, name and size (never its key).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileView {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+}
+
+impl From<&FileRef> for FileView {
+    fn from(f: &FileRef) -> Self {
+        FileView {
+            id: f.id(),
+            name: f.name.clone(),
+            size: f.size,
+        }
+    }
 }
 
 /// A joined room as listed to users.
@@ -592,6 +618,10 @@ impl Core {
             timestamp_ms: env.timestamp_ms.min(now_ms()),
             kind: env.kind,
             text: payload.text,
+            file: match env.kind {
+                Kind::File => payload.file.as_ref().map(|f| Box::new(FileView::from(f))),
+                _ => None,
+            },
             hash: hex::encode(env.hash()),
             mine: author == self.identity.id(),
             delivered_to,
@@ -730,6 +760,7 @@ impl Core {
             from: self.identity.username().to_string(),
             text: None,
             receipt: Some(packed(&changed)),
+            file: None,
         };
         let pos = Position {
             seq: now_ms().max(1),
@@ -858,6 +889,26 @@ impl Core {
         if text.trim().is_empty() {
             return Err(CoreError::EmptyMessage);
         }
+        self.compose_entry(room_name, Kind::Text, Some(text.to_string()), None)
+    }
+
+    /// Writes a `file` message (whose chunks are stored already) into the journal and
+    /// returns the envelope to publish.
+    pub fn compose_file(
+        &mut self,
+        room_name: &str,
+        file: FileRef,
+    ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
+        self.compose_entry(room_name, Kind::File, None, Some(file))
+    }
+
+    fn compose_entry(
+        &mut self,
+        room_name: &str,
+        kind: Kind,
+        text: Option<String>,
+        file: Option<FileRef>,
+    ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
         let room = self.room_by_name(room_name)?.clone();
         let me = self.identity.id();
         let vector = self.journal.vector(&room.id.0)?;
@@ -882,10 +933,11 @@ impl Core {
         heads.truncate(self.piggyback_max);
         let payload = Payload {
             from: self.identity.username().to_string(),
-            text: Some(text.to_string()),
+            text,
             receipt: (!heads.is_empty()).then(|| packed(&heads)),
+            file,
         };
-        let env = Envelope::seal(&self.identity, &room, Kind::Text, pos, &payload)?;
+        let env = Envelope::seal(&self.identity, &room, kind, pos, &payload)?;
         // Durable before it is published.
         self.journal.append(&env.meta(), env.bytes())?;
         self.counters.sent += 1;
@@ -1227,6 +1279,38 @@ impl Core {
             .collect())
     }
 
+    /// The file shared in a room whose id starts with `id` (at least 8 hex digits). Reads the room's history: fetching is rare next to chatting, and a file known
+    /// only in memory would be lost to a restart.
+    pub fn find_file(&self, room_name: &str, id: &str) -> Result<(RoomId, FileRef), CoreError> {
+        let room = self.room_by_name(room_name)?;
+        let unknown = || CoreError::UnknownFile(id.to_string(), room_name.to_string());
+        let id = id.to_ascii_lowercase();
+        if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(unknown());
+        }
+        let mut found: Option<FileRef> = None;
+        for entry in self.journal.history(&room.id.0, usize::MAX)? {
+            let Ok(env) = Envelope::parse(entry.envelope, &self.keys) else {
+                continue;
+            };
+            if env.kind != Kind::File {
+                continue;
+            }
+            let Some(file) = env.open(room, &self.identity).ok().and_then(|p| p.file) else {
+                continue;
+            };
+            if file.id().starts_with(&id) {
+                match &found {
+                    Some(f) if f.list != file.list => {
+                        return Err(CoreError::AmbiguousFile(id, room_name.to_string()));
+                    }
+                    _ => found = Some(file),
+                }
+            }
+        }
+        found.map(|f| (room.id, f)).ok_or_else(unknown)
+    }
+
     fn open_stored(&self, room: &Room, entry: StoredEntry) -> Option<MessageView> {
         let env = match Envelope::parse(entry.envelope, &self.keys) {
             Ok(env) => env,
@@ -1271,6 +1355,9 @@ pub fn check(
         .as_ref()
         .is_some_and(|h| h.len() > MAX_RECEIPT_AUTHORS)
     {
+        return Err(Rejection::Malformed);
+    }
+    if env.kind == Kind::File && !payload.file.as_ref().is_some_and(FileRef::is_valid) {
         return Err(Rejection::Malformed);
     }
     if env.carries_key {
@@ -1569,6 +1656,7 @@ mod tests {
                 from: "bob".into(),
                 text: (kind == Kind::Text).then(|| "hi".to_string()),
                 receipt: Some(heads.clone()),
+                file: None,
             };
             let pos = Position {
                 seq: 1,
@@ -1583,6 +1671,59 @@ mod tests {
                     a.room(&rid).unwrap(),
                     env.into_bytes(),
                     &a.keys
+                )
+                .err(),
+                Some(Rejection::Malformed)
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_message_is_shown_found_by_its_id_and_refused_when_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, rid) = two_in_lobby(&dir);
+        let file = crate::files::seal_file("plan.txt", 5, &b"hello"[..], |_, _| Ok(())).unwrap();
+        let (_, env, view) = a.compose_file("lobby", file.clone()).unwrap();
+        assert_eq!(view.kind, Kind::File);
+        assert_eq!(view.file.as_ref().map(|f| f.id.clone()), Some(file.id()));
+        b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        let shown = b.history("lobby", 10).unwrap();
+        assert_eq!(shown[0].file.as_ref().unwrap().name, "plan.txt");
+        // Found by a prefix of its id, with the key members need.
+        let (room, found) = b.find_file("lobby", &file.id()[..8]).unwrap();
+        assert_eq!((room, &found), (rid, &file));
+        assert!(matches!(
+            b.find_file("lobby", "0123456789abcdef"),
+            Err(CoreError::UnknownFile(..))
+        ));
+        assert!(matches!(
+            b.find_file("lobby", &file.id()[..4]),
+            Err(CoreError::UnknownFile(..))
+        ));
+        // A file message without a file, or with a name that is a path, is malformed.
+        let room = a.room(&rid).unwrap().clone();
+        let mut bad = file.clone();
+        bad.name = "../../.bashrc".into();
+        for file in [None, Some(bad)] {
+            let payload = Payload {
+                from: "alice".into(),
+                text: None,
+                receipt: None,
+                file,
+            };
+            let pos = Position {
+                seq: 2,
+                prev: env.hash(),
+                lamport: 2,
+                timestamp_ms: now_ms(),
+            };
+            let env = Envelope::seal(&a.identity, &room, Kind::File, pos, &payload).unwrap();
+            assert_eq!(
+                check(
+                    &b.identity,
+                    b.room(&rid).unwrap(),
+                    env.into_bytes(),
+                    &b.keys
                 )
                 .err(),
                 Some(Rejection::Malformed)
@@ -2177,6 +2318,7 @@ mod tests {
             from: "alice".into(),
             text: Some("far future".into()),
             receipt: None,
+            file: None,
         };
         let env = Envelope::seal(&identities()[0], &room, Kind::Text, pos, &payload).unwrap();
         assert!(matches!(

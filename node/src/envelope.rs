@@ -120,6 +120,9 @@ pub struct Payload {
     /// only those that moved since its last receipt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Heads>,
+    /// A shared file (kind `file`): what members need to fetch and read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<crate::files::FileRef>,
 }
 
 /// A parsed envelope whose signature has been verified.
@@ -514,6 +517,7 @@ mod tests {
             from: from.into(),
             text: Some(t.into()),
             receipt: None,
+            file: None,
         }
     }
 

@@ -48,6 +48,9 @@ const FORKS: TableDefinition<Bytes, Bytes> = TableDefinition::new("forks");
 const ROOMS: TableDefinition<Bytes, Bytes> = TableDefinition::new("rooms");
 /// Setting key (UTF-8) -> opaque value.
 const SETTINGS: TableDefinition<Bytes, Bytes> = TableDefinition::new("settings");
+/// Chunk name (SHA-256 of the sealed chunk) -> sealed chunk of a shared file (see
+/// [`crate::files`]): ciphertext, served to any peer that names it.
+const CHUNKS: TableDefinition<Bytes, Bytes> = TableDefinition::new("chunks");
 
 /// redb's page cache ceiling; its 1 GiB default is too much for a chat node on small devices.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -690,7 +693,9 @@ impl Journal {
                         .at(path)?;
                 }
             }
-            for def in [ENTRIES, PENDING, HEADS, ORDER, FORKS, ROOMS, SETTINGS] {
+            for def in [
+                ENTRIES, PENDING, HEADS, ORDER, FORKS, ROOMS, SETTINGS, CHUNKS,
+            ] {
                 txn.open_table(def).at(path)?;
             }
         }
@@ -1036,6 +1041,40 @@ impl Journal {
     }
 
     /// Stores an opaque setting value (the caller encrypts it).
+    /// Stores sealed file chunks under their names in one transaction. Durable only with
+    /// `durable`: a chunk lost in a crash is fetched again.
+    pub fn put_chunks(
+        &self,
+        chunks: &[([u8; 32], Vec<u8>)],
+        durable: bool,
+    ) -> Result<(), JournalError> {
+        let path = self.path.as_path();
+        let txn = self.begin_write_with(durable)?;
+        {
+            let mut table = txn.open_table(CHUNKS).at(path)?;
+            for (id, bytes) in chunks {
+                table.insert(&id[..], &bytes[..]).at(path)?;
+            }
+        }
+        self.commit(txn, durable)
+    }
+
+    /// A sealed file chunk by name.
+    pub fn chunk(&self, id: &[u8; 32]) -> Result<Option<Vec<u8>>, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let table = txn.open_table(CHUNKS).at(path)?;
+        Ok(table.get(&id[..]).at(path)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Whether a chunk is held, without reading it.
+    pub fn has_chunk(&self, id: &[u8; 32]) -> Result<bool, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let table = txn.open_table(CHUNKS).at(path)?;
+        Ok(table.get(&id[..]).at(path)?.is_some())
+    }
+
     pub fn put_setting(&self, key: &str, value: &[u8]) -> Result<(), JournalError> {
         let path = self.path.as_path();
         let txn = self.begin_write()?;
@@ -1698,6 +1737,25 @@ mod tests {
             AppendOutcome::Appended { advanced_to: 1 }
         );
         assert_eq!(j.count(&ROOM).unwrap(), 1);
+    }
+
+    #[test]
+    fn file_chunks_are_kept_by_name_across_a_reopen() {
+        let d = TempDir::new().unwrap();
+        let path = d.path().join("j.redb");
+        {
+            let j = Journal::open(&path).unwrap();
+            assert_eq!(j.chunk(&[1; 32]).unwrap(), None);
+            j.put_chunks(&[([1; 32], vec![9; 1000]), ([2; 32], vec![])], false)
+                .unwrap();
+            // A durable commit carries the deferred one with it.
+            j.put_chunks(&[([3; 32], b"list".to_vec())], true).unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.chunk(&[1; 32]).unwrap(), Some(vec![9; 1000]));
+        assert_eq!(j.chunk(&[2; 32]).unwrap(), Some(vec![]));
+        assert!(j.has_chunk(&[3; 32]).unwrap());
+        assert!(!j.has_chunk(&[4; 32]).unwrap());
     }
 
     #[test]

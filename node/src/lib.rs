@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod dial_order;
 pub mod envelope;
 pub mod faults;
+pub mod files;
 pub mod identity;
 pub mod journal;
 pub mod net;

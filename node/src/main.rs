@@ -7,15 +7,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cryptchat::api::{
-    BlockRequest, ContactRequest, DialRequest, DmRequest, GroupRequest, HistoryRequest, IdView,
-    JoinRequest, NameRequest, SendRequest,
+    BlockRequest, ContactRequest, DialRequest, DmRequest, FetchRequest, GroupRequest,
+    HistoryRequest, IdView, JoinRequest, NameRequest, SendRequest, ShareRequest,
 };
 use cryptchat::client::Client;
 use cryptchat::config::{self, ApiInfo};
 use cryptchat::core::{ContactView, MessageView, RoomView};
 use cryptchat::faults::FaultConfig;
 use cryptchat::identity::{Identity, KeySize};
-use cryptchat::service::{self, NodeConfig, PeerView, Sent, Status};
+use cryptchat::service::{self, Fetched, NodeConfig, PeerView, Sent, Status};
 use libp2p::Multiaddr;
 
 #[derive(Parser)]
@@ -83,6 +83,10 @@ enum Cmd {
         /// Seconds between history reconciliation rounds with each room's members.
         #[arg(long, default_value_t = 5.0)]
         sync_interval_s: f64,
+        /// Seconds a file fetch waits, with no connected member able to serve what is
+        /// missing, before it fails.
+        #[arg(long, default_value_t = 60.0)]
+        fetch_timeout_s: f64,
         /// Address for the local API instead of 127.0.0.1 (containers: 0.0.0.0; the
         /// token still guards it).
         #[arg(long)]
@@ -112,6 +116,24 @@ enum Cmd {
     Rooms,
     /// Send a message to a room (direct rooms are named @contact).
     Send { room: String, text: String },
+    /// Share a file with a room: members see it in the history and fetch it by id.
+    Share { room: String, path: PathBuf },
+    /// List the files shared in a room.
+    Files {
+        room: String,
+        /// How much recent history to look through.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
+    /// Fetch a file shared in a room (by id, or its first 8+ hex digits) from the members
+    /// who hold it, into the current directory or OUTPUT.
+    Fetch {
+        room: String,
+        id: String,
+        /// Where to write it: a new file's path, or an existing directory.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Show a room's history.
     History {
         room: String,
@@ -212,6 +234,7 @@ fn real_main() -> Result<()> {
             api_addr,
             faults,
             sync_interval_s,
+            fetch_timeout_s,
         } => {
             init_tracing();
             let room_password = room_password_file
@@ -229,6 +252,10 @@ fn real_main() -> Result<()> {
                 bail!("--sync-interval-s must be between 0.1 and 3600");
             }
             cfg.sync_interval = Duration::from_secs_f64(sync_interval_s);
+            if !(1.0..=86_400.0).contains(&fetch_timeout_s) {
+                bail!("--fetch-timeout-s must be between 1 and 86400");
+            }
+            cfg.fetch_timeout = Duration::from_secs_f64(fetch_timeout_s);
             let faults = faults.config();
             faults.validate().map_err(anyhow::Error::msg)?;
             cfg.swarm.faults.set(faults);
@@ -430,13 +457,49 @@ fn print_message(m: &MessageView) {
     } else {
         String::new()
     };
+    let body = match &m.file {
+        Some(f) => format!(
+            "[file] {} ({}), id {} (cryptchat fetch {} {})",
+            f.name,
+            human_size(f.size),
+            &f.id[..16],
+            m.room,
+            &f.id[..16]
+        ),
+        None => m.text.clone().unwrap_or_default(),
+    };
     println!(
-        "{} {} {}: {}{delivery}",
+        "{} {} {}: {body}{delivery}",
         clock(m.timestamp_ms),
         m.room,
         who,
-        m.text.as_deref().unwrap_or("")
     );
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+/// A path made absolute against the current directory (the node may run elsewhere).
+fn absolute(p: PathBuf) -> Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir()?.join(p)
+    })
 }
 
 fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
@@ -488,6 +551,59 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
         Cmd::Dm { contact, text } => {
             let v: Sent = c.post("/dm", &DmRequest { contact, text })?;
             print(json, &v, print_sent)
+        }
+        Cmd::Share { room, path } => {
+            let path = std::fs::canonicalize(&path)
+                .with_context(|| format!("cannot share {}", path.display()))?;
+            let v: Sent = c.post_unbounded(
+                "/share",
+                &ShareRequest {
+                    room,
+                    path: path.display().to_string(),
+                },
+            )?;
+            print(json, &v, print_sent)
+        }
+        Cmd::Files { room, limit } => {
+            let v: Vec<MessageView> = c.post("/history", &HistoryRequest { room, limit })?;
+            let files: Vec<&MessageView> = v.iter().filter(|m| m.file.is_some()).collect();
+            print(json, &files, |files| {
+                for m in files {
+                    let f = m.file.as_ref().expect("filtered");
+                    let who = m.contact.clone().unwrap_or_else(|| m.author.clone());
+                    println!(
+                        "{}  {:>10}  {}  (from {} at {})",
+                        &f.id[..16],
+                        human_size(f.size),
+                        f.name,
+                        who,
+                        clock(m.timestamp_ms)
+                    );
+                }
+            })
+        }
+        Cmd::Fetch { room, id, output } => {
+            let (path, dir) = match output.map(absolute).transpose()? {
+                Some(p) if p.is_dir() => (None, Some(p)),
+                Some(p) => (Some(p), None),
+                None => (None, Some(std::env::current_dir()?)),
+            };
+            let req = FetchRequest {
+                room,
+                id,
+                path: path.map(|p| p.display().to_string()),
+                dir: dir.map(|d| d.display().to_string()),
+            };
+            let v: Fetched = c.post_unbounded("/fetch", &req)?;
+            print(json, &v, |v| {
+                println!(
+                    "fetched {} ({}) to {}; {} chunks from peers",
+                    v.name,
+                    human_size(v.size),
+                    v.path,
+                    v.chunks_fetched
+                )
+            })
         }
         Cmd::History { room, limit } => {
             let v: Vec<MessageView> = c.post("/history", &HistoryRequest { room, limit })?;

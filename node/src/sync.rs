@@ -97,6 +97,13 @@ pub enum SyncRequest {
         #[serde(with = "serde_bytes")]
         room: Id,
     },
+    /// A sealed chunk of a file shared in the room, by name (see [`crate::files`]).
+    Chunk {
+        #[serde(with = "serde_bytes")]
+        room: Id,
+        #[serde(with = "serde_bytes")]
+        id: Id,
+    },
 }
 
 /// A room member the responder is connected to: its peer id and listen addresses, as
@@ -143,6 +150,8 @@ pub enum SyncResponse {
     },
     /// Answer to [`SyncRequest::Members`]: at most [`crate::peers::EXCHANGE_MAX_MEMBERS`].
     Members(Vec<Member>),
+    /// Answer to [`SyncRequest::Chunk`]: the sealed chunk, or nothing if not held.
+    Chunk(Option<serde_bytes::ByteBuf>),
     /// Not a room this node serves, or too many requests.
     Denied(String),
 }

@@ -16,8 +16,11 @@ use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, mdns, ping, relay
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+mod files;
 mod reconcile;
 mod webrtc;
+
+pub use files::{Fetched, Target};
 
 use crate::config;
 use crate::core::{
@@ -41,6 +44,8 @@ pub struct NodeConfig {
     pub sync_interval: Duration,
     /// How many members each room keeps connected.
     pub budget: crate::peers::Budget,
+    /// A file fetch that no connected member can move forward fails after this long.
+    pub fetch_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -65,6 +70,7 @@ impl NodeConfig {
             rendezvous_interval: Duration::from_secs(30),
             sync_interval: Duration::from_secs(5),
             budget: crate::peers::Budget::default(),
+            fetch_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -83,6 +89,12 @@ pub enum NodeError {
     Stopped,
     #[error("the peer did not answer: {0}")]
     Peer(String),
+    /// A file that cannot be shared or written, or a shared file that is malformed.
+    #[error("{0}")]
+    FileInput(String),
+    /// No connected member could serve a file's chunks.
+    #[error("{0}")]
+    FileUnavailable(String),
 }
 
 impl From<JournalError> for NodeError {
@@ -252,6 +264,8 @@ enum Command {
     SyncNow(Reply<()>),
     PublishRaw(String, Vec<u8>, Reply<()>),
     AskMembers(PeerId, String, Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
+    ShareFile(String, crate::files::FileRef, Reply<Sent>),
+    Fetch(String, String, Target, Reply<Fetched>),
     Shutdown(Reply<()>),
 }
 
@@ -262,6 +276,8 @@ pub struct NodeHandle {
     events: broadcast::Sender<Event>,
     identity: Arc<Identity>,
     faults: crate::faults::Faults,
+    /// Shared with the event loop: a file's chunks are sealed and stored off it.
+    journal: Arc<Journal>,
 }
 
 impl NodeHandle {
@@ -383,6 +399,33 @@ impl NodeHandle {
             .await
     }
 
+    /// Shares the file at `path` in `room`: seals and stores its chunks (on a blocking
+    /// thread), then sends the message that tells members how to fetch it.
+    pub async fn share_file(&self, room: &str, path: PathBuf) -> Result<Sent, NodeError> {
+        // An unknown room is refused before a large file is sealed for nothing.
+        if !self.rooms().await?.iter().any(|r| r.name == room) {
+            return Err(CoreError::UnknownRoom(room.to_string()).into());
+        }
+        let journal = self.journal.clone();
+        let file = tokio::task::spawn_blocking(move || files::seal_and_store(&journal, &path))
+            .await
+            .map_err(|_| NodeError::Stopped)??;
+        let room = room.to_string();
+        self.ask(|r| Command::ShareFile(room, file, r)).await
+    }
+
+    /// Fetches a file shared in `room` (by id, or a prefix of at least 8 hex digits) from
+    /// the room's connected members, and writes it to `target`.
+    pub async fn fetch_file(
+        &self,
+        room: &str,
+        id: &str,
+        target: Target,
+    ) -> Result<Fetched, NodeError> {
+        let (room, id) = (room.to_string(), id.to_string());
+        self.ask(|r| Command::Fetch(room, id, target, r)).await
+    }
+
     pub async fn shutdown(&self) -> Result<(), NodeError> {
         self.ask(Command::Shutdown).await
     }
@@ -397,6 +440,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
     })?;
     let journal = Journal::open(&cfg.data_dir.join(config::JOURNAL_FILE))?;
     let core = Core::open(identity.clone(), journal)?;
+    let journal = core.shared_journal();
     let cert = net::load_or_create_certificate(&cfg.data_dir.join(config::CERT_FILE))?;
     let keypair = identity.peer_keypair();
     let dial_order = crate::dial_order::DialOrder::shared(keypair.public().to_peer_id());
@@ -462,6 +506,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         ping_failures: HashMap::new(),
         webrtc: webrtc::Sockets::new(webrtc_listeners),
         dial_order,
+        fetches: files::Fetches::new(cfg.fetch_timeout),
     };
     let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
     for id in topics {
@@ -474,6 +519,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         events,
         identity,
         faults: cfg.swarm.faults.clone(),
+        journal,
     })
 }
 
@@ -550,6 +596,8 @@ struct Service {
     webrtc: webrtc::Sockets,
     /// Which side of a pair dials over WebRTC-direct (shared with the transport).
     dial_order: crate::dial_order::SharedDialOrder,
+    /// Files being fetched.
+    fetches: files::Fetches,
 }
 
 fn transport_of(addr: &Multiaddr) -> &'static str {
@@ -594,6 +642,7 @@ impl Service {
                 _ = sleep_until_opt(self.commit_at) => self.commit_unstored(),
                 Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
                 _ = sync_tick.tick() => {
+                    self.tick_fetches();
                     self.redial_if_alone();
                     self.expire_bans();
                     self.trim_connections();
@@ -1145,6 +1194,19 @@ impl Service {
                 });
                 let _ = r.send(res.map_err(NodeError::from));
             }
+            Command::ShareFile(room, file, r) => {
+                let res =
+                    blocking(|| self.core.compose_file(&room, file)).map(|(id, env, message)| {
+                        self.entries_added(id);
+                        let (_, spacing) = self.receipt_pace(id);
+                        self.space_receipt(id, spacing);
+                        let published = self.publish(id, env.into_bytes());
+                        self.emit(Event::Message(message.clone()));
+                        Sent { message, published }
+                    });
+                let _ = r.send(res.map_err(NodeError::from));
+            }
+            Command::Fetch(room, id, target, r) => self.fetch(&room, &id, target, r),
             Command::History(room, limit, r) => {
                 let _ = r.send(self.core.history(&room, limit).map_err(NodeError::from));
             }

@@ -418,6 +418,12 @@ impl Service {
                 request_response::Message::Response {
                     request_id,
                     response,
+                } if self.fetches.owns(&request_id) => {
+                    self.on_chunk_answer(request_id, Some(response))
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
                 } => self.on_sync_response(peer, request_id, response),
             },
             request_response::Event::OutboundFailure {
@@ -427,6 +433,9 @@ impl Service {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "sync request failed");
+                if self.fetches.owns(&request_id) {
+                    return self.on_chunk_answer(request_id, None);
+                }
                 self.activity.sync_failures += 1;
                 // A member that could not answer (or predates member exchange): the DHT.
                 match self.finish_request(request_id) {
@@ -486,7 +495,10 @@ impl Service {
         request: SyncRequest,
         channel: ResponseChannel<SyncResponse>,
     ) {
-        let pull = matches!(request, SyncRequest::Pull { .. });
+        let pull = matches!(
+            request,
+            SyncRequest::Pull { .. } | SyncRequest::Chunk { .. }
+        );
         if !self.reconcile.admit(peer, pull) {
             self.respond(channel, SyncResponse::Denied("too many requests".into()));
             return;
@@ -497,6 +509,7 @@ impl Service {
             SyncRequest::Pull { room, .. }
             | SyncRequest::ForkProof { room, .. }
             | SyncRequest::Members { room }
+            | SyncRequest::Chunk { room, .. }
                 if self.core.room(&RoomId(room)).is_none() =>
             {
                 SyncResponse::Denied("unknown room".into())
@@ -521,6 +534,13 @@ impl Service {
                     SyncResponse::Denied("journal unavailable".into())
                 }
             },
+            SyncRequest::Chunk { id, .. } => {
+                let resp = self.serve_chunk(&id);
+                if let SyncResponse::Chunk(Some(bytes)) = &resp {
+                    self.reconcile.charge_pull(peer, bytes.len() as u64);
+                }
+                resp
+            }
             SyncRequest::Members { room } => {
                 self.activity.member_asks_answered += 1;
                 SyncResponse::Members(self.members_for(peer, RoomId(room)))
@@ -908,7 +928,7 @@ impl Service {
     }
 
     /// A peer that sends garbage is disconnected; gossipsub's scoring handles the rest.
-    fn penalise(&mut self, peer: PeerId, why: &str) {
+    pub(super) fn penalise(&mut self, peer: PeerId, why: &str) {
         tracing::warn!(%peer, why, "disconnecting misbehaving peer");
         self.reconcile.forget_peer(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
