@@ -276,8 +276,9 @@ pub struct NodeHandle {
     events: broadcast::Sender<Event>,
     identity: Arc<Identity>,
     faults: crate::faults::Faults,
-    /// Shared with the event loop: a file's chunks are sealed and stored off it.
-    journal: Arc<Journal>,
+    /// The event loop's journal: a file's chunks are sealed and stored off the loop. Weak,
+    /// so that a stopped node closes its journal even while handles remain.
+    journal: std::sync::Weak<Journal>,
 }
 
 impl NodeHandle {
@@ -406,7 +407,7 @@ impl NodeHandle {
         if !self.rooms().await?.iter().any(|r| r.name == room) {
             return Err(CoreError::UnknownRoom(room.to_string()).into());
         }
-        let journal = self.journal.clone();
+        let journal = self.journal.upgrade().ok_or(NodeError::Stopped)?;
         let file = tokio::task::spawn_blocking(move || files::seal_and_store(&journal, &path))
             .await
             .map_err(|_| NodeError::Stopped)??;
@@ -440,7 +441,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
     })?;
     let journal = Journal::open(&cfg.data_dir.join(config::JOURNAL_FILE))?;
     let core = Core::open(identity.clone(), journal)?;
-    let journal = core.shared_journal();
+    let journal = Arc::downgrade(&core.shared_journal());
     let cert = net::load_or_create_certificate(&cfg.data_dir.join(config::CERT_FILE))?;
     let keypair = identity.peer_keypair();
     let dial_order = crate::dial_order::DialOrder::shared(keypair.public().to_peer_id());
