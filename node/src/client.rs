@@ -110,26 +110,26 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let res = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("Authorization", format!("Bearer {}", self.token))
-            .send_json(body);
-        self.finish(res)
+        self.post_with(&self.agent, path, body)
     }
 
     /// [`Client::post`] without the client's overall time limit, for requests that last as
-    /// long as the work they ask for (a file fetch; the node gives up on its own when no
-    /// peer can serve it).
+    /// long as the work they ask for (sharing or fetching a file; the node gives up on its
+    /// own when no peer can serve one).
     pub fn post_unbounded<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        self.post_with(&unbounded_agent(), path, body)
+    }
+
+    fn post_with<B: Serialize, T: DeserializeOwned>(
+        &self,
+        agent: &ureq::Agent,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         let res = agent
             .post(format!("{}{path}", self.base))
             .header("Authorization", format!("Bearer {}", self.token))
@@ -146,11 +146,7 @@ impl Client {
     /// Streams server-sent events, calling `f` with each event's JSON until it returns false.
     pub fn events(&self, mut f: impl FnMut(&str) -> bool) -> Result<(), ClientError> {
         use std::io::BufRead;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let res = agent
+        let res = unbounded_agent()
             .get(format!("{}/events", self.base))
             .header("Authorization", format!("Bearer {}", self.token))
             .call()
@@ -169,4 +165,12 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// An agent with no overall time limit, for requests that last as long as their work.
+fn unbounded_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
 }

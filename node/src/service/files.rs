@@ -253,8 +253,6 @@ impl Service {
                 continue;
             }
             if job.progress_at.elapsed() >= self.fetches.give_up {
-                let job = self.fetches.jobs.remove(&file).expect("present");
-                self.fetches.requests.retain(|_, (f, _, _)| *f != file);
                 let why = format!(
                     "no connected member of the room holds the rest of file {} ({} of its \
                      chunks missing): try again when its author, or a member who fetched it, \
@@ -263,9 +261,7 @@ impl Service {
                     job.fetch.missing()
                 );
                 tracing::info!(file = %hex::encode(file), "fetch gave up");
-                for (_, reply) in job.waiting {
-                    let _ = reply.send(Err(NodeError::FileUnavailable(why.clone())));
-                }
+                self.fail_fetch(file, || NodeError::FileUnavailable(why.clone()));
                 continue;
             }
             if let Some(job) = self.fetches.jobs.get_mut(&file) {
@@ -308,11 +304,12 @@ impl Service {
                 job.progress_at = Instant::now();
                 if let Err(e) = self.core.journal().put_chunks(&[(id, bytes)], false) {
                     tracing::error!(error = %e, "cannot store a fetched chunk");
-                    let job = self.fetches.jobs.remove(&file).expect("present");
-                    for (_, reply) in job.waiting {
-                        let _ = reply.send(Err(NodeError::FileInput(e.to_string())));
-                    }
-                    return;
+                    let path = self.core.journal().path().display().to_string();
+                    let why = e.to_string();
+                    return self.fail_fetch(file, || NodeError::DataDir {
+                        path: path.clone(),
+                        why: why.clone(),
+                    });
                 }
             }
             Ok(Answer::Nothing) => {}
@@ -321,15 +318,20 @@ impl Service {
             }
             Err(e) => {
                 // The list decrypts to nonsense: its author shared a broken file.
-                let job = self.fetches.jobs.remove(&file).expect("present");
-                self.fetches.requests.retain(|_, (f, _, _)| *f != file);
-                for (_, reply) in job.waiting {
-                    let _ = reply.send(Err(NodeError::FileInput(e.to_string())));
-                }
-                return;
+                return self.fail_fetch(file, || NodeError::FileInput(e.to_string()));
             }
         }
         self.pump(file);
+    }
+
+    /// Ends a fetch with an error for every client waiting for it.
+    fn fail_fetch(&mut self, file: ChunkId, error: impl Fn() -> NodeError) {
+        self.fetches.requests.retain(|_, (f, _, _)| *f != file);
+        if let Some(job) = self.fetches.jobs.remove(&file) {
+            for (_, reply) in job.waiting {
+                let _ = reply.send(Err(error()));
+            }
+        }
     }
 
     /// Every chunk is held: the file is written for each client waiting for it.

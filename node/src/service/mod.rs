@@ -1138,6 +1138,22 @@ impl Service {
         Ok(self.core.room_view(&room)?)
     }
 
+    /// Publishes a message we wrote (already in the journal) and shows it to clients.
+    fn send_composed(
+        &mut self,
+        composed: Result<(RoomId, crate::envelope::Envelope, MessageView), CoreError>,
+    ) -> Result<Sent, NodeError> {
+        let (id, env, message) = composed?;
+        self.entries_added(id);
+        // The message carried our receipt (see `Core::compose`); what did not fit rides
+        // first on our next message, or goes in the next receipt.
+        let (_, spacing) = self.receipt_pace(id);
+        self.space_receipt(id, spacing);
+        let published = self.publish(id, env.into_bytes());
+        self.emit(Event::Message(message.clone()));
+        Ok(Sent { message, published })
+    }
+
     fn on_command(&mut self, cmd: Command) {
         // Messages shown but not yet stored are stored first: whatever the command reads
         // (history, counts, what to sync) holds every message a client has seen.
@@ -1183,29 +1199,12 @@ impl Service {
                 let _ = r.send(res);
             }
             Command::Send(room, text, r) => {
-                let res = blocking(|| self.core.compose(&room, &text)).map(|(id, env, message)| {
-                    self.entries_added(id);
-                    // The message carried our receipt (see `Core::compose`); what did not
-                    // fit rides first on our next message, or goes in the next receipt.
-                    let (_, spacing) = self.receipt_pace(id);
-                    self.space_receipt(id, spacing);
-                    let published = self.publish(id, env.into_bytes());
-                    self.emit(Event::Message(message.clone()));
-                    Sent { message, published }
-                });
-                let _ = r.send(res.map_err(NodeError::from));
+                let composed = blocking(|| self.core.compose(&room, &text));
+                let _ = r.send(self.send_composed(composed));
             }
             Command::ShareFile(room, file, r) => {
-                let res =
-                    blocking(|| self.core.compose_file(&room, file)).map(|(id, env, message)| {
-                        self.entries_added(id);
-                        let (_, spacing) = self.receipt_pace(id);
-                        self.space_receipt(id, spacing);
-                        let published = self.publish(id, env.into_bytes());
-                        self.emit(Event::Message(message.clone()));
-                        Sent { message, published }
-                    });
-                let _ = r.send(res.map_err(NodeError::from));
+                let composed = blocking(|| self.core.compose_file(&room, file));
+                let _ = r.send(self.send_composed(composed));
             }
             Command::Fetch(room, id, target, r) => self.fetch(&room, &id, target, r),
             Command::History(room, limit, r) => {
