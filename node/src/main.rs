@@ -562,7 +562,19 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     path: path.display().to_string(),
                 },
             )?;
-            print(json, &v, print_sent)
+            print(json, &v, |s| {
+                if let Some(f) = &s.message.file {
+                    println!(
+                        "shared {} ({}) as file {}; members fetch it with: cryptchat fetch {} {}",
+                        f.name,
+                        human_size(f.size),
+                        &f.id[..16],
+                        s.message.room,
+                        &f.id[..16]
+                    );
+                }
+                print_sent(s);
+            })
         }
         Cmd::Files { room, limit } => {
             let v: Vec<MessageView> = c.post("/history", &HistoryRequest { room, limit })?;
