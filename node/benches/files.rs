@@ -9,12 +9,14 @@
 //! like the fetched one. Each is run `RUNS` times (a new file each time, so Bob holds none
 //! of it), and the medians are printed with the ratio.
 
+mod pair;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cryptchat::identity::{Identity, KeySize};
-use cryptchat::service::{self, NodeConfig, NodeHandle, Target};
+use cryptchat::service::Target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SIZE_MIB: usize = 64;
@@ -33,21 +35,6 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-async fn node(id: Arc<Identity>, dir: &Path, bootstrap: Option<String>) -> NodeHandle {
-    let mut cfg = NodeConfig::new(dir.to_path_buf());
-    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    cfg.bootstrap = bootstrap.into_iter().map(|a| a.parse().unwrap()).collect();
-    service::start(id, cfg).await.unwrap()
-}
-
-async fn room_peers(n: &NodeHandle) -> usize {
-    let s = n.status().await.unwrap();
-    s.rooms
-        .iter()
-        .find(|r| r.name == ROOM)
-        .map_or(0, |r| r.peers)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -98,29 +85,7 @@ async fn main() {
     };
     let (alice, bob) = (derive("alice"), derive("bob"));
     let (alice, bob) = (alice.await.unwrap(), bob.await.unwrap());
-    let a = node(alice, &dir.path().join("alice"), None).await;
-    let addr = {
-        let start = Instant::now();
-        loop {
-            let s = a.status().await.unwrap();
-            if let Some(addr) = s.listen_addrs.first() {
-                break addr.clone();
-            }
-            assert!(start.elapsed() < SETUP_TIMEOUT, "alice never listened");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let b = node(bob, &dir.path().join("bob"), Some(addr)).await;
-    a.join(ROOM, None).await.unwrap();
-    b.join(ROOM, None).await.unwrap();
-    let start = Instant::now();
-    while room_peers(&a).await < 1 || room_peers(&b).await < 1 {
-        assert!(
-            start.elapsed() < SETUP_TIMEOUT,
-            "the nodes never met in the room"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (a, b) = pair::two_in_room(alice, bob, dir.path(), ROOM).await;
 
     let size = SIZE_MIB * 1024 * 1024;
     let (mut share, mut fetch, mut tcp) = (Vec::new(), Vec::new(), Vec::new());

@@ -9,6 +9,8 @@
 //! on a broadcast channel, so the ratio isolates what cryptchat adds: envelope sealing and
 //! verification, journal writes, message validation and its other behaviours.
 
+mod pair;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +19,7 @@ use cryptchat::envelope::{Envelope, Kind, Payload, Position};
 use cryptchat::identity::{Identity, KeySize};
 use cryptchat::net::{IDLE_TIMEOUT, SwarmOptions};
 use cryptchat::room::Room;
-use cryptchat::service::{self, Event, NodeConfig, NodeHandle};
+use cryptchat::service::Event;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::swarm::SwarmEvent;
@@ -93,21 +95,6 @@ async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
 // cryptchat: two full nodes
 // ---------------------------------------------------------------------------------------
 
-async fn cryptchat_node(id: Arc<Identity>, dir: &Path, bootstrap: Option<String>) -> NodeHandle {
-    let mut cfg = NodeConfig::new(dir.to_path_buf());
-    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    cfg.bootstrap = bootstrap.into_iter().map(|a| a.parse().unwrap()).collect();
-    service::start(id, cfg).await.unwrap()
-}
-
-async fn room_peers(n: &NodeHandle) -> usize {
-    let s = n.status().await.unwrap();
-    s.rooms
-        .iter()
-        .find(|r| r.name == ROOM)
-        .map_or(0, |r| r.peers)
-}
-
 /// Returns the run and the size in bytes of one message's envelope.
 async fn run_cryptchat(dir: &Path) -> (Run, usize) {
     let derive = |name: &'static str| {
@@ -140,20 +127,7 @@ async fn run_cryptchat(dir: &Path) -> (Run, usize) {
     .bytes()
     .len();
 
-    let a = cryptchat_node(alice, &dir.join("a"), None).await;
-    let mut addr = None;
-    wait_for("a listen address", async || {
-        addr = a.status().await.unwrap().listen_addrs.first().cloned();
-        addr.is_some()
-    })
-    .await;
-    let b = cryptchat_node(bob, &dir.join("b"), addr).await;
-    a.join(ROOM, None).await.unwrap();
-    b.join(ROOM, None).await.unwrap();
-    wait_for("cryptchat room peers", async || {
-        room_peers(&a).await >= 1 && room_peers(&b).await >= 1
-    })
-    .await;
+    let (a, b) = pair::two_in_room(alice, bob, dir, ROOM).await;
     // Let a couple of heartbeats pass so the mesh is grafted, as for the baseline.
     tokio::time::sleep(SwarmOptions::default().heartbeat * 2).await;
 
