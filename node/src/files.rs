@@ -300,8 +300,7 @@ impl<P: Clone + Eq + Hash> Fetch<P> {
     }
 
     /// Requests to send now: at most `window` chunks in flight, each to a peer among
-    /// `peers` that has not said it lacks it, the least busy first. Once the list is in,
-    /// `held` filters out chunks that arrived in the meantime by another fetch.
+    /// `peers` that has not said it lacks it, the least busy first.
     pub fn next_requests(&mut self, peers: &[P], window: usize) -> Vec<(P, ChunkId)> {
         let mut load: HashMap<&P, usize> = peers.iter().map(|p| (p, 0)).collect();
         for p in self.in_flight.values() {
@@ -387,13 +386,6 @@ impl<P: Clone + Eq + Hash> Fetch<P> {
             self.in_flight.remove(&id);
         }
         self.tried.entry(id).or_default().insert(peer.clone());
-    }
-
-    /// Drops what `held` now holds from the missing set (fetched by another fetch).
-    pub fn prune(&mut self, held: impl Fn(&ChunkId) -> bool) {
-        if self.list.is_some() {
-            self.missing.retain(|id| !held(id));
-        }
     }
 }
 

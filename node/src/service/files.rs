@@ -180,6 +180,16 @@ impl Service {
                 return;
             }
         };
+        // Say so before fetching, not after: nothing is written over an existing file.
+        let path = target.resolve(&file.name);
+        if path.exists() {
+            let why = format!(
+                "{}: exists already; choose another path with -o",
+                path.display()
+            );
+            let _ = reply.send(Err(NodeError::FileInput(why)));
+            return;
+        }
         if let Some(job) = self.fetches.jobs.get_mut(&file.list) {
             job.waiting.push((target, reply));
             return;
