@@ -15,7 +15,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cryptchat::identity::{Identity, KeySize};
 use cryptchat::service::Target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -77,14 +76,7 @@ async fn tcp_copy(data: Arc<Vec<u8>>, out: &Path) -> Duration {
 async fn main() {
     cryptchat::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let derive = |name: &'static str| {
-        tokio::task::spawn_blocking(move || {
-            let pw = format!("{name} files bench password");
-            Arc::new(Identity::derive_unchecked(name, &pw, KeySize::Rsa2048).unwrap())
-        })
-    };
-    let (alice, bob) = (derive("alice"), derive("bob"));
-    let (alice, bob) = (alice.await.unwrap(), bob.await.unwrap());
+    let (alice, bob) = pair::identities("files").await;
     let (a, b) = pair::two_in_room(alice, bob, dir.path(), ROOM).await;
 
     let size = SIZE_MIB * 1024 * 1024;

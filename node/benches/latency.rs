@@ -12,11 +12,9 @@
 mod pair;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cryptchat::envelope::{Envelope, Kind, Payload, Position};
-use cryptchat::identity::{Identity, KeySize};
 use cryptchat::net::{IDLE_TIMEOUT, SwarmOptions};
 use cryptchat::room::Room;
 use cryptchat::service::Event;
@@ -97,14 +95,7 @@ async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
 
 /// Returns the run and the size in bytes of one message's envelope.
 async fn run_cryptchat(dir: &Path) -> (Run, usize) {
-    let derive = |name: &'static str| {
-        tokio::task::spawn_blocking(move || {
-            let pw = format!("{name} latency bench password");
-            Arc::new(Identity::derive_unchecked(name, &pw, KeySize::Rsa2048).unwrap())
-        })
-    };
-    let (alice, bob) = (derive("alice"), derive("bob"));
-    let (alice, bob) = (alice.await.unwrap(), bob.await.unwrap());
+    let (alice, bob) = pair::identities("latency").await;
 
     let envelope_size = Envelope::seal(
         &alice,

@@ -1279,8 +1279,9 @@ impl Core {
             .collect())
     }
 
-    /// The file shared in a room whose id starts with `id` (at least 8 hex digits). Reads the room's history: fetching is rare next to chatting, and a file known
-    /// only in memory would be lost to a restart.
+    /// The file shared in a room whose id starts with `id` (at least 8 hex digits). Reads
+    /// the room's history: fetching is rare next to chatting, and a file known only in
+    /// memory would be lost to a restart.
     pub fn find_file(&self, room_name: &str, id: &str) -> Result<(RoomId, FileRef), CoreError> {
         let room = self.room_by_name(room_name)?;
         let unknown = || CoreError::UnknownFile(id.to_string(), room_name.to_string());

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cryptchat::identity::Identity;
+use cryptchat::identity::{Identity, KeySize};
 use cryptchat::service::{self, NodeConfig, NodeHandle};
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,6 +23,18 @@ async fn room_peers(n: &NodeHandle, room: &str) -> usize {
         .iter()
         .find(|r| r.name == room)
         .map_or(0, |r| r.peers)
+}
+
+/// Alice's and Bob's identities, derived in parallel; `bench` goes into their passwords.
+pub async fn identities(bench: &str) -> (Arc<Identity>, Arc<Identity>) {
+    let derive = |name: &'static str| {
+        let pw = format!("{name} {bench} bench password");
+        tokio::task::spawn_blocking(move || {
+            Arc::new(Identity::derive_unchecked(name, &pw, KeySize::Rsa2048).unwrap())
+        })
+    };
+    let (alice, bob) = (derive("alice"), derive("bob"));
+    (alice.await.unwrap(), bob.await.unwrap())
 }
 
 /// Starts both nodes in `dir` (`a` and `b`), joins `room` on both, and returns once each
