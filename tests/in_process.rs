@@ -361,3 +361,93 @@ async fn a_node_in_hundreds_of_rooms_is_heard_in_all_of_them() {
     })
     .await;
 }
+
+/// "Fetched from any peer that has it": a holder the fetcher is not connected to, and that
+/// no connected member can lead it to, is found through the file's DHT provider record.
+/// The fetcher blocks the holder, starts the fetch (the one connected member lacks the
+/// file), and must find the holder in the DHT while it cannot reach it; let back, the holder
+/// is reached (in a network this small the DHT search itself contacts it; in a larger one
+/// the fetcher dials the holders it is named) and serves the file. Budgets of one member
+/// per room keep rendezvous from connecting the two for any other reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_is_fetched_from_a_holder_found_in_the_dht() {
+    use cryptchat::peers::Budget;
+    use cryptchat::service::Target;
+    cryptchat::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str, boot: Vec<String>| {
+        let mut cfg = common::inproc::config(&dir.path().join(name), &boot);
+        cfg.budget = Budget {
+            target: 1,
+            high: 3,
+            spare: 2,
+            grace: Duration::from_secs(3),
+        };
+        cfg.fetch_timeout = Duration::from_secs(120);
+        let id = identity(name);
+        async move { cryptchat::service::start(id, cfg).await.unwrap() }
+    };
+    let boot_node = start("boot", vec![]).await;
+    let boot = vec![first_addr(&boot_node).await];
+    let holder = start("holder", boot.clone()).await;
+    let member = start("member", boot.clone()).await;
+    let fetcher = start("fetcher", boot.clone()).await;
+    for n in [&holder, &member, &fetcher] {
+        n.join("lobby", None).await.unwrap();
+    }
+    for n in [&holder, &member, &fetcher] {
+        wait_for("a room member", T, async || {
+            room_peers(n, "lobby").await >= 1
+        })
+        .await;
+    }
+    let data: Vec<u8> = (0..600_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let src = dir.path().join("report.pdf");
+    std::fs::write(&src, &data).unwrap();
+    let sent = holder.share_file("lobby", src).await.unwrap();
+    let id = sent.message.file.as_ref().unwrap().id.clone();
+    wait_for("the file message at the fetcher", T, async || {
+        let history = fetcher.history("lobby", 100).await.unwrap();
+        history
+            .iter()
+            .any(|m| m.file.as_ref().is_some_and(|f| f.id == id))
+    })
+    .await;
+
+    let holder_peer = holder.status().await.unwrap().peer_id.parse().unwrap();
+    fetcher.block(vec![holder_peer], true).await.unwrap();
+    let out = dir.path().join("fetched.pdf");
+    let fetch = {
+        let (fetcher, id, out) = (fetcher.clone(), id.clone(), out.clone());
+        tokio::spawn(async move { fetcher.fetch_file("lobby", &id, Target::Path(out)).await })
+    };
+    let activity = async |n: &cryptchat::service::NodeHandle| n.status().await.unwrap().activity;
+    wait_for("the holder found in the DHT", T, async || {
+        let a = activity(&fetcher).await;
+        a.file_lookups >= 1 && a.file_holders_found >= 1
+    })
+    .await;
+    assert!(
+        !fetch.is_finished(),
+        "fetched while the only holder was blocked"
+    );
+    assert!(!out.exists());
+    assert_eq!(
+        activity(&member).await.chunks_served,
+        0,
+        "the member holds nothing"
+    );
+
+    fetcher.block(vec![holder_peer], false).await.unwrap();
+    let fetched = tokio::time::timeout(T, fetch)
+        .await
+        .expect("fetch finished")
+        .unwrap()
+        .unwrap();
+    assert_eq!(fetched.chunks_fetched, 4, "three chunks and the list");
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert!(activity(&holder).await.chunks_served >= 4);
+    // Holding it whole now, the fetcher announces it too.
+    assert!(activity(&fetcher).await.file_announcements >= 1);
+    assert!(activity(&holder).await.file_announcements >= 1);
+}

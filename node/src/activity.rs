@@ -52,6 +52,14 @@ pub struct Activity {
     pub members_dialled: u64,
     /// Member exchanges answered for peers.
     pub member_asks_answered: u64,
+    /// Announcements in the DHT of files this node holds whole.
+    pub file_announcements: u64,
+    /// DHT searches for holders of a file no connected member could serve.
+    pub file_lookups: u64,
+    /// Holders those searches named (other than this node).
+    pub file_holders_found: u64,
+    /// Chunk requests served with a chunk.
+    pub chunks_served: u64,
 }
 
 impl Activity {
@@ -81,6 +89,10 @@ impl Activity {
             member_asks: d(self.member_asks, earlier.member_asks),
             members_dialled: d(self.members_dialled, earlier.members_dialled),
             member_asks_answered: d(self.member_asks_answered, earlier.member_asks_answered),
+            file_announcements: d(self.file_announcements, earlier.file_announcements),
+            file_lookups: d(self.file_lookups, earlier.file_lookups),
+            file_holders_found: d(self.file_holders_found, earlier.file_holders_found),
+            chunks_served: d(self.chunks_served, earlier.chunks_served),
         }
     }
 
@@ -107,6 +119,10 @@ impl Activity {
         self.member_asks += other.member_asks;
         self.members_dialled += other.members_dialled;
         self.member_asks_answered += other.member_asks_answered;
+        self.file_announcements += other.file_announcements;
+        self.file_lookups += other.file_lookups;
+        self.file_holders_found += other.file_holders_found;
+        self.chunks_served += other.chunks_served;
     }
 
     /// Logs the change since `last` at debug, if anything changed, and returns the new
@@ -137,6 +153,10 @@ impl Activity {
                 member_asks = d.member_asks,
                 members_dialled = d.members_dialled,
                 member_asks_answered = d.member_asks_answered,
+                file_announcements = d.file_announcements,
+                file_lookups = d.file_lookups,
+                file_holders_found = d.file_holders_found,
+                chunks_served = d.chunks_served,
                 "activity in the last minute"
             );
         }
@@ -194,6 +214,10 @@ mod tests {
             member_asks: 14,
             members_dialled: 15,
             member_asks_answered: 16,
+            file_announcements: 22,
+            file_lookups: 23,
+            file_holders_found: 24,
+            chunks_served: 25,
         };
         let mut total = Activity::default();
         total.add(&one);

@@ -5,7 +5,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use axum::extract::{Request, State};
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -108,6 +109,22 @@ pub struct FetchRequest {
     pub dir: Option<String>,
 }
 
+/// Upload a file to share (`POST /v1/upload?room=R&name=N`, the file as the raw body): for
+/// clients such as the web page, which cannot name a path on the node's machine.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct UploadQuery {
+    pub room: String,
+    pub name: String,
+}
+
+/// Download a file (`GET /v1/download?room=R&id=ID`): fetched from peers if need be, then
+/// sent as the response body.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct DownloadQuery {
+    pub room: String,
+    pub id: String,
+}
+
 #[derive(Serialize, Deserialize, Debug)]
 pub struct HistoryRequest {
     pub room: String,
@@ -159,6 +176,8 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/history", post(history))
         .route("/share", post(share))
         .route("/fetch", post(fetch))
+        .route("/upload", post(upload))
+        .route("/download", get(download))
         .route("/contacts", get(contacts).post(add_contact))
         .route("/dm", post(dm))
         .route("/groups", post(group))
@@ -291,6 +310,123 @@ async fn fetch(
     Ok(Json(s.node.fetch_file(&r.room, &r.id, target).await?))
 }
 
+async fn upload(
+    State(s): State<AppState>,
+    Query(q): Query<UploadQuery>,
+    body: Body,
+) -> ApiResult<crate::service::Sent> {
+    if !crate::files::valid_name(&q.name) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "not a file name cryptchat can carry: {:?} (no directories or control \
+                 characters, at most {} bytes)",
+                q.name,
+                crate::files::MAX_NAME
+            ),
+        ));
+    }
+    // An unknown room is refused before the body is read.
+    if !s.node.rooms().await?.iter().any(|r| r.name == q.room) {
+        return Err(NodeError::from(CoreError::UnknownRoom(q.room)).into());
+    }
+    let dir = s.node.upload_dir()?;
+    let path = dir.join(&q.name);
+    let shared = match receive(body, &path).await {
+        Ok(()) => s
+            .node
+            .share_file(&q.room, path)
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot remove an upload");
+    }
+    Ok(Json(shared?))
+}
+
+/// Writes a request body to `path`, refusing more than a file may hold.
+async fn receive(body: Body, path: &std::path::Path) -> Result<(), ApiError> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let io = |e: std::io::Error| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot store the upload: {e}"),
+        )
+    };
+    let mut out = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(part) = stream.next().await {
+        let part = part.map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("the upload was cut short: {e}"),
+            )
+        })?;
+        total += part.len() as u64;
+        if total > crate::files::MAX_FILE_SIZE {
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "a file may hold at most {} bytes",
+                    crate::files::MAX_FILE_SIZE
+                ),
+            ));
+        }
+        out.write_all(&part).await.map_err(io)?;
+    }
+    out.flush().await.map_err(io)
+}
+
+async fn download(
+    State(s): State<AppState>,
+    Query(q): Query<DownloadQuery>,
+) -> Result<Response, ApiError> {
+    let reader = std::sync::Arc::new(s.node.read_file(&q.room, &q.id).await?);
+    // Chunks are read and opened on a blocking thread, a few ahead of the client.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let source = reader.clone();
+    tokio::task::spawn_blocking(move || {
+        for i in 0..source.chunks() {
+            let chunk = source.chunk(i).map_err(|e| {
+                tracing::warn!(error = %e, "a download failed midway");
+                std::io::Error::other(e.to_string())
+            });
+            let failed = chunk.is_err();
+            if tx.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, reader.size)
+        .header(header::CONTENT_DISPOSITION, attachment(&reader.name))
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// `Content-Disposition` for a download named `name` (RFC 6266: the name percent-encoded
+/// as UTF-8, so no name can break out of the header).
+fn attachment(name: &str) -> String {
+    let mut out = String::from("attachment; filename*=UTF-8''");
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 async fn history(
     State(s): State<AppState>,
     Json(r): Json<HistoryRequest>,
@@ -386,4 +522,26 @@ async fn events(
 
 async fn page() -> Html<&'static str> {
     Html(include_str!("web/index.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attachment;
+
+    #[test]
+    fn download_names_cannot_break_the_header() {
+        assert_eq!(
+            attachment("notes v2.txt"),
+            "attachment; filename*=UTF-8''notes%20v2.txt"
+        );
+        let odd = attachment("a\";\r\nSet-Cookie: x=1; é.bin");
+        let value = odd.strip_prefix("attachment; filename*=UTF-8''").unwrap();
+        assert!(
+            value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&+-.^_`|~".contains(&b)),
+            "{odd}"
+        );
+        assert!(value.ends_with("%C3%A9.bin"));
+    }
 }

@@ -13,6 +13,8 @@ pub const CERT_FILE: &str = "webrtc-cert.pem";
 pub const API_FILE: &str = "api.json";
 /// Bearer token for the local API (mode 0600).
 pub const TOKEN_FILE: &str = "api.token";
+/// Files uploaded through the API wait here while they are sealed (cleared at start).
+pub const UPLOADS_DIR: &str = "uploads";
 
 /// The platform's data dir for cryptchat (e.g. ~/.local/share/cryptchat).
 pub fn default_data_dir() -> PathBuf {

@@ -41,6 +41,8 @@ const LIST_INDEX: u32 = u32::MAX;
 const AAD: &[u8] = b"cryptchat/file/v1";
 /// Hash label of chunk names.
 const NAME_LABEL: &str = "cryptchat/chunk/v1";
+/// Domain of the DHT key under which holders of a file announce themselves.
+const PROVIDER_LABEL: &str = "cryptchat/file-provider/v1";
 
 /// A 32-byte content address.
 pub type ChunkId = [u8; 32];
@@ -89,6 +91,14 @@ impl FileRef {
     /// Chunks the file is made of.
     pub fn chunks(&self) -> u64 {
         self.size.div_ceil(CHUNK_SIZE as u64)
+    }
+
+    /// The DHT key under which the file's holders announce themselves. Derived from the
+    /// file's key, so only those who can read the file can compute it: a DHT node that
+    /// stores the record learns that some peer holds *something*, never which file, nor
+    /// can it link the record to the chunks it may see served.
+    pub fn provider_key(&self) -> [u8; 32] {
+        crypto::sha256_framed(PROVIDER_LABEL, &[&self.key, &self.list])
     }
 
     /// Whether a received reference is well formed (size in bounds, a plain name).
@@ -451,6 +461,23 @@ mod tests {
             open_file(&file, &list, |id| store.get(id).cloned(), &mut out).unwrap();
             assert_eq!(out, data, "{len} bytes");
         }
+    }
+
+    #[test]
+    fn the_provider_key_needs_the_file_key() {
+        let (file, _, _) = seal(&sample(1000));
+        let key = file.provider_key();
+        assert_eq!(key, file.clone().provider_key(), "stable");
+        assert_ne!(
+            key, file.list,
+            "not the id every holder serves chunks under"
+        );
+        let mut other = file.clone();
+        other.key[0] ^= 1;
+        assert_ne!(key, other.provider_key(), "the id alone does not give it");
+        let mut other = file.clone();
+        other.list[0] ^= 1;
+        assert_ne!(key, other.provider_key());
     }
 
     #[test]

@@ -51,6 +51,9 @@ const SETTINGS: TableDefinition<Bytes, Bytes> = TableDefinition::new("settings")
 /// Chunk name (SHA-256 of the sealed chunk) -> sealed chunk of a shared file (see
 /// [`crate::files`]): ciphertext, served to any peer that names it.
 const CHUNKS: TableDefinition<Bytes, Bytes> = TableDefinition::new("chunks");
+/// DHT provider key of a file this node holds whole -> the file's id (its list's name), so
+/// a restarted node announces its files again (see [`crate::files::FileRef::provider_key`]).
+const PROVIDES: TableDefinition<Bytes, Bytes> = TableDefinition::new("provides");
 
 /// redb's page cache ceiling; its 1 GiB default is too much for a chat node on small devices.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -694,7 +697,7 @@ impl Journal {
                 }
             }
             for def in [
-                ENTRIES, PENDING, HEADS, ORDER, FORKS, ROOMS, SETTINGS, CHUNKS,
+                ENTRIES, PENDING, HEADS, ORDER, FORKS, ROOMS, SETTINGS, CHUNKS, PROVIDES,
             ] {
                 txn.open_table(def).at(path)?;
             }
@@ -1040,7 +1043,6 @@ impl Journal {
         Ok(())
     }
 
-    /// Stores an opaque setting value (the caller encrypts it).
     /// Stores sealed file chunks under their names in one transaction. Durable only with
     /// `durable`: a chunk lost in a crash is fetched again.
     pub fn put_chunks(
@@ -1075,6 +1077,33 @@ impl Journal {
         Ok(table.get(&id[..]).at(path)?.is_some())
     }
 
+    /// Records that this node holds a whole file, under the file's DHT provider key.
+    pub fn put_provided(&self, key: &[u8; 32], file: &[u8; 32]) -> Result<(), JournalError> {
+        let path = self.path.as_path();
+        let txn = self.begin_write()?;
+        txn.open_table(PROVIDES)
+            .at(path)?
+            .insert(&key[..], &file[..])
+            .at(path)?;
+        self.commit(txn, true)
+    }
+
+    /// The provider keys of every file this node holds whole.
+    pub fn provided(&self) -> Result<Vec<[u8; 32]>, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let table = txn.open_table(PROVIDES).at(path)?;
+        let mut keys = Vec::new();
+        for row in table.iter().at(path)? {
+            let (k, _) = row.at(path)?;
+            let key = <[u8; 32]>::try_from(k.value())
+                .map_err(|_| corrupt(path, "a provider key is not 32 bytes"))?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    /// Stores an opaque setting value (the caller encrypts it).
     pub fn put_setting(&self, key: &str, value: &[u8]) -> Result<(), JournalError> {
         let path = self.path.as_path();
         let txn = self.begin_write()?;
@@ -1756,6 +1785,21 @@ mod tests {
         assert_eq!(j.chunk(&[2; 32]).unwrap(), Some(vec![]));
         assert!(j.has_chunk(&[3; 32]).unwrap());
         assert!(!j.has_chunk(&[4; 32]).unwrap());
+    }
+
+    #[test]
+    fn provided_files_are_remembered_across_a_reopen() {
+        let d = TempDir::new().unwrap();
+        let path = d.path().join("j.redb");
+        {
+            let j = Journal::open(&path).unwrap();
+            assert!(j.provided().unwrap().is_empty());
+            j.put_provided(&[7; 32], &[1; 32]).unwrap();
+            j.put_provided(&[8; 32], &[2; 32]).unwrap();
+            j.put_provided(&[7; 32], &[1; 32]).unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.provided().unwrap(), vec![[7; 32], [8; 32]]);
     }
 
     #[test]

@@ -612,7 +612,7 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     "fetched {} ({}) to {}; {} chunks from peers",
                     v.name,
                     human_size(v.size),
-                    v.path,
+                    v.path.as_deref().unwrap_or("the journal"),
                     v.chunks_fetched
                 )
             })
@@ -694,6 +694,10 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     a.connections_opened,
                     a.connections_closed,
                     a.lookups
+                );
+                println!(
+                    "files: {} announced, {} holder lookups ({} holders found), {} chunks served",
+                    a.file_announcements, a.file_lookups, a.file_holders_found, a.chunks_served
                 );
             })
         }

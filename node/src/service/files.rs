@@ -2,18 +2,19 @@
 //! message is composed on it), serving chunks to members, and fetching a file chunk by
 //! chunk from the room's connected members (see [`crate::files`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+use libp2p::kad;
 use libp2p::request_response::OutboundRequestId;
 use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
 use super::NodeConfig;
-use super::{NodeError, Reply, Service};
+use super::{Command, NodeError, NodeHandle, Reply, Service};
 use crate::files::{self, Answer, ChunkId, Fetch, FileRef};
 use crate::journal::Journal;
 use crate::room::RoomId;
@@ -23,6 +24,11 @@ use crate::sync::{SyncRequest, SyncResponse};
 const WINDOW: usize = 8;
 /// Sealed chunks stored per transaction while a file is shared.
 const SHARE_BATCH: usize = 32;
+/// A stuck fetch searches the DHT for the file's holders at most this often.
+const HOLDER_LOOKUP_EVERY: Duration = Duration::from_secs(10);
+/// A peer we served a chunk to keeps its connection this long (it may want the next one),
+/// even past the connection budget.
+const SERVING_GRACE: Duration = Duration::from_secs(30);
 
 /// A fetched file, as reported to the client.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,25 +36,29 @@ pub struct Fetched {
     pub id: String,
     pub name: String,
     pub size: u64,
-    /// Where it was written.
-    pub path: String,
+    /// Where it was written (none when the file was only gathered into the journal, as
+    /// for a download through the API).
+    pub path: Option<String>,
     /// Chunks fetched from peers (0 when this node held the whole file already).
     pub chunks_fetched: u64,
 }
 
 /// Where a fetched file goes: the path the client chose, or the file's own name inside a
-/// directory. An existing file is never overwritten.
+/// directory (an existing file is never overwritten), or nowhere but the journal, whence
+/// [`super::NodeHandle::read_file`] reads it.
 #[derive(Clone, Debug)]
 pub enum Target {
     Path(PathBuf),
     InDir(PathBuf),
+    Journal,
 }
 
 impl Target {
-    fn resolve(&self, name: &str) -> PathBuf {
+    fn resolve(&self, name: &str) -> Option<PathBuf> {
         match self {
-            Target::Path(p) => p.clone(),
-            Target::InDir(d) => d.join(name),
+            Target::Path(p) => Some(p.clone()),
+            Target::InDir(d) => Some(d.join(name)),
+            Target::Journal => None,
         }
     }
 }
@@ -58,13 +68,22 @@ struct Job {
     fetch: Fetch<PeerId>,
     waiting: Vec<(Target, Reply<Fetched>)>,
     progress_at: Instant,
+    /// When we last searched the DHT for the file's holders.
+    looked_up_at: Option<Instant>,
 }
 
-/// The fetches under way, by file id, and their chunk requests.
+/// The fetches under way, by file id, and their chunk requests; the files this node
+/// announces as their holder.
 pub(super) struct Fetches {
     jobs: HashMap<ChunkId, Job>,
     requests: HashMap<OutboundRequestId, (ChunkId, ChunkId, PeerId)>,
-    /// A fetch that no connected member can serve fails after this long without progress.
+    /// DHT searches for holders under way: provider key -> file.
+    lookups: HashMap<kad::RecordKey, ChunkId>,
+    /// Peers we served a chunk to, and when we last did.
+    serving: HashMap<PeerId, Instant>,
+    /// Provider keys of files we hold whole, waiting for a free DHT query slot.
+    announce_due: BTreeSet<[u8; 32]>,
+    /// A fetch that no reachable member can serve fails after this long without progress.
     give_up: Duration,
 }
 
@@ -73,12 +92,108 @@ impl Fetches {
         Fetches {
             jobs: HashMap::new(),
             requests: HashMap::new(),
+            lookups: HashMap::new(),
+            serving: HashMap::new(),
+            announce_due: BTreeSet::new(),
             give_up,
         }
     }
 
     pub(super) fn owns(&self, id: &OutboundRequestId) -> bool {
         self.requests.contains_key(id)
+    }
+
+    /// Whether the connection to `peer` carries a transfer: chunks we asked it for, or
+    /// chunks we served it lately. Such a connection is kept past the budget, so a holder
+    /// found through the DHT is not cut off mid-file.
+    pub(super) fn transfers_with(&self, peer: &PeerId) -> bool {
+        self.requests.values().any(|(_, _, p)| p == peer)
+            || self
+                .serving
+                .get(peer)
+                .is_some_and(|at| at.elapsed() < SERVING_GRACE)
+    }
+
+    /// The file a DHT search for holders was about, if it was one.
+    pub(super) fn lookup_of(&self, key: &kad::RecordKey) -> Option<ChunkId> {
+        self.lookups.get(key).copied()
+    }
+
+    /// Queues the announcement of files this node holds whole.
+    pub(super) fn announce_later(&mut self, keys: impl IntoIterator<Item = [u8; 32]>) {
+        self.announce_due.extend(keys);
+    }
+}
+
+/// A file held whole in the journal, read a chunk at a time (see [`NodeHandle::read_file`]).
+pub struct FileReader {
+    pub name: String,
+    pub size: u64,
+    file: FileRef,
+    list: Vec<ChunkId>,
+    journal: Arc<Journal>,
+}
+
+impl FileReader {
+    /// Chunks to read, in order.
+    pub fn chunks(&self) -> usize {
+        self.list.len()
+    }
+
+    /// The plaintext of chunk `index` (blocking: it reads the journal).
+    pub fn chunk(&self, index: usize) -> Result<Vec<u8>, NodeError> {
+        let id = self
+            .list
+            .get(index)
+            .ok_or_else(|| NodeError::FileInput(format!("no chunk {index} in the file")))?;
+        let sealed = self.journal.chunk(id)?.ok_or_else(|| {
+            NodeError::FileUnavailable(format!("chunk {index} of the file is no longer held"))
+        })?;
+        let index =
+            u32::try_from(index).map_err(|_| NodeError::FileInput("too many chunks".into()))?;
+        files::open_chunk(&self.file, index, &sealed)
+            .map_err(|e| NodeError::FileInput(e.to_string()))
+    }
+}
+
+impl NodeHandle {
+    /// Gathers a file shared in `room` into the journal (fetching what is missing, as
+    /// [`NodeHandle::fetch_file`] does) and opens it for reading, so a client can stream it
+    /// without the node writing it anywhere.
+    pub async fn read_file(&self, room: &str, id: &str) -> Result<FileReader, NodeError> {
+        let held = self.fetch_file(room, id, Target::Journal).await?;
+        let room = room.to_string();
+        let file = self.ask(|r| Command::FindFile(room, held.id, r)).await?;
+        let journal = self.journal.upgrade().ok_or(NodeError::Stopped)?;
+        tokio::task::spawn_blocking(move || {
+            let sealed = journal.chunk(&file.list)?.ok_or_else(|| {
+                NodeError::FileUnavailable("the file's chunk list is no longer held".into())
+            })?;
+            let list = files::open_list(&file, &sealed)
+                .map_err(|e| NodeError::FileInput(e.to_string()))?;
+            Ok(FileReader {
+                name: file.name.clone(),
+                size: file.size,
+                file,
+                list,
+                journal,
+            })
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)?
+    }
+
+    /// A fresh directory for one upload through the API, inside the data dir (removed by
+    /// the caller once the file is shared, and at the next start if it was not).
+    pub fn upload_dir(&self) -> Result<PathBuf, NodeError> {
+        let mut tag = [0u8; 8];
+        rand::fill(&mut tag);
+        let dir = self.uploads.join(hex::encode(tag));
+        std::fs::create_dir_all(&dir).map_err(|e| NodeError::DataDir {
+            path: dir.display().to_string(),
+            why: e.to_string(),
+        })?;
+        Ok(dir)
     }
 }
 
@@ -120,6 +235,7 @@ pub(super) fn seal_and_store(journal: &Journal, path: &Path) -> Result<FileRef, 
     let file = sealed.map_err(|e| input(e.to_string()))?;
     // The last batch holds the list: durable, and with it every batch before.
     journal.put_chunks(&batch, true)?;
+    journal.put_provided(&file.provider_key(), &file.list)?;
     Ok(file)
 }
 
@@ -132,7 +248,16 @@ fn assemble(
     target: &Target,
     fetched: u64,
 ) -> Result<Fetched, NodeError> {
-    let path = target.resolve(&file.name);
+    let done = |path: Option<&Path>| Fetched {
+        id: file.id(),
+        name: file.name.clone(),
+        size: file.size,
+        path: path.map(|p| p.display().to_string()),
+        chunks_fetched: fetched,
+    };
+    let Some(path) = target.resolve(&file.name) else {
+        return Ok(done(None));
+    };
     let fail = |why: String| NodeError::FileInput(format!("{}: {why}", path.display()));
     let dir = path
         .parent()
@@ -161,13 +286,7 @@ fn assemble(
     });
     let _ = std::fs::remove_file(&tmp);
     written?;
-    Ok(Fetched {
-        id: file.id(),
-        name: file.name.clone(),
-        size: file.size,
-        path: path.display().to_string(),
-        chunks_fetched: fetched,
-    })
+    Ok(done(Some(&path)))
 }
 
 impl Service {
@@ -181,8 +300,9 @@ impl Service {
             }
         };
         // Say so before fetching, not after: nothing is written over an existing file.
-        let path = target.resolve(&file.name);
-        if path.exists() {
+        if let Some(path) = target.resolve(&file.name)
+            && path.exists()
+        {
             let why = format!(
                 "{}: exists already; choose another path with -o",
                 path.display()
@@ -220,9 +340,24 @@ impl Service {
                 fetch,
                 waiting: vec![(target, reply)],
                 progress_at: Instant::now(),
+                looked_up_at: None,
             },
         );
         self.pump(file.list);
+    }
+
+    /// Pumps every fetch of `room` (a member appeared: it may hold what we lack).
+    pub(super) fn pump_room(&mut self, room: RoomId) {
+        let files: Vec<ChunkId> = self
+            .fetches
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.room == room)
+            .map(|(f, _)| *f)
+            .collect();
+        for file in files {
+            self.pump(file);
+        }
     }
 
     /// Sends the chunk requests a fetch can make now; finishes it if nothing is missing.
@@ -238,7 +373,9 @@ impl Service {
         let Some(job) = self.fetches.jobs.get_mut(&file) else {
             return;
         };
-        for (peer, chunk) in job.fetch.next_requests(&peers, WINDOW) {
+        let requests = job.fetch.next_requests(&peers, WINDOW);
+        let stuck = job.fetch.stuck(&peers);
+        for (peer, chunk) in requests {
             let req = self.swarm.behaviour_mut().sync.send_request(
                 &peer,
                 SyncRequest::Chunk {
@@ -247,6 +384,77 @@ impl Service {
                 },
             );
             self.fetches.requests.insert(req, (file, chunk, peer));
+        }
+        if stuck {
+            self.find_holders(file);
+        }
+    }
+
+    /// Searches the DHT for holders of a file no connected member can serve (at most every
+    /// [`HOLDER_LOOKUP_EVERY`]); those found are dialled, and asked once they show up as
+    /// members of the room (see `on_file_holders`).
+    fn find_holders(&mut self, file: ChunkId) {
+        if !self.kad_ready || self.dht_busy() {
+            return;
+        }
+        let Some(job) = self.fetches.jobs.get_mut(&file) else {
+            return;
+        };
+        if job
+            .looked_up_at
+            .is_some_and(|at| at.elapsed() < HOLDER_LOOKUP_EVERY)
+        {
+            return;
+        }
+        job.looked_up_at = Some(Instant::now());
+        let key = kad::RecordKey::new(&job.fetch.file().provider_key());
+        tracing::debug!(file = %hex::encode(file), "looking for the file's holders in the DHT");
+        self.activity.file_lookups += 1;
+        self.fetches.lookups.insert(key.clone(), file);
+        self.swarm.behaviour_mut().kad.get_providers(key);
+    }
+
+    /// Holders of a file we fetch, as the DHT names them: dial those we are not connected to.
+    pub(super) fn on_file_holders(
+        &mut self,
+        file: ChunkId,
+        holders: impl IntoIterator<Item = PeerId>,
+    ) {
+        if !self.fetches.jobs.contains_key(&file) {
+            return;
+        }
+        let me = *self.swarm.local_peer_id();
+        for peer in holders.into_iter().filter(|p| *p != me) {
+            self.activity.file_holders_found += 1;
+            if !self.swarm.is_connected(&peer) {
+                tracing::debug!(%peer, file = %hex::encode(file), "dialling a holder of the file");
+                self.dial_peer(peer, vec![]);
+            }
+        }
+    }
+
+    /// Announces `key` (a file we now hold whole) in the DHT, now or when a query slot
+    /// frees up.
+    pub(super) fn provide_file(&mut self, key: [u8; 32]) {
+        self.fetches.announce_later([key]);
+        self.announce_files();
+    }
+
+    /// Sends the file announcements that wait, as far as DHT query slots allow.
+    pub(super) fn announce_files(&mut self) {
+        while self.kad_ready && !self.dht_busy() {
+            let Some(key) = self.fetches.announce_due.pop_first() else {
+                return;
+            };
+            self.activity.file_announcements += 1;
+            if let Err(e) = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .start_providing(kad::RecordKey::new(&key))
+            {
+                tracing::warn!(error = %e, "could not announce a file we hold");
+            }
         }
     }
 
@@ -264,8 +472,8 @@ impl Service {
             }
             if job.progress_at.elapsed() >= self.fetches.give_up {
                 let why = format!(
-                    "no connected member of the room holds the rest of file {} ({} of its \
-                     chunks missing): try again when its author, or a member who fetched it, \
+                    "no member of the room that could be reached holds the rest of file {} ({} \
+                     of its chunks missing): try again when its author, or a member who fetched it, \
                      is online",
                     &hex::encode(file)[..16],
                     job.fetch.missing()
@@ -337,6 +545,7 @@ impl Service {
     /// Ends a fetch with an error for every client waiting for it.
     fn fail_fetch(&mut self, file: ChunkId, error: impl Fn() -> NodeError) {
         self.fetches.requests.retain(|_, (f, _, _)| *f != file);
+        self.fetches.lookups.retain(|_, f| *f != file);
         if let Some(job) = self.fetches.jobs.remove(&file) {
             for (_, reply) in job.waiting {
                 let _ = reply.send(Err(error()));
@@ -349,6 +558,7 @@ impl Service {
         let Some(job) = self.fetches.jobs.remove(&file) else {
             return;
         };
+        self.fetches.lookups.retain(|_, f| *f != file);
         let list = job
             .fetch
             .list()
@@ -358,7 +568,16 @@ impl Service {
         let fetched = job.fetch.received();
         let journal: Arc<Journal> = self.core.shared_journal();
         tracing::info!(file = %info.id(), fetched, "file fetched");
+        // We hold it whole now (and did not before): others may fetch it from us.
+        let key = info.provider_key();
+        let newly_held = fetched > 0;
+        if newly_held {
+            self.provide_file(key);
+        }
         tokio::task::spawn_blocking(move || {
+            if newly_held && let Err(e) = journal.put_provided(&key, &info.list) {
+                tracing::warn!(error = %e, "cannot record a fetched file for announcement");
+            }
             for (target, reply) in job.waiting {
                 let _ = reply.send(assemble(&journal, &info, &list, &target, fetched));
             }
@@ -366,9 +585,19 @@ impl Service {
     }
 
     /// Answers a member's request for a chunk: the sealed bytes if we hold them.
-    pub(super) fn serve_chunk(&mut self, id: &ChunkId) -> SyncResponse {
+    pub(super) fn serve_chunk(&mut self, peer: PeerId, id: &ChunkId) -> SyncResponse {
         match self.core.journal().chunk(id) {
-            Ok(bytes) => SyncResponse::Chunk(bytes.map(serde_bytes::ByteBuf::from)),
+            Ok(bytes) => {
+                if bytes.is_some() {
+                    self.activity.chunks_served += 1;
+                    let now = Instant::now();
+                    self.fetches.serving.insert(peer, now);
+                    self.fetches
+                        .serving
+                        .retain(|_, at| now.duration_since(*at) < SERVING_GRACE);
+                }
+                SyncResponse::Chunk(bytes.map(serde_bytes::ByteBuf::from))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot serve a chunk");
                 SyncResponse::Denied("journal unavailable".into())

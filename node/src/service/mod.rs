@@ -20,7 +20,7 @@ mod files;
 mod reconcile;
 mod webrtc;
 
-pub use files::{Fetched, Target};
+pub use files::{Fetched, FileReader, Target};
 
 use crate::config;
 use crate::core::{
@@ -266,6 +266,7 @@ enum Command {
     AskMembers(PeerId, String, Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
     ShareFile(String, crate::files::FileRef, Reply<Sent>),
     Fetch(String, String, Target, Reply<Fetched>),
+    FindFile(String, String, Reply<crate::files::FileRef>),
     Shutdown(Reply<()>),
 }
 
@@ -279,6 +280,8 @@ pub struct NodeHandle {
     /// The event loop's journal: a file's chunks are sealed and stored off the loop. Weak,
     /// so that a stopped node closes its journal even while handles remain.
     journal: std::sync::Weak<Journal>,
+    /// Where files uploaded through the API wait while they are sealed.
+    uploads: PathBuf,
 }
 
 impl NodeHandle {
@@ -440,6 +443,13 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         why: e.to_string(),
     })?;
     let journal = Journal::open(&cfg.data_dir.join(config::JOURNAL_FILE))?;
+    // Uploads cut short by a crash or a stop are shared by no one: clear them.
+    let uploads = cfg.data_dir.join(config::UPLOADS_DIR);
+    if let Err(e) = std::fs::remove_dir_all(&uploads)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(error = %e, dir = %uploads.display(), "cannot clear unfinished uploads");
+    }
     let core = Core::open(identity.clone(), journal)?;
     let journal = Arc::downgrade(&core.shared_journal());
     let cert = net::load_or_create_certificate(&cfg.data_dir.join(config::CERT_FILE))?;
@@ -521,6 +531,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         identity,
         faults: cfg.swarm.faults.clone(),
         journal,
+        uploads,
     })
 }
 
@@ -680,6 +691,7 @@ impl Service {
                 _ = slow.tick() => {
                     self.rendezvous_rounds += 1;
                     self.rendezvous_round();
+                    self.announce_files();
                     self.flush_outbox_all();
                 }
             }
@@ -728,7 +740,7 @@ impl Service {
         // table that never shrinks, some 20 KiB each: a node joining 1,000 rooms at once
         // would start 2,000 and keep their memory for good. What does not fit waits for a
         // later rendezvous round.
-        let busy = self.swarm.behaviour_mut().kad.iter_queries().count() >= MAX_DHT_QUERIES;
+        let busy = self.dht_busy();
         if announce || self.announce_due.contains(&id) {
             if busy {
                 self.announce_due.insert(id);
@@ -764,9 +776,14 @@ impl Service {
         }
     }
 
+    /// Whether the DHT runs as many queries as we allow (see [`MAX_DHT_QUERIES`]).
+    fn dht_busy(&mut self) -> bool {
+        self.swarm.behaviour_mut().kad.iter_queries().count() >= MAX_DHT_QUERIES
+    }
+
     /// Looks the room's members up in the DHT (unless too many queries run already).
     fn lookup(&mut self, id: RoomId) {
-        if self.swarm.behaviour_mut().kad.iter_queries().count() >= MAX_DHT_QUERIES {
+        if self.dht_busy() {
             return;
         }
         tracing::debug!(
@@ -868,6 +885,7 @@ impl Service {
                     || pulling.contains(peer)
                     || relays.contains(peer)
                     || self.relayed.contains_key(peer)
+                    || self.fetches.transfers_with(peer)
                     || since.elapsed() < self.budget.grace,
                 rank: u64::from_be_bytes(
                     crate::crypto::sha256(&[&self.rank_salt.to_be_bytes(), &peer.to_bytes()])[..8]
@@ -1203,10 +1221,19 @@ impl Service {
                 let _ = r.send(self.send_composed(composed));
             }
             Command::ShareFile(room, file, r) => {
+                let key = file.provider_key();
                 let composed = blocking(|| self.core.compose_file(&room, file));
-                let _ = r.send(self.send_composed(composed));
+                let sent = self.send_composed(composed);
+                if sent.is_ok() {
+                    self.provide_file(key);
+                }
+                let _ = r.send(sent);
             }
             Command::Fetch(room, id, target, r) => self.fetch(&room, &id, target, r),
+            Command::FindFile(room, id, r) => {
+                let found = self.core.find_file(&room, &id);
+                let _ = r.send(found.map(|(_, file)| file).map_err(NodeError::from));
+            }
             Command::History(room, limit, r) => {
                 let _ = r.send(self.core.history(&room, limit).map_err(NodeError::from));
             }
@@ -1418,6 +1445,12 @@ impl Service {
                         self.kad_ready = true;
                         let _ = self.swarm.behaviour_mut().kad.bootstrap();
                         self.rendezvous_all(true);
+                        // The files we hold, announced again after a restart.
+                        match self.core.journal().provided() {
+                            Ok(keys) => self.fetches.announce_later(keys),
+                            Err(e) => tracing::warn!(error = %e, "cannot list the files we hold"),
+                        }
+                        self.announce_files();
                     }
                 }
             }
@@ -1847,12 +1880,20 @@ impl Service {
                 key,
                 providers,
             })) => {
-                // Enough members connected (or being dialled) already: gossipsub
-                // spreads the rest. Answers arrive from many DHT nodes at once, so
-                // dials in flight count too.
+                if let Some(file) = self.fetches.lookup_of(&key) {
+                    return self.on_file_holders(file, providers);
+                }
+                // Not a room of ours: one we left, or a search for a file's holders that
+                // has ended.
                 let Ok(room) = <[u8; 32]>::try_from(key.as_ref()).map(RoomId) else {
                     return;
                 };
+                if self.core.room(&room).is_none() {
+                    return;
+                }
+                // Enough members connected (or being dialled) already: gossipsub
+                // spreads the rest. Answers arrive from many DHT nodes at once, so
+                // dials in flight count too.
                 let want = self
                     .budget
                     .target
@@ -1930,6 +1971,8 @@ impl Service {
             gossipsub::Event::Subscribed { peer_id, topic } => {
                 if let Some(id) = RoomId::from_topic(topic.as_str()) {
                     self.flush_outbox(id);
+                    // It may hold a file we are fetching (a holder the DHT named, say).
+                    self.pump_room(id);
                     // A member appeared: reconcile with it right away, and tell it what we
                     // hold (receipts are deltas; it has seen none of ours). One exchange
                     // serves both ways (the answer carries the other vector, and each side

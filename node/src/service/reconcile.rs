@@ -535,7 +535,7 @@ impl Service {
                 }
             },
             SyncRequest::Chunk { id, .. } => {
-                let resp = self.serve_chunk(&id);
+                let resp = self.serve_chunk(peer, &id);
                 if let SyncResponse::Chunk(Some(bytes)) = &resp {
                     self.reconcile.charge_pull(peer, bytes.len() as u64);
                 }
