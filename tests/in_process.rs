@@ -432,6 +432,12 @@ async fn a_file_is_fetched_from_a_holder_found_in_the_dht() {
         "fetched while the only holder was blocked"
     );
     assert!(!out.exists());
+    // Status shows the fetch waiting: not even the chunk list has come.
+    let progress = fetcher.status().await.unwrap().fetches;
+    assert_eq!(progress.len(), 1, "{progress:?}");
+    assert_eq!(progress[0].id, id);
+    assert_eq!((progress[0].held, progress[0].chunks), (0, 3));
+    assert_eq!(progress[0].waiting, 1);
     assert_eq!(
         activity(&member).await.chunks_served,
         0,
@@ -446,6 +452,7 @@ async fn a_file_is_fetched_from_a_holder_found_in_the_dht() {
         .unwrap();
     assert_eq!(fetched.chunks_fetched, 4, "three chunks and the list");
     assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert!(fetcher.status().await.unwrap().fetches.is_empty());
     assert!(activity(&holder).await.chunks_served >= 4);
     // Holding it whole now, the fetcher announces it too.
     assert!(activity(&fetcher).await.file_announcements >= 1);

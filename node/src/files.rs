@@ -304,6 +304,16 @@ impl<P: Clone + Eq + Hash> Fetch<P> {
         self.missing.len()
     }
 
+    /// Chunks of the file held so far, and how many it has (the list not counted; none
+    /// are known to be held until the list is).
+    pub fn progress(&self) -> (u64, u64) {
+        let total = self.file.chunks();
+        match self.list {
+            Some(_) => (total.saturating_sub(self.missing.len() as u64), total),
+            None => (0, total),
+        }
+    }
+
     /// Chunks received in this fetch.
     pub fn received(&self) -> u64 {
         self.received
@@ -570,6 +580,7 @@ mod tests {
         let mut held: Map<ChunkId, Vec<u8>> = Map::new();
         let mut f: Fetch<u8> = Fetch::new(file.clone(), None, |_| false).unwrap();
         assert_eq!(f.missing(), 1, "only the list is known to be missing");
+        assert_eq!(f.progress(), (0, 4));
         // The list first, from one of the peers.
         let reqs = f.next_requests(&[1, 2], 8);
         assert_eq!(reqs, vec![(1, file.list)]);
@@ -586,6 +597,7 @@ mod tests {
             .unwrap();
         assert!(matches!(a, Answer::Keep(id, _) if id == file.list));
         assert_eq!(f.missing(), 4);
+        assert_eq!(f.progress(), (0, 4), "the list is not a chunk of the file");
         // Four chunks, window of three: spread over both peers.
         let reqs = f.next_requests(&[1, 2], 3);
         assert_eq!(reqs.len(), 3);
@@ -604,6 +616,7 @@ mod tests {
                 held.insert(id, bytes);
             }
         }
+        assert_eq!(f.progress(), (2, 4));
         let reqs = f.next_requests(&[1, 2], 3);
         assert!(
             reqs.contains(&(3 - p, id)),
@@ -615,6 +628,7 @@ mod tests {
             }
         }
         assert!(f.is_done(), "missing {}", f.missing());
+        assert_eq!(f.progress(), (4, 4));
         assert_eq!(f.received(), 5);
         let mut out = Vec::new();
         open_file(

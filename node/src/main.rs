@@ -1,5 +1,6 @@
 //! The `cryptchat` binary: `run` starts a node; the other subcommands talk to it.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -476,6 +477,57 @@ fn print_message(m: &MessageView) {
     );
 }
 
+/// A line on stderr that shows a fetch's progress, read from the node's status twice a
+/// second until dropped.
+struct ProgressLine {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressLine {
+    fn start(data_dir: &Path, id: &str) -> ProgressLine {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (data_dir, id) = (data_dir.to_path_buf(), id.to_ascii_lowercase());
+        let thread = std::thread::spawn(move || {
+            let Ok(c) = Client::for_data_dir(&data_dir) else {
+                return;
+            };
+            let mut shown = false;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_millis(500))
+            {
+                let Ok(status) = c.get::<Status>("/status") else {
+                    continue;
+                };
+                if let Some(f) = status.fetches.iter().find(|f| f.id.starts_with(&id)) {
+                    let pct = (f.held * 100).checked_div(f.chunks).unwrap_or(0);
+                    eprint!(
+                        "\r\x1b[Kfetching {}: {} of {} chunks ({pct}%)",
+                        f.name, f.held, f.chunks
+                    );
+                    shown = true;
+                }
+            }
+            if shown {
+                eprint!("\r\x1b[K");
+            }
+        });
+        ProgressLine {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ProgressLine {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
@@ -606,7 +658,12 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                 path: path.map(|p| p.display().to_string()),
                 dir: dir.map(|d| d.display().to_string()),
             };
-            let v: Fetched = c.post_unbounded("/fetch", &req)?;
+            // A fetch can take a while: show how far it has come, on a terminal only.
+            let progress = (!json && std::io::stderr().is_terminal())
+                .then(|| ProgressLine::start(data_dir, &req.id));
+            let v = c.post_unbounded::<_, Fetched>("/fetch", &req);
+            drop(progress);
+            let v = v?;
             print(json, &v, |v| {
                 println!(
                     "fetched {} ({}) to {}; {} chunks from peers",

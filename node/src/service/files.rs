@@ -43,6 +43,21 @@ pub struct Fetched {
     pub chunks_fetched: u64,
 }
 
+/// A fetch under way, as `status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FetchProgress {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    /// Chunks of the file held so far (0 until its chunk list arrives), of `chunks`.
+    pub held: u64,
+    pub chunks: u64,
+    /// Chunk requests waiting for an answer.
+    pub in_flight: usize,
+    /// Clients waiting for it.
+    pub waiting: usize,
+}
+
 /// Where a fetched file goes: the path the client chose, or the file's own name inside a
 /// directory (an existing file is never overwritten), or nowhere but the journal, whence
 /// [`super::NodeHandle::read_file`] reads it.
@@ -112,6 +127,29 @@ impl Fetches {
                 .serving
                 .get(peer)
                 .is_some_and(|at| at.elapsed() < SERVING_GRACE)
+    }
+
+    /// The fetches under way, for `status`.
+    pub(super) fn progress(&self) -> Vec<FetchProgress> {
+        let mut out: Vec<FetchProgress> = self
+            .jobs
+            .iter()
+            .map(|(list, job)| {
+                let (held, chunks) = job.fetch.progress();
+                let file = job.fetch.file();
+                FetchProgress {
+                    id: file.id(),
+                    name: file.name.clone(),
+                    size: file.size,
+                    held,
+                    chunks,
+                    in_flight: self.requests.values().filter(|(f, _, _)| f == list).count(),
+                    waiting: job.waiting.len(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
     }
 
     /// The file a DHT search for holders was about, if it was one.

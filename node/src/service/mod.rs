@@ -20,7 +20,7 @@ mod files;
 mod reconcile;
 mod webrtc;
 
-pub use files::{Fetched, FileReader, Target};
+pub use files::{FetchProgress, Fetched, FileReader, Target};
 
 use crate::config;
 use crate::core::{
@@ -137,6 +137,9 @@ pub struct Status {
     #[serde(default)]
     pub activity: crate::activity::Activity,
     pub nat: String,
+    /// Files being fetched, and how far each has come.
+    #[serde(default)]
+    pub fetches: Vec<FetchProgress>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -1127,6 +1130,7 @@ impl Service {
             counters: self.core.counters().clone(),
             activity: self.activity,
             nat: self.nat.clone(),
+            fetches: self.fetches.progress(),
         })
     }
 
