@@ -669,7 +669,7 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     "fetched {} ({}) to {}; {} chunks from peers",
                     v.name,
                     human_size(v.size),
-                    v.path.as_deref().unwrap_or("the journal"),
+                    v.path,
                     v.chunks_fetched
                 )
             })

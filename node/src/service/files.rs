@@ -36,9 +36,8 @@ pub struct Fetched {
     pub id: String,
     pub name: String,
     pub size: u64,
-    /// Where it was written (none when the file was only gathered into the journal, as
-    /// for a download through the API).
-    pub path: Option<String>,
+    /// Where it was written.
+    pub path: String,
     /// Chunks fetched from peers (0 when this node held the whole file already).
     pub chunks_fetched: u64,
 }
@@ -59,21 +58,35 @@ pub struct FetchProgress {
 }
 
 /// Where a fetched file goes: the path the client chose, or the file's own name inside a
-/// directory (an existing file is never overwritten), or nowhere but the journal, whence
-/// [`super::NodeHandle::read_file`] reads it.
+/// directory. An existing file is never overwritten.
 #[derive(Clone, Debug)]
 pub enum Target {
     Path(PathBuf),
     InDir(PathBuf),
-    Journal,
 }
 
 impl Target {
-    fn resolve(&self, name: &str) -> Option<PathBuf> {
+    fn resolve(&self, name: &str) -> PathBuf {
         match self {
-            Target::Path(p) => Some(p.clone()),
-            Target::InDir(d) => Some(d.join(name)),
-            Target::Journal => None,
+            Target::Path(p) => p.clone(),
+            Target::InDir(d) => d.join(name),
+        }
+    }
+}
+
+/// A client waiting for a fetch: for the file written to a target, or for a reader of the
+/// journal's chunks (a download through the API, which writes nothing).
+pub(super) enum Waiter {
+    Write(Target, Reply<Fetched>),
+    Read(Reply<FileReader>),
+}
+
+impl Waiter {
+    /// Tells the client why (if it still waits).
+    fn fail(self, error: NodeError) {
+        match self {
+            Waiter::Write(_, reply) => drop(reply.send(Err(error))),
+            Waiter::Read(reply) => drop(reply.send(Err(error))),
         }
     }
 }
@@ -81,7 +94,7 @@ impl Target {
 struct Job {
     room: RoomId,
     fetch: Fetch<PeerId>,
-    waiting: Vec<(Target, Reply<Fetched>)>,
+    waiting: Vec<Waiter>,
     progress_at: Instant,
     /// When we last searched the DHT for the file's holders.
     looked_up_at: Option<Instant>,
@@ -199,26 +212,9 @@ impl NodeHandle {
     /// [`NodeHandle::fetch_file`] does) and opens it for reading, so a client can stream it
     /// without the node writing it anywhere.
     pub async fn read_file(&self, room: &str, id: &str) -> Result<FileReader, NodeError> {
-        let held = self.fetch_file(room, id, Target::Journal).await?;
-        let room = room.to_string();
-        let file = self.ask(|r| Command::FindFile(room, held.id, r)).await?;
-        let journal = self.journal.upgrade().ok_or(NodeError::Stopped)?;
-        tokio::task::spawn_blocking(move || {
-            let sealed = journal.chunk(&file.list)?.ok_or_else(|| {
-                NodeError::FileUnavailable("the file's chunk list is no longer held".into())
-            })?;
-            let list = files::open_list(&file, &sealed)
-                .map_err(|e| NodeError::FileInput(e.to_string()))?;
-            Ok(FileReader {
-                name: file.name.clone(),
-                size: file.size,
-                file,
-                list,
-                journal,
-            })
-        })
-        .await
-        .map_err(|_| NodeError::Stopped)?
+        let (room, id) = (room.to_string(), id.to_string());
+        self.ask(|r| Command::Fetch(room, id, Waiter::Read(r)))
+            .await
     }
 
     /// A fresh directory for one upload through the API, inside the data dir (removed by
@@ -286,16 +282,7 @@ fn assemble(
     target: &Target,
     fetched: u64,
 ) -> Result<Fetched, NodeError> {
-    let done = |path: Option<&Path>| Fetched {
-        id: file.id(),
-        name: file.name.clone(),
-        size: file.size,
-        path: path.map(|p| p.display().to_string()),
-        chunks_fetched: fetched,
-    };
-    let Some(path) = target.resolve(&file.name) else {
-        return Ok(done(None));
-    };
+    let path = target.resolve(&file.name);
     let fail = |why: String| NodeError::FileInput(format!("{}: {why}", path.display()));
     let dir = path
         .parent()
@@ -324,51 +311,48 @@ fn assemble(
     });
     let _ = std::fs::remove_file(&tmp);
     written?;
-    Ok(done(Some(&path)))
+    Ok(Fetched {
+        id: file.id(),
+        name: file.name.clone(),
+        size: file.size,
+        path: path.display().to_string(),
+        chunks_fetched: fetched,
+    })
 }
 
 impl Service {
     /// Starts fetching a file (or joins the fetch of it already under way).
-    pub(super) fn fetch(&mut self, room: &str, id: &str, target: Target, reply: Reply<Fetched>) {
+    pub(super) fn fetch(&mut self, room: &str, id: &str, waiter: Waiter) {
         let (room_id, file) = match self.core.find_file(room, id) {
             Ok(found) => found,
-            Err(e) => {
-                let _ = reply.send(Err(e.into()));
-                return;
-            }
+            Err(e) => return waiter.fail(e.into()),
         };
         // Say so before fetching, not after: nothing is written over an existing file.
-        if let Some(path) = target.resolve(&file.name)
-            && path.exists()
-        {
-            let why = format!(
-                "{}: exists already; choose another path with -o",
-                path.display()
-            );
-            let _ = reply.send(Err(NodeError::FileInput(why)));
-            return;
+        if let Waiter::Write(target, _) = &waiter {
+            let path = target.resolve(&file.name);
+            if path.exists() {
+                let why = format!(
+                    "{}: exists already; choose another path with -o",
+                    path.display()
+                );
+                return waiter.fail(NodeError::FileInput(why));
+            }
         }
         if let Some(job) = self.fetches.jobs.get_mut(&file.list) {
-            job.waiting.push((target, reply));
+            job.waiting.push(waiter);
             return;
         }
         let journal = self.core.shared_journal();
         let list = match journal.chunk(&file.list) {
             Ok(list) => list,
-            Err(e) => {
-                let _ = reply.send(Err(e.into()));
-                return;
-            }
+            Err(e) => return waiter.fail(e.into()),
         };
         let fetch = Fetch::new(file.clone(), list.as_deref(), |c| {
             journal.has_chunk(c).unwrap_or(false)
         });
         let fetch = match fetch {
             Ok(f) => f,
-            Err(e) => {
-                let _ = reply.send(Err(NodeError::FileInput(e.to_string())));
-                return;
-            }
+            Err(e) => return waiter.fail(NodeError::FileInput(e.to_string())),
         };
         tracing::info!(file = %file.id(), chunks = file.chunks(), "fetching a file");
         self.fetches.jobs.insert(
@@ -376,7 +360,7 @@ impl Service {
             Job {
                 room: room_id,
                 fetch,
-                waiting: vec![(target, reply)],
+                waiting: vec![waiter],
                 progress_at: Instant::now(),
                 looked_up_at: None,
             },
@@ -585,13 +569,13 @@ impl Service {
         self.fetches.requests.retain(|_, (f, _, _)| *f != file);
         self.fetches.lookups.retain(|_, f| *f != file);
         if let Some(job) = self.fetches.jobs.remove(&file) {
-            for (_, reply) in job.waiting {
-                let _ = reply.send(Err(error()));
+            for waiter in job.waiting {
+                waiter.fail(error());
             }
         }
     }
 
-    /// Every chunk is held: the file is written for each client waiting for it.
+    /// Every chunk is held: the file is written, or opened, for each client waiting for it.
     fn finish_fetch(&mut self, file: ChunkId) {
         let Some(job) = self.fetches.jobs.remove(&file) else {
             return;
@@ -616,8 +600,19 @@ impl Service {
             if newly_held && let Err(e) = journal.put_provided(&key, &info.list) {
                 tracing::warn!(error = %e, "cannot record a fetched file for announcement");
             }
-            for (target, reply) in job.waiting {
-                let _ = reply.send(assemble(&journal, &info, &list, &target, fetched));
+            for waiter in job.waiting {
+                match waiter {
+                    Waiter::Write(target, reply) => {
+                        drop(reply.send(assemble(&journal, &info, &list, &target, fetched)));
+                    }
+                    Waiter::Read(reply) => drop(reply.send(Ok(FileReader {
+                        name: info.name.clone(),
+                        size: info.size,
+                        file: info.clone(),
+                        list: list.clone(),
+                        journal: journal.clone(),
+                    }))),
+                }
             }
         });
     }

@@ -268,8 +268,7 @@ enum Command {
     PublishRaw(String, Vec<u8>, Reply<()>),
     AskMembers(PeerId, String, Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
     ShareFile(String, crate::files::FileRef, Reply<Sent>),
-    Fetch(String, String, Target, Reply<Fetched>),
-    FindFile(String, String, Reply<crate::files::FileRef>),
+    Fetch(String, String, files::Waiter),
     Shutdown(Reply<()>),
 }
 
@@ -430,7 +429,8 @@ impl NodeHandle {
         target: Target,
     ) -> Result<Fetched, NodeError> {
         let (room, id) = (room.to_string(), id.to_string());
-        self.ask(|r| Command::Fetch(room, id, target, r)).await
+        self.ask(|r| Command::Fetch(room, id, files::Waiter::Write(target, r)))
+            .await
     }
 
     pub async fn shutdown(&self) -> Result<(), NodeError> {
@@ -1233,11 +1233,7 @@ impl Service {
                 }
                 let _ = r.send(sent);
             }
-            Command::Fetch(room, id, target, r) => self.fetch(&room, &id, target, r),
-            Command::FindFile(room, id, r) => {
-                let found = self.core.find_file(&room, &id);
-                let _ = r.send(found.map(|(_, file)| file).map_err(NodeError::from));
-            }
+            Command::Fetch(room, id, waiter) => self.fetch(&room, &id, waiter),
             Command::History(room, limit, r) => {
                 let _ = r.send(self.core.history(&room, limit).map_err(NodeError::from));
             }
