@@ -597,9 +597,6 @@ impl Service {
             self.provide_file(key);
         }
         tokio::task::spawn_blocking(move || {
-            if newly_held && let Err(e) = journal.put_provided(&key, &info.list) {
-                tracing::warn!(error = %e, "cannot record a fetched file for announcement");
-            }
             for waiter in job.waiting {
                 match waiter {
                     Waiter::Write(target, reply) => {
@@ -613,6 +610,10 @@ impl Service {
                         journal: journal.clone(),
                     }))),
                 }
+            }
+            // After the clients have their file: this is a durable commit.
+            if newly_held && let Err(e) = journal.put_provided(&key, &info.list) {
+                tracing::warn!(error = %e, "cannot record a fetched file for announcement");
             }
         });
     }
