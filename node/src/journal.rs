@@ -1078,14 +1078,20 @@ impl Journal {
     }
 
     /// Records that this node holds a whole file, under the file's DHT provider key.
-    pub fn put_provided(&self, key: &[u8; 32], file: &[u8; 32]) -> Result<(), JournalError> {
+    /// Durable only with `durable` (as [`Journal::put_chunks`]).
+    pub fn put_provided(
+        &self,
+        key: &[u8; 32],
+        file: &[u8; 32],
+        durable: bool,
+    ) -> Result<(), JournalError> {
         let path = self.path.as_path();
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_with(durable)?;
         txn.open_table(PROVIDES)
             .at(path)?
             .insert(&key[..], &file[..])
             .at(path)?;
-        self.commit(txn, true)
+        self.commit(txn, durable)
     }
 
     /// The provider keys of every file this node holds whole.
@@ -1794,9 +1800,10 @@ mod tests {
         {
             let j = Journal::open(&path).unwrap();
             assert!(j.provided().unwrap().is_empty());
-            j.put_provided(&[7; 32], &[1; 32]).unwrap();
-            j.put_provided(&[8; 32], &[2; 32]).unwrap();
-            j.put_provided(&[7; 32], &[1; 32]).unwrap();
+            j.put_provided(&[7; 32], &[1; 32], true).unwrap();
+            // A deferred one, carried by the durable commit after it.
+            j.put_provided(&[8; 32], &[2; 32], false).unwrap();
+            j.put_provided(&[7; 32], &[1; 32], true).unwrap();
         }
         let j = Journal::open(&path).unwrap();
         assert_eq!(j.provided().unwrap(), vec![[7; 32], [8; 32]]);

@@ -267,9 +267,9 @@ pub(super) fn seal_and_store(journal: &Journal, path: &Path) -> Result<FileRef, 
         return Err(e.into());
     }
     let file = sealed.map_err(|e| input(e.to_string()))?;
-    // The last batch holds the list: durable, and with it every batch before.
+    journal.put_provided(&file.provider_key(), &file.list, false)?;
+    // The last batch holds the list: durable, and with it everything before.
     journal.put_chunks(&batch, true)?;
-    journal.put_provided(&file.provider_key(), &file.list)?;
     Ok(file)
 }
 
@@ -612,7 +612,7 @@ impl Service {
                 }
             }
             // After the clients have their file: this is a durable commit.
-            if newly_held && let Err(e) = journal.put_provided(&key, &info.list) {
+            if newly_held && let Err(e) = journal.put_provided(&key, &info.list, true) {
                 tracing::warn!(error = %e, "cannot record a fetched file for announcement");
             }
         });
