@@ -289,4 +289,63 @@ fn files_go_up_and_down_through_the_local_api() {
         1,
         "only the one good upload was shared"
     );
+
+    // A download ticket (what the web page uses so the browser saves straight to disk): asked
+    // for with the token, then redeemed once without it.
+    let ticket = |n: &NodeProc, auth: Option<&str>, id: &str| {
+        let (base, token) = api(n);
+        let mut req = agent.post(format!("{base}/download-ticket"));
+        if let Some(a) = auth.or(Some(&token)).filter(|a| !a.is_empty()) {
+            req = req.header("Authorization", a);
+        }
+        let mut r = req
+            .send_json(serde_json::json!({ "room": "lobby", "id": id }))
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        (status, body)
+    };
+    let (status, t) = ticket(&bob, None, &id[..12]);
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["name"], "minutes (final).odt");
+    assert_eq!(t["size"], data.len() as u64);
+    let url = t["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("/download/") && url.len() == "/download/".len() + 64,
+        "{url}"
+    );
+    let root = api(&bob).0.trim_end_matches("/v1").to_string();
+    let redeem = |url: &str| {
+        let mut r = agent.get(format!("{root}{url}")).call().unwrap();
+        let status = r.status().as_u16();
+        let disposition = r
+            .headers()
+            .get("content-disposition")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = r
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .unwrap();
+        (status, disposition, body)
+    };
+    let (status, disposition, body) = redeem(url);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(body == data, "the ticketed download differs");
+    assert_eq!(
+        disposition.as_deref(),
+        Some("attachment; filename*=UTF-8''minutes%20%28final%29.odt")
+    );
+    let (status, _, body) = redeem(url);
+    assert_eq!(status, 404, "a ticket works once");
+    assert!(String::from_utf8_lossy(&body).contains("download ticket"));
+    let (status, _, _) = redeem(&format!("/download/{}", "0".repeat(64)));
+    assert_eq!(status, 404);
+    assert_eq!(
+        ticket(&bob, Some(""), &id).0,
+        401,
+        "no ticket without the token"
+    );
+    assert_eq!(ticket(&bob, None, "00000000deadbeef").0, 404);
 }

@@ -4,9 +4,11 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -25,6 +27,71 @@ use crate::service::{NodeError, NodeHandle};
 struct AppState {
     node: NodeHandle,
     token: String,
+    tickets: Arc<Tickets>,
+}
+
+/// How long a download ticket can be redeemed.
+const TICKET_TTL: Duration = Duration::from_secs(60);
+/// Tickets held at most; the oldest goes first past it.
+const MAX_TICKETS: usize = 64;
+
+/// One-use capabilities for downloads that the browser saves itself. A navigation cannot
+/// carry the bearer token, and reading the file into the page first would hold all of it in
+/// the tab's memory; so the page asks for a ticket (with the token), and the browser then
+/// downloads `/download/<ticket>` like any other link, straight to disk.
+#[derive(Default)]
+struct Tickets(Mutex<Vec<Ticket>>);
+
+struct Ticket {
+    secret: String,
+    room: String,
+    id: String,
+    expires: Instant,
+}
+
+impl Tickets {
+    fn held(&self) -> std::sync::MutexGuard<'_, Vec<Ticket>> {
+        // Nothing in the list can be left half-updated by a panic: keep using it.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new ticket (256 random bits, hex) for the file `id` of `room`.
+    fn issue(&self, room: String, id: String, now: Instant) -> Result<String, ApiError> {
+        let key = crypto::random_key().map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot make a download ticket: {e}"),
+            )
+        })?;
+        let secret = hex::encode(key.as_slice());
+        let mut held = self.held();
+        held.retain(|t| t.expires > now);
+        if held.len() >= MAX_TICKETS {
+            held.remove(0);
+        }
+        held.push(Ticket {
+            secret: secret.clone(),
+            room,
+            id,
+            expires: now + TICKET_TTL,
+        });
+        Ok(secret)
+    }
+
+    /// The room and file a live ticket was issued for; the ticket is used up.
+    fn redeem(&self, given: &str, now: Instant) -> Option<(String, String)> {
+        let mut held = self.held();
+        held.retain(|t| t.expires > now);
+        // Every ticket is compared in full, in constant time.
+        let mut found = None;
+        for (i, t) in held.iter().enumerate() {
+            if crypto::ct_eq(t.secret.as_bytes(), given.as_bytes()) {
+                found = Some(i);
+            }
+        }
+        let t = held.swap_remove(found?);
+        Some((t.room, t.id))
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -32,6 +99,7 @@ pub struct ApiErrorBody {
     pub error: String,
 }
 
+#[derive(Debug)]
 struct ApiError(StatusCode, String);
 
 impl From<NodeError> for ApiError {
@@ -125,6 +193,16 @@ pub struct DownloadQuery {
     pub id: String,
 }
 
+/// A download ticket (`POST /v1/download-ticket`, body as [`DownloadQuery`]): `url` is the
+/// address to download the file from, once, within `expires_in_s`, without the token.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct TicketView {
+    pub url: String,
+    pub name: String,
+    pub size: u64,
+    pub expires_in_s: u64,
+}
+
 #[derive(Serialize, Deserialize, Debug)]
 pub struct HistoryRequest {
     pub room: String,
@@ -164,7 +242,11 @@ pub struct IdView {
 
 /// Builds the router; `token` is required as `Authorization: Bearer <token>` on /v1.
 pub fn router(node: NodeHandle, token: String) -> Router {
-    let state = AppState { node, token };
+    let state = AppState {
+        node,
+        token,
+        tickets: Arc::default(),
+    };
     let v1 = Router::new()
         .route("/status", get(status))
         .route("/id", get(id))
@@ -178,6 +260,7 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/fetch", post(fetch))
         .route("/upload", post(upload))
         .route("/download", get(download))
+        .route("/download-ticket", post(download_ticket))
         .route("/contacts", get(contacts).post(add_contact))
         .route("/dm", post(dm))
         .route("/groups", post(group))
@@ -188,6 +271,7 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/", get(page))
+        .route("/download/{ticket}", get(download_with_ticket))
         .nest("/v1", v1)
         .with_state(state)
 }
@@ -385,7 +469,41 @@ async fn download(
     State(s): State<AppState>,
     Query(q): Query<DownloadQuery>,
 ) -> Result<Response, ApiError> {
-    let reader = std::sync::Arc::new(s.node.read_file(&q.room, &q.id).await?);
+    stream_file(&s.node, &q.room, &q.id).await
+}
+
+/// Fetches what is missing first, so that the page can show progress and errors while it
+/// waits; the download the ticket then allows only streams.
+async fn download_ticket(
+    State(s): State<AppState>,
+    Json(q): Json<DownloadQuery>,
+) -> ApiResult<TicketView> {
+    let reader = s.node.read_file(&q.room, &q.id).await?;
+    let ticket = s.tickets.issue(q.room, q.id, Instant::now())?;
+    Ok(Json(TicketView {
+        url: format!("/download/{ticket}"),
+        name: reader.name.clone(),
+        size: reader.size,
+        expires_in_s: TICKET_TTL.as_secs(),
+    }))
+}
+
+async fn download_with_ticket(
+    State(s): State<AppState>,
+    UrlPath(ticket): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let Some((room, id)) = s.tickets.redeem(&ticket, Instant::now()) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "unknown, used or expired download ticket".into(),
+        ));
+    };
+    stream_file(&s.node, &room, &id).await
+}
+
+/// The file as a response body, fetched from peers first if need be.
+async fn stream_file(node: &NodeHandle, room: &str, id: &str) -> Result<Response, ApiError> {
+    let reader = Arc::new(node.read_file(room, id).await?);
     // Chunks are read and opened on a blocking thread, a few ahead of the client.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let source = reader.clone();
@@ -526,7 +644,34 @@ async fn page() -> Html<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::attachment;
+    use super::{TICKET_TTL, Tickets, attachment};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_download_ticket_works_once_and_not_after_it_expires() {
+        let tickets = Tickets::default();
+        let now = Instant::now();
+        let a = tickets.issue("lobby".into(), "ab12".into(), now).unwrap();
+        let b = tickets.issue("lobby".into(), "cd34".into(), now).unwrap();
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert_eq!(tickets.redeem("", now), None);
+        assert_eq!(tickets.redeem(&a[..63], now), None);
+        assert_eq!(
+            tickets.redeem(&a, now),
+            Some(("lobby".into(), "ab12".into()))
+        );
+        assert_eq!(tickets.redeem(&a, now), None, "used up");
+        let later = now + TICKET_TTL + Duration::from_millis(1);
+        assert_eq!(tickets.redeem(&b, later), None, "expired");
+        // Past the cap the oldest goes.
+        let first = tickets.issue("r".into(), "0".into(), now).unwrap();
+        for i in 1..=super::MAX_TICKETS {
+            tickets.issue("r".into(), i.to_string(), now).unwrap();
+        }
+        assert_eq!(tickets.redeem(&first, now), None);
+        assert_eq!(tickets.held().len(), super::MAX_TICKETS);
+    }
 
     #[test]
     fn download_names_cannot_break_the_header() {
