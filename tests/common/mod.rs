@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod browser;
 pub mod inproc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cryptchat");

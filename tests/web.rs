@@ -1,0 +1,315 @@
+//! End-to-end: the node's web page, clicked through in a real browser (headless Chromium
+//! driven by chromedriver) against real `cryptchat run` processes on loopback. What the page
+//! does is checked where it lands: in the other node's history, in its files, on disk.
+//!
+//! Needs Chromium and chromedriver (Debian: `apt-get install chromium chromium-driver`).
+//! Without them each test says it was skipped and passes, unless `CI` is set: there it fails
+//! (.ci/run installs them).
+//!
+//! Run it with: `cargo test -p cryptchat --test e2e_web -- --nocapture`
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use common::browser::{self, Browser, Tools};
+use common::{NodeProc, listen_for, wait_until};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+const ENTER: &str = "\u{E007}";
+const SHIFT: &str = "\u{E008}";
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// The browser and its driver; `None` (the test passes, saying so) when they are missing
+/// outside CI.
+fn tools_or_skip() -> Option<Tools> {
+    match browser::tools() {
+        Ok(t) => Some(t),
+        Err(why) if in_ci() => panic!("CI is set and the web page tests need a browser: {why}"),
+        Err(why) => {
+            // Straight to stderr, so a plain `cargo test` shows it too.
+            let _ = writeln!(std::io::stderr(), "skipped: {why}");
+            None
+        }
+    }
+}
+
+/// Alice (with extra `run` arguments) and Bob in room `lobby`, connected to each other.
+fn pair(dir: &Path, alice_args: &[&str]) -> (NodeProc, NodeProc) {
+    let mut args = vec!["--listen".to_string(), listen_for("tcp")];
+    args.extend(["--join".into(), "lobby".into()]);
+    let mut first = args.clone();
+    first.extend(alice_args.iter().map(|a| a.to_string()));
+    let alice = NodeProc::start("alice", &dir.join("alice"), &first);
+    args.extend(["--bootstrap".into(), alice.listen_addr("/tcp/")]);
+    let bob = NodeProc::start("bob", &dir.join("bob"), &args);
+    for n in [&alice, &bob] {
+        wait_until(&format!("{} sees a room peer", n.user), T, || {
+            n.room_peers("lobby") >= 1
+        });
+    }
+    (alice, bob)
+}
+
+/// Opens the page at the address `cryptchat web` prints (token in the fragment) and waits
+/// until it is connected to the node's event stream.
+fn open(b: &Browser, node: &NodeProc) {
+    let url = node.cli(&["web"]);
+    b.goto(url.as_str().expect("cryptchat web prints a URL"));
+    b.wait_for("#app", T);
+    browser::wait(&format!("{}'s status in the header", node.user), T, || {
+        b.text("#status").starts_with(&node.user)
+    });
+    browser::wait("the live event stream", T, || b.text("#live") == "live");
+}
+
+fn select_room(b: &Browser, room: &str) {
+    let btn = b.wait_for(&format!("#rooms button[data-room='{room}']"), T);
+    b.click(&btn);
+    browser::wait(&format!("{room} selected"), T, || {
+        b.text("#roomtitle") == room
+    });
+}
+
+/// The page's messages, as a user reads them.
+fn shown(b: &Browser) -> String {
+    b.text("#messages")
+}
+
+fn token(node: &NodeProc) -> String {
+    std::fs::read_to_string(node.data_dir.join("api.token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn rooms(node: &NodeProc) -> Vec<Value> {
+    node.cli(&["rooms"]).as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
+    let Some(tools) = tools_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = pair(dir.path(), &[]);
+    let b = Browser::start(&tools, &dir.path().join("downloads"));
+
+    open(&b, &alice);
+    // The token is taken out of the address bar (it stays in the tab's session storage).
+    assert_eq!(b.script("return location.hash"), "");
+
+    // Enter sends; Shift+Enter starts a new line; the box is cleared after sending.
+    select_room(&b, "lobby");
+    let text = b.wait_for("#sendtext", T);
+    b.send_keys(&text, &format!("hello from a browser{ENTER}"));
+    b.send_keys(
+        &text,
+        &format!("line one{SHIFT}{ENTER}{SHIFT}line two{ENTER}"),
+    );
+    wait_until("bob reads both messages", T, || {
+        bob.texts("lobby") == ["hello from a browser", "line one\nline two"]
+    });
+    assert_eq!(
+        b.script("return document.getElementById('sendtext').value"),
+        ""
+    );
+    let page = shown(&b);
+    assert!(page.contains("hello from a browser"), "{page}");
+    // Bob's receipt comes back and the page says so (it refreshes delivery counts).
+    browser::wait("the page shows delivery to bob", T, || {
+        b.script(
+            "return [...document.querySelectorAll('#messages .msg.mine .delivery')]\
+             .every((d) => d.textContent === 'delivered to 1 of 1')",
+        ) == Value::Bool(true)
+    });
+
+    // Bob's message arrives live, and markup in it stays text.
+    let evil = "<img src=x onerror=\"document.title='pwned'\"> from bob";
+    bob.cli(&["send", "lobby", evil]);
+    browser::wait("bob's message on the page", T, || shown(&b).contains(evil));
+    assert_eq!(
+        b.script("return document.querySelectorAll('#messages img').length"),
+        0
+    );
+    assert_eq!(b.script("return document.title"), "cryptchat");
+
+    // Join a room with a password, see it listed as such, then leave it.
+    b.send_keys(&b.wait_for("#joinname", T), "garden");
+    b.send_keys(&b.wait_for("#joinpw", T), "a long garden password 7");
+    b.click(&b.wait_for("#joinform button", T));
+    browser::wait("garden selected", T, || b.text("#roomtitle") == "garden");
+    assert!(
+        b.text("#rooms button[data-room='garden']").contains("pw"),
+        "the room list marks garden as password protected"
+    );
+    let garden = rooms(&alice)
+        .into_iter()
+        .find(|r| r["name"] == "garden")
+        .expect("alice's node joined garden");
+    assert_eq!(garden["has_password"], true);
+    b.click(&b.wait_for("#leave", T));
+    b.accept_alert();
+    wait_until("alice's node left garden", T, || {
+        !rooms(&alice).iter().any(|r| r["name"] == "garden")
+    });
+    browser::wait("garden gone from the list", T, || {
+        b.find("#rooms button[data-room='garden']").is_none()
+    });
+    assert_eq!(b.text("#roomtitle"), "No room selected");
+
+    // A bad contact code is refused in the error bar; a good one adds a contact whose
+    // direct room the page can talk in.
+    b.send_keys(&b.wait_for("#cname", T), "mallory");
+    b.send_keys(&b.wait_for("#ccode", T), "cc1:garbage");
+    b.click(&b.wait_for("#contactform button", T));
+    browser::wait("the error bar", T, || {
+        b.text("#errtext").contains("contact code")
+    });
+    b.click(&b.wait_for("#errclose", T));
+    let alice_code = alice.status()["contact_code"].as_str().unwrap().to_string();
+    let bob_code = bob.status()["contact_code"].as_str().unwrap().to_string();
+    bob.cli(&["contact", "add", "alice", &alice_code]);
+    let name = b.wait_for("#cname", T);
+    b.script(
+        "document.getElementById('cname').value = ''; document.getElementById('ccode').value = ''",
+    );
+    b.send_keys(&name, "bob");
+    b.send_keys(&b.wait_for("#ccode", T), &bob_code);
+    b.click(&b.wait_for("#contactform button", T));
+    let chat = b.wait_for("#contacts button[aria-label='Chat with bob']", T);
+    b.click(&chat);
+    browser::wait("the direct room selected", T, || {
+        b.text("#roomtitle") == "@bob"
+    });
+    wait_until("the direct room connected", T, || {
+        alice.room_peers("@bob") >= 1
+    });
+    b.send_keys(
+        &b.wait_for("#sendtext", T),
+        &format!("just between us{ENTER}"),
+    );
+    wait_until("bob reads the direct message", T, || {
+        bob.texts("@alice") == ["just between us"]
+    });
+
+    // Forget the token: back to the login form. A wrong token is refused there; the right
+    // one brings back the node's rooms and history.
+    b.click(&b.wait_for("#logout", T));
+    let input = b.wait_for("#tokenin", T);
+    b.send_keys(&input, &format!("not-the-token{ENTER}"));
+    browser::wait("the wrong token refused", T, || {
+        b.text("#errtext").contains("wrong API token")
+    });
+    assert!(b.displayed(&b.wait_for("#login", T)));
+    b.send_keys(&input, &format!("{}{ENTER}", token(&alice)));
+    b.wait_for("#app", T);
+    select_room(&b, "lobby");
+    browser::wait("lobby's history after logging in again", T, || {
+        let page = shown(&b);
+        page.contains("hello from a browser") && page.contains(evil)
+    });
+}
+
+/// Pseudo-random bytes (xorshift), so that no chunk compresses or repeats another.
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn the_web_page_shares_and_downloads_files_in_a_browser() {
+    let Some(tools) = tools_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Alice gives up quickly on a file nobody online holds.
+    let (alice, mut bob) = pair(dir.path(), &["--fetch-timeout-s", "3"]);
+    let downloads = dir.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let b = Browser::start(&tools, &downloads);
+    open(&b, &alice);
+    select_room(&b, "lobby");
+
+    // "Share file…" opens a file picker; WebDriver fills the (hidden) file input directly.
+    let notes = bytes(700 * 1024, 7);
+    let notes_path = dir.path().join("notes from alice.bin");
+    std::fs::write(&notes_path, &notes).unwrap();
+    assert!(b.displayed(&b.wait_for("#attach", T)));
+    let input = b.find("#fileinput").expect("the file input");
+    b.send_keys(&input, notes_path.to_str().unwrap());
+    browser::wait("the shared file on alice's page", T, || {
+        shown(&b).contains("[file] notes from alice.bin (700.0 KiB)")
+    });
+    // Bob sees it and fetches it from alice, byte for byte.
+    let mut id = String::new();
+    wait_until("bob sees alice's file", T, || {
+        let files = bob.cli(&["files", "lobby"]);
+        if let Some(f) = files
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["file"]["name"] == "notes from alice.bin")
+        {
+            id = f["file"]["id"].as_str().unwrap().to_string();
+        }
+        !id.is_empty()
+    });
+    let out = dir.path().join("bob-got.bin");
+    bob.cli(&["fetch", "lobby", &id, "-o", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == notes, "bob's copy differs");
+    assert!(
+        std::fs::read_dir(alice.data_dir.join("uploads"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true),
+        "the upload's staging copy is removed"
+    );
+
+    // Bob shares a file; alice's page downloads it (her node fetches it from bob first).
+    let photo = bytes(600 * 1024, 11);
+    let photo_path = dir.path().join("photo.bin");
+    std::fs::write(&photo_path, &photo).unwrap();
+    bob.cli(&["share", "lobby", photo_path.to_str().unwrap()]);
+    let button = b.wait_for("#messages button[aria-label='Download photo.bin']", T);
+    b.click(&button);
+    let saved = downloads.join("photo.bin");
+    browser::wait("photo.bin saved by the browser", T, || {
+        std::fs::read(&saved).is_ok_and(|got| got == photo)
+    });
+    // Nothing left half-written beside it, and the page's progress notice is gone.
+    let names: Vec<String> = std::fs::read_dir(&downloads)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["photo.bin"]);
+    browser::wait("the fetch notice cleared", T, || {
+        b.text("#notice").is_empty()
+    });
+
+    // A file whose only holder has gone: the page says why, and saves nothing.
+    let gone = bytes(300 * 1024, 13);
+    let gone_path = dir.path().join("gone.bin");
+    std::fs::write(&gone_path, &gone).unwrap();
+    bob.cli(&["share", "lobby", gone_path.to_str().unwrap()]);
+    let button = b.wait_for("#messages button[aria-label='Download gone.bin']", T);
+    bob.kill();
+    b.click(&button);
+    browser::wait("the error bar says no one holds gone.bin", T, || {
+        b.text("#errtext")
+            .contains("no member of the room that could be reached holds")
+    });
+    browser::wait("the fetch notice cleared", T, || {
+        b.text("#notice").is_empty()
+    });
+    assert!(!downloads.join("gone.bin").exists());
+}
