@@ -70,8 +70,7 @@ fn open(b: &Browser, node: &NodeProc) {
 }
 
 fn select_room(b: &Browser, room: &str) {
-    let btn = b.wait_for(&format!("#rooms button[data-room='{room}']"), T);
-    b.click(&btn);
+    b.click_on(&format!("#rooms button[data-room='{room}']"), T);
     browser::wait(&format!("{room} selected"), T, || {
         b.text("#roomtitle") == room
     });
@@ -142,7 +141,7 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     // Join a room with a password, see it listed as such, then leave it.
     b.send_keys(&b.wait_for("#joinname", T), "garden");
     b.send_keys(&b.wait_for("#joinpw", T), "a long garden password 7");
-    b.click(&b.wait_for("#joinform button", T));
+    b.click_on("#joinform button", T);
     browser::wait("garden selected", T, || b.text("#roomtitle") == "garden");
     assert!(
         b.text("#rooms button[data-room='garden']").contains("pw"),
@@ -153,7 +152,7 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
         .find(|r| r["name"] == "garden")
         .expect("alice's node joined garden");
     assert_eq!(garden["has_password"], true);
-    b.click(&b.wait_for("#leave", T));
+    b.click_on("#leave", T);
     b.accept_alert();
     wait_until("alice's node left garden", T, || {
         !rooms(&alice).iter().any(|r| r["name"] == "garden")
@@ -167,11 +166,11 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     // direct room the page can talk in.
     b.send_keys(&b.wait_for("#cname", T), "mallory");
     b.send_keys(&b.wait_for("#ccode", T), "cc1:garbage");
-    b.click(&b.wait_for("#contactform button", T));
+    b.click_on("#contactform button", T);
     browser::wait("the error bar", T, || {
         b.text("#errtext").contains("contact code")
     });
-    b.click(&b.wait_for("#errclose", T));
+    b.click_on("#errclose", T);
     let alice_code = alice.status()["contact_code"].as_str().unwrap().to_string();
     let bob_code = bob.status()["contact_code"].as_str().unwrap().to_string();
     bob.cli(&["contact", "add", "alice", &alice_code]);
@@ -181,9 +180,8 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     );
     b.send_keys(&name, "bob");
     b.send_keys(&b.wait_for("#ccode", T), &bob_code);
-    b.click(&b.wait_for("#contactform button", T));
-    let chat = b.wait_for("#contacts button[aria-label='Chat with bob']", T);
-    b.click(&chat);
+    b.click_on("#contactform button", T);
+    b.click_on("#contacts button[aria-label='Chat with bob']", T);
     browser::wait("the direct room selected", T, || {
         b.text("#roomtitle") == "@bob"
     });
@@ -200,7 +198,7 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
 
     // Forget the token: back to the login form. A wrong token is refused there; the right
     // one brings back the node's rooms and history.
-    b.click(&b.wait_for("#logout", T));
+    b.click_on("#logout", T);
     let input = b.wait_for("#tokenin", T);
     b.send_keys(&input, &format!("not-the-token{ENTER}"));
     browser::wait("the wrong token refused", T, || {
@@ -280,8 +278,7 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     let photo_path = dir.path().join("photo.bin");
     std::fs::write(&photo_path, &photo).unwrap();
     bob.cli(&["share", "lobby", photo_path.to_str().unwrap()]);
-    let button = b.wait_for("#messages button[aria-label='Download photo.bin']", T);
-    b.click(&button);
+    b.click_on("#messages button[aria-label='Download photo.bin']", T);
     let saved = downloads.join("photo.bin");
     browser::wait("photo.bin saved by the browser", T, || {
         std::fs::read(&saved).is_ok_and(|got| got == photo)
@@ -301,9 +298,9 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     let gone_path = dir.path().join("gone.bin");
     std::fs::write(&gone_path, &gone).unwrap();
     bob.cli(&["share", "lobby", gone_path.to_str().unwrap()]);
-    let button = b.wait_for("#messages button[aria-label='Download gone.bin']", T);
+    b.wait_for("#messages button[aria-label='Download gone.bin']", T);
     bob.kill();
-    b.click(&button);
+    b.click_on("#messages button[aria-label='Download gone.bin']", T);
     browser::wait("the error bar says no one holds gone.bin", T, || {
         b.text("#errtext")
             .contains("no member of the room that could be reached holds")

@@ -192,10 +192,20 @@ impl Browser {
             .unwrap_or(false)
     }
 
-    /// Clicks the element as a user would (WebDriver refuses one that is hidden or covered).
-    pub fn click(&self, e: &Element) {
-        self.session_call("POST", &format!("/element/{}/click", e.0), None)
-            .unwrap_or_else(|err| panic!("click: {err}"));
+    /// Waits for an element matching `css` and clicks it as a user would (WebDriver refuses
+    /// one that is hidden or covered). The page redraws its lists (rooms, contacts) whenever
+    /// they may have changed, so an element found a moment ago can be gone: then the new one
+    /// is found and clicked.
+    pub fn click_on(&self, css: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let e = self.wait_for(css, timeout);
+            match self.session_call("POST", &format!("/element/{}/click", e.0), None) {
+                Ok(_) => return,
+                Err(err) if err.contains("stale element") && start.elapsed() < timeout => {}
+                Err(err) => panic!("click on {css}: {err}"),
+            }
+        }
     }
 
     /// Types into the element; for a file input, `text` is the file's path.
