@@ -458,3 +458,49 @@ async fn a_file_is_fetched_from_a_holder_found_in_the_dht() {
     assert!(activity(&fetcher).await.file_announcements >= 1);
     assert!(activity(&holder).await.file_announcements >= 1);
 }
+
+/// Reading history verifies and opens every entry again (an RSA unwrap each in a direct room,
+/// 0.4 ms): the read runs beside the event loop, which goes on answering meanwhile. A status
+/// request sent right after a long read is answered first; were the read done on the event
+/// loop, as it was, the status would wait for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_a_long_history_does_not_hold_up_the_node() {
+    const N: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (identity("alice"), identity("bob"));
+    let a = node(alice, &dir.path().join("a"), &[]).await;
+    a.add_contact("bob", &bob.contact_code().encode())
+        .await
+        .unwrap();
+    for i in 0..N {
+        a.dm("bob", &format!("note {i}")).await.unwrap();
+    }
+    let history = a.history("@bob", N);
+    let status = a.status();
+    tokio::pin!(history, status);
+    // Biased: the read is asked for first, then the status.
+    tokio::select! {
+        biased;
+        _ = &mut history => panic!("the history read held up the status request"),
+        s = &mut status => assert_eq!(s.unwrap().username, "alice"),
+    }
+    let texts: Vec<String> = history
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.text)
+        .collect();
+    let expected: Vec<String> = (0..N).map(|i| format!("note {i}")).collect();
+    assert_eq!(texts, expected);
+    // The room's files are listed without opening its text messages; a file is looked up
+    // the same way, and an unknown one is a clear error.
+    let path = dir.path().join("plan.txt");
+    std::fs::write(&path, b"the plan").unwrap();
+    a.share_file("@bob", path).await.unwrap();
+    let files = a.files("@bob", 10_000).await.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].file.as_ref().unwrap().name, "plan.txt");
+    assert_eq!(a.history("@bob", 10_000).await.unwrap().len(), N + 1);
+    let err = a.read_file("@bob", "0123456789abcdef").await.err().unwrap();
+    assert!(err.to_string().contains("0123456789abcdef"), "{err}");
+}

@@ -203,10 +203,14 @@ pub struct TicketView {
     pub expires_in_s: u64,
 }
 
+/// A room's last `limit` entries; with `kind`, only the messages of that kind among them
+/// (`"file"`: the room's files, without opening every text message).
 #[derive(Serialize, Deserialize, Debug)]
 pub struct HistoryRequest {
     pub room: String,
     pub limit: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::envelope::Kind>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -549,7 +553,17 @@ async fn history(
     State(s): State<AppState>,
     Json(r): Json<HistoryRequest>,
 ) -> ApiResult<Vec<crate::core::MessageView>> {
-    Ok(Json(s.node.history(&r.room, r.limit.min(100_000)).await?))
+    let limit = r.limit.min(100_000);
+    Ok(Json(match r.kind {
+        Some(crate::envelope::Kind::File) => s.node.files(&r.room, limit).await?,
+        Some(kind) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("history lists all messages or the files only, not {kind:?}"),
+            ));
+        }
+        None => s.node.history(&r.room, limit).await?,
+    }))
 }
 
 async fn contacts(State(s): State<AppState>) -> ApiResult<Vec<crate::core::ContactView>> {

@@ -252,6 +252,19 @@ impl Envelope {
         Ok(env)
     }
 
+    /// The kind an envelope says it is, unverified: lets a reader that wants one kind (the
+    /// file messages of a room, say) skip the others without checking their signatures.
+    pub fn peek_kind(bytes: &[u8]) -> Option<Kind> {
+        match bytes {
+            [m0, m1, version, kind, ..]
+                if [*m0, *m1] == *MAGIC && (*version == VERSION || *version == VERSION_KEYED) =>
+            {
+                Kind::from_u8(*kind)
+            }
+            _ => None,
+        }
+    }
+
     /// Parses `bytes` and verifies the author's signature, with the author's key from the
     /// envelope or else from `keys`. Never panics on any input.
     pub fn parse(bytes: Vec<u8>, keys: &AuthorKeys) -> Result<Envelope, EnvelopeError> {
@@ -532,6 +545,21 @@ mod tests {
         assert_eq!(parsed.open(&room, bob).unwrap(), text("alice", "hi"));
         // The plaintext is not visible in the bytes.
         assert!(!env.bytes().windows(2).any(|w| w == b"hi"));
+    }
+
+    #[test]
+    fn the_kind_is_read_without_verifying() {
+        let (alice, _, _) = ids();
+        let room = Room::named("lobby", None).unwrap();
+        for kind in [Kind::Text, Kind::File, Kind::Receipt] {
+            let env = Envelope::seal(alice, &room, kind, pos(1), &text("alice", "x")).unwrap();
+            assert_eq!(Envelope::peek_kind(env.bytes()), Some(kind));
+        }
+        assert_eq!(Envelope::peek_kind(b""), None);
+        assert_eq!(Envelope::peek_kind(b"CC\x02"), None);
+        assert_eq!(Envelope::peek_kind(b"CC\x09\x01"), None, "unknown version");
+        assert_eq!(Envelope::peek_kind(b"XX\x02\x01"), None, "bad magic");
+        assert_eq!(Envelope::peek_kind(b"CC\x02\x07"), None, "unknown kind");
     }
 
     /// The key rides in an author's first entry of a room and in receipts only; a later

@@ -14,6 +14,7 @@ use cryptchat::api::{
 use cryptchat::client::Client;
 use cryptchat::config::{self, ApiInfo};
 use cryptchat::core::{ContactView, MessageView, RoomView};
+use cryptchat::envelope::Kind;
 use cryptchat::faults::FaultConfig;
 use cryptchat::identity::{Identity, KeySize};
 use cryptchat::service::{self, Fetched, NodeConfig, PeerView, Sent, Status};
@@ -629,7 +630,12 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             })
         }
         Cmd::Files { room, limit } => {
-            let v: Vec<MessageView> = c.post("/history", &HistoryRequest { room, limit })?;
+            let req = HistoryRequest {
+                room,
+                limit,
+                kind: Some(Kind::File),
+            };
+            let v: Vec<MessageView> = c.post("/history", &req)?;
             let files: Vec<&MessageView> = v.iter().filter(|m| m.file.is_some()).collect();
             print(json, &files, |files| {
                 for m in files {
@@ -675,7 +681,12 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             })
         }
         Cmd::History { room, limit } => {
-            let v: Vec<MessageView> = c.post("/history", &HistoryRequest { room, limit })?;
+            let req = HistoryRequest {
+                room,
+                limit,
+                kind: None,
+            };
+            let v: Vec<MessageView> = c.post("/history", &req)?;
             print(json, &v, |v| v.iter().for_each(print_message))
         }
         Cmd::Contact(ContactCmd::Add { name, code }) => {

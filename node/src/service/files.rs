@@ -83,7 +83,7 @@ pub(super) enum Waiter {
 
 impl Waiter {
     /// Tells the client why (if it still waits).
-    fn fail(self, error: NodeError) {
+    pub(super) fn fail(self, error: NodeError) {
         match self {
             Waiter::Write(_, reply) => drop(reply.send(Err(error))),
             Waiter::Read(reply) => drop(reply.send(Err(error))),
@@ -321,12 +321,31 @@ fn assemble(
 }
 
 impl Service {
-    /// Starts fetching a file (or joins the fetch of it already under way).
-    pub(super) fn fetch(&mut self, room: &str, id: &str, waiter: Waiter) {
-        let (room_id, file) = match self.core.find_file(room, id) {
-            Ok(found) => found,
+    /// Looks the file up in the room's history on a blocking thread (a long history would
+    /// stall the swarm), then fetches it.
+    pub(super) fn find_then_fetch(&mut self, room: &str, id: &str, waiter: Waiter) {
+        let reader = match self.core.reader(room) {
+            Ok(reader) => reader,
             Err(e) => return waiter.fail(e.into()),
         };
+        self.reading += 1;
+        let tx = self.reconcile.tx.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let room = reader.room_id();
+            let found = reader.find_file(&id);
+            // Let go of the journal before saying so (see `Service::run`'s shutdown).
+            drop(reader);
+            let _ = tx.send(super::reconcile::Internal::FileFound {
+                room,
+                found,
+                waiter,
+            });
+        });
+    }
+
+    /// Starts fetching a file (or joins the fetch of it already under way).
+    pub(super) fn fetch(&mut self, room_id: RoomId, file: FileRef, waiter: Waiter) {
         // Say so before fetching, not after: nothing is written over an existing file.
         if let Waiter::Write(target, _) = &waiter {
             let path = target.resolve(&file.name);

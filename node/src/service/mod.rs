@@ -26,6 +26,7 @@ use crate::config;
 use crate::core::{
     Admitted, ContactView, Core, CoreError, Counters, Incoming, MessageView, Rejection, RoomView,
 };
+use crate::envelope::Kind;
 use crate::identity::Identity;
 use crate::journal::{Journal, JournalError};
 use crate::net::{self, Behaviour, BehaviourEvent, NetError, SwarmOptions};
@@ -258,7 +259,8 @@ enum Command {
     Leave(String, Reply<RoomView>),
     Rooms(Reply<Vec<RoomView>>),
     Send(String, String, Reply<Sent>),
-    History(String, usize, Reply<Vec<MessageView>>),
+    /// A room's last entries, of one kind only with `Some`.
+    History(String, usize, Option<Kind>, Reply<Vec<MessageView>>),
     AddContact(String, String, Reply<ContactView>),
     Contacts(Reply<Vec<ContactView>>),
     CreateGroup(String, Vec<String>, Reply<RoomView>),
@@ -338,7 +340,13 @@ impl NodeHandle {
     }
 
     pub async fn history(&self, room: &str, limit: usize) -> Result<Vec<MessageView>, NodeError> {
-        self.ask(|r| Command::History(room.to_string(), limit, r))
+        self.ask(|r| Command::History(room.to_string(), limit, None, r))
+            .await
+    }
+
+    /// The file messages among a room's last `limit` entries (only those are opened).
+    pub async fn files(&self, room: &str, limit: usize) -> Result<Vec<MessageView>, NodeError> {
+        self.ask(|r| Command::History(room.to_string(), limit, Some(Kind::File), r))
             .await
     }
 
@@ -517,6 +525,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         banned: HashMap::new(),
         internal_rx,
         flushing: false,
+        reading: 0,
         ping_failures: HashMap::new(),
         webrtc: webrtc::Sockets::new(webrtc_listeners),
         dial_order,
@@ -602,6 +611,8 @@ struct Service {
     internal_rx: mpsc::UnboundedReceiver<reconcile::Internal>,
     /// A flush runs on a blocking thread (at most one at a time).
     flushing: bool,
+    /// History reads in flight on blocking threads (each holds the journal).
+    reading: usize,
     /// What the networking did (see [`crate::activity`]), and its last logged value.
     activity: crate::activity::Activity,
     activity_logged: crate::activity::Activity,
@@ -701,9 +712,9 @@ impl Service {
             // Whatever the event called for, one vector exchange per peer carries it.
             self.send_hellos();
         }
-        // A flush in flight holds the journal: let it finish, so that the database is
-        // closed when we say we stopped.
-        while self.flushing {
+        // A flush or a read in flight holds the journal: let them finish, so that the
+        // database is closed when we say we stopped.
+        while self.flushing || self.reading > 0 {
             match self.internal_rx.recv().await {
                 Some(msg) => self.on_internal(msg),
                 None => break,
@@ -1233,10 +1244,8 @@ impl Service {
                 }
                 let _ = r.send(sent);
             }
-            Command::Fetch(room, id, waiter) => self.fetch(&room, &id, waiter),
-            Command::History(room, limit, r) => {
-                let _ = r.send(self.core.history(&room, limit).map_err(NodeError::from));
-            }
+            Command::Fetch(room, id, waiter) => self.find_then_fetch(&room, &id, waiter),
+            Command::History(room, limit, only, r) => self.read_history(&room, limit, only, r),
             Command::AddContact(name, code, r) => {
                 let res = self.core.add_contact(&name, &code);
                 if let Ok(c) = &res
@@ -1713,6 +1722,30 @@ impl Service {
             // closes the database.
             drop(journal);
             let _ = tx.send(reconcile::Internal::Flushed(result));
+        });
+    }
+
+    /// Reads a room's history on a blocking thread (see [`crate::core::RoomReader`]); the
+    /// views are made here once it is read.
+    fn read_history(
+        &mut self,
+        room: &str,
+        limit: usize,
+        only: Option<Kind>,
+        reply: Reply<Vec<MessageView>>,
+    ) {
+        let reader = match self.core.reader(room) {
+            Ok(reader) => reader,
+            Err(e) => return drop(reply.send(Err(e.into()))),
+        };
+        self.reading += 1;
+        let tx = self.reconcile.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let room = reader.room_id();
+            let read = reader.read(limit, only);
+            // Let go of the journal before saying so (see `Service::run`'s shutdown).
+            drop(reader);
+            let _ = tx.send(reconcile::Internal::History { room, read, reply });
         });
     }
 

@@ -62,6 +62,19 @@ pub(crate) enum Internal {
     },
     /// A flush on a blocking thread finished (see [`Service::flush`]).
     Flushed(Result<bool, crate::journal::JournalError>),
+    /// A room's history, read on a blocking thread (see [`Service::read_history`]).
+    History {
+        room: RoomId,
+        read: Result<Vec<crate::core::Opened>, crate::core::CoreError>,
+        reply: super::Reply<Vec<crate::core::MessageView>>,
+    },
+    /// A file looked up in a room's history on a blocking thread (see
+    /// [`Service::find_then_fetch`]).
+    FileFound {
+        room: RoomId,
+        found: Result<crate::files::FileRef, crate::core::CoreError>,
+        waiter: super::files::Waiter,
+    },
 }
 
 enum Pending {
@@ -924,6 +937,26 @@ impl Service {
                 None => self.penalise(peer, "sent an invalid fork proof"),
             },
             Internal::Flushed(result) => self.flushed(result),
+            Internal::History { room, read, reply } => {
+                self.reading -= 1;
+                let views = read.and_then(|opened| self.core.views(room, opened));
+                let _ = reply.send(views.map_err(Into::into));
+            }
+            Internal::FileFound {
+                room,
+                found,
+                waiter,
+            } => {
+                self.reading -= 1;
+                match found {
+                    // The room may have been left while its history was read.
+                    Ok(_) if self.core.room(&room).is_none() => {
+                        waiter.fail(crate::core::CoreError::UnknownRoom(room.to_hex()).into())
+                    }
+                    Ok(file) => self.fetch(room, file, waiter),
+                    Err(e) => waiter.fail(e.into()),
+                }
+            }
         }
     }
 
