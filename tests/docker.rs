@@ -12,12 +12,15 @@
 //!
 //! Run it with: `cargo test -p cryptchat --test e2e_docker -- --nocapture`
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::in_ci;
 use serde_json::Value;
 
 const IMAGE: &str = "cryptchat:local";
@@ -52,10 +55,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .expect("node/ has a parent")
         .to_path_buf()
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
 /// Skips the test (it passes) with a clear reason, except in CI where Docker is required.

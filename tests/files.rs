@@ -6,23 +6,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{NodeProc, listen_for, wait_until};
+use common::{NodeProc, bytes, listen_for, wait_until};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
-
-/// Pseudo-random bytes (xorshift), so that no chunk compresses or repeats another.
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// The file message of `name` in the node's history, once it has arrived.
 fn file_in_history(n: &NodeProc, room: &str, name: &str) -> Value {

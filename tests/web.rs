@@ -15,16 +15,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::browser::{self, Browser, Tools};
-use common::{NodeProc, listen_for, wait_until};
+use common::{NodeProc, bytes, in_ci, listen_for, wait_until};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 const ENTER: &str = "\u{E007}";
 const SHIFT: &str = "\u{E008}";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
 
 /// The browser and its driver; `None` (the test passes, saying so) when they are missing
 /// outside CI.
@@ -212,19 +208,6 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
         let page = shown(&b);
         page.contains("hello from a browser") && page.contains(evil)
     });
-}
-
-/// Pseudo-random bytes (xorshift), so that no chunk compresses or repeats another.
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

@@ -31,6 +31,25 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out after {timeout:?} waiting for: {what}");
 }
 
+/// Whether this is a CI run (`CI` set, and not to "0" or "false"): there, tests that need
+/// an outside tool (Docker, a browser) fail without it instead of saying they were skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Pseudo-random bytes (xorshift), so that no chunk compresses or repeats another.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A running `cryptchat run` process. Killed on drop.
 pub struct NodeProc {
     pub user: String,
