@@ -503,4 +503,17 @@ async fn reading_a_long_history_does_not_hold_up_the_node() {
     assert_eq!(a.history("@bob", 10_000).await.unwrap().len(), N + 1);
     let err = a.read_file("@bob", "0123456789abcdef").await.err().unwrap();
     assert!(err.to_string().contains("0123456789abcdef"), "{err}");
+
+    // A node asked to stop while a read is under way answers it, then closes its journal
+    // before it says it stopped: the data dir opens again at once.
+    let history = a.history("@bob", 10_000);
+    tokio::pin!(history);
+    assert!(
+        futures::poll!(&mut history).is_pending(),
+        "the read is asked for"
+    );
+    a.shutdown().await.unwrap();
+    assert_eq!(history.await.unwrap().len(), N + 1);
+    let again = node(identity("alice"), &dir.path().join("a"), &[]).await;
+    assert_eq!(again.history("@bob", 10_000).await.unwrap().len(), N + 1);
 }

@@ -328,19 +328,15 @@ impl Service {
             Ok(reader) => reader,
             Err(e) => return waiter.fail(e.into()),
         };
-        self.reading += 1;
-        let tx = self.reconcile.tx.clone();
         let id = id.to_string();
-        tokio::task::spawn_blocking(move || {
+        self.read_off_loop(reader, move |reader| {
             let room = reader.room_id();
             let found = reader.find_file(&id);
-            // Let go of the journal before saying so (see `Service::run`'s shutdown).
-            drop(reader);
-            let _ = tx.send(super::reconcile::Internal::FileFound {
+            super::reconcile::Internal::FileFound {
                 room,
                 found,
                 waiter,
-            });
+            }
         });
     }
 

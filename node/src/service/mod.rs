@@ -1738,14 +1738,33 @@ impl Service {
             Ok(reader) => reader,
             Err(e) => return drop(reply.send(Err(e.into()))),
         };
+        self.read_off_loop(reader, move |reader| {
+            let room = reader.room_id();
+            let read = reader.read(limit, only);
+            reconcile::Internal::History { room, read, reply }
+        });
+    }
+
+    /// Runs `read` on a blocking thread and hands what it returns to the event loop. `read`
+    /// owns the reader, so the journal is let go before the event loop hears of it; the
+    /// read is counted as ended even if it panics, so that a stopping node, which waits for
+    /// reads in flight before it closes the journal, never waits for one that cannot end.
+    pub(super) fn read_off_loop(
+        &mut self,
+        reader: crate::core::RoomReader,
+        read: impl FnOnce(crate::core::RoomReader) -> reconcile::Internal + Send + 'static,
+    ) {
+        struct Ends(mpsc::UnboundedSender<reconcile::Internal>);
+        impl Drop for Ends {
+            fn drop(&mut self) {
+                let _ = self.0.send(reconcile::Internal::ReadEnded);
+            }
+        }
         self.reading += 1;
         let tx = self.reconcile.tx.clone();
         tokio::task::spawn_blocking(move || {
-            let room = reader.room_id();
-            let read = reader.read(limit, only);
-            // Let go of the journal before saying so (see `Service::run`'s shutdown).
-            drop(reader);
-            let _ = tx.send(reconcile::Internal::History { room, read, reply });
+            let _ends = Ends(tx.clone());
+            let _ = tx.send(read(reader));
         });
     }
 

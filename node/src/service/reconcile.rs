@@ -75,6 +75,9 @@ pub(crate) enum Internal {
         found: Result<crate::files::FileRef, crate::core::CoreError>,
         waiter: super::files::Waiter,
     },
+    /// A read on a blocking thread ended, after its result (see
+    /// [`Service::read_off_loop`]).
+    ReadEnded,
 }
 
 enum Pending {
@@ -937,8 +940,8 @@ impl Service {
                 None => self.penalise(peer, "sent an invalid fork proof"),
             },
             Internal::Flushed(result) => self.flushed(result),
+            Internal::ReadEnded => self.reading -= 1,
             Internal::History { room, read, reply } => {
-                self.reading -= 1;
                 let views = read.and_then(|opened| self.core.views(room, opened));
                 let _ = reply.send(views.map_err(Into::into));
             }
@@ -947,7 +950,6 @@ impl Service {
                 found,
                 waiter,
             } => {
-                self.reading -= 1;
                 match found {
                     // The room may have been left while its history was read.
                     Ok(_) if self.core.room(&room).is_none() => {
