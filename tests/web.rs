@@ -232,6 +232,9 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     browser::wait("the shared file on alice's page", T, || {
         shown(&b).contains("[file] notes from alice.bin (700.0 KiB)")
     });
+    browser::wait("the sharing notice cleared", T, || {
+        b.text("#notice").is_empty()
+    });
     // Bob sees it and fetches it from alice, byte for byte.
     let mut id = String::new();
     wait_until("bob sees alice's file", T, || {
@@ -292,4 +295,17 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
         b.text("#notice").is_empty()
     });
     assert!(!downloads.join("gone.bin").exists());
+
+    // A share the node refuses (a name it cannot carry: a control character) says why in
+    // the error bar, however big the file: the refusal comes before the body is read.
+    let odd = dir.path().join("tab\there.bin");
+    std::fs::write(&odd, bytes(24 << 20, 17)).unwrap();
+    b.send_keys(&input, odd.to_str().unwrap());
+    browser::wait("the error bar says why the name is refused", T, || {
+        b.text("#errtext")
+            .contains("not a file name cryptchat can carry")
+    });
+    browser::wait("the sharing notice cleared", T, || {
+        b.text("#notice").is_empty()
+    });
 }

@@ -177,9 +177,13 @@ impl Browser {
             if start.elapsed() > timeout {
                 panic!(
                     "timed out after {timeout:?} waiting for {css} to be shown; the page at {} \
-                     reads:\n{}",
+                     reads:\n{}\nits alerts, shown or not: {}",
                     self.script("return location.href"),
-                    self.text("body")
+                    self.text("body"),
+                    self.script(
+                        "return [...document.querySelectorAll('[role=alert]')]\
+                         .map((e) => e.textContent).join(' | ')"
+                    )
                 );
             }
             std::thread::sleep(Duration::from_millis(150));
