@@ -160,6 +160,22 @@ fn a_shared_file_is_fetched_from_any_member_that_holds_it() {
 /// as a request body is shared like `cryptchat share`, and another node's client downloads
 /// it as a response body, fetched from the uploader on the way. Bad names, unknown rooms
 /// and unknown files get clear errors, and nothing of an upload is left behind.
+/// A download's status, `Content-Disposition` and body.
+fn file_response(mut r: ureq::http::Response<ureq::Body>) -> (u16, Option<String>, Vec<u8>) {
+    let status = r.status().as_u16();
+    let disposition = r
+        .headers()
+        .get("content-disposition")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()
+        .unwrap();
+    (status, disposition, body)
+}
+
 #[test]
 fn files_go_up_and_down_through_the_local_api() {
     let dir = tempfile::tempdir().unwrap();
@@ -202,25 +218,14 @@ fn files_go_up_and_down_through_the_local_api() {
     };
     let download = |n: &NodeProc, room: &str, id: &str| {
         let (base, auth) = api(n);
-        let mut r = agent
+        let r = agent
             .get(format!("{base}/download"))
             .query("room", room)
             .query("id", id)
             .header("Authorization", &auth)
             .call()
             .unwrap();
-        let status = r.status().as_u16();
-        let disposition = r
-            .headers()
-            .get("content-disposition")
-            .map(|v| v.to_str().unwrap().to_string());
-        let body = r
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_vec()
-            .unwrap();
-        (status, disposition, body)
+        file_response(r)
     };
 
     let data = bytes(2 * 256 * 1024 + 99, 11);
@@ -302,21 +307,7 @@ fn files_go_up_and_down_through_the_local_api() {
         "{url}"
     );
     let root = api(&bob).0.trim_end_matches("/v1").to_string();
-    let redeem = |url: &str| {
-        let mut r = agent.get(format!("{root}{url}")).call().unwrap();
-        let status = r.status().as_u16();
-        let disposition = r
-            .headers()
-            .get("content-disposition")
-            .map(|v| v.to_str().unwrap().to_string());
-        let body = r
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_vec()
-            .unwrap();
-        (status, disposition, body)
-    };
+    let redeem = |url: &str| file_response(agent.get(format!("{root}{url}")).call().unwrap());
     let (status, disposition, body) = redeem(url);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert!(body == data, "the ticketed download differs");

@@ -59,15 +59,15 @@ fn open(b: &Browser, node: &NodeProc) {
     let url = node.cli(&["web"]);
     b.goto(url.as_str().expect("cryptchat web prints a URL"));
     b.wait_for("#app", T);
-    browser::wait(&format!("{}'s status in the header", node.user), T, || {
+    wait_until(&format!("{}'s status in the header", node.user), T, || {
         b.text("#status").starts_with(&node.user)
     });
-    browser::wait("the live event stream", T, || b.text("#live") == "live");
+    wait_until("the live event stream", T, || b.text("#live") == "live");
 }
 
 fn select_room(b: &Browser, room: &str) {
     b.click_on(&format!("#rooms button[data-room='{room}']"), T);
-    browser::wait(&format!("{room} selected"), T, || {
+    wait_until(&format!("{room} selected"), T, || {
         b.text("#roomtitle") == room
     });
 }
@@ -117,7 +117,7 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     let page = shown(&b);
     assert!(page.contains("hello from a browser"), "{page}");
     // Bob's receipt comes back and the page says so (it refreshes delivery counts).
-    browser::wait("the page shows delivery to bob", T, || {
+    wait_until("the page shows delivery to bob", T, || {
         b.script(
             "return [...document.querySelectorAll('#messages .msg.mine .delivery')]\
              .every((d) => d.textContent === 'delivered to 1 of 1')",
@@ -127,7 +127,7 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     // Bob's message arrives live, and markup in it stays text.
     let evil = "<img src=x onerror=\"document.title='pwned'\"> from bob";
     bob.cli(&["send", "lobby", evil]);
-    browser::wait("bob's message on the page", T, || shown(&b).contains(evil));
+    wait_until("bob's message on the page", T, || shown(&b).contains(evil));
     assert_eq!(
         b.script("return document.querySelectorAll('#messages img').length"),
         0
@@ -138,7 +138,7 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     b.send_keys(&b.wait_for("#joinname", T), "garden");
     b.send_keys(&b.wait_for("#joinpw", T), "a long garden password 7");
     b.click_on("#joinform button", T);
-    browser::wait("garden selected", T, || b.text("#roomtitle") == "garden");
+    wait_until("garden selected", T, || b.text("#roomtitle") == "garden");
     assert!(
         b.text("#rooms button[data-room='garden']").contains("pw"),
         "the room list marks garden as password protected"
@@ -153,7 +153,7 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     wait_until("alice's node left garden", T, || {
         !rooms(&alice).iter().any(|r| r["name"] == "garden")
     });
-    browser::wait("garden gone from the list", T, || {
+    wait_until("garden gone from the list", T, || {
         b.find("#rooms button[data-room='garden']").is_none()
     });
     assert_eq!(b.text("#roomtitle"), "No room selected");
@@ -163,7 +163,7 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     b.send_keys(&b.wait_for("#cname", T), "mallory");
     b.send_keys(&b.wait_for("#ccode", T), "cc1:garbage");
     b.click_on("#contactform button", T);
-    browser::wait("the error bar", T, || {
+    wait_until("the error bar", T, || {
         b.text("#errtext").contains("contact code")
     });
     b.click_on("#errclose", T);
@@ -178,7 +178,7 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     b.send_keys(&b.wait_for("#ccode", T), &bob_code);
     b.click_on("#contactform button", T);
     b.click_on("#contacts button[aria-label='Chat with bob']", T);
-    browser::wait("the direct room selected", T, || {
+    wait_until("the direct room selected", T, || {
         b.text("#roomtitle") == "@bob"
     });
     wait_until("the direct room connected", T, || {
@@ -197,14 +197,14 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     b.click_on("#logout", T);
     let input = b.wait_for("#tokenin", T);
     b.send_keys(&input, &format!("not-the-token{ENTER}"));
-    browser::wait("the wrong token refused", T, || {
+    wait_until("the wrong token refused", T, || {
         b.text("#errtext").contains("wrong API token")
     });
     assert!(b.displayed(&b.wait_for("#login", T)));
     b.send_keys(&input, &format!("{}{ENTER}", token(&alice)));
     b.wait_for("#app", T);
     select_room(&b, "lobby");
-    browser::wait("lobby's history after logging in again", T, || {
+    wait_until("lobby's history after logging in again", T, || {
         let page = shown(&b);
         page.contains("hello from a browser") && page.contains(evil)
     });
@@ -229,10 +229,10 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     assert!(b.displayed(&b.wait_for("#attach", T)));
     let input = b.find("#fileinput").expect("the file input");
     b.send_keys(&input, notes_path.to_str().unwrap());
-    browser::wait("the shared file on alice's page", T, || {
+    wait_until("the shared file on alice's page", T, || {
         shown(&b).contains("[file] notes from alice.bin (700.0 KiB)")
     });
-    browser::wait("the sharing notice cleared", T, || {
+    wait_until("the sharing notice cleared", T, || {
         b.text("#notice").is_empty()
     });
     // Bob sees it and fetches it from alice, byte for byte.
@@ -266,7 +266,7 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     bob.cli(&["share", "lobby", photo_path.to_str().unwrap()]);
     b.click_on("#messages button[aria-label='Download photo.bin']", T);
     let saved = downloads.join("photo.bin");
-    browser::wait("photo.bin saved by the browser", T, || {
+    wait_until("photo.bin saved by the browser", T, || {
         std::fs::read(&saved).is_ok_and(|got| got == photo)
     });
     // Nothing left half-written beside it, and the page's progress notice is gone.
@@ -275,7 +275,7 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["photo.bin"]);
-    browser::wait("the fetch notice cleared", T, || {
+    wait_until("the fetch notice cleared", T, || {
         b.text("#notice").is_empty()
     });
 
@@ -287,11 +287,11 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     b.wait_for("#messages button[aria-label='Download gone.bin']", T);
     bob.kill();
     b.click_on("#messages button[aria-label='Download gone.bin']", T);
-    browser::wait("the error bar says no one holds gone.bin", T, || {
+    wait_until("the error bar says no one holds gone.bin", T, || {
         b.text("#errtext")
             .contains("no member of the room that could be reached holds")
     });
-    browser::wait("the fetch notice cleared", T, || {
+    wait_until("the fetch notice cleared", T, || {
         b.text("#notice").is_empty()
     });
     assert!(!downloads.join("gone.bin").exists());
@@ -301,11 +301,11 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     let odd = dir.path().join("tab\there.bin");
     std::fs::write(&odd, bytes(24 << 20, 17)).unwrap();
     b.send_keys(&input, odd.to_str().unwrap());
-    browser::wait("the error bar says why the name is refused", T, || {
+    wait_until("the error bar says why the name is refused", T, || {
         b.text("#errtext")
             .contains("not a file name cryptchat can carry")
     });
-    browser::wait("the sharing notice cleared", T, || {
+    wait_until("the sharing notice cleared", T, || {
         b.text("#notice").is_empty()
     });
 }

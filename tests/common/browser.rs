@@ -243,7 +243,7 @@ impl Browser {
 
     /// Accepts the open `confirm()` dialog.
     pub fn accept_alert(&self) {
-        wait("a dialog", Duration::from_secs(10), || {
+        super::wait_until("a dialog", Duration::from_secs(10), || {
             self.session_call("POST", "/alert/accept", None).is_ok()
         });
     }
@@ -257,16 +257,4 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
-}
-
-/// Polls `f` until it holds; panics with `what` after `timeout`.
-pub fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(150));
-    }
-    panic!("timed out after {timeout:?} waiting for: {what}");
 }
