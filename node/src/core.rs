@@ -1276,12 +1276,6 @@ impl Core {
         self.views(reader.room_id(), opened)
     }
 
-    /// The file shared in a room whose id starts with `id` (see [`RoomReader::find_file`]).
-    pub fn find_file(&self, room_name: &str, id: &str) -> Result<(RoomId, FileRef), CoreError> {
-        let reader = self.reader(room_name)?;
-        Ok((reader.room_id(), reader.find_file(id)?))
-    }
-
     /// A reader of a joined room's stored history that needs no `Core` (see [`RoomReader`]).
     pub fn reader(&self, room_name: &str) -> Result<RoomReader, CoreError> {
         Ok(RoomReader {
@@ -1756,14 +1750,15 @@ mod tests {
         let shown = b.history("lobby", 10).unwrap();
         assert_eq!(shown[0].file.as_ref().unwrap().name, "plan.txt");
         // Found by a prefix of its id, with the key members need.
-        let (room, found) = b.find_file("lobby", &file.id()[..8]).unwrap();
-        assert_eq!((room, &found), (rid, &file));
+        let reader = b.reader("lobby").unwrap();
+        let found = reader.find_file(&file.id()[..8]).unwrap();
+        assert_eq!((reader.room_id(), &found), (rid, &file));
         assert!(matches!(
-            b.find_file("lobby", "0123456789abcdef"),
+            reader.find_file("0123456789abcdef"),
             Err(CoreError::UnknownFile(..))
         ));
         assert!(matches!(
-            b.find_file("lobby", &file.id()[..4]),
+            reader.find_file(&file.id()[..4]),
             Err(CoreError::UnknownFile(..))
         ));
         // A file message without a file, or with a name that is a path, is malformed.
