@@ -517,3 +517,130 @@ async fn reading_a_long_history_does_not_hold_up_the_node() {
     let again = node(identity("alice"), &dir.path().join("a"), &[]).await;
     assert_eq!(again.history("@bob", 10_000).await.unwrap().len(), N + 1);
 }
+
+/// A peer that sends a node more provider records than it keeps (here: one record each for
+/// thousands of made-up keys, as a flood or simply a busy network would) fills the node's
+/// table for other peers' records, and no further: the node still announces its own rooms,
+/// and a DHT lookup still finds it. With libp2p's default store both shared one table of
+/// 1,024 keys, and the node's own announcements failed once others' records had filled it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_flooding_the_dht_cannot_crowd_out_a_nodes_own_announcements() {
+    use futures::StreamExt;
+    use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+    use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{Multiaddr, PeerId, noise, tcp, yamux};
+
+    let cap = cryptchat::dht_store::Limits::default().other_records;
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(identity("alice"), &dir.path().join("a"), &[]).await;
+    let a_addr = first_addr(&a).await;
+    // A second node, so that Alice's DHT is up (it needs a peer that speaks it).
+    let _b = node(
+        identity("bob"),
+        &dir.path().join("b"),
+        std::slice::from_ref(&a_addr),
+    )
+    .await;
+    wait_for("alice's first peer", T, async || {
+        a.status().await.unwrap().connected_peers >= 1
+    })
+    .await;
+
+    let mut flooder = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|key| {
+            let me = key.public().to_peer_id();
+            let store = MemoryStore::with_config(
+                me,
+                MemoryStoreConfig {
+                    max_provided_keys: 100_000,
+                    ..Default::default()
+                },
+            );
+            kad::Behaviour::with_config(me, store, kad::Config::new(cryptchat::net::KAD_PROTOCOL))
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    let a_full: Multiaddr = a_addr.parse().unwrap();
+    let a_peer: PeerId = a.status().await.unwrap().peer_id.parse().unwrap();
+    let a_tcp: Multiaddr = a_full
+        .iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect();
+    flooder.behaviour_mut().add_address(&a_peer, a_tcp);
+
+    // More records than Alice keeps for others, in waves small enough for her stream limits.
+    let total = cap + 200;
+    let mut sent = 0;
+    while sent < total {
+        let wave = 16.min(total - sent);
+        for i in sent..sent + wave {
+            let key = RecordKey::new(&format!("flood {i}"));
+            flooder.behaviour_mut().start_providing(key).unwrap();
+        }
+        sent += wave;
+        let mut done = 0;
+        while done < wave {
+            if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+                result: QueryResult::StartProviding(_),
+                step,
+                ..
+            }) = flooder.select_next_some().await
+                && step.last
+            {
+                done += 1;
+            }
+        }
+    }
+    wait_for("alice's table of others' records full", T, async || {
+        let dht = a.status().await.unwrap().dht;
+        dht.other_records == cap && dht.refused > 0
+    })
+    .await;
+
+    // Alice joins a room: she announces it, and the flooder's lookup finds her.
+    a.join("after the flood", None).await.unwrap();
+    wait_for("alice's own announcement stored", T, async || {
+        a.status().await.unwrap().dht.own_keys >= 1
+    })
+    .await;
+    let room = Room::named("after the flood", None).unwrap();
+    let query = flooder
+        .behaviour_mut()
+        .get_providers(RecordKey::new(&room.id.0));
+    let found = tokio::time::timeout(T, async {
+        let mut found = Vec::new();
+        loop {
+            if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::GetProviders(r),
+                step,
+                ..
+            }) = flooder.select_next_some().await
+            {
+                if id != query {
+                    continue;
+                }
+                if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r {
+                    found.extend(providers);
+                }
+                if step.last {
+                    return found;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the lookup ended");
+    assert!(found.contains(&a_peer), "alice not found: {found:?}");
+    let dht = a.status().await.unwrap().dht;
+    assert_eq!(dht.other_records, cap, "{dht:?}");
+}

@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod crypto;
+pub mod dht_store;
 pub mod dial_order;
 pub mod envelope;
 pub mod faults;

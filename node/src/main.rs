@@ -767,6 +767,10 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     "files: {} announced, {} holder lookups ({} holders found), {} chunks served",
                     a.file_announcements, a.file_lookups, a.file_holders_found, a.chunks_served
                 );
+                println!(
+                    "dht store: {} own keys, {} records of others ({} keys), {} refused",
+                    s.dht.own_keys, s.dht.other_records, s.dht.other_keys, s.dht.refused
+                );
             })
         }
         Cmd::Dial { addr } => {

@@ -95,7 +95,7 @@ pub struct Behaviour {
     pub relay: relay::Behaviour,
     pub ping: ping::Behaviour,
     pub identify: identify::Behaviour,
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub kad: kad::Behaviour<crate::dht_store::DhtStore>,
     pub gossipsub: Gossipsub,
     pub autonat: autonat::Behaviour,
     pub dcutr: dcutr::Behaviour,
@@ -181,7 +181,7 @@ pub fn build_swarm(
             kad_cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
             let mut kad = kad::Behaviour::with_config(
                 peer_id,
-                kad::store::MemoryStore::new(peer_id),
+                crate::dht_store::DhtStore::new(peer_id),
                 kad_cfg,
             );
             // Kademlia starts as a client; a cryptchat node serves the DHT for its peers.

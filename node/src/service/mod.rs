@@ -141,6 +141,9 @@ pub struct Status {
     /// Files being fetched, and how far each has come.
     #[serde(default)]
     pub fetches: Vec<FetchProgress>,
+    /// What the node's DHT store holds (see [`crate::dht_store`]).
+    #[serde(default)]
+    pub dht: crate::dht_store::StoreStats,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -1110,7 +1113,8 @@ impl Service {
         self.room_peer_ids(id).len()
     }
 
-    fn status(&self) -> Result<Status, NodeError> {
+    fn status(&mut self) -> Result<Status, NodeError> {
+        let dht = self.swarm.behaviour_mut().kad.store_mut().stats();
         let me = self.core.identity();
         let peer_id = *self.swarm.local_peer_id();
         Ok(Status {
@@ -1142,6 +1146,7 @@ impl Service {
             activity: self.activity,
             nat: self.nat.clone(),
             fetches: self.fetches.progress(),
+            dht,
         })
     }
 
@@ -1683,7 +1688,7 @@ impl Service {
     }
 
     /// Logs (at debug, next to the activity counts) how many peers the DHT routing table
-    /// and the connections hold: Kademlia bootstraps on its own whenever a peer enters a
+    /// and the connections hold, and what the DHT store holds: Kademlia bootstraps on its own whenever a peer enters a
     /// table of fewer than 20, each bootstrap a walk that dials hundreds of peers at 500
     /// nodes, so how full the tables are says whether those can still be running.
     fn log_tables(&mut self) {
@@ -1694,10 +1699,14 @@ impl Service {
             .kbuckets()
             .map(|b| b.num_entries())
             .sum();
+        let store = self.swarm.behaviour_mut().kad.store_mut().stats();
         tracing::debug!(
             target: "cryptchat::activity",
             routing_table = routing,
             connected_peers = self.swarm.connected_peers().count(),
+            dht_own_keys = store.own_keys,
+            dht_other_records = store.other_records,
+            dht_refused = store.refused,
             "tables"
         );
     }
