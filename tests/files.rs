@@ -156,6 +156,86 @@ fn a_shared_file_is_fetched_from_any_member_that_holds_it() {
     });
 }
 
+/// With `--auto-fetch`, a member fetches the small files others share without being asked,
+/// so they stay in the room while their author is offline. Bigger files, and members
+/// without the flag, fetch nothing unasked.
+#[test]
+fn small_files_are_fetched_unasked_and_outlast_their_authors_absence() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["--listen".to_string(), listen_for("tcp")];
+    args.extend(["--join".into(), "lobby".into()]);
+    args.extend(["--sync-interval-s".into(), "1".into()]);
+    let mut alice = NodeProc::start("alice", &dir.path().join("alice"), &args);
+    args.extend(["--bootstrap".into(), alice.listen_addr("/tcp/")]);
+    let mut bob_args = args.clone();
+    bob_args.extend(["--auto-fetch".into(), "1048576".into()]);
+    let bob = NodeProc::start("bob", &dir.path().join("bob"), &bob_args);
+    let mut carol_args = args.clone();
+    carol_args.extend(["--fetch-timeout-s".into(), "3".into()]);
+    let carol = NodeProc::start("carol", &dir.path().join("carol"), &carol_args);
+    for n in [&alice, &bob, &carol] {
+        wait_until(&format!("{} sees 2 room peers", n.user), T, || {
+            n.room_peers("lobby") >= 2
+        });
+    }
+    let announced = |n: &NodeProc| {
+        n.status()["activity"]["file_announcements"]
+            .as_u64()
+            .unwrap()
+    };
+
+    // The big one first: were it fetched too, it would be under way when the small one is done.
+    let share = |name: &str, data: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, data).unwrap();
+        alice.cli(&["share", "lobby", path.to_str().unwrap()])["message"]["file"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let big = bytes(1024 * 1024 + 1, 12);
+    let big_id = share("big.bin", &big);
+    let small = bytes(300_000, 11);
+    let small_id = share("small.bin", &small);
+    file_in_history(&carol, "lobby", "small.bin");
+    file_in_history(&carol, "lobby", "big.bin");
+    wait_until("bob holds the small file, unasked", T, || {
+        announced(&bob) >= 1
+    });
+    // Time enough for more (five chunks on loopback take milliseconds): nothing comes.
+    std::thread::sleep(Duration::from_secs(3));
+    let status = bob.status();
+    assert_eq!(status["activity"]["file_announcements"], 1, "{status}");
+    assert_eq!(
+        status["fetches"].as_array().map(Vec::len),
+        Some(0),
+        "{status}"
+    );
+    assert_eq!(announced(&carol), 0, "carol fetched something unasked");
+
+    // Alice goes away: Carol fetches the small file from Bob; nobody holds the big one.
+    alice.kill();
+    wait_until("carol no longer sees alice", T, || {
+        carol.room_peers("lobby") == 1
+    });
+    let copy = dir.path().join("small-from-bob.bin");
+    let got = fetch(&carol, "lobby", &small_id, &copy);
+    assert_eq!(got["chunks_fetched"], 3, "two chunks and the list: {got}");
+    assert!(
+        std::fs::read(&copy).unwrap() == small,
+        "carol's copy differs"
+    );
+    let big_copy = dir.path().join("big-copy.bin");
+    let out = carol.try_cli(&["fetch", "lobby", &big_id, "-o", big_copy.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no member of the room that could be reached"),
+        "{err}"
+    );
+    assert!(!big_copy.exists());
+}
+
 /// The local API's upload and download routes, as the web page uses them: a file uploaded
 /// as a request body is shared like `cryptchat share`, and another node's client downloads
 /// it as a response body, fetched from the uploader on the way. Bad names, unknown rooms

@@ -497,10 +497,15 @@ async fn reading_a_long_history_does_not_hold_up_the_node() {
     let path = dir.path().join("plan.txt");
     std::fs::write(&path, b"the plan").unwrap();
     a.share_file("@bob", path).await.unwrap();
-    let files = a.files("@bob", 10_000).await.unwrap();
+    for i in 0..3 {
+        a.dm("bob", &format!("after {i}")).await.unwrap();
+    }
+    // The last file, however many messages came after it.
+    let files = a.files("@bob", 1).await.unwrap();
     assert_eq!(files.len(), 1);
     assert_eq!(files[0].file.as_ref().unwrap().name, "plan.txt");
-    assert_eq!(a.history("@bob", 10_000).await.unwrap().len(), N + 1);
+    assert_eq!(a.files("@bob", 10_000).await.unwrap().len(), 1);
+    assert_eq!(a.history("@bob", 10_000).await.unwrap().len(), N + 4);
     let err = a.read_file("@bob", "0123456789abcdef").await.err().unwrap();
     assert!(err.to_string().contains("0123456789abcdef"), "{err}");
 
@@ -513,9 +518,9 @@ async fn reading_a_long_history_does_not_hold_up_the_node() {
         "the read is asked for"
     );
     a.shutdown().await.unwrap();
-    assert_eq!(history.await.unwrap().len(), N + 1);
+    assert_eq!(history.await.unwrap().len(), N + 4);
     let again = node(identity("alice"), &dir.path().join("a"), &[]).await;
-    assert_eq!(again.history("@bob", 10_000).await.unwrap().len(), N + 1);
+    assert_eq!(again.history("@bob", 10_000).await.unwrap().len(), N + 4);
 }
 
 /// A peer that sends a node more provider records than it keeps (here: one record each for

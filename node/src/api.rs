@@ -203,8 +203,8 @@ pub struct TicketView {
     pub expires_in_s: u64,
 }
 
-/// A room's last `limit` entries; with `kind`, only the messages of that kind among them
-/// (`"file"`: the room's files, without opening every text message).
+/// A room's last `limit` entries; with `kind`, its last `limit` messages of that kind
+/// (`"file"`: the room's files, without loading or opening its text messages).
 #[derive(Serialize, Deserialize, Debug)]
 pub struct HistoryRequest {
     pub room: String,

@@ -1348,22 +1348,23 @@ impl RoomReader {
         self.room.id
     }
 
-    /// Of the last `limit` entries, in display order, those of kind `only` (all without
-    /// it), verified and opened. Entries of other kinds are skipped unverified: the kind is
-    /// signed, so one that lies about it would fail verification anyway.
+    /// The last `limit` entries of kind `only` (of any kind without it), in display order,
+    /// verified and opened. Entries of other kinds are skipped by their header's kind byte,
+    /// unverified and never loaded: the kind is signed, so one that lies about it would
+    /// fail verification anyway.
     pub fn read(&self, limit: usize, only: Option<Kind>) -> Result<Vec<Opened>, CoreError> {
+        let wanted = |env: &[u8]| only.is_none() || Envelope::peek_kind(env) == only;
         Ok(self
             .journal
-            .history(&self.room.id.0, limit)?
+            .history_where(&self.room.id.0, limit, wanted)?
             .into_iter()
-            .filter(|e| only.is_none() || Envelope::peek_kind(&e.envelope) == only)
             .filter_map(|e| open_entry(&self.room, e, &self.keys, &self.identity))
             .collect())
     }
 
-    /// The file shared in the room whose id starts with `id` (at least 8 hex digits). Reads
-    /// the whole history, but verifies and opens file messages only: fetching is rare next
-    /// to chatting, and a file known only in memory would be lost to a restart.
+    /// The file shared in the room whose id starts with `id` (at least 8 hex digits). Scans
+    /// the whole history, but loads, verifies and opens file messages only: fetching is
+    /// rare next to chatting, and a file known only in memory would be lost to a restart.
     pub fn find_file(&self, id: &str) -> Result<FileRef, CoreError> {
         let room_name = &self.room.name;
         let unknown = || CoreError::UnknownFile(id.to_string(), room_name.clone());

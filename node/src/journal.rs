@@ -928,6 +928,18 @@ impl Journal {
     /// The last `limit` contiguous entries of the room in display order: ascending
     /// (lamport, author, seq), a total order every node computes identically.
     pub fn history(&self, room: &Id, limit: usize) -> Result<Vec<StoredEntry>, JournalError> {
+        self.history_where(room, limit, |_| true)
+    }
+
+    /// The room's last `limit` entries whose envelope `keep` accepts, in display order.
+    /// Entries it turns down are never copied out of the database, so looking for a rare
+    /// kind of entry (files) in a long history holds only what it finds.
+    pub fn history_where(
+        &self,
+        room: &Id,
+        limit: usize,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<Vec<StoredEntry>, JournalError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -937,7 +949,7 @@ impl Journal {
         let entries = txn.open_table(ENTRIES).at(path)?;
         let (lo, hi) = room_bounds::<ORDER_KEY_LEN>(room);
         let mut out = Vec::new();
-        for item in order.range(&lo[..]..=&hi[..]).at(path)?.rev().take(limit) {
+        for item in order.range(&lo[..]..=&hi[..]).at(path)?.rev() {
             let (k, _) = item.at(path)?;
             let k = k.value();
             let (Some(author), Some(seq), ORDER_KEY_LEN) = (id_at(k, 40), u64_at(k, 72), k.len())
@@ -948,12 +960,22 @@ impl Journal {
             let v = entries.get(&key[..]).at(path)?.ok_or_else(|| {
                 corrupt(path, format!("{}: indexed but missing", describe_key(&key)))
             })?;
+            // A value too short for its header is reported as corrupt below, kept or not.
+            if v.value()
+                .get(REC_HEADER_LEN..)
+                .is_some_and(|env| !keep(env))
+            {
+                continue;
+            }
             out.push(stored_entry(
                 *room,
                 author,
                 seq,
                 decode_rec(path, &key, v.value())?,
             ));
+            if out.len() == limit {
+                break;
+            }
         }
         out.reverse();
         Ok(out)
@@ -1587,6 +1609,27 @@ mod tests {
         assert_eq!(last5, all[all.len() - 5..].to_vec());
         assert!(j.history(&ROOM, 0).unwrap().is_empty());
         assert!(j.history(&OTHER_ROOM, 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn history_where_counts_only_the_entries_it_keeps() {
+        let (_d, j) = open_tmp();
+        for x in sample_entries() {
+            app(&j, &x);
+        }
+        let all = j.history(&ROOM, usize::MAX).unwrap();
+        let odd = |env: &[u8]| all.iter().any(|e| e.envelope == env && e.meta.seq % 2 == 1);
+        let wanted: Vec<StoredEntry> = all
+            .iter()
+            .filter(|e| e.meta.seq % 2 == 1)
+            .cloned()
+            .collect();
+        assert!(wanted.len() >= 3 && wanted.len() < all.len());
+        assert_eq!(j.history_where(&ROOM, usize::MAX, odd).unwrap(), wanted);
+        // The last two kept, however many others come after them.
+        let last2 = j.history_where(&ROOM, 2, odd).unwrap();
+        assert_eq!(last2, wanted[wanted.len() - 2..].to_vec());
+        assert!(j.history_where(&ROOM, 5, |_| false).unwrap().is_empty());
     }
 
     #[test]

@@ -89,6 +89,12 @@ enum Cmd {
         /// missing, before it fails.
         #[arg(long, default_value_t = 60.0)]
         fetch_timeout_s: f64,
+        /// Fetch files others share, up to this many bytes each, without being asked (0:
+        /// none). They are then at hand when opened, and stay available to the room while
+        /// their author is offline; but anyone who may post in a room can make the node
+        /// download that much per message.
+        #[arg(long, default_value_t = 0)]
+        auto_fetch: u64,
         /// Address for the local API instead of 127.0.0.1 (containers: 0.0.0.0; the
         /// token still guards it).
         #[arg(long)]
@@ -120,11 +126,11 @@ enum Cmd {
     Send { room: String, text: String },
     /// Share a file with a room: members see it in the history and fetch it by id.
     Share { room: String, path: PathBuf },
-    /// List the files shared in a room.
+    /// List the files shared in a room, latest last.
     Files {
         room: String,
-        /// How much recent history to look through.
-        #[arg(long, default_value_t = 10_000)]
+        /// How many of the latest files to list.
+        #[arg(long, default_value_t = 1_000)]
         limit: usize,
     },
     /// Fetch a file shared in a room (by id, or its first 8+ hex digits) from the members
@@ -237,6 +243,7 @@ fn real_main() -> Result<()> {
             faults,
             sync_interval_s,
             fetch_timeout_s,
+            auto_fetch,
         } => {
             init_tracing();
             let room_password = room_password_file
@@ -258,6 +265,7 @@ fn real_main() -> Result<()> {
                 bail!("--fetch-timeout-s must be between 1 and 86400");
             }
             cfg.fetch_timeout = Duration::from_secs_f64(fetch_timeout_s);
+            cfg.auto_fetch = auto_fetch;
             let faults = faults.config();
             faults.validate().map_err(anyhow::Error::msg)?;
             cfg.swarm.faults.set(faults);

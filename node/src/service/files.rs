@@ -75,10 +75,12 @@ impl Target {
 }
 
 /// A client waiting for a fetch: for the file written to a target, or for a reader of the
-/// journal's chunks (a download through the API, which writes nothing).
+/// journal's chunks (a download through the API, which writes nothing); or the node itself,
+/// fetching a file unasked (see [`AutoFetch`]), which only keeps the chunks.
 pub(super) enum Waiter {
     Write(Target, Reply<Fetched>),
     Read(Reply<FileReader>),
+    Auto,
 }
 
 impl Waiter {
@@ -87,7 +89,62 @@ impl Waiter {
         match self {
             Waiter::Write(_, reply) => drop(reply.send(Err(error))),
             Waiter::Read(reply) => drop(reply.send(Err(error))),
+            Waiter::Auto => tracing::debug!(error = %error, "a file fetched unasked failed"),
         }
+    }
+}
+
+/// Fetches started by the node at once, lookups in the history included.
+const AUTO_FETCH_JOBS: usize = 4;
+/// Files waiting to be fetched unasked; past that, new ones are not (a member catching up
+/// on a long history could otherwise queue thousands).
+const AUTO_FETCH_QUEUE: usize = 1024;
+/// File ids remembered as offered already (every message may be shown twice: when it
+/// arrives, and when it is stored).
+const AUTO_FETCH_SEEN: usize = 65_536;
+
+/// Files other members share, no bigger than [`NodeConfig::auto_fetch`], fetched without
+/// being asked: they are at hand when the user opens them, and the room keeps them while
+/// their author is offline (each fetcher announces itself as a holder). A few at a time, in
+/// the order they arrived; one that fails (no holder online) is not retried unasked.
+pub(super) struct AutoFetch {
+    max_size: u64,
+    /// (room name, file id), oldest first.
+    due: std::collections::VecDeque<(String, String)>,
+    seen: std::collections::HashSet<String>,
+    /// Lookups in the history under way for files taken from `due`.
+    looking: usize,
+}
+
+impl AutoFetch {
+    pub(super) fn new(max_size: u64) -> Self {
+        AutoFetch {
+            max_size,
+            due: Default::default(),
+            seen: Default::default(),
+            looking: 0,
+        }
+    }
+
+    /// A message shown to the user: queued if it shares a file small enough, not ours.
+    pub(super) fn offer(&mut self, m: &crate::core::MessageView) {
+        let Some(file) = &m.file else {
+            return;
+        };
+        if m.mine || file.size > self.max_size || self.due.len() >= AUTO_FETCH_QUEUE {
+            return;
+        }
+        if self.seen.len() >= AUTO_FETCH_SEEN {
+            self.seen.clear();
+        }
+        if self.seen.insert(file.id.clone()) {
+            self.due.push_back((m.room.clone(), file.id.clone()));
+        }
+    }
+
+    /// A lookup started by [`Service::start_auto_fetches`] has its answer.
+    pub(super) fn looked_up(&mut self) {
+        self.looking = self.looking.saturating_sub(1);
     }
 }
 
@@ -326,7 +383,12 @@ impl Service {
     pub(super) fn find_then_fetch(&mut self, room: &str, id: &str, waiter: Waiter) {
         let reader = match self.core.reader(room) {
             Ok(reader) => reader,
-            Err(e) => return waiter.fail(e.into()),
+            Err(e) => {
+                if matches!(waiter, Waiter::Auto) {
+                    self.auto_fetch.looked_up();
+                }
+                return waiter.fail(e.into());
+            }
         };
         let id = id.to_string();
         self.read_off_loop(reader, move |reader| {
@@ -338,6 +400,23 @@ impl Service {
                 waiter,
             }
         });
+    }
+
+    /// Starts fetching queued files unasked, as far as [`AUTO_FETCH_JOBS`] allows (fetches
+    /// asked for count too). Runs on the sync tick, so a file message shown before it is
+    /// stored (gossip shows first) is in the journal by the time it is looked up.
+    pub(super) fn start_auto_fetches(&mut self) {
+        while self.fetches.jobs.len() + self.auto_fetch.looking < AUTO_FETCH_JOBS {
+            let Some((room, id)) = self.auto_fetch.due.pop_front() else {
+                return;
+            };
+            if self.core.room_by_name(&room).is_err() {
+                continue;
+            }
+            tracing::debug!(file = %id, "fetching a file unasked");
+            self.auto_fetch.looking += 1;
+            self.find_then_fetch(&room, &id, Waiter::Auto);
+        }
     }
 
     /// Starts fetching a file (or joins the fetch of it already under way).
@@ -624,6 +703,7 @@ impl Service {
                         list: list.clone(),
                         journal: journal.clone(),
                     }))),
+                    Waiter::Auto => {}
                 }
             }
             // After the clients have their file: this is a durable commit.

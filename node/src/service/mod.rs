@@ -47,6 +47,9 @@ pub struct NodeConfig {
     pub budget: crate::peers::Budget,
     /// A file fetch that no connected member can move forward fails after this long.
     pub fetch_timeout: Duration,
+    /// Files others share of at most this many bytes are fetched unasked (0: none), so
+    /// they are at hand when opened and stay available while their author is offline.
+    pub auto_fetch: u64,
 }
 
 impl NodeConfig {
@@ -72,6 +75,7 @@ impl NodeConfig {
             sync_interval: Duration::from_secs(5),
             budget: crate::peers::Budget::default(),
             fetch_timeout: Duration::from_secs(60),
+            auto_fetch: 0,
         }
     }
 }
@@ -347,7 +351,7 @@ impl NodeHandle {
             .await
     }
 
-    /// The file messages among a room's last `limit` entries (only those are opened).
+    /// A room's last `limit` file messages (only those are loaded and opened).
     pub async fn files(&self, room: &str, limit: usize) -> Result<Vec<MessageView>, NodeError> {
         self.ask(|r| Command::History(room.to_string(), limit, Some(Kind::File), r))
             .await
@@ -533,6 +537,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         webrtc: webrtc::Sockets::new(webrtc_listeners),
         dial_order,
         fetches: files::Fetches::new(cfg.fetch_timeout),
+        auto_fetch: files::AutoFetch::new(cfg.auto_fetch),
     };
     let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
     for id in topics {
@@ -627,6 +632,8 @@ struct Service {
     dial_order: crate::dial_order::SharedDialOrder,
     /// Files being fetched.
     fetches: files::Fetches,
+    /// Files to fetch unasked (see [`NodeConfig::auto_fetch`]).
+    auto_fetch: files::AutoFetch,
 }
 
 fn transport_of(addr: &Multiaddr) -> &'static str {
@@ -672,6 +679,7 @@ impl Service {
                 Some(msg) = self.internal_rx.recv() => self.on_internal(msg),
                 _ = sync_tick.tick() => {
                     self.tick_fetches();
+                    self.start_auto_fetches();
                     self.redial_if_alone();
                     self.expire_bans();
                     self.trim_connections();
@@ -1045,7 +1053,10 @@ impl Service {
         }
     }
 
-    fn emit(&self, ev: Event) {
+    fn emit(&mut self, ev: Event) {
+        if let Event::Message(m) = &ev {
+            self.auto_fetch.offer(m);
+        }
         let _ = self.events.send(ev);
     }
 

@@ -905,7 +905,7 @@ impl Service {
                                 self.news(room);
                             }
                             for m in report.appended {
-                                let _ = self.events.send(Event::Message(m));
+                                self.emit(Event::Message(m));
                             }
                         }
                         Err(e) => {
@@ -950,6 +950,9 @@ impl Service {
                 found,
                 waiter,
             } => {
+                if matches!(waiter, super::files::Waiter::Auto) {
+                    self.auto_fetch.looked_up();
+                }
                 match found {
                     // The room may have been left while its history was read.
                     Ok(_) if self.core.room(&room).is_none() => {
