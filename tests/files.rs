@@ -158,9 +158,10 @@ fn a_shared_file_is_fetched_from_any_member_that_holds_it() {
 
 /// With `--auto-fetch`, a member fetches the small files others share without being asked,
 /// so they stay in the room while their author is offline. Bigger files, and members
-/// without the flag, fetch nothing unasked.
+/// without the flag, fetch nothing unasked. `files` says which files a node holds, and
+/// `forget` drops its copy of one.
 #[test]
-fn small_files_are_fetched_unasked_and_outlast_their_authors_absence() {
+fn small_files_are_fetched_unasked_and_outlast_their_authors_absence_until_forgotten() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["--listen".to_string(), listen_for("tcp")];
     args.extend(["--join".into(), "lobby".into()]);
@@ -234,6 +235,36 @@ fn small_files_are_fetched_unasked_and_outlast_their_authors_absence() {
         "{err}"
     );
     assert!(!big_copy.exists());
+
+    // Carol's list says which files she holds; she forgets the small one to free its space:
+    // the message stays, and she can fetch it again from Bob.
+    let held = |name: &str| {
+        let files = carol.cli(&["files", "lobby"]);
+        let m = files
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["file"]["name"] == name);
+        m.unwrap()["file"]["held"].as_bool().unwrap()
+    };
+    assert!(held("small.bin") && !held("big.bin"));
+    let gone = carol.cli(&["forget", "lobby", &small_id[..12]]);
+    assert_eq!(gone["name"], "small.bin", "{gone}");
+    assert!(
+        gone["freed"].as_u64().unwrap() > small.len() as u64,
+        "{gone}"
+    );
+    assert!(!held("small.bin"));
+    let again = dir.path().join("small-again.bin");
+    let got = fetch(&carol, "lobby", &small_id, &again);
+    assert_eq!(got["chunks_fetched"], 3, "fetched again: {got}");
+    assert!(std::fs::read(&again).unwrap() == small);
+    assert!(held("small.bin"));
+    // Forgetting a file not held frees nothing; an unknown one is an error.
+    assert_eq!(carol.cli(&["forget", "lobby", &big_id])["freed"], 0);
+    let out = carol.try_cli(&["forget", "lobby", "deadbeefdeadbeef"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no file"));
 }
 
 /// The local API's upload and download routes, as the web page uses them: a file uploaded

@@ -177,6 +177,13 @@ pub struct FetchRequest {
     pub dir: Option<String>,
 }
 
+/// Drop this node's copy of a file (by id, or a prefix of 8+ hex digits); the message stays.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ForgetRequest {
+    pub room: String,
+    pub id: String,
+}
+
 /// Upload a file to share (`POST /v1/upload?room=R&name=N`, the file as the raw body): for
 /// clients such as the web page, which cannot name a path on the node's machine.
 #[derive(Serialize, Deserialize, Debug)]
@@ -262,6 +269,7 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/history", post(history))
         .route("/share", post(share))
         .route("/fetch", post(fetch))
+        .route("/forget", post(forget))
         .route("/upload", post(upload))
         .route("/download", get(download))
         .route("/download-ticket", post(download_ticket))
@@ -396,6 +404,13 @@ async fn fetch(
         }
     };
     Ok(Json(s.node.fetch_file(&r.room, &r.id, target).await?))
+}
+
+async fn forget(
+    State(s): State<AppState>,
+    Json(r): Json<ForgetRequest>,
+) -> ApiResult<crate::service::Forgotten> {
+    Ok(Json(s.node.forget_file(&r.room, &r.id).await?))
 }
 
 async fn upload(

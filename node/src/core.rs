@@ -100,6 +100,10 @@ pub struct FileView {
     pub id: String,
     pub name: String,
     pub size: u64,
+    /// Whether this node holds the whole file (shared it, or fetched it), when the view
+    /// was made: it opens without the network, and members can fetch it from us.
+    #[serde(default)]
+    pub held: bool,
 }
 
 impl From<&FileRef> for FileView {
@@ -108,6 +112,7 @@ impl From<&FileRef> for FileView {
             id: f.id(),
             name: f.name.clone(),
             size: f.size,
+            held: false,
         }
     }
 }
@@ -619,7 +624,13 @@ impl Core {
             kind: env.kind,
             text: payload.text,
             file: match env.kind {
-                Kind::File => payload.file.as_ref().map(|f| Box::new(FileView::from(f))),
+                Kind::File => payload.file.as_ref().map(|f| {
+                    let held = self.journal.is_provided(&f.provider_key());
+                    Box::new(FileView {
+                        held: held.unwrap_or(false),
+                        ..FileView::from(f)
+                    })
+                }),
                 _ => None,
             },
             hash: hex::encode(env.hash()),
@@ -1387,6 +1398,23 @@ impl RoomReader {
             }
         }
         found.ok_or_else(unknown)
+    }
+
+    /// Drops this node's copy of a file shared in the room (see [`RoomReader::find_file`]
+    /// for `id`): its chunks and the record that we hold it. The message stays, and the
+    /// file can be fetched again from members who hold it. Returns the file and the bytes
+    /// freed (0 if none of it was held).
+    pub fn forget_file(&self, id: &str) -> Result<(FileRef, u64), CoreError> {
+        let file = self.find_file(id)?;
+        let mut chunks = vec![file.list];
+        // A list that does not open (a broken share) names no chunk we could hold.
+        if let Some(list) = self.journal.chunk(&file.list)?
+            && let Ok(ids) = crate::files::open_list(&file, &list)
+        {
+            chunks.extend(ids);
+        }
+        let freed = self.journal.forget_file(&file.provider_key(), &chunks)?;
+        Ok((file, freed))
     }
 }
 

@@ -1116,6 +1116,37 @@ impl Journal {
         self.commit(txn, durable)
     }
 
+    /// Whether this node holds the file under provider key `key` whole.
+    pub fn is_provided(&self, key: &[u8; 32]) -> Result<bool, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let table = txn.open_table(PROVIDES).at(path)?;
+        Ok(table.get(&key[..]).at(path)?.is_some())
+    }
+
+    /// Drops a file's chunks (`chunks`, its list among them) and the record that we hold
+    /// it (`key`), durably, in one transaction. Returns the bytes freed. Chunks are named
+    /// by the hash of their ciphertext under the file's own key, so no other file uses them.
+    pub fn forget_file(&self, key: &[u8; 32], chunks: &[[u8; 32]]) -> Result<u64, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.begin_write_with(true)?;
+        let mut freed = 0u64;
+        {
+            let mut table = txn.open_table(CHUNKS).at(path)?;
+            for id in chunks {
+                if let Some(v) = table.remove(&id[..]).at(path)? {
+                    freed += v.value().len() as u64;
+                }
+            }
+            txn.open_table(PROVIDES)
+                .at(path)?
+                .remove(&key[..])
+                .at(path)?;
+        }
+        self.commit(txn, true)?;
+        Ok(freed)
+    }
+
     /// The provider keys of every file this node holds whole.
     pub fn provided(&self) -> Result<Vec<[u8; 32]>, JournalError> {
         let path = self.path.as_path();
@@ -1609,6 +1640,29 @@ mod tests {
         assert_eq!(last5, all[all.len() - 5..].to_vec());
         assert!(j.history(&ROOM, 0).unwrap().is_empty());
         assert!(j.history(&OTHER_ROOM, 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_forgotten_file_leaves_no_chunk_and_no_record_behind() {
+        let (_d, j) = open_tmp();
+        let (key, other_key) = ([1u8; 32], [2u8; 32]);
+        let (a, b, c) = ([10u8; 32], [11u8; 32], [12u8; 32]);
+        j.put_chunks(
+            &[(a, vec![1; 100]), (b, vec![2; 50]), (c, vec![3; 7])],
+            true,
+        )
+        .unwrap();
+        j.put_provided(&key, &a, true).unwrap();
+        j.put_provided(&other_key, &c, true).unwrap();
+        assert!(j.is_provided(&key).unwrap());
+        // One chunk named is not held: it frees nothing, and is no error.
+        assert_eq!(j.forget_file(&key, &[a, b, [13u8; 32]]).unwrap(), 150);
+        assert!(!j.is_provided(&key).unwrap());
+        assert!(!j.has_chunk(&a).unwrap() && !j.has_chunk(&b).unwrap());
+        // The other file is untouched.
+        assert!(j.has_chunk(&c).unwrap());
+        assert_eq!(j.provided().unwrap(), vec![other_key]);
+        assert_eq!(j.forget_file(&key, &[a]).unwrap(), 0);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cryptchat::api::{
-    BlockRequest, ContactRequest, DialRequest, DmRequest, FetchRequest, GroupRequest,
-    HistoryRequest, IdView, JoinRequest, NameRequest, SendRequest, ShareRequest,
+    BlockRequest, ContactRequest, DialRequest, DmRequest, FetchRequest, ForgetRequest,
+    GroupRequest, HistoryRequest, IdView, JoinRequest, NameRequest, SendRequest, ShareRequest,
 };
 use cryptchat::client::Client;
 use cryptchat::config::{self, ApiInfo};
@@ -17,7 +17,7 @@ use cryptchat::core::{ContactView, MessageView, RoomView};
 use cryptchat::envelope::Kind;
 use cryptchat::faults::FaultConfig;
 use cryptchat::identity::{Identity, KeySize};
-use cryptchat::service::{self, Fetched, NodeConfig, PeerView, Sent, Status};
+use cryptchat::service::{self, Fetched, Forgotten, NodeConfig, PeerView, Sent, Status};
 use libp2p::Multiaddr;
 
 #[derive(Parser)]
@@ -142,6 +142,9 @@ enum Cmd {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Drop this node's copy of a file shared in a room, to free disk space (the message
+    /// stays; fetch it again from a member who holds it).
+    Forget { room: String, id: String },
     /// Show a room's history.
     History {
         room: String,
@@ -650,9 +653,10 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     let f = m.file.as_ref().expect("filtered");
                     let who = m.contact.clone().unwrap_or_else(|| m.author.clone());
                     println!(
-                        "{}  {:>10}  {}  (from {} at {})",
+                        "{}  {:>10}  {}  {}  (from {} at {})",
                         &f.id[..16],
                         human_size(f.size),
+                        if f.held { "held" } else { "    " },
                         f.name,
                         who,
                         clock(m.timestamp_ms)
@@ -686,6 +690,12 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     v.path,
                     v.chunks_fetched
                 )
+            })
+        }
+        Cmd::Forget { room, id } => {
+            let v: Forgotten = c.post("/forget", &ForgetRequest { room, id })?;
+            print(json, &v, |v| {
+                println!("forgot {}: {} freed", v.name, human_size(v.freed))
             })
         }
         Cmd::History { room, limit } => {

@@ -42,6 +42,15 @@ pub struct Fetched {
     pub chunks_fetched: u64,
 }
 
+/// A file whose copy this node dropped (`cryptchat forget`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Forgotten {
+    pub id: String,
+    pub name: String,
+    /// Bytes of sealed chunks removed from the journal (0 if none of the file was held).
+    pub freed: u64,
+}
+
 /// A fetch under way, as `status` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FetchProgress {
@@ -265,6 +274,15 @@ impl FileReader {
 }
 
 impl NodeHandle {
+    /// Drops this node's copy of a file shared in `room` (by id, or a prefix of at least 8
+    /// hex digits): its chunks, and its announcement as a holder. The message stays, and
+    /// the file can be fetched again from members who hold it. Refused while the file is
+    /// being fetched.
+    pub async fn forget_file(&self, room: &str, id: &str) -> Result<Forgotten, NodeError> {
+        let (room, id) = (room.to_string(), id.to_string());
+        self.ask(|r| Command::Forget(room, id, r)).await
+    }
+
     /// Gathers a file shared in `room` into the journal (fetching what is missing, as
     /// [`NodeHandle::fetch_file`] does) and opens it for reading, so a client can stream it
     /// without the node writing it anywhere.
@@ -400,6 +418,48 @@ impl Service {
                 waiter,
             }
         });
+    }
+
+    /// Drops our copy of a file, on a blocking thread (a durable commit, after a look
+    /// through the room's history); [`Service::forgot`] finishes on the loop.
+    pub(super) fn forget(&mut self, room: &str, id: &str, reply: Reply<Forgotten>) {
+        let id = id.to_ascii_lowercase();
+        let fetching = |file: &ChunkId| id.len() >= 8 && hex::encode(file).starts_with(&id);
+        if self.fetches.jobs.keys().any(fetching) {
+            let why = format!("file {id} is being fetched: forget it once the fetch has ended");
+            return drop(reply.send(Err(NodeError::FileInput(why))));
+        }
+        let reader = match self.core.reader(room) {
+            Ok(reader) => reader,
+            Err(e) => return drop(reply.send(Err(e.into()))),
+        };
+        self.read_off_loop(reader, move |reader| super::reconcile::Internal::Forgot {
+            result: reader.forget_file(&id),
+            reply,
+        });
+    }
+
+    /// Our copy of a file is gone: stop announcing it.
+    pub(super) fn forgot(
+        &mut self,
+        result: Result<(FileRef, u64), crate::core::CoreError>,
+        reply: Reply<Forgotten>,
+    ) {
+        let forgotten = result.map(|(file, freed)| {
+            let key = file.provider_key();
+            self.fetches.announce_due.remove(&key);
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .stop_providing(&kad::RecordKey::new(&key));
+            tracing::info!(file = %file.id(), freed, "forgot a file");
+            Forgotten {
+                id: file.id(),
+                name: file.name,
+                freed,
+            }
+        });
+        let _ = reply.send(forgotten.map_err(Into::into));
     }
 
     /// Starts fetching queued files unasked, as far as [`AUTO_FETCH_JOBS`] allows (fetches

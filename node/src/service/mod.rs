@@ -20,7 +20,7 @@ mod files;
 mod reconcile;
 mod webrtc;
 
-pub use files::{FetchProgress, Fetched, FileReader, Target};
+pub use files::{FetchProgress, Fetched, FileReader, Forgotten, Target};
 
 use crate::config;
 use crate::core::{
@@ -278,6 +278,7 @@ enum Command {
     AskMembers(PeerId, String, Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
     ShareFile(String, crate::files::FileRef, Reply<Sent>),
     Fetch(String, String, files::Waiter),
+    Forget(String, String, Reply<files::Forgotten>),
     Shutdown(Reply<()>),
 }
 
@@ -1261,6 +1262,7 @@ impl Service {
                 let _ = r.send(sent);
             }
             Command::Fetch(room, id, waiter) => self.find_then_fetch(&room, &id, waiter),
+            Command::Forget(room, id, r) => self.forget(&room, &id, r),
             Command::History(room, limit, only, r) => self.read_history(&room, limit, only, r),
             Command::AddContact(name, code, r) => {
                 let res = self.core.add_contact(&name, &code);

@@ -75,6 +75,11 @@ pub(crate) enum Internal {
         found: Result<crate::files::FileRef, crate::core::CoreError>,
         waiter: super::files::Waiter,
     },
+    /// A file's chunks dropped on a blocking thread (see [`NodeHandle::forget_file`]).
+    Forgot {
+        result: Result<(crate::files::FileRef, u64), crate::core::CoreError>,
+        reply: super::Reply<super::files::Forgotten>,
+    },
     /// A read on a blocking thread ended, after its result (see
     /// [`Service::read_off_loop`]).
     ReadEnded,
@@ -945,6 +950,7 @@ impl Service {
                 let views = read.and_then(|opened| self.core.views(room, opened));
                 let _ = reply.send(views.map_err(Into::into));
             }
+            Internal::Forgot { result, reply } => self.forgot(result, reply),
             Internal::FileFound {
                 room,
                 found,
