@@ -263,7 +263,15 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     let photo = bytes(600 * 1024, 11);
     let photo_path = dir.path().join("photo.bin");
     std::fs::write(&photo_path, &photo).unwrap();
-    bob.cli(&["share", "lobby", photo_path.to_str().unwrap()]);
+    let photo_id =
+        bob.cli(&["share", "lobby", photo_path.to_str().unwrap()])["message"]["file"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let photo_text = || b.text(&format!("#messages [data-file='{photo_id}']"));
+    b.wait_for("#messages button[aria-label='Download photo.bin']", T);
+    assert!(photo_text().contains("photo.bin"), "{}", photo_text());
+    assert!(!photo_text().contains("held here"));
     b.click_on("#messages button[aria-label='Download photo.bin']", T);
     let saved = downloads.join("photo.bin");
     wait_until("photo.bin saved by the browser", T, || {
@@ -278,6 +286,31 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     wait_until("the fetch notice cleared", T, || {
         b.text("#notice").is_empty()
     });
+
+    // Alice's node holds photo.bin now: the page says so, and forgets it when asked.
+    let held = |name: &str| {
+        let files = alice.cli(&["files", "lobby"]);
+        let m = files
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["file"]["name"] == name);
+        m.unwrap()["file"]["held"].as_bool().unwrap()
+    };
+    assert!(held("photo.bin"));
+    let forget = "#messages button[aria-label='Forget photo.bin']";
+    wait_until("the page offers to forget photo.bin", T, || {
+        b.find(forget).is_some_and(|e| b.displayed(&e))
+    });
+    assert!(photo_text().contains("held here"), "{}", photo_text());
+    b.click_on(forget, T);
+    b.accept_alert();
+    wait_until("the page says what was freed", T, || {
+        b.text("#notice").contains("Forgot photo.bin")
+    });
+    assert!(!held("photo.bin"));
+    assert!(b.find(forget).is_some_and(|e| !b.displayed(&e)));
+    assert!(!photo_text().contains("held here"));
 
     // A file whose only holder has gone: the page says why, and saves nothing.
     let gone = bytes(300 * 1024, 13);
