@@ -158,8 +158,8 @@ fn a_shared_file_is_fetched_from_any_member_that_holds_it() {
 
 /// With `--auto-fetch`, a member fetches the small files others share without being asked,
 /// so they stay in the room while their author is offline. Bigger files, and members
-/// without the flag, fetch nothing unasked. `files` says which files a node holds, and
-/// `forget` drops its copy of one.
+/// without the flag, fetch nothing unasked; a fetch that failed is tried again when a member
+/// appears. `files` says which files a node holds, and `forget` drops its copy of one.
 #[test]
 fn small_files_are_fetched_unasked_and_outlast_their_authors_absence_until_forgotten() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,10 +169,13 @@ fn small_files_are_fetched_unasked_and_outlast_their_authors_absence_until_forgo
     let mut alice = NodeProc::start("alice", &dir.path().join("alice"), &args);
     args.extend(["--bootstrap".into(), alice.listen_addr("/tcp/")]);
     let mut bob_args = args.clone();
-    bob_args.extend(["--auto-fetch".into(), "1048576".into()]);
+    bob_args.extend(["--auto-fetch".into(), "1M".into()]);
+    bob_args.extend(["--fetch-timeout-s".into(), "3".into()]);
     let bob = NodeProc::start("bob", &dir.path().join("bob"), &bob_args);
     let mut carol_args = args.clone();
     carol_args.extend(["--fetch-timeout-s".into(), "3".into()]);
+    // Straight to Bob too: this test is about files, not about finding members.
+    carol_args.extend(["--bootstrap".into(), bob.listen_addr("/tcp/")]);
     let carol = NodeProc::start("carol", &dir.path().join("carol"), &carol_args);
     for n in [&alice, &bob, &carol] {
         wait_until(&format!("{} sees 2 room peers", n.user), T, || {
@@ -213,6 +216,31 @@ fn small_files_are_fetched_unasked_and_outlast_their_authors_absence_until_forgo
         "{status}"
     );
     assert_eq!(announced(&carol), 0, "carol fetched something unasked");
+
+    // A file shared while Bob cannot reach its only holder: his fetch gives up, and he
+    // tries again, unasked, once she shows up.
+    let alice_peer = alice.status()["peer_id"].as_str().unwrap().to_string();
+    bob.cli(&["block", &alice_peer]);
+    wait_until("bob cut off from alice", T, || bob.room_peers("lobby") == 1);
+    let late = bytes(200_000, 14);
+    share("late.bin", &late);
+    file_in_history(&bob, "lobby", "late.bin");
+    let fetching = || bob.status()["fetches"].as_array().unwrap().len();
+    wait_until("bob's fetch of late.bin under way", T, || fetching() == 1);
+    wait_until("bob's fetch of late.bin given up", T, || fetching() == 0);
+    assert_eq!(announced(&bob), 1);
+    bob.cli(&["block", "--unblock", &alice_peer]);
+    bob.cli(&["dial", &alice.listen_addr("/tcp/")]);
+    wait_until("bob holds late.bin, fetched again unasked", T, || {
+        announced(&bob) == 2
+    });
+    let files = bob.cli(&["files", "lobby"]);
+    let late_file = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["file"]["name"] == "late.bin");
+    assert_eq!(late_file.unwrap()["file"]["held"], true);
 
     // Alice goes away: Carol fetches the small file from Bob; nobody holds the big one.
     alice.kill();

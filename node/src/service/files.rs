@@ -111,11 +111,14 @@ const AUTO_FETCH_QUEUE: usize = 1024;
 /// File ids remembered as offered already (every message may be shown twice: when it
 /// arrives, and when it is stored).
 const AUTO_FETCH_SEEN: usize = 65_536;
+/// Failed fetches kept for another try when a member appears; past that, the oldest go.
+const AUTO_FETCH_FAILED: usize = 256;
 
 /// Files other members share, no bigger than [`NodeConfig::auto_fetch`], fetched without
 /// being asked: they are at hand when the user opens them, and the room keeps them while
 /// their author is offline (each fetcher announces itself as a holder). A few at a time, in
-/// the order they arrived; one that fails (no holder online) is not retried unasked.
+/// the order they arrived. One that fails (no holder online) is tried again when a member
+/// of its room appears (it may be the holder, back), as long as this node runs.
 pub(super) struct AutoFetch {
     max_size: u64,
     /// (room name, file id), oldest first.
@@ -123,6 +126,8 @@ pub(super) struct AutoFetch {
     seen: std::collections::HashSet<String>,
     /// Lookups in the history under way for files taken from `due`.
     looking: usize,
+    /// Fetches that failed: (room, room name, file), oldest first.
+    failed: std::collections::VecDeque<(RoomId, String, ChunkId)>,
 }
 
 impl AutoFetch {
@@ -132,6 +137,20 @@ impl AutoFetch {
             due: Default::default(),
             seen: Default::default(),
             looking: 0,
+            failed: Default::default(),
+        }
+    }
+
+    /// A member of `room` appeared: the files whose fetch failed there go back in line.
+    fn retry(&mut self, room: RoomId) {
+        let (again, kept): (std::collections::VecDeque<_>, _) = std::mem::take(&mut self.failed)
+            .into_iter()
+            .partition(|(r, _, _)| *r == room);
+        self.failed = kept;
+        for (_, name, file) in again {
+            if self.due.len() < AUTO_FETCH_QUEUE {
+                self.due.push_back((name, hex::encode(file)));
+            }
         }
     }
 
@@ -522,8 +541,10 @@ impl Service {
         self.pump(file.list);
     }
 
-    /// Pumps every fetch of `room` (a member appeared: it may hold what we lack).
+    /// Pumps every fetch of `room` (a member appeared: it may hold what we lack), and puts
+    /// the room's failed automatic fetches back in line.
     pub(super) fn pump_room(&mut self, room: RoomId) {
+        self.auto_fetch.retry(room);
         let files: Vec<ChunkId> = self
             .fetches
             .jobs
@@ -723,6 +744,15 @@ impl Service {
         self.fetches.requests.retain(|_, (f, _, _)| *f != file);
         self.fetches.lookups.retain(|_, f| *f != file);
         if let Some(job) = self.fetches.jobs.remove(&file) {
+            if job.waiting.iter().any(|w| matches!(w, Waiter::Auto))
+                && let Some(room) = self.core.room(&job.room)
+            {
+                let failed = &mut self.auto_fetch.failed;
+                if failed.len() >= AUTO_FETCH_FAILED {
+                    failed.pop_front();
+                }
+                failed.push_back((job.room, room.name.clone(), file));
+            }
             for waiter in job.waiting {
                 waiter.fail(error());
             }

@@ -1701,9 +1701,10 @@ impl Service {
     }
 
     /// Logs (at debug, next to the activity counts) how many peers the DHT routing table
-    /// and the connections hold, and what the DHT store holds: Kademlia bootstraps on its own whenever a peer enters a
-    /// table of fewer than 20, each bootstrap a walk that dials hundreds of peers at 500
-    /// nodes, so how full the tables are says whether those can still be running.
+    /// and the connections hold, and what the DHT store holds: Kademlia bootstraps on its
+    /// own whenever a peer enters a table of fewer than 20, each bootstrap a walk that
+    /// dials hundreds of peers at 500 nodes, so how full the tables are says whether those
+    /// can still be running.
     fn log_tables(&mut self) {
         let routing: usize = self
             .swarm
