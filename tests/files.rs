@@ -13,20 +13,12 @@ const T: Duration = Duration::from_secs(60);
 
 /// The file message of `name` in the node's history, once it has arrived.
 fn file_in_history(n: &NodeProc, room: &str, name: &str) -> Value {
-    let mut found = Value::Null;
+    let mut found = None;
     wait_until(&format!("{} sees {name}", n.user), T, || {
-        let files = n.cli(&["files", room]);
-        if let Some(f) = files
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["file"]["name"] == name)
-        {
-            found = f["file"].clone();
-        }
-        !found.is_null()
+        found = n.file(room, name);
+        found.is_some()
     });
-    found
+    found.unwrap()
 }
 
 fn fetch(n: &NodeProc, room: &str, id: &str, out: &Path) -> Value {
@@ -234,13 +226,7 @@ fn small_files_are_fetched_unasked_and_outlast_their_authors_absence_until_forgo
     wait_until("bob holds late.bin, fetched again unasked", T, || {
         announced(&bob) == 2
     });
-    let files = bob.cli(&["files", "lobby"]);
-    let late_file = files
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["file"]["name"] == "late.bin");
-    assert_eq!(late_file.unwrap()["file"]["held"], true);
+    assert!(bob.holds("lobby", "late.bin"));
 
     // Alice goes away: Carol fetches the small file from Bob; nobody holds the big one.
     alice.kill();
@@ -266,15 +252,7 @@ fn small_files_are_fetched_unasked_and_outlast_their_authors_absence_until_forgo
 
     // Carol's list says which files she holds; she forgets the small one to free its space:
     // the message stays, and she can fetch it again from Bob.
-    let held = |name: &str| {
-        let files = carol.cli(&["files", "lobby"]);
-        let m = files
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["file"]["name"] == name);
-        m.unwrap()["file"]["held"].as_bool().unwrap()
-    };
+    let held = |name: &str| carol.holds("lobby", name);
     assert!(held("small.bin") && !held("big.bin"));
     let gone = carol.cli(&["forget", "lobby", &small_id[..12]]);
     assert_eq!(gone["name"], "small.bin", "{gone}");

@@ -238,14 +238,8 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     // Bob sees it and fetches it from alice, byte for byte.
     let mut id = String::new();
     wait_until("bob sees alice's file", T, || {
-        let files = bob.cli(&["files", "lobby"]);
-        if let Some(f) = files
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["file"]["name"] == "notes from alice.bin")
-        {
-            id = f["file"]["id"].as_str().unwrap().to_string();
+        if let Some(f) = bob.file("lobby", "notes from alice.bin") {
+            id = f["id"].as_str().unwrap().to_string();
         }
         !id.is_empty()
     });
@@ -288,15 +282,7 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     });
 
     // Alice's node holds photo.bin now: the page says so, and forgets it when asked.
-    let held = |name: &str| {
-        let files = alice.cli(&["files", "lobby"]);
-        let m = files
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["file"]["name"] == name);
-        m.unwrap()["file"]["held"].as_bool().unwrap()
-    };
+    let held = |name: &str| alice.holds("lobby", name);
     assert!(held("photo.bin"));
     let forget = "#messages button[aria-label='Forget photo.bin']";
     wait_until("the page offers to forget photo.bin", T, || {

@@ -183,6 +183,24 @@ impl NodeProc {
             .unwrap_or(0)
     }
 
+    /// The file named `name` as `cryptchat files` lists it (id, name, size, held), if its
+    /// message has arrived.
+    pub fn file(&self, room: &str, name: &str) -> Option<Value> {
+        let files = self.cli(&["files", room]);
+        let m = files
+            .as_array()?
+            .iter()
+            .find(|m| m["file"]["name"] == name)?;
+        Some(m["file"].clone())
+    }
+
+    /// Whether the node holds the whole file named `name` (whose message has arrived).
+    pub fn holds(&self, room: &str, name: &str) -> bool {
+        let file = self.file(room, name);
+        let file = file.unwrap_or_else(|| panic!("{} has no file {name}", self.user));
+        file["held"].as_bool().unwrap()
+    }
+
     /// Texts of the room's history, in display order.
     pub fn texts(&self, room: &str) -> Vec<String> {
         self.cli(&["history", room, "--limit", "1000"])
