@@ -21,6 +21,18 @@ fn file_in_history(n: &NodeProc, room: &str, name: &str) -> Value {
     found.unwrap()
 }
 
+/// A fetch of a file no member online holds: it fails, says why, and writes nothing.
+fn fetch_finds_no_holder(n: &NodeProc, room: &str, id: &str, out: &Path) {
+    let res = n.try_cli(&["fetch", room, id, "-o", out.to_str().unwrap()]);
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("no member of the room that could be reached"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
 fn fetch(n: &NodeProc, room: &str, id: &str, out: &Path) -> Value {
     n.cli(&["fetch", room, id, "-o", out.to_str().unwrap()])
 }
@@ -104,21 +116,12 @@ fn a_shared_file_is_fetched_from_any_member_that_holds_it() {
 
     // Nobody online holds the second file: Bob's fetch fails with a clear error, and
     // writes nothing.
-    let lonely_out = dir.path().join("lonely-copy.txt");
-    let out = bob.try_cli(&[
-        "fetch",
+    fetch_finds_no_holder(
+        &bob,
         "lobby",
         &lonely_id,
-        "-o",
-        lonely_out.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("no member of the room that could be reached"),
-        "{err}"
+        &dir.path().join("lonely-copy.txt"),
     );
-    assert!(!lonely_out.exists());
 
     // An unknown id, and a path that is not a file, are refused up front.
     let out = bob.try_cli(&["fetch", "lobby", "deadbeefdeadbeef"]);
@@ -240,15 +243,7 @@ fn small_files_are_fetched_unasked_and_outlast_their_authors_absence_until_forgo
         std::fs::read(&copy).unwrap() == small,
         "carol's copy differs"
     );
-    let big_copy = dir.path().join("big-copy.bin");
-    let out = carol.try_cli(&["fetch", "lobby", &big_id, "-o", big_copy.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("no member of the room that could be reached"),
-        "{err}"
-    );
-    assert!(!big_copy.exists());
+    fetch_finds_no_holder(&carol, "lobby", &big_id, &dir.path().join("big-copy.bin"));
 
     // Carol's list says which files she holds; she forgets the small one to free its space:
     // the message stays, and she can fetch it again from Bob.
