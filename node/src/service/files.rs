@@ -121,13 +121,20 @@ const AUTO_FETCH_FAILED: usize = 256;
 /// of its room appears (it may be the holder, back), as long as this node runs.
 pub(super) struct AutoFetch {
     max_size: u64,
-    /// (room name, file id), oldest first.
-    due: std::collections::VecDeque<(String, String)>,
+    /// Oldest first.
+    due: std::collections::VecDeque<Due>,
     seen: std::collections::HashSet<String>,
     /// Lookups in the history under way for files taken from `due`.
     looking: usize,
-    /// Fetches that failed: (room, room name, file), oldest first.
-    failed: std::collections::VecDeque<(RoomId, String, ChunkId)>,
+    /// Fetches that failed, oldest first.
+    failed: std::collections::VecDeque<(RoomId, FileRef)>,
+}
+
+/// A file waiting to be fetched unasked: known by its message only (to be looked up in the
+/// room's history), or already looked up (a fetch that failed before).
+enum Due {
+    Find { room: String, id: String },
+    Known(RoomId, FileRef),
 }
 
 impl AutoFetch {
@@ -145,11 +152,11 @@ impl AutoFetch {
     fn retry(&mut self, room: RoomId) {
         let (again, kept): (std::collections::VecDeque<_>, _) = std::mem::take(&mut self.failed)
             .into_iter()
-            .partition(|(r, _, _)| *r == room);
+            .partition(|(r, _)| *r == room);
         self.failed = kept;
-        for (_, name, file) in again {
+        for (room, file) in again {
             if self.due.len() < AUTO_FETCH_QUEUE {
-                self.due.push_back((name, hex::encode(file)));
+                self.due.push_back(Due::Known(room, file));
             }
         }
     }
@@ -166,7 +173,10 @@ impl AutoFetch {
             self.seen.clear();
         }
         if self.seen.insert(file.id.clone()) {
-            self.due.push_back((m.room.clone(), file.id.clone()));
+            self.due.push_back(Due::Find {
+                room: m.room.clone(),
+                id: file.id.clone(),
+            });
         }
     }
 
@@ -486,15 +496,24 @@ impl Service {
     /// stored (gossip shows first) is in the journal by the time it is looked up.
     pub(super) fn start_auto_fetches(&mut self) {
         while self.fetches.jobs.len() + self.auto_fetch.looking < AUTO_FETCH_JOBS {
-            let Some((room, id)) = self.auto_fetch.due.pop_front() else {
-                return;
-            };
-            if self.core.room_by_name(&room).is_err() {
-                continue;
+            match self.auto_fetch.due.pop_front() {
+                None => return,
+                Some(Due::Find { room, id }) => {
+                    if self.core.room_by_name(&room).is_err() {
+                        continue;
+                    }
+                    tracing::debug!(file = %id, "fetching a file unasked");
+                    self.auto_fetch.looking += 1;
+                    self.find_then_fetch(&room, &id, Waiter::Auto);
+                }
+                Some(Due::Known(room, file)) => {
+                    if self.core.room(&room).is_none() {
+                        continue;
+                    }
+                    tracing::debug!(file = %file.id(), "fetching a file unasked, again");
+                    self.fetch(room, file, Waiter::Auto);
+                }
             }
-            tracing::debug!(file = %id, "fetching a file unasked");
-            self.auto_fetch.looking += 1;
-            self.find_then_fetch(&room, &id, Waiter::Auto);
         }
     }
 
@@ -744,14 +763,12 @@ impl Service {
         self.fetches.requests.retain(|_, (f, _, _)| *f != file);
         self.fetches.lookups.retain(|_, f| *f != file);
         if let Some(job) = self.fetches.jobs.remove(&file) {
-            if job.waiting.iter().any(|w| matches!(w, Waiter::Auto))
-                && let Some(room) = self.core.room(&job.room)
-            {
+            if job.waiting.iter().any(|w| matches!(w, Waiter::Auto)) {
                 let failed = &mut self.auto_fetch.failed;
                 if failed.len() >= AUTO_FETCH_FAILED {
                     failed.pop_front();
                 }
-                failed.push_back((job.room, room.name.clone(), file));
+                failed.push_back((job.room, job.fetch.file().clone()));
             }
             for waiter in job.waiting {
                 waiter.fail(error());
