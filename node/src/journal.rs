@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition, WriteTransaction,
 };
 
 /// Room ids, author ids and hashes are all 32 bytes.
@@ -32,7 +33,7 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 // All keys and values are raw bytes decoded here, so a corrupted value yields an error rather
 // than a panic inside a typed redb decoder. Keys are big-endian so byte order is numeric order.
 type Bytes = &'static [u8];
-/// `schema_version` -> u32 BE.
+/// `schema_version` -> u32 BE; `chunk_tally` -> count||bytes (u64 BE each) of `chunks`.
 const META: TableDefinition<Bytes, Bytes> = TableDefinition::new("meta");
 /// room||author||seq -> prev||hash||lamport||envelope (contiguous entries only).
 const ENTRIES: TableDefinition<Bytes, Bytes> = TableDefinition::new("entries");
@@ -54,6 +55,10 @@ const CHUNKS: TableDefinition<Bytes, Bytes> = TableDefinition::new("chunks");
 /// DHT provider key of a file this node holds whole -> the file's id (its list's name), so
 /// a restarted node announces its files again (see [`crate::files::FileRef::provider_key`]).
 const PROVIDES: TableDefinition<Bytes, Bytes> = TableDefinition::new("provides");
+/// DHT provider key of a file the user dropped with `forget` -> empty: not fetched again
+/// unasked (see [`Journal::forget_file`]); fetching it by hand clears the mark.
+const DECLINED: TableDefinition<Bytes, Bytes> = TableDefinition::new("declined");
+const TALLY_KEY: &[u8] = b"chunk_tally";
 
 /// redb's page cache ceiling; its 1 GiB default is too much for a chat node on small devices.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -181,6 +186,36 @@ impl<T, E: Into<redb::Error>> AtPath<T> for Result<T, E> {
             cause: e.into(),
         })
     }
+}
+
+/// How many chunks the `chunks` table holds and their bytes, as last written ((0, 0) if
+/// never written).
+fn read_tally(
+    meta: &impl ReadableTable<Bytes, Bytes>,
+    path: &Path,
+) -> Result<(u64, u64), JournalError> {
+    let Some(v) = meta.get(TALLY_KEY).at(path)? else {
+        return Ok((0, 0));
+    };
+    let b: [u8; 16] = v
+        .value()
+        .try_into()
+        .map_err(|_| corrupt(path, "the chunk tally is not 16 bytes"))?;
+    let count = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+    let bytes = u64::from_be_bytes(b[8..].try_into().expect("8 bytes"));
+    Ok((count, bytes))
+}
+
+fn write_tally(
+    meta: &mut Table<'_, Bytes, Bytes>,
+    path: &Path,
+    (count, bytes): (u64, u64),
+) -> Result<(), JournalError> {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&count.to_be_bytes());
+    b[8..].copy_from_slice(&bytes.to_be_bytes());
+    meta.insert(TALLY_KEY, &b[..]).at(path)?;
+    Ok(())
 }
 
 fn corrupt(path: &Path, detail: impl Into<String>) -> JournalError {
@@ -697,9 +732,20 @@ impl Journal {
                 }
             }
             for def in [
-                ENTRIES, PENDING, HEADS, ORDER, FORKS, ROOMS, SETTINGS, CHUNKS, PROVIDES,
+                ENTRIES, PENDING, HEADS, ORDER, FORKS, ROOMS, SETTINGS, CHUNKS, PROVIDES, DECLINED,
             ] {
                 txn.open_table(def).at(path)?;
+            }
+            // A file written before the tally existed, or by a build that did not keep it,
+            // holds a different number of chunks than it says: count them once.
+            let chunks = txn.open_table(CHUNKS).at(path)?;
+            let count = chunks.len().at(path)?;
+            if read_tally(&meta, path)?.0 != count {
+                let mut bytes = 0u64;
+                for row in chunks.iter().at(path)? {
+                    bytes += row.at(path)?.1.value().len() as u64;
+                }
+                write_tally(&mut meta, path, (count, bytes))?;
             }
         }
         txn.commit().at(path)
@@ -1075,12 +1121,27 @@ impl Journal {
         let path = self.path.as_path();
         let txn = self.begin_write_with(durable)?;
         {
+            let mut meta = txn.open_table(META).at(path)?;
+            let (mut count, mut held) = read_tally(&meta, path)?;
             let mut table = txn.open_table(CHUNKS).at(path)?;
             for (id, bytes) in chunks {
-                table.insert(&id[..], &bytes[..]).at(path)?;
+                match table.insert(&id[..], &bytes[..]).at(path)? {
+                    Some(old) => held = held.saturating_sub(old.value().len() as u64),
+                    None => count += 1,
+                }
+                held += bytes.len() as u64;
             }
+            write_tally(&mut meta, path, (count, held))?;
         }
         self.commit(txn, durable)
+    }
+
+    /// The bytes of file chunks this node holds (sealed, as stored), without reading them.
+    pub fn chunk_bytes(&self) -> Result<u64, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let meta = txn.open_table(META).at(path)?;
+        Ok(read_tally(&meta, path)?.1)
     }
 
     /// A sealed file chunk by name.
@@ -1113,7 +1174,20 @@ impl Journal {
             .at(path)?
             .insert(&key[..], &file[..])
             .at(path)?;
+        txn.open_table(DECLINED)
+            .at(path)?
+            .remove(&key[..])
+            .at(path)?;
         self.commit(txn, durable)
+    }
+
+    /// Whether the user dropped the file under provider key `key` (and has not fetched it
+    /// again since): the node does not fetch it unasked.
+    pub fn is_declined(&self, key: &[u8; 32]) -> Result<bool, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let table = txn.open_table(DECLINED).at(path)?;
+        Ok(table.get(&key[..]).at(path)?.is_some())
     }
 
     /// Whether this node holds the file under provider key `key` whole.
@@ -1125,22 +1199,31 @@ impl Journal {
     }
 
     /// Drops a file's chunks (`chunks`, its list among them) and the record that we hold
-    /// it (`key`), durably, in one transaction. Returns the bytes freed. Chunks are named
-    /// by the hash of their ciphertext under the file's own key, so no other file uses them.
+    /// it (`key`), and marks it declined (see [`Journal::is_declined`]), durably, in one
+    /// transaction. Returns the bytes freed. Chunks are named by the hash of their
+    /// ciphertext under the file's own key, so no other file uses them.
     pub fn forget_file(&self, key: &[u8; 32], chunks: &[[u8; 32]]) -> Result<u64, JournalError> {
         let path = self.path.as_path();
         let txn = self.begin_write_with(true)?;
         let mut freed = 0u64;
         {
+            let mut meta = txn.open_table(META).at(path)?;
+            let (mut count, held) = read_tally(&meta, path)?;
             let mut table = txn.open_table(CHUNKS).at(path)?;
             for id in chunks {
                 if let Some(v) = table.remove(&id[..]).at(path)? {
                     freed += v.value().len() as u64;
+                    count = count.saturating_sub(1);
                 }
             }
+            write_tally(&mut meta, path, (count, held.saturating_sub(freed)))?;
             txn.open_table(PROVIDES)
                 .at(path)?
                 .remove(&key[..])
+                .at(path)?;
+            txn.open_table(DECLINED)
+                .at(path)?
+                .insert(&key[..], &[][..])
                 .at(path)?;
         }
         self.commit(txn, true)?;
@@ -1663,6 +1746,68 @@ mod tests {
         assert!(j.has_chunk(&c).unwrap());
         assert_eq!(j.provided().unwrap(), vec![other_key]);
         assert_eq!(j.forget_file(&key, &[a]).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_forgotten_file_stays_declined_until_it_is_held_again() {
+        let d = TempDir::new().unwrap();
+        let path = d.path().join("j.redb");
+        let (key, other_key, list) = ([1u8; 32], [2u8; 32], [10u8; 32]);
+        {
+            let j = Journal::open(&path).unwrap();
+            j.put_chunks(&[(list, vec![1; 10])], true).unwrap();
+            j.put_provided(&key, &list, true).unwrap();
+            assert!(!j.is_declined(&key).unwrap());
+            j.forget_file(&key, &[list]).unwrap();
+            assert!(j.is_declined(&key).unwrap());
+            assert!(!j.is_declined(&other_key).unwrap());
+        }
+        let j = Journal::open(&path).unwrap();
+        assert!(j.is_declined(&key).unwrap(), "declined across a reopen");
+        // Fetched again by hand: no longer declined.
+        j.put_chunks(&[(list, vec![1; 10])], false).unwrap();
+        j.put_provided(&key, &list, false).unwrap();
+        assert!(!j.is_declined(&key).unwrap());
+    }
+
+    #[test]
+    fn the_chunk_tally_follows_every_write_and_survives_a_reopen() {
+        let d = TempDir::new().unwrap();
+        let path = d.path().join("j.redb");
+        {
+            let j = Journal::open(&path).unwrap();
+            assert_eq!(j.chunk_bytes().unwrap(), 0);
+            j.put_chunks(&[([1; 32], vec![0; 1000]), ([2; 32], vec![0; 24])], false)
+                .unwrap();
+            assert_eq!(j.chunk_bytes().unwrap(), 1024);
+            // Written again (a fetch that resumed): counted once, at its new length.
+            j.put_chunks(&[([2; 32], vec![0; 30]), ([3; 32], vec![0; 5])], true)
+                .unwrap();
+            assert_eq!(j.chunk_bytes().unwrap(), 1035);
+            // A chunk named but not held frees nothing.
+            assert_eq!(j.forget_file(&[9; 32], &[[1; 32], [4; 32]]).unwrap(), 1000);
+            assert_eq!(j.chunk_bytes().unwrap(), 35);
+        }
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.chunk_bytes().unwrap(), 35);
+    }
+
+    #[test]
+    fn a_file_without_a_true_chunk_tally_is_counted_on_open() {
+        let d = TempDir::new().unwrap();
+        let path = d.path().join("j.redb");
+        {
+            let j = Journal::open(&path).unwrap();
+            j.put_chunks(&[([1; 32], vec![0; 700]), ([2; 32], vec![0; 11])], true)
+                .unwrap();
+            // As a build without the tally would leave it: chunks and no tally.
+            let txn = j.begin_write().unwrap();
+            txn.open_table(META).unwrap().remove(TALLY_KEY).unwrap();
+            txn.commit().unwrap();
+            assert_eq!(j.chunk_bytes().unwrap(), 0);
+        }
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.chunk_bytes().unwrap(), 711);
     }
 
     #[test]
