@@ -268,6 +268,68 @@ fn small_files_are_fetched_unasked_and_outlast_their_authors_absence_until_forgo
     assert!(String::from_utf8_lossy(&out.stderr).contains("no file"));
 }
 
+/// Fetching unasked picks up where it was at start: files shared before it was turned on
+/// (or while the node was down) are fetched then, except one the user forgot, and no more
+/// than `--auto-fetch-total` lets in; forgetting a file makes room for the next.
+#[test]
+fn fetching_unasked_resumes_at_start_within_its_allowance_and_leaves_forgotten_files_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["--listen".to_string(), listen_for("tcp")];
+    args.extend(["--join".into(), "lobby".into()]);
+    args.extend(["--sync-interval-s".into(), "1".into()]);
+    let alice = NodeProc::start("alice", &dir.path().join("alice"), &args);
+    args.extend(["--bootstrap".into(), alice.listen_addr("/tcp/")]);
+    let mut bob = NodeProc::start("bob", &dir.path().join("bob"), &args);
+    let mut ids = Vec::new();
+    for (i, name) in ["a.bin", "b.bin", "c.bin"].into_iter().enumerate() {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes(200_000, 30 + i as u64)).unwrap();
+        let shared = alice.cli(&["share", "lobby", path.to_str().unwrap()]);
+        ids.push(
+            shared["message"]["file"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        file_in_history(&bob, "lobby", name);
+    }
+    let file_bytes = |n: &NodeProc| n.status()["file_bytes"].as_u64().unwrap();
+
+    // Bob, not fetching unasked yet, fetches a.bin by hand and forgets it.
+    fetch(&bob, "lobby", &ids[0], &dir.path().join("a-copy.bin"));
+    assert!(file_bytes(&bob) > 200_000);
+    bob.cli(&["forget", "lobby", &ids[0]]);
+    assert_eq!(file_bytes(&bob), 0);
+
+    // Restarted fetching unasked, with room for one file of the two left.
+    bob.restart_with(&[
+        "--auto-fetch".into(),
+        "1M".into(),
+        "--auto-fetch-total".into(),
+        "300K".into(),
+    ]);
+    wait_until("bob holds b.bin, unasked", T, || {
+        bob.holds("lobby", "b.bin")
+    });
+    // Time enough for more (a chunk on loopback takes milliseconds): nothing comes.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!bob.holds("lobby", "a.bin"), "a forgotten file came back");
+    assert!(!bob.holds("lobby", "c.bin"), "past the allowance");
+    let held = file_bytes(&bob);
+    assert!((200_000..=300 * 1024).contains(&held), "{held}");
+
+    // Forgetting b.bin makes room for c.bin; a.bin, forgotten, still stays away.
+    bob.cli(&["forget", "lobby", &ids[1]]);
+    wait_until("bob holds c.bin, unasked", T, || {
+        bob.holds("lobby", "c.bin")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!bob.holds("lobby", "a.bin") && !bob.holds("lobby", "b.bin"));
+    // Fetched by hand, a forgotten file is held again (and no longer declined).
+    fetch(&bob, "lobby", &ids[0], &dir.path().join("a-again.bin"));
+    assert!(bob.holds("lobby", "a.bin"));
+}
+
 /// The local API's upload and download routes, as the web page uses them: a file uploaded
 /// as a request body is shared like `cryptchat share`, and another node's client downloads
 /// it as a response body, fetched from the uploader on the way. Bad names, unknown rooms

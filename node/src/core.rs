@@ -1400,6 +1400,27 @@ impl RoomReader {
         found.ok_or_else(unknown)
     }
 
+    /// Files others shared in the room, among its last `limit` file messages, of at most
+    /// `max_size` bytes, that this node neither holds nor was told to forget, oldest first:
+    /// what fetching unasked has left to do after a restart (its queue is in memory).
+    pub fn files_to_fetch(&self, limit: usize, max_size: u64) -> Result<Vec<FileRef>, CoreError> {
+        let me = self.identity.id();
+        let mut due = Vec::new();
+        for (env, payload) in self.read(limit, Some(Kind::File))? {
+            let Some(file) = payload.file else {
+                continue;
+            };
+            if env.author_id() == me || file.size > max_size {
+                continue;
+            }
+            let key = file.provider_key();
+            if !self.journal.is_provided(&key)? && !self.journal.is_declined(&key)? {
+                due.push(file);
+            }
+        }
+        Ok(due)
+    }
+
     /// Drops this node's copy of a file shared in the room (see [`RoomReader::find_file`]
     /// for `id`): its chunks and the record that we hold it. The message stays, and the
     /// file can be fetched again from members who hold it. Returns the file and the bytes
@@ -1765,6 +1786,42 @@ mod tests {
                 Some(Rejection::Malformed)
             );
         }
+    }
+
+    #[test]
+    fn files_left_to_fetch_are_others_small_ones_neither_held_nor_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, rid) = two_in_lobby(&dir);
+        let seal = |name: &str, data: &[u8]| {
+            crate::files::seal_file(name, data.len() as u64, data, |_, _| Ok(())).unwrap()
+        };
+        let mut share = |from: &mut Core, file: &FileRef| {
+            let (_, env, _) = from.compose_file("lobby", file.clone()).unwrap();
+            b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        };
+        let small = seal("small.txt", b"hello");
+        let big = seal("big.bin", &[7; 100]);
+        let held = seal("held.txt", b"kept");
+        let forgotten = seal("forgotten.txt", b"dropped");
+        let another = seal("another.txt", b"more");
+        for f in [&small, &big, &held, &forgotten] {
+            share(&mut a, f);
+        }
+        // Bob's own share is his already.
+        b.compose_file("lobby", another).unwrap();
+        let reader = b.reader("lobby").unwrap();
+        assert_eq!(
+            reader.files_to_fetch(100, 50).unwrap(),
+            vec![small.clone(), held.clone(), forgotten.clone()]
+        );
+        b.journal
+            .put_provided(&held.provider_key(), &held.list, true)
+            .unwrap();
+        reader.forget_file(&forgotten.id()).unwrap();
+        assert_eq!(reader.files_to_fetch(100, 50).unwrap(), vec![small.clone()]);
+        assert_eq!(reader.files_to_fetch(100, 100).unwrap(), vec![small, big]);
+        // Only the last file messages are looked at: here, Bob's own.
+        assert!(reader.files_to_fetch(1, 100).unwrap().is_empty());
     }
 
     #[test]

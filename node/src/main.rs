@@ -96,6 +96,11 @@ enum Cmd {
         /// message.
         #[arg(long, default_value = "0", value_parser = parse_size)]
         auto_fetch: u64,
+        /// Fetching unasked stops while the node's files (its own shares, and whatever it
+        /// fetched) take up this much; it resumes when `forget` frees room, or at the next
+        /// start. Files fetched by hand are not held back.
+        #[arg(long, default_value = "1G", value_parser = parse_size)]
+        auto_fetch_total: u64,
         /// Address for the local API instead of 127.0.0.1 (containers: 0.0.0.0; the
         /// token still guards it).
         #[arg(long)]
@@ -248,6 +253,7 @@ fn real_main() -> Result<()> {
             sync_interval_s,
             fetch_timeout_s,
             auto_fetch,
+            auto_fetch_total,
         } => {
             init_tracing();
             let room_password = room_password_file
@@ -270,6 +276,7 @@ fn real_main() -> Result<()> {
             }
             cfg.fetch_timeout = Duration::from_secs_f64(fetch_timeout_s);
             cfg.auto_fetch = auto_fetch;
+            cfg.auto_fetch_total = auto_fetch_total;
             let faults = faults.config();
             faults.validate().map_err(anyhow::Error::msg)?;
             cfg.swarm.faults.set(faults);
@@ -808,8 +815,12 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     a.lookups
                 );
                 println!(
-                    "files: {} announced, {} holder lookups ({} holders found), {} chunks served",
-                    a.file_announcements, a.file_lookups, a.file_holders_found, a.chunks_served
+                    "files: {} held here, {} announced, {} holder lookups ({} holders found), {} chunks served",
+                    human_size(s.file_bytes),
+                    a.file_announcements,
+                    a.file_lookups,
+                    a.file_holders_found,
+                    a.chunks_served
                 );
                 println!(
                     "dht store: {} own keys, {} records of others ({} keys), {} refused",

@@ -230,6 +230,12 @@ impl NodeProc {
         self.wait_ready();
     }
 
+    /// Restarts the process on the same data dir with `more` arguments after the others.
+    pub fn restart_with(&mut self, more: &[String]) {
+        self.args.extend_from_slice(more);
+        self.restart();
+    }
+
     /// Starts the same data dir with a different password; returns the process output.
     pub fn run_with_password(&mut self, password: &str) -> Output {
         self.kill();

@@ -118,9 +118,13 @@ const AUTO_FETCH_FAILED: usize = 256;
 /// being asked: they are at hand when the user opens them, and the room keeps them while
 /// their author is offline (each fetcher announces itself as a holder). A few at a time, in
 /// the order they arrived. One that fails (no holder online) is tried again when a member
-/// of its room appears (it may be the holder, back), as long as this node runs.
+/// of its room appears (it may be the holder, back), as long as this node runs; at start,
+/// the rooms' histories are read for what is left to fetch, so a restart loses nothing
+/// but the order. Files the user forgot are left alone, and none is fetched past
+/// [`NodeConfig::auto_fetch_total`].
 pub(super) struct AutoFetch {
     max_size: u64,
+    total: u64,
     /// Oldest first.
     due: std::collections::VecDeque<Due>,
     seen: std::collections::HashSet<String>,
@@ -128,6 +132,12 @@ pub(super) struct AutoFetch {
     looking: usize,
     /// Fetches that failed, oldest first.
     failed: std::collections::VecDeque<(RoomId, FileRef)>,
+    /// The rooms' histories are to be read for files left to fetch (see
+    /// [`Service::scan_for_files`]).
+    scan_due: bool,
+    scanning: bool,
+    /// A file was left for want of room under `total`: freeing some calls for a scan.
+    held_back: bool,
 }
 
 /// A file waiting to be fetched unasked: known by its message only (to be looked up in the
@@ -138,14 +148,27 @@ enum Due {
 }
 
 impl AutoFetch {
-    pub(super) fn new(max_size: u64) -> Self {
+    pub(super) fn new(max_size: u64, total: u64) -> Self {
         AutoFetch {
             max_size,
+            total,
             due: Default::default(),
             seen: Default::default(),
             looking: 0,
             failed: Default::default(),
+            scan_due: max_size > 0,
+            scanning: false,
+            held_back: false,
         }
+    }
+
+    /// Whether `file` is queued already.
+    fn queued(&self, file: &FileRef) -> bool {
+        let id = file.id();
+        self.due.iter().any(|d| match d {
+            Due::Find { id: queued, .. } => *queued == id,
+            Due::Known(_, queued) => queued.list == file.list,
+        })
     }
 
     /// A member of `room` appeared: the files whose fetch failed there go back in line.
@@ -166,7 +189,11 @@ impl AutoFetch {
         let Some(file) = &m.file else {
             return;
         };
-        if m.mine || file.size > self.max_size || self.due.len() >= AUTO_FETCH_QUEUE {
+        if self.max_size == 0
+            || m.mine
+            || file.size > self.max_size
+            || self.due.len() >= AUTO_FETCH_QUEUE
+        {
             return;
         }
         if self.seen.len() >= AUTO_FETCH_SEEN {
@@ -482,6 +509,10 @@ impl Service {
                 .kad
                 .stop_providing(&kad::RecordKey::new(&key));
             tracing::info!(file = %file.id(), freed, "forgot a file");
+            // Room freed for files held back: look for them again.
+            if std::mem::take(&mut self.auto_fetch.held_back) {
+                self.auto_fetch.scan_due = true;
+            }
             Forgotten {
                 id: file.id(),
                 name: file.name,
@@ -491,10 +522,85 @@ impl Service {
         let _ = reply.send(forgotten.map_err(Into::into));
     }
 
+    /// Reads every joined room's last [`AUTO_FETCH_QUEUE`] file messages, on a blocking
+    /// thread, for files to fetch unasked that are neither held nor forgotten (see
+    /// [`crate::core::RoomReader::files_to_fetch`]); [`Service::found_files_to_fetch`]
+    /// queues them.
+    fn scan_for_files(&mut self) {
+        self.auto_fetch.scan_due = false;
+        self.auto_fetch.scanning = true;
+        let readers: Vec<_> = self
+            .core
+            .rooms()
+            .filter_map(|r| self.core.reader(&r.name).ok())
+            .collect();
+        let max_size = self.auto_fetch.max_size;
+        self.off_loop(move || {
+            let mut files = Vec::new();
+            for reader in readers {
+                match reader.files_to_fetch(AUTO_FETCH_QUEUE, max_size) {
+                    Ok(found) => files.extend(found.into_iter().map(|f| (reader.room_id(), f))),
+                    Err(e) => tracing::warn!(error = %e, "could not look for files to fetch"),
+                }
+            }
+            super::reconcile::Internal::FilesToFetch(files)
+        });
+    }
+
+    /// Files left to fetch unasked, found by [`Service::scan_for_files`], go in line.
+    pub(super) fn found_files_to_fetch(&mut self, files: Vec<(RoomId, FileRef)>) {
+        self.auto_fetch.scanning = false;
+        if !files.is_empty() {
+            tracing::info!(files = files.len(), "files left to fetch unasked");
+        }
+        for (room, file) in files {
+            let auto = &mut self.auto_fetch;
+            if auto.due.len() >= AUTO_FETCH_QUEUE {
+                break;
+            }
+            if !auto.queued(&file) && !self.fetches.jobs.contains_key(&file.list) {
+                auto.seen.insert(file.id());
+                auto.due.push_back(Due::Known(room, file));
+            }
+        }
+        self.start_auto_fetches();
+    }
+
+    /// Whether fetching `file` unasked keeps the node's files within
+    /// [`NodeConfig::auto_fetch_total`], fetches under way counted in full.
+    pub(super) fn room_for(&mut self, file: &FileRef) -> bool {
+        if self.fetches.jobs.contains_key(&file.list) {
+            return true;
+        }
+        let held = match self.core.journal().chunk_bytes() {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell how much room files take up");
+                return false;
+            }
+        };
+        let coming: u64 = self
+            .fetches
+            .jobs
+            .values()
+            .map(|j| j.fetch.file().size)
+            .sum();
+        let fits = held.saturating_add(coming).saturating_add(file.size) <= self.auto_fetch.total;
+        if !fits {
+            tracing::debug!(file = %file.id(), held, "not fetched unasked: no room left");
+            self.auto_fetch.held_back = true;
+        }
+        fits
+    }
+
     /// Starts fetching queued files unasked, as far as [`AUTO_FETCH_JOBS`] allows (fetches
-    /// asked for count too). Runs on the sync tick, so a file message shown before it is
-    /// stored (gossip shows first) is in the journal by the time it is looked up.
+    /// asked for count too), and reads the histories for files left to fetch when due.
+    /// Runs on the sync tick, so a file message shown before it is stored (gossip shows
+    /// first) is in the journal by the time it is looked up.
     pub(super) fn start_auto_fetches(&mut self) {
+        if self.auto_fetch.scan_due && !self.auto_fetch.scanning {
+            self.scan_for_files();
+        }
         while self.fetches.jobs.len() + self.auto_fetch.looking < AUTO_FETCH_JOBS {
             match self.auto_fetch.due.pop_front() {
                 None => return,
@@ -507,7 +613,7 @@ impl Service {
                     self.find_then_fetch(&room, &id, Waiter::Auto);
                 }
                 Some(Due::Known(room, file)) => {
-                    if self.core.room(&room).is_none() {
+                    if self.core.room(&room).is_none() || !self.room_for(&file) {
                         continue;
                     }
                     tracing::debug!(file = %file.id(), "fetching a file unasked, again");

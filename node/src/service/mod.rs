@@ -50,6 +50,9 @@ pub struct NodeConfig {
     /// Files others share of at most this many bytes are fetched unasked (0: none), so
     /// they are at hand when opened and stay available while their author is offline.
     pub auto_fetch: u64,
+    /// Files are fetched unasked only while the node's file chunks, with the fetches under
+    /// way, stay within this many bytes: a busy room cannot fill the disk.
+    pub auto_fetch_total: u64,
 }
 
 impl NodeConfig {
@@ -76,6 +79,7 @@ impl NodeConfig {
             budget: crate::peers::Budget::default(),
             fetch_timeout: Duration::from_secs(60),
             auto_fetch: 0,
+            auto_fetch_total: 1 << 30,
         }
     }
 }
@@ -148,6 +152,9 @@ pub struct Status {
     /// What the node's DHT store holds (see [`crate::dht_store`]).
     #[serde(default)]
     pub dht: crate::dht_store::StoreStats,
+    /// Bytes of file chunks the node holds (sealed): its own shares and what it fetched.
+    #[serde(default)]
+    pub file_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -538,7 +545,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         webrtc: webrtc::Sockets::new(webrtc_listeners),
         dial_order,
         fetches: files::Fetches::new(cfg.fetch_timeout),
-        auto_fetch: files::AutoFetch::new(cfg.auto_fetch),
+        auto_fetch: files::AutoFetch::new(cfg.auto_fetch, cfg.auto_fetch_total),
     };
     let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
     for id in topics {
@@ -1159,6 +1166,7 @@ impl Service {
             nat: self.nat.clone(),
             fetches: self.fetches.progress(),
             dht,
+            file_bytes: self.core.journal().chunk_bytes()?,
         })
     }
 
@@ -1768,15 +1776,20 @@ impl Service {
         });
     }
 
-    /// Runs `read` on a blocking thread and hands what it returns to the event loop. `read`
-    /// owns the reader, so the journal is let go before the event loop hears of it; the
-    /// read is counted as ended even if it panics, so that a stopping node, which waits for
-    /// reads in flight before it closes the journal, never waits for one that cannot end.
+    /// [`Service::off_loop`] for a read of one room's history.
     pub(super) fn read_off_loop(
         &mut self,
         reader: crate::core::RoomReader,
         read: impl FnOnce(crate::core::RoomReader) -> reconcile::Internal + Send + 'static,
     ) {
+        self.off_loop(move || read(reader));
+    }
+
+    /// Runs `read` on a blocking thread and hands what it returns to the event loop. `read`
+    /// owns its readers, so the journal is let go before the event loop hears of it; the
+    /// read is counted as ended even if it panics, so that a stopping node, which waits for
+    /// reads in flight before it closes the journal, never waits for one that cannot end.
+    pub(super) fn off_loop(&mut self, read: impl FnOnce() -> reconcile::Internal + Send + 'static) {
         struct Ends(mpsc::UnboundedSender<reconcile::Internal>);
         impl Drop for Ends {
             fn drop(&mut self) {
@@ -1787,7 +1800,7 @@ impl Service {
         let tx = self.reconcile.tx.clone();
         tokio::task::spawn_blocking(move || {
             let _ends = Ends(tx.clone());
-            let _ = tx.send(read(reader));
+            let _ = tx.send(read());
         });
     }
 

@@ -80,6 +80,9 @@ pub(crate) enum Internal {
         result: Result<(crate::files::FileRef, u64), crate::core::CoreError>,
         reply: super::Reply<super::files::Forgotten>,
     },
+    /// Files left to fetch unasked, read from the rooms' histories (see
+    /// [`Service::scan_for_files`]).
+    FilesToFetch(Vec<(RoomId, crate::files::FileRef)>),
     /// A read on a blocking thread ended, after its result (see
     /// [`Service::read_off_loop`]).
     ReadEnded,
@@ -946,6 +949,7 @@ impl Service {
             },
             Internal::Flushed(result) => self.flushed(result),
             Internal::ReadEnded => self.reading -= 1,
+            Internal::FilesToFetch(files) => self.found_files_to_fetch(files),
             Internal::History { room, read, reply } => {
                 let views = read.and_then(|opened| self.core.views(room, opened));
                 let _ = reply.send(views.map_err(Into::into));
@@ -964,6 +968,9 @@ impl Service {
                     Ok(_) if self.core.room(&room).is_none() => {
                         waiter.fail(crate::core::CoreError::UnknownRoom(room.to_hex()).into())
                     }
+                    Ok(file)
+                        if matches!(waiter, super::files::Waiter::Auto)
+                            && !self.room_for(&file) => {}
                     Ok(file) => self.fetch(room, file, waiter),
                     Err(e) => waiter.fail(e.into()),
                 }
