@@ -500,4 +500,36 @@ fn files_go_up_and_down_through_the_local_api() {
         "no ticket without the token"
     );
     assert_eq!(ticket(&bob, None, "00000000deadbeef").0, 404);
+
+    // A file is not forgotten under a download: larger than what the sockets buffer, the
+    // stream is still reading chunks while the client waits.
+    let big = bytes(32 << 20, 12);
+    let (status, sent) = upload(&alice, "lobby", "big.bin", &big);
+    assert_eq!(status, 200, "{sent}");
+    let big_id = sent["message"]["file"]["id"].as_str().unwrap().to_string();
+    let (base, auth) = api(&alice);
+    let streaming = agent
+        .get(format!("{base}/download"))
+        .query("room", "lobby")
+        .query("id", &big_id)
+        .header("Authorization", &auth)
+        .call()
+        .unwrap();
+    let refused = alice.try_cli(&["forget", "lobby", &big_id]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("being downloaded"), "{err}");
+    let (status, _, body) = file_response(streaming);
+    assert_eq!(status, 200);
+    assert!(body == big, "the download differs");
+    // Once it has ended, the file can go.
+    let mut gone = Value::Null;
+    wait_until("alice forgets big.bin after the download", T, || {
+        let out = alice.try_cli(&["forget", "lobby", &big_id]);
+        out.status.success() && {
+            gone = serde_json::from_slice(&out.stdout).unwrap();
+            true
+        }
+    });
+    assert!(gone["freed"].as_u64().unwrap() > big.len() as u64, "{gone}");
 }

@@ -235,6 +235,9 @@ pub(super) struct Fetches {
     announce_due: BTreeSet<[u8; 32]>,
     /// A fetch that no reachable member can serve fails after this long without progress.
     give_up: Duration,
+    /// Files being written out or read by a client (alive while the `Weak` is): not to be
+    /// forgotten under them.
+    opened: Vec<(ChunkId, std::sync::Weak<()>)>,
 }
 
 impl Fetches {
@@ -246,6 +249,19 @@ impl Fetches {
             serving: HashMap::new(),
             announce_due: BTreeSet::new(),
             give_up,
+            opened: Vec::new(),
+        }
+    }
+
+    /// Whether `file` is being fetched, or written out or read by a client.
+    fn busy_with(&mut self, file: impl Fn(&ChunkId) -> bool) -> Option<&'static str> {
+        self.opened.retain(|(_, open)| open.strong_count() > 0);
+        if self.jobs.keys().any(&file) {
+            Some("fetched")
+        } else if self.opened.iter().any(|(f, _)| file(f)) {
+            Some("downloaded")
+        } else {
+            None
         }
     }
 
@@ -305,6 +321,8 @@ pub struct FileReader {
     file: FileRef,
     list: Vec<ChunkId>,
     journal: Arc<Journal>,
+    /// Keeps the file from being forgotten while it is read.
+    _open: Arc<()>,
 }
 
 impl FileReader {
@@ -333,7 +351,7 @@ impl NodeHandle {
     /// Drops this node's copy of a file shared in `room` (by id, or a prefix of at least 8
     /// hex digits): its chunks, and its announcement as a holder. The message stays, and
     /// the file can be fetched again from members who hold it. Refused while the file is
-    /// being fetched.
+    /// being fetched or downloaded.
     pub async fn forget_file(&self, room: &str, id: &str) -> Result<Forgotten, NodeError> {
         let (room, id) = (room.to_string(), id.to_string());
         self.ask(|r| Command::Forget(room, id, r)).await
@@ -480,9 +498,9 @@ impl Service {
     /// through the room's history); [`Service::forgot`] finishes on the loop.
     pub(super) fn forget(&mut self, room: &str, id: &str, reply: Reply<Forgotten>) {
         let id = id.to_ascii_lowercase();
-        let fetching = |file: &ChunkId| id.len() >= 8 && hex::encode(file).starts_with(&id);
-        if self.fetches.jobs.keys().any(fetching) {
-            let why = format!("file {id} is being fetched: forget it once the fetch has ended");
+        let named = |file: &ChunkId| id.len() >= 8 && hex::encode(file).starts_with(&id);
+        if let Some(what) = self.fetches.busy_with(named) {
+            let why = format!("file {id} is being {what}: forget it once that has ended");
             return drop(reply.send(Err(NodeError::FileInput(why))));
         }
         let reader = match self.core.reader(room) {
@@ -903,6 +921,9 @@ impl Service {
         if newly_held {
             self.provide_file(key);
         }
+        // Held until the file is written out, and by each reader: `forget` waits for both.
+        let open = Arc::new(());
+        self.fetches.opened.push((file, Arc::downgrade(&open)));
         tokio::task::spawn_blocking(move || {
             for waiter in job.waiting {
                 match waiter {
@@ -915,6 +936,7 @@ impl Service {
                         file: info.clone(),
                         list: list.clone(),
                         journal: journal.clone(),
+                        _open: open.clone(),
                     }))),
                     Waiter::Auto => {}
                 }
