@@ -212,6 +212,9 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
 
 #[test]
 fn the_web_page_shares_and_downloads_files_in_a_browser() {
+    // The page reloads the node's status after a share, a download or a forget, well
+    // before its 15 s refresh would.
+    const SOON: Duration = Duration::from_secs(5);
     let Some(tools) = tools_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     // Alice gives up quickly on a file nobody online holds.
@@ -234,6 +237,9 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     });
     wait_until("the sharing notice cleared", T, || {
         b.text("#notice").is_empty()
+    });
+    wait_until("the header counts the shared file", SOON, || {
+        b.text("#status").ends_with(" · 700.2 KiB of files")
     });
     // Bob sees it and fetches it from alice, byte for byte.
     let mut id = String::new();
@@ -284,6 +290,10 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     // Alice's node holds photo.bin now: the page says so, and forgets it when asked.
     let held = |name: &str| alice.holds("lobby", name);
     assert!(held("photo.bin"));
+    // The header says how much her node holds of files (sealed): her notes and the photo.
+    wait_until("the header counts photo.bin", SOON, || {
+        b.text("#status").ends_with(" · 1.3 MiB of files")
+    });
     let forget = "#messages button[aria-label='Forget photo.bin']";
     wait_until("the page offers to forget photo.bin", T, || {
         b.find(forget).is_some_and(|e| b.displayed(&e))
@@ -297,6 +307,9 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     assert!(!held("photo.bin"));
     assert!(b.find(forget).is_some_and(|e| !b.displayed(&e)));
     assert!(!photo_text().contains("held here"));
+    wait_until("the header no longer counts photo.bin", SOON, || {
+        b.text("#status").ends_with(" · 700.2 KiB of files")
+    });
 
     // A file whose only holder has gone: the page says why, and saves nothing.
     let gone = bytes(300 * 1024, 13);
