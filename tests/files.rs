@@ -33,6 +33,18 @@ fn fetch_finds_no_holder(n: &NodeProc, room: &str, id: &str, out: &Path) {
     assert!(!out.exists());
 }
 
+/// `run` arguments for a node in `lobby` on loopback TCP, then `more`.
+fn lobby_args(more: &[&str]) -> Vec<String> {
+    let mut args = vec!["--listen".to_string(), listen_for("tcp")];
+    args.extend(
+        ["--join", "lobby"]
+            .iter()
+            .chain(more)
+            .map(|a| a.to_string()),
+    );
+    args
+}
+
 fn fetch(n: &NodeProc, room: &str, id: &str, out: &Path) -> Value {
     n.cli(&["fetch", room, id, "-o", out.to_str().unwrap()])
 }
@@ -40,8 +52,7 @@ fn fetch(n: &NodeProc, room: &str, id: &str, out: &Path) -> Value {
 #[test]
 fn a_shared_file_is_fetched_from_any_member_that_holds_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["--listen".to_string(), listen_for("tcp")];
-    args.extend(["--join".into(), "lobby".into()]);
+    let mut args = lobby_args(&[]);
     let mut alice = NodeProc::start("alice", &dir.path().join("alice"), &args);
     args.extend(["--bootstrap".into(), alice.listen_addr("/tcp/")]);
     // Bob gives up quickly on a file nobody online holds.
@@ -158,9 +169,7 @@ fn a_shared_file_is_fetched_from_any_member_that_holds_it() {
 #[test]
 fn small_files_are_fetched_unasked_and_outlast_their_authors_absence_until_forgotten() {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["--listen".to_string(), listen_for("tcp")];
-    args.extend(["--join".into(), "lobby".into()]);
-    args.extend(["--sync-interval-s".into(), "1".into()]);
+    let mut args = lobby_args(&["--sync-interval-s", "1"]);
     let mut alice = NodeProc::start("alice", &dir.path().join("alice"), &args);
     args.extend(["--bootstrap".into(), alice.listen_addr("/tcp/")]);
     let mut bob_args = args.clone();
@@ -274,9 +283,7 @@ fn small_files_are_fetched_unasked_and_outlast_their_authors_absence_until_forgo
 #[test]
 fn fetching_unasked_resumes_at_start_within_its_allowance_and_leaves_forgotten_files_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["--listen".to_string(), listen_for("tcp")];
-    args.extend(["--join".into(), "lobby".into()]);
-    args.extend(["--sync-interval-s".into(), "1".into()]);
+    let mut args = lobby_args(&["--sync-interval-s", "1"]);
     let alice = NodeProc::start("alice", &dir.path().join("alice"), &args);
     args.extend(["--bootstrap".into(), alice.listen_addr("/tcp/")]);
     let mut bob = NodeProc::start("bob", &dir.path().join("bob"), &args);
@@ -353,8 +360,7 @@ fn file_response(mut r: ureq::http::Response<ureq::Body>) -> (u16, Option<String
 #[test]
 fn files_go_up_and_down_through_the_local_api() {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["--listen".to_string(), listen_for("tcp")];
-    args.extend(["--join".into(), "lobby".into()]);
+    let mut args = lobby_args(&[]);
     let alice = NodeProc::start("alice", &dir.path().join("alice"), &args);
     args.extend(["--bootstrap".into(), alice.listen_addr("/tcp/")]);
     let bob = NodeProc::start("bob", &dir.path().join("bob"), &args);
