@@ -538,4 +538,12 @@ fn files_go_up_and_down_through_the_local_api() {
         }
     });
     assert!(gone["freed"].as_u64().unwrap() > big.len() as u64, "{gone}");
+
+    // A ticket names the room it was issued in: once Bob has left it, it serves nothing.
+    let (status, t) = ticket(&bob, None, &id);
+    assert_eq!(status, 200, "{t}");
+    bob.cli(&["leave", "lobby"]);
+    let (status, _, body) = redeem(t["url"].as_str().unwrap());
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("room"));
 }

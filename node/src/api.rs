@@ -21,13 +21,13 @@ use serde::{Deserialize, Serialize};
 use crate::core::CoreError;
 use crate::crypto;
 use crate::faults::FaultConfig;
-use crate::service::{NodeError, NodeHandle};
+use crate::service::{FileReader, KnownFile, NodeError, NodeHandle};
 
 #[derive(Clone)]
 struct AppState {
     node: NodeHandle,
     token: String,
-    tickets: Arc<Tickets>,
+    tickets: Arc<Tickets<KnownFile>>,
 }
 
 /// How long a download ticket can be redeemed.
@@ -39,24 +39,29 @@ const MAX_TICKETS: usize = 64;
 /// carry the bearer token, and reading the file into the page first would hold all of it in
 /// the tab's memory; so the page asks for a ticket (with the token), and the browser then
 /// downloads `/download/<ticket>` like any other link, straight to disk.
-#[derive(Default)]
-struct Tickets(Mutex<Vec<Ticket>>);
+struct Tickets<T>(Mutex<Vec<Ticket<T>>>);
 
-struct Ticket {
+impl<T> Default for Tickets<T> {
+    fn default() -> Self {
+        Tickets(Mutex::default())
+    }
+}
+
+struct Ticket<T> {
     secret: String,
-    room: String,
-    id: String,
+    /// What the ticket downloads.
+    what: T,
     expires: Instant,
 }
 
-impl Tickets {
-    fn held(&self) -> std::sync::MutexGuard<'_, Vec<Ticket>> {
+impl<T> Tickets<T> {
+    fn held(&self) -> std::sync::MutexGuard<'_, Vec<Ticket<T>>> {
         // Nothing in the list can be left half-updated by a panic: keep using it.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new ticket (256 random bits, hex) for the file `id` of `room`.
-    fn issue(&self, room: String, id: String, now: Instant) -> Result<String, ApiError> {
+    /// A new ticket (256 random bits, hex) for `what`.
+    fn issue(&self, what: T, now: Instant) -> Result<String, ApiError> {
         let key = crypto::random_key().map_err(|e| {
             ApiError(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -71,15 +76,14 @@ impl Tickets {
         }
         held.push(Ticket {
             secret: secret.clone(),
-            room,
-            id,
+            what,
             expires: now + TICKET_TTL,
         });
         Ok(secret)
     }
 
-    /// The room and file a live ticket was issued for; the ticket is used up.
-    fn redeem(&self, given: &str, now: Instant) -> Option<(String, String)> {
+    /// What a live ticket was issued for; the ticket is used up.
+    fn redeem(&self, given: &str, now: Instant) -> Option<T> {
         let mut held = self.held();
         held.retain(|t| t.expires > now);
         // Every ticket is compared in full, in constant time.
@@ -89,8 +93,7 @@ impl Tickets {
                 found = Some(i);
             }
         }
-        let t = held.swap_remove(found?);
-        Some((t.room, t.id))
+        Some(held.swap_remove(found?).what)
     }
 }
 
@@ -488,7 +491,7 @@ async fn download(
     State(s): State<AppState>,
     Query(q): Query<DownloadQuery>,
 ) -> Result<Response, ApiError> {
-    stream_file(&s.node, &q.room, &q.id).await
+    stream_file(s.node.read_file(&q.room, &q.id).await?)
 }
 
 /// Fetches what is missing first, so that the page can show progress and errors while it
@@ -498,7 +501,8 @@ async fn download_ticket(
     Json(q): Json<DownloadQuery>,
 ) -> ApiResult<TicketView> {
     let reader = s.node.read_file(&q.room, &q.id).await?;
-    let ticket = s.tickets.issue(q.room, q.id, Instant::now())?;
+    // The file as found: redeeming the ticket does not look it up again.
+    let ticket = s.tickets.issue(reader.known(), Instant::now())?;
     Ok(Json(TicketView {
         url: format!("/download/{ticket}"),
         name: reader.name.clone(),
@@ -511,18 +515,18 @@ async fn download_with_ticket(
     State(s): State<AppState>,
     UrlPath(ticket): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let Some((room, id)) = s.tickets.redeem(&ticket, Instant::now()) else {
+    let Some(known) = s.tickets.redeem(&ticket, Instant::now()) else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             "unknown, used or expired download ticket".into(),
         ));
     };
-    stream_file(&s.node, &room, &id).await
+    stream_file(s.node.read_known(known).await?)
 }
 
-/// The file as a response body, fetched from peers first if need be.
-async fn stream_file(node: &NodeHandle, room: &str, id: &str) -> Result<Response, ApiError> {
-    let reader = Arc::new(node.read_file(room, id).await?);
+/// The file as a response body (fetched from peers first, if need be, by the caller).
+fn stream_file(reader: FileReader) -> Result<Response, ApiError> {
+    let reader = Arc::new(reader);
     // Chunks are read and opened on a blocking thread, a few ahead of the client.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let source = reader.clone();
@@ -680,23 +684,21 @@ mod tests {
     fn a_download_ticket_works_once_and_not_after_it_expires() {
         let tickets = Tickets::default();
         let now = Instant::now();
-        let a = tickets.issue("lobby".into(), "ab12".into(), now).unwrap();
-        let b = tickets.issue("lobby".into(), "cd34".into(), now).unwrap();
+        let a = tickets.issue("ab12", now).unwrap();
+        let b = tickets.issue("cd34", now).unwrap();
         assert_eq!(a.len(), 64);
         assert_ne!(a, b);
         assert_eq!(tickets.redeem("", now), None);
         assert_eq!(tickets.redeem(&a[..63], now), None);
-        assert_eq!(
-            tickets.redeem(&a, now),
-            Some(("lobby".into(), "ab12".into()))
-        );
+        assert_eq!(tickets.redeem(&a, now), Some("ab12"));
         assert_eq!(tickets.redeem(&a, now), None, "used up");
         let later = now + TICKET_TTL + Duration::from_millis(1);
         assert_eq!(tickets.redeem(&b, later), None, "expired");
         // Past the cap the oldest goes.
-        let first = tickets.issue("r".into(), "0".into(), now).unwrap();
+        let tickets = Tickets::default();
+        let first = tickets.issue(0, now).unwrap();
         for i in 1..=super::MAX_TICKETS {
-            tickets.issue("r".into(), i.to_string(), now).unwrap();
+            tickets.issue(i, now).unwrap();
         }
         assert_eq!(tickets.redeem(&first, now), None);
         assert_eq!(tickets.held().len(), super::MAX_TICKETS);

@@ -314,10 +314,19 @@ impl Fetches {
     }
 }
 
+/// A file shared in a room, as found there: enough to read it again without looking it up
+/// in the room's history (see [`NodeHandle::read_known`]).
+#[derive(Clone, Debug)]
+pub struct KnownFile {
+    pub(super) room: RoomId,
+    pub(super) file: FileRef,
+}
+
 /// A file held whole in the journal, read a chunk at a time (see [`NodeHandle::read_file`]).
 pub struct FileReader {
     pub name: String,
     pub size: u64,
+    room: RoomId,
     file: FileRef,
     list: Vec<ChunkId>,
     journal: Arc<Journal>,
@@ -326,6 +335,14 @@ pub struct FileReader {
 }
 
 impl FileReader {
+    /// The file, to be read again later without a lookup.
+    pub fn known(&self) -> KnownFile {
+        KnownFile {
+            room: self.room,
+            file: self.file.clone(),
+        }
+    }
+
     /// Chunks to read, in order.
     pub fn chunks(&self) -> usize {
         self.list.len()
@@ -363,6 +380,13 @@ impl NodeHandle {
     pub async fn read_file(&self, room: &str, id: &str) -> Result<FileReader, NodeError> {
         let (room, id) = (room.to_string(), id.to_string());
         self.ask(|r| Command::Fetch(room, id, Waiter::Read(r)))
+            .await
+    }
+
+    /// [`NodeHandle::read_file`] for a file found before, without looking it up again (a
+    /// download ticket's redemption). Fails if the room has been left since.
+    pub async fn read_known(&self, known: KnownFile) -> Result<FileReader, NodeError> {
+        self.ask(|r| Command::FetchKnown(known, Waiter::Read(r)))
             .await
     }
 
@@ -933,6 +957,7 @@ impl Service {
                     Waiter::Read(reply) => drop(reply.send(Ok(FileReader {
                         name: info.name.clone(),
                         size: info.size,
+                        room: job.room,
                         file: info.clone(),
                         list: list.clone(),
                         journal: journal.clone(),

@@ -20,7 +20,7 @@ mod files;
 mod reconcile;
 mod webrtc;
 
-pub use files::{FetchProgress, Fetched, FileReader, Forgotten, Target};
+pub use files::{FetchProgress, Fetched, FileReader, Forgotten, KnownFile, Target};
 
 use crate::config;
 use crate::core::{
@@ -285,6 +285,8 @@ enum Command {
     AskMembers(PeerId, String, Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
     ShareFile(String, crate::files::FileRef, Reply<Sent>),
     Fetch(String, String, files::Waiter),
+    /// A file found before (see [`FileReader::known`]): no lookup in the history.
+    FetchKnown(files::KnownFile, files::Waiter),
     Forget(String, String, Reply<files::Forgotten>),
     Shutdown(Reply<()>),
 }
@@ -1270,6 +1272,10 @@ impl Service {
                 let _ = r.send(sent);
             }
             Command::Fetch(room, id, waiter) => self.find_then_fetch(&room, &id, waiter),
+            Command::FetchKnown(known, waiter) => match self.core.room(&known.room) {
+                Some(_) => self.fetch(known.room, known.file, waiter),
+                None => waiter.fail(CoreError::UnknownRoom(known.room.to_hex()).into()),
+            },
             Command::Forget(room, id, r) => self.forget(&room, &id, r),
             Command::History(room, limit, only, r) => self.read_history(&room, limit, only, r),
             Command::AddContact(name, code, r) => {
