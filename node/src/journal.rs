@@ -737,10 +737,11 @@ impl Journal {
                 txn.open_table(def).at(path)?;
             }
             // A file written before the tally existed, or by a build that did not keep it,
-            // holds a different number of chunks than it says: count them once.
+            // holds a different number of chunks than it says: count them once. So is a
+            // tally that does not parse: it is derived, so it is rebuilt, not fatal.
             let chunks = txn.open_table(CHUNKS).at(path)?;
             let count = chunks.len().at(path)?;
-            if read_tally(&meta, path)?.0 != count {
+            if read_tally(&meta, path).ok().map(|(n, _)| n) != Some(count) {
                 let mut bytes = 0u64;
                 for row in chunks.iter().at(path)? {
                     bytes += row.at(path)?.1.value().len() as u64;
@@ -1806,6 +1807,20 @@ mod tests {
             txn.commit().unwrap();
             assert_eq!(j.chunk_bytes().unwrap(), 0);
         }
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.chunk_bytes().unwrap(), 711);
+        // A tally that does not parse is rebuilt the same way, not a reason to refuse the file.
+        let txn = j.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(TALLY_KEY, &b"bad"[..])
+            .unwrap();
+        txn.commit().unwrap();
+        assert!(
+            j.chunk_bytes().is_err(),
+            "a bad tally is an error, not a guess"
+        );
+        drop(j);
         let j = Journal::open(&path).unwrap();
         assert_eq!(j.chunk_bytes().unwrap(), 711);
     }
