@@ -1153,12 +1153,21 @@ impl Journal {
         Ok(table.get(&id[..]).at(path)?.map(|v| v.value().to_vec()))
     }
 
-    /// Whether a chunk is held, without reading it.
-    pub fn has_chunk(&self, id: &[u8; 32]) -> Result<bool, JournalError> {
+    /// Whether `table` has a row under `key`.
+    fn contains(
+        &self,
+        table: TableDefinition<Bytes, Bytes>,
+        key: &[u8],
+    ) -> Result<bool, JournalError> {
         let path = self.path.as_path();
         let txn = self.db.begin_read().at(path)?;
-        let table = txn.open_table(CHUNKS).at(path)?;
-        Ok(table.get(&id[..]).at(path)?.is_some())
+        let table = txn.open_table(table).at(path)?;
+        Ok(table.get(key).at(path)?.is_some())
+    }
+
+    /// Whether a chunk is held, without reading it.
+    pub fn has_chunk(&self, id: &[u8; 32]) -> Result<bool, JournalError> {
+        self.contains(CHUNKS, id)
     }
 
     /// Records that this node holds a whole file, under the file's DHT provider key.
@@ -1185,18 +1194,12 @@ impl Journal {
     /// Whether the user dropped the file under provider key `key` (and has not fetched it
     /// again since): the node does not fetch it unasked.
     pub fn is_declined(&self, key: &[u8; 32]) -> Result<bool, JournalError> {
-        let path = self.path.as_path();
-        let txn = self.db.begin_read().at(path)?;
-        let table = txn.open_table(DECLINED).at(path)?;
-        Ok(table.get(&key[..]).at(path)?.is_some())
+        self.contains(DECLINED, key)
     }
 
     /// Whether this node holds the file under provider key `key` whole.
     pub fn is_provided(&self, key: &[u8; 32]) -> Result<bool, JournalError> {
-        let path = self.path.as_path();
-        let txn = self.db.begin_read().at(path)?;
-        let table = txn.open_table(PROVIDES).at(path)?;
-        Ok(table.get(&key[..]).at(path)?.is_some())
+        self.contains(PROVIDES, key)
     }
 
     /// Drops a file's chunks (`chunks`, its list among them) and the record that we hold
