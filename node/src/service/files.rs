@@ -655,14 +655,24 @@ impl Service {
                     self.find_then_fetch(&room, &id, Waiter::Auto);
                 }
                 Some(Due::Known(room, file)) => {
-                    if self.core.room(&room).is_none() || !self.room_for(&file) {
-                        continue;
-                    }
-                    tracing::debug!(file = %file.id(), "fetching a file unasked, again");
-                    self.fetch(room, file, Waiter::Auto);
+                    tracing::debug!(file = %file.id(), "fetching a file unasked, found before");
+                    self.fetch_found(room, file, Waiter::Auto);
                 }
             }
         }
+    }
+
+    /// Fetches a file found earlier in `room`'s history (just now, off the loop, or when a
+    /// download ticket was issued), unless the room has been left since, or the fetch is
+    /// unasked and the files' allowance has no room for it.
+    pub(super) fn fetch_found(&mut self, room: RoomId, file: FileRef, waiter: Waiter) {
+        if self.core.room(&room).is_none() {
+            return waiter.fail(crate::core::CoreError::UnknownRoom(room.to_hex()).into());
+        }
+        if matches!(waiter, Waiter::Auto) && !self.room_for(&file) {
+            return;
+        }
+        self.fetch(room, file, waiter);
     }
 
     /// Starts fetching a file (or joins the fetch of it already under way).

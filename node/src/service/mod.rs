@@ -1272,10 +1272,7 @@ impl Service {
                 let _ = r.send(sent);
             }
             Command::Fetch(room, id, waiter) => self.find_then_fetch(&room, &id, waiter),
-            Command::FetchKnown(known, waiter) => match self.core.room(&known.room) {
-                Some(_) => self.fetch(known.room, known.file, waiter),
-                None => waiter.fail(CoreError::UnknownRoom(known.room.to_hex()).into()),
-            },
+            Command::FetchKnown(known, waiter) => self.fetch_found(known.room, known.file, waiter),
             Command::Forget(room, id, r) => self.forget(&room, &id, r),
             Command::History(room, limit, only, r) => self.read_history(&room, limit, only, r),
             Command::AddContact(name, code, r) => {

@@ -964,14 +964,7 @@ impl Service {
                     self.auto_fetch.looked_up();
                 }
                 match found {
-                    // The room may have been left while its history was read.
-                    Ok(_) if self.core.room(&room).is_none() => {
-                        waiter.fail(crate::core::CoreError::UnknownRoom(room.to_hex()).into())
-                    }
-                    Ok(file)
-                        if matches!(waiter, super::files::Waiter::Auto)
-                            && !self.room_for(&file) => {}
-                    Ok(file) => self.fetch(room, file, waiter),
+                    Ok(file) => self.fetch_found(room, file, waiter),
                     Err(e) => waiter.fail(e.into()),
                 }
             }
