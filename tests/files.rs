@@ -373,18 +373,8 @@ fn files_go_up_and_down_through_the_local_api() {
         .http_status_as_error(false)
         .build()
         .into();
-    let api = |n: &NodeProc| {
-        let info: Value =
-            serde_json::from_str(&std::fs::read_to_string(n.data_dir.join("api.json")).unwrap())
-                .unwrap();
-        let token = std::fs::read_to_string(n.data_dir.join("api.token")).unwrap();
-        (
-            format!("http://{}/v1", info["addr"].as_str().unwrap()),
-            format!("Bearer {}", token.trim()),
-        )
-    };
     let upload = |n: &NodeProc, room: &str, name: &str, body: &[u8]| {
-        let (base, auth) = api(n);
+        let (base, auth) = n.api();
         let mut r = agent
             .post(format!("{base}/upload"))
             .query("room", room)
@@ -397,7 +387,7 @@ fn files_go_up_and_down_through_the_local_api() {
         (status, body)
     };
     let download = |n: &NodeProc, room: &str, id: &str| {
-        let (base, auth) = api(n);
+        let (base, auth) = n.api();
         let r = agent
             .get(format!("{base}/download"))
             .query("room", room)
@@ -448,7 +438,7 @@ fn files_go_up_and_down_through_the_local_api() {
     let (status, _, _) = download(&bob, "nowhere", &id);
     assert_eq!(status, 404);
     // Without the token nothing goes up.
-    let (base, _) = api(&alice);
+    let (base, _) = alice.api();
     let r = agent
         .post(format!("{base}/upload"))
         .query("room", "lobby")
@@ -465,7 +455,7 @@ fn files_go_up_and_down_through_the_local_api() {
     // A download ticket (what the web page uses so the browser saves straight to disk): asked
     // for with the token, then redeemed once without it.
     let ticket = |n: &NodeProc, auth: Option<&str>, id: &str| {
-        let (base, token) = api(n);
+        let (base, token) = n.api();
         let mut req = agent.post(format!("{base}/download-ticket"));
         if let Some(a) = auth.or(Some(&token)).filter(|a| !a.is_empty()) {
             req = req.header("Authorization", a);
@@ -486,7 +476,7 @@ fn files_go_up_and_down_through_the_local_api() {
         url.starts_with("/download/") && url.len() == "/download/".len() + 64,
         "{url}"
     );
-    let root = api(&bob).0.trim_end_matches("/v1").to_string();
+    let root = bob.api().0.trim_end_matches("/v1").to_string();
     let redeem = |url: &str| file_response(agent.get(format!("{root}{url}")).call().unwrap());
     let (status, disposition, body) = redeem(url);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -513,7 +503,7 @@ fn files_go_up_and_down_through_the_local_api() {
     let (status, sent) = upload(&alice, "lobby", "big.bin", &big);
     assert_eq!(status, 200, "{sent}");
     let big_id = sent["message"]["file"]["id"].as_str().unwrap().to_string();
-    let (base, auth) = api(&alice);
+    let (base, auth) = alice.api();
     let streaming = agent
         .get(format!("{base}/download"))
         .query("room", "lobby")

@@ -341,3 +341,60 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
         b.text("#notice").is_empty()
     });
 }
+
+#[test]
+fn the_web_page_reads_a_long_history_back_a_page_at_a_time() {
+    let Some(tools) = tools_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--listen".to_string(),
+        listen_for("tcp"),
+        "--join".into(),
+        "lobby".into(),
+    ];
+    let alice = NodeProc::start("alice", &dir.path().join("alice"), &args);
+    // The page reads 200 at a time: 260 leave an earlier page taller than the window.
+    const N: usize = 260;
+    for i in 1..=N {
+        let (status, sent) = alice.post(
+            "/send",
+            &serde_json::json!({"room": "lobby", "text": format!("message {i}")}),
+        );
+        assert_eq!(status, 200, "{sent}");
+    }
+    let b = Browser::start(&tools, &dir.path().join("downloads"));
+    open(&b, &alice);
+    select_room(&b, "lobby");
+    let texts = || {
+        b.script(
+            "return [...document.querySelectorAll('#messages .msg .text')].map((t) => t.textContent)",
+        )
+    };
+    let expect = |from: usize| {
+        Value::from(
+            (from..=N)
+                .map(|i| format!("message {i}"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    wait_until("the newest 200 shown", T, || texts() == expect(N - 199));
+    // Scrolled to the newest; the button at the top offers what came before.
+    assert_eq!(b.text("#earlier"), "Earlier messages");
+    b.click_on("#earlier", T);
+    wait_until("the whole history shown", T, || texts() == expect(1));
+    assert!(
+        b.find("#earlier").is_none(),
+        "nothing is left before message 1"
+    );
+    // What was at the top of the view before the click is still in view after it.
+    let in_view = b.script(
+        "const box = document.getElementById('messages').getBoundingClientRect();
+         const m = [...document.querySelectorAll('#messages .msg')][60].getBoundingClientRect();
+         return m.top >= box.top && m.bottom <= box.bottom",
+    );
+    assert_eq!(
+        in_view,
+        Value::Bool(true),
+        "message 61 scrolled out of view"
+    );
+}

@@ -214,13 +214,48 @@ pub struct TicketView {
 }
 
 /// A room's last `limit` entries; with `kind`, its last `limit` messages of that kind
-/// (`"file"`: the room's files, without loading or opening its text messages).
+/// (`"file"`: the room's files, without loading or opening its text messages). To read
+/// further back: `before`, a message already shown (the page ends just before it), and
+/// `skip`, how many of the newest to pass over first (see [`crate::journal::Page`]).
 #[derive(Serialize, Deserialize, Debug)]
 pub struct HistoryRequest {
     pub room: String,
     pub limit: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<crate::envelope::Kind>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skip: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Before>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// A message's place in a room's display order, as its view gives it.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Before {
+    pub lamport: u64,
+    pub author_id: String,
+    pub seq: u64,
+}
+
+impl Before {
+    fn position(&self) -> Result<crate::journal::Position, ApiError> {
+        let mut author = [0u8; 32];
+        hex::decode_to_slice(&self.author_id, &mut author).map_err(|_| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "before.author_id must be a user id: 64 hex digits".into(),
+            )
+        })?;
+        Ok(crate::journal::Position {
+            lamport: self.lamport,
+            author,
+            seq: self.seq,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -572,17 +607,22 @@ async fn history(
     State(s): State<AppState>,
     Json(r): Json<HistoryRequest>,
 ) -> ApiResult<Vec<crate::core::MessageView>> {
-    let limit = r.limit.min(100_000);
-    Ok(Json(match r.kind {
-        Some(crate::envelope::Kind::File) => s.node.files(&r.room, limit).await?,
+    let page = crate::journal::Page {
+        limit: r.limit.min(100_000),
+        skip: r.skip,
+        before: r.before.as_ref().map(Before::position).transpose()?,
+    };
+    let only = match r.kind {
+        Some(crate::envelope::Kind::File) => Some(crate::envelope::Kind::File),
         Some(kind) => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
                 format!("history lists all messages or the files only, not {kind:?}"),
             ));
         }
-        None => s.node.history(&r.room, limit).await?,
-    }))
+        None => None,
+    };
+    Ok(Json(s.node.history_page(&r.room, page, only).await?))
 }
 
 async fn contacts(State(s): State<AppState>) -> ApiResult<Vec<crate::core::ContactView>> {

@@ -15,7 +15,7 @@ use crate::crypto;
 use crate::envelope::{Envelope, EnvelopeError, Kind, Payload, Position};
 use crate::files::FileRef;
 use crate::identity::{ContactCode, Identity, IdentityError, UserId};
-use crate::journal::{AppendOutcome, EntryMeta, Id, Journal, JournalError, StoredEntry};
+use crate::journal::{AppendOutcome, EntryMeta, Id, Journal, JournalError, Page, StoredEntry};
 use crate::receipt::{Heads, ShortId};
 use crate::room::{Member, Room, RoomError, RoomId, RoomKind, StoredRoom};
 use crate::shown::Shown;
@@ -1283,7 +1283,7 @@ impl Core {
     /// The last `limit` messages of a room in display order (the same on every node).
     pub fn history(&self, room_name: &str, limit: usize) -> Result<Vec<MessageView>, CoreError> {
         let reader = self.reader(room_name)?;
-        let opened = reader.read(limit, None)?;
+        let opened = reader.read(Page::last(limit), None)?;
         self.views(reader.room_id(), opened)
     }
 
@@ -1359,15 +1359,15 @@ impl RoomReader {
         self.room.id
     }
 
-    /// The last `limit` entries of kind `only` (of any kind without it), in display order,
+    /// A page of the entries of kind `only` (of any kind without it), in display order,
     /// verified and opened. Entries of other kinds are skipped by their header's kind byte,
     /// unverified and never loaded: the kind is signed, so one that lies about it would
     /// fail verification anyway.
-    pub fn read(&self, limit: usize, only: Option<Kind>) -> Result<Vec<Opened>, CoreError> {
+    pub fn read(&self, page: Page, only: Option<Kind>) -> Result<Vec<Opened>, CoreError> {
         let wanted = |env: &[u8]| only.is_none() || Envelope::peek_kind(env) == only;
         Ok(self
             .journal
-            .history_where(&self.room.id.0, limit, wanted)?
+            .history_where(&self.room.id.0, page, wanted)?
             .into_iter()
             .filter_map(|e| open_entry(&self.room, e, &self.keys, &self.identity))
             .collect())
@@ -1384,7 +1384,7 @@ impl RoomReader {
             return Err(unknown());
         }
         let mut found: Option<FileRef> = None;
-        for (_, payload) in self.read(usize::MAX, Some(Kind::File))? {
+        for (_, payload) in self.read(Page::last(usize::MAX), Some(Kind::File))? {
             let Some(file) = payload.file else {
                 continue;
             };
@@ -1406,7 +1406,7 @@ impl RoomReader {
     pub fn files_to_fetch(&self, limit: usize, max_size: u64) -> Result<Vec<FileRef>, CoreError> {
         let me = self.identity.id();
         let mut due = Vec::new();
-        for (env, payload) in self.read(limit, Some(Kind::File))? {
+        for (env, payload) in self.read(Page::last(limit), Some(Kind::File))? {
             let Some(file) = payload.file else {
                 continue;
             };

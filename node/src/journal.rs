@@ -71,6 +71,37 @@ const HEAD_VALUE_LEN: usize = 40;
 const ROOM_VALUE_LEN: usize = 24;
 const FORK_HEADER_LEN: usize = 64;
 
+/// Which stretch of a room's history to read, counted back from its newest entry in display
+/// order: the newest `limit` entries older than `before` (than the newest entry without it),
+/// after passing over the newest `skip` of those. `before` names a message the reader was
+/// shown, so pages read one after another neither repeat nor miss an entry while new ones
+/// arrive; `skip` counts from the end, for a reader that keeps no position (the CLI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: usize,
+    pub skip: usize,
+    pub before: Option<Position>,
+}
+
+impl Page {
+    /// The newest `limit` entries.
+    pub fn last(limit: usize) -> Self {
+        Page {
+            limit,
+            skip: 0,
+            before: None,
+        }
+    }
+}
+
+/// An entry's place in display order: ascending (lamport, author, seq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub lamport: u64,
+    pub author: Id,
+    pub seq: u64,
+}
+
 /// Metadata of one entry; the envelope bytes carry the same data signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryMeta {
@@ -975,19 +1006,19 @@ impl Journal {
     /// The last `limit` contiguous entries of the room in display order: ascending
     /// (lamport, author, seq), a total order every node computes identically.
     pub fn history(&self, room: &Id, limit: usize) -> Result<Vec<StoredEntry>, JournalError> {
-        self.history_where(room, limit, |_| true)
+        self.history_where(room, Page::last(limit), |_| true)
     }
 
-    /// The room's last `limit` entries whose envelope `keep` accepts, in display order.
-    /// Entries it turns down are never copied out of the database, so looking for a rare
-    /// kind of entry (files) in a long history holds only what it finds.
+    /// A page of the room's entries whose envelope `keep` accepts, in display order (see
+    /// [`Page`]). Entries it turns down are never copied out of the database, so looking for
+    /// a rare kind of entry (files) in a long history holds only what it finds.
     pub fn history_where(
         &self,
         room: &Id,
-        limit: usize,
+        page: Page,
         mut keep: impl FnMut(&[u8]) -> bool,
     ) -> Result<Vec<StoredEntry>, JournalError> {
-        if limit == 0 {
+        if page.limit == 0 {
             return Ok(Vec::new());
         }
         let path = self.path.as_path();
@@ -995,8 +1026,16 @@ impl Journal {
         let order = txn.open_table(ORDER).at(path)?;
         let entries = txn.open_table(ENTRIES).at(path)?;
         let (lo, hi) = room_bounds::<ORDER_KEY_LEN>(room);
+        let before = page
+            .before
+            .map(|p| order_key(room, p.lamport, &p.author, p.seq));
+        let range = match &before {
+            Some(before) => order.range(&lo[..]..&before[..]),
+            None => order.range(&lo[..]..=&hi[..]),
+        };
+        let mut skip = page.skip;
         let mut out = Vec::new();
-        for item in order.range(&lo[..]..=&hi[..]).at(path)?.rev() {
+        for item in range.at(path)?.rev() {
             let (k, _) = item.at(path)?;
             let k = k.value();
             let (Some(author), Some(seq), ORDER_KEY_LEN) = (id_at(k, 40), u64_at(k, 72), k.len())
@@ -1014,13 +1053,17 @@ impl Journal {
             {
                 continue;
             }
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
             out.push(stored_entry(
                 *room,
                 author,
                 seq,
                 decode_rec(path, &key, v.value())?,
             ));
-            if out.len() == limit {
+            if out.len() == page.limit {
                 break;
             }
         }
@@ -1828,6 +1871,83 @@ mod tests {
         assert_eq!(j.chunk_bytes().unwrap(), 711);
     }
 
+    fn page(limit: usize, skip: usize, before: Option<Position>) -> Page {
+        Page {
+            limit,
+            skip,
+            before,
+        }
+    }
+
+    fn position(e: &StoredEntry) -> Position {
+        Position {
+            lamport: e.meta.lamport,
+            author: e.meta.author,
+            seq: e.meta.seq,
+        }
+    }
+
+    #[test]
+    fn pages_read_back_from_a_position_cover_the_history_once_in_order() {
+        let (_d, j) = open_tmp();
+        for x in sample_entries() {
+            app(&j, &x);
+        }
+        app(&j, &e(&OTHER_ROOM, &ALICE, 1, 100));
+        let all = j.history(&ROOM, usize::MAX).unwrap();
+        assert_eq!(all.len(), 36);
+        // Pages of 5 from the newest back, each before the oldest of the one read last.
+        let mut pages = Vec::new();
+        let mut next = Page::last(5);
+        loop {
+            let got = j.history_where(&ROOM, next, |_| true).unwrap();
+            let Some(first) = got.first() else { break };
+            next.before = Some(position(first));
+            pages.push(got);
+        }
+        assert_eq!(pages.len(), 8);
+        assert!(pages[..7].iter().all(|p| p.len() == 5));
+        assert_eq!(pages[7].len(), 1);
+        let joined: Vec<StoredEntry> = pages.into_iter().rev().flatten().collect();
+        assert_eq!(joined, all);
+
+        // New entries after the position do not shift the page before it.
+        let before = Some(position(&all[20]));
+        let fixed = page(4, 0, before);
+        let was = j.history_where(&ROOM, fixed, |_| true).unwrap();
+        app(&j, &e(&ROOM, &ALICE, 13, 1_000));
+        assert_eq!(j.history_where(&ROOM, fixed, |_| true).unwrap(), was);
+        assert_eq!(was, all[16..20].to_vec());
+
+        // `skip` passes over the newest entries the filter keeps, before `before` if given.
+        let all = j.history(&ROOM, usize::MAX).unwrap();
+        let odd = |env: &[u8]| all.iter().any(|e| e.envelope == env && e.meta.seq % 2 == 1);
+        let kept: Vec<StoredEntry> = all
+            .iter()
+            .filter(|e| e.meta.seq % 2 == 1)
+            .cloned()
+            .collect();
+        let n = kept.len();
+        let skipped = page(3, 2, None);
+        let got = j.history_where(&ROOM, skipped, odd).unwrap();
+        assert_eq!(got, kept[n - 5..n - 2].to_vec());
+        let before = Some(position(&kept[n - 4]));
+        let both = page(3, 1, before);
+        let got = j.history_where(&ROOM, both, odd).unwrap();
+        assert_eq!(got, kept[n - 8..n - 5].to_vec());
+        // Past the start: what is left, then nothing.
+        let far = page(10, n - 2, None);
+        assert_eq!(
+            j.history_where(&ROOM, far, odd).unwrap(),
+            kept[..2].to_vec()
+        );
+        let past = page(10, n, None);
+        assert!(j.history_where(&ROOM, past, odd).unwrap().is_empty());
+        let first = Some(position(&all[0]));
+        let none = page(10, 0, first);
+        assert!(j.history_where(&ROOM, none, |_| true).unwrap().is_empty());
+    }
+
     #[test]
     fn history_where_counts_only_the_entries_it_keeps() {
         let (_d, j) = open_tmp();
@@ -1842,11 +1962,18 @@ mod tests {
             .cloned()
             .collect();
         assert!(wanted.len() >= 3 && wanted.len() < all.len());
-        assert_eq!(j.history_where(&ROOM, usize::MAX, odd).unwrap(), wanted);
+        assert_eq!(
+            j.history_where(&ROOM, Page::last(usize::MAX), odd).unwrap(),
+            wanted
+        );
         // The last two kept, however many others come after them.
-        let last2 = j.history_where(&ROOM, 2, odd).unwrap();
+        let last2 = j.history_where(&ROOM, Page::last(2), odd).unwrap();
         assert_eq!(last2, wanted[wanted.len() - 2..].to_vec());
-        assert!(j.history_where(&ROOM, 5, |_| false).unwrap().is_empty());
+        assert!(
+            j.history_where(&ROOM, Page::last(5), |_| false)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

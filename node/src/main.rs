@@ -151,11 +151,16 @@ enum Cmd {
     /// Drop this node's copy of a file shared in a room, to free disk space (the message
     /// stays; fetch it again from a member who holds it).
     Forget { room: String, id: String },
-    /// Show a room's history.
+    /// Show a room's history: its last messages, or earlier ones with --skip.
     History {
         room: String,
+        /// How many messages to show.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Pass over this many of the newest first (--limit 50 --skip 50: the 50 before
+        /// the last 50).
+        #[arg(long, default_value_t = 0)]
+        skip: usize,
     },
     /// Manage contacts.
     #[command(subcommand)]
@@ -678,6 +683,8 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                 room,
                 limit,
                 kind: Some(Kind::File),
+                skip: 0,
+                before: None,
             };
             let v: Vec<MessageView> = c.post("/history", &req)?;
             let files: Vec<&MessageView> = v.iter().filter(|m| m.file.is_some()).collect();
@@ -731,11 +738,13 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                 println!("forgot {}: {} freed", v.name, human_size(v.freed))
             })
         }
-        Cmd::History { room, limit } => {
+        Cmd::History { room, limit, skip } => {
             let req = HistoryRequest {
                 room,
                 limit,
                 kind: None,
+                skip,
+                before: None,
             };
             let v: Vec<MessageView> = c.post("/history", &req)?;
             print(json, &v, |v| v.iter().for_each(print_message))

@@ -154,6 +154,35 @@ impl NodeProc {
         self.cli(&["status"])
     }
 
+    /// The node's local API: its base URL (`http://ADDR/v1`) and the Authorization header.
+    pub fn api(&self) -> (String, String) {
+        let info = std::fs::read_to_string(self.data_dir.join("api.json")).unwrap();
+        let info: Value = serde_json::from_str(&info).unwrap();
+        let token = std::fs::read_to_string(self.data_dir.join("api.token")).unwrap();
+        (
+            format!("http://{}/v1", info["addr"].as_str().unwrap()),
+            format!("Bearer {}", token.trim()),
+        )
+    }
+
+    /// POSTs `body` as JSON to the local API (`path` such as "/history"): the status and
+    /// the JSON answer (`Null` if the answer is not JSON).
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (base, auth) = self.api();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut r = agent
+            .post(format!("{base}{path}"))
+            .header("Authorization", &auth)
+            .send_json(body)
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     /// The first listen address (with /p2p/) whose text contains `needle`, e.g. "/tcp/",
     /// "/quic-v1", "/webrtc-direct".
     pub fn listen_addr(&self, needle: &str) -> String {

@@ -28,7 +28,7 @@ use crate::core::{
 };
 use crate::envelope::Kind;
 use crate::identity::Identity;
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Journal, JournalError, Page};
 use crate::net::{self, Behaviour, BehaviourEvent, NetError, SwarmOptions};
 use crate::room::{Room, RoomId};
 
@@ -274,7 +274,7 @@ enum Command {
     Rooms(Reply<Vec<RoomView>>),
     Send(String, String, Reply<Sent>),
     /// A room's last entries, of one kind only with `Some`.
-    History(String, usize, Option<Kind>, Reply<Vec<MessageView>>),
+    History(String, Page, Option<Kind>, Reply<Vec<MessageView>>),
     AddContact(String, String, Reply<ContactView>),
     Contacts(Reply<Vec<ContactView>>),
     CreateGroup(String, Vec<String>, Reply<RoomView>),
@@ -356,14 +356,26 @@ impl NodeHandle {
             .await
     }
 
+    /// A room's last `limit` messages, in display order.
     pub async fn history(&self, room: &str, limit: usize) -> Result<Vec<MessageView>, NodeError> {
-        self.ask(|r| Command::History(room.to_string(), limit, None, r))
-            .await
+        self.history_page(room, Page::last(limit), None).await
     }
 
     /// A room's last `limit` file messages (only those are loaded and opened).
     pub async fn files(&self, room: &str, limit: usize) -> Result<Vec<MessageView>, NodeError> {
-        self.ask(|r| Command::History(room.to_string(), limit, Some(Kind::File), r))
+        self.history_page(room, Page::last(limit), Some(Kind::File))
+            .await
+    }
+
+    /// A page of a room's messages (of kind `only`, if given), in display order: what a
+    /// reader scrolling back through a long history asks for.
+    pub async fn history_page(
+        &self,
+        room: &str,
+        page: Page,
+        only: Option<Kind>,
+    ) -> Result<Vec<MessageView>, NodeError> {
+        self.ask(|r| Command::History(room.to_string(), page, only, r))
             .await
     }
 
@@ -1274,7 +1286,7 @@ impl Service {
             Command::Fetch(room, id, waiter) => self.find_then_fetch(&room, &id, waiter),
             Command::FetchKnown(known, waiter) => self.fetch_found(known.room, known.file, waiter),
             Command::Forget(room, id, r) => self.forget(&room, &id, r),
-            Command::History(room, limit, only, r) => self.read_history(&room, limit, only, r),
+            Command::History(room, page, only, r) => self.read_history(&room, page, only, r),
             Command::AddContact(name, code, r) => {
                 let res = self.core.add_contact(&name, &code);
                 if let Ok(c) = &res
@@ -1764,7 +1776,7 @@ impl Service {
     fn read_history(
         &mut self,
         room: &str,
-        limit: usize,
+        page: Page,
         only: Option<Kind>,
         reply: Reply<Vec<MessageView>>,
     ) {
@@ -1774,7 +1786,7 @@ impl Service {
         };
         self.read_off_loop(reader, move |reader| {
             let room = reader.room_id();
-            let read = reader.read(limit, only);
+            let read = reader.read(page, only);
             reconcile::Internal::History { room, read, reply }
         });
     }
