@@ -1,0 +1,227 @@
+//! The handle through which everything else talks to a running node: each call is a
+//! [`Command`] sent to the service's task, which owns the swarm, and answered on a oneshot.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::files::{self, Fetched, Target};
+use super::{Event, NodeError, PeerView, Sent, Status};
+use crate::core::{ContactView, CoreError, MessageView, RoomView};
+use crate::envelope::Kind;
+use crate::identity::Identity;
+use crate::journal::{Journal, Page};
+use crate::room::Room;
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+pub(super) enum Command {
+    Status(Reply<Status>),
+    Peers(Reply<Vec<PeerView>>),
+    Join(Room, Reply<RoomView>),
+    Leave(String, Reply<RoomView>),
+    Rooms(Reply<Vec<RoomView>>),
+    Send(String, String, Reply<Sent>),
+    /// A page of a room's entries, of one kind only with `Some`.
+    History(String, Page, Option<Kind>, Reply<Vec<MessageView>>),
+    AddContact(String, String, Reply<ContactView>),
+    Contacts(Reply<Vec<ContactView>>),
+    CreateGroup(String, Vec<String>, Reply<RoomView>),
+    Dial(Multiaddr, Reply<()>),
+    Block(Vec<PeerId>, bool, Reply<()>),
+    SyncNow(Reply<()>),
+    PublishRaw(String, Vec<u8>, Reply<()>),
+    AskMembers(PeerId, String, Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
+    ShareFile(String, crate::files::FileRef, Reply<Sent>),
+    Fetch(String, String, files::Waiter),
+    /// A file found before (see [`FileReader::known`]): no lookup in the history.
+    FetchKnown(files::KnownFile, files::Waiter),
+    Forget(String, String, Reply<files::Forgotten>),
+    Shutdown(Reply<()>),
+}
+
+/// Cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(super) tx: mpsc::Sender<Command>,
+    pub(super) events: broadcast::Sender<Event>,
+    pub(super) identity: Arc<Identity>,
+    pub(super) faults: crate::faults::Faults,
+    /// The event loop's journal: a file's chunks are sealed and stored off the loop. Weak,
+    /// so that a stopped node closes its journal even while handles remain.
+    pub(super) journal: std::sync::Weak<Journal>,
+    /// Where files uploaded through the API wait while they are sealed.
+    pub(super) uploads: PathBuf,
+}
+
+impl NodeHandle {
+    pub(super) async fn ask<T>(&self, f: impl FnOnce(Reply<T>) -> Command) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(f(tx)).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub async fn status(&self) -> Result<Status, NodeError> {
+        self.ask(Command::Status).await
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerView>, NodeError> {
+        self.ask(Command::Peers).await
+    }
+
+    /// Joins a named room. The password's argon2id runs off the swarm task.
+    pub async fn join(&self, name: &str, password: Option<String>) -> Result<RoomView, NodeError> {
+        let name = name.to_string();
+        let room = tokio::task::spawn_blocking(move || Room::named(&name, password.as_deref()))
+            .await
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(CoreError::from)?;
+        self.ask(|r| Command::Join(room, r)).await
+    }
+
+    /// Joins a room built by the caller (direct, group, or any [`Room`]).
+    pub async fn join_room(&self, room: Room) -> Result<RoomView, NodeError> {
+        self.ask(|r| Command::Join(room, r)).await
+    }
+
+    pub async fn leave(&self, name: &str) -> Result<RoomView, NodeError> {
+        self.ask(|r| Command::Leave(name.to_string(), r)).await
+    }
+
+    pub async fn rooms(&self) -> Result<Vec<RoomView>, NodeError> {
+        self.ask(Command::Rooms).await
+    }
+
+    pub async fn send(&self, room: &str, text: &str) -> Result<Sent, NodeError> {
+        self.ask(|r| Command::Send(room.to_string(), text.to_string(), r))
+            .await
+    }
+
+    /// A room's last `limit` messages, in display order.
+    pub async fn history(&self, room: &str, limit: usize) -> Result<Vec<MessageView>, NodeError> {
+        self.history_page(room, Page::last(limit), None).await
+    }
+
+    /// A room's last `limit` file messages (only those are loaded and opened).
+    pub async fn files(&self, room: &str, limit: usize) -> Result<Vec<MessageView>, NodeError> {
+        self.history_page(room, Page::last(limit), Some(Kind::File))
+            .await
+    }
+
+    /// A page of a room's messages (of kind `only`, if given), in display order: what a
+    /// reader scrolling back through a long history asks for.
+    pub async fn history_page(
+        &self,
+        room: &str,
+        page: Page,
+        only: Option<Kind>,
+    ) -> Result<Vec<MessageView>, NodeError> {
+        self.ask(|r| Command::History(room.to_string(), page, only, r))
+            .await
+    }
+
+    pub async fn add_contact(&self, name: &str, code: &str) -> Result<ContactView, NodeError> {
+        self.ask(|r| Command::AddContact(name.to_string(), code.to_string(), r))
+            .await
+    }
+
+    pub async fn contacts(&self) -> Result<Vec<ContactView>, NodeError> {
+        self.ask(Command::Contacts).await
+    }
+
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: Vec<String>,
+    ) -> Result<RoomView, NodeError> {
+        self.ask(|r| Command::CreateGroup(name.to_string(), members, r))
+            .await
+    }
+
+    /// Sends a direct message to a contact.
+    pub async fn dm(&self, contact: &str, text: &str) -> Result<Sent, NodeError> {
+        self.send(&format!("@{}", contact.trim_start_matches('@')), text)
+            .await
+    }
+
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.ask(|r| Command::Dial(addr, r)).await
+    }
+
+    /// Cuts off (or, with `blocked = false`, lets back) these peers: the fault injection
+    /// behind simulated partitions.
+    pub async fn block(&self, peers: Vec<PeerId>, blocked: bool) -> Result<(), NodeError> {
+        self.ask(|r| Command::Block(peers, blocked, r)).await
+    }
+
+    /// The fault model applied to this node's links.
+    pub fn faults(&self) -> &crate::faults::Faults {
+        &self.faults
+    }
+
+    /// Starts a reconciliation round with every connected member of every room now.
+    pub async fn sync_now(&self) -> Result<(), NodeError> {
+        self.ask(Command::SyncNow).await
+    }
+
+    /// Publishes raw bytes on a room's topic, bypassing the envelope code: for tests that
+    /// check how peers treat forged or malformed messages.
+    pub async fn publish_raw(&self, room: &str, bytes: Vec<u8>) -> Result<(), NodeError> {
+        self.ask(|r| Command::PublishRaw(room.to_string(), bytes, r))
+            .await
+    }
+
+    /// Asks a connected peer which members of a room it is connected to (member exchange,
+    /// as the node does by itself when a room is short of members), and returns the answer
+    /// as parsed: for tests of what a member hands on.
+    pub async fn ask_members(
+        &self,
+        peer: PeerId,
+        room: &str,
+    ) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, NodeError> {
+        self.ask(|r| Command::AskMembers(peer, room.to_string(), r))
+            .await
+    }
+
+    /// Shares the file at `path` in `room`: seals and stores its chunks (on a blocking
+    /// thread), then sends the message that tells members how to fetch it.
+    pub async fn share_file(&self, room: &str, path: PathBuf) -> Result<Sent, NodeError> {
+        // An unknown room is refused before a large file is sealed for nothing.
+        if !self.rooms().await?.iter().any(|r| r.name == room) {
+            return Err(CoreError::UnknownRoom(room.to_string()).into());
+        }
+        let journal = self.journal.upgrade().ok_or(NodeError::Stopped)?;
+        let file = tokio::task::spawn_blocking(move || files::seal_and_store(&journal, &path))
+            .await
+            .map_err(|_| NodeError::Stopped)??;
+        let room = room.to_string();
+        self.ask(|r| Command::ShareFile(room, file, r)).await
+    }
+
+    /// Fetches a file shared in `room` (by id, or a prefix of at least 8 hex digits) from
+    /// the room's connected members, and writes it to `target`.
+    pub async fn fetch_file(
+        &self,
+        room: &str,
+        id: &str,
+        target: Target,
+    ) -> Result<Fetched, NodeError> {
+        let (room, id) = (room.to_string(), id.to_string());
+        self.ask(|r| Command::Fetch(room, id, files::Waiter::Write(target, r)))
+            .await
+    }
+
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        self.ask(Command::Shutdown).await
+    }
+}
