@@ -121,7 +121,7 @@ fn direct_message_reaches_its_recipient() {
 }
 
 #[test]
-fn history_reads_back_page_by_page_through_the_cli_and_the_api() {
+fn history_reads_back_page_by_page_and_searches_through_the_cli_and_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = tcp_pair(dir.path(), &["--join", "lobby"]);
     wait_until("alice and bob meet in lobby", T, || {
@@ -182,6 +182,26 @@ fn history_reads_back_page_by_page_through_the_cli_and_the_api() {
         got["error"].as_str().unwrap().contains("author_id"),
         "{got}"
     );
+
+    // A search finds what contains the text, whatever its case, a page at a time.
+    let search = |args: &[&str]| texts(&b.cli(&[&["search", "lobby"], args].concat()));
+    assert_eq!(search(&["BOB"]), ["bob 3", "bob 6", "bob 9", "bob 12"]);
+    assert_eq!(
+        search(&["bob", "--limit", "2", "--skip", "1"]),
+        ["bob 6", "bob 9"]
+    );
+    assert_eq!(
+        search(&["alice 1"]),
+        ["alice 1", "alice 10", "alice 11", "alice 13"]
+    );
+    assert!(search(&["carol"]).is_empty());
+    let ask = serde_json::json!({"room": "lobby", "limit": 5, "contains": "x".repeat(1025)});
+    let (status, got) = b.post("/history", &ask);
+    assert_eq!(status, 400);
+    assert!(got["error"].as_str().unwrap().contains("at most"), "{got}");
+    let out = b.try_cli(&["search", "lobby", ""]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to search for"));
 }
 
 #[test]

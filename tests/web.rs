@@ -343,7 +343,7 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
 }
 
 #[test]
-fn the_web_page_reads_a_long_history_back_a_page_at_a_time() {
+fn the_web_page_reads_a_long_history_back_a_page_at_a_time_and_searches_it() {
     let Some(tools) = tools_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     let args = [
@@ -397,4 +397,33 @@ fn the_web_page_reads_a_long_history_back_a_page_at_a_time() {
         Value::Bool(true),
         "message 61 scrolled out of view"
     );
+
+    // A search shows the messages that contain it, whatever its case, until "Show all".
+    let search = b.wait_for("#searchtext", T);
+    b.send_keys(&search, &format!("MESSAGE 13{ENTER}"));
+    let thirteens: Vec<String> = ["message 13".to_string()]
+        .into_iter()
+        .chain((130..=139).map(|i| format!("message {i}")))
+        .collect();
+    wait_until("the search's results", T, || {
+        texts() == Value::from(thirteens.clone())
+    });
+    assert!(b.text("#searchinfo").contains("MESSAGE 13"));
+    assert!(b.find("#earlier").is_none(), "11 results fit one page");
+    b.click_on("#clearsearch", T);
+    wait_until("the newest 200 again", T, || texts() == expect(N - 199));
+    assert!(b.find("#searchinfo").is_some_and(|e| !b.displayed(&e)));
+    b.send_keys(&search, &format!("no such words{ENTER}"));
+    wait_until("the page says nothing matched", T, || {
+        shown(&b).contains("No message contains “no such words”.")
+    });
+    // Sending from a search goes back to the conversation, which ends with what was sent.
+    let text = b.wait_for("#sendtext", T);
+    b.send_keys(&text, &format!("after the search{ENTER}"));
+    wait_until("the conversation with the new message", T, || {
+        let t = texts();
+        let t = t.as_array().unwrap();
+        t.len() == 200 && t.last() == Some(&Value::from("after the search"))
+    });
+    assert!(b.find("#searchinfo").is_some_and(|e| !b.displayed(&e)));
 }

@@ -214,20 +214,27 @@ pub struct TicketView {
 }
 
 /// A room's last `limit` entries; with `kind`, its last `limit` messages of that kind
-/// (`"file"`: the room's files, without loading or opening its text messages). To read
-/// further back: `before`, a message already shown (the page ends just before it), and
-/// `skip`, how many of the newest to pass over first (see [`crate::journal::Page`]).
+/// (`"file"`: the room's files, without loading or opening its text messages); with
+/// `contains`, its last `limit` messages whose text or file name contains that, whatever
+/// its case. To read further back: `before`, a message already shown (the page ends just
+/// before it), and `skip`, how many of the newest to pass over first (see
+/// [`crate::journal::Page`]).
 #[derive(Serialize, Deserialize, Debug)]
 pub struct HistoryRequest {
     pub room: String,
     pub limit: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<crate::envelope::Kind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skip: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<Before>,
 }
+
+/// The longest text a history search looks for, in bytes.
+pub const MAX_SEARCH: usize = 1024;
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
@@ -622,7 +629,20 @@ async fn history(
         }
         None => None,
     };
-    Ok(Json(s.node.history_page(&r.room, page, only).await?))
+    // Nothing to look for is no search: the whole history matches.
+    let contains = r.contains.filter(|c| !c.is_empty());
+    if contains.as_ref().is_some_and(|c| c.len() > MAX_SEARCH) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("a search is at most {MAX_SEARCH} bytes"),
+        ));
+    }
+    let query = crate::core::Query {
+        page,
+        only,
+        contains,
+    };
+    Ok(Json(s.node.query(&r.room, query).await?))
 }
 
 async fn contacts(State(s): State<AppState>) -> ApiResult<Vec<crate::core::ContactView>> {

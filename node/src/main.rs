@@ -162,6 +162,18 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         skip: usize,
     },
+    /// Show a room's messages whose text or file name contains TEXT (whatever its case),
+    /// the newest last.
+    Search {
+        room: String,
+        text: String,
+        /// How many of the latest matches to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Pass over this many of the newest matches first.
+        #[arg(long, default_value_t = 0)]
+        skip: usize,
+    },
     /// Manage contacts.
     #[command(subcommand)]
     Contact(ContactCmd),
@@ -683,6 +695,7 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                 room,
                 limit,
                 kind: Some(Kind::File),
+                contains: None,
                 skip: 0,
                 before: None,
             };
@@ -743,11 +756,37 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                 room,
                 limit,
                 kind: None,
+                contains: None,
                 skip,
                 before: None,
             };
             let v: Vec<MessageView> = c.post("/history", &req)?;
             print(json, &v, |v| v.iter().for_each(print_message))
+        }
+        Cmd::Search {
+            room,
+            text,
+            limit,
+            skip,
+        } => {
+            if text.is_empty() {
+                anyhow::bail!("nothing to search for: give the text to look for");
+            }
+            let req = HistoryRequest {
+                room,
+                limit,
+                kind: None,
+                contains: Some(text),
+                skip,
+                before: None,
+            };
+            let v: Vec<MessageView> = c.post("/history", &req)?;
+            print(json, &v, |v| {
+                if v.is_empty() {
+                    eprintln!("no message contains that");
+                }
+                v.iter().for_each(print_message)
+            })
         }
         Cmd::Contact(ContactCmd::Add { name, code }) => {
             let v: ContactView = c.post("/contacts", &ContactRequest { name, code })?;

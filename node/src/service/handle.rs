@@ -9,10 +9,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::files::{self, Fetched, Target};
 use super::{Event, NodeError, PeerView, Sent, Status};
-use crate::core::{ContactView, CoreError, MessageView, RoomView};
+use crate::core::{ContactView, CoreError, MessageView, Query, RoomView};
 use crate::envelope::Kind;
 use crate::identity::Identity;
-use crate::journal::{Journal, Page};
+use crate::journal::Journal;
 use crate::room::Room;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
@@ -24,8 +24,7 @@ pub(super) enum Command {
     Leave(String, Reply<RoomView>),
     Rooms(Reply<Vec<RoomView>>),
     Send(String, String, Reply<Sent>),
-    /// A page of a room's entries, of one kind only with `Some`.
-    History(String, Page, Option<Kind>, Reply<Vec<MessageView>>),
+    History(String, Query, Reply<Vec<MessageView>>),
     AddContact(String, String, Reply<ContactView>),
     Contacts(Reply<Vec<ContactView>>),
     CreateGroup(String, Vec<String>, Reply<RoomView>),
@@ -109,24 +108,26 @@ impl NodeHandle {
 
     /// A room's last `limit` messages, in display order.
     pub async fn history(&self, room: &str, limit: usize) -> Result<Vec<MessageView>, NodeError> {
-        self.history_page(room, Page::last(limit), None).await
+        self.query(room, Query::last(limit)).await
     }
 
     /// A room's last `limit` file messages (only those are loaded and opened).
     pub async fn files(&self, room: &str, limit: usize) -> Result<Vec<MessageView>, NodeError> {
-        self.history_page(room, Page::last(limit), Some(Kind::File))
-            .await
+        let only = Some(Kind::File);
+        self.query(
+            room,
+            Query {
+                only,
+                ..Query::last(limit)
+            },
+        )
+        .await
     }
 
-    /// A page of a room's messages (of kind `only`, if given), in display order: what a
-    /// reader scrolling back through a long history asks for.
-    pub async fn history_page(
-        &self,
-        room: &str,
-        page: Page,
-        only: Option<Kind>,
-    ) -> Result<Vec<MessageView>, NodeError> {
-        self.ask(|r| Command::History(room.to_string(), page, only, r))
+    /// What `query` asks for of a room's history, in display order: a page further back,
+    /// one kind of message, a search.
+    pub async fn query(&self, room: &str, query: Query) -> Result<Vec<MessageView>, NodeError> {
+        self.ask(|r| Command::History(room.to_string(), query, r))
             .await
     }
 

@@ -37,10 +37,9 @@ use incoming::{FLUSH_INTERVAL, GROUP_COMMIT_MAX};
 use receipts::RECEIPT_INTERVAL;
 
 use crate::config;
-use crate::core::{Core, CoreError, Counters, MessageView, Rejection, RoomView};
-use crate::envelope::Kind;
+use crate::core::{Core, CoreError, Counters, MessageView, Query, Rejection, RoomView};
 use crate::identity::Identity;
-use crate::journal::{Journal, JournalError, Page};
+use crate::journal::{Journal, JournalError};
 use crate::net::{self, Behaviour, BehaviourEvent, NetError, SwarmOptions};
 use crate::room::{Room, RoomId};
 
@@ -752,7 +751,7 @@ impl Service {
             Command::Fetch(room, id, waiter) => self.find_then_fetch(&room, &id, waiter),
             Command::FetchKnown(known, waiter) => self.fetch_found(known.room, known.file, waiter),
             Command::Forget(room, id, r) => self.forget(&room, &id, r),
-            Command::History(room, page, only, r) => self.read_history(&room, page, only, r),
+            Command::History(room, query, r) => self.read_history(&room, query, r),
             Command::AddContact(name, code, r) => {
                 let res = self.core.add_contact(&name, &code);
                 if let Ok(c) = &res
@@ -1125,20 +1124,14 @@ impl Service {
 
     /// Reads a room's history on a blocking thread (see [`crate::core::RoomReader`]); the
     /// views are made here once it is read.
-    fn read_history(
-        &mut self,
-        room: &str,
-        page: Page,
-        only: Option<Kind>,
-        reply: Reply<Vec<MessageView>>,
-    ) {
+    fn read_history(&mut self, room: &str, query: Query, reply: Reply<Vec<MessageView>>) {
         let reader = match self.core.reader(room) {
             Ok(reader) => reader,
             Err(e) => return drop(reply.send(Err(e.into()))),
         };
         self.read_off_loop(reader, move |reader| {
             let room = reader.room_id();
-            let read = reader.read(page, only);
+            let read = reader.query(&query);
             reconcile::Internal::History { room, read, reply }
         });
     }
