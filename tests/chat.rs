@@ -205,6 +205,108 @@ fn history_reads_back_page_by_page_and_searches_through_the_cli_and_the_api() {
 }
 
 #[test]
+fn chat_shows_the_room_then_sends_what_is_typed_and_prints_what_arrives() {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = tcp_pair(dir.path(), &["--join", "lobby", "--join", "other"]);
+    wait_until("alice and bob meet in lobby", T, || {
+        a.room_peers("lobby") >= 1
+    });
+    b.cli(&["send", "lobby", "before the chat"]);
+    wait_until("alice holds bob's first", T, || {
+        a.texts("lobby") == ["before the chat"]
+    });
+    let mut chat = a
+        .client(&["chat", "lobby"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = chat.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let next_line = || rx.recv_timeout(T).expect("a line from cryptchat chat");
+    // The room as it was: Bob's message, by Bob.
+    let first = next_line();
+    assert!(
+        first.contains("lobby bob") && first.ends_with(": before the chat"),
+        "{first}"
+    );
+    // A line typed is sent; it comes back as the room shows it.
+    let mut stdin = chat.stdin.take().unwrap();
+    writeln!(stdin, "hello from the terminal").unwrap();
+    wait_until("bob reads the typed line", T, || {
+        b.texts("lobby")
+            .contains(&"hello from the terminal".to_string())
+    });
+    let echoed = next_line();
+    assert!(echoed.contains("hello from the terminal"), "{echoed}");
+    // What others write arrives; other rooms stay out.
+    b.cli(&["send", "other", "not for this chat"]);
+    b.cli(&["send", "lobby", "a reply"]);
+    let reply = next_line();
+    assert!(
+        reply.contains("lobby bob") && reply.ends_with(": a reply"),
+        "{reply}"
+    );
+    // The end of input ends the chat.
+    drop(stdin);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = chat.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < T,
+            "cryptchat chat did not end with its input"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    // An unknown room is refused before anything is shown.
+    let out = a.try_cli(&["chat", "nowhere"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
+
+    // `watch ROOM` follows that room only.
+    let mut watch = a
+        .client(&["watch", "other"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    // Once one message of `other` shows, the watch is following.
+    for i in 0.. {
+        assert!(i < 30, "watch other never showed a message of other");
+        b.cli(&["send", "other", &format!("ping {i}")]);
+        if rx.recv_timeout(Duration::from_secs(2)).is_ok() {
+            break;
+        }
+    }
+    while rx.recv_timeout(Duration::from_millis(500)).is_ok() {}
+    b.cli(&["send", "lobby", "not for the watch"]);
+    b.cli(&["send", "other", "for the watch"]);
+    let line = rx.recv_timeout(T).expect("a line from cryptchat watch");
+    assert!(line.ends_with(": for the watch"), "{line}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+#[test]
 fn restart_keeps_history_and_wrong_password_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (a, mut b) = tcp_pair(dir.path(), &["--join", "lobby"]);

@@ -145,6 +145,18 @@ impl Client {
 
     /// Streams server-sent events, calling `f` with each event's JSON until it returns false.
     pub fn events(&self, mut f: impl FnMut(&str) -> bool) -> Result<(), ClientError> {
+        for data in self.subscribe()? {
+            if !f(&data?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The node's events from now on (see [`crate::service::Event`]): once this returns,
+    /// every later event is in the stream, so what is read next (a room's history, say)
+    /// leaves no gap before them.
+    pub fn subscribe(&self) -> Result<Events, ClientError> {
         use std::io::BufRead;
         let res = unbounded_agent()
             .get(format!("{}/events", self.base))
@@ -155,15 +167,31 @@ impl Client {
             return Err(ClientError::Api(format!("events: HTTP {}", res.status())));
         }
         let reader = std::io::BufReader::new(res.into_body().into_reader());
-        for line in reader.lines() {
-            let line = line.map_err(|e| ClientError::Transport(e.to_string()))?;
-            if let Some(data) = line.strip_prefix("data:")
-                && !f(data.trim())
-            {
-                break;
+        Ok(Events {
+            lines: reader.lines(),
+        })
+    }
+}
+
+/// A node's event stream: each item is one event's JSON. Ends when the node stops.
+pub struct Events {
+    lines: std::io::Lines<std::io::BufReader<ureq::BodyReader<'static>>>,
+}
+
+impl Iterator for Events {
+    type Item = Result<String, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.lines.next()? {
+                Ok(line) => {
+                    if let Some(data) = line.strip_prefix("data:") {
+                        return Some(Ok(data.trim().to_string()));
+                    }
+                }
+                Err(e) => return Some(Err(ClientError::Transport(e.to_string()))),
             }
         }
-        Ok(())
     }
 }
 

@@ -187,8 +187,16 @@ enum Cmd {
     Status,
     /// Connect to a peer by address.
     Dial { addr: String },
-    /// Print messages as they arrive.
-    Watch,
+    /// Print messages as they arrive (only those of ROOMs, if given).
+    Watch { rooms: Vec<String> },
+    /// Chat in a room from the terminal: its last messages, then new ones as they arrive,
+    /// while every line typed is sent (Ctrl-D leaves).
+    Chat {
+        room: String,
+        /// How many of the room's last messages to show first.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+    },
     /// Print the address of the node's web page (with its access token: keep it private).
     Web,
     /// Show or change the simulated faults on the running node.
@@ -512,6 +520,65 @@ fn print_message(m: &MessageView) {
         m.room,
         who,
     );
+}
+
+/// `cryptchat chat`: the room's last `last` messages, then its new ones as they arrive (on
+/// a thread of their own), while each line read from stdin is sent. Ends at the end of
+/// stdin, or when the node stops.
+fn chat(c: &Client, room: &str, last: usize, json: bool) -> Result<()> {
+    use std::io::BufRead;
+    let show = move |m: &MessageView| {
+        if json {
+            println!("{}", serde_json::to_string(m).unwrap_or_default());
+        } else {
+            print_message(m);
+        }
+    };
+    // Subscribed before the history is read: nothing falls between the two.
+    let events = c.subscribe()?;
+    let req = HistoryRequest {
+        room: room.to_string(),
+        limit: last,
+        kind: None,
+        contains: None,
+        skip: 0,
+        before: None,
+    };
+    let shown: Vec<MessageView> = c.post("/history", &req)?;
+    shown.iter().for_each(show);
+    let seen: std::collections::HashSet<String> = shown.into_iter().map(|m| m.hash).collect();
+    if std::io::stdin().is_terminal() {
+        eprintln!("-- {room}: type a message and press Enter to send it; Ctrl-D leaves --");
+    }
+    let here = room.to_string();
+    std::thread::spawn(move || {
+        for data in events {
+            let Ok(data) = data else { break };
+            if let Ok(cryptchat::service::Event::Message(m)) = serde_json::from_str(&data)
+                && m.room == here
+                && !seen.contains(&m.hash)
+            {
+                show(&m);
+            }
+        }
+        eprintln!("the node stopped");
+        std::process::exit(1);
+    });
+    for line in std::io::stdin().lock().lines() {
+        let text = line.context("reading stdin")?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let req = SendRequest {
+            room: room.to_string(),
+            text,
+        };
+        // The message comes back through the event stream, as the room shows it.
+        if let Err(e) = c.post::<_, Sent>("/send", &req) {
+            eprintln!("not sent: {e}");
+        }
+    }
+    Ok(())
 }
 
 /// A line on stderr that shows a fetch's progress, read from the node's status twice a
@@ -880,14 +947,23 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             let v: () = c.post("/dial", &DialRequest { addr })?;
             print(json, &v, |_| println!("dialling"))
         }
-        Cmd::Watch => Ok(c.events(|data| {
-            if json {
+        Cmd::Watch { rooms } => Ok(c.events(|data| {
+            let message = match serde_json::from_str(data) {
+                Ok(cryptchat::service::Event::Message(m)) => Some(m),
+                _ => None,
+            };
+            let wanted = match &message {
+                Some(m) => rooms.is_empty() || rooms.contains(&m.room),
+                None => rooms.is_empty(),
+            };
+            if wanted && json {
                 println!("{data}");
-            } else if let Ok(cryptchat::service::Event::Message(m)) = serde_json::from_str(data) {
+            } else if let Some(m) = message.filter(|_| wanted) {
                 print_message(&m);
             }
             true
         })?),
+        Cmd::Chat { room, last } => chat(&c, &room, last, json),
         Cmd::Web => {
             let url = c.web_url();
             print(json, &url, |u| println!("{u}"))

@@ -137,6 +137,13 @@ impl NodeProc {
             .expect("run cryptchat client")
     }
 
+    /// A client subcommand for this node, to start as the caller needs (no `--json`).
+    pub fn client(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--data-dir").arg(&self.data_dir).args(args);
+        c
+    }
+
     /// Runs a client subcommand that must succeed; returns its JSON output.
     pub fn cli(&self, args: &[&str]) -> Value {
         let out = self.try_cli(args);
