@@ -114,6 +114,29 @@ fn direct_message_reaches_its_recipient() {
     });
     let h = b.cli(&["history", "@alice"]);
     assert_eq!(h[0]["contact"], "alice");
+    // A direct room's members: Bob himself first, then Alice by his name for her.
+    let members = b.cli(&["members", "@alice"]);
+    let members: Vec<(&str, Option<&str>, u64, bool)> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let name = m["name"].as_str().unwrap();
+            (
+                name,
+                m["contact"].as_str(),
+                m["messages"].as_u64().unwrap(),
+                m["me"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        members,
+        [("bob", None, 0, true), ("alice", Some("alice"), 1, false)]
+    );
+    let out = b.try_cli(&["members", "nowhere"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
     // A bad contact code is refused with a clear error.
     let out = a.try_cli(&["contact", "add", "mallory", "cc1:garbage"]);
     assert!(!out.status.success());

@@ -134,6 +134,17 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     );
     assert_eq!(b.script("return document.title"), "cryptchat");
 
+    // The room's members: Alice (you) and Bob, by the name he gave, each with what she holds
+    // of theirs.
+    b.click_on("#membersbtn", T);
+    wait_until("the member list", T, || {
+        let list = b.text("#memberlist");
+        list.contains("alice") && list.contains("2 messages · you") && list.contains("bob")
+    });
+    assert!(b.text("#memberlist").contains("· 1 message"));
+    b.click_on("#membersbtn", T);
+    assert!(b.find("#memberlist").is_some_and(|e| !b.displayed(&e)));
+
     // Join a room with a password, see it listed as such, then leave it.
     b.send_keys(&b.wait_for("#joinname", T), "garden");
     b.send_keys(&b.wait_for("#joinpw", T), "a long garden password 7");

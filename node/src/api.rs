@@ -155,6 +155,12 @@ pub struct NameRequest {
     pub name: String,
 }
 
+/// A joined room, by its local name.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct RoomRequest {
+    pub room: String,
+}
+
 #[derive(Serialize, Deserialize, Debug)]
 pub struct SendRequest {
     pub room: String,
@@ -312,6 +318,7 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/leave", post(leave))
         .route("/send", post(send))
         .route("/history", post(history))
+        .route("/members", post(members))
         .route("/share", post(share))
         .route("/fetch", post(fetch))
         .route("/forget", post(forget))
@@ -404,6 +411,13 @@ async fn leave(
     Json(r): Json<NameRequest>,
 ) -> ApiResult<crate::core::RoomView> {
     Ok(Json(s.node.leave(&r.name).await?))
+}
+
+async fn members(
+    State(s): State<AppState>,
+    Json(r): Json<RoomRequest>,
+) -> ApiResult<Vec<crate::core::MemberView>> {
+    Ok(Json(s.node.members(&r.room).await?))
 }
 
 async fn send(

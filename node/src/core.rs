@@ -135,6 +135,23 @@ pub struct RoomView {
     pub forks: Vec<ForkView>,
 }
 
+/// A known member of a room (see `Core::members`), as this node knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberView {
+    pub user_id: String,
+    /// The username it gave in its last message here (self-asserted: compare `user_id` or
+    /// `contact`); none while we hold none of its messages (it has only said what it holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Our contact name for it, when it is a contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+    /// How many of its messages in the room this node holds.
+    pub messages: u64,
+    /// Whether this member is us.
+    pub me: bool,
+}
+
 /// A detected fork: proof that an author signed two entries at the same seq.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ForkView {
@@ -599,6 +616,38 @@ impl Core {
         let (room, _) = self.join(room)?;
         let room = room.clone();
         self.room_view(&room)
+    }
+
+    /// A room's known members, us first, then by how many of their messages we hold; their
+    /// names are read from the journal by [`RoomReader::name_members`], off the event loop.
+    pub fn members(
+        &self,
+        room_name: &str,
+    ) -> Result<(RoomReader, Vec<(UserId, MemberView)>), CoreError> {
+        let reader = self.reader(room_name)?;
+        let room = reader.room_id();
+        let vector = self.journal.vector(&room.0)?;
+        let me = self.identity.id();
+        let mut list: Vec<(UserId, MemberView)> = self
+            .members
+            .get(&room)
+            .into_iter()
+            .flatten()
+            .map(|id| {
+                let view = MemberView {
+                    user_id: id.to_hex(),
+                    name: None,
+                    contact: self.contact_name(id),
+                    messages: vector.get(&id.0).map_or(0, |h| h.seq),
+                    me: *id == me,
+                };
+                (*id, view)
+            })
+            .collect();
+        list.sort_by(|(_, a), (_, b)| {
+            (b.me, b.messages, &a.user_id).cmp(&(a.me, a.messages, &b.user_id))
+        });
+        Ok((reader, list))
     }
 
     fn contact_name(&self, id: &UserId) -> Option<String> {
@@ -1421,6 +1470,29 @@ impl RoomReader {
             .into_iter()
             .filter_map(|e| open_entry(&self.room, e, &self.keys, &self.identity))
             .collect())
+    }
+
+    /// Names `members` (see [`Core::members`]) by the username each gave in its last
+    /// message here, verified and opened again; ours is our own.
+    pub fn name_members(
+        &self,
+        members: Vec<(UserId, MemberView)>,
+    ) -> Result<Vec<MemberView>, CoreError> {
+        let mut named = Vec::with_capacity(members.len());
+        for (id, mut view) in members {
+            view.name = if view.me {
+                Some(self.identity.username().to_string())
+            } else if view.messages > 0 {
+                self.journal
+                    .get(&self.room.id.0, &id.0, view.messages)?
+                    .and_then(|e| open_entry(&self.room, e, &self.keys, &self.identity))
+                    .map(|(_, payload)| payload.from)
+            } else {
+                None
+            };
+            named.push(view);
+        }
+        Ok(named)
     }
 
     /// The file shared in the room whose id starts with `id` (at least 8 hex digits). Scans
@@ -2464,6 +2536,48 @@ mod tests {
         assert!(matches!(
             b.receive(&rid.topic(), third.bytes().to_vec()).unwrap(),
             Incoming::Accepted(..)
+        ));
+    }
+
+    #[test]
+    fn members_are_named_by_their_last_message_and_counted_by_what_we_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, mut c) = three_in_lobby(&dir);
+        let rid = Room::named("lobby", None).unwrap().id;
+        for text in ["one", "two"] {
+            let (_, env, _) = a.compose("lobby", text).unwrap();
+            b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+            c.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        }
+        // Carol says what she holds, and writes nothing.
+        let receipt = c.compose_receipt(rid, true).unwrap().unwrap();
+        b.receive(&rid.topic(), receipt.into_bytes()).unwrap();
+        let named = |b: &Core| {
+            let (reader, list) = b.members("lobby").unwrap();
+            reader.name_members(list).unwrap()
+        };
+        let list = named(&b);
+        let got: Vec<(Option<String>, Option<String>, u64, bool)> = list
+            .iter()
+            .map(|m| (m.name.clone(), m.contact.clone(), m.messages, m.me))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some("bob".into()), None, 0, true),
+                (Some("alice".into()), None, 2, false),
+                (None, None, 0, false),
+            ]
+        );
+        assert_eq!(list[1].user_id, identities()[0].id().to_hex());
+        assert_eq!(list[2].user_id, identities()[2].id().to_hex());
+        // A contact shows by our name for it.
+        b.add_contact("ally", &identities()[0].contact_code().encode())
+            .unwrap();
+        assert_eq!(named(&b)[1].contact.as_deref(), Some("ally"));
+        assert!(matches!(
+            b.members("nowhere"),
+            Err(CoreError::UnknownRoom(_))
         ));
     }
 

@@ -9,11 +9,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cryptchat::api::{
     BlockRequest, ContactRequest, DialRequest, DmRequest, FetchRequest, ForgetRequest,
-    GroupRequest, HistoryRequest, IdView, JoinRequest, NameRequest, SendRequest, ShareRequest,
+    GroupRequest, HistoryRequest, IdView, JoinRequest, NameRequest, RoomRequest, SendRequest,
+    ShareRequest,
 };
 use cryptchat::client::Client;
 use cryptchat::config::{self, ApiInfo};
-use cryptchat::core::{ContactView, MessageView, RoomView};
+use cryptchat::core::{ContactView, MemberView, MessageView, RoomView};
 use cryptchat::envelope::Kind;
 use cryptchat::faults::FaultConfig;
 use cryptchat::identity::{Identity, KeySize};
@@ -128,6 +129,9 @@ enum Cmd {
     Leave { room: String },
     /// List joined rooms.
     Rooms,
+    /// List a room's known members: you, those whose messages you hold, and those who said
+    /// what they hold (names are self-asserted; contacts show by your name for them).
+    Members { room: String },
     /// Send a message to a room (direct rooms are named @contact).
     Send { room: String, text: String },
     /// Share a file with a room: members see it in the history and fetch it by id.
@@ -721,6 +725,24 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                         format!("{:?}", r.kind).to_lowercase(),
                         r.messages,
                         if r.has_password { "  (password)" } else { "" }
+                    );
+                }
+            })
+        }
+        Cmd::Members { room } => {
+            let v: Vec<MemberView> = c.post("/members", &RoomRequest { room })?;
+            print(json, &v, |v| {
+                for m in v {
+                    let who = match (&m.contact, &m.name) {
+                        (Some(c), _) => format!("{c} (contact)"),
+                        (None, Some(n)) => n.clone(),
+                        (None, None) => "(no message yet)".to_string(),
+                    };
+                    let you = if m.me { "  (you)" } else { "" };
+                    println!(
+                        "{}  {who:<24} {:>6} messages{you}",
+                        &m.user_id[..16],
+                        m.messages
                     );
                 }
             })

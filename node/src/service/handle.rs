@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::files::{self, Fetched, Target};
 use super::{Event, NodeError, PeerView, Sent, Status};
-use crate::core::{ContactView, CoreError, MessageView, Query, RoomView};
+use crate::core::{ContactView, CoreError, MemberView, MessageView, Query, RoomView};
 use crate::envelope::Kind;
 use crate::identity::Identity;
 use crate::journal::Journal;
@@ -25,6 +25,7 @@ pub(super) enum Command {
     Rooms(Reply<Vec<RoomView>>),
     Send(String, String, Reply<Sent>),
     History(String, Query, Reply<Vec<MessageView>>),
+    Members(String, Reply<Vec<MemberView>>),
     AddContact(String, String, Reply<ContactView>),
     Contacts(Reply<Vec<ContactView>>),
     CreateGroup(String, Vec<String>, Reply<RoomView>),
@@ -129,6 +130,12 @@ impl NodeHandle {
     pub async fn query(&self, room: &str, query: Query) -> Result<Vec<MessageView>, NodeError> {
         self.ask(|r| Command::History(room.to_string(), query, r))
             .await
+    }
+
+    /// A room's known members: us, everyone whose messages we hold, and those who said
+    /// what they hold (receipts); a direct or group room's are its member list.
+    pub async fn members(&self, room: &str) -> Result<Vec<MemberView>, NodeError> {
+        self.ask(|r| Command::Members(room.to_string(), r)).await
     }
 
     pub async fn add_contact(&self, name: &str, code: &str) -> Result<ContactView, NodeError> {

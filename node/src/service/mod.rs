@@ -752,6 +752,7 @@ impl Service {
             Command::FetchKnown(known, waiter) => self.fetch_found(known.room, known.file, waiter),
             Command::Forget(room, id, r) => self.forget(&room, &id, r),
             Command::History(room, query, r) => self.read_history(&room, query, r),
+            Command::Members(room, r) => self.read_members(&room, r),
             Command::AddContact(name, code, r) => {
                 let res = self.core.add_contact(&name, &code);
                 if let Ok(c) = &res
@@ -1133,6 +1134,19 @@ impl Service {
             let room = reader.room_id();
             let read = reader.query(&query);
             reconcile::Internal::History { room, read, reply }
+        });
+    }
+
+    /// Names a room's known members from its history on a blocking thread (a big room's
+    /// members each cost an entry opened).
+    fn read_members(&mut self, room: &str, reply: Reply<Vec<crate::core::MemberView>>) {
+        let (reader, members) = match self.core.members(room) {
+            Ok(found) => found,
+            Err(e) => return drop(reply.send(Err(e.into()))),
+        };
+        self.read_off_loop(reader, move |reader| {
+            let read = reader.name_members(members);
+            reconcile::Internal::Members { read, reply }
         });
     }
 

@@ -68,6 +68,12 @@ pub(crate) enum Internal {
         read: Result<Vec<crate::core::Opened>, crate::core::CoreError>,
         reply: super::Reply<Vec<crate::core::MessageView>>,
     },
+    /// A room's members, named from its history on a blocking thread (see
+    /// [`NodeHandle::members`]).
+    Members {
+        read: Result<Vec<crate::core::MemberView>, crate::core::CoreError>,
+        reply: super::Reply<Vec<crate::core::MemberView>>,
+    },
     /// A file looked up in a room's history on a blocking thread (see
     /// [`Service::find_then_fetch`]).
     FileFound {
@@ -953,6 +959,9 @@ impl Service {
             Internal::History { room, read, reply } => {
                 let views = read.and_then(|opened| self.core.views(room, opened));
                 let _ = reply.send(views.map_err(Into::into));
+            }
+            Internal::Members { read, reply } => {
+                let _ = reply.send(read.map_err(Into::into));
             }
             Internal::Forgot { result, reply } => self.forgot(result, reply),
             Internal::FileFound {
