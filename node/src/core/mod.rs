@@ -1,0 +1,833 @@
+//! The node's protocol state, without the network: joined rooms, contacts, the journal, and
+//! what to do with a message coming in or going out. Plain synchronous code, so it can be
+//! tested by handing envelopes from one `Core` to another.
+//!
+//! Here: rooms, contacts, composing and serving pulls; `incoming` (checking and storing
+//! what arrives), `receipts` (what we tell rooms we hold, and what members tell us),
+//! `members` (who is in a room, delivery counts), `reader` (reading history off the event
+//! loop: pages, searches, files).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::authors::AuthorKeys;
+use crate::census::Census;
+use crate::claims::Claims;
+use crate::crypto;
+use crate::envelope::{Envelope, EnvelopeError, Kind, Payload, Position};
+use crate::files::FileRef;
+use crate::identity::{ContactCode, Identity, IdentityError, UserId};
+use crate::journal::{Id, Journal, JournalError, StoredEntry};
+use crate::receipt::{Heads, ShortId};
+use crate::room::{Member, Room, RoomError, RoomId, RoomKind, StoredRoom};
+use crate::shown::Shown;
+use crate::sync::{self, ForkRef, Range};
+
+mod incoming;
+mod members;
+mod reader;
+mod receipts;
+
+pub use incoming::{Checked, check, check_batch};
+use reader::open_entry;
+pub use reader::{Opened, Query, RoomReader};
+
+const OWNER_KEY: &str = "owner";
+const ROOM_PREFIX: &str = "room/";
+const CONTACT_PREFIX: &str = "contact/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("unknown room '{0}': join it first (cryptchat join ROOM), or see cryptchat rooms")]
+    UnknownRoom(String),
+    #[error("already in room '{0}'; to change its password, leave it first")]
+    AlreadyJoined(String),
+    #[error("already in {0} rooms, the most one node can join: leave a room first")]
+    TooManyRooms(usize),
+    #[error("unknown contact '{0}': add it with cryptchat contact add NAME CODE")]
+    UnknownContact(String),
+    #[error("contact name '{0}' is taken by another key")]
+    ContactExists(String),
+    #[error("that contact code is your own")]
+    OwnContact,
+    #[error(
+        "the data dir {0} belongs to another identity: wrong username or password? \
+         (use another --data-dir for another identity)"
+    )]
+    WrongIdentity(String),
+    #[error("message is empty")]
+    EmptyMessage,
+    #[error("no file '{0}' in room '{1}': see cryptchat files ROOM")]
+    UnknownFile(String, String),
+    #[error("more than one file in room '{1}' starts with '{0}': give more of its id")]
+    AmbiguousFile(String, String),
+    #[error(
+        "stored setting '{0}' cannot be read; it was written by another identity or is corrupt"
+    )]
+    CorruptSetting(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Room(#[from] RoomError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+}
+
+/// A message as shown to users and scripts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MessageView {
+    /// Local room name.
+    pub room: String,
+    pub room_id: String,
+    pub author_id: String,
+    /// The username the author gave (self-asserted: compare `author_id` or `contact`).
+    pub author: String,
+    /// Our contact name for the author, when the author is a contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+    pub seq: u64,
+    pub lamport: u64,
+    pub timestamp_ms: u64,
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// A shared file (kind `file`): fetch it with its id. (Boxed: most messages are text.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<Box<FileView>>,
+    pub hash: String,
+    pub mine: bool,
+    /// Known members (other than the author) known to hold this message: ourselves, and
+    /// those whose delivery receipts cover it.
+    pub delivered_to: u32,
+    /// Known members of the room other than the author.
+    pub known_members: u32,
+}
+
+/// A shared file as shown to users: its id, name and size (never its key).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileView {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    /// Whether this node holds the whole file (shared it, or fetched it), when the view
+    /// was made: it opens without the network, and members can fetch it from us.
+    #[serde(default)]
+    pub held: bool,
+}
+
+impl From<&FileRef> for FileView {
+    fn from(f: &FileRef) -> Self {
+        FileView {
+            id: f.id(),
+            name: f.name.clone(),
+            size: f.size,
+            held: false,
+        }
+    }
+}
+
+/// A joined room as listed to users.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoomView {
+    pub name: String,
+    pub id: String,
+    pub topic: String,
+    pub kind: RoomKind,
+    pub has_password: bool,
+    pub messages: u64,
+    /// Entries held ahead of a gap in their author's chain, waiting for the missing ones.
+    pub pending: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+    /// Authors caught signing two different entries at the same position.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forks: Vec<ForkView>,
+}
+
+/// A known member of a room (see `Core::members`), as this node knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberView {
+    pub user_id: String,
+    /// The username it gave in its last message here (self-asserted: compare `user_id` or
+    /// `contact`); none while we hold none of its messages (it has only said what it holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Our contact name for it, when it is a contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+    /// How many of its messages in the room this node holds.
+    pub messages: u64,
+    /// Whether this member is us.
+    pub me: bool,
+}
+
+/// A detected fork: proof that an author signed two entries at the same seq.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ForkView {
+    pub author_id: String,
+    pub seq: u64,
+}
+
+/// The two conflicting envelopes of a fork: (the one we kept, the conflicting one).
+pub type ForkPair = (Vec<u8>, Vec<u8>);
+
+/// What storing a batch of synchronised entries did.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    /// Newly stored, contiguous entries, as messages (those not shown already: see
+    /// [`Core::preview`]).
+    pub appended: Vec<MessageView>,
+    /// Entries of the batch stored in their chain, shown before or not (not counting held
+    /// ones they released).
+    pub added: usize,
+    pub pending: usize,
+    pub duplicates: usize,
+    /// Authors whose entries conflicted with ours (fork proofs recorded).
+    pub forked_authors: Vec<Id>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContactView {
+    pub name: String,
+    pub user_id: String,
+    pub room: String,
+}
+
+/// What happened to an incoming envelope; maps onto gossipsub's Accept/Ignore/Reject.
+#[derive(Debug)]
+pub enum Incoming {
+    /// New and valid: stored durably; forward it. With the views of the entries it released:
+    /// held ones (received ahead of a gap) that it made contiguous, in seq order.
+    Accepted(Box<MessageView>, Vec<MessageView>),
+    /// The same, for an entry shown already when it was admitted ([`Core::preview`]): only
+    /// the entries it released are new to show.
+    Shown(Vec<MessageView>),
+    /// Valid but stored ahead of a gap in the author's chain: forward it.
+    Pending,
+    /// A member's delivery receipt: recorded, not journaled; forward it. What it says the
+    /// member holds and we lack is for reconciliation to fetch ([`Core::chase_claims`]).
+    Receipt,
+    /// Already held: do not forward again, do not penalise.
+    Duplicate,
+    /// Not for a room we are in.
+    NotOurs,
+    /// From an author whose key we lack (its first entry has not arrived): not forwarded,
+    /// not held against the relayer, whose history reconciliation pulls from the start.
+    UnknownAuthor,
+    /// Invalid: penalise the sender, do not forward.
+    Rejected(Rejection),
+}
+
+/// The outcome of [`Core::admit`].
+#[derive(Debug)]
+pub enum Admitted {
+    /// Valid; store it with [`Core::commit`].
+    Entry(Box<(RoomId, Envelope, Payload)>),
+    /// Settled without storing anything.
+    Done(Incoming),
+}
+
+/// Why an incoming envelope was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rejection {
+    Oversized,
+    Malformed,
+    BadSignature,
+    WrongRoom,
+    Undecryptable,
+    NotAMember,
+    Fork,
+    /// Signed by an author whose key has not reached us yet (not counted as invalid).
+    UnknownAuthor,
+}
+
+impl Rejection {
+    fn from_envelope(e: &EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::Oversized(_) => Rejection::Oversized,
+            EnvelopeError::BadSignature => Rejection::BadSignature,
+            EnvelopeError::WrongRoom => Rejection::WrongRoom,
+            EnvelopeError::Undecryptable => Rejection::Undecryptable,
+            EnvelopeError::UnknownAuthor => Rejection::UnknownAuthor,
+            EnvelopeError::Malformed(_)
+            | EnvelopeError::Version(_)
+            | EnvelopeError::BadPayload
+            | EnvelopeError::TextTooLong(_)
+            | EnvelopeError::Build(_) => Rejection::Malformed,
+        }
+    }
+}
+
+/// Counters of what came in, shown by `cryptchat status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counters {
+    pub sent: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: BTreeMap<String, u64>,
+}
+
+/// The protocol state of one node.
+pub struct Core {
+    identity: Arc<Identity>,
+    /// Shared with the thread that makes it durable (see [`Core::shared_journal`]).
+    journal: Arc<Journal>,
+    /// Keys of the authors met so far: envelopes name their author by id (see
+    /// [`crate::authors`]).
+    keys: AuthorKeys,
+    rooms: BTreeMap<RoomId, Room>,
+    names: BTreeMap<String, RoomId>,
+    contacts: BTreeMap<String, ContactCode>,
+    counters: Counters,
+    /// What each member's receipts say it holds, per room.
+    receipts: HashMap<RoomId, HashMap<UserId, Receipt>>,
+    /// Known members of each room: a direct room's member list; in a named room everyone
+    /// who has written (an entry stored) or said what it holds (a receipt, or heads on a
+    /// message), and ourselves. Kept as they appear, since every delivered message counts
+    /// them.
+    members: HashMap<RoomId, HashSet<UserId>>,
+    /// Per room, who we heard from lately: how big the room is beyond the members we know
+    /// (see [`crate::census`]), for pacing.
+    census: HashMap<RoomId, Census>,
+    /// Per room, the furthest any member said it holds of each author's chain (receipts and
+    /// heads riding on messages), where that is past what we hold: what reconciliation
+    /// should fetch (see [`Core::chase_claims`]).
+    claims: Claims,
+    /// Received entries shown before they were stored ([`Core::preview`]).
+    shown: Shown,
+    /// What we last told each room (by receipts, and by heads riding on our messages): the
+    /// next receipt or message carries only what changed.
+    announced: HashMap<RoomId, HashMap<Id, Told>>,
+    /// Counts announcements (receipts and messages carrying heads), to order heads by when
+    /// they were last told.
+    told_clock: u64,
+    /// Joins past this many rooms are refused ([`MAX_ROOMS`]; lower in tests).
+    room_limit: usize,
+    /// Heads one message carries at most ([`MAX_PIGGYBACK_HEADS`]; lower in tests).
+    piggyback_max: usize,
+}
+
+/// The most rooms one node can be in. A node tells each new peer all its rooms in one
+/// gossipsub frame, so the list must fit in [`crate::net::MAX_TRANSMIT`]; past that, peers
+/// would not learn of any of its rooms.
+pub const MAX_ROOMS: usize = 1000;
+
+/// What we last told a room of one author's chain: the seq, and when (`Core::told_clock`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Told {
+    seq: u64,
+    at: u64,
+}
+
+/// What a member's receipts say: (latest receipt counter, author -> contiguous seq held).
+/// Receipts carry changes, so they merge: a held seq only ever grows.
+type Receipt = (u64, HashMap<ShortId, u64>);
+
+fn short_id(id: &Id) -> ShortId {
+    id[..8].try_into().expect("ids are 32 bytes")
+}
+
+/// Authors whose progress we track per member, and claims per room: what members say they
+/// hold is theirs to make up, so memory for it is capped (a room with more authors than
+/// this still reconciles, through the backstop rounds).
+const MAX_TRACKED_AUTHORS: usize = 4096;
+
+/// At most this many authors in one receipt, so a receipt always fits in one envelope.
+pub const MAX_RECEIPT_AUTHORS: usize = 256;
+
+/// At most this many heads ride on one message (about 13 bytes each): enough for the
+/// authors of a busy room between two of a member's messages, while a 100-byte message
+/// stays under gossipsub's 1,000-byte threshold for IDONTWANT (which costs an extra frame to
+/// every mesh peer). The rest rides first on the next message, or goes in the next receipt.
+const MAX_PIGGYBACK_HEADS: usize = 24;
+
+/// Heads in their travelling form.
+fn packed(heads: &[(Id, u64)]) -> Heads {
+    Heads(heads.iter().map(|(a, seq)| (short_id(a), *seq)).collect())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Core {
+    /// Opens the node state on a journal; refuses a journal that belongs to another identity.
+    pub fn open(identity: Arc<Identity>, journal: Journal) -> Result<Core, CoreError> {
+        let keys = AuthorKeys::default();
+        keys.insert(identity.public().clone());
+        let mut core = Core {
+            identity,
+            journal: Arc::new(journal),
+            keys,
+            rooms: BTreeMap::new(),
+            names: BTreeMap::new(),
+            contacts: BTreeMap::new(),
+            counters: Counters::default(),
+            receipts: HashMap::new(),
+            members: HashMap::new(),
+            census: HashMap::new(),
+            claims: Claims::new(MAX_TRACKED_AUTHORS),
+            shown: Shown::default(),
+            announced: HashMap::new(),
+            told_clock: 0,
+            room_limit: MAX_ROOMS,
+            piggyback_max: MAX_PIGGYBACK_HEADS,
+        };
+        core.check_owner()?;
+        for (key, blob) in core.journal.settings_with_prefix(ROOM_PREFIX)? {
+            let plain = core.unseal(&key, &blob)?;
+            let stored: StoredRoom = serde_json::from_slice(&plain)
+                .map_err(|_| CoreError::CorruptSetting(key.clone()))?;
+            let room = stored
+                .into_room()
+                .ok_or_else(|| CoreError::CorruptSetting(key.clone()))?;
+            core.names.insert(room.name.clone(), room.id);
+            core.rooms.insert(room.id, room);
+        }
+        let ids: Vec<RoomId> = core.rooms.keys().copied().collect();
+        for id in ids {
+            core.gather_members(id)?;
+        }
+        for (key, blob) in core.journal.settings_with_prefix(CONTACT_PREFIX)? {
+            let plain = core.unseal(&key, &blob)?;
+            let (name, code) = serde_json::from_slice::<(String, String)>(&plain)
+                .ok()
+                .and_then(|(n, c)| Some((n, ContactCode::decode(&c).ok()?)))
+                .ok_or_else(|| CoreError::CorruptSetting(key.clone()))?;
+            core.contacts.insert(name, code);
+        }
+        core.learn_stored_keys()?;
+        Ok(core)
+    }
+
+    /// Learns the key of every author we hold entries of, from its first entry in each room
+    /// (the one that carries the key). Runs at start-up; from then on keys are learnt as
+    /// envelopes arrive.
+    fn learn_stored_keys(&self) -> Result<(), CoreError> {
+        for room in self.rooms.keys() {
+            for author in self.journal.vector(&room.0)?.keys() {
+                if self.keys.get(&UserId(*author)).is_some() {
+                    continue;
+                }
+                if let Some(first) = self.journal.get(&room.0, author, 1)?
+                    && let Ok(env) = Envelope::parse(first.envelope, &self.keys)
+                {
+                    self.keys.insert(env.author);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first identity to open a journal owns it; another identity (most likely a mistyped
+    /// password) gets a clear error instead of an empty-looking node.
+    fn check_owner(&mut self) -> Result<(), CoreError> {
+        let me = self.identity.id();
+        match self.journal.get_setting(OWNER_KEY)? {
+            Some(blob) => {
+                match crypto::open_blob(self.identity.local_key(), OWNER_KEY.as_bytes(), &blob) {
+                    Ok(v) if crypto::ct_eq(&v, &me.0) => Ok(()),
+                    _ => Err(CoreError::WrongIdentity(
+                        self.journal.path().display().to_string(),
+                    )),
+                }
+            }
+            None => {
+                let blob =
+                    crypto::seal_blob(self.identity.local_key(), OWNER_KEY.as_bytes(), &me.0)
+                        .map_err(IdentityError::from)?;
+                self.journal.put_setting(OWNER_KEY, &blob)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Settings key for a contact: keyed by our local secret, so the file does not list names.
+    fn contact_key(&self, name: &str) -> String {
+        let h = crypto::sha256_framed(
+            "cryptchat/contact-key/v1",
+            &[self.identity.local_key(), name.as_bytes()],
+        );
+        format!("{CONTACT_PREFIX}{}", hex::encode(&h[..16]))
+    }
+
+    fn seal(&self, key: &str, plain: &[u8]) -> Result<Vec<u8>, CoreError> {
+        Ok(
+            crypto::seal_blob(self.identity.local_key(), key.as_bytes(), plain)
+                .map_err(IdentityError::from)?,
+        )
+    }
+
+    fn unseal(&self, key: &str, blob: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, CoreError> {
+        crypto::open_blob(self.identity.local_key(), key.as_bytes(), blob)
+            .map_err(|_| CoreError::CorruptSetting(key.to_string()))
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The author keys this node knows, for verification off the event loop.
+    pub fn author_keys(&self) -> &AuthorKeys {
+        &self.keys
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn rooms(&self) -> impl Iterator<Item = &Room> {
+        self.rooms.values()
+    }
+
+    pub fn room(&self, id: &RoomId) -> Option<&Room> {
+        self.rooms.get(id)
+    }
+
+    pub fn room_by_name(&self, name: &str) -> Result<&Room, CoreError> {
+        self.names
+            .get(name.trim())
+            .and_then(|id| self.rooms.get(id))
+            .ok_or_else(|| CoreError::UnknownRoom(name.trim().to_string()))
+    }
+
+    /// Joins a room (persisted, sealed with the identity's local key). Joining the same room
+    /// again is a no-op; the same name with another password is refused.
+    pub fn join(&mut self, room: Room) -> Result<(&Room, bool), CoreError> {
+        if let Some(existing) = self.names.get(&room.name) {
+            if *existing != room.id {
+                return Err(CoreError::AlreadyJoined(room.name));
+            }
+            return Ok((&self.rooms[existing], false));
+        }
+        if self.rooms.len() >= self.room_limit {
+            return Err(CoreError::TooManyRooms(self.rooms.len()));
+        }
+        let key = format!("{ROOM_PREFIX}{}", room.id.to_hex());
+        let stored = serde_json::to_vec(&StoredRoom::from(&room))
+            .map_err(|e| CoreError::CorruptSetting(e.to_string()))?;
+        let blob = self.seal(&key, &stored)?;
+        self.journal.put_setting(&key, &blob)?;
+        let id = room.id;
+        self.names.insert(room.name.clone(), id);
+        self.rooms.insert(id, room);
+        self.gather_members(id)?;
+        Ok((&self.rooms[&id], true))
+    }
+
+    /// Leaves a room; its history stays in the journal (rejoining shows it again).
+    pub fn leave(&mut self, name: &str) -> Result<Room, CoreError> {
+        let id = self.room_by_name(name)?.id;
+        self.journal
+            .delete_setting(&format!("{ROOM_PREFIX}{}", id.to_hex()))?;
+        self.names.retain(|_, v| *v != id);
+        self.claims.forget(id);
+        self.shown.forget_room(&id.0);
+        self.members.remove(&id);
+        self.census.remove(&id);
+        self.rooms
+            .remove(&id)
+            .ok_or_else(|| CoreError::UnknownRoom(name.to_string()))
+    }
+
+    pub fn room_view(&self, room: &Room) -> Result<RoomView, CoreError> {
+        let members = match &room.access {
+            crate::room::Access::Shared(_) => vec![],
+            crate::room::Access::Members(m) => m.iter().map(|m| m.username.clone()).collect(),
+        };
+        Ok(RoomView {
+            name: room.name.clone(),
+            id: room.id.to_hex(),
+            topic: room.id.topic(),
+            kind: room.kind,
+            has_password: room.has_password,
+            messages: self.journal.count(&room.id.0)?,
+            pending: self.journal.pending_count(&room.id.0)?,
+            members,
+            forks: self
+                .journal
+                .forks(&room.id.0)?
+                .into_iter()
+                .map(|f| ForkView {
+                    author_id: hex::encode(f.author),
+                    seq: f.seq,
+                })
+                .collect(),
+        })
+    }
+
+    /// Adds a contact and joins the direct room with it.
+    pub fn add_contact(&mut self, name: &str, code: &str) -> Result<ContactView, CoreError> {
+        let name = crate::identity::normalise_username(name)?;
+        let code = ContactCode::decode(code)?;
+        if code.identity.id() == self.identity.id() {
+            return Err(CoreError::OwnContact);
+        }
+        if let Some(existing) = self.contacts.get(&name)
+            && existing.identity.id() != code.identity.id()
+        {
+            return Err(CoreError::ContactExists(name));
+        }
+        let key = self.contact_key(&name);
+        let value = serde_json::to_vec(&(&name, code.encode()))
+            .map_err(|e| CoreError::CorruptSetting(e.to_string()))?;
+        let blob = self.seal(&key, &value)?;
+        self.journal.put_setting(&key, &blob)?;
+        let me: Member = self.identity.contact_code().into();
+        let mut them: Member = code.clone().into();
+        them.username = name.clone();
+        let room = Room::direct(me, them);
+        let room_name = room.name.clone();
+        self.contacts.insert(name.clone(), code.clone());
+        match self.join(room) {
+            Ok(_) | Err(CoreError::AlreadyJoined(_)) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(ContactView {
+            name,
+            user_id: code.identity.id().to_hex(),
+            room: room_name,
+        })
+    }
+
+    pub fn contacts(&self) -> Vec<ContactView> {
+        self.contacts
+            .iter()
+            .map(|(name, c)| ContactView {
+                name: name.clone(),
+                user_id: c.identity.id().to_hex(),
+                room: format!("@{name}"),
+            })
+            .collect()
+    }
+
+    /// Looks up the members of a group among our contacts and joins the group room.
+    pub fn create_group(&mut self, name: &str, members: &[String]) -> Result<RoomView, CoreError> {
+        let mut list: Vec<Member> = vec![self.identity.contact_code().into()];
+        for m in members {
+            let code = self
+                .contacts
+                .get(m.trim())
+                .ok_or_else(|| CoreError::UnknownContact(m.clone()))?;
+            let mut member: Member = code.clone().into();
+            member.username = m.trim().to_string();
+            list.push(member);
+        }
+        let room = Room::group(name, list)?;
+        let (room, _) = self.join(room)?;
+        let room = room.clone();
+        self.room_view(&room)
+    }
+
+    fn contact_name(&self, id: &UserId) -> Option<String> {
+        self.contacts
+            .iter()
+            .find(|(_, c)| c.identity.id() == *id)
+            .map(|(n, _)| n.clone())
+    }
+
+    fn view(&self, room: &Room, env: &Envelope, payload: Payload) -> MessageView {
+        let author = env.author_id();
+        let (delivered_to, known_members) = self.delivery(room, &author, env.seq);
+        MessageView {
+            room: room.name.clone(),
+            room_id: room.id.to_hex(),
+            author_id: author.to_hex(),
+            author: payload.from,
+            contact: self.contact_name(&author),
+            seq: env.seq,
+            lamport: env.lamport,
+            // The author's clock is only for display, and never later than ours.
+            timestamp_ms: env.timestamp_ms.min(now_ms()),
+            kind: env.kind,
+            text: payload.text,
+            file: match env.kind {
+                Kind::File => payload.file.as_ref().map(|f| {
+                    let held = self.journal.is_provided(&f.provider_key());
+                    Box::new(FileView {
+                        held: held.unwrap_or(false),
+                        ..FileView::from(f)
+                    })
+                }),
+                _ => None,
+            },
+            hash: hex::encode(env.hash()),
+            mine: author == self.identity.id(),
+            delivered_to,
+            known_members,
+        }
+    }
+
+    /// Writes a text message into the journal and returns the envelope to publish.
+    pub fn compose(
+        &mut self,
+        room_name: &str,
+        text: &str,
+    ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
+        if text.trim().is_empty() {
+            return Err(CoreError::EmptyMessage);
+        }
+        self.compose_entry(room_name, Kind::Text, Some(text.to_string()), None)
+    }
+
+    /// Writes a `file` message (whose chunks are stored already) into the journal and
+    /// returns the envelope to publish.
+    pub fn compose_file(
+        &mut self,
+        room_name: &str,
+        file: FileRef,
+    ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
+        self.compose_entry(room_name, Kind::File, None, Some(file))
+    }
+
+    fn compose_entry(
+        &mut self,
+        room_name: &str,
+        kind: Kind,
+        text: Option<String>,
+        file: Option<FileRef>,
+    ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
+        let room = self.room_by_name(room_name)?.clone();
+        let me = self.identity.id();
+        let vector = self.journal.vector(&room.id.0)?;
+        let head = vector.get(&me.0).copied();
+        let pos = Position {
+            seq: head.map_or(1, |h| h.seq + 1),
+            prev: head.map_or([0; 32], |h| h.hash),
+            // Capped below the limit receivers enforce: a member who posts a huge clock can
+            // make later messages share one lamport (order then falls back to author and
+            // seq), but cannot stop the room.
+            lamport: self
+                .journal
+                .max_lamport(&room.id.0)?
+                .saturating_add(1)
+                .min(crate::envelope::MAX_LAMPORT - 1),
+            timestamp_ms: now_ms(),
+        };
+        // The message doubles as our receipt: it carries the heads that moved since we last
+        // told the room, so a member who writes sends few receipts of its own.
+        let mut heads = self.unannounced(room.id, &vector, false, self.piggyback_max + 1);
+        heads.retain(|(a, _)| *a != me.0);
+        heads.truncate(self.piggyback_max);
+        let payload = Payload {
+            from: self.identity.username().to_string(),
+            text,
+            receipt: (!heads.is_empty()).then(|| packed(&heads)),
+            file,
+        };
+        let env = Envelope::seal(&self.identity, &room, kind, pos, &payload)?;
+        // Durable before it is published.
+        self.journal.append(&env.meta(), env.bytes())?;
+        self.counters.sent += 1;
+        // The entry itself tells every reader that we hold our own chain up to it.
+        heads.push((me.0, pos.seq));
+        self.mark_announced(room.id, &heads);
+        let view = self.view(&room, &env, payload);
+        Ok((room.id, env, view))
+    }
+
+    /// Makes stored entries durable (see [`Journal::append_batch_deferred`]).
+    pub fn flush(&self) -> Result<bool, CoreError> {
+        Ok(self.journal.flush()?)
+    }
+
+    /// The journal, for work that must not hold up the caller: a durable flush waits for
+    /// the disk, and [`Journal::flush`] may run on another thread while this core keeps
+    /// committing (redb's write lock orders the two).
+    pub fn shared_journal(&self) -> Arc<Journal> {
+        self.journal.clone()
+    }
+
+    /// The room's version vector.
+    pub fn vector(&self, room: RoomId) -> Result<crate::journal::Vector, CoreError> {
+        Ok(self.journal.vector(&room.0)?)
+    }
+
+    /// The forks we hold proofs for in a room.
+    pub fn fork_refs(&self, room: RoomId) -> Result<Vec<ForkRef>, CoreError> {
+        let mut v: Vec<ForkRef> = self
+            .journal
+            .forks(&room.0)?
+            .into_iter()
+            .map(|f| ForkRef {
+                author: f.author,
+                seq: f.seq,
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        Ok(v)
+    }
+
+    /// Entries for a peer's pull, bounded in count and bytes; `true` if more remain.
+    pub fn serve_pull(
+        &self,
+        room: RoomId,
+        ranges: &[Range],
+    ) -> Result<(Vec<Vec<u8>>, bool), CoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for r in ranges.iter().take(sync::MAX_RANGES) {
+            if r.from == 0 || r.to < r.from {
+                continue;
+            }
+            let room_left = sync::MAX_BATCH_ENTRIES - out.len();
+            let entries = self
+                .journal
+                .range(&room.0, &r.author, r.from, r.to, room_left)?;
+            for e in entries {
+                if bytes + e.envelope.len() > sync::MAX_BATCH_BYTES {
+                    return Ok((out, true));
+                }
+                bytes += e.envelope.len();
+                out.push(e.envelope);
+            }
+            if out.len() >= sync::MAX_BATCH_ENTRIES {
+                return Ok((out, true));
+            }
+            // A range we only partly hold is fine: the peer asks others for the rest.
+        }
+        Ok((out, false))
+    }
+
+    /// Both envelopes of a fork we hold a proof for.
+    pub fn serve_fork_proof(
+        &self,
+        room: RoomId,
+        fork: ForkRef,
+    ) -> Result<Option<ForkPair>, CoreError> {
+        let Some(proof) = self
+            .journal
+            .forks(&room.0)?
+            .into_iter()
+            .find(|f| f.author == fork.author && f.seq == fork.seq)
+        else {
+            return Ok(None);
+        };
+        let Some(existing) = self.journal.get(&room.0, &fork.author, fork.seq)? else {
+            return Ok(None);
+        };
+        Ok(Some((existing.envelope, proof.conflicting_envelope)))
+    }
+
+    fn open_stored(&self, room: &Room, entry: StoredEntry) -> Option<MessageView> {
+        let (env, payload) = open_entry(room, entry, &self.keys, &self.identity)?;
+        Some(self.view(room, &env, payload))
+    }
+}
+
+#[cfg(test)]
+mod tests;

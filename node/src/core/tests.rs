@@ -1,0 +1,1077 @@
+//! `Core` tested without a network: envelopes handed from one node's core to another's.
+
+use super::*;
+use crate::identity::KeySize;
+use crate::journal::Page;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+fn identities() -> &'static [Arc<Identity>; 3] {
+    static IDS: OnceLock<[Arc<Identity>; 3]> = OnceLock::new();
+    IDS.get_or_init(|| {
+        ["alice", "bob", "carol"].map(|u| {
+            Arc::new(
+                Identity::derive_unchecked(u, &format!("{u} test password"), KeySize::Rsa2048)
+                    .unwrap(),
+            )
+        })
+    })
+}
+
+fn core(dir: &tempfile::TempDir, i: usize) -> Core {
+    let id = identities()[i].clone();
+    let j = Journal::open(&dir.path().join(format!("j{i}.redb"))).unwrap();
+    Core::open(id, j).unwrap()
+}
+
+/// Alice's and Bob's cores, both in the named room "lobby".
+fn three_in_lobby(dir: &tempfile::TempDir) -> (Core, Core, Core) {
+    let (mut a, mut b, mut c) = (core(dir, 0), core(dir, 1), core(dir, 2));
+    for x in [&mut a, &mut b, &mut c] {
+        x.join(Room::named("lobby", None).unwrap()).unwrap();
+    }
+    (a, b, c)
+}
+
+/// Delivered-to counts of the lobby's history, oldest first.
+fn delivered(x: &Core) -> Vec<u32> {
+    x.history("lobby", 10)
+        .unwrap()
+        .iter()
+        .map(|m| m.delivered_to)
+        .collect()
+}
+
+fn two_in_lobby(dir: &tempfile::TempDir) -> (Core, Core, RoomId) {
+    let lobby = Room::named("lobby", None).unwrap();
+    let (mut a, mut b) = (core(dir, 0), core(dir, 1));
+    a.join(lobby.clone()).unwrap();
+    b.join(lobby.clone()).unwrap();
+    (a, b, lobby.id)
+}
+
+#[test]
+fn joins_past_the_room_limit_are_refused_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = core(&dir, 0);
+    a.room_limit = 3;
+    for i in 0..3 {
+        a.join(Room::named(&format!("r{i}"), None).unwrap())
+            .unwrap();
+    }
+    let err = a
+        .join(Room::named("one too many", None).unwrap())
+        .unwrap_err();
+    assert!(matches!(err, CoreError::TooManyRooms(3)), "{err}");
+    // Rejoining a room already joined is still fine, and nothing was lost.
+    let (_, new) = a.join(Room::named("r1", None).unwrap()).unwrap();
+    assert!(!new);
+    assert_eq!(a.rooms().count(), 3);
+    a.leave("r0").unwrap();
+    a.join(Room::named("one too many", None).unwrap()).unwrap();
+}
+
+#[test]
+fn receipts_carry_what_changed_and_only_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = three_in_lobby(&dir);
+    let mut rid = None;
+    for i in 0..3 {
+        let (r, env, _) = a.compose("lobby", &format!("m{i}")).unwrap();
+        assert!(matches!(
+            b.receive(&r.topic(), env.bytes().to_vec()).unwrap(),
+            Incoming::Accepted(..)
+        ));
+        rid = Some(r);
+    }
+    let rid = rid.unwrap();
+    let receipt = |x: &mut Core, full| {
+        x.compose_receipt(rid, full)
+            .unwrap()
+            .map(|env| env.into_bytes())
+    };
+    // Bob holds a's three: his receipt says so, and Alice counts him.
+    let first = receipt(&mut b, false).expect("bob has news");
+    assert_eq!(delivered(&a), vec![0, 0, 0]);
+    assert!(matches!(
+        a.receive(&rid.topic(), first.clone()).unwrap(),
+        Incoming::Receipt
+    ));
+    assert_eq!(delivered(&a), vec![1, 1, 1]);
+    // Nothing moved: nothing to say, unless asked for everything.
+    assert!(receipt(&mut b, false).is_none());
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let full = receipt(&mut b, true).expect("a full receipt");
+    // A replayed receipt is recognised, and an older one cannot take anything back.
+    assert!(matches!(
+        a.receive(&rid.topic(), first).unwrap(),
+        Incoming::Duplicate
+    ));
+    assert!(matches!(
+        a.receive(&rid.topic(), full).unwrap(),
+        Incoming::Receipt
+    ));
+    assert_eq!(delivered(&a), vec![1, 1, 1]);
+    // Carol has none of it: she counts as a member only once she says something.
+    assert!(receipt(&mut c, false).is_none());
+    let (_, env, _) = a.compose("lobby", "m3").unwrap();
+    b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let delta = receipt(&mut b, false).expect("bob has news");
+    let parsed = check(&a.identity, a.room(&rid).unwrap(), delta.clone(), &a.keys)
+        .unwrap()
+        .1;
+    assert_eq!(
+        parsed.receipt.as_ref().map(Heads::len),
+        Some(1),
+        "only the moved head"
+    );
+    a.receive(&rid.topic(), delta).unwrap();
+    assert_eq!(delivered(&a), vec![1, 1, 1, 1]);
+}
+
+#[test]
+fn a_message_carries_its_authors_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = three_in_lobby(&dir);
+    let (rid, _, _) = a.compose("lobby", "m0").unwrap();
+    for i in 1..3 {
+        a.compose("lobby", &format!("m{i}")).unwrap();
+    }
+    for seq in 1..=3 {
+        let entry = a.journal.get(&rid.0, &a.identity.id().0, seq).unwrap();
+        b.receive(&rid.topic(), entry.unwrap().envelope).unwrap();
+    }
+    // What a message of Bob's says he holds, as Alice reads it.
+    let heads_in = |a: &Core, env: &Envelope| {
+        check(
+            &a.identity,
+            a.room(&rid).unwrap(),
+            env.bytes().to_vec(),
+            &a.keys,
+        )
+        .unwrap()
+        .1
+        .receipt
+    };
+    // Bob answers: his message says he holds Alice's three, and she counts him.
+    let (_, reply, _) = b.compose("lobby", "got them").unwrap();
+    let heads = heads_in(&a, &reply);
+    assert_eq!(heads.as_ref().map(Heads::len), Some(1), "alice's head only");
+    assert_eq!(delivered(&a), vec![0, 0, 0]);
+    assert!(matches!(
+        a.receive(&rid.topic(), reply.bytes().to_vec()).unwrap(),
+        Incoming::Accepted(..)
+    ));
+    assert_eq!(delivered(&a), vec![1, 1, 1, 1], "and she holds his");
+    // Said once: neither his next receipt nor his next message repeats it.
+    assert!(b.compose_receipt(rid, false).unwrap().is_none());
+    let (_, again, _) = b.compose("lobby", "still here").unwrap();
+    assert_eq!(heads_in(&a, &again), None);
+    // Heads pulled through reconciliation count as well: Carol gets Bob's message in a
+    // batch and learns he holds Alice's chain.
+    for seq in 1..=3 {
+        let entry = a.journal.get(&rid.0, &a.identity.id().0, seq).unwrap();
+        c.receive(&rid.topic(), entry.unwrap().envelope).unwrap();
+    }
+    let verified = check(
+        &c.identity,
+        c.room(&rid).unwrap(),
+        reply.bytes().to_vec(),
+        &c.keys,
+    )
+    .unwrap();
+    c.store_batch(rid, vec![verified]).unwrap();
+    assert_eq!(delivered(&c)[..3], [2, 2, 2], "bob and carol herself");
+}
+
+#[test]
+fn what_a_message_cannot_carry_goes_first_in_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = three_in_lobby(&dir);
+    let (rid, env, _) = a.compose("lobby", "a1").unwrap();
+    b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    let (_, env, _) = c.compose("lobby", "c1").unwrap();
+    b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    b.piggyback_max = 1;
+    let short = |x: &Core| short_id(&x.identity.id().0);
+    let carried = |b: &mut Core| -> Vec<(ShortId, u64)> {
+        let (_, env, _) = b.compose("lobby", "reply").unwrap();
+        check(
+            &b.identity,
+            b.room(&rid).unwrap(),
+            env.into_bytes(),
+            &b.keys,
+        )
+        .unwrap()
+        .1
+        .receipt
+        .map_or(Vec::new(), |h| h.0)
+    };
+    let first = carried(&mut b);
+    assert_eq!(first.len(), 1, "one head fits");
+    // Whoever was told moves on again, yet the other author, never told, goes first.
+    let (told, other) = if first[0].0 == short(&a) {
+        (&mut a, &mut c)
+    } else {
+        (&mut c, &mut a)
+    };
+    let (_, env, _) = told.compose("lobby", "again").unwrap();
+    b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    assert_eq!(carried(&mut b), vec![(short(other), 1)]);
+    assert_eq!(carried(&mut b), vec![(short(told), 2)]);
+    assert_eq!(carried(&mut b), vec![], "nothing left untold");
+}
+
+#[test]
+fn an_oversized_receipt_is_malformed_wherever_it_rides() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, rid) = two_in_lobby(&dir);
+    let room = b.room(&rid).unwrap().clone();
+    let heads = Heads(
+        (0..=MAX_RECEIPT_AUTHORS as u64)
+            .map(|i| ([7; 8], i))
+            .collect(),
+    );
+    for kind in [Kind::Text, Kind::Receipt] {
+        let payload = Payload {
+            from: "bob".into(),
+            text: (kind == Kind::Text).then(|| "hi".to_string()),
+            receipt: Some(heads.clone()),
+            file: None,
+        };
+        let pos = Position {
+            seq: 1,
+            prev: [0; 32],
+            lamport: 1,
+            timestamp_ms: now_ms(),
+        };
+        let env = Envelope::seal(&b.identity, &room, kind, pos, &payload).unwrap();
+        assert_eq!(
+            check(
+                &a.identity,
+                a.room(&rid).unwrap(),
+                env.into_bytes(),
+                &a.keys
+            )
+            .err(),
+            Some(Rejection::Malformed)
+        );
+    }
+}
+
+#[test]
+fn files_left_to_fetch_are_others_small_ones_neither_held_nor_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, rid) = two_in_lobby(&dir);
+    let seal = |name: &str, data: &[u8]| {
+        crate::files::seal_file(name, data.len() as u64, data, |_, _| Ok(())).unwrap()
+    };
+    let mut share = |from: &mut Core, file: &FileRef| {
+        let (_, env, _) = from.compose_file("lobby", file.clone()).unwrap();
+        b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    };
+    let small = seal("small.txt", b"hello");
+    let big = seal("big.bin", &[7; 100]);
+    let held = seal("held.txt", b"kept");
+    let forgotten = seal("forgotten.txt", b"dropped");
+    let another = seal("another.txt", b"more");
+    for f in [&small, &big, &held, &forgotten] {
+        share(&mut a, f);
+    }
+    // Bob's own share is his already.
+    b.compose_file("lobby", another).unwrap();
+    let reader = b.reader("lobby").unwrap();
+    assert_eq!(
+        reader.files_to_fetch(100, 50).unwrap(),
+        vec![small.clone(), held.clone(), forgotten.clone()]
+    );
+    b.journal
+        .put_provided(&held.provider_key(), &held.list, true)
+        .unwrap();
+    reader.forget_file(&forgotten.id()).unwrap();
+    assert_eq!(reader.files_to_fetch(100, 50).unwrap(), vec![small.clone()]);
+    assert_eq!(reader.files_to_fetch(100, 100).unwrap(), vec![small, big]);
+    // Only the last file messages are looked at: here, Bob's own.
+    assert!(reader.files_to_fetch(1, 100).unwrap().is_empty());
+}
+
+#[test]
+fn a_search_finds_texts_and_file_names_whatever_their_case_a_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, rid) = two_in_lobby(&dir);
+    let mut say = |from: &mut Core, text: &str| {
+        let (_, env, _) = from.compose("lobby", text).unwrap();
+        b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    };
+    say(&mut a, "Lunch at noon?");
+    say(&mut a, "the LUNCH menu is up");
+    say(&mut a, "nothing to see");
+    say(&mut a, "Über-lunch plans");
+    let menu = crate::files::seal_file("Lunch-Menu.pdf", 5, &b"hello"[..], |_, _| Ok(())).unwrap();
+    let (_, env, _) = a.compose_file("lobby", menu).unwrap();
+    b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    b.compose("lobby", "lunch? yes").unwrap();
+
+    let reader = b.reader("lobby").unwrap();
+    let found = |contains: &str, page: Page| -> Vec<String> {
+        let q = Query {
+            page,
+            only: None,
+            contains: Some(contains.into()),
+        };
+        let shown = |(_, p): Opened| p.text.or(p.file.map(|f| f.name)).unwrap();
+        reader.query(&q).unwrap().into_iter().map(shown).collect()
+    };
+    let all = [
+        "Lunch at noon?",
+        "the LUNCH menu is up",
+        "Über-lunch plans",
+        "Lunch-Menu.pdf",
+        "lunch? yes",
+    ];
+    assert_eq!(found("lunch", Page::last(10)), all);
+    assert_eq!(found("LUNCH", Page::last(10)), all);
+    assert_eq!(found("über", Page::last(10)), ["Über-lunch plans"]);
+    assert_eq!(
+        found("MENU", Page::last(10)),
+        ["the LUNCH menu is up", "Lunch-Menu.pdf"]
+    );
+    assert!(found("dinner", Page::last(10)).is_empty());
+    // Pages count matches only: the two before the last two.
+    let page = Page {
+        limit: 2,
+        skip: 2,
+        before: None,
+    };
+    assert_eq!(found("lunch", page), all[1..3]);
+    // With a kind, files only.
+    let q = Query {
+        only: Some(Kind::File),
+        contains: Some("menu".into()),
+        ..Query::last(10)
+    };
+    assert_eq!(reader.query(&q).unwrap().len(), 1);
+}
+
+#[test]
+fn a_file_message_is_shown_found_by_its_id_and_refused_when_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, rid) = two_in_lobby(&dir);
+    let file = crate::files::seal_file("plan.txt", 5, &b"hello"[..], |_, _| Ok(())).unwrap();
+    let (_, env, view) = a.compose_file("lobby", file.clone()).unwrap();
+    assert_eq!(view.kind, Kind::File);
+    assert_eq!(view.file.as_ref().map(|f| f.id.clone()), Some(file.id()));
+    b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    let shown = b.history("lobby", 10).unwrap();
+    assert_eq!(shown[0].file.as_ref().unwrap().name, "plan.txt");
+    // Found by a prefix of its id, with the key members need.
+    let reader = b.reader("lobby").unwrap();
+    let found = reader.find_file(&file.id()[..8]).unwrap();
+    assert_eq!((reader.room_id(), &found), (rid, &file));
+    assert!(matches!(
+        reader.find_file("0123456789abcdef"),
+        Err(CoreError::UnknownFile(..))
+    ));
+    assert!(matches!(
+        reader.find_file(&file.id()[..4]),
+        Err(CoreError::UnknownFile(..))
+    ));
+    // A file message without a file, or with a name that is a path, is malformed.
+    let room = a.room(&rid).unwrap().clone();
+    let mut bad = file.clone();
+    bad.name = "../../.bashrc".into();
+    for file in [None, Some(bad)] {
+        let payload = Payload {
+            from: "alice".into(),
+            text: None,
+            receipt: None,
+            file,
+        };
+        let pos = Position {
+            seq: 2,
+            prev: env.hash(),
+            lamport: 2,
+            timestamp_ms: now_ms(),
+        };
+        let env = Envelope::seal(&a.identity, &room, Kind::File, pos, &payload).unwrap();
+        assert_eq!(
+            check(
+                &b.identity,
+                b.room(&rid).unwrap(),
+                env.into_bytes(),
+                &b.keys
+            )
+            .err(),
+            Some(Rejection::Malformed)
+        );
+    }
+}
+
+#[test]
+fn what_members_claim_to_hold_is_chased_once_it_has_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = three_in_lobby(&dir);
+    let (rid, m1, _) = a.compose("lobby", "m1").unwrap();
+    let (_, m2, _) = a.compose("lobby", "m2").unwrap();
+    for env in [&m1, &m2] {
+        b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    }
+    // Gossip lost m2 on its way to Carol; she has nothing to chase yet.
+    c.receive(&rid.topic(), m1.bytes().to_vec()).unwrap();
+    assert!(!c.chase_claims(rid, Instant::now()));
+    // Bob's message carries what he holds, Alice's m2 among it.
+    let before = Instant::now();
+    let (_, from_bob, _) = b.compose("lobby", "hi").unwrap();
+    c.receive(&rid.topic(), from_bob.bytes().to_vec()).unwrap();
+    // Heard just now: as likely m2 still on its way as lost.
+    assert!(!c.chase_claims(rid, before));
+    assert!(c.chase_claims(rid, Instant::now() + c.claims.settle(rid)));
+    // Chased once; the backstop rounds take it from there.
+    assert!(!c.chase_claims(rid, Instant::now()));
+    // Once she holds it, the claim is gone.
+    c.receive(&rid.topic(), m2.bytes().to_vec()).unwrap();
+    assert!(!c.chase_claims(rid, Instant::now()));
+    assert_eq!(c.claims.outstanding(rid), 0);
+    // A member claiming more (here in a receipt) is chased again.
+    let (_, m3, _) = a.compose("lobby", "m3").unwrap();
+    b.receive(&rid.topic(), m3.bytes().to_vec()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let receipt = b.compose_receipt(rid, false).unwrap().unwrap().into_bytes();
+    assert!(matches!(
+        c.receive(&rid.topic(), receipt).unwrap(),
+        Incoming::Receipt
+    ));
+    assert!(c.chase_claims(rid, Instant::now() + c.claims.settle(rid)));
+    // What a member claims of a chain we hold in full is nothing to chase.
+    assert!(!b.chase_claims(rid, Instant::now()));
+}
+
+#[test]
+fn receipts_carry_the_key_only_where_a_reader_may_lack_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = three_in_lobby(&dir);
+    let (rid, env, _) = a.compose("lobby", "hi").unwrap();
+    b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    let carries_key = |x: &Core, bytes: &[u8]| {
+        check(&x.identity, x.room(&rid).unwrap(), bytes.to_vec(), &x.keys)
+            .unwrap()
+            .0
+            .carries_key
+    };
+    // Bob has never written here: nobody may know his key yet.
+    let lurker = b.compose_receipt(rid, false).unwrap().unwrap().into_bytes();
+    assert!(carries_key(&a, &lurker));
+    // Once he has, Alice knows it from his first entry, and his receipts leave it out.
+    let (_, first, _) = b.compose("lobby", "hello").unwrap();
+    assert!(matches!(
+        a.receive(&rid.topic(), first.bytes().to_vec()).unwrap(),
+        Incoming::Accepted(..)
+    ));
+    // (His message carried his receipt; he has news again once Alice writes more.)
+    let (_, more, _) = a.compose("lobby", "more").unwrap();
+    b.receive(&rid.topic(), more.bytes().to_vec()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let delta = b.compose_receipt(rid, false).unwrap().unwrap().into_bytes();
+    assert!(!carries_key(&a, &delta));
+    assert!(matches!(
+        a.receive(&rid.topic(), delta.clone()).unwrap(),
+        Incoming::Receipt
+    ));
+    // Carol never got that entry: she cannot check the receipt, and does not pass it on.
+    assert!(matches!(
+        c.receive(&rid.topic(), delta).unwrap(),
+        Incoming::UnknownAuthor
+    ));
+    // A whole receipt (sent to newcomers) carries the key again.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let full = b.compose_receipt(rid, true).unwrap().unwrap().into_bytes();
+    assert!(matches!(
+        c.receive(&rid.topic(), full).unwrap(),
+        Incoming::Receipt
+    ));
+    // It says Bob holds what Carol lacks: her next reconciliation round goes after it,
+    // once (a claim is chased once, until a member claims more).
+    let now = Instant::now() + c.claims.settle(rid);
+    assert!(c.chase_claims(rid, now));
+    assert!(!c.chase_claims(rid, now));
+}
+
+#[test]
+fn message_flows_between_cores_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, _) = two_in_lobby(&dir);
+    let (rid, env, view) = a.compose("lobby", "hello bob").unwrap();
+    assert!(view.mine);
+    let got = b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    let Incoming::Accepted(v, _) = got else {
+        panic!("not accepted: {got:?}")
+    };
+    assert_eq!(v.text.as_deref(), Some("hello bob"));
+    assert_eq!(v.author, "alice");
+    assert!(matches!(
+        b.receive(&rid.topic(), env.bytes().to_vec()).unwrap(),
+        Incoming::Duplicate
+    ));
+    drop(b);
+    let b = core(&dir, 1);
+    let h = b.history("lobby", 10).unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].text.as_deref(), Some("hello bob"));
+}
+
+#[test]
+fn a_named_room_knows_its_writers_and_receipt_senders_and_remembers_its_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = three_in_lobby(&dir);
+    let rid = Room::named("lobby", None).unwrap().id;
+    assert_eq!(c.member_count(rid), 1, "only herself yet");
+    let (_, env, _) = a.compose("lobby", "hi").unwrap();
+    for x in [&mut b, &mut c] {
+        x.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    }
+    assert_eq!(c.member_count(rid), 2);
+    // Bob never writes, but says what he holds.
+    let receipt = b.compose_receipt(rid, true).unwrap().unwrap().into_bytes();
+    assert!(matches!(
+        c.receive(&rid.topic(), receipt).unwrap(),
+        Incoming::Receipt
+    ));
+    assert_eq!(c.member_count(rid), 3);
+    // A second message from a known member counts nobody twice.
+    let (_, env, _) = a.compose("lobby", "again").unwrap();
+    let Incoming::Accepted(v, _) = c.receive(&rid.topic(), env.bytes().to_vec()).unwrap() else {
+        panic!("accepted")
+    };
+    assert_eq!(
+        (v.delivered_to, v.known_members),
+        (1, 2),
+        "she holds it; Bob's receipt came before it"
+    );
+    // Receipts are not stored: after a restart, the writers and ourselves.
+    drop(c);
+    let c = core(&dir, 2);
+    assert_eq!(c.member_count(rid), 2);
+    assert_eq!(c.member_count(RoomId([9; 32])), 0, "not a room of ours");
+}
+
+/// Six writers, each heard once and each new to her: the room is bigger than the seven
+/// members she knows, as far as pacing goes; heard again and again, they are all she
+/// hears, and the room is what she knows.
+#[test]
+fn whom_a_member_hears_sizes_the_room_beyond_the_members_it_knows() {
+    let dir = tempfile::tempdir().unwrap();
+    let lobby = Room::named("lobby", None).unwrap();
+    let rid = lobby.id;
+    let mut c = core(&dir, 2);
+    c.join(lobby.clone()).unwrap();
+    let mut writers: Vec<Core> = (0..6u8)
+        .map(|i| {
+            let master = crypto::sha256(&[b"census test", &[i]]);
+            let id = Identity::from_master(&format!("w{i}"), &master, KeySize::Rsa2048);
+            let j = Journal::open(&dir.path().join(format!("w{i}.redb"))).unwrap();
+            let mut x = Core::open(Arc::new(id.unwrap()), j).unwrap();
+            x.join(lobby.clone()).unwrap();
+            x
+        })
+        .collect();
+    assert_eq!(c.room_size(rid), 1);
+    for w in &mut writers {
+        let (_, env, _) = w.compose("lobby", "hi").unwrap();
+        c.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    }
+    assert_eq!(c.member_count(rid), 7);
+    assert!(c.room_size(rid) > 7, "{}", c.room_size(rid));
+    for round in 0..25 {
+        for w in &mut writers {
+            let (_, env, _) = w.compose("lobby", &format!("again {round}")).unwrap();
+            c.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        }
+    }
+    assert_eq!(c.member_count(rid), 7);
+    assert_eq!(c.room_size(rid), 7);
+}
+
+#[test]
+fn tampered_and_foreign_envelopes_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, _) = two_in_lobby(&dir);
+    let (rid, env, _) = a.compose("lobby", "hi").unwrap();
+    let mut bytes = env.bytes().to_vec();
+    let n = bytes.len();
+    bytes[n - 300] ^= 1;
+    assert!(matches!(
+        b.receive(&rid.topic(), bytes).unwrap(),
+        Incoming::Rejected(Rejection::BadSignature)
+    ));
+    assert!(matches!(
+        b.receive(&rid.topic(), vec![1, 2, 3]).unwrap(),
+        Incoming::Rejected(Rejection::Malformed)
+    ));
+    // An envelope for another room, replayed on this room's topic.
+    a.join(Room::named("other", None).unwrap()).unwrap();
+    let (_, other, _) = a.compose("other", "x").unwrap();
+    assert!(matches!(
+        b.receive(&rid.topic(), other.bytes().to_vec()).unwrap(),
+        Incoming::Rejected(Rejection::WrongRoom)
+    ));
+    assert_eq!(b.counters().rejected.values().sum::<u64>(), 3);
+    assert!(b.history("lobby", 10).unwrap().is_empty());
+}
+
+/// `a`'s next four messages in the lobby: "one" to "four".
+fn four_in_lobby(a: &mut Core) -> Vec<Envelope> {
+    ["one", "two", "three", "four"]
+        .iter()
+        .map(|t| a.compose("lobby", t).unwrap().1)
+        .collect()
+}
+
+/// Entries that came ahead of a gap are shown when the gap fills: the entry that fills
+/// it carries their views, in order, so a client following new messages sees them all.
+#[test]
+fn filling_a_gap_releases_the_entries_held_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, rid) = two_in_lobby(&dir);
+    let envs = four_in_lobby(&mut a);
+    let receive = |b: &mut Core, i: usize| b.receive(&rid.topic(), envs[i].bytes().to_vec());
+    assert!(matches!(receive(&mut b, 0).unwrap(), Incoming::Accepted(_, r) if r.is_empty()));
+    assert!(matches!(receive(&mut b, 3).unwrap(), Incoming::Pending));
+    assert!(matches!(receive(&mut b, 2).unwrap(), Incoming::Pending));
+    let Incoming::Accepted(v, released) = receive(&mut b, 1).unwrap() else {
+        panic!("the gap-filler is accepted")
+    };
+    assert_eq!(v.text.as_deref(), Some("two"));
+    let texts: Vec<_> = released.iter().map(|m| m.text.as_deref()).collect();
+    assert_eq!(texts, vec![Some("three"), Some("four")]);
+    assert_eq!(b.history("lobby", 10).unwrap().len(), 4);
+}
+
+/// Admits `env` as gossip does: the entry to store, and its view if shown at once.
+fn admit_entry(
+    c: &mut Core,
+    rid: RoomId,
+    env: &Envelope,
+) -> ((RoomId, Envelope, Payload), Option<MessageView>) {
+    let Admitted::Entry(entry) = c.admit(&rid.topic(), env.bytes().to_vec()) else {
+        panic!("a valid entry is admitted")
+    };
+    let view = c.preview(entry.0, &entry.1, &entry.2);
+    (*entry, view)
+}
+
+/// An entry that comes next in its author's chain is shown when admitted, the same view
+/// it would have had once stored, and storing it shows nothing more; one after a gap
+/// waits for the store, and is shown (once) when the gap fills.
+#[test]
+fn entries_next_in_their_chain_are_shown_before_they_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, rid) = two_in_lobby(&dir);
+    let envs = four_in_lobby(&mut a);
+
+    let (first, shown) = admit_entry(&mut b, rid, &envs[0]);
+    let shown = shown.expect("next in the chain: shown at once");
+    assert_eq!(shown.text.as_deref(), Some("one"));
+    assert_eq!(shown.seq, 1);
+    // Two follows one although one is not stored yet; four is after a gap.
+    let (second, shown2) = admit_entry(&mut b, rid, &envs[1]);
+    assert_eq!(shown2.unwrap().text.as_deref(), Some("two"));
+    let (fourth, none) = admit_entry(&mut b, rid, &envs[3]);
+    assert!(none.is_none());
+    assert_eq!(b.shown_unstored(), 2);
+    assert!(
+        b.history("lobby", 10).unwrap().is_empty(),
+        "nothing stored yet"
+    );
+
+    let out = b.commit(vec![first, second, fourth]).unwrap();
+    assert!(
+        matches!(&out[0], Incoming::Shown(r) if r.is_empty()),
+        "{out:?}"
+    );
+    assert!(
+        matches!(&out[1], Incoming::Shown(r) if r.is_empty()),
+        "{out:?}"
+    );
+    assert!(matches!(out[2], Incoming::Pending));
+    assert_eq!(b.shown_unstored(), 0);
+    // The stored view is the one shown.
+    let stored = b.history("lobby", 10).unwrap();
+    assert_eq!(stored[0], shown);
+
+    // Three fills the gap: shown at once, and four comes with its store.
+    let (third, shown3) = admit_entry(&mut b, rid, &envs[2]);
+    assert_eq!(shown3.unwrap().text.as_deref(), Some("three"));
+    let out = b.commit(vec![third]).unwrap();
+    let Incoming::Shown(released) = &out[0] else {
+        panic!("{out:?}")
+    };
+    let texts: Vec<_> = released.iter().map(|m| m.text.as_deref()).collect();
+    assert_eq!(texts, vec![Some("four")]);
+    assert_eq!(b.history("lobby", 10).unwrap().len(), 4);
+}
+
+/// A message shown on arrival that reconciliation stores first is not shown again by
+/// reconciliation, and the gossip copy stored after it is a duplicate; a repeat of a
+/// message shown is not shown again either.
+#[test]
+fn a_shown_entry_is_shown_once_whichever_path_stores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, rid) = two_in_lobby(&dir);
+    let (_, env, _) = a.compose("lobby", "hello").unwrap();
+    let (entry, shown) = admit_entry(&mut b, rid, &env);
+    assert!(shown.is_some());
+    let (_, again) = admit_entry(&mut b, rid, &env);
+    assert!(again.is_none(), "a repeat is not shown twice");
+
+    let payload = entry.2.clone();
+    let report = b
+        .store_batch(rid, vec![(entry.1.clone(), payload)])
+        .unwrap();
+    assert_eq!(report.added, 1);
+    assert!(report.appended.is_empty(), "shown already");
+    assert!(matches!(
+        b.commit(vec![entry]).unwrap()[0],
+        Incoming::Duplicate
+    ));
+    assert_eq!(b.shown_unstored(), 0);
+    assert_eq!(b.history("lobby", 10).unwrap().len(), 1);
+
+    // The next message goes on from the journal.
+    let (_, env2, _) = a.compose("lobby", "again").unwrap();
+    assert!(admit_entry(&mut b, rid, &env2).1.is_some());
+}
+
+/// A batch stored at once sizes the room as the same messages one at a time would: an
+/// author new to the room is a known sender from its second message on (counting it
+/// as new each time made a writer of several messages in one batch look like several
+/// members never met).
+#[test]
+fn a_batch_counts_its_senders_as_one_message_at_a_time_would() {
+    let writers = tempfile::tempdir().unwrap();
+    let (mut alice, _, mut carol) = three_in_lobby(&writers);
+    let rid = Room::named("lobby", None).unwrap().id;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut one, mut batched) = (core(&d1, 1), core(&d2, 1));
+    let hello = carol.compose("lobby", "hello").unwrap().1;
+    let envs: Vec<Envelope> = (0..4)
+        .map(|i| alice.compose("lobby", &format!("m{i}")).unwrap().1)
+        .collect();
+    for x in [&mut one, &mut batched] {
+        x.join(Room::named("lobby", None).unwrap()).unwrap();
+        x.receive(&rid.topic(), hello.bytes().to_vec()).unwrap();
+    }
+    for env in &envs {
+        one.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    }
+    let entries: Vec<_> = envs
+        .iter()
+        .map(
+            |env| match batched.admit(&rid.topic(), env.bytes().to_vec()) {
+                Admitted::Entry(e) => *e,
+                Admitted::Done(i) => panic!("{i:?}"),
+            },
+        )
+        .collect();
+    let out = batched.commit(entries).unwrap();
+    assert!(
+        out.iter().all(|i| matches!(i, Incoming::Accepted(..))),
+        "{out:?}"
+    );
+    for x in [&one, &batched] {
+        assert_eq!(x.member_count(rid), 3);
+        assert_eq!(
+            x.room_size(rid),
+            3,
+            "a writer of four messages is one member"
+        );
+    }
+}
+
+/// A new room's size is unknown, however big, until more members are known than we
+/// are connected to or a known sender is heard again: what paces its first receipts
+/// (`receipt::first_spacing`).
+#[test]
+fn a_rooms_size_is_known_once_a_sender_is_heard_again() {
+    let writers = tempfile::tempdir().unwrap();
+    let (mut alice, _, mut carol) = three_in_lobby(&writers);
+    let rid = Room::named("lobby", None).unwrap().id;
+    let d = tempfile::tempdir().unwrap();
+    let mut x = core(&d, 1);
+    x.join(Room::named("lobby", None).unwrap()).unwrap();
+    assert!(!x.room_size_known(rid, 11), "nobody heard yet");
+    for env in [
+        alice.compose("lobby", "a1").unwrap().1,
+        carol.compose("lobby", "c1").unwrap().1,
+    ] {
+        x.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    }
+    assert!(
+        !x.room_size_known(rid, 11),
+        "two new senders fit a room of any size"
+    );
+    assert!(
+        x.room_size_known(rid, 2),
+        "three members known, more than the two we are connected to"
+    );
+    let again = alice.compose("lobby", "a2").unwrap().1;
+    x.receive(&rid.topic(), again.bytes().to_vec()).unwrap();
+    assert!(x.room_size_known(rid, 11), "alice heard again");
+}
+
+/// A pulled batch checked on several threads gives what one thread gives, in order,
+/// although the slice holding the author's key may be checked last.
+#[test]
+fn batches_checked_in_parallel_match_one_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b, rid) = two_in_lobby(&dir);
+    let mut batch: Vec<Vec<u8>> = (0..200)
+        .map(|i| a.compose("lobby", &format!("m{i}")).unwrap().1.into_bytes())
+        .collect();
+    // One tampered entry in the third slice.
+    let last = batch[130].len() - 1;
+    batch[130][last] ^= 1;
+    let room = b.room(&rid).unwrap();
+    let outcome = |threads: usize| -> Vec<Result<u64, Rejection>> {
+        // A reader that has not met the author: only entry 1 carries the key.
+        let keys = AuthorKeys::default();
+        check_batch(&b.identity, room, &batch, &keys, threads)
+            .into_iter()
+            .map(|r| r.map(|(env, _)| env.seq))
+            .collect()
+    };
+    let one = outcome(1);
+    assert_eq!(one[0], Ok(1));
+    assert_eq!(one[199], Ok(200));
+    assert_eq!(one[130], Err(Rejection::BadSignature));
+    assert_eq!(one.iter().filter(|r| r.is_err()).count(), 1);
+    for threads in [2, 3, 4, 64] {
+        assert_eq!(outcome(threads), one, "{threads} threads");
+    }
+}
+
+/// An author's key arrives with its first entry of a room: a later entry that comes
+/// first waits (not counted as invalid), is accepted once the first is in, and a
+/// restarted node knows the key again from its journal.
+#[test]
+fn author_keys_come_with_first_entries_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, rid) = two_in_lobby(&dir);
+    let (_, first, _) = a.compose("lobby", "one").unwrap();
+    let (_, second, _) = a.compose("lobby", "two").unwrap();
+    assert!(first.carries_key && !second.carries_key);
+
+    assert!(matches!(
+        b.receive(&rid.topic(), second.bytes().to_vec()).unwrap(),
+        Incoming::UnknownAuthor
+    ));
+    assert_eq!(b.counters().rejected.values().sum::<u64>(), 0);
+    assert!(matches!(
+        b.receive(&rid.topic(), first.bytes().to_vec()).unwrap(),
+        Incoming::Accepted(..)
+    ));
+    assert!(matches!(
+        b.receive(&rid.topic(), second.bytes().to_vec()).unwrap(),
+        Incoming::Accepted(..)
+    ));
+    b.flush().unwrap();
+    drop(b);
+
+    let mut b = core(&dir, 1);
+    assert!(b.author_keys().get(&identities()[0].id()).is_some());
+    assert_eq!(b.history("lobby", 10).unwrap().len(), 2);
+    let (_, third, _) = a.compose("lobby", "three").unwrap();
+    assert!(matches!(
+        b.receive(&rid.topic(), third.bytes().to_vec()).unwrap(),
+        Incoming::Accepted(..)
+    ));
+}
+
+#[test]
+fn members_are_named_by_their_last_message_and_counted_by_what_we_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = three_in_lobby(&dir);
+    let rid = Room::named("lobby", None).unwrap().id;
+    for text in ["one", "two"] {
+        let (_, env, _) = a.compose("lobby", text).unwrap();
+        b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        c.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    }
+    // Carol says what she holds, and writes nothing.
+    let receipt = c.compose_receipt(rid, true).unwrap().unwrap();
+    b.receive(&rid.topic(), receipt.into_bytes()).unwrap();
+    let named = |b: &Core| {
+        let (reader, list) = b.members("lobby").unwrap();
+        reader.name_members(list).unwrap()
+    };
+    let list = named(&b);
+    let got: Vec<(Option<String>, Option<String>, u64, bool)> = list
+        .iter()
+        .map(|m| (m.name.clone(), m.contact.clone(), m.messages, m.me))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("bob".into()), None, 0, true),
+            (Some("alice".into()), None, 2, false),
+            (None, None, 0, false),
+        ]
+    );
+    assert_eq!(list[1].user_id, identities()[0].id().to_hex());
+    assert_eq!(list[2].user_id, identities()[2].id().to_hex());
+    // A contact shows by our name for it.
+    b.add_contact("ally", &identities()[0].contact_code().encode())
+        .unwrap();
+    assert_eq!(named(&b)[1].contact.as_deref(), Some("ally"));
+    assert!(matches!(
+        b.members("nowhere"),
+        Err(CoreError::UnknownRoom(_))
+    ));
+}
+
+#[test]
+fn direct_messages_reach_only_the_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = core(&dir, 0);
+    let mut b = core(&dir, 1);
+    let mut c = core(&dir, 2);
+    let b_code = identities()[1].contact_code().encode();
+    let a_code = identities()[0].contact_code().encode();
+    a.add_contact("bob", &b_code).unwrap();
+    b.add_contact("alice", &a_code).unwrap();
+    let (rid, env, _) = a.compose("@bob", "secret").unwrap();
+    let Incoming::Accepted(v, _) = b.receive(&rid.topic(), env.bytes().to_vec()).unwrap() else {
+        panic!("bob should read it")
+    };
+    assert_eq!(v.contact.as_deref(), Some("alice"));
+    // Carol knows both public keys, so she can build the room exactly, but cannot read.
+    let mut forged = Room::direct(
+        identities()[0].contact_code().into(),
+        identities()[1].contact_code().into(),
+    );
+    assert_eq!(forged.id, rid);
+    forged.name = "spy".into();
+    c.join(forged.clone()).unwrap();
+    assert!(matches!(
+        c.receive(&rid.topic(), env.bytes().to_vec()).unwrap(),
+        Incoming::Rejected(Rejection::Undecryptable)
+    ));
+    // A room whose member list lacks the author refuses its entries outright.
+    let mut wrong_members = Room::direct(
+        identities()[2].contact_code().into(),
+        identities()[1].contact_code().into(),
+    );
+    wrong_members.id = rid;
+    assert_eq!(
+        check(
+            &identities()[2],
+            &wrong_members,
+            env.bytes().to_vec(),
+            &AuthorKeys::default()
+        )
+        .err(),
+        Some(Rejection::NotAMember)
+    );
+}
+
+#[test]
+fn group_rooms_are_shared_by_their_members_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cores: Vec<Core> = (0..3).map(|i| core(&dir, i)).collect();
+    let names = ["alice", "bob", "carol"];
+    for (i, c) in cores.iter_mut().enumerate() {
+        for (j, name) in names.iter().enumerate() {
+            if i != j {
+                c.add_contact(name, &identities()[j].contact_code().encode())
+                    .unwrap();
+            }
+        }
+    }
+    let views: Vec<RoomView> = cores
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| {
+            let others: Vec<String> = names
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, n)| n.to_string())
+                .collect();
+            c.create_group("team", &others).unwrap()
+        })
+        .collect();
+    assert!(
+        views.windows(2).all(|w| w[0].id == w[1].id),
+        "same group id"
+    );
+    let (rid, env, _) = cores[0].compose("team", "standup at 10").unwrap();
+    for c in &mut cores[1..] {
+        let Incoming::Accepted(v, _) = c.receive(&rid.topic(), env.bytes().to_vec()).unwrap()
+        else {
+            panic!("members read group messages")
+        };
+        assert_eq!(v.text.as_deref(), Some("standup at 10"));
+        assert_eq!(v.known_members, 2);
+    }
+    // A group needs known contacts.
+    assert!(matches!(
+        cores[0].create_group("x", &["mallory".into()]),
+        Err(CoreError::UnknownContact(_))
+    ));
+}
+
+#[test]
+fn a_runaway_lamport_clock_cannot_stop_a_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_alice, mut b, _) = two_in_lobby(&dir);
+    let room = Room::named("lobby", None).unwrap();
+    let pos = Position {
+        seq: 1,
+        prev: [0; 32],
+        lamport: crate::envelope::MAX_LAMPORT - 1,
+        timestamp_ms: 0,
+    };
+    let payload = Payload {
+        from: "alice".into(),
+        text: Some("far future".into()),
+        receipt: None,
+        file: None,
+    };
+    let env = Envelope::seal(&identities()[0], &room, Kind::Text, pos, &payload).unwrap();
+    assert!(matches!(
+        b.receive(&room.id.topic(), env.bytes().to_vec()).unwrap(),
+        Incoming::Accepted(..)
+    ));
+    let (_, next, _) = b.compose("lobby", "still talking").unwrap();
+    assert_eq!(next.lamport, crate::envelope::MAX_LAMPORT - 1);
+}
+
+#[test]
+fn another_identity_cannot_open_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(core(&dir, 0));
+    let j = Journal::open(&dir.path().join("j0.redb")).unwrap();
+    let err = Core::open(identities()[1].clone(), j).err().unwrap();
+    assert!(matches!(err, CoreError::WrongIdentity(_)), "{err}");
+}
+
+#[test]
+fn rooms_and_contacts_persist_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = core(&dir, 0);
+    a.join(Room::named("secret room", Some("room pw")).unwrap())
+        .unwrap();
+    a.add_contact("bob", &identities()[1].contact_code().encode())
+        .unwrap();
+    drop(a);
+    let raw = std::fs::read(dir.path().join("j0.redb")).unwrap();
+    assert!(!raw.windows(11).any(|w| w == b"secret room"));
+    assert!(
+        !raw.windows(3).any(|w| w == b"bob"),
+        "contact names are sealed"
+    );
+    let a = core(&dir, 0);
+    assert!(a.room_by_name("secret room").is_ok());
+    assert!(a.room_by_name("@bob").is_ok());
+    assert_eq!(a.contacts().len(), 1);
+}
