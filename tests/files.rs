@@ -166,6 +166,36 @@ fn a_shared_file_is_fetched_from_any_member_that_holds_it() {
 /// so they stay in the room while their author is offline. Bigger files, and members
 /// without the flag, fetch nothing unasked; a fetch that failed is tried again when a member
 /// appears. `files` says which files a node holds, and `forget` drops its copy of one.
+/// A file fetched unasked is looked up in the history moments after its message is shown,
+/// before the message is stored (received messages are stored up to 50 ms later, with
+/// others): the lookup must find it all the same. A sync round every 0.1 s starts those
+/// lookups soon after each message, so some would come before the store.
+#[test]
+fn files_fetched_unasked_right_after_their_message_is_shown_are_all_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = lobby_args(&[]);
+    let alice = NodeProc::start("alice", &dir.path().join("alice"), &args);
+    args.extend(["--bootstrap".into(), alice.listen_addr("/tcp/")]);
+    args.extend(["--auto-fetch", "1M", "--sync-interval-s", "0.1"].map(String::from));
+    let bob = NodeProc::start("bob", &dir.path().join("bob"), &args);
+    wait_until("alice and bob meet in lobby", T, || {
+        alice.room_peers("lobby") >= 1 && bob.room_peers("lobby") >= 1
+    });
+    let names: Vec<String> = (0..6).map(|i| format!("f{i}.bin")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes(10_000, 40 + i as u64)).unwrap();
+        alice.cli(&["share", "lobby", path.to_str().unwrap()]);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    for name in &names {
+        file_in_history(&bob, "lobby", name);
+        wait_until(&format!("bob holds {name}, unasked"), T, || {
+            bob.holds("lobby", name)
+        });
+    }
+}
+
 #[test]
 fn small_files_are_fetched_unasked_and_outlast_their_authors_absence_until_forgotten() {
     let dir = tempfile::tempdir().unwrap();

@@ -1163,7 +1163,11 @@ impl Service {
     /// owns its readers, so the journal is let go before the event loop hears of it; the
     /// read is counted as ended even if it panics, so that a stopping node, which waits for
     /// reads in flight before it closes the journal, never waits for one that cannot end.
+    /// Received messages waiting to be stored are stored first, so that the read finds
+    /// every message shown: a file fetched unasked is looked up in the history a moment
+    /// after its message is shown, often before `STORE_DELAY` is up.
     pub(super) fn off_loop(&mut self, read: impl FnOnce() -> reconcile::Internal + Send + 'static) {
+        self.commit_unstored();
         struct Ends(mpsc::UnboundedSender<reconcile::Internal>);
         impl Drop for Ends {
             fn drop(&mut self) {
