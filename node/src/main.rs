@@ -739,8 +739,9 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                         (None, None) => "(no message yet)".to_string(),
                     };
                     let you = if m.me { "  (you)" } else { "" };
+                    let s = if m.messages == 1 { "" } else { "s" };
                     println!(
-                        "{}  {who:<24} {:>6} messages{you}",
+                        "{}  {who:<24} {:>6} message{s}{you}",
                         &m.user_id[..16],
                         m.messages
                     );
