@@ -227,9 +227,23 @@ fn history_reads_back_page_by_page_and_searches_through_the_cli_and_the_api() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to search for"));
 }
 
+/// The lines a child process prints, as they come (read on a thread of their own).
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().expect("stdout piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 #[test]
 fn chat_shows_the_room_then_sends_what_is_typed_and_prints_what_arrives() {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = tcp_pair(dir.path(), &["--join", "lobby", "--join", "other"]);
@@ -247,14 +261,7 @@ fn chat_shows_the_room_then_sends_what_is_typed_and_prints_what_arrives() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out = chat.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stdout_lines(&mut chat);
     let next_line = || rx.recv_timeout(T).expect("a line from cryptchat chat");
     // The room as it was: Bob's message, by Bob.
     let first = next_line();
@@ -304,14 +311,7 @@ fn chat_shows_the_room_then_sends_what_is_typed_and_prints_what_arrives() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stdout_lines(&mut watch);
     // Once one message of `other` shows, the watch is following.
     for i in 0.. {
         assert!(i < 30, "watch other never showed a message of other");

@@ -37,6 +37,14 @@ impl Service {
         members.len() + dials.len()
     }
 
+    /// How many more members `room` wants connected: its target, less those connected or
+    /// dialled for it.
+    pub(super) fn members_wanted(&mut self, room: RoomId) -> usize {
+        self.budget
+            .target
+            .saturating_sub(self.room_peers_or_dialled(room))
+    }
+
     /// A member dialled for a room will not show up through that dial (it failed, or was
     /// refused): it no longer counts towards any room's target.
     pub(super) fn forget_room_dials(&mut self, peer: &PeerId) {

@@ -746,10 +746,7 @@ impl Service {
         if self.core.room(&room).is_none() {
             return;
         }
-        let want = self
-            .budget
-            .target
-            .saturating_sub(self.room_peers_or_dialled(room));
+        let want = self.members_wanted(room);
         if want == 0 {
             return;
         }

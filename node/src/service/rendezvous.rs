@@ -191,10 +191,7 @@ impl Service {
                 // Enough members connected (or being dialled) already: gossipsub
                 // spreads the rest. Answers arrive from many DHT nodes at once, so
                 // dials in flight count too.
-                let want = self
-                    .budget
-                    .target
-                    .saturating_sub(self.room_peers_or_dialled(room));
+                let want = self.members_wanted(room);
                 let me = *self.swarm.local_peer_id();
                 let fresh: Vec<PeerId> = providers
                     .into_iter()
