@@ -242,6 +242,20 @@ pub struct HistoryRequest {
 /// The longest text a history search looks for, in bytes.
 pub const MAX_SEARCH: usize = 1024;
 
+impl HistoryRequest {
+    /// The room's last `limit` messages, of any kind.
+    pub fn last(room: String, limit: usize) -> Self {
+        HistoryRequest {
+            room,
+            limit,
+            kind: None,
+            contains: None,
+            skip: 0,
+            before: None,
+        }
+    }
+}
+
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }

@@ -1871,6 +1871,14 @@ mod tests {
         assert_eq!(j.chunk_bytes().unwrap(), 711);
     }
 
+    /// A filter keeping the entries of `all` with an odd seq (it knows them by their
+    /// envelope), and those entries.
+    fn odd_seqs(all: &[StoredEntry]) -> (impl Fn(&[u8]) -> bool + Copy + '_, Vec<StoredEntry>) {
+        let odd = |e: &&StoredEntry| e.meta.seq % 2 == 1;
+        let keep = move |env: &[u8]| all.iter().filter(odd).any(|e| e.envelope == env);
+        (keep, all.iter().filter(odd).cloned().collect())
+    }
+
     fn page(limit: usize, skip: usize, before: Option<Position>) -> Page {
         Page {
             limit,
@@ -1921,12 +1929,7 @@ mod tests {
 
         // `skip` passes over the newest entries the filter keeps, before `before` if given.
         let all = j.history(&ROOM, usize::MAX).unwrap();
-        let odd = |env: &[u8]| all.iter().any(|e| e.envelope == env && e.meta.seq % 2 == 1);
-        let kept: Vec<StoredEntry> = all
-            .iter()
-            .filter(|e| e.meta.seq % 2 == 1)
-            .cloned()
-            .collect();
+        let (odd, kept) = odd_seqs(&all);
         let n = kept.len();
         let skipped = page(3, 2, None);
         let got = j.history_where(&ROOM, skipped, odd).unwrap();
@@ -1955,12 +1958,7 @@ mod tests {
             app(&j, &x);
         }
         let all = j.history(&ROOM, usize::MAX).unwrap();
-        let odd = |env: &[u8]| all.iter().any(|e| e.envelope == env && e.meta.seq % 2 == 1);
-        let wanted: Vec<StoredEntry> = all
-            .iter()
-            .filter(|e| e.meta.seq % 2 == 1)
-            .cloned()
-            .collect();
+        let (odd, wanted) = odd_seqs(&all);
         assert!(wanted.len() >= 3 && wanted.len() < all.len());
         assert_eq!(
             j.history_where(&ROOM, Page::last(usize::MAX), odd).unwrap(),

@@ -540,14 +540,7 @@ fn chat(c: &Client, room: &str, last: usize, json: bool) -> Result<()> {
     };
     // Subscribed before the history is read: nothing falls between the two.
     let events = c.subscribe()?;
-    let req = HistoryRequest {
-        room: room.to_string(),
-        limit: last,
-        kind: None,
-        contains: None,
-        skip: 0,
-        before: None,
-    };
+    let req = HistoryRequest::last(room.to_string(), last);
     let shown: Vec<MessageView> = c.post("/history", &req)?;
     shown.iter().for_each(show);
     let seen: std::collections::HashSet<String> = shown.into_iter().map(|m| m.hash).collect();
@@ -782,12 +775,8 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
         }
         Cmd::Files { room, limit } => {
             let req = HistoryRequest {
-                room,
-                limit,
                 kind: Some(Kind::File),
-                contains: None,
-                skip: 0,
-                before: None,
+                ..HistoryRequest::last(room, limit)
             };
             let v: Vec<MessageView> = c.post("/history", &req)?;
             let files: Vec<&MessageView> = v.iter().filter(|m| m.file.is_some()).collect();
@@ -843,12 +832,8 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
         }
         Cmd::History { room, limit, skip } => {
             let req = HistoryRequest {
-                room,
-                limit,
-                kind: None,
-                contains: None,
                 skip,
-                before: None,
+                ..HistoryRequest::last(room, limit)
             };
             let v: Vec<MessageView> = c.post("/history", &req)?;
             print(json, &v, |v| v.iter().for_each(print_message))
@@ -863,12 +848,9 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                 anyhow::bail!("nothing to search for: give the text to look for");
             }
             let req = HistoryRequest {
-                room,
-                limit,
-                kind: None,
                 contains: Some(text),
                 skip,
-                before: None,
+                ..HistoryRequest::last(room, limit)
             };
             let v: Vec<MessageView> = c.post("/history", &req)?;
             print(json, &v, |v| {
