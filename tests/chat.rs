@@ -437,3 +437,94 @@ fn a_node_reaches_a_bootstrap_node_that_starts_after_it() {
         boot.texts("lobby") == vec!["made it".to_string()]
     });
 }
+
+/// Alice edits and deletes her messages: Bob, online, sees each change; Carol, who joins
+/// later, gets the history from them with the changes applied. Only one's own messages can
+/// be changed, and a deleted one no more.
+#[test]
+fn edits_and_deletions_reach_members_and_members_who_come_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = tcp_pair(dir.path(), &["--join", "lobby"]);
+    wait_until("alice and bob meet in lobby", T, || {
+        a.room_peers("lobby") >= 1 && b.room_peers("lobby") >= 1
+    });
+    let sent = a.cli(&["send", "lobby", "helo all"]);
+    assert_eq!(sent["message"]["seq"], 1);
+    a.cli(&["send", "lobby", "the door code is 4711"]);
+    b.cli(&["send", "lobby", "hi alice"]);
+    wait_until("bob reads alice's two", T, || b.texts("lobby").len() == 3);
+
+    let edit = a.cli(&["edit", "lobby", "1", "hello all"]);
+    assert_eq!(edit["message"]["revises"], 1);
+    a.cli(&["delete", "lobby", "2"]);
+    let changed = |n: &NodeProc| {
+        let h = n.cli(&["history", "lobby"]);
+        let h = h.as_array().unwrap();
+        h.len() == 3
+            && h[0]["text"] == "hello all"
+            && h[0]["edited_ms"].is_u64()
+            && h[1]["deleted"] == true
+            && h[1]["text"].is_null()
+            && h[2]["text"] == "hi alice"
+    };
+    wait_until("bob sees the edit and the deletion", T, || changed(&b));
+    assert!(changed(&a));
+    // As a person reads it: the edit marked, the deletion said, Alice's own numbered.
+    let human = |n: &NodeProc| {
+        let out = n.client(&["history", "lobby"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = human(&b);
+    assert!(shown.contains("hello all (edited)"), "{shown}");
+    assert!(shown.contains("(message deleted)"), "{shown}");
+    assert!(!shown.contains("4711"), "{shown}");
+    assert!(human(&a).contains("alice [") && human(&a).contains("#1: hello all"));
+    // A search finds what a message says now.
+    let found = b.cli(&["search", "lobby", "helo"]);
+    assert_eq!(found.as_array().unwrap().len(), 0);
+    let found = b.cli(&["search", "lobby", "4711"]);
+    assert_eq!(found.as_array().unwrap().len(), 0);
+
+    // Carol comes later and pulls the history: the same, with the changes applied.
+    let c = NodeProc::start(
+        "carol",
+        &dir.path().join("carol"),
+        &[
+            "--listen".into(),
+            listen_for("tcp"),
+            "--join".into(),
+            "lobby".into(),
+            "--bootstrap".into(),
+            a.listen_addr("/tcp/"),
+        ],
+    );
+    wait_until("carol catches up with the changes applied", T, || {
+        changed(&c)
+    });
+
+    // Refused, with a reason: others' messages, deleted ones, unknown ones.
+    let refused = |n: &NodeProc, args: &[&str]| {
+        let out = n.try_cli(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    // (Bob's only message is his #1; Alice's #2 is not his.)
+    let why = refused(&b, &["edit", "lobby", "2", "mine now"]);
+    assert!(why.contains("no message #2 of yours"), "{why}");
+    let why = refused(&a, &["edit", "lobby", "2", "back"]);
+    assert!(why.contains("deleted"), "{why}");
+    let why = refused(&a, &["delete", "lobby", "99"]);
+    assert!(why.contains("no message #99"), "{why}");
+    let (status, _) = a.post(
+        "/edit",
+        &serde_json::json!({"room": "lobby", "seq": 99, "text": "x"}),
+    );
+    assert_eq!(status, 404);
+    let (status, _) = a.post("/delete", &serde_json::json!({"room": "nowhere", "seq": 1}));
+    assert_eq!(status, 404);
+    let (status, _) = a.post(
+        "/edit",
+        &serde_json::json!({"room": "lobby", "seq": 1, "text": " "}),
+    );
+    assert_eq!(status, 400);
+}

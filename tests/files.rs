@@ -567,3 +567,54 @@ fn files_go_up_and_down_through_the_local_api() {
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("room"));
 }
+
+/// When its author deletes a file's message, the file is withdrawn: members who hold it
+/// (here Bob, who fetched it unasked) drop their copies, as the author does, and it is gone
+/// from `files` and cannot be fetched; a file shared since is untouched.
+#[test]
+fn a_deleted_file_message_withdraws_the_file_from_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = lobby_args(&[]);
+    let alice = NodeProc::start("alice", &dir.path().join("alice"), &args);
+    args.extend(["--bootstrap".into(), alice.listen_addr("/tcp/")]);
+    args.extend(["--auto-fetch", "1M"].map(String::from));
+    let bob = NodeProc::start("bob", &dir.path().join("bob"), &args);
+    wait_until("alice and bob meet in lobby", T, || {
+        alice.room_peers("lobby") >= 1 && bob.room_peers("lobby") >= 1
+    });
+    let share = |name: &str, seed| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes(50_000, seed)).unwrap();
+        alice.cli(&["share", "lobby", path.to_str().unwrap()])["message"].clone()
+    };
+    let gone = share("draft.bin", 1);
+    share("final.bin", 2);
+    for name in ["draft.bin", "final.bin"] {
+        file_in_history(&bob, "lobby", name);
+        wait_until(&format!("bob holds {name}"), T, || bob.holds("lobby", name));
+    }
+    let held = |n: &NodeProc| n.status()["file_bytes"].as_u64().unwrap();
+    let (alice_before, bob_before) = (held(&alice), held(&bob));
+    assert!(bob_before > 100_000, "{bob_before}");
+
+    let seq = gone["seq"].as_u64().unwrap().to_string();
+    alice.cli(&["delete", "lobby", &seq]);
+    for n in [&alice, &bob] {
+        wait_until(&format!("{} drops the draft", n.user), T, || {
+            n.file("lobby", "draft.bin").is_none() && held(n) < bob_before
+        });
+        assert!(n.holds("lobby", "final.bin"));
+    }
+    assert!(held(&alice) < alice_before && held(&alice) > 50_000);
+    let id = gone["file"]["id"].as_str().unwrap();
+    let res = bob.try_cli(&["fetch", "lobby", id, "-o", "/tmp/never-written.bin"]);
+    assert!(!res.status.success());
+    assert!(String::from_utf8_lossy(&res.stderr).contains("no file"));
+    // The message says it was deleted, in its place.
+    let h = bob.cli(&["history", "lobby"]);
+    assert_eq!(h[0]["deleted"], true);
+    assert!(h[0]["file"].is_null());
+    // A file cannot be edited, only deleted.
+    let res = alice.try_cli(&["edit", "lobby", "2", "new caption"]);
+    assert!(String::from_utf8_lossy(&res.stderr).contains("is a file"));
+}

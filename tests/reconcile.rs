@@ -167,6 +167,7 @@ async fn a_fork_is_detected_and_reported_on_every_honest_node() {
         text: Some(t.into()),
         receipt: None,
         file: None,
+        revises: None,
     };
     let one = Envelope::seal(&im, &room, Kind::Text, pos, &say("I pay you")).unwrap();
     let two = Envelope::seal(&im, &room, Kind::Text, pos, &say("I owe you nothing")).unwrap();

@@ -145,6 +145,43 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     b.click_on("#membersbtn", T);
     assert!(b.find("#memberlist").is_some_and(|e| !b.displayed(&e)));
 
+    // Edit a message in place (Enter saves), and delete one (after a confirmation): Bob's
+    // node has the changes; Bob's own changes show live.
+    let me = alice.status()["user_id"].as_str().unwrap().to_string();
+    let msg = |seq: u32| format!("#messages .msg[data-msg='{me}:{seq}']");
+    b.click_on(&format!("{} button.edit", msg(2)), T);
+    let edit = b.wait_for(&format!("{} textarea.edittext", msg(2)), T);
+    b.script("document.querySelector('textarea.edittext').value = ''");
+    b.send_keys(&edit, &format!("two lines, edited{ENTER}"));
+    wait_until("bob reads the edit", T, || {
+        bob.texts("lobby") == ["hello from a browser", "two lines, edited", evil]
+    });
+    wait_until("the page shows the edit", T, || {
+        b.text(&msg(2)).contains("two lines, edited") && b.text(&msg(2)).contains("(edited)")
+    });
+    b.send_keys(
+        &b.wait_for("#sendtext", T),
+        &format!("sent by mistake{ENTER}"),
+    );
+    // (Alice's #3 is her edit.)
+    b.click_on(&format!("{} button.delete", msg(4)), T);
+    b.accept_alert();
+    wait_until("bob's node has the deletion", T, || {
+        let h = bob.cli(&["history", "lobby"]);
+        h.as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["seq"] == 4 && m["deleted"] == true)
+    });
+    wait_until("the page says it was deleted", T, || {
+        b.text(&msg(4)).contains("message deleted")
+    });
+    assert!(b.find(&format!("{} button", msg(4))).is_none());
+    bob.cli(&["edit", "lobby", "1", "from bob, edited"]);
+    wait_until("bob's edit on the page", T, || {
+        shown(&b).contains("from bob, edited") && !shown(&b).contains(evil)
+    });
+
     // Join a room with a password, see it listed as such, then leave it.
     b.send_keys(&b.wait_for("#joinname", T), "garden");
     b.send_keys(&b.wait_for("#joinpw", T), "a long garden password 7");
@@ -217,7 +254,10 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     select_room(&b, "lobby");
     wait_until("lobby's history after logging in again", T, || {
         let page = shown(&b);
-        page.contains("hello from a browser") && page.contains(evil)
+        page.contains("hello from a browser")
+            && page.contains("two lines, edited")
+            && page.contains("from bob, edited")
+            && page.contains("message deleted")
     });
 }
 

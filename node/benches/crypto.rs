@@ -146,6 +146,7 @@ fn envelope(c: &mut Criterion) {
         text: Some(text()),
         receipt: None,
         file: None,
+        revises: None,
     };
     let rooms = [
         ("named", Room::named("bench", None).unwrap()),

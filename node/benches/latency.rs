@@ -112,6 +112,7 @@ async fn run_cryptchat(dir: &Path) -> (Run, usize) {
             text: Some(text(0)),
             receipt: None,
             file: None,
+            revises: None,
         },
     )
     .unwrap()

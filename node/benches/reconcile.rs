@@ -204,6 +204,7 @@ async fn catch_up(n: usize) {
                         )),
                         receipt: None,
                         file: None,
+                        revises: None,
                     };
                     let pos = Position {
                         seq,

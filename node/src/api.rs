@@ -111,7 +111,8 @@ impl From<NodeError> for ApiError {
             NodeError::Core(
                 CoreError::UnknownRoom(_)
                 | CoreError::UnknownContact(_)
-                | CoreError::UnknownFile(..),
+                | CoreError::UnknownFile(..)
+                | CoreError::UnknownMessage(..),
             ) => StatusCode::NOT_FOUND,
             NodeError::Core(
                 CoreError::AlreadyJoined(_)
@@ -124,7 +125,8 @@ impl From<NodeError> for ApiError {
                 | CoreError::Room(_)
                 | CoreError::Identity(_)
                 | CoreError::Envelope(_)
-                | CoreError::AmbiguousFile(..),
+                | CoreError::AmbiguousFile(..)
+                | CoreError::NotEditable(..),
             ) => StatusCode::BAD_REQUEST,
             NodeError::FileInput(_) => StatusCode::BAD_REQUEST,
             NodeError::FileUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -165,6 +167,21 @@ pub struct RoomRequest {
 pub struct SendRequest {
     pub room: String,
     pub text: String,
+}
+
+/// Edit our message `seq` (its number in `Sent` and in history views) in a room.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct EditRequest {
+    pub room: String,
+    pub seq: u64,
+    pub text: String,
+}
+
+/// Delete our message `seq` in a room.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct DeleteRequest {
+    pub room: String,
+    pub seq: u64,
 }
 
 /// Share a file: `path` is read by the node, so it must be absolute (the CLI resolves it).
@@ -331,6 +348,8 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/join", post(join))
         .route("/leave", post(leave))
         .route("/send", post(send))
+        .route("/edit", post(edit))
+        .route("/delete", post(delete))
         .route("/history", post(history))
         .route("/members", post(members))
         .route("/share", post(share))
@@ -439,6 +458,20 @@ async fn send(
     Json(r): Json<SendRequest>,
 ) -> ApiResult<crate::service::Sent> {
     Ok(Json(s.node.send(&r.room, &r.text).await?))
+}
+
+async fn edit(
+    State(s): State<AppState>,
+    Json(r): Json<EditRequest>,
+) -> ApiResult<crate::service::Sent> {
+    Ok(Json(s.node.edit(&r.room, r.seq, &r.text).await?))
+}
+
+async fn delete(
+    State(s): State<AppState>,
+    Json(r): Json<DeleteRequest>,
+) -> ApiResult<crate::service::Sent> {
+    Ok(Json(s.node.delete(&r.room, r.seq).await?))
 }
 
 fn absolute(p: &str, what: &str) -> Result<std::path::PathBuf, ApiError> {

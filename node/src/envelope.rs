@@ -55,6 +55,9 @@ pub enum Kind {
     Text,
     File,
     Receipt,
+    /// An edit or a deletion of one of the author's earlier messages in the room (which one
+    /// is inside the ciphertext: [`Payload::revises`]).
+    Revision,
 }
 
 impl Kind {
@@ -63,6 +66,7 @@ impl Kind {
             Kind::Text => 1,
             Kind::File => 2,
             Kind::Receipt => 3,
+            Kind::Revision => 4,
         }
     }
 
@@ -71,6 +75,7 @@ impl Kind {
             1 => Some(Kind::Text),
             2 => Some(Kind::File),
             3 => Some(Kind::Receipt),
+            4 => Some(Kind::Revision),
             _ => None,
         }
     }
@@ -110,7 +115,7 @@ pub enum KeyAccess {
 
 /// The decrypted content of an envelope. Serialised as JSON inside the ciphertext, so the
 /// author's display name travels only to those who can read the room.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Payload {
     /// The author's username.
     pub from: String,
@@ -123,6 +128,10 @@ pub struct Payload {
     /// A shared file (kind `file`): what members need to fetch and read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<crate::files::FileRef>,
+    /// A revision (kind `revision`): the seq of the author's earlier message in the room
+    /// that this one replaces, with `text` its new text, or deletes, without `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revises: Option<u64>,
 }
 
 /// A parsed envelope whose signature has been verified.
@@ -531,6 +540,7 @@ mod tests {
             text: Some(t.into()),
             receipt: None,
             file: None,
+            revises: None,
         }
     }
 

@@ -58,6 +58,10 @@ const PROVIDES: TableDefinition<Bytes, Bytes> = TableDefinition::new("provides")
 /// DHT provider key of a file the user dropped with `forget` -> empty: not fetched again
 /// unasked (see [`Journal::forget_file`]); fetching it by hand clears the mark.
 const DECLINED: TableDefinition<Bytes, Bytes> = TableDefinition::new("declined");
+/// room||author||seq -> seq u64 BE of the author's latest entry that revises that one (an
+/// edit or a deletion: see [`Journal::revision`]). Which entry revises which is inside the
+/// ciphertext, so the caller names it when it appends ([`Journal::append_revising`]).
+const REVISIONS: TableDefinition<Bytes, Bytes> = TableDefinition::new("revisions");
 const TALLY_KEY: &[u8] = b"chunk_tally";
 
 /// redb's page cache ceiling; its 1 GiB default is too much for a chat node on small devices.
@@ -367,6 +371,16 @@ fn stored_entry(room: Id, author: Id, seq: u64, rec: Rec) -> StoredEntry {
     }
 }
 
+fn decode_revision(path: &Path, key: &[u8], v: &[u8]) -> Result<u64, JournalError> {
+    let b: [u8; 8] = v.try_into().map_err(|_| {
+        corrupt(
+            path,
+            format!("{}: revision of {} bytes", describe_key(key), v.len()),
+        )
+    })?;
+    Ok(u64::from_be_bytes(b))
+}
+
 fn encode_head(h: &Head) -> [u8; HEAD_VALUE_LEN] {
     let mut v = [0; HEAD_VALUE_LEN];
     v[..8].copy_from_slice(&h.seq.to_be_bytes());
@@ -419,6 +433,7 @@ struct Tx<'t> {
     order: RawTable<'t>,
     forks: RawTable<'t>,
     rooms: RawTable<'t>,
+    revisions: RawTable<'t>,
     stats: BTreeMap<Id, RoomStats>,
     changed: bool,
     /// Heads written, applied to the journal's vector cache once the commit succeeds.
@@ -435,6 +450,7 @@ impl<'t> Tx<'t> {
             order: txn.open_table(ORDER).at(path)?,
             forks: txn.open_table(FORKS).at(path)?,
             rooms: txn.open_table(ROOMS).at(path)?,
+            revisions: txn.open_table(REVISIONS).at(path)?,
             stats: BTreeMap::new(),
             changed: false,
             new_heads: Vec::new(),
@@ -475,6 +491,32 @@ impl<'t> Tx<'t> {
             Some(v) => Ok(Some(decode_rec(path, key, v.value())?)),
             None => Ok(None),
         }
+    }
+
+    /// Notes that `meta`'s entry revises its author's entry `target`, unless a later one
+    /// of the author's revises it already: the latest revision is the one shown.
+    fn revise(&mut self, meta: &EntryMeta, target: u64) -> Result<(), JournalError> {
+        if target == 0 || target >= meta.seq {
+            return Err(JournalError::InvalidEntry {
+                detail: format!(
+                    "entry {} of author {} revises entry {target}: only earlier ones can be",
+                    meta.seq,
+                    short(&meta.author)
+                ),
+            });
+        }
+        let key = entry_key(&meta.room, &meta.author, target);
+        let latest = match self.revisions.get(&key[..]).at(self.path)? {
+            Some(v) => Some(decode_revision(self.path, &key, v.value())?),
+            None => None,
+        };
+        if latest.is_none_or(|seq| seq < meta.seq) {
+            self.revisions
+                .insert(&key[..], &meta.seq.to_be_bytes()[..])
+                .at(self.path)?;
+            self.changed = true;
+        }
+        Ok(())
     }
 
     /// Keeps the first proof per (room, author, seq): enough to mark the author, and bounded.
@@ -524,6 +566,23 @@ impl<'t> Tx<'t> {
         s.max_lamport = s.max_lamport.max(lamport);
         self.changed = true;
         Ok(())
+    }
+
+    /// [`Self::append`], noting what the entry revises once it is stored (in its chain or
+    /// past a gap).
+    fn append_noting(
+        &mut self,
+        meta: &EntryMeta,
+        envelope: &[u8],
+        revises: Option<u64>,
+    ) -> Result<AppendOutcome, JournalError> {
+        let outcome = self.append(meta, envelope)?;
+        if let (Some(target), AppendOutcome::Appended { .. } | AppendOutcome::Pending) =
+            (revises, outcome)
+        {
+            self.revise(meta, target)?;
+        }
+        Ok(outcome)
     }
 
     fn append(&mut self, meta: &EntryMeta, envelope: &[u8]) -> Result<AppendOutcome, JournalError> {
@@ -764,6 +823,7 @@ impl Journal {
             }
             for def in [
                 ENTRIES, PENDING, HEADS, ORDER, FORKS, ROOMS, SETTINGS, CHUNKS, PROVIDES, DECLINED,
+                REVISIONS,
             ] {
                 txn.open_table(def).at(path)?;
             }
@@ -855,7 +915,18 @@ impl Journal {
 
     /// Appends one entry durably. See [`AppendOutcome`].
     pub fn append(&self, meta: &EntryMeta, envelope: &[u8]) -> Result<AppendOutcome, JournalError> {
-        self.write_chain(true, |tx| tx.append(meta, envelope))
+        self.append_revising(meta, envelope, None)
+    }
+
+    /// [`Self::append`] for an entry that revises (edits or deletes) its author's earlier
+    /// entry `revises`, noted in the same transaction (see [`Self::revision`]).
+    pub fn append_revising(
+        &self,
+        meta: &EntryMeta,
+        envelope: &[u8],
+        revises: Option<u64>,
+    ) -> Result<AppendOutcome, JournalError> {
+        self.write_chain(true, |tx| tx.append_noting(meta, envelope, revises))
     }
 
     /// Same as [`Self::append`] for many entries in one write transaction (batched catch-up);
@@ -879,6 +950,23 @@ impl Journal {
         self.append_batch_with(false, entries)
     }
 
+    /// [`Self::append_batch_deferred`] with, per entry, the earlier entry of its author it
+    /// revises, if any (see [`Self::append_revising`]).
+    pub fn append_batch_deferred_revising(
+        &self,
+        entries: &[(EntryMeta, Vec<u8>, Option<u64>)],
+    ) -> Result<Vec<AppendOutcome>, JournalError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write_chain(false, |tx| {
+            entries
+                .iter()
+                .map(|(meta, envelope, revises)| tx.append_noting(meta, envelope, *revises))
+                .collect()
+        })
+    }
+
     fn append_batch_with(
         &self,
         durable: bool,
@@ -893,6 +981,19 @@ impl Journal {
                 .map(|(meta, envelope)| tx.append(meta, envelope))
                 .collect()
         })
+    }
+
+    /// The seq of the author's latest entry that revises its entry `seq` in the room (held
+    /// contiguous or pending), if any.
+    pub fn revision(&self, room: &Id, author: &Id, seq: u64) -> Result<Option<u64>, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let table = txn.open_table(REVISIONS).at(path)?;
+        let key = entry_key(room, author, seq);
+        match table.get(&key[..]).at(path)? {
+            Some(v) => Ok(Some(decode_revision(path, &key, v.value())?)),
+            None => Ok(None),
+        }
     }
 
     /// Whether deferred commits wait for a [`Self::flush`].
@@ -1130,13 +1231,13 @@ impl Journal {
         Ok(out)
     }
 
-    /// Removes all entries, pending entries, heads, forks and counters of a room.
+    /// Removes all entries, pending entries, heads, forks, revisions and counters of a room.
     pub fn purge_room(&self, room: &Id) -> Result<(), JournalError> {
         let path = self.path.as_path();
         let txn = self.begin_write()?;
         {
             let (lo, hi) = room_bounds::<ENTRY_KEY_LEN>(room);
-            for def in [ENTRIES, PENDING, FORKS] {
+            for def in [ENTRIES, PENDING, FORKS, REVISIONS] {
                 let mut t = txn.open_table(def).at(path)?;
                 t.retain_in(&lo[..]..=&hi[..], |_, _| false).at(path)?;
             }
@@ -1413,6 +1514,51 @@ mod tests {
         let (dir, path) = tmp();
         let j = Journal::open(&path).unwrap();
         (dir, j)
+    }
+
+    #[test]
+    fn the_latest_revision_of_an_entry_is_noted_with_it_and_survives_a_reopen() {
+        let (dir, path) = tmp();
+        let j = Journal::open(&path).unwrap();
+        let revising = |x: (EntryMeta, Vec<u8>), target| (x.0, x.1, Some(target));
+        j.append(&e(&ROOM, &ALICE, 1, 1).0, &e(&ROOM, &ALICE, 1, 1).1)
+            .unwrap();
+        // Entry 4 arrives ahead of the gap at 2: noted all the same (it is signed).
+        let out = j
+            .append_batch_deferred_revising(&[revising(e(&ROOM, &ALICE, 4, 4), 1)])
+            .unwrap();
+        assert_eq!(out, [AppendOutcome::Pending]);
+        assert_eq!(j.revision(&ROOM, &ALICE, 1).unwrap(), Some(4));
+        // An older revision arriving later does not hide the newer one.
+        let x = e(&ROOM, &ALICE, 2, 2);
+        j.append_batch_deferred_revising(&[(x.0, x.1, None), revising(e(&ROOM, &ALICE, 3, 3), 1)])
+            .unwrap();
+        assert_eq!(j.revision(&ROOM, &ALICE, 1).unwrap(), Some(4));
+        let x = e(&ROOM, &ALICE, 5, 5);
+        j.append_revising(&x.0, &x.1, Some(1)).unwrap();
+        assert_eq!(j.revision(&ROOM, &ALICE, 1).unwrap(), Some(5));
+        // Keyed by author and room.
+        assert_eq!(j.revision(&ROOM, &BOB, 1).unwrap(), None);
+        assert_eq!(j.revision(&OTHER_ROOM, &ALICE, 1).unwrap(), None);
+        assert_eq!(j.revision(&ROOM, &ALICE, 2).unwrap(), None);
+        // A duplicate notes nothing new; a revision of itself or of a later entry is refused,
+        // and the batch with it is not written.
+        let x = e(&ROOM, &ALICE, 3, 3);
+        j.append_revising(&x.0, &x.1, Some(2)).unwrap();
+        assert_eq!(j.revision(&ROOM, &ALICE, 2).unwrap(), None);
+        for bad in [6, 7] {
+            let x = e(&ROOM, &ALICE, 6, 6);
+            let err = j.append_revising(&x.0, &x.1, Some(bad)).unwrap_err();
+            assert!(err.to_string().contains("only earlier ones"), "{err}");
+        }
+        assert_eq!(j.head(&ROOM, &ALICE).unwrap().unwrap().seq, 5);
+        j.flush().unwrap();
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.revision(&ROOM, &ALICE, 1).unwrap(), Some(5));
+        j.purge_room(&ROOM).unwrap();
+        assert_eq!(j.revision(&ROOM, &ALICE, 1).unwrap(), None);
+        drop(dir);
     }
 
     fn app(j: &Journal, x: &(EntryMeta, Vec<u8>)) -> AppendOutcome {

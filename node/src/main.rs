@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cryptchat::api::{
-    BlockRequest, ContactRequest, DialRequest, DmRequest, FetchRequest, ForgetRequest,
-    GroupRequest, HistoryRequest, IdView, JoinRequest, NameRequest, RoomRequest, SendRequest,
-    ShareRequest,
+    BlockRequest, ContactRequest, DeleteRequest, DialRequest, DmRequest, EditRequest, FetchRequest,
+    ForgetRequest, GroupRequest, HistoryRequest, IdView, JoinRequest, NameRequest, RoomRequest,
+    SendRequest, ShareRequest,
 };
 use cryptchat::client::Client;
 use cryptchat::config::{self, ApiInfo};
@@ -134,6 +134,16 @@ enum Cmd {
     Members { room: String },
     /// Send a message to a room (direct rooms are named @contact).
     Send { room: String, text: String },
+    /// Edit one of your messages: its number is the #N that `send` and `history` show.
+    /// Members see the new text, marked edited.
+    Edit {
+        room: String,
+        seq: u64,
+        text: String,
+    },
+    /// Delete one of your messages (its #N): members see that it was deleted, and drop
+    /// their copies of its file if it shared one.
+    Delete { room: String, seq: u64 },
     /// Share a file with a room: members see it in the history and fetch it by id.
     Share { room: String, path: PathBuf },
     /// List the files shared in a room, latest last.
@@ -498,17 +508,27 @@ fn clock(ms: u64) -> String {
 }
 
 fn print_message(m: &MessageView) {
-    let who = match &m.contact {
+    let mut who = match &m.contact {
         Some(c) => c.clone(),
         None => format!("{} [{}]", m.author, &m.author_id[..8]),
     };
+    // Our own messages show their number: what `edit` and `delete` take.
+    if m.mine && m.revises.is_none() {
+        who = format!("{who} #{}", m.seq);
+    }
     let delivery = if m.mine {
         format!("  [delivered to {} of {}]", m.delivered_to, m.known_members)
     } else {
         String::new()
     };
-    let body = match &m.file {
-        Some(f) => format!(
+    let body = match (&m.file, m.revises) {
+        (_, Some(target)) if m.deleted => format!("(deleted message #{target})"),
+        (_, Some(target)) => format!(
+            "(edited message #{target}) {}",
+            m.text.as_deref().unwrap_or_default()
+        ),
+        _ if m.deleted => "(message deleted)".to_string(),
+        (Some(f), _) => format!(
             "[file] {} ({}), id {} (cryptchat fetch {} {})",
             f.name,
             human_size(f.size),
@@ -516,7 +536,13 @@ fn print_message(m: &MessageView) {
             m.room,
             &f.id[..16]
         ),
-        None => m.text.clone().unwrap_or_default(),
+        (None, _) => {
+            let text = m.text.clone().unwrap_or_default();
+            match m.edited_ms {
+                Some(_) => format!("{text} (edited)"),
+                None => text,
+            }
+        }
     };
     println!(
         "{} {} {}: {body}{delivery}",
@@ -745,6 +771,24 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             let v: Sent = c.post("/send", &SendRequest { room, text })?;
             print(json, &v, print_sent)
         }
+        Cmd::Edit { room, seq, text } => {
+            let v: Sent = c.post("/edit", &EditRequest { room, seq, text })?;
+            print(json, &v, |s| {
+                println!("edited #{seq} in {}", s.message.room);
+                if !s.published {
+                    println!("no member reachable yet: the edit goes out when one is");
+                }
+            })
+        }
+        Cmd::Delete { room, seq } => {
+            let v: Sent = c.post("/delete", &DeleteRequest { room, seq })?;
+            print(json, &v, |s| {
+                println!("deleted #{seq} in {}", s.message.room);
+                if !s.published {
+                    println!("no member reachable yet: the deletion goes out when one is");
+                }
+            })
+        }
         Cmd::Dm { contact, text } => {
             let v: Sent = c.post("/dm", &DmRequest { contact, text })?;
             print(json, &v, print_sent)
@@ -954,7 +998,7 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
         }
         Cmd::Watch { rooms } => Ok(c.events(|data| {
             let message = match serde_json::from_str(data) {
-                Ok(cryptchat::service::Event::Message(m)) => Some(m),
+                Ok(cryptchat::service::Event::Message(m)) => Some(*m),
                 _ => None,
             };
             let wanted = match &message {

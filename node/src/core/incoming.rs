@@ -48,6 +48,15 @@ pub fn check(
     if env.kind == Kind::File && !payload.file.as_ref().is_some_and(FileRef::is_valid) {
         return Err(Rejection::Malformed);
     }
+    // A revision names one earlier entry of its author, and carries no file; nothing else
+    // names one.
+    let revises_earlier = payload.revises.is_some_and(|t| t >= 1 && t < env.seq);
+    if (env.kind == Kind::Revision) != revises_earlier
+        || (env.kind == Kind::Revision && payload.file.is_some())
+        || (env.kind != Kind::Revision && payload.revises.is_some())
+    {
+        return Err(Rejection::Malformed);
+    }
     if env.carries_key {
         keys.insert(env.author.clone());
     }
@@ -184,12 +193,12 @@ impl Core {
         entries: Vec<(RoomId, Envelope, Payload)>,
         how: Arrival,
     ) -> Result<Vec<Incoming>, CoreError> {
-        let batch: Vec<(EntryMeta, Vec<u8>)> = entries
+        let batch: Vec<(EntryMeta, Vec<u8>, Option<u64>)> = entries
             .iter()
-            .map(|(_, env, _)| (env.meta(), env.bytes().to_vec()))
+            .map(|(_, env, payload)| (env.meta(), env.bytes().to_vec(), payload.revises))
             .collect();
         // Received entries are also held by others: durable at the next flush.
-        let outcomes = self.journal.append_batch_deferred(&batch)?;
+        let outcomes = self.journal.append_batch_deferred_revising(&batch)?;
         // Who gossip brought them from, before they count as known (pulled entries come
         // by author, in runs: not a sample of the room).
         if matches!(how, Arrival::Gossip) {

@@ -33,7 +33,7 @@ mod receipts;
 
 pub use incoming::{Checked, check, check_batch};
 use reader::open_entry;
-pub use reader::{Opened, Query, RoomReader};
+pub use reader::{Opened, Query, Revised, RoomReader};
 
 const OWNER_KEY: &str = "owner";
 const ROOM_PREFIX: &str = "room/";
@@ -60,6 +60,12 @@ pub enum CoreError {
     WrongIdentity(String),
     #[error("message is empty")]
     EmptyMessage,
+    #[error(
+        "no message #{0} of yours in room '{1}' (cryptchat history shows your messages' numbers)"
+    )]
+    UnknownMessage(u64, String),
+    #[error("message #{0} cannot be edited: {1}")]
+    NotEditable(u64, &'static str),
     #[error("no file '{0}' in room '{1}': see cryptchat files ROOM")]
     UnknownFile(String, String),
     #[error("more than one file in room '{1}' starts with '{0}': give more of its id")]
@@ -100,6 +106,17 @@ pub struct MessageView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<Box<FileView>>,
     pub hash: String,
+    /// Kind `revision`: the seq of the author's message that this one edits (the new text
+    /// is `text`) or deletes (`deleted`). Such entries are events only: history applies
+    /// them to the message they revise and does not list them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revises: Option<u64>,
+    /// When the text shown was written, if it is an edit (the author's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_ms: Option<u64>,
+    /// Deleted by its author: it has no text or file any more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
     pub mine: bool,
     /// Known members (other than the author) known to hold this message: ourselves, and
     /// those whose delivery receipts cover it.
@@ -653,6 +670,9 @@ impl Core {
             // The author's clock is only for display, and never later than ours.
             timestamp_ms: env.timestamp_ms.min(now_ms()),
             kind: env.kind,
+            deleted: env.kind == Kind::Revision && payload.text.is_none(),
+            revises: payload.revises.filter(|_| env.kind == Kind::Revision),
+            edited_ms: None,
             text: payload.text,
             file: match env.kind {
                 Kind::File => payload.file.as_ref().map(|f| {
@@ -680,7 +700,45 @@ impl Core {
         if text.trim().is_empty() {
             return Err(CoreError::EmptyMessage);
         }
-        self.compose_entry(room_name, Kind::Text, Some(text.to_string()), None)
+        self.compose_entry(room_name, Kind::Text, Some(text.to_string()), None, None)
+    }
+
+    /// Edits our own message `seq` in the room (`text`: its new text) or deletes it
+    /// (`None`): writes the revision into the journal and returns the envelope to publish.
+    /// Only text can be edited; a deleted message can be neither edited nor deleted again.
+    pub fn compose_revision(
+        &mut self,
+        room_name: &str,
+        seq: u64,
+        text: Option<&str>,
+    ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
+        if text.is_some_and(|t| t.trim().is_empty()) {
+            return Err(CoreError::EmptyMessage);
+        }
+        let reader = self.reader(room_name)?;
+        let unknown = || CoreError::UnknownMessage(seq, reader.room_name().to_string());
+        let target = reader.own(seq)?.ok_or_else(unknown)?;
+        match (target.env.kind, target.revised, text) {
+            (Kind::Revision | Kind::Receipt, ..) => return Err(unknown()),
+            (_, Some(reader::Revised::Deleted), _) => {
+                return Err(CoreError::NotEditable(seq, "it was deleted"));
+            }
+            (Kind::File, _, Some(_)) => {
+                return Err(CoreError::NotEditable(
+                    seq,
+                    "it is a file (delete it and share the file again)",
+                ));
+            }
+            _ => {}
+        }
+        let room_name = reader.room_name().to_string();
+        self.compose_entry(
+            &room_name,
+            Kind::Revision,
+            text.map(str::to_string),
+            None,
+            Some(seq),
+        )
     }
 
     /// Writes a `file` message (whose chunks are stored already) into the journal and
@@ -690,7 +748,7 @@ impl Core {
         room_name: &str,
         file: FileRef,
     ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
-        self.compose_entry(room_name, Kind::File, None, Some(file))
+        self.compose_entry(room_name, Kind::File, None, Some(file), None)
     }
 
     fn compose_entry(
@@ -699,6 +757,7 @@ impl Core {
         kind: Kind,
         text: Option<String>,
         file: Option<FileRef>,
+        revises: Option<u64>,
     ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
         let room = self.room_by_name(room_name)?.clone();
         let me = self.identity.id();
@@ -727,10 +786,12 @@ impl Core {
             text,
             receipt: (!heads.is_empty()).then(|| packed(&heads)),
             file,
+            revises,
         };
         let env = Envelope::seal(&self.identity, &room, kind, pos, &payload)?;
         // Durable before it is published.
-        self.journal.append(&env.meta(), env.bytes())?;
+        self.journal
+            .append_revising(&env.meta(), env.bytes(), revises)?;
         self.counters.sent += 1;
         // The entry itself tells every reader that we hold our own chain up to it.
         heads.push((me.0, pos.seq));

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Core, CoreError, MemberView, MessageView};
+use super::{Core, CoreError, MemberView, MessageView, now_ms};
 use crate::authors::AuthorKeys;
 use crate::envelope::{Envelope, Kind, Payload};
 use crate::files::FileRef;
@@ -11,8 +11,24 @@ use crate::identity::{Identity, UserId};
 use crate::journal::{Journal, Page, StoredEntry};
 use crate::room::{Room, RoomId};
 
-/// A stored entry, verified and opened.
-pub type Opened = (Envelope, Payload);
+/// A stored entry, verified and opened, with its latest revision applied.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    pub env: Envelope,
+    /// The payload as it reads now: an edit's text, nothing of a deleted message.
+    pub payload: Payload,
+    pub revised: Option<Revised>,
+}
+
+/// What the latest revision of a message did to it (see [`Kind::Revision`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revised {
+    /// Its text is an edit, written then (the author's clock).
+    Edited {
+        at_ms: u64,
+    },
+    Deleted,
+}
 
 /// What to read of a room's history ([`RoomReader::query`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,8 +65,17 @@ pub(super) fn open_entry(
     entry: StoredEntry,
     keys: &AuthorKeys,
     identity: &Identity,
-) -> Option<Opened> {
-    let env = match Envelope::parse(entry.envelope, keys) {
+) -> Option<(Envelope, Payload)> {
+    open_bytes(room, entry.envelope, keys, identity)
+}
+
+fn open_bytes(
+    room: &Room,
+    bytes: Vec<u8>,
+    keys: &AuthorKeys,
+    identity: &Identity,
+) -> Option<(Envelope, Payload)> {
+    let env = match Envelope::parse(bytes, keys) {
         Ok(env) => env,
         Err(e) => {
             tracing::warn!(error = %e, "journal entry failed verification; skipped");
@@ -81,6 +106,10 @@ impl RoomReader {
         self.room.id
     }
 
+    pub fn room_name(&self) -> &str {
+        &self.room.name
+    }
+
     /// A page of the entries of kind `only` (of any kind without it): see [`Self::query`].
     pub fn read(&self, page: Page, only: Option<Kind>) -> Result<Vec<Opened>, CoreError> {
         self.query(&Query {
@@ -95,26 +124,91 @@ impl RoomReader {
     /// is signed, so one that lies about it would fail verification anyway. A search
     /// (`contains`) must open every entry of the kind to look inside (the journal holds
     /// them sealed), about 21 µs each in a named room, newest first until the page is full.
+    ///
+    /// Revisions (edits and deletions) are not listed unless asked for by kind: each
+    /// message is shown as its latest revision left it, and a search looks in that.
     pub fn query(&self, q: &Query) -> Result<Vec<Opened>, CoreError> {
         let needle = q.contains.as_deref().map(str::to_lowercase);
         let wanted = |env: &[u8]| {
-            if q.only.is_some() && Envelope::peek_kind(env) != q.only {
+            let kind = Envelope::peek_kind(env);
+            if q.only.is_some_and(|only| kind != Some(only))
+                || (q.only.is_none() && kind == Some(Kind::Revision))
+            {
                 return false;
             }
             let Some(needle) = &needle else {
                 return true;
             };
-            Envelope::parse(env.to_vec(), &self.keys)
-                .ok()
-                .and_then(|env| env.open(&self.room, &self.identity).ok())
-                .is_some_and(|payload| mentions(&payload, needle))
+            open_bytes(&self.room, env.to_vec(), &self.keys, &self.identity)
+                .and_then(|(env, payload)| self.revise(env, payload).ok())
+                .is_some_and(|opened| mentions(&opened.payload, needle))
         };
-        Ok(self
+        let mut out = Vec::new();
+        for entry in self
             .journal
             .history_where(&self.room.id.0, q.page, wanted)?
-            .into_iter()
-            .filter_map(|e| open_entry(&self.room, e, &self.keys, &self.identity))
-            .collect())
+        {
+            if let Some((env, payload)) = open_entry(&self.room, entry, &self.keys, &self.identity)
+            {
+                out.push(self.revise(env, payload)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies the latest revision of an opened message, if it has one: the author's entry
+    /// that the journal noted as revising it, verified and opened like any other.
+    fn revise(&self, env: Envelope, mut payload: Payload) -> Result<Opened, CoreError> {
+        let revised = self.revision_of(&env)?.and_then(|(at_ms, text)| {
+            match (text, env.kind) {
+                (None, _) => {
+                    payload.text = None;
+                    payload.file = None;
+                    Some(Revised::Deleted)
+                }
+                (Some(text), Kind::Text) => {
+                    payload.text = Some(text);
+                    Some(Revised::Edited { at_ms })
+                }
+                // Only text can be edited: an edit of anything else changes nothing.
+                (Some(_), _) => None,
+            }
+        });
+        Ok(Opened {
+            env,
+            payload,
+            revised,
+        })
+    }
+
+    /// The latest revision of a message: when it was written and its text (`None`: the
+    /// message is deleted).
+    fn revision_of(&self, env: &Envelope) -> Result<Option<(u64, Option<String>)>, CoreError> {
+        if matches!(env.kind, Kind::Revision | Kind::Receipt) {
+            return Ok(None);
+        }
+        let (room, author) = (self.room.id.0, env.author_id().0);
+        let Some(by) = self.journal.revision(&room, &author, env.seq)? else {
+            return Ok(None);
+        };
+        let Some(entry) = self.journal.get(&room, &author, by)? else {
+            return Ok(None);
+        };
+        Ok(open_entry(&self.room, entry, &self.keys, &self.identity)
+            .filter(|(r, p)| r.kind == Kind::Revision && p.revises == Some(env.seq))
+            .map(|(r, p)| (r.timestamp_ms, p.text)))
+    }
+
+    /// Our own message `seq`, as it reads now, for [`Core::compose_revision`].
+    pub(super) fn own(&self, seq: u64) -> Result<Option<Opened>, CoreError> {
+        let me = self.identity.id();
+        let Some(entry) = self.journal.get(&self.room.id.0, &me.0, seq)? else {
+            return Ok(None);
+        };
+        match open_entry(&self.room, entry, &self.keys, &self.identity) {
+            Some((env, payload)) => Ok(Some(self.revise(env, payload)?)),
+            None => Ok(None),
+        }
     }
 
     /// Names `members` (see [`Core::members`]) by the username each gave in its last
@@ -144,6 +238,12 @@ impl RoomReader {
     /// the whole history, but loads, verifies and opens file messages only: fetching is
     /// rare next to chatting, and a file known only in memory would be lost to a restart.
     pub fn find_file(&self, id: &str) -> Result<FileRef, CoreError> {
+        self.find_file_among(id, false)
+    }
+
+    /// [`Self::find_file`], among deleted file messages too (`deleted_too`): a copy of a
+    /// file whose message was deleted can still be forgotten.
+    fn find_file_among(&self, id: &str, deleted_too: bool) -> Result<FileRef, CoreError> {
         let room_name = &self.room.name;
         let unknown = || CoreError::UnknownFile(id.to_string(), room_name.clone());
         let id = id.to_ascii_lowercase();
@@ -151,10 +251,21 @@ impl RoomReader {
             return Err(unknown());
         }
         let mut found: Option<FileRef> = None;
-        for (_, payload) in self.read(Page::last(usize::MAX), Some(Kind::File))? {
-            let Some(file) = payload.file else {
-                continue;
-            };
+        let files = if deleted_too {
+            let only_files = |env: &[u8]| Envelope::peek_kind(env) == Some(Kind::File);
+            self.journal
+                .history_where(&self.room.id.0, Page::last(usize::MAX), only_files)?
+                .into_iter()
+                .filter_map(|e| open_entry(&self.room, e, &self.keys, &self.identity))
+                .filter_map(|(_, payload)| payload.file)
+                .collect::<Vec<_>>()
+        } else {
+            self.read(Page::last(usize::MAX), Some(Kind::File))?
+                .into_iter()
+                .filter_map(|o| o.payload.file)
+                .collect()
+        };
+        for file in files {
             if file.id().starts_with(&id) {
                 match &found {
                     Some(f) if f.list != file.list => {
@@ -173,7 +284,7 @@ impl RoomReader {
     pub fn files_to_fetch(&self, limit: usize, max_size: u64) -> Result<Vec<FileRef>, CoreError> {
         let me = self.identity.id();
         let mut due = Vec::new();
-        for (env, payload) in self.read(Page::last(limit), Some(Kind::File))? {
+        for Opened { env, payload, .. } in self.read(Page::last(limit), Some(Kind::File))? {
             let Some(file) = payload.file else {
                 continue;
             };
@@ -193,16 +304,45 @@ impl RoomReader {
     /// file can be fetched again from members who hold it. Returns the file and the bytes
     /// freed (0 if none of it was held).
     pub fn forget_file(&self, id: &str) -> Result<(FileRef, u64), CoreError> {
-        let file = self.find_file(id)?;
+        let file = self.find_file_among(id, true)?;
+        let freed = self.drop_file(&file)?;
+        Ok((file, freed))
+    }
+
+    /// When its author deletes a file message (the revision `seq` of `author`, deleting its
+    /// entry `target`), members drop their copies of the file, as `forget` would: the
+    /// author withdrew it. Returns the file and the bytes freed, if the entry was a file.
+    pub fn drop_withdrawn_file(
+        &self,
+        author: UserId,
+        target: u64,
+    ) -> Result<Option<(FileRef, u64)>, CoreError> {
+        let Some(entry) = self.journal.get(&self.room.id.0, &author.0, target)? else {
+            return Ok(None);
+        };
+        let file = open_entry(&self.room, entry, &self.keys, &self.identity)
+            .filter(|(env, _)| env.kind == Kind::File)
+            .and_then(|(_, payload)| payload.file);
+        match file {
+            Some(file) => {
+                let freed = self.drop_file(&file)?;
+                Ok(Some((file, freed)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Drops a file's chunks and the record that we hold it, and marks it not to be
+    /// fetched again unasked; returns the bytes freed.
+    fn drop_file(&self, file: &FileRef) -> Result<u64, CoreError> {
         let mut chunks = vec![file.list];
         // A list that does not open (a broken share) names no chunk we could hold.
         if let Some(list) = self.journal.chunk(&file.list)?
-            && let Ok(ids) = crate::files::open_list(&file, &list)
+            && let Ok(ids) = crate::files::open_list(file, &list)
         {
             chunks.extend(ids);
         }
-        let freed = self.journal.forget_file(&file.provider_key(), &chunks)?;
-        Ok((file, freed))
+        Ok(self.journal.forget_file(&file.provider_key(), &chunks)?)
     }
 }
 
@@ -234,7 +374,15 @@ impl Core {
             .ok_or_else(|| CoreError::UnknownRoom(room.to_hex()))?;
         Ok(opened
             .into_iter()
-            .map(|(env, payload)| self.view(room, &env, payload))
+            .map(|o| {
+                let mut view = self.view(room, &o.env, o.payload);
+                match o.revised {
+                    Some(Revised::Edited { at_ms }) => view.edited_ms = Some(at_ms.min(now_ms())),
+                    Some(Revised::Deleted) => view.deleted = true,
+                    None => {}
+                }
+                view
+            })
             .collect())
     }
 }

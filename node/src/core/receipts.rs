@@ -39,6 +39,7 @@ impl Core {
             text: None,
             receipt: Some(packed(&changed)),
             file: None,
+            revises: None,
         };
         let pos = Position {
             seq: now_ms().max(1),

@@ -239,6 +239,7 @@ fn an_oversized_receipt_is_malformed_wherever_it_rides() {
             text: (kind == Kind::Text).then(|| "hi".to_string()),
             receipt: Some(heads.clone()),
             file: None,
+            revises: None,
         };
         let pos = Position {
             seq: 1,
@@ -320,7 +321,7 @@ fn a_search_finds_texts_and_file_names_whatever_their_case_a_page_at_a_time() {
             only: None,
             contains: Some(contains.into()),
         };
-        let shown = |(_, p): Opened| p.text.or(p.file.map(|f| f.name)).unwrap();
+        let shown = |o: Opened| o.payload.text.or(o.payload.file.map(|f| f.name)).unwrap();
         reader.query(&q).unwrap().into_iter().map(shown).collect()
     };
     let all = [
@@ -387,6 +388,7 @@ fn a_file_message_is_shown_found_by_its_id_and_refused_when_malformed() {
             text: None,
             receipt: None,
             file,
+            revises: None,
         };
         let pos = Position {
             seq: 2,
@@ -1036,6 +1038,7 @@ fn a_runaway_lamport_clock_cannot_stop_a_room() {
         text: Some("far future".into()),
         receipt: None,
         file: None,
+        revises: None,
     };
     let env = Envelope::seal(&identities()[0], &room, Kind::Text, pos, &payload).unwrap();
     assert!(matches!(
@@ -1074,4 +1077,172 @@ fn rooms_and_contacts_persist_sealed() {
     assert!(a.room_by_name("secret room").is_ok());
     assert!(a.room_by_name("@bob").is_ok());
     assert_eq!(a.contacts().len(), 1);
+}
+
+/// The texts of a room's history as `x` shows it, deleted messages as "(deleted)".
+fn texts(x: &Core) -> Vec<String> {
+    x.history("lobby", 100)
+        .unwrap()
+        .into_iter()
+        .map(|m| match (m.deleted, m.text, m.file) {
+            (true, ..) => "(deleted)".to_string(),
+            (_, Some(t), _) if m.edited_ms.is_some() => format!("{t} (edited)"),
+            (_, Some(t), _) => t,
+            (_, None, Some(f)) => f.name,
+            _ => "?".to_string(),
+        })
+        .collect()
+}
+
+#[test]
+fn edits_and_deletions_reach_members_and_history_shows_the_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, rid) = two_in_lobby(&dir);
+    let mut send = |env: Envelope| b.receive(&rid.topic(), env.into_bytes()).unwrap();
+    for t in ["hello", "lunch at noon?", "bye"] {
+        let (_, env, _) = a.compose("lobby", t).unwrap();
+        send(env);
+    }
+    let (_, env, view) = a.compose_revision("lobby", 1, Some("hello, all")).unwrap();
+    assert_eq!(
+        (view.kind, view.revises, view.deleted),
+        (Kind::Revision, Some(1), false)
+    );
+    match send(env) {
+        Incoming::Accepted(v, _) => {
+            assert_eq!(v.revises, Some(1));
+            assert_eq!(v.text.as_deref(), Some("hello, all"));
+        }
+        other => panic!("the edit was not accepted: {other:?}"),
+    }
+    let (_, env, _) = a
+        .compose_revision("lobby", 1, Some("hello, everyone"))
+        .unwrap();
+    send(env);
+    let (_, env, view) = a.compose_revision("lobby", 2, None).unwrap();
+    assert!(view.deleted);
+    send(env);
+    let expected = ["hello, everyone (edited)", "(deleted)", "bye"];
+    assert_eq!(texts(&b), expected);
+    assert_eq!(texts(&a), expected);
+    // Revisions are not listed, and do not take a place in a page.
+    let last = b.history("lobby", 1).unwrap();
+    assert_eq!(last[0].text.as_deref(), Some("bye"));
+    // A search looks in what a message says now.
+    let reader = b.reader("lobby").unwrap();
+    let search = |s: &str| {
+        let q = Query {
+            contains: Some(s.into()),
+            ..Query::last(10)
+        };
+        reader.query(&q).unwrap().len()
+    };
+    assert_eq!(
+        (search("everyone"), search("all"), search("lunch")),
+        (1, 0, 0)
+    );
+
+    // Only our own messages, as they are now, can be revised, and text only edited.
+    let refused = |r: Result<_, CoreError>| r.map(|_| ()).unwrap_err().to_string();
+    assert!(refused(a.compose_revision("lobby", 2, Some("again"))).contains("deleted"));
+    assert!(refused(a.compose_revision("lobby", 2, None)).contains("deleted"));
+    assert!(refused(a.compose_revision("lobby", 99, None)).contains("no message #99"));
+    // Entry 4 is a revision itself.
+    assert!(refused(a.compose_revision("lobby", 4, None)).contains("no message #4"));
+    assert!(refused(b.compose_revision("lobby", 1, Some("mine now"))).contains("no message #1"));
+    assert!(matches!(
+        a.compose_revision("lobby", 3, Some("  ")),
+        Err(CoreError::EmptyMessage)
+    ));
+    let file = crate::files::seal_file("notes.txt", 5, &b"notes"[..], |_, _| Ok(())).unwrap();
+    let (_, _, shared) = a.compose_file("lobby", file).unwrap();
+    assert!(refused(a.compose_revision("lobby", shared.seq, Some("x"))).contains("is a file"));
+    a.compose_revision("lobby", shared.seq, None).unwrap();
+    assert!(
+        a.reader("lobby")
+            .unwrap()
+            .find_file(&shared.file.unwrap().id)
+            .is_err()
+    );
+    assert_eq!(texts(&a).last().map(String::as_str), Some("(deleted)"));
+}
+
+#[test]
+fn a_revision_that_arrives_before_its_message_applies_once_both_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, _) = two_in_lobby(&dir);
+    let mut envs = vec![];
+    for t in ["one", "two"] {
+        envs.push(a.compose("lobby", t).unwrap().1);
+    }
+    envs.push(
+        a.compose_revision("lobby", 2, Some("two, edited"))
+            .unwrap()
+            .1,
+    );
+    envs.push(a.compose_revision("lobby", 1, None).unwrap().1);
+    let room = b.reader("lobby").unwrap().room_id();
+    // (Seq 1 carries Alice's key: checked first.)
+    let mut v: Vec<Option<(Envelope, Payload)>> = envs
+        .iter()
+        .map(|e| {
+            let bytes = e.bytes().to_vec();
+            Some(check(&b.identity, b.room(&room).unwrap(), bytes, &b.keys).unwrap())
+        })
+        .collect();
+    let mut take = |i: usize| v[i].take().unwrap();
+    let (first, gap, edit, deletion) = (take(0), take(1), take(2), take(3));
+    b.store_batch(room, vec![first]).unwrap();
+    // The revisions come next, held behind the gap at seq 2.
+    let held = b.store_batch(room, vec![edit, deletion]).unwrap();
+    assert_eq!(held.pending, 2);
+    // Signed by the author, the deletion applies at once in history.
+    assert_eq!(texts(&b), ["(deleted)"]);
+    let report = b.store_batch(room, vec![gap]).unwrap();
+    // The message and both revisions come out in order, for live views to apply.
+    let revises: Vec<_> = report.appended.iter().map(|m| m.revises).collect();
+    assert_eq!(revises, [None, Some(2), Some(1)]);
+    assert_eq!(texts(&b), ["(deleted)", "two, edited (edited)"]);
+}
+
+#[test]
+fn malformed_revisions_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b, rid) = two_in_lobby(&dir);
+    a.compose("lobby", "hello").unwrap();
+    let room = a.room(&rid).unwrap().clone();
+    let cases = [
+        (Kind::Revision, None, 2),    // names no message
+        (Kind::Revision, Some(2), 2), // names itself
+        (Kind::Revision, Some(0), 2), // names no seq
+        (Kind::Revision, Some(5), 2), // names a later one
+        (Kind::Text, Some(1), 2),     // a message that says it revises
+    ];
+    for (kind, revises, seq) in cases {
+        let payload = Payload {
+            from: "alice".into(),
+            text: Some("sneaky".into()),
+            revises,
+            ..Payload::default()
+        };
+        let pos = Position {
+            seq,
+            prev: [0; 32],
+            lamport: 2,
+            timestamp_ms: now_ms(),
+        };
+        let env = Envelope::seal(&a.identity, &room, kind, pos, &payload).unwrap();
+        b.keys.insert(a.identity.public().clone());
+        assert_eq!(
+            check(
+                &b.identity,
+                b.room(&rid).unwrap(),
+                env.into_bytes(),
+                &b.keys
+            )
+            .err(),
+            Some(Rejection::Malformed),
+            "{kind:?} revising {revises:?}"
+        );
+    }
 }

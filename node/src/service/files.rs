@@ -537,6 +537,51 @@ impl Service {
         });
     }
 
+    /// A message was deleted (`m` is the deletion): if it shared a file, our copy goes, as
+    /// with `forget` (see [`crate::core::RoomReader::drop_withdrawn_file`]).
+    pub(super) fn drop_withdrawn_file(&mut self, m: &crate::core::MessageView) {
+        let (Some(target), Ok(reader)) = (m.revises, self.core.reader(&m.room)) else {
+            return;
+        };
+        let mut author = [0u8; 32];
+        if hex::decode_to_slice(&m.author_id, &mut author).is_err() {
+            return;
+        }
+        let author = crate::identity::UserId(author);
+        self.read_off_loop(reader, move |reader| {
+            super::reconcile::Internal::Withdrawn(reader.drop_withdrawn_file(author, target))
+        });
+    }
+
+    /// A deleted message's file is dropped (if it was one): stop announcing it.
+    pub(super) fn withdrawn(
+        &mut self,
+        result: Result<Option<(FileRef, u64)>, crate::core::CoreError>,
+    ) {
+        match result {
+            Ok(Some((file, freed))) => {
+                self.stop_holding(&file);
+                tracing::info!(file = %file.id(), freed, "dropped a file its author withdrew");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot drop a withdrawn file"),
+        }
+    }
+
+    /// Our copy of `file` is gone: no more announcements of it, and room for files held
+    /// back from fetching unasked.
+    fn stop_holding(&mut self, file: &FileRef) {
+        let key = file.provider_key();
+        self.fetches.announce_due.remove(&key);
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .stop_providing(&kad::RecordKey::new(&key));
+        if std::mem::take(&mut self.auto_fetch.held_back) {
+            self.auto_fetch.scan_due = true;
+        }
+    }
+
     /// Our copy of a file is gone: stop announcing it.
     pub(super) fn forgot(
         &mut self,
@@ -544,17 +589,8 @@ impl Service {
         reply: Reply<Forgotten>,
     ) {
         let forgotten = result.map(|(file, freed)| {
-            let key = file.provider_key();
-            self.fetches.announce_due.remove(&key);
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .stop_providing(&kad::RecordKey::new(&key));
+            self.stop_holding(&file);
             tracing::info!(file = %file.id(), freed, "forgot a file");
-            // Room freed for files held back: look for them again.
-            if std::mem::take(&mut self.auto_fetch.held_back) {
-                self.auto_fetch.scan_due = true;
-            }
             Forgotten {
                 id: file.id(),
                 name: file.name,

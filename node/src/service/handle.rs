@@ -24,6 +24,8 @@ pub(super) enum Command {
     Leave(String, Reply<RoomView>),
     Rooms(Reply<Vec<RoomView>>),
     Send(String, String, Reply<Sent>),
+    /// Edit (`Some` text) or delete (`None`) our message seq in a room.
+    Revise(String, u64, Option<String>, Reply<Sent>),
     History(String, Query, Reply<Vec<MessageView>>),
     Members(String, Reply<Vec<MemberView>>),
     AddContact(String, String, Reply<ContactView>),
@@ -104,6 +106,19 @@ impl NodeHandle {
 
     pub async fn send(&self, room: &str, text: &str) -> Result<Sent, NodeError> {
         self.ask(|r| Command::Send(room.to_string(), text.to_string(), r))
+            .await
+    }
+
+    /// Edits our message `seq` in `room`: members see `text` in its place, marked edited.
+    pub async fn edit(&self, room: &str, seq: u64, text: &str) -> Result<Sent, NodeError> {
+        self.ask(|r| Command::Revise(room.to_string(), seq, Some(text.to_string()), r))
+            .await
+    }
+
+    /// Deletes our message `seq` in `room`: members see that it was deleted, and drop
+    /// their copies of its file if it shared one.
+    pub async fn delete(&self, room: &str, seq: u64) -> Result<Sent, NodeError> {
+        self.ask(|r| Command::Revise(room.to_string(), seq, None, r))
             .await
     }
 

@@ -51,7 +51,7 @@ impl Service {
                         self.verdict(&message_id, &propagation_source, MessageAcceptance::Accept);
                         let (room, env, payload) = &*entry;
                         if let Some(view) = self.core.preview(*room, env, payload) {
-                            self.emit(Event::Message(view));
+                            self.emit(Event::Message(Box::new(view)));
                         }
                         self.unstored.push((propagation_source, *entry));
                     }
@@ -173,15 +173,15 @@ impl Service {
         match incoming {
             Incoming::Accepted(view, released) => {
                 self.entries_added(room);
-                self.emit(Event::Message(*view));
+                self.emit(Event::Message(view));
                 for view in released {
-                    self.emit(Event::Message(view));
+                    self.emit(Event::Message(Box::new(view)));
                 }
             }
             Incoming::Shown(released) => {
                 self.entries_added(room);
                 for view in released {
-                    self.emit(Event::Message(view));
+                    self.emit(Event::Message(Box::new(view)));
                 }
             }
             // A gap in an author's chain: whoever relayed this likely has the rest.

@@ -127,7 +127,7 @@ impl From<JournalError> for NodeError {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    Message(MessageView),
+    Message(Box<MessageView>),
     Rejected { room_id: String, reason: Rejection },
     PeerConnected { peer_id: String },
     PeerDisconnected { peer_id: String },
@@ -543,6 +543,9 @@ impl Service {
     fn emit(&mut self, ev: Event) {
         if let Event::Message(m) = &ev {
             self.auto_fetch.offer(m);
+            if m.deleted && m.revises.is_some() {
+                self.drop_withdrawn_file(m);
+            }
         }
         let _ = self.events.send(ev);
     }
@@ -687,7 +690,7 @@ impl Service {
         let (_, spacing) = self.receipt_pace(id);
         self.space_receipt(id, spacing);
         let published = self.publish(id, env.into_bytes());
-        self.emit(Event::Message(message.clone()));
+        self.emit(Event::Message(Box::new(message.clone())));
         Ok(Sent { message, published })
     }
 
@@ -737,6 +740,10 @@ impl Service {
             }
             Command::Send(room, text, r) => {
                 let composed = blocking(|| self.core.compose(&room, &text));
+                let _ = r.send(self.send_composed(composed));
+            }
+            Command::Revise(room, seq, text, r) => {
+                let composed = blocking(|| self.core.compose_revision(&room, seq, text.as_deref()));
                 let _ = r.send(self.send_composed(composed));
             }
             Command::ShareFile(room, file, r) => {

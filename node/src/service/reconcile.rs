@@ -86,6 +86,9 @@ pub(crate) enum Internal {
         result: Result<(crate::files::FileRef, u64), crate::core::CoreError>,
         reply: super::Reply<super::files::Forgotten>,
     },
+    /// A deleted message's file dropped on a blocking thread, if it was one (see
+    /// [`Service::drop_withdrawn_file`]).
+    Withdrawn(Result<Option<(crate::files::FileRef, u64)>, crate::core::CoreError>),
     /// Files left to fetch unasked, read from the rooms' histories (see
     /// [`Service::scan_for_files`]).
     FilesToFetch(Vec<(RoomId, crate::files::FileRef)>),
@@ -916,7 +919,7 @@ impl Service {
                                 self.news(room);
                             }
                             for m in report.appended {
-                                self.emit(Event::Message(m));
+                                self.emit(Event::Message(Box::new(m)));
                             }
                         }
                         Err(e) => {
@@ -961,6 +964,7 @@ impl Service {
                 let _ = reply.send(read.map_err(Into::into));
             }
             Internal::Forgot { result, reply } => self.forgot(result, reply),
+            Internal::Withdrawn(result) => self.withdrawn(result),
             Internal::FileFound {
                 room,
                 found,
