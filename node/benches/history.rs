@@ -4,7 +4,9 @@
 //!    (no verification, no decryption): what any read costs at least;
 //! 2. reading the whole room as a client gets it: every entry verified and opened;
 //! 3. a search that matches nothing, which must open every entry to look inside;
-//! 4. a page of 50 search results against a page of 50 messages.
+//! 4. a page of 50 search results against a page of 50 messages;
+//! 5. reading all and a page again once every tenth message has been edited: each message
+//!    is looked up among revisions, and an edited one opens its edit too.
 //!
 //! Run with `cargo bench -p cryptchat --bench history` (HISTORY_ENTRIES=N to change the
 //! room's size; default 5000). One author, a named room, 100-byte texts.
@@ -71,6 +73,19 @@ fn main() {
     let (hits, got) = best_of_3(|| reader.query(&search("MESSAGE", 50)).unwrap().len());
     assert_eq!(got, 50);
 
+    for seq in (1..=n as u64).step_by(10) {
+        let text = format!("edited {seq:>6} {}", "y".repeat(85));
+        core.compose_revision("lobby", seq, Some(&text)).unwrap();
+    }
+    core.flush().unwrap();
+    let edited = n.div_ceil(10);
+    let reader = core.reader("lobby").unwrap();
+    let (read_edited, got) = best_of_3(|| reader.read(Page::last(usize::MAX), None).unwrap().len());
+    assert_eq!(got, n);
+    let (page_edited, got) = best_of_3(|| reader.read(Page::last(50), None).unwrap());
+    assert_eq!(got.len(), 50);
+    assert_eq!(got.iter().filter(|o| o.revised.is_some()).count(), 5);
+
     let per = |d: Duration, k: usize| d.as_secs_f64() * 1e6 / k as f64;
     let ratio = |d: Duration, base: Duration| d.as_secs_f64() / base.as_secs_f64();
     println!("| what | time | per entry | against the journal alone | against reading |");
@@ -93,5 +108,18 @@ fn main() {
         page.as_secs_f64() * 1e3,
         hits.as_secs_f64() * 1e3,
         h / p
+    );
+    println!(
+        "| read all {n}, {edited} of them edited | {:.1} ms | {:.1} µs | {:.1}x | {:.2}x |",
+        read_edited.as_secs_f64() * 1e3,
+        per(read_edited, n),
+        ratio(read_edited, raw),
+        ratio(read_edited, read)
+    );
+    println!(
+        "| read a page of 50, 5 of them edited | {:.2} ms | {:.1} µs | | {:.2}x the page |",
+        page_edited.as_secs_f64() * 1e3,
+        per(page_edited, 50),
+        per(page_edited, 50) / p
     );
 }

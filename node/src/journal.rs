@@ -986,14 +986,28 @@ impl Journal {
     /// The seq of the author's latest entry that revises its entry `seq` in the room (held
     /// contiguous or pending), if any.
     pub fn revision(&self, room: &Id, author: &Id, seq: u64) -> Result<Option<u64>, JournalError> {
+        Ok(self.revisions(room, &[(*author, seq)])?[0])
+    }
+
+    /// [`Self::revision`] for many entries (author, seq) in one read, in input order.
+    pub fn revisions(
+        &self,
+        room: &Id,
+        entries: &[(Id, u64)],
+    ) -> Result<Vec<Option<u64>>, JournalError> {
         let path = self.path.as_path();
         let txn = self.db.begin_read().at(path)?;
         let table = txn.open_table(REVISIONS).at(path)?;
-        let key = entry_key(room, author, seq);
-        match table.get(&key[..]).at(path)? {
-            Some(v) => Ok(Some(decode_revision(path, &key, v.value())?)),
-            None => Ok(None),
-        }
+        entries
+            .iter()
+            .map(|(author, seq)| {
+                let key = entry_key(room, author, *seq);
+                match table.get(&key[..]).at(path)? {
+                    Some(v) => Ok(Some(decode_revision(path, &key, v.value())?)),
+                    None => Ok(None),
+                }
+            })
+            .collect()
     }
 
     /// Whether deferred commits wait for a [`Self::flush`].

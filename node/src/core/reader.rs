@@ -140,26 +140,46 @@ impl RoomReader {
                 return true;
             };
             open_bytes(&self.room, env.to_vec(), &self.keys, &self.identity)
-                .and_then(|(env, payload)| self.revise(env, payload).ok())
+                .and_then(|(env, payload)| {
+                    let by = self.revised_by(&env).ok()?;
+                    self.revise(env, payload, by).ok()
+                })
                 .is_some_and(|opened| mentions(&opened.payload, needle))
         };
-        let mut out = Vec::new();
-        for entry in self
+        let entries = self
             .journal
-            .history_where(&self.room.id.0, q.page, wanted)?
-        {
+            .history_where(&self.room.id.0, q.page, wanted)?;
+        // Which of them were revised, in one read.
+        let ids: Vec<_> = entries
+            .iter()
+            .map(|e| (e.meta.author, e.meta.seq))
+            .collect();
+        let revisions = self.journal.revisions(&self.room.id.0, &ids)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (entry, by) in entries.into_iter().zip(revisions) {
             if let Some((env, payload)) = open_entry(&self.room, entry, &self.keys, &self.identity)
             {
-                out.push(self.revise(env, payload)?);
+                out.push(self.revise(env, payload, by)?);
             }
         }
         Ok(out)
     }
 
-    /// Applies the latest revision of an opened message, if it has one: the author's entry
-    /// that the journal noted as revising it, verified and opened like any other.
-    fn revise(&self, env: Envelope, mut payload: Payload) -> Result<Opened, CoreError> {
-        let revised = self.revision_of(&env)?.and_then(|(at_ms, text)| {
+    /// The seq of the latest revision of an entry, if it has one.
+    fn revised_by(&self, env: &Envelope) -> Result<Option<u64>, CoreError> {
+        let (room, author) = (self.room.id.0, env.author_id().0);
+        Ok(self.journal.revision(&room, &author, env.seq)?)
+    }
+
+    /// Applies the latest revision of an opened message (`by`: its seq, as the journal noted
+    /// it), if it has one.
+    fn revise(
+        &self,
+        env: Envelope,
+        mut payload: Payload,
+        by: Option<u64>,
+    ) -> Result<Opened, CoreError> {
+        let revised = self.revision_of(&env, by)?.and_then(|(at_ms, text)| {
             match (text, env.kind) {
                 (None, _) => {
                     payload.text = None;
@@ -181,16 +201,17 @@ impl RoomReader {
         })
     }
 
-    /// The latest revision of a message: when it was written and its text (`None`: the
-    /// message is deleted).
-    fn revision_of(&self, env: &Envelope) -> Result<Option<(u64, Option<String>)>, CoreError> {
-        if matches!(env.kind, Kind::Revision | Kind::Receipt) {
-            return Ok(None);
-        }
-        let (room, author) = (self.room.id.0, env.author_id().0);
-        let Some(by) = self.journal.revision(&room, &author, env.seq)? else {
+    /// A message's latest revision (`by`, its seq), verified and opened like any entry:
+    /// when it was written and its text (`None`: the message is deleted).
+    fn revision_of(
+        &self,
+        env: &Envelope,
+        by: Option<u64>,
+    ) -> Result<Option<(u64, Option<String>)>, CoreError> {
+        let Some(by) = by.filter(|_| !matches!(env.kind, Kind::Revision | Kind::Receipt)) else {
             return Ok(None);
         };
+        let (room, author) = (self.room.id.0, env.author_id().0);
         let Some(entry) = self.journal.get(&room, &author, by)? else {
             return Ok(None);
         };
@@ -206,7 +227,10 @@ impl RoomReader {
             return Ok(None);
         };
         match open_entry(&self.room, entry, &self.keys, &self.identity) {
-            Some((env, payload)) => Ok(Some(self.revise(env, payload)?)),
+            Some((env, payload)) => {
+                let by = self.revised_by(&env)?;
+                Ok(Some(self.revise(env, payload, by)?))
+            }
             None => Ok(None),
         }
     }
