@@ -211,7 +211,7 @@ pub fn build_swarm(
                 ),
                 relay_client,
                 relay: relay::Behaviour::new(peer_id, relay::Config::default()),
-                // Pings every 5 s with a 10 s timeout; the service closes a link after three
+                // Pings every 5 s with a 10 s timeout; the service closes a link after two
                 // failed pings in a row (`PING_FAILURES_TO_CLOSE`).
                 ping: ping::Behaviour::new(
                     ping::Config::new()
