@@ -478,7 +478,11 @@ fn edits_and_deletions_reach_members_and_members_who_come_later() {
     assert!(shown.contains("hello all (edited)"), "{shown}");
     assert!(shown.contains("(message deleted)"), "{shown}");
     assert!(!shown.contains("4711"), "{shown}");
-    assert!(human(&a).contains("alice [") && human(&a).contains("#1: hello all"));
+    assert!(
+        human(&a).contains("#1]: hello all (edited)"),
+        "{}",
+        human(&a)
+    );
     // A search finds what a message says now.
     let found = b.cli(&["search", "lobby", "helo"]);
     assert_eq!(found.as_array().unwrap().len(), 0);
@@ -527,4 +531,60 @@ fn edits_and_deletions_reach_members_and_members_who_come_later() {
         &serde_json::json!({"room": "lobby", "seq": 1, "text": " "}),
     );
     assert_eq!(status, 400);
+}
+
+/// Bob replies to Alice's message by the AUTHOR#N that history shows beside it: Alice's
+/// node shows the reply with a quote of what it answers. A reply to what is not there, or
+/// was deleted, is refused with a reason.
+#[test]
+fn a_reply_names_the_message_it_answers_and_quotes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = tcp_pair(dir.path(), &["--join", "lobby"]);
+    wait_until("alice and bob meet in lobby", T, || {
+        a.room_peers("lobby") >= 1 && b.room_peers("lobby") >= 1
+    });
+    a.cli(&["send", "lobby", "lunch at noon?"]);
+    a.cli(&["send", "lobby", "or at one?"]);
+    wait_until("bob reads both", T, || b.texts("lobby").len() == 2);
+    // Bob reads the message's AUTHOR#N off his history, as a person would.
+    let out = b.client(&["history", "lobby"]).output().unwrap();
+    let shown = String::from_utf8(out.stdout).unwrap();
+    let line = shown
+        .lines()
+        .find(|l| l.ends_with("lunch at noon?"))
+        .unwrap();
+    let at = line.split('[').nth(1).unwrap().split(']').next().unwrap();
+    assert!(at.ends_with("#1"), "{line}");
+    let sent = b.cli(&["reply", "lobby", at, "yes, noon"]);
+    let alice_id = a.status()["user_id"].as_str().unwrap().to_string();
+    let expected = serde_json::json!({"author_id": alice_id, "seq": 1, "quote": "lunch at noon?"});
+    assert_eq!(sent["message"]["reply_to"], expected);
+    wait_until("alice gets the reply", T, || {
+        let h = a.cli(&["history", "lobby"]);
+        h.as_array().unwrap().last().unwrap()["reply_to"] == expected
+    });
+    let out = a.client(&["history", "lobby"]).output().unwrap();
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        shown.contains(&format!("(reply to {at}: \"lunch at noon?\") yes, noon")),
+        "{shown}"
+    );
+
+    a.cli(&["delete", "lobby", "2"]);
+    let refused = |args: &[&str]| {
+        let out = b.try_cli(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let deleted = format!("{}#2", &alice_id[..8]);
+    wait_until("bob has the deletion", T, || {
+        refused(&["reply", "lobby", &deleted, "too late"]).contains("was deleted")
+    });
+    assert!(refused(&["reply", "lobby", "deadbeef#1", "x"]).contains("no message deadbeef#1"));
+    assert!(refused(&["reply", "lobby", "lunch", "x"]).contains("AUTHOR#N"));
+    let (status, _) = b.post(
+        "/send",
+        &serde_json::json!({"room": "lobby", "text": "x", "reply_to": {"author": "deadbeef", "seq": 1}}),
+    );
+    assert_eq!(status, 404);
 }

@@ -34,10 +34,7 @@ fn burst(dir: std::path::PathBuf, who: &'static str, n: usize, acked: Arc<Mutex<
     };
     for i in 0..n {
         let text = format!("{who} {i}");
-        let req = SendRequest {
-            room: "lobby".into(),
-            text: text.clone(),
-        };
+        let req = SendRequest::new("lobby", text.clone());
         match client.post::<_, Sent>("/send", &req) {
             Ok(_) => acked.lock().unwrap().push(text),
             Err(_) => return,

@@ -168,6 +168,7 @@ async fn a_fork_is_detected_and_reported_on_every_honest_node() {
         receipt: None,
         file: None,
         revises: None,
+        reply_to: None,
     };
     let one = Envelope::seal(&im, &room, Kind::Text, pos, &say("I pay you")).unwrap();
     let two = Envelope::seal(&im, &room, Kind::Text, pos, &say("I owe you nothing")).unwrap();

@@ -182,6 +182,31 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
         shown(&b).contains("from bob, edited") && !shown(&b).contains(evil)
     });
 
+    // Reply to Bob's message: the page says what is answered, Bob's node gets the reply with
+    // its quote, and the page shows the quote above the reply.
+    let bob_id = bob.status()["user_id"].as_str().unwrap().to_string();
+    b.click_on(
+        &format!("#messages .msg[data-msg='{bob_id}:1'] button.reply"),
+        T,
+    );
+    wait_until("the reply bar", T, || {
+        b.text("#replytext").contains("from bob, edited")
+    });
+    b.send_keys(&b.wait_for("#sendtext", T), &format!("a reply{ENTER}"));
+    wait_until("bob's node has the reply", T, || {
+        let h = bob.cli(&["history", "lobby"]);
+        let last = h.as_array().unwrap().last().cloned().unwrap_or_default();
+        last["text"] == "a reply"
+            && last["reply_to"]["author_id"] == bob_id.as_str()
+            && last["reply_to"]["seq"] == 1
+            && last["reply_to"]["quote"] == "from bob, edited"
+    });
+    assert!(b.find("#replybar").is_some_and(|e| !b.displayed(&e)));
+    wait_until("the quote above the reply", T, || {
+        b.text("#messages .msg.mine:last-child blockquote.reply")
+            .contains("from bob, edited")
+    });
+
     // Join a room with a password, see it listed as such, then leave it.
     b.send_keys(&b.wait_for("#joinname", T), "garden");
     b.send_keys(&b.wait_for("#joinpw", T), "a long garden password 7");
@@ -259,6 +284,20 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
             && page.contains("from bob, edited")
             && page.contains("message deleted")
     });
+
+    // A message in another room is counted in that room's badge and in the tab's title,
+    // until the room is opened.
+    assert_eq!(b.script("return document.title"), "cryptchat");
+    bob.cli(&["dm", "alice", "are you there?"]);
+    wait_until("the unread message in the title", T, || {
+        b.script("return document.title") == "(1) cryptchat"
+    });
+    assert_eq!(b.text("#rooms button[data-room='@bob'] .unread"), "1");
+    select_room(&b, "@bob");
+    wait_until("read once its room is open", T, || {
+        b.script("return document.title") == "cryptchat"
+    });
+    assert!(b.find("#rooms button[data-room='@bob'] .unread").is_none());
 }
 
 #[test]

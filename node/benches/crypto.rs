@@ -147,6 +147,7 @@ fn envelope(c: &mut Criterion) {
         receipt: None,
         file: None,
         revises: None,
+        reply_to: None,
     };
     let rooms = [
         ("named", Room::named("bench", None).unwrap()),

@@ -113,6 +113,7 @@ async fn run_cryptchat(dir: &Path) -> (Run, usize) {
             receipt: None,
             file: None,
             revises: None,
+            reply_to: None,
         },
     )
     .unwrap()

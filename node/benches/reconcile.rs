@@ -205,6 +205,7 @@ async fn catch_up(n: usize) {
                         receipt: None,
                         file: None,
                         revises: None,
+                        reply_to: None,
                     };
                     let pos = Position {
                         seq,

@@ -112,7 +112,8 @@ impl From<NodeError> for ApiError {
                 CoreError::UnknownRoom(_)
                 | CoreError::UnknownContact(_)
                 | CoreError::UnknownFile(..)
-                | CoreError::UnknownMessage(..),
+                | CoreError::UnknownMessage(..)
+                | CoreError::NoMessage(..),
             ) => StatusCode::NOT_FOUND,
             NodeError::Core(
                 CoreError::AlreadyJoined(_)
@@ -126,7 +127,8 @@ impl From<NodeError> for ApiError {
                 | CoreError::Identity(_)
                 | CoreError::Envelope(_)
                 | CoreError::AmbiguousFile(..)
-                | CoreError::NotEditable(..),
+                | CoreError::NotEditable(..)
+                | CoreError::Deleted(..),
             ) => StatusCode::BAD_REQUEST,
             NodeError::FileInput(_) => StatusCode::BAD_REQUEST,
             NodeError::FileUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -163,10 +165,32 @@ pub struct RoomRequest {
     pub room: String,
 }
 
+/// Send a text to a room; with `reply_to`, as a reply to that message.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct SendRequest {
     pub room: String,
     pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageRequest>,
+}
+
+impl SendRequest {
+    /// A plain text, not a reply.
+    pub fn new(room: impl Into<String>, text: impl Into<String>) -> Self {
+        SendRequest {
+            room: room.into(),
+            text: text.into(),
+            reply_to: None,
+        }
+    }
+}
+
+/// A message of a room: its author (a contact's name, or 8+ hex digits of a user id) and
+/// its seq in the author's chain.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct MessageRequest {
+    pub author: String,
+    pub seq: u64,
 }
 
 /// Edit our message `seq` (its number in `Sent` and in history views) in a room.
@@ -457,7 +481,11 @@ async fn send(
     State(s): State<AppState>,
     Json(r): Json<SendRequest>,
 ) -> ApiResult<crate::service::Sent> {
-    Ok(Json(s.node.send(&r.room, &r.text).await?))
+    let sent = match &r.reply_to {
+        Some(to) => s.node.reply(&r.room, &r.text, &to.author, to.seq).await?,
+        None => s.node.send(&r.room, &r.text).await?,
+    };
+    Ok(Json(sent))
 }
 
 async fn edit(

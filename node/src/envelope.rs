@@ -132,6 +132,50 @@ pub struct Payload {
     /// that this one replaces, with `text` its new text, or deletes, without `text`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revises: Option<u64>,
+    /// A reply (kind `text`): the message it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// The longest quote a reply carries, in bytes.
+pub const MAX_QUOTE: usize = 280;
+
+/// What a reply says of the message it answers: that message's author and seq (its place
+/// in the author's chain), and the start of it as the replier saw it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The author's user id, 64 lowercase hex digits.
+    pub author_id: String,
+    pub seq: u64,
+    /// The start of the message's text (or `[file] NAME`), at most [`MAX_QUOTE`] bytes:
+    /// the replier's words, so a reader sees what was answered even without the message.
+    pub quote: String,
+}
+
+/// The start of `text`, at most [`MAX_QUOTE`] bytes, cut at a character (and marked when
+/// cut).
+pub fn quote(text: &str) -> String {
+    if text.len() <= MAX_QUOTE {
+        return text.to_string();
+    }
+    let mut end = MAX_QUOTE - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+impl ReplyTo {
+    /// Whether it names a message at all: an id, a seq, a quote within bounds.
+    pub fn is_valid(&self) -> bool {
+        self.author_id.len() == 64
+            && self
+                .author_id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && self.seq >= 1
+            && self.quote.len() <= MAX_QUOTE
+    }
 }
 
 /// A parsed envelope whose signature has been verified.
@@ -541,6 +585,7 @@ mod tests {
             receipt: None,
             file: None,
             revises: None,
+            reply_to: None,
         }
     }
 

@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cryptchat::api::{
     BlockRequest, ContactRequest, DeleteRequest, DialRequest, DmRequest, EditRequest, FetchRequest,
-    ForgetRequest, GroupRequest, HistoryRequest, IdView, JoinRequest, NameRequest, RoomRequest,
-    SendRequest, ShareRequest,
+    ForgetRequest, GroupRequest, HistoryRequest, IdView, JoinRequest, MessageRequest, NameRequest,
+    RoomRequest, SendRequest, ShareRequest,
 };
 use cryptchat::client::Client;
 use cryptchat::config::{self, ApiInfo};
@@ -134,6 +134,13 @@ enum Cmd {
     Members { room: String },
     /// Send a message to a room (direct rooms are named @contact).
     Send { room: String, text: String },
+    /// Reply to a message: TO is the AUTHOR#N that `history` shows beside it (AUTHOR: a
+    /// contact's name, or 8+ hex digits of a user id). The reply quotes its start.
+    Reply {
+        room: String,
+        to: String,
+        text: String,
+    },
     /// Edit one of your messages: its number is the #N that `send` and `history` show.
     /// Members see the new text, marked edited.
     Edit {
@@ -502,20 +509,36 @@ fn print<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> 
     Ok(())
 }
 
+/// A message's time in the reader's time zone: the time of day for today's, with the date
+/// before it for older ones (a history reaches back days).
 fn clock(ms: u64) -> String {
-    let s = ms / 1000;
-    format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
+    clock_at(ms, chrono::Local::now())
+}
+
+fn clock_at(ms: u64, now: chrono::DateTime<chrono::Local>) -> String {
+    use chrono::TimeZone;
+    let Some(t) = i64::try_from(ms)
+        .ok()
+        .and_then(|ms| chrono::Local.timestamp_millis_opt(ms).single())
+    else {
+        return "??:??:??".to_string();
+    };
+    let format = if t.date_naive() == now.date_naive() {
+        "%H:%M:%S"
+    } else {
+        "%Y-%m-%d %H:%M:%S"
+    };
+    t.format(format).to_string()
 }
 
 fn print_message(m: &MessageView) {
-    let mut who = match &m.contact {
-        Some(c) => c.clone(),
-        None => format!("{} [{}]", m.author, &m.author_id[..8]),
+    // Each message shows where it is in its author's chain, AUTHOR#N: what `reply` takes
+    // (and N, for our own, what `edit` and `delete` take).
+    let at = format!("{}#{}", &m.author_id[..8], m.seq);
+    let who = match &m.contact {
+        Some(c) => format!("{c} [{at}]"),
+        None => format!("{} [{at}]", m.author),
     };
-    // Our own messages show their number: what `edit` and `delete` take.
-    if m.mine && m.revises.is_none() {
-        who = format!("{who} #{}", m.seq);
-    }
     let delivery = if m.mine {
         format!("  [delivered to {} of {}]", m.delivered_to, m.known_members)
     } else {
@@ -544,8 +567,15 @@ fn print_message(m: &MessageView) {
             }
         }
     };
+    let reply = match &m.reply_to {
+        Some(r) => {
+            let id = r.author_id.get(..8).unwrap_or(&r.author_id);
+            format!("(reply to {id}#{}: \"{}\") ", r.seq, r.quote)
+        }
+        None => String::new(),
+    };
     println!(
-        "{} {} {}: {body}{delivery}",
+        "{} {} {}: {reply}{body}{delivery}",
         clock(m.timestamp_ms),
         m.room,
         who,
@@ -592,10 +622,7 @@ fn chat(c: &Client, room: &str, last: usize, json: bool) -> Result<()> {
         if text.trim().is_empty() {
             continue;
         }
-        let req = SendRequest {
-            room: room.to_string(),
-            text,
-        };
+        let req = SendRequest::new(room, text);
         // The message comes back through the event stream, as the room shows it.
         if let Err(e) = c.post::<_, Sent>("/send", &req) {
             eprintln!("not sent: {e}");
@@ -768,7 +795,17 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             })
         }
         Cmd::Send { room, text } => {
-            let v: Sent = c.post("/send", &SendRequest { room, text })?;
+            let v: Sent = c.post("/send", &SendRequest::new(room, text))?;
+            print(json, &v, print_sent)
+        }
+        Cmd::Reply { room, to, text } => {
+            let reply_to = parse_message_ref(&to)?;
+            let req = SendRequest {
+                room,
+                text,
+                reply_to: Some(reply_to),
+            };
+            let v: Sent = c.post("/send", &req)?;
             print(json, &v, print_sent)
         }
         Cmd::Edit { room, seq, text } => {
@@ -1053,6 +1090,21 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
     }
 }
 
+/// `AUTHOR#N`, as `history` shows a message, into the API's form.
+fn parse_message_ref(s: &str) -> Result<MessageRequest> {
+    let parsed = s
+        .rsplit_once('#')
+        .and_then(|(author, seq)| Some((author, seq.parse().ok()?)))
+        .filter(|(author, _)| !author.is_empty());
+    match parsed {
+        Some((author, seq)) => Ok(MessageRequest {
+            author: author.to_string(),
+            seq,
+        }),
+        None => anyhow::bail!("name the message AUTHOR#N, as history shows it (e.g. 8ce2f3a3#12)"),
+    }
+}
+
 fn print_sent(s: &Sent) {
     if s.published {
         println!("sent to {} (#{})", s.message.room, s.message.seq);
@@ -1067,6 +1119,18 @@ fn print_sent(s: &Sent) {
 #[cfg(test)]
 mod tests {
     use super::parse_size;
+
+    #[test]
+    fn times_show_the_date_unless_they_are_today() {
+        let now = chrono::Local::now();
+        let ms = |t: chrono::DateTime<chrono::Local>| t.timestamp_millis() as u64;
+        let today = super::clock_at(ms(now), now);
+        assert_eq!(today, now.format("%H:%M:%S").to_string());
+        let before = now - chrono::Duration::days(3);
+        let shown = super::clock_at(ms(before), now);
+        assert_eq!(shown, before.format("%Y-%m-%d %H:%M:%S").to_string());
+        assert_eq!(super::clock_at(u64::MAX, now), "??:??:??");
+    }
 
     #[test]
     fn sizes_are_read_as_people_write_them() {

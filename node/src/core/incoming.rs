@@ -57,6 +57,14 @@ pub fn check(
     {
         return Err(Rejection::Malformed);
     }
+    // Only a text replies, and it names a message.
+    if payload
+        .reply_to
+        .as_ref()
+        .is_some_and(|r| env.kind != Kind::Text || !r.is_valid())
+    {
+        return Err(Rejection::Malformed);
+    }
     if env.carries_key {
         keys.insert(env.author.clone());
     }

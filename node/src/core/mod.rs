@@ -64,8 +64,15 @@ pub enum CoreError {
         "no message #{0} of yours in room '{1}' (cryptchat history shows your messages' numbers)"
     )]
     UnknownMessage(u64, String),
-    #[error("message #{0} cannot be edited: {1}")]
+    #[error("message #{0} cannot be changed: {1}")]
     NotEditable(u64, &'static str),
+    #[error(
+        "no message {0} in room '{1}': name it AUTHOR#N, AUTHOR a contact or 8+ hex digits \
+         of a user id (cryptchat history shows each message's)"
+    )]
+    NoMessage(String, String),
+    #[error("message {0} was deleted")]
+    Deleted(String),
     #[error("no file '{0}' in room '{1}': see cryptchat files ROOM")]
     UnknownFile(String, String),
     #[error("more than one file in room '{1}' starts with '{0}': give more of its id")]
@@ -117,6 +124,9 @@ pub struct MessageView {
     /// Deleted by its author: it has no text or file any more.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// A reply: the message it answers, and a quote of it as the replier saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Box<crate::envelope::ReplyTo>>,
     pub mine: bool,
     /// Known members (other than the author) known to hold this message: ourselves, and
     /// those whose delivery receipts cover it.
@@ -673,6 +683,7 @@ impl Core {
             deleted: env.kind == Kind::Revision && payload.text.is_none(),
             revises: payload.revises.filter(|_| env.kind == Kind::Revision),
             edited_ms: None,
+            reply_to: payload.reply_to.map(Box::new),
             text: payload.text,
             file: match env.kind {
                 Kind::File => payload.file.as_ref().map(|f| {
@@ -700,7 +711,52 @@ impl Core {
         if text.trim().is_empty() {
             return Err(CoreError::EmptyMessage);
         }
-        self.compose_entry(room_name, Kind::Text, Some(text.to_string()), None, None)
+        let text = Some(text.to_string());
+        self.compose_entry(
+            room_name,
+            Kind::Text,
+            Payload {
+                text,
+                ..Payload::default()
+            },
+        )
+    }
+
+    /// Writes a reply to the room's message `seq` of `author` (a contact's name, or at
+    /// least 8 hex digits of a user id), quoting its start, into the journal, and returns
+    /// the envelope to publish. The message must be here, and not deleted.
+    pub fn compose_reply(
+        &mut self,
+        room_name: &str,
+        text: &str,
+        author: &str,
+        seq: u64,
+    ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
+        if text.trim().is_empty() {
+            return Err(CoreError::EmptyMessage);
+        }
+        let author = match self.contacts.get(author.trim_start_matches('@')) {
+            Some(code) => code.identity.id().to_hex(),
+            None => author.to_ascii_lowercase(),
+        };
+        let reader = self.reader(room_name)?;
+        let quoted = reader.message(&author, seq)?;
+        let quote = match (&quoted.payload.text, &quoted.payload.file) {
+            (Some(text), _) => text.clone(),
+            (None, Some(file)) => format!("[file] {}", file.name),
+            (None, None) => String::new(),
+        };
+        let reply_to = crate::envelope::ReplyTo {
+            author_id: quoted.env.author_id().to_hex(),
+            seq,
+            quote: crate::envelope::quote(&quote),
+        };
+        let content = Payload {
+            text: Some(text.to_string()),
+            reply_to: Some(reply_to),
+            ..Payload::default()
+        };
+        self.compose_entry(room_name, Kind::Text, content)
     }
 
     /// Edits our own message `seq` in the room (`text`: its new text) or deletes it
@@ -732,13 +788,12 @@ impl Core {
             _ => {}
         }
         let room_name = reader.room_name().to_string();
-        self.compose_entry(
-            &room_name,
-            Kind::Revision,
-            text.map(str::to_string),
-            None,
-            Some(seq),
-        )
+        let content = Payload {
+            text: text.map(str::to_string),
+            revises: Some(seq),
+            ..Payload::default()
+        };
+        self.compose_entry(&room_name, Kind::Revision, content)
     }
 
     /// Writes a `file` message (whose chunks are stored already) into the journal and
@@ -748,16 +803,24 @@ impl Core {
         room_name: &str,
         file: FileRef,
     ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
-        self.compose_entry(room_name, Kind::File, None, Some(file), None)
+        let file = Some(file);
+        self.compose_entry(
+            room_name,
+            Kind::File,
+            Payload {
+                file,
+                ..Payload::default()
+            },
+        )
     }
 
+    /// Seals `content` (its text, file, revision or reply; the rest is filled in here) as
+    /// our next entry of kind `kind` in the room, stores it durably and returns it.
     fn compose_entry(
         &mut self,
         room_name: &str,
         kind: Kind,
-        text: Option<String>,
-        file: Option<FileRef>,
-        revises: Option<u64>,
+        content: Payload,
     ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
         let room = self.room_by_name(room_name)?.clone();
         let me = self.identity.id();
@@ -783,15 +846,13 @@ impl Core {
         heads.truncate(self.piggyback_max);
         let payload = Payload {
             from: self.identity.username().to_string(),
-            text,
             receipt: (!heads.is_empty()).then(|| packed(&heads)),
-            file,
-            revises,
+            ..content
         };
         let env = Envelope::seal(&self.identity, &room, kind, pos, &payload)?;
         // Durable before it is published.
         self.journal
-            .append_revising(&env.meta(), env.bytes(), revises)?;
+            .append_revising(&env.meta(), env.bytes(), payload.revises)?;
         self.counters.sent += 1;
         // The entry itself tells every reader that we hold our own chain up to it.
         heads.push((me.0, pos.seq));

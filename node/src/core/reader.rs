@@ -220,6 +220,34 @@ impl RoomReader {
             .map(|(r, p)| (r.timestamp_ms, p.text)))
     }
 
+    /// The room's message `seq` of the author whose user id starts with `author` (8 or more
+    /// hex digits), as it reads now: what a reply quotes ([`Core::compose_reply`]).
+    pub(super) fn message(&self, author: &str, seq: u64) -> Result<Opened, CoreError> {
+        let reference = format!("{author}#{seq}");
+        let none = || CoreError::NoMessage(reference.clone(), self.room.name.clone());
+        if author.len() < 8 || !author.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(none());
+        }
+        let vector = self.journal.vector(&self.room.id.0)?;
+        let mut named = vector
+            .keys()
+            .filter(|id| hex::encode(id).starts_with(author));
+        let (Some(id), None) = (named.next(), named.next()) else {
+            return Err(none());
+        };
+        let entry = self.journal.get(&self.room.id.0, id, seq)?;
+        let (env, payload) = entry
+            .and_then(|e| open_entry(&self.room, e, &self.keys, &self.identity))
+            .filter(|(env, _)| matches!(env.kind, Kind::Text | Kind::File))
+            .ok_or_else(none)?;
+        let by = self.revised_by(&env)?;
+        let opened = self.revise(env, payload, by)?;
+        if opened.revised == Some(Revised::Deleted) {
+            return Err(CoreError::Deleted(reference));
+        }
+        Ok(opened)
+    }
+
     /// Our own message `seq`, as it reads now, for [`Core::compose_revision`].
     pub(super) fn own(&self, seq: u64) -> Result<Option<Opened>, CoreError> {
         let me = self.identity.id();

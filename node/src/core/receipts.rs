@@ -40,6 +40,7 @@ impl Core {
             receipt: Some(packed(&changed)),
             file: None,
             revises: None,
+            reply_to: None,
         };
         let pos = Position {
             seq: now_ms().max(1),

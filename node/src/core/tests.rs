@@ -240,6 +240,7 @@ fn an_oversized_receipt_is_malformed_wherever_it_rides() {
             receipt: Some(heads.clone()),
             file: None,
             revises: None,
+            reply_to: None,
         };
         let pos = Position {
             seq: 1,
@@ -389,6 +390,7 @@ fn a_file_message_is_shown_found_by_its_id_and_refused_when_malformed() {
             receipt: None,
             file,
             revises: None,
+            reply_to: None,
         };
         let pos = Position {
             seq: 2,
@@ -1039,6 +1041,7 @@ fn a_runaway_lamport_clock_cannot_stop_a_room() {
         receipt: None,
         file: None,
         revises: None,
+        reply_to: None,
     };
     let env = Envelope::seal(&identities()[0], &room, Kind::Text, pos, &payload).unwrap();
     assert!(matches!(
@@ -1223,6 +1226,7 @@ fn malformed_revisions_are_rejected() {
             from: "alice".into(),
             text: Some("sneaky".into()),
             revises,
+            reply_to: None,
             ..Payload::default()
         };
         let pos = Position {
@@ -1243,6 +1247,100 @@ fn malformed_revisions_are_rejected() {
             .err(),
             Some(Rejection::Malformed),
             "{kind:?} revising {revises:?}"
+        );
+    }
+}
+
+#[test]
+fn a_reply_quotes_the_message_it_answers_named_by_author_and_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, rid) = two_in_lobby(&dir);
+    let long = format!("lunch at noon? {}", "é".repeat(300));
+    for t in [long.as_str(), "or one?", "never mind"] {
+        let (_, env, _) = a.compose("lobby", t).unwrap();
+        b.receive(&rid.topic(), env.into_bytes()).unwrap();
+    }
+    let (_, env, _) = a.compose_revision("lobby", 3, None).unwrap();
+    b.receive(&rid.topic(), env.into_bytes()).unwrap();
+    let alice = a.identity.id().to_hex();
+    let (_, env, view) = b.compose_reply("lobby", "yes!", &alice[..8], 1).unwrap();
+    let to = view.reply_to.expect("a reply");
+    assert_eq!((to.author_id.as_str(), to.seq), (alice.as_str(), 1));
+    assert!(to.quote.len() <= crate::envelope::MAX_QUOTE && to.quote.ends_with('…'));
+    assert!(long.starts_with(to.quote.trim_end_matches('…')));
+    // Alice gets it as sent, and so does her history.
+    assert!(matches!(
+        a.receive(&rid.topic(), env.into_bytes()).unwrap(),
+        Incoming::Accepted(..)
+    ));
+    let last = a.history("lobby", 1).unwrap().pop().unwrap();
+    assert_eq!(last.reply_to.as_deref(), Some(&*to));
+    // A contact's name does for the author; a short quote is whole.
+    let code = a.identity.contact_code().encode();
+    b.add_contact("alice", &code).unwrap();
+    let (_, _, view) = b.compose_reply("lobby", "which one?", "alice", 2).unwrap();
+    assert_eq!(view.reply_to.unwrap().quote, "or one?");
+
+    let refused = |r: Result<_, CoreError>| r.map(|_| ()).unwrap_err().to_string();
+    assert!(refused(b.compose_reply("lobby", "x", &alice[..8], 9)).contains("no message"));
+    assert!(refused(b.compose_reply("lobby", "x", &alice[..7], 1)).contains("no message"));
+    assert!(refused(b.compose_reply("lobby", "x", "carol", 1)).contains("no message"));
+    assert!(refused(b.compose_reply("lobby", "x", &alice, 3)).contains("was deleted"));
+    // Entry 4 is Alice's deletion, not a message.
+    assert!(refused(b.compose_reply("lobby", "x", &alice, 4)).contains("no message"));
+    assert!(matches!(
+        b.compose_reply("lobby", " ", &alice, 1),
+        Err(CoreError::EmptyMessage)
+    ));
+}
+
+#[test]
+fn malformed_replies_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, rid) = two_in_lobby(&dir);
+    let room = a.room(&rid).unwrap().clone();
+    let id = a.identity.id().to_hex();
+    let to = |author_id: &str, seq, quote: &str| crate::envelope::ReplyTo {
+        author_id: author_id.to_string(),
+        seq,
+        quote: quote.to_string(),
+    };
+    let file = crate::files::seal_file("a.txt", 1, &b"a"[..], |_, _| Ok(())).unwrap();
+    let cases = [
+        (Kind::Text, to(&id[..63], 1, "short id")),
+        (Kind::Text, to(&id.to_uppercase(), 1, "upper case")),
+        (Kind::Text, to(&id, 0, "seq 0")),
+        (
+            Kind::Text,
+            to(&id, 1, &"q".repeat(crate::envelope::MAX_QUOTE + 1)),
+        ),
+        (Kind::File, to(&id, 1, "a file that replies")),
+    ];
+    for (kind, reply_to) in cases {
+        let payload = Payload {
+            from: "alice".into(),
+            text: (kind == Kind::Text).then(|| "hi".to_string()),
+            file: (kind == Kind::File).then(|| file.clone()),
+            reply_to: Some(reply_to.clone()),
+            ..Payload::default()
+        };
+        let pos = Position {
+            seq: 1,
+            prev: [0; 32],
+            lamport: 1,
+            timestamp_ms: now_ms(),
+        };
+        let env = Envelope::seal(&a.identity, &room, kind, pos, &payload).unwrap();
+        assert_eq!(
+            check(
+                &b.identity,
+                b.room(&rid).unwrap(),
+                env.into_bytes(),
+                &b.keys
+            )
+            .err(),
+            Some(Rejection::Malformed),
+            "{kind:?} {reply_to:?}"
         );
     }
 }

@@ -24,6 +24,8 @@ pub(super) enum Command {
     Leave(String, Reply<RoomView>),
     Rooms(Reply<Vec<RoomView>>),
     Send(String, String, Reply<Sent>),
+    /// Reply in a room with a text to the message (author, seq).
+    Reply(String, String, (String, u64), Reply<Sent>),
     /// Edit (`Some` text) or delete (`None`) our message seq in a room.
     Revise(String, u64, Option<String>, Reply<Sent>),
     History(String, Query, Reply<Vec<MessageView>>),
@@ -106,6 +108,20 @@ impl NodeHandle {
 
     pub async fn send(&self, room: &str, text: &str) -> Result<Sent, NodeError> {
         self.ask(|r| Command::Send(room.to_string(), text.to_string(), r))
+            .await
+    }
+
+    /// Replies in `room` to the message `seq` of `author` (a contact's name, or 8+ hex
+    /// digits of a user id): the reply quotes its start.
+    pub async fn reply(
+        &self,
+        room: &str,
+        text: &str,
+        author: &str,
+        seq: u64,
+    ) -> Result<Sent, NodeError> {
+        let to = (author.to_string(), seq);
+        self.ask(|r| Command::Reply(room.to_string(), text.to_string(), to, r))
             .await
     }
 

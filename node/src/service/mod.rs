@@ -742,6 +742,10 @@ impl Service {
                 let composed = blocking(|| self.core.compose(&room, &text));
                 let _ = r.send(self.send_composed(composed));
             }
+            Command::Reply(room, text, (author, seq), r) => {
+                let composed = blocking(|| self.core.compose_reply(&room, &text, &author, seq));
+                let _ = r.send(self.send_composed(composed));
+            }
             Command::Revise(room, seq, text, r) => {
                 let composed = blocking(|| self.core.compose_revision(&room, seq, text.as_deref()));
                 let _ = r.send(self.send_composed(composed));
