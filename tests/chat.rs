@@ -286,6 +286,34 @@ fn chat_shows_the_room_then_sends_what_is_typed_and_prints_what_arrives() {
         reply.contains("lobby bob") && reply.ends_with(": a reply"),
         "{reply}"
     );
+    // Commands: reply to Bob's message by the AUTHOR#N shown beside it, edit Alice's own,
+    // and `//` for a message that starts with a slash.
+    let at = reply.split('[').nth(1).unwrap().split(']').next().unwrap();
+    writeln!(stdin, "/reply {at} and a reply to that").unwrap();
+    let line = next_line();
+    assert!(
+        line.contains(&format!(
+            ": (reply to {at}: \"a reply\") and a reply to that  ["
+        )),
+        "{line}"
+    );
+    writeln!(stdin, "/edit 1 hello, edited from the terminal").unwrap();
+    let line = next_line();
+    assert!(
+        line.contains(": (edited message #1) hello, edited from the terminal  ["),
+        "{line}"
+    );
+    writeln!(stdin, "/unknown command").unwrap();
+    writeln!(stdin, "//slash at the start").unwrap();
+    let line = next_line();
+    assert!(line.contains(": /slash at the start  ["), "{line}");
+    wait_until("bob has all of it", T, || {
+        let texts = b.texts("lobby");
+        texts.contains(&"hello, edited from the terminal".to_string())
+            && texts.contains(&"and a reply to that".to_string())
+            && texts.contains(&"/slash at the start".to_string())
+            && !texts.iter().any(|t| t.contains("unknown"))
+    });
     // The end of input ends the chat.
     drop(stdin);
     let start = std::time::Instant::now();

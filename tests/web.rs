@@ -298,6 +298,21 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
         b.script("return document.title") == "cryptchat"
     });
     assert!(b.find("#rooms button[data-room='@bob'] .unread").is_none());
+
+    // An open member list follows the room as messages arrive.
+    b.click_on("#membersbtn", T);
+    wait_until("bob in the member list", T, || {
+        b.text("#memberlist").contains("bob (contact)")
+    });
+    assert!(
+        b.text("#memberlist").contains("· 1 message"),
+        "{}",
+        b.text("#memberlist")
+    );
+    bob.cli(&["dm", "alice", "still there?"]);
+    wait_until("bob's count moves on", T, || {
+        b.text("#memberlist").contains("· 2 messages")
+    });
 }
 
 #[test]

@@ -187,7 +187,7 @@ impl SendRequest {
 
 /// A message of a room: its author (a contact's name, or 8+ hex digits of a user id) and
 /// its seq in the author's chain.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
 pub struct MessageRequest {
     pub author: String,
     pub seq: u64,

@@ -601,7 +601,10 @@ fn chat(c: &Client, room: &str, last: usize, json: bool) -> Result<()> {
     shown.iter().for_each(show);
     let seen: std::collections::HashSet<String> = shown.into_iter().map(|m| m.hash).collect();
     if std::io::stdin().is_terminal() {
-        eprintln!("-- {room}: type a message and press Enter to send it; Ctrl-D leaves --");
+        eprintln!(
+            "-- {room}: type a message and press Enter to send it; /help lists commands; \
+             Ctrl-D leaves --"
+        );
     }
     let here = room.to_string();
     std::thread::spawn(move || {
@@ -618,17 +621,103 @@ fn chat(c: &Client, room: &str, last: usize, json: bool) -> Result<()> {
         std::process::exit(1);
     });
     for line in std::io::stdin().lock().lines() {
-        let text = line.context("reading stdin")?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let req = SendRequest::new(room, text);
-        // The message comes back through the event stream, as the room shows it.
-        if let Err(e) = c.post::<_, Sent>("/send", &req) {
+        let line = line.context("reading stdin")?;
+        // What is sent comes back through the event stream, as the room shows it.
+        let sent = match ChatLine::parse(&line) {
+            Ok(ChatLine::Skip) => continue,
+            Ok(ChatLine::Help) => {
+                eprintln!("{CHAT_HELP}");
+                continue;
+            }
+            Ok(ChatLine::Send(text)) => c.post::<_, Sent>("/send", &SendRequest::new(room, text)),
+            Ok(ChatLine::Reply(to, text)) => {
+                let req = SendRequest {
+                    reply_to: Some(to),
+                    ..SendRequest::new(room, text)
+                };
+                c.post::<_, Sent>("/send", &req)
+            }
+            Ok(ChatLine::Edit(seq, text)) => {
+                let room = room.to_string();
+                c.post::<_, Sent>("/edit", &EditRequest { room, seq, text })
+            }
+            Ok(ChatLine::Delete(seq)) => {
+                let room = room.to_string();
+                c.post::<_, Sent>("/delete", &DeleteRequest { room, seq })
+            }
+            Err(why) => {
+                eprintln!("{why}");
+                continue;
+            }
+        };
+        if let Err(e) = sent {
             eprintln!("not sent: {e}");
         }
     }
     Ok(())
+}
+
+const CHAT_HELP: &str = "\
+/reply AUTHOR#N TEXT  reply to a message (AUTHOR#N as shown beside it)
+/edit N TEXT          change your message #N
+/delete N             delete your message #N
+/help                 this list
+//TEXT                send a message that starts with /";
+
+/// What a line typed in `cryptchat chat` asks for.
+#[derive(Debug, PartialEq)]
+enum ChatLine {
+    Send(String),
+    Reply(MessageRequest, String),
+    Edit(u64, String),
+    Delete(u64),
+    Help,
+    /// A blank line: nothing to do.
+    Skip,
+}
+
+impl ChatLine {
+    /// A line that starts with `/` is a command (`//` sends the rest as it is); any other
+    /// line is a message.
+    fn parse(line: &str) -> Result<ChatLine, String> {
+        if line.trim().is_empty() {
+            return Ok(ChatLine::Skip);
+        }
+        if let Some(text) = line.strip_prefix("//") {
+            return Ok(ChatLine::Send(format!("/{text}")));
+        }
+        let Some(command) = line.strip_prefix('/') else {
+            return Ok(ChatLine::Send(line.to_string()));
+        };
+        let (name, rest) = command.split_once(' ').unwrap_or((command, ""));
+        let (arg, text) = rest
+            .trim_start()
+            .split_once(' ')
+            .unwrap_or((rest.trim(), ""));
+        let text = text.trim().to_string();
+        let seq = || {
+            arg.trim_start_matches('#')
+                .parse::<u64>()
+                .map_err(|_| format!("/{name} takes your message's number N (as in #N)"))
+        };
+        let needs_text = |what: ChatLine| match text.is_empty() {
+            true => Err(format!("/{name}: what should it say? (/help)")),
+            false => Ok(what),
+        };
+        match name {
+            "reply" => {
+                let to = parse_message_ref(arg).map_err(|e| format!("/reply: {e}"))?;
+                needs_text(ChatLine::Reply(to, text.clone()))
+            }
+            "edit" => needs_text(ChatLine::Edit(seq()?, text.clone())),
+            "delete" if text.is_empty() => Ok(ChatLine::Delete(seq()?)),
+            "delete" => Err("/delete takes only the message's number".to_string()),
+            "help" => Ok(ChatLine::Help),
+            _ => Err(format!(
+                "unknown command /{name} (/help lists them; //TEXT sends a message that starts with /)"
+            )),
+        }
+    }
 }
 
 /// A line on stderr that shows a fetch's progress, read from the node's status twice a
@@ -1119,6 +1208,39 @@ fn print_sent(s: &Sent) {
 #[cfg(test)]
 mod tests {
     use super::parse_size;
+
+    #[test]
+    fn chat_lines_are_messages_unless_they_are_commands() {
+        use super::ChatLine::{self, *};
+        let parse = ChatLine::parse;
+        assert_eq!(parse("hello there"), Ok(Send("hello there".into())));
+        assert_eq!(parse("  "), Ok(Skip));
+        assert_eq!(
+            parse("//etc/hosts is a file"),
+            Ok(Send("/etc/hosts is a file".into()))
+        );
+        assert_eq!(parse("/edit 3 new words"), Ok(Edit(3, "new words".into())));
+        assert_eq!(parse("/edit #3 new words"), Ok(Edit(3, "new words".into())));
+        assert_eq!(parse("/delete 4"), Ok(Delete(4)));
+        assert_eq!(parse("/help"), Ok(Help));
+        match parse("/reply 8ce2f3a3#12 sure, noon") {
+            Ok(Reply(to, text)) => {
+                assert_eq!((to.author.as_str(), to.seq), ("8ce2f3a3", 12));
+                assert_eq!(text, "sure, noon");
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            "/edit three x",
+            "/edit 3",
+            "/delete 4 now",
+            "/reply 12 x",
+            "/reply a#1",
+            "/shrug",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn times_show_the_date_unless_they_are_today() {
