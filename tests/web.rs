@@ -21,6 +21,7 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(60);
 const ENTER: &str = "\u{E007}";
 const SHIFT: &str = "\u{E008}";
+const UP: &str = "\u{E013}";
 
 /// The browser and its driver; `None` (the test passes, saying so) when they are missing
 /// outside CI.
@@ -205,6 +206,14 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     wait_until("the quote above the reply", T, || {
         b.text("#messages .msg.mine:last-child blockquote.reply")
             .contains("from bob, edited")
+    });
+    // Up in the empty box edits the last of Alice's messages: the reply.
+    b.send_keys(&b.wait_for("#sendtext", T), UP);
+    let edit = b.wait_for("#messages .msg.mine:last-child textarea.edittext", T);
+    b.script("document.querySelector('textarea.edittext').value = ''");
+    b.send_keys(&edit, &format!("a reply, edited{ENTER}"));
+    wait_until("bob reads the edited reply", T, || {
+        bob.texts("lobby").last().map(String::as_str) == Some("a reply, edited")
     });
 
     // Join a room with a password, see it listed as such, then leave it.
