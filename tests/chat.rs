@@ -141,6 +141,28 @@ fn direct_message_reaches_its_recipient() {
     let out = a.try_cli(&["contact", "add", "mallory", "cc1:garbage"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("contact code"));
+
+    // Alice removes Bob: the contact and the direct room go; adding him again brings the
+    // room back with its history.
+    let removed = a.cli(&["contact", "remove", "bob"]);
+    assert_eq!(removed["room"], "@bob");
+    assert!(a.cli(&["contact", "list"]).as_array().unwrap().is_empty());
+    let rooms = a.cli(&["rooms"]);
+    assert!(
+        !rooms
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "@bob")
+    );
+    let out = a.try_cli(&["dm", "bob", "still there?"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown contact 'bob'"));
+    let out = a.try_cli(&["contact", "remove", "bob"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown contact 'bob'"));
+    let (status, _) = a.post("/contacts/remove", &serde_json::json!({"name": "bob"}));
+    assert_eq!(status, 404);
+    a.cli(&["contact", "add", "bob", &b_code]);
+    assert_eq!(a.texts("@bob"), ["just between us"]);
 }
 
 #[test]

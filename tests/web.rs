@@ -322,6 +322,22 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     wait_until("bob's count moves on", T, || {
         b.text("#memberlist").contains("· 2 messages")
     });
+
+    // Removing the contact leaves its direct room.
+    b.click_on("#contacts button[aria-label='Remove bob']", T);
+    b.accept_alert();
+    wait_until("bob removed", T, || {
+        b.text("#contacts").contains("No contacts yet.")
+            && b.find("#rooms button[data-room='@bob']").is_none()
+    });
+    assert_eq!(b.text("#roomtitle"), "No room selected");
+    assert!(
+        alice
+            .cli(&["contact", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]

@@ -383,6 +383,7 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/download", get(download))
         .route("/download-ticket", post(download_ticket))
         .route("/contacts", get(contacts).post(add_contact))
+        .route("/contacts/remove", post(remove_contact))
         .route("/dm", post(dm))
         .route("/groups", post(group))
         .route("/dial", post(dial))
@@ -743,6 +744,13 @@ async fn add_contact(
     Json(r): Json<ContactRequest>,
 ) -> ApiResult<crate::core::ContactView> {
     Ok(Json(s.node.add_contact(&r.name, &r.code).await?))
+}
+
+async fn remove_contact(
+    State(s): State<AppState>,
+    Json(r): Json<NameRequest>,
+) -> ApiResult<crate::core::ContactView> {
+    Ok(Json(s.node.remove_contact(&r.name).await?))
 }
 
 async fn dm(

@@ -269,6 +269,9 @@ enum ContactCmd {
     Add { name: String, code: String },
     /// List contacts.
     List,
+    /// Remove a contact, and leave your direct room with it (its history stays on disk:
+    /// adding the contact again shows it).
+    Remove { name: String },
 }
 
 fn main() {
@@ -1039,6 +1042,12 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     &v.user_id[..16],
                     v.room
                 )
+            })
+        }
+        Cmd::Contact(ContactCmd::Remove { name }) => {
+            let v: ContactView = c.post("/contacts/remove", &NameRequest { name })?;
+            print(json, &v, |v| {
+                println!("removed {} and left {}", v.name, v.room)
             })
         }
         Cmd::Contact(ContactCmd::List) => {

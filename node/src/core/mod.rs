@@ -630,6 +630,41 @@ impl Core {
         })
     }
 
+    /// Removes a contact and leaves its direct room, if joined (its history stays on disk,
+    /// as with [`Core::leave`]: adding the contact again shows it). Returns the contact and
+    /// the room left.
+    pub fn remove_contact(&mut self, name: &str) -> Result<(ContactView, Option<Room>), CoreError> {
+        let name = name.trim().trim_start_matches('@').to_string();
+        let code = self
+            .contacts
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| CoreError::UnknownContact(name.clone()))?;
+        self.journal.delete_setting(&self.contact_key(&name))?;
+        // Earlier versions wrote it under the name itself (checked: a name could look like
+        // another contact's key).
+        let legacy = format!("{CONTACT_PREFIX}{name}");
+        if let Some(blob) = self.journal.get_setting(&legacy)?
+            && let Ok(plain) = self.unseal(&legacy, &blob)
+            && serde_json::from_slice::<(String, String)>(&plain).is_ok_and(|(n, _)| n == name)
+        {
+            self.journal.delete_setting(&legacy)?;
+        }
+        self.contacts.remove(&name);
+        let room_name = format!("@{name}");
+        let room = match self.leave(&room_name) {
+            Ok(room) => Some(room),
+            Err(CoreError::UnknownRoom(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let contact = ContactView {
+            name,
+            user_id: code.identity.id().to_hex(),
+            room: room_name,
+        };
+        Ok((contact, room))
+    }
+
     pub fn contacts(&self) -> Vec<ContactView> {
         self.contacts
             .iter()

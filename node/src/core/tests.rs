@@ -1344,3 +1344,50 @@ fn malformed_replies_are_rejected() {
         );
     }
 }
+
+#[test]
+fn a_removed_contact_stays_removed_after_a_restart_and_its_room_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = core(&dir, 0);
+    let bob = identities()[1].contact_code().encode();
+    a.add_contact("bob", &bob).unwrap();
+    a.add_contact("carol", &identities()[2].contact_code().encode())
+        .unwrap();
+    a.compose("@bob", "hi bob").unwrap();
+    // A contact written by an earlier version, under its name.
+    let dave = Identity::derive_unchecked("dave", "dave test password", KeySize::Rsa2048)
+        .unwrap()
+        .contact_code()
+        .encode();
+    let legacy = format!("{CONTACT_PREFIX}dave");
+    let blob = a
+        .seal(&legacy, &serde_json::to_vec(&("dave", &dave)).unwrap())
+        .unwrap();
+    a.journal.put_setting(&legacy, &blob).unwrap();
+    drop(a);
+    let mut a = core(&dir, 0);
+    let names = |a: &Core| a.contacts().into_iter().map(|c| c.name).collect::<Vec<_>>();
+    assert_eq!(names(&a), ["bob", "carol", "dave"]);
+
+    let (removed, room) = a.remove_contact("@bob").unwrap();
+    assert_eq!(
+        (removed.name.as_str(), removed.room.as_str()),
+        ("bob", "@bob")
+    );
+    assert_eq!(room.map(|r| r.name), Some("@bob".to_string()));
+    assert!(a.room_by_name("@bob").is_err());
+    assert!(matches!(
+        a.remove_contact("bob"),
+        Err(CoreError::UnknownContact(_))
+    ));
+    // Dave has no direct room here: removing him leaves none.
+    assert!(a.remove_contact("dave").unwrap().1.is_none());
+    drop(a);
+    let mut a = core(&dir, 0);
+    assert_eq!(names(&a), ["carol"]);
+    assert!(a.room_by_name("@bob").is_err() && a.room_by_name("@carol").is_ok());
+    // Adding Bob again shows the history kept on disk.
+    a.add_contact("bob", &bob).unwrap();
+    let history = a.history("@bob", 10).unwrap();
+    assert_eq!(history[0].text.as_deref(), Some("hi bob"));
+}

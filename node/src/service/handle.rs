@@ -32,6 +32,7 @@ pub(super) enum Command {
     Members(String, Reply<Vec<MemberView>>),
     AddContact(String, String, Reply<ContactView>),
     Contacts(Reply<Vec<ContactView>>),
+    RemoveContact(String, Reply<ContactView>),
     CreateGroup(String, Vec<String>, Reply<RoomView>),
     Dial(Multiaddr, Reply<()>),
     Block(Vec<PeerId>, bool, Reply<()>),
@@ -178,6 +179,13 @@ impl NodeHandle {
         self.ask(Command::Contacts).await
     }
 
+    /// Removes a contact and leaves its direct room (the history stays on disk: adding the
+    /// contact again shows it).
+    pub async fn remove_contact(&self, name: &str) -> Result<ContactView, NodeError> {
+        self.ask(|r| Command::RemoveContact(name.to_string(), r))
+            .await
+    }
+
     pub async fn create_group(
         &self,
         name: &str,
@@ -189,8 +197,14 @@ impl NodeHandle {
 
     /// Sends a direct message to a contact.
     pub async fn dm(&self, contact: &str, text: &str) -> Result<Sent, NodeError> {
-        self.send(&format!("@{}", contact.trim_start_matches('@')), text)
-            .await
+        let name = contact.trim_start_matches('@');
+        match self.send(&format!("@{name}"), text).await {
+            // No direct room: no such contact (never added, or removed).
+            Err(NodeError::Core(CoreError::UnknownRoom(_))) => {
+                Err(CoreError::UnknownContact(name.to_string()).into())
+            }
+            sent => sent,
+        }
     }
 
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {

@@ -709,26 +709,21 @@ impl Service {
                 let _ = r.send(self.join(room));
             }
             Command::Leave(name, r) => {
-                let res = self
-                    .core
-                    .leave(&name)
-                    .map_err(NodeError::from)
-                    .and_then(|room| {
-                        let topic = IdentTopic::new(room.id.topic());
-                        self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
-                        self.swarm
-                            .behaviour_mut()
-                            .kad
-                            .stop_providing(&kad::RecordKey::new(&room.id.0));
-                        self.outbox.remove(&room.id);
-                        self.lookups.remove(&room.id);
-                        self.exchanged_at.remove(&room.id);
-                        self.announce_due.remove(&room.id);
-                        self.announced.remove(&room.id);
-                        self.forget_room(room.id);
-                        Ok(self.core.room_view(&room)?)
-                    });
+                let res = self.core.leave(&name).map_err(NodeError::from);
+                let res = res.and_then(|room| {
+                    self.left(&room);
+                    Ok(self.core.room_view(&room)?)
+                });
                 let _ = r.send(res);
+            }
+            Command::RemoveContact(name, r) => {
+                let res = self.core.remove_contact(&name).map(|(contact, room)| {
+                    if let Some(room) = room {
+                        self.left(&room);
+                    }
+                    contact
+                });
+                let _ = r.send(res.map_err(NodeError::from));
             }
             Command::Rooms(r) => {
                 let rooms: Vec<Room> = self.core.rooms().cloned().collect();
@@ -844,6 +839,23 @@ impl Service {
             },
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
+    }
+
+    /// The core has left `room`: off its topic, out of the DHT under it, and nothing of it
+    /// kept in the service.
+    fn left(&mut self, room: &Room) {
+        let topic = IdentTopic::new(room.id.topic());
+        self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .stop_providing(&kad::RecordKey::new(&room.id.0));
+        self.outbox.remove(&room.id);
+        self.lookups.remove(&room.id);
+        self.exchanged_at.remove(&room.id);
+        self.announce_due.remove(&room.id);
+        self.announced.remove(&room.id);
+        self.forget_room(room.id);
     }
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
