@@ -318,9 +318,14 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
         "{}",
         b.text("#memberlist")
     );
-    bob.cli(&["dm", "alice", "still there?"]);
+    bob.cli(&["dm", "alice", "still there, @alice?"]);
     wait_until("bob's count moves on", T, || {
         b.text("#memberlist").contains("· 2 messages")
+    });
+    // A message that names Alice stands out; the one before does not.
+    wait_until("the mention marked", T, || {
+        b.script("return [...document.querySelectorAll('#messages .msg.mention')].map((m) => m.textContent.includes('@alice'))")
+            == serde_json::json!([true])
     });
 
     // Removing the contact leaves its direct room.
