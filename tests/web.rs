@@ -475,6 +475,27 @@ fn the_web_page_shares_and_downloads_files_in_a_browser() {
     wait_until("the sharing notice cleared", T, || {
         b.text("#notice").is_empty()
     });
+
+    // A file dropped on the conversation is shared, and so is one pasted into the box.
+    b.script(
+        "const dt = new DataTransfer(); dt.items.add(new File(['dropped bytes'], 'dropped.txt'));\
+         document.getElementById('chat').dispatchEvent(\
+           new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }))",
+    );
+    b.script(
+        "const dt = new DataTransfer(); dt.items.add(new File(['pasted bytes'], 'pasted.txt'));\
+         document.getElementById('sendtext').dispatchEvent(\
+           new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }))",
+    );
+    for name in ["dropped.txt", "pasted.txt"] {
+        wait_until(&format!("{name} shared"), T, || {
+            alice.file("lobby", name).is_some() && shown(&b).contains(&format!("[file] {name}"))
+        });
+    }
+    assert_eq!(
+        b.script("return document.getElementById('sendtext').value"),
+        ""
+    );
 }
 
 #[test]
