@@ -328,6 +328,18 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
             == serde_json::json!([true])
     });
 
+    // A revision missed while the event stream was cut applies at the next history read.
+    // (A reconnected stream reads the history again, as the 15 s refresh does: `refresh`.)
+    b.script("st.abort.abort()");
+    bob.cli(&["edit", "@alice", "1", "are you there? (edited)"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!shown(&b).contains("are you there? (edited)"));
+    b.script("refresh()");
+    wait_until("the edit shown after catching up", T, || {
+        shown(&b).contains("are you there? (edited)")
+    });
+    b.script("st.abort = new AbortController(); streamEvents(st.abort)");
+
     // Removing the contact leaves its direct room.
     b.click_on("#contacts button[aria-label='Remove bob']", T);
     b.accept_alert();
