@@ -221,6 +221,10 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     b.send_keys(&b.wait_for("#joinpw", T), "a long garden password 7");
     b.click_on("#joinform button", T);
     wait_until("garden selected", T, || b.text("#roomtitle") == "garden");
+    // Rooms are listed by name, whatever their ids.
+    let listed =
+        "return [...document.querySelectorAll('#rooms button')].map((b) => b.dataset.room)";
+    assert_eq!(b.script(listed), serde_json::json!(["garden", "lobby"]));
     assert!(
         b.text("#rooms button[data-room='garden']").contains("pw"),
         "the room list marks garden as password protected"
@@ -293,6 +297,9 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
             && page.contains("from bob, edited")
             && page.contains("message deleted")
     });
+
+    // Direct rooms come after the others.
+    assert_eq!(b.script(listed), serde_json::json!(["lobby", "@bob"]));
 
     // A message in another room is counted in that room's badge and in the tab's title,
     // until the room is opened.
