@@ -304,11 +304,28 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     // A message in another room is counted in that room's badge and in the tab's title,
     // until the room is opened.
     assert_eq!(b.script("return document.title"), "cryptchat");
+    // With notifications on, it is also a desktop notification. (The browser's Notification
+    // is replaced by one that records what the page shows: headless Chromium has no desktop.)
+    b.script(
+        "window.shownNotes = []; window.Notification = class { \
+           constructor(title, opts) { window.shownNotes.push([title, opts.body]); } \
+           static get permission() { return 'granted'; } \
+           static requestPermission() { return Promise.resolve('granted'); } }",
+    );
+    assert_eq!(b.text("#notify"), "Notifications off");
+    b.click_on("#notify", T);
+    wait_until("notifications on", T, || {
+        b.text("#notify") == "Notifications on"
+    });
     bob.cli(&["dm", "alice", "are you there?"]);
     wait_until("the unread message in the title", T, || {
         b.script("return document.title") == "(1) cryptchat"
     });
     assert_eq!(b.text("#rooms button[data-room='@bob'] .unread"), "1");
+    assert_eq!(
+        b.script("return window.shownNotes"),
+        serde_json::json!([["bob in @bob", "are you there?"]])
+    );
     select_room(&b, "@bob");
     wait_until("read once its room is open", T, || {
         b.script("return document.title") == "cryptchat"
@@ -329,6 +346,8 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     wait_until("bob's count moves on", T, || {
         b.text("#memberlist").contains("· 2 messages")
     });
+    // The open room's messages are no news while the tab is in front.
+    assert_eq!(b.script("return window.shownNotes.length"), 1);
     // A message that names Alice stands out; the one before does not.
     wait_until("the mention marked", T, || {
         b.script("return [...document.querySelectorAll('#messages .msg.mention')].map((m) => m.textContent.includes('@alice'))")
