@@ -272,6 +272,16 @@ fn chat_shows_the_room_then_sends_what_is_typed_and_prints_what_arrives() {
     wait_until("alice and bob meet in lobby", T, || {
         a.room_peers("lobby") >= 1
     });
+    // Rooms are listed by name.
+    a.cli(&["join", "aardvark"]);
+    let rooms = a.cli(&["rooms"]);
+    let names: Vec<&str> = rooms
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["aardvark", "lobby", "other"]);
     b.cli(&["send", "lobby", "before the chat"]);
     wait_until("alice holds bob's first", T, || {
         a.texts("lobby") == ["before the chat"]

@@ -41,7 +41,7 @@ use crate::core::{Core, CoreError, Counters, MessageView, Query, Rejection, Room
 use crate::identity::Identity;
 use crate::journal::{Journal, JournalError};
 use crate::net::{self, Behaviour, BehaviourEvent, NetError, SwarmOptions};
-use crate::room::{Room, RoomId};
+use crate::room::{Room, RoomId, RoomKind};
 
 /// How a node is started.
 #[derive(Clone, Debug)]
@@ -727,10 +727,18 @@ impl Service {
             }
             Command::Rooms(r) => {
                 let rooms: Vec<Room> = self.core.rooms().cloned().collect();
-                let res = rooms
+                let res: Result<Vec<_>, _> = rooms
                     .iter()
                     .map(|room| self.core.room_view(room).map_err(NodeError::from))
                     .collect();
+                // As people look for them: by name, direct rooms after the others.
+                let res = res.map(|mut views| {
+                    views.sort_by(|x, y| {
+                        let direct = |v: &crate::core::RoomView| v.kind == RoomKind::Direct;
+                        (direct(x), &x.name).cmp(&(direct(y), &y.name))
+                    });
+                    views
+                });
                 let _ = r.send(res);
             }
             Command::Send(room, text, r) => {
