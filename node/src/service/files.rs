@@ -995,6 +995,13 @@ impl Service {
         let open = Arc::new(());
         self.fetches.opened.push((file, Arc::downgrade(&open)));
         tokio::task::spawn_blocking(move || {
+            // Recorded before the clients hear the file is here, so what they read next
+            // (`files`: held) says so; made durable after they have it.
+            let recorded = newly_held
+                && journal
+                    .put_provided(&key, &info.list, false)
+                    .inspect_err(|e| tracing::warn!(error = %e, "cannot record a fetched file"))
+                    .is_ok();
             for waiter in job.waiting {
                 match waiter {
                     Waiter::Write(target, reply) => {
@@ -1012,8 +1019,8 @@ impl Service {
                     Waiter::Auto => {}
                 }
             }
-            // After the clients have their file: this is a durable commit.
-            if newly_held && let Err(e) = journal.put_provided(&key, &info.list, true) {
+            // After the clients have their file: a durable commit.
+            if recorded && let Err(e) = journal.flush() {
                 tracing::warn!(error = %e, "cannot record a fetched file for announcement");
             }
         });
