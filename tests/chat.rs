@@ -648,3 +648,54 @@ fn a_reply_names_the_message_it_answers_and_quotes_it() {
     );
     assert_eq!(status, 404);
 }
+
+/// Bob and Alice react to Alice's message; Bob takes his back. Every node's history shows
+/// the reactions that stand, on the message, and a bad reaction is refused.
+#[test]
+fn reactions_stand_on_the_message_until_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = tcp_pair(dir.path(), &["--join", "lobby"]);
+    wait_until("alice and bob meet in lobby", T, || {
+        a.room_peers("lobby") >= 1 && b.room_peers("lobby") >= 1
+    });
+    a.cli(&["send", "lobby", "release is out"]);
+    wait_until("bob reads it", T, || b.texts("lobby").len() == 1);
+    let alice = a.status()["user_id"].as_str().unwrap().to_string();
+    let bob = b.status()["user_id"].as_str().unwrap().to_string();
+    let at = format!("{}#1", &alice[..8]);
+    let sent = b.cli(&["react", "lobby", &at, "🎉"]);
+    assert_eq!(sent["message"]["react"]["emoji"], "🎉");
+    b.cli(&["react", "lobby", &at, "👍"]);
+    a.cli(&["react", "lobby", &at, "🎉"]);
+    let reactions = |n: &NodeProc| n.cli(&["history", "lobby"])[0]["reactions"].clone();
+    let both = serde_json::json!([
+        {"emoji": "🎉", "by": [bob, alice]},
+        {"emoji": "👍", "by": [bob]},
+    ]);
+    wait_until("alice's node shows both reactions", T, || {
+        reactions(&a) == both
+    });
+    wait_until("bob's too", T, || reactions(&b) == both);
+    // As a person reads it.
+    let out = a.client(&["history", "lobby"]).output().unwrap();
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(shown.contains("release is out  [🎉 2, 👍 1]"), "{shown}");
+    // Bob takes his 🎉 back.
+    b.cli(&["react", "lobby", &at, "🎉", "--undo"]);
+    // (Reactions come in the order the standing ones were given: Bob's 👍 before Alice's 🎉.)
+    let after = serde_json::json!([
+        {"emoji": "👍", "by": [bob]},
+        {"emoji": "🎉", "by": [alice]},
+    ]);
+    wait_until("alice's node sees it taken back", T, || {
+        reactions(&a) == after
+    });
+    assert_eq!(a.cli(&["history", "lobby"]).as_array().unwrap().len(), 1);
+    let out = b.try_cli(&["react", "lobby", &at, "two words"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a reaction"));
+    let (status, _) = b.post(
+        "/react",
+        &serde_json::json!({"room": "lobby", "author": &alice[..8], "seq": 9, "emoji": "👍"}),
+    );
+    assert_eq!(status, 404);
+}

@@ -45,6 +45,7 @@ async fn forged_and_malformed_envelopes_are_rejected_and_never_stored() {
         file: None,
         revises: None,
         reply_to: None,
+        react: None,
     };
     let env = Envelope::seal(&alice, &room, Kind::Text, pos, &payload).unwrap();
     let mut tampered = env.bytes().to_vec();

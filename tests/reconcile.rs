@@ -169,6 +169,7 @@ async fn a_fork_is_detected_and_reported_on_every_honest_node() {
         file: None,
         revises: None,
         reply_to: None,
+        react: None,
     };
     let one = Envelope::seal(&im, &room, Kind::Text, pos, &say("I pay you")).unwrap();
     let two = Envelope::seal(&im, &room, Kind::Text, pos, &say("I owe you nothing")).unwrap();

@@ -216,6 +216,37 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
         bob.texts("lobby").last().map(String::as_str) == Some("a reply, edited")
     });
 
+    // React to Bob's message from the picker; Bob's reaction to Alice's arrives live; the
+    // chip takes Alice's back.
+    let on_bob = format!("#messages .msg[data-msg='{bob_id}:1']");
+    b.click_on(&format!("{on_bob} button.addreact"), T);
+    b.click_on(&format!("{on_bob} button.pick[aria-label='React 👍']"), T);
+    let reactions_on_bob = || {
+        let h = bob.cli(&["history", "lobby"]);
+        let m = h
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["author_id"] == bob_id.as_str() && m["seq"] == 1)
+            .cloned();
+        m.map(|m| m["reactions"].clone()).unwrap_or_default()
+    };
+    wait_until("bob's node has alice's reaction", T, || {
+        reactions_on_bob() == serde_json::json!([{"emoji": "👍", "by": [me]}])
+    });
+    wait_until("the chip, pressed", T, || {
+        b.find(&format!("{on_bob} button.chip[aria-pressed='true']"))
+            .is_some_and(|c| b.text(&format!("{on_bob} button.chip")) == "👍 1" && b.displayed(&c))
+    });
+    bob.cli(&["react", "lobby", &format!("{}#1", &me[..8]), "🎉"]);
+    wait_until("bob's reaction on alice's message", T, || {
+        b.text(&format!("{} .reactions", msg(1))).contains("🎉 1")
+    });
+    b.click_on(&format!("{on_bob} button.chip"), T);
+    wait_until("alice's reaction taken back", T, || {
+        reactions_on_bob().is_null() && b.find(&format!("{on_bob} button.chip")).is_none()
+    });
+
     // Join a room with a password, see it listed as such, then leave it.
     b.send_keys(&b.wait_for("#joinname", T), "garden");
     b.send_keys(&b.wait_for("#joinpw", T), "a long garden password 7");

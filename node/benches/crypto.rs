@@ -148,6 +148,7 @@ fn envelope(c: &mut Criterion) {
         file: None,
         revises: None,
         reply_to: None,
+        react: None,
     };
     let rooms = [
         ("named", Room::named("bench", None).unwrap()),

@@ -114,6 +114,7 @@ async fn run_cryptchat(dir: &Path) -> (Run, usize) {
             file: None,
             revises: None,
             reply_to: None,
+            react: None,
         },
     )
     .unwrap()

@@ -206,6 +206,7 @@ async fn catch_up(n: usize) {
                         file: None,
                         revises: None,
                         reply_to: None,
+                        react: None,
                     };
                     let pos = Position {
                         seq,

@@ -128,7 +128,8 @@ impl From<NodeError> for ApiError {
                 | CoreError::Envelope(_)
                 | CoreError::AmbiguousFile(..)
                 | CoreError::NotEditable(..)
-                | CoreError::Deleted(..),
+                | CoreError::Deleted(..)
+                | CoreError::BadReaction(_),
             ) => StatusCode::BAD_REQUEST,
             NodeError::FileInput(_) => StatusCode::BAD_REQUEST,
             NodeError::FileUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -199,6 +200,17 @@ pub struct EditRequest {
     pub room: String,
     pub seq: u64,
     pub text: String,
+}
+
+/// React to a message (as `reply_to` names one) with an emoji, or take it back (`undo`).
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ReactRequest {
+    pub room: String,
+    pub author: String,
+    pub seq: u64,
+    pub emoji: String,
+    #[serde(default)]
+    pub undo: bool,
 }
 
 /// Delete our message `seq` in a room.
@@ -373,6 +385,7 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/leave", post(leave))
         .route("/send", post(send))
         .route("/edit", post(edit))
+        .route("/react", post(react))
         .route("/delete", post(delete))
         .route("/history", post(history))
         .route("/members", post(members))
@@ -494,6 +507,14 @@ async fn edit(
     Json(r): Json<EditRequest>,
 ) -> ApiResult<crate::service::Sent> {
     Ok(Json(s.node.edit(&r.room, r.seq, &r.text).await?))
+}
+
+async fn react(
+    State(s): State<AppState>,
+    Json(r): Json<ReactRequest>,
+) -> ApiResult<crate::service::Sent> {
+    let sent = s.node.react(&r.room, &r.author, r.seq, &r.emoji, r.undo);
+    Ok(Json(sent.await?))
 }
 
 async fn delete(

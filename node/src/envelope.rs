@@ -58,6 +58,8 @@ pub enum Kind {
     /// An edit or a deletion of one of the author's earlier messages in the room (which one
     /// is inside the ciphertext: [`Payload::revises`]).
     Revision,
+    /// A reaction to a message of the room, or taking one back ([`Payload::react`]).
+    Reaction,
 }
 
 impl Kind {
@@ -67,6 +69,7 @@ impl Kind {
             Kind::File => 2,
             Kind::Receipt => 3,
             Kind::Revision => 4,
+            Kind::Reaction => 5,
         }
     }
 
@@ -76,6 +79,7 @@ impl Kind {
             2 => Some(Kind::File),
             3 => Some(Kind::Receipt),
             4 => Some(Kind::Revision),
+            5 => Some(Kind::Reaction),
             _ => None,
         }
     }
@@ -135,6 +139,54 @@ pub struct Payload {
     /// A reply (kind `text`): the message it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<ReplyTo>,
+    /// A reaction (kind `reaction`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub react: Option<React>,
+}
+
+/// The longest reaction, in bytes: an emoji, or a short word.
+pub const MAX_REACTION: usize = 32;
+
+/// A reaction: to the message (author, seq) of the room, this emoji (or short word); with
+/// `undo`, taking back the reactor's earlier one of the same.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct React {
+    /// The author's user id, 64 lowercase hex digits.
+    pub author_id: String,
+    pub seq: u64,
+    pub emoji: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub undo: bool,
+}
+
+impl React {
+    /// Whether it names a message and a reaction within bounds (no spaces, no control
+    /// characters).
+    pub fn is_valid(&self) -> bool {
+        valid_id(&self.author_id)
+            && self.seq >= 1
+            && !self.emoji.is_empty()
+            && self.emoji.len() <= MAX_REACTION
+            && !self
+                .emoji
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+    }
+
+    /// The author id, as bytes (`None` unless [`Self::is_valid`]).
+    pub fn author(&self) -> Option<[u8; 32]> {
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(&self.author_id, &mut id).ok()?;
+        valid_id(&self.author_id).then_some(id)
+    }
+}
+
+/// 64 lowercase hex digits: a user id as views and payloads write it.
+fn valid_id(id: &str) -> bool {
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The longest quote a reply carries, in bytes.
@@ -168,13 +220,7 @@ pub fn quote(text: &str) -> String {
 impl ReplyTo {
     /// Whether it names a message at all: an id, a seq, a quote within bounds.
     pub fn is_valid(&self) -> bool {
-        self.author_id.len() == 64
-            && self
-                .author_id
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            && self.seq >= 1
-            && self.quote.len() <= MAX_QUOTE
+        valid_id(&self.author_id) && self.seq >= 1 && self.quote.len() <= MAX_QUOTE
     }
 }
 
@@ -586,6 +632,7 @@ mod tests {
             file: None,
             revises: None,
             reply_to: None,
+            react: None,
         }
     }
 

@@ -60,8 +60,21 @@ const PROVIDES: TableDefinition<Bytes, Bytes> = TableDefinition::new("provides")
 const DECLINED: TableDefinition<Bytes, Bytes> = TableDefinition::new("declined");
 /// room||author||seq -> seq u64 BE of the author's latest entry that revises that one (an
 /// edit or a deletion: see [`Journal::revision`]). Which entry revises which is inside the
-/// ciphertext, so the caller names it when it appends ([`Journal::append_revising`]).
+/// ciphertext, so the caller names it when it appends ([`Note`]).
 const REVISIONS: TableDefinition<Bytes, Bytes> = TableDefinition::new("revisions");
+/// room||author||seq of a message||reactor||seq of the reactor's reaction -> empty: every
+/// reaction entry, by the message it reacts to ([`Journal::reactions`]).
+const REACTIONS: TableDefinition<Bytes, Bytes> = TableDefinition::new("reactions");
+const REACTION_KEY_LEN: usize = ENTRY_KEY_LEN + 40;
+
+/// What an entry says of another, noted when it is appended: the journal cannot read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Note {
+    /// It revises (edits or deletes) its author's entry of this seq.
+    Revises(u64),
+    /// It is a reaction to the entry (author, seq) of the room.
+    ReactsTo(Id, u64),
+}
 const TALLY_KEY: &[u8] = b"chunk_tally";
 
 /// redb's page cache ceiling; its 1 GiB default is too much for a chat node on small devices.
@@ -371,6 +384,14 @@ fn stored_entry(room: Id, author: Id, seq: u64, rec: Rec) -> StoredEntry {
     }
 }
 
+fn reaction_key(room: &Id, author: &Id, seq: u64, reactor: &Id, at: u64) -> [u8; REACTION_KEY_LEN] {
+    let mut k = [0u8; REACTION_KEY_LEN];
+    k[..ENTRY_KEY_LEN].copy_from_slice(&entry_key(room, author, seq));
+    k[ENTRY_KEY_LEN..ENTRY_KEY_LEN + 32].copy_from_slice(reactor);
+    k[ENTRY_KEY_LEN + 32..].copy_from_slice(&at.to_be_bytes());
+    k
+}
+
 fn decode_revision(path: &Path, key: &[u8], v: &[u8]) -> Result<u64, JournalError> {
     let b: [u8; 8] = v.try_into().map_err(|_| {
         corrupt(
@@ -434,6 +455,7 @@ struct Tx<'t> {
     forks: RawTable<'t>,
     rooms: RawTable<'t>,
     revisions: RawTable<'t>,
+    reactions: RawTable<'t>,
     stats: BTreeMap<Id, RoomStats>,
     changed: bool,
     /// Heads written, applied to the journal's vector cache once the commit succeeds.
@@ -451,6 +473,7 @@ impl<'t> Tx<'t> {
             forks: txn.open_table(FORKS).at(path)?,
             rooms: txn.open_table(ROOMS).at(path)?,
             revisions: txn.open_table(REVISIONS).at(path)?,
+            reactions: txn.open_table(REACTIONS).at(path)?,
             stats: BTreeMap::new(),
             changed: false,
             new_heads: Vec::new(),
@@ -574,13 +597,22 @@ impl<'t> Tx<'t> {
         &mut self,
         meta: &EntryMeta,
         envelope: &[u8],
-        revises: Option<u64>,
+        note: Option<Note>,
     ) -> Result<AppendOutcome, JournalError> {
         let outcome = self.append(meta, envelope)?;
-        if let (Some(target), AppendOutcome::Appended { .. } | AppendOutcome::Pending) =
-            (revises, outcome)
-        {
-            self.revise(meta, target)?;
+        if matches!(
+            outcome,
+            AppendOutcome::Appended { .. } | AppendOutcome::Pending
+        ) {
+            match note {
+                Some(Note::Revises(target)) => self.revise(meta, target)?,
+                Some(Note::ReactsTo(author, seq)) => {
+                    let key = reaction_key(&meta.room, &author, seq, &meta.author, meta.seq);
+                    self.reactions.insert(&key[..], &[][..]).at(self.path)?;
+                    self.changed = true;
+                }
+                None => {}
+            }
         }
         Ok(outcome)
     }
@@ -823,7 +855,7 @@ impl Journal {
             }
             for def in [
                 ENTRIES, PENDING, HEADS, ORDER, FORKS, ROOMS, SETTINGS, CHUNKS, PROVIDES, DECLINED,
-                REVISIONS,
+                REVISIONS, REACTIONS,
             ] {
                 txn.open_table(def).at(path)?;
             }
@@ -915,18 +947,18 @@ impl Journal {
 
     /// Appends one entry durably. See [`AppendOutcome`].
     pub fn append(&self, meta: &EntryMeta, envelope: &[u8]) -> Result<AppendOutcome, JournalError> {
-        self.append_revising(meta, envelope, None)
+        self.append_noting(meta, envelope, None)
     }
 
-    /// [`Self::append`] for an entry that revises (edits or deletes) its author's earlier
-    /// entry `revises`, noted in the same transaction (see [`Self::revision`]).
-    pub fn append_revising(
+    /// [`Self::append`] for an entry that says something of another (see [`Note`]), noted in
+    /// the same transaction ([`Self::revision`], [`Self::reactions`]).
+    pub fn append_noting(
         &self,
         meta: &EntryMeta,
         envelope: &[u8],
-        revises: Option<u64>,
+        note: Option<Note>,
     ) -> Result<AppendOutcome, JournalError> {
-        self.write_chain(true, |tx| tx.append_noting(meta, envelope, revises))
+        self.write_chain(true, |tx| tx.append_noting(meta, envelope, note))
     }
 
     /// Same as [`Self::append`] for many entries in one write transaction (batched catch-up);
@@ -950,11 +982,11 @@ impl Journal {
         self.append_batch_with(false, entries)
     }
 
-    /// [`Self::append_batch_deferred`] with, per entry, the earlier entry of its author it
-    /// revises, if any (see [`Self::append_revising`]).
-    pub fn append_batch_deferred_revising(
+    /// [`Self::append_batch_deferred`] with, per entry, what it says of another, if
+    /// anything (see [`Self::append_noting`]).
+    pub fn append_batch_deferred_noting(
         &self,
-        entries: &[(EntryMeta, Vec<u8>, Option<u64>)],
+        entries: &[(EntryMeta, Vec<u8>, Option<Note>)],
     ) -> Result<Vec<AppendOutcome>, JournalError> {
         if entries.is_empty() {
             return Ok(Vec::new());
@@ -962,7 +994,7 @@ impl Journal {
         self.write_chain(false, |tx| {
             entries
                 .iter()
-                .map(|(meta, envelope, revises)| tx.append_noting(meta, envelope, *revises))
+                .map(|(meta, envelope, note)| tx.append_noting(meta, envelope, *note))
                 .collect()
         })
     }
@@ -987,6 +1019,42 @@ impl Journal {
     /// contiguous or pending), if any.
     pub fn revision(&self, room: &Id, author: &Id, seq: u64) -> Result<Option<u64>, JournalError> {
         Ok(self.revisions(room, &[(*author, seq)])?[0])
+    }
+
+    /// The reactions to each of the room's entries (author, seq), in one read, in input
+    /// order: per entry, (reactor, seq of its reaction entry), ascending.
+    pub fn reactions(
+        &self,
+        room: &Id,
+        entries: &[(Id, u64)],
+    ) -> Result<Vec<Vec<(Id, u64)>>, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let table = txn.open_table(REACTIONS).at(path)?;
+        entries
+            .iter()
+            .map(|(author, seq)| {
+                let lo = reaction_key(room, author, *seq, &[0; 32], 0);
+                let hi = reaction_key(room, author, *seq, &[0xff; 32], u64::MAX);
+                let mut out = Vec::new();
+                for item in table.range(&lo[..]..=&hi[..]).at(path)? {
+                    let (k, _) = item.at(path)?;
+                    let k = k.value();
+                    match (id_at(k, ENTRY_KEY_LEN), u64_at(k, ENTRY_KEY_LEN + 32)) {
+                        (Some(reactor), Some(seq)) if k.len() == REACTION_KEY_LEN => {
+                            out.push((reactor, seq));
+                        }
+                        _ => {
+                            return Err(corrupt(
+                                path,
+                                format!("reaction key of {} bytes", k.len()),
+                            ));
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .collect()
     }
 
     /// [`Self::revision`] for many entries (author, seq) in one read, in input order.
@@ -1255,6 +1323,11 @@ impl Journal {
                 let mut t = txn.open_table(def).at(path)?;
                 t.retain_in(&lo[..]..=&hi[..], |_, _| false).at(path)?;
             }
+            let (lo, hi) = room_bounds::<REACTION_KEY_LEN>(room);
+            let mut reactions = txn.open_table(REACTIONS).at(path)?;
+            reactions
+                .retain_in(&lo[..]..=&hi[..], |_, _| false)
+                .at(path)?;
             let (lo, hi) = room_bounds::<HEAD_KEY_LEN>(room);
             let mut heads = txn.open_table(HEADS).at(path)?;
             heads.retain_in(&lo[..]..=&hi[..], |_, _| false).at(path)?;
@@ -1534,22 +1607,22 @@ mod tests {
     fn the_latest_revision_of_an_entry_is_noted_with_it_and_survives_a_reopen() {
         let (dir, path) = tmp();
         let j = Journal::open(&path).unwrap();
-        let revising = |x: (EntryMeta, Vec<u8>), target| (x.0, x.1, Some(target));
+        let revising = |x: (EntryMeta, Vec<u8>), target| (x.0, x.1, Some(Note::Revises(target)));
         j.append(&e(&ROOM, &ALICE, 1, 1).0, &e(&ROOM, &ALICE, 1, 1).1)
             .unwrap();
         // Entry 4 arrives ahead of the gap at 2: noted all the same (it is signed).
         let out = j
-            .append_batch_deferred_revising(&[revising(e(&ROOM, &ALICE, 4, 4), 1)])
+            .append_batch_deferred_noting(&[revising(e(&ROOM, &ALICE, 4, 4), 1)])
             .unwrap();
         assert_eq!(out, [AppendOutcome::Pending]);
         assert_eq!(j.revision(&ROOM, &ALICE, 1).unwrap(), Some(4));
         // An older revision arriving later does not hide the newer one.
         let x = e(&ROOM, &ALICE, 2, 2);
-        j.append_batch_deferred_revising(&[(x.0, x.1, None), revising(e(&ROOM, &ALICE, 3, 3), 1)])
+        j.append_batch_deferred_noting(&[(x.0, x.1, None), revising(e(&ROOM, &ALICE, 3, 3), 1)])
             .unwrap();
         assert_eq!(j.revision(&ROOM, &ALICE, 1).unwrap(), Some(4));
         let x = e(&ROOM, &ALICE, 5, 5);
-        j.append_revising(&x.0, &x.1, Some(1)).unwrap();
+        j.append_noting(&x.0, &x.1, Some(Note::Revises(1))).unwrap();
         assert_eq!(j.revision(&ROOM, &ALICE, 1).unwrap(), Some(5));
         // Keyed by author and room.
         assert_eq!(j.revision(&ROOM, &BOB, 1).unwrap(), None);
@@ -1558,11 +1631,13 @@ mod tests {
         // A duplicate notes nothing new; a revision of itself or of a later entry is refused,
         // and the batch with it is not written.
         let x = e(&ROOM, &ALICE, 3, 3);
-        j.append_revising(&x.0, &x.1, Some(2)).unwrap();
+        j.append_noting(&x.0, &x.1, Some(Note::Revises(2))).unwrap();
         assert_eq!(j.revision(&ROOM, &ALICE, 2).unwrap(), None);
         for bad in [6, 7] {
             let x = e(&ROOM, &ALICE, 6, 6);
-            let err = j.append_revising(&x.0, &x.1, Some(bad)).unwrap_err();
+            let err = j
+                .append_noting(&x.0, &x.1, Some(Note::Revises(bad)))
+                .unwrap_err();
             assert!(err.to_string().contains("only earlier ones"), "{err}");
         }
         assert_eq!(j.head(&ROOM, &ALICE).unwrap().unwrap().seq, 5);

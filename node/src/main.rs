@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use cryptchat::api::{
     BlockRequest, ContactRequest, DeleteRequest, DialRequest, DmRequest, EditRequest, FetchRequest,
     ForgetRequest, GroupRequest, HistoryRequest, IdView, JoinRequest, MessageRequest, NameRequest,
-    RoomRequest, SendRequest, ShareRequest,
+    ReactRequest, RoomRequest, SendRequest, ShareRequest,
 };
 use cryptchat::client::Client;
 use cryptchat::config::{self, ApiInfo};
@@ -140,6 +140,15 @@ enum Cmd {
         room: String,
         to: String,
         text: String,
+    },
+    /// React to a message (AUTHOR#N, as for reply) with an emoji or a short word; --undo
+    /// takes your reaction back.
+    React {
+        room: String,
+        to: String,
+        emoji: String,
+        #[arg(long)]
+        undo: bool,
     },
     /// Edit one of your messages: its number is the #N that `send` and `history` show.
     /// Members see the new text, marked edited.
@@ -548,6 +557,12 @@ fn print_message(m: &MessageView) {
         String::new()
     };
     let body = match (&m.file, m.revises) {
+        _ if m.react.is_some() => {
+            let r = m.react.as_deref().expect("checked");
+            let id = r.author_id.get(..8).unwrap_or(&r.author_id);
+            let what = if r.undo { "took back" } else { "reacted" };
+            format!("({what} {} on {id}#{})", r.emoji, r.seq)
+        }
         (_, Some(target)) if m.deleted => format!("(deleted message #{target})"),
         (_, Some(target)) => format!(
             "(edited message #{target}) {}",
@@ -569,6 +584,15 @@ fn print_message(m: &MessageView) {
                 None => text,
             }
         }
+    };
+    let reactions: Vec<String> = m
+        .reactions
+        .iter()
+        .map(|r| format!("{} {}", r.emoji, r.by.len()))
+        .collect();
+    let delivery = match reactions.is_empty() {
+        true => delivery,
+        false => format!("  [{}]{delivery}", reactions.join(", ")),
     };
     let reply = match &m.reply_to {
         Some(r) => {
@@ -640,6 +664,16 @@ fn chat(c: &Client, room: &str, last: usize, json: bool) -> Result<()> {
                 };
                 c.post::<_, Sent>("/send", &req)
             }
+            Ok(ChatLine::React(to, emoji)) => {
+                let req = ReactRequest {
+                    room: room.to_string(),
+                    author: to.author,
+                    seq: to.seq,
+                    emoji,
+                    undo: false,
+                };
+                c.post::<_, Sent>("/react", &req)
+            }
             Ok(ChatLine::Edit(seq, text)) => {
                 let room = room.to_string();
                 c.post::<_, Sent>("/edit", &EditRequest { room, seq, text })
@@ -662,6 +696,7 @@ fn chat(c: &Client, room: &str, last: usize, json: bool) -> Result<()> {
 
 const CHAT_HELP: &str = "\
 /reply AUTHOR#N TEXT  reply to a message (AUTHOR#N as shown beside it)
+/react AUTHOR#N EMOJI react to a message
 /edit N TEXT          change your message #N
 /delete N             delete your message #N
 /help                 this list
@@ -672,6 +707,7 @@ const CHAT_HELP: &str = "\
 enum ChatLine {
     Send(String),
     Reply(MessageRequest, String),
+    React(MessageRequest, String),
     Edit(u64, String),
     Delete(u64),
     Help,
@@ -711,6 +747,10 @@ impl ChatLine {
             "reply" => {
                 let to = parse_message_ref(arg).map_err(|e| format!("/reply: {e}"))?;
                 needs_text(ChatLine::Reply(to, text.clone()))
+            }
+            "react" => {
+                let to = parse_message_ref(arg).map_err(|e| format!("/react: {e}"))?;
+                needs_text(ChatLine::React(to, text.clone()))
             }
             "edit" => needs_text(ChatLine::Edit(seq()?, text.clone())),
             "delete" if text.is_empty() => Ok(ChatLine::Delete(seq()?)),
@@ -889,6 +929,26 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
         Cmd::Send { room, text } => {
             let v: Sent = c.post("/send", &SendRequest::new(room, text))?;
             print(json, &v, print_sent)
+        }
+        Cmd::React {
+            room,
+            to,
+            emoji,
+            undo,
+        } => {
+            let to = parse_message_ref(&to)?;
+            let req = ReactRequest {
+                room,
+                author: to.author,
+                seq: to.seq,
+                emoji,
+                undo,
+            };
+            let v: Sent = c.post("/react", &req)?;
+            print(json, &v, |s| {
+                let what = if undo { "took back" } else { "reacted" };
+                println!("{what} {} in {}", req_emoji(s), s.message.room);
+            })
         }
         Cmd::Reply { room, to, text } => {
             let reply_to = parse_message_ref(&to)?;
@@ -1188,6 +1248,11 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
     }
 }
 
+/// The reaction a sent reaction carries.
+fn req_emoji(s: &Sent) -> &str {
+    s.message.react.as_ref().map_or("", |r| r.emoji.as_str())
+}
+
 /// `AUTHOR#N`, as `history` shows a message, into the API's form.
 fn parse_message_ref(s: &str) -> Result<MessageRequest> {
     let parsed = s
@@ -1232,6 +1297,9 @@ mod tests {
         assert_eq!(parse("/edit #3 new words"), Ok(Edit(3, "new words".into())));
         assert_eq!(parse("/delete 4"), Ok(Delete(4)));
         assert_eq!(parse("/help"), Ok(Help));
+        assert!(
+            matches!(parse("/react 8ce2f3a3#2 👍"), Ok(React(to, e)) if to.seq == 2 && e == "👍")
+        );
         match parse("/reply 8ce2f3a3#12 sure, noon") {
             Ok(Reply(to, text)) => {
                 assert_eq!((to.author.as_str(), to.seq), ("8ce2f3a3", 12));

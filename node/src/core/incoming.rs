@@ -13,7 +13,7 @@ use crate::claims::Arrival;
 use crate::envelope::{Envelope, Kind, Payload};
 use crate::files::FileRef;
 use crate::identity::Identity;
-use crate::journal::{AppendOutcome, EntryMeta, Id};
+use crate::journal::{AppendOutcome, EntryMeta, Id, Note};
 use crate::receipt::Heads;
 use crate::room::{Room, RoomId};
 
@@ -57,6 +57,16 @@ pub fn check(
     {
         return Err(Rejection::Malformed);
     }
+    // A reaction names a message and carries nothing else; nothing else reacts.
+    let reaction = payload.react.as_ref().is_some_and(|r| r.is_valid())
+        && payload.text.is_none()
+        && payload.file.is_none()
+        && payload.reply_to.is_none();
+    if (env.kind == Kind::Reaction) != reaction
+        || (env.kind != Kind::Reaction && payload.react.is_some())
+    {
+        return Err(Rejection::Malformed);
+    }
     // Only a text replies, and it names a message.
     if payload
         .reply_to
@@ -69,6 +79,15 @@ pub fn check(
         keys.insert(env.author.clone());
     }
     Ok((env, payload))
+}
+
+/// What a checked entry says of another, for the journal to note with it.
+pub(super) fn note(payload: &Payload) -> Option<Note> {
+    match (&payload.revises, &payload.react) {
+        (Some(seq), _) => Some(Note::Revises(*seq)),
+        (None, Some(r)) => Some(Note::ReactsTo(r.author()?, r.seq)),
+        (None, None) => None,
+    }
 }
 
 /// What [`check`] makes of one envelope.
@@ -201,12 +220,12 @@ impl Core {
         entries: Vec<(RoomId, Envelope, Payload)>,
         how: Arrival,
     ) -> Result<Vec<Incoming>, CoreError> {
-        let batch: Vec<(EntryMeta, Vec<u8>, Option<u64>)> = entries
+        let batch: Vec<(EntryMeta, Vec<u8>, Option<Note>)> = entries
             .iter()
-            .map(|(_, env, payload)| (env.meta(), env.bytes().to_vec(), payload.revises))
+            .map(|(_, env, payload)| (env.meta(), env.bytes().to_vec(), note(payload)))
             .collect();
         // Received entries are also held by others: durable at the next flush.
-        let outcomes = self.journal.append_batch_deferred_revising(&batch)?;
+        let outcomes = self.journal.append_batch_deferred_noting(&batch)?;
         // Who gossip brought them from, before they count as known (pulled entries come
         // by author, in runs: not a sample of the room).
         if matches!(how, Arrival::Gossip) {

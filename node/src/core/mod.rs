@@ -73,6 +73,8 @@ pub enum CoreError {
     NoMessage(String, String),
     #[error("message {0} was deleted")]
     Deleted(String),
+    #[error("'{0}' is not a reaction: an emoji or a short word (at most 32 bytes, no spaces)")]
+    BadReaction(String),
     #[error("no file '{0}' in room '{1}': see cryptchat files ROOM")]
     UnknownFile(String, String),
     #[error("more than one file in room '{1}' starts with '{0}': give more of its id")]
@@ -127,12 +129,27 @@ pub struct MessageView {
     /// A reply: the message it answers, and a quote of it as the replier saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<Box<crate::envelope::ReplyTo>>,
+    /// Kind `reaction`: the reaction, to which message. Such entries are events only:
+    /// history gathers them into the `reactions` of the message they react to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub react: Option<Box<crate::envelope::React>>,
+    /// The reactions to this message that stand (history only): each with who gave it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionView>,
     pub mine: bool,
     /// Known members (other than the author) known to hold this message: ourselves, and
     /// those whose delivery receipts cover it.
     pub delivered_to: u32,
     /// Known members of the room other than the author.
     pub known_members: u32,
+}
+
+/// One reaction to a message, and the user ids of the members who gave it, in the order
+/// they did.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReactionView {
+    pub emoji: String,
+    pub by: Vec<String>,
 }
 
 /// A shared file as shown to users: its id, name and size (never its key).
@@ -719,6 +736,8 @@ impl Core {
             revises: payload.revises.filter(|_| env.kind == Kind::Revision),
             edited_ms: None,
             reply_to: payload.reply_to.map(Box::new),
+            react: payload.react.map(Box::new),
+            reactions: Vec::new(),
             text: payload.text,
             file: match env.kind {
                 Kind::File => payload.file.as_ref().map(|f| {
@@ -770,10 +789,7 @@ impl Core {
         if text.trim().is_empty() {
             return Err(CoreError::EmptyMessage);
         }
-        let author = match self.contacts.get(author.trim_start_matches('@')) {
-            Some(code) => code.identity.id().to_hex(),
-            None => author.to_ascii_lowercase(),
-        };
+        let author = self.author_named(author);
         let reader = self.reader(room_name)?;
         let quoted = reader.message(&author, seq)?;
         let quote = match (&quoted.payload.text, &quoted.payload.file) {
@@ -792,6 +808,44 @@ impl Core {
             ..Payload::default()
         };
         self.compose_entry(room_name, Kind::Text, content)
+    }
+
+    /// Reacts to the room's message `seq` of `author` (as for [`Core::compose_reply`]) with
+    /// `emoji`, or takes our reaction back (`undo`): writes the reaction into the journal
+    /// and returns the envelope to publish.
+    pub fn compose_reaction(
+        &mut self,
+        room_name: &str,
+        author: &str,
+        seq: u64,
+        emoji: &str,
+        undo: bool,
+    ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
+        let author = self.author_named(author);
+        let quoted = self.reader(room_name)?.message(&author, seq)?;
+        let react = crate::envelope::React {
+            author_id: quoted.env.author_id().to_hex(),
+            seq,
+            emoji: emoji.trim().to_string(),
+            undo,
+        };
+        if !react.is_valid() {
+            return Err(CoreError::BadReaction(emoji.to_string()));
+        }
+        let content = Payload {
+            react: Some(react),
+            ..Payload::default()
+        };
+        self.compose_entry(room_name, Kind::Reaction, content)
+    }
+
+    /// A message's author as a user names it: a contact's name gives its id in hex; any
+    /// other name is taken as (the start of) an id.
+    fn author_named(&self, author: &str) -> String {
+        match self.contacts.get(author.trim_start_matches('@')) {
+            Some(code) => code.identity.id().to_hex(),
+            None => author.to_ascii_lowercase(),
+        }
     }
 
     /// Edits our own message `seq` in the room (`text`: its new text) or deletes it
@@ -887,7 +941,7 @@ impl Core {
         let env = Envelope::seal(&self.identity, &room, kind, pos, &payload)?;
         // Durable before it is published.
         self.journal
-            .append_revising(&env.meta(), env.bytes(), payload.revises)?;
+            .append_noting(&env.meta(), env.bytes(), incoming::note(&payload))?;
         self.counters.sent += 1;
         // The entry itself tells every reader that we hold our own chain up to it.
         heads.push((me.0, pos.seq));

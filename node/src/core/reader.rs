@@ -1,14 +1,15 @@
 //! Reading a room's stored history apart from [`Core`]: pages, kinds and searches, each
 //! entry verified and opened again (the database is not trusted more than the network).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Core, CoreError, MemberView, MessageView, now_ms};
+use super::{Core, CoreError, MemberView, MessageView, ReactionView, now_ms};
 use crate::authors::AuthorKeys;
 use crate::envelope::{Envelope, Kind, Payload};
 use crate::files::FileRef;
 use crate::identity::{Identity, UserId};
-use crate::journal::{Journal, Page, StoredEntry};
+use crate::journal::{Id, Journal, Page, StoredEntry};
 use crate::room::{Room, RoomId};
 
 /// A stored entry, verified and opened, with its latest revision applied.
@@ -18,6 +19,8 @@ pub struct Opened {
     /// The payload as it reads now: an edit's text, nothing of a deleted message.
     pub payload: Payload,
     pub revised: Option<Revised>,
+    /// The reactions that stand (read with a page of history only).
+    pub reactions: Vec<ReactionView>,
 }
 
 /// What the latest revision of a message did to it (see [`Kind::Revision`]).
@@ -132,7 +135,7 @@ impl RoomReader {
         let wanted = |env: &[u8]| {
             let kind = Envelope::peek_kind(env);
             if q.only.is_some_and(|only| kind != Some(only))
-                || (q.only.is_none() && kind == Some(Kind::Revision))
+                || (q.only.is_none() && matches!(kind, Some(Kind::Revision | Kind::Reaction)))
             {
                 return false;
             }
@@ -155,14 +158,71 @@ impl RoomReader {
             .map(|e| (e.meta.author, e.meta.seq))
             .collect();
         let revisions = self.journal.revisions(&self.room.id.0, &ids)?;
+        let reactions = self.journal.reactions(&self.room.id.0, &ids)?;
         let mut out = Vec::with_capacity(entries.len());
-        for (entry, by) in entries.into_iter().zip(revisions) {
+        for ((entry, by), reactions) in entries.into_iter().zip(revisions).zip(reactions) {
             if let Some((env, payload)) = open_entry(&self.room, entry, &self.keys, &self.identity)
             {
-                out.push(self.revise(env, payload, by)?);
+                let mut opened = self.revise(env, payload, by)?;
+                if opened.revised != Some(Revised::Deleted) {
+                    opened.reactions = self.standing(&opened.env, &reactions)?;
+                }
+                out.push(opened);
             }
         }
         Ok(out)
+    }
+
+    /// The reactions to a message that stand, from its reaction entries (reactor, seq):
+    /// each verified and opened; per reactor and reaction, the latest says whether it
+    /// stands. Grouped by reaction, in the order they were first given (lamport order).
+    fn standing(
+        &self,
+        env: &Envelope,
+        entries: &[(Id, u64)],
+    ) -> Result<Vec<ReactionView>, CoreError> {
+        let target = env.author_id().to_hex();
+        // (reactor, emoji) -> (its latest seq, lamport, whether it stands)
+        let mut latest: HashMap<(Id, String), (u64, u64, bool)> = HashMap::new();
+        for (reactor, seq) in entries {
+            let Some(entry) = self.journal.get(&self.room.id.0, reactor, *seq)? else {
+                continue;
+            };
+            let Some((r, payload)) = open_entry(&self.room, entry, &self.keys, &self.identity)
+            else {
+                continue;
+            };
+            let Some(react) = payload
+                .react
+                .filter(|x| r.kind == Kind::Reaction && x.author_id == target && x.seq == env.seq)
+            else {
+                continue;
+            };
+            let slot = latest
+                .entry((*reactor, react.emoji))
+                .or_insert((0, 0, false));
+            if *seq > slot.0 {
+                *slot = (*seq, r.lamport, !react.undo);
+            }
+        }
+        let mut given: Vec<(u64, Id, String)> = latest
+            .into_iter()
+            .filter(|(_, (_, _, stands))| *stands)
+            .map(|((reactor, emoji), (_, lamport, _))| (lamport, reactor, emoji))
+            .collect();
+        given.sort();
+        let mut views: Vec<ReactionView> = Vec::new();
+        for (_, reactor, emoji) in given {
+            let by = hex::encode(reactor);
+            match views.iter_mut().find(|v| v.emoji == emoji) {
+                Some(v) => v.by.push(by),
+                None => views.push(ReactionView {
+                    emoji,
+                    by: vec![by],
+                }),
+            }
+        }
+        Ok(views)
     }
 
     /// The seq of the latest revision of an entry, if it has one.
@@ -198,6 +258,7 @@ impl RoomReader {
             env,
             payload,
             revised,
+            reactions: Vec::new(),
         })
     }
 
@@ -428,6 +489,7 @@ impl Core {
             .into_iter()
             .map(|o| {
                 let mut view = self.view(room, &o.env, o.payload);
+                view.reactions = o.reactions;
                 match o.revised {
                     Some(Revised::Edited { at_ms }) => view.edited_ms = Some(at_ms.min(now_ms())),
                     Some(Revised::Deleted) => view.deleted = true,

@@ -41,6 +41,7 @@ impl Core {
             file: None,
             revises: None,
             reply_to: None,
+            react: None,
         };
         let pos = Position {
             seq: now_ms().max(1),

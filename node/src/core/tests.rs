@@ -241,6 +241,7 @@ fn an_oversized_receipt_is_malformed_wherever_it_rides() {
             file: None,
             revises: None,
             reply_to: None,
+            react: None,
         };
         let pos = Position {
             seq: 1,
@@ -391,6 +392,7 @@ fn a_file_message_is_shown_found_by_its_id_and_refused_when_malformed() {
             file,
             revises: None,
             reply_to: None,
+            react: None,
         };
         let pos = Position {
             seq: 2,
@@ -1042,6 +1044,7 @@ fn a_runaway_lamport_clock_cannot_stop_a_room() {
         file: None,
         revises: None,
         reply_to: None,
+        react: None,
     };
     let env = Envelope::seal(&identities()[0], &room, Kind::Text, pos, &payload).unwrap();
     assert!(matches!(
@@ -1213,7 +1216,6 @@ fn malformed_revisions_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, b, rid) = two_in_lobby(&dir);
     a.compose("lobby", "hello").unwrap();
-    let room = a.room(&rid).unwrap().clone();
     let cases = [
         (Kind::Revision, None, 2),    // names no message
         (Kind::Revision, Some(2), 2), // names itself
@@ -1226,25 +1228,10 @@ fn malformed_revisions_are_rejected() {
             from: "alice".into(),
             text: Some("sneaky".into()),
             revises,
-            reply_to: None,
             ..Payload::default()
         };
-        let pos = Position {
-            seq,
-            prev: [0; 32],
-            lamport: 2,
-            timestamp_ms: now_ms(),
-        };
-        let env = Envelope::seal(&a.identity, &room, kind, pos, &payload).unwrap();
-        b.keys.insert(a.identity.public().clone());
         assert_eq!(
-            check(
-                &b.identity,
-                b.room(&rid).unwrap(),
-                env.into_bytes(),
-                &b.keys
-            )
-            .err(),
+            rejection_of(&a, &b, rid, kind, seq, &payload),
             Some(Rejection::Malformed),
             "{kind:?} revising {revises:?}"
         );
@@ -1298,7 +1285,6 @@ fn a_reply_quotes_the_message_it_answers_named_by_author_and_seq() {
 fn malformed_replies_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, rid) = two_in_lobby(&dir);
-    let room = a.room(&rid).unwrap().clone();
     let id = a.identity.id().to_hex();
     let to = |author_id: &str, seq, quote: &str| crate::envelope::ReplyTo {
         author_id: author_id.to_string(),
@@ -1324,21 +1310,8 @@ fn malformed_replies_are_rejected() {
             reply_to: Some(reply_to.clone()),
             ..Payload::default()
         };
-        let pos = Position {
-            seq: 1,
-            prev: [0; 32],
-            lamport: 1,
-            timestamp_ms: now_ms(),
-        };
-        let env = Envelope::seal(&a.identity, &room, kind, pos, &payload).unwrap();
         assert_eq!(
-            check(
-                &b.identity,
-                b.room(&rid).unwrap(),
-                env.into_bytes(),
-                &b.keys
-            )
-            .err(),
+            rejection_of(&a, &b, rid, kind, 1, &payload),
             Some(Rejection::Malformed),
             "{kind:?} {reply_to:?}"
         );
@@ -1390,4 +1363,121 @@ fn a_removed_contact_stays_removed_after_a_restart_and_its_room_is_left() {
     a.add_contact("bob", &bob).unwrap();
     let history = a.history("@bob", 10).unwrap();
     assert_eq!(history[0].text.as_deref(), Some("hi bob"));
+}
+
+#[test]
+fn reactions_stand_until_taken_back_and_show_on_the_message_they_react_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = three_in_lobby(&dir);
+    let rid = a.reader("lobby").unwrap().room_id();
+    let (_, env, _) = a.compose("lobby", "lunch at noon?").unwrap();
+    for x in [&mut b, &mut c] {
+        x.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+    }
+    let alice = a.identity.id().to_hex();
+    let (bob, carol) = (b.identity.id().to_hex(), c.identity.id().to_hex());
+    for (who, emoji) in [(0, "👍"), (1, "👍"), (1, "🎉"), (0, "🎉")] {
+        let x = if who == 0 { &mut b } else { &mut c };
+        let (_, env, view) = x
+            .compose_reaction("lobby", &alice[..8], 1, emoji, false)
+            .unwrap();
+        assert_eq!(view.kind, Kind::Reaction);
+        assert_eq!(view.react.as_ref().map(|r| r.emoji.as_str()), Some(emoji));
+        a.receive(&rid.topic(), env.into_bytes()).unwrap();
+    }
+    // Bob takes his 🎉 back; a second 👍 of Carol's counts once.
+    let (_, env, _) = b.compose_reaction("lobby", &alice, 1, "🎉", true).unwrap();
+    a.receive(&rid.topic(), env.into_bytes()).unwrap();
+    let (_, env, _) = c.compose_reaction("lobby", &alice, 1, "👍", false).unwrap();
+    a.receive(&rid.topic(), env.into_bytes()).unwrap();
+    let shown = a.history("lobby", 10).unwrap();
+    assert_eq!(shown.len(), 1, "reactions are not listed as messages");
+    let reactions: Vec<(&str, Vec<&str>)> = shown[0]
+        .reactions
+        .iter()
+        .map(|r| (r.emoji.as_str(), r.by.iter().map(String::as_str).collect()))
+        .collect();
+    assert_eq!(
+        reactions,
+        [
+            ("👍", vec![bob.as_str(), carol.as_str()]),
+            ("🎉", vec![carol.as_str()])
+        ]
+    );
+    // Reacting to what is not there, or with something that is not a reaction, is refused.
+    let refused = |r: Result<_, CoreError>| r.map(|_| ()).unwrap_err().to_string();
+    assert!(refused(b.compose_reaction("lobby", &alice, 7, "👍", false)).contains("no message"));
+    assert!(
+        refused(b.compose_reaction("lobby", &alice, 1, "two words", false))
+            .contains("not a reaction")
+    );
+    assert!(refused(b.compose_reaction("lobby", &alice, 1, "", false)).contains("not a reaction"));
+    let long = "x".repeat(crate::envelope::MAX_REACTION + 1);
+    assert!(
+        refused(b.compose_reaction("lobby", &alice, 1, &long, false)).contains("not a reaction")
+    );
+    // A deleted message keeps no reactions.
+    let (_, env, _) = a.compose_revision("lobby", 1, None).unwrap();
+    drop(env);
+    assert!(a.history("lobby", 10).unwrap()[0].reactions.is_empty());
+}
+
+#[test]
+fn malformed_reactions_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, rid) = two_in_lobby(&dir);
+    let id = a.identity.id().to_hex();
+    let react = |emoji: &str| crate::envelope::React {
+        author_id: id.clone(),
+        seq: 1,
+        emoji: emoji.to_string(),
+        undo: false,
+    };
+    let cases = [
+        (Kind::Reaction, None, None),                      // reacts to nothing
+        (Kind::Reaction, Some(react("a b")), None),        // not a reaction
+        (Kind::Reaction, Some(react("👍")), Some("text")), // carries a text
+        (Kind::Text, Some(react("👍")), Some("text")),     // a text that reacts
+    ];
+    for (kind, react, text) in cases {
+        let payload = Payload {
+            from: "alice".into(),
+            text: text.map(str::to_string),
+            react: react.clone(),
+            ..Payload::default()
+        };
+        assert_eq!(
+            rejection_of(&a, &b, rid, kind, 1, &payload),
+            Some(Rejection::Malformed),
+            "{kind:?} {react:?} {text:?}"
+        );
+    }
+}
+
+/// How Bob's node takes an envelope of `kind` that Alice seals with `payload` at `seq`
+/// (its lamport the same): the rejection, if any.
+fn rejection_of(
+    a: &Core,
+    b: &Core,
+    rid: RoomId,
+    kind: Kind,
+    seq: u64,
+    payload: &Payload,
+) -> Option<Rejection> {
+    let pos = Position {
+        seq,
+        prev: [0; 32],
+        lamport: seq,
+        timestamp_ms: now_ms(),
+    };
+    let room = a.room(&rid).unwrap();
+    let env = Envelope::seal(&a.identity, room, kind, pos, payload).unwrap();
+    b.keys.insert(a.identity.public().clone());
+    check(
+        &b.identity,
+        b.room(&rid).unwrap(),
+        env.into_bytes(),
+        &b.keys,
+    )
+    .err()
 }

@@ -26,6 +26,8 @@ pub(super) enum Command {
     Send(String, String, Reply<Sent>),
     /// Reply in a room with a text to the message (author, seq).
     Reply(String, String, (String, u64), Reply<Sent>),
+    /// React in a room to the message (author, seq) with an emoji, or take it back.
+    React(String, (String, u64), String, bool, Reply<Sent>),
     /// Edit (`Some` text) or delete (`None`) our message seq in a room.
     Revise(String, u64, Option<String>, Reply<Sent>),
     History(String, Query, Reply<Vec<MessageView>>),
@@ -124,6 +126,21 @@ impl NodeHandle {
         let to = (author.to_string(), seq);
         self.ask(|r| Command::Reply(room.to_string(), text.to_string(), to, r))
             .await
+    }
+
+    /// Reacts in `room` to the message `seq` of `author` (as for [`Self::reply`]) with
+    /// `emoji`, or takes our reaction back (`undo`).
+    pub async fn react(
+        &self,
+        room: &str,
+        author: &str,
+        seq: u64,
+        emoji: &str,
+        undo: bool,
+    ) -> Result<Sent, NodeError> {
+        let to = (author.to_string(), seq);
+        let (room, emoji) = (room.to_string(), emoji.to_string());
+        self.ask(|r| Command::React(room, to, emoji, undo, r)).await
     }
 
     /// Edits our message `seq` in `room`: members see `text` in its place, marked edited.

@@ -749,6 +749,13 @@ impl Service {
                 let composed = blocking(|| self.core.compose_reply(&room, &text, &author, seq));
                 let _ = r.send(self.send_composed(composed));
             }
+            Command::React(room, (author, seq), emoji, undo, r) => {
+                let composed = blocking(|| {
+                    self.core
+                        .compose_reaction(&room, &author, seq, &emoji, undo)
+                });
+                let _ = r.send(self.send_composed(composed));
+            }
             Command::Revise(room, seq, text, r) => {
                 let composed = blocking(|| self.core.compose_revision(&room, seq, text.as_deref()));
                 let _ = r.send(self.send_composed(composed));
