@@ -1021,6 +1021,31 @@ impl Journal {
         Ok(self.revisions(room, &[(*author, seq)])?[0])
     }
 
+    /// How many of an author's contiguous entries in the room `keep` accepts (given each
+    /// envelope, never copied out).
+    pub fn count_chain_where(
+        &self,
+        room: &Id,
+        author: &Id,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<u64, JournalError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_read().at(path)?;
+        let entries = txn.open_table(ENTRIES).at(path)?;
+        let (lo, hi) = (
+            entry_key(room, author, 1),
+            entry_key(room, author, u64::MAX),
+        );
+        let mut n = 0;
+        for item in entries.range(&lo[..]..=&hi[..]).at(path)? {
+            let (_, v) = item.at(path)?;
+            if v.value().get(REC_HEADER_LEN..).is_some_and(&mut keep) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// The reactions to each of the room's entries (author, seq), in one read, in input
     /// order: per entry, (reactor, seq of its reaction entry), ascending.
     pub fn reactions(

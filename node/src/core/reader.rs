@@ -332,18 +332,29 @@ impl RoomReader {
     ) -> Result<Vec<MemberView>, CoreError> {
         let mut named = Vec::with_capacity(members.len());
         for (id, mut view) in members {
+            // `messages` came as the length of the member's chain: the last entry names
+            // it, and only its texts and files count as messages (not edits, reactions).
+            let head = view.messages;
             view.name = if view.me {
                 Some(self.identity.username().to_string())
-            } else if view.messages > 0 {
+            } else if head > 0 {
                 self.journal
-                    .get(&self.room.id.0, &id.0, view.messages)?
+                    .get(&self.room.id.0, &id.0, head)?
                     .and_then(|e| open_entry(&self.room, e, &self.keys, &self.identity))
                     .map(|(_, payload)| payload.from)
             } else {
                 None
             };
+            if head > 0 {
+                let message =
+                    |env: &[u8]| matches!(Envelope::peek_kind(env), Some(Kind::Text | Kind::File));
+                view.messages = self
+                    .journal
+                    .count_chain_where(&self.room.id.0, &id.0, message)?;
+            }
             named.push(view);
         }
+        named.sort_by(|a, b| (b.me, b.messages, &a.user_id).cmp(&(a.me, a.messages, &b.user_id)));
         Ok(named)
     }
 

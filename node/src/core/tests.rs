@@ -925,6 +925,21 @@ fn members_are_named_by_their_last_message_and_counted_by_what_we_hold() {
     );
     assert_eq!(list[1].user_id, identities()[0].id().to_hex());
     assert_eq!(list[2].user_id, identities()[2].id().to_hex());
+    // Her edits and reactions are not messages.
+    let alice = identities()[0].id().to_hex();
+    let edit = a.compose_revision("lobby", 1, Some("one!")).unwrap().1;
+    let reaction = a
+        .compose_reaction("lobby", &alice, 2, "👍", false)
+        .unwrap()
+        .1;
+    for env in [edit, reaction] {
+        b.receive(&rid.topic(), env.into_bytes()).unwrap();
+    }
+    let list = named(&b);
+    assert_eq!(
+        (list[1].name.as_deref(), list[1].messages),
+        (Some("alice"), 2)
+    );
     // A contact shows by our name for it.
     b.add_contact("ally", &identities()[0].contact_code().encode())
         .unwrap();
