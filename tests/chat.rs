@@ -28,6 +28,15 @@ fn tcp_pair(dir: &std::path::Path, room_args: &[&str]) -> (NodeProc, NodeProc) {
     (a, b)
 }
 
+/// Alice and Bob in `lobby`, once each sees the other there.
+fn lobby_pair(dir: &std::path::Path) -> (NodeProc, NodeProc) {
+    let (a, b) = tcp_pair(dir, &["--join", "lobby"]);
+    wait_until("alice and bob meet in lobby", T, || {
+        a.room_peers("lobby") >= 1 && b.room_peers("lobby") >= 1
+    });
+    (a, b)
+}
+
 /// What `run` prints once the node is up.
 const ALONE_HINT: &str = "this node waits for others to dial it";
 
@@ -168,10 +177,7 @@ fn direct_message_reaches_its_recipient() {
 #[test]
 fn history_reads_back_page_by_page_and_searches_through_the_cli_and_the_api() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = tcp_pair(dir.path(), &["--join", "lobby"]);
-    wait_until("alice and bob meet in lobby", T, || {
-        a.room_peers("lobby") >= 1
-    });
+    let (a, b) = lobby_pair(dir.path());
     // Both write, so the display order interleaves two authors' chains.
     for i in 1..=12 {
         let (node, text) = if i % 3 == 0 {
@@ -392,8 +398,7 @@ fn chat_shows_the_room_then_sends_what_is_typed_and_prints_what_arrives() {
 #[test]
 fn restart_keeps_history_and_wrong_password_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, mut b) = tcp_pair(dir.path(), &["--join", "lobby"]);
-    wait_until("connected", T, || a.room_peers("lobby") >= 1);
+    let (a, mut b) = lobby_pair(dir.path());
     a.cli(&["send", "lobby", "one"]);
     b.cli(&["send", "lobby", "two"]);
     wait_until("both messages at bob", T, || b.texts("lobby").len() == 2);
@@ -504,10 +509,7 @@ fn a_node_reaches_a_bootstrap_node_that_starts_after_it() {
 #[test]
 fn edits_and_deletions_reach_members_and_members_who_come_later() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = tcp_pair(dir.path(), &["--join", "lobby"]);
-    wait_until("alice and bob meet in lobby", T, || {
-        a.room_peers("lobby") >= 1 && b.room_peers("lobby") >= 1
-    });
+    let (a, b) = lobby_pair(dir.path());
     let sent = a.cli(&["send", "lobby", "helo all"]);
     assert_eq!(sent["message"]["seq"], 1);
     a.cli(&["send", "lobby", "the door code is 4711"]);
@@ -599,10 +601,7 @@ fn edits_and_deletions_reach_members_and_members_who_come_later() {
 #[test]
 fn a_reply_names_the_message_it_answers_and_quotes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = tcp_pair(dir.path(), &["--join", "lobby"]);
-    wait_until("alice and bob meet in lobby", T, || {
-        a.room_peers("lobby") >= 1 && b.room_peers("lobby") >= 1
-    });
+    let (a, b) = lobby_pair(dir.path());
     a.cli(&["send", "lobby", "lunch at noon?"]);
     a.cli(&["send", "lobby", "or at one?"]);
     wait_until("bob reads both", T, || b.texts("lobby").len() == 2);
@@ -654,10 +653,7 @@ fn a_reply_names_the_message_it_answers_and_quotes_it() {
 #[test]
 fn reactions_stand_on_the_message_until_taken_back() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = tcp_pair(dir.path(), &["--join", "lobby"]);
-    wait_until("alice and bob meet in lobby", T, || {
-        a.room_peers("lobby") >= 1 && b.room_peers("lobby") >= 1
-    });
+    let (a, b) = lobby_pair(dir.path());
     a.cli(&["send", "lobby", "release is out"]);
     wait_until("bob reads it", T, || b.texts("lobby").len() == 1);
     let alice = a.status()["user_id"].as_str().unwrap().to_string();

@@ -962,21 +962,11 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
         }
         Cmd::Edit { room, seq, text } => {
             let v: Sent = c.post("/edit", &EditRequest { room, seq, text })?;
-            print(json, &v, |s| {
-                println!("edited #{seq} in {}", s.message.room);
-                if !s.published {
-                    println!("no member reachable yet: the edit goes out when one is");
-                }
-            })
+            print(json, &v, |s| print_revised(s, "edited", seq))
         }
         Cmd::Delete { room, seq } => {
             let v: Sent = c.post("/delete", &DeleteRequest { room, seq })?;
-            print(json, &v, |s| {
-                println!("deleted #{seq} in {}", s.message.room);
-                if !s.published {
-                    println!("no member reachable yet: the deletion goes out when one is");
-                }
-            })
+            print(json, &v, |s| print_revised(s, "deleted", seq))
         }
         Cmd::Dm { contact, text } => {
             let v: Sent = c.post("/dm", &DmRequest { contact, text })?;
@@ -1265,6 +1255,14 @@ fn parse_message_ref(s: &str) -> Result<MessageRequest> {
             seq,
         }),
         None => anyhow::bail!("name the message AUTHOR#N, as history shows it (e.g. 8ce2f3a3#12)"),
+    }
+}
+
+/// What `edit` and `delete` say they did (`done`) to message #`seq`.
+fn print_revised(s: &Sent, done: &str, seq: u64) {
+    println!("{done} #{seq} in {}", s.message.room);
+    if !s.published {
+        println!("no member reachable yet: it goes out when one is");
     }
 }
 
