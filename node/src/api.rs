@@ -213,6 +213,19 @@ pub struct ReactRequest {
     pub undo: bool,
 }
 
+impl ReactRequest {
+    /// `emoji` on the message `to` of `room` (`undo`: taking it back).
+    pub fn new(room: impl Into<String>, to: MessageRequest, emoji: String, undo: bool) -> Self {
+        ReactRequest {
+            room: room.into(),
+            author: to.author,
+            seq: to.seq,
+            emoji,
+            undo,
+        }
+    }
+}
+
 /// Delete our message `seq` in a room.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct DeleteRequest {

@@ -968,7 +968,10 @@ impl Journal {
         &self,
         entries: &[(EntryMeta, Vec<u8>)],
     ) -> Result<Vec<AppendOutcome>, JournalError> {
-        self.append_batch_with(true, entries)
+        let plain = entries
+            .iter()
+            .map(|(meta, env)| (meta, env.as_slice(), None));
+        self.append_batch_with(true, plain)
     }
 
     /// [`Self::append_batch`] whose commit is visible at once but reaches the disk only at the
@@ -979,7 +982,10 @@ impl Journal {
         &self,
         entries: &[(EntryMeta, Vec<u8>)],
     ) -> Result<Vec<AppendOutcome>, JournalError> {
-        self.append_batch_with(false, entries)
+        let plain = entries
+            .iter()
+            .map(|(meta, env)| (meta, env.as_slice(), None));
+        self.append_batch_with(false, plain)
     }
 
     /// [`Self::append_batch_deferred`] with, per entry, what it says of another, if
@@ -988,29 +994,23 @@ impl Journal {
         &self,
         entries: &[(EntryMeta, Vec<u8>, Option<Note>)],
     ) -> Result<Vec<AppendOutcome>, JournalError> {
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.write_chain(false, |tx| {
-            entries
-                .iter()
-                .map(|(meta, envelope, note)| tx.append_noting(meta, envelope, *note))
-                .collect()
-        })
+        let noted = entries
+            .iter()
+            .map(|(meta, env, note)| (meta, env.as_slice(), *note));
+        self.append_batch_with(false, noted)
     }
 
-    fn append_batch_with(
+    fn append_batch_with<'a>(
         &self,
         durable: bool,
-        entries: &[(EntryMeta, Vec<u8>)],
+        entries: impl ExactSizeIterator<Item = (&'a EntryMeta, &'a [u8], Option<Note>)>,
     ) -> Result<Vec<AppendOutcome>, JournalError> {
-        if entries.is_empty() {
+        if entries.len() == 0 {
             return Ok(Vec::new());
         }
         self.write_chain(durable, |tx| {
             entries
-                .iter()
-                .map(|(meta, envelope)| tx.append(meta, envelope))
+                .map(|(meta, envelope, note)| tx.append_noting(meta, envelope, note))
                 .collect()
         })
     }

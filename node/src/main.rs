@@ -665,14 +665,7 @@ fn chat(c: &Client, room: &str, last: usize, json: bool) -> Result<()> {
                 c.post::<_, Sent>("/send", &req)
             }
             Ok(ChatLine::React(to, emoji)) => {
-                let req = ReactRequest {
-                    room: room.to_string(),
-                    author: to.author,
-                    seq: to.seq,
-                    emoji,
-                    undo: false,
-                };
-                c.post::<_, Sent>("/react", &req)
+                c.post::<_, Sent>("/react", &ReactRequest::new(room, to, emoji, false))
             }
             Ok(ChatLine::Edit(seq, text)) => {
                 let room = room.to_string();
@@ -937,14 +930,7 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             undo,
         } => {
             let to = parse_message_ref(&to)?;
-            let req = ReactRequest {
-                room,
-                author: to.author,
-                seq: to.seq,
-                emoji,
-                undo,
-            };
-            let v: Sent = c.post("/react", &req)?;
+            let v: Sent = c.post("/react", &ReactRequest::new(room, to, emoji, undo))?;
             print(json, &v, |s| {
                 let what = if undo { "took back" } else { "reacted" };
                 println!("{what} {} in {}", req_emoji(s), s.message.room);
