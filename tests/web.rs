@@ -357,6 +357,31 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
         b.script("return window.shownNotes"),
         serde_json::json!([["bob in @bob", "are you there?"]])
     );
+    // An edit and a reaction there are not unread messages (nor notified).
+    bob.cli(&["edit", "@alice", "1", "are you there, alice?"]);
+    bob.cli(&["react", "@alice", "alice#1", "👍"]);
+    wait_until("the edit and the reaction at alice's node", T, || {
+        let shown = alice.cli(&["history", "@bob"]);
+        shown.to_string().contains("are you there, alice?") && shown.to_string().contains("👍")
+    });
+    // The page reads the rooms 300 ms after an event: one in the open room comes after
+    // those two, and its read settles the count.
+    bob.cli(&["send", "lobby", "back in the lobby"]);
+    wait_until("the lobby message on the page", T, || {
+        shown(&b).contains("back in the lobby")
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(b.script("return document.title"), "(1) cryptchat");
+    assert_eq!(b.text("#rooms button[data-room='@bob'] .unread"), "1");
+    assert_eq!(
+        rooms(&alice)
+            .iter()
+            .find(|r| r["name"] == "@bob")
+            .map(|r| r["messages"].clone()),
+        Some(serde_json::json!(2)),
+        "alice's message and bob's"
+    );
+    assert_eq!(b.script("return window.shownNotes.length"), 1);
     select_room(&b, "@bob");
     wait_until("read once its room is open", T, || {
         b.script("return document.title") == "cryptchat"

@@ -364,6 +364,12 @@ impl Envelope {
         }
     }
 
+    /// Whether the envelope `bytes` hold a message (a text or a file), read off its header:
+    /// what a room's message counts count, not its edits and reactions.
+    pub fn is_message(bytes: &[u8]) -> bool {
+        matches!(Self::peek_kind(bytes), Some(Kind::Text | Kind::File))
+    }
+
     /// Parses `bytes` and verifies the author's signature, with the author's key from the
     /// envelope or else from `keys`. Never panics on any input.
     pub fn parse(bytes: Vec<u8>, keys: &AuthorKeys) -> Result<Envelope, EnvelopeError> {

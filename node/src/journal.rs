@@ -27,7 +27,10 @@ const ZERO: Id = [0; 32];
 
 /// Bumped when the on-disk layout changes; a file with a newer version is refused rather than
 /// misread.
-const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: a room's counters also count its messages (see [`Journal::open_counting`]); a file of
+/// version 1 is counted once when opened.
+const SCHEMA_VERSION: u32 = 2;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
 // All keys and values are raw bytes decoded here, so a corrupted value yields an error rather
@@ -85,7 +88,9 @@ const HEAD_KEY_LEN: usize = 64;
 const ORDER_KEY_LEN: usize = 80;
 const REC_HEADER_LEN: usize = 72;
 const HEAD_VALUE_LEN: usize = 40;
-const ROOM_VALUE_LEN: usize = 24;
+const ROOM_VALUE_LEN: usize = 32;
+/// The room counters of schema 1, before `messages`.
+const ROOM_VALUE_LEN_V1: usize = 24;
 const FORK_HEADER_LEN: usize = 64;
 
 /// Which stretch of a room's history to read, counted back from its newest entry in display
@@ -422,25 +427,40 @@ struct RoomStats {
     count: u64,
     pending: u64,
     max_lamport: u64,
+    /// Contiguous entries the journal's [`IsMessage`] accepts.
+    messages: u64,
 }
 
 fn encode_stats(s: &RoomStats) -> [u8; ROOM_VALUE_LEN] {
     let mut v = [0; ROOM_VALUE_LEN];
     v[..8].copy_from_slice(&s.count.to_be_bytes());
     v[8..16].copy_from_slice(&s.pending.to_be_bytes());
-    v[16..].copy_from_slice(&s.max_lamport.to_be_bytes());
+    v[16..24].copy_from_slice(&s.max_lamport.to_be_bytes());
+    v[24..].copy_from_slice(&s.messages.to_be_bytes());
     v
 }
 
 fn decode_stats(path: &Path, v: &[u8]) -> Result<RoomStats, JournalError> {
-    match (v.len(), u64_at(v, 0), u64_at(v, 8), u64_at(v, 16)) {
-        (ROOM_VALUE_LEN, Some(count), Some(pending), Some(max_lamport)) => Ok(RoomStats {
-            count,
-            pending,
-            max_lamport,
-        }),
+    let fields = (u64_at(v, 0), u64_at(v, 8), u64_at(v, 16), u64_at(v, 24));
+    match (v.len(), fields) {
+        (ROOM_VALUE_LEN, (Some(count), Some(pending), Some(max_lamport), Some(messages))) => {
+            Ok(RoomStats {
+                count,
+                pending,
+                max_lamport,
+                messages,
+            })
+        }
         _ => Err(corrupt(path, format!("room counters of {} bytes", v.len()))),
     }
+}
+
+/// Which entries count as messages in a room's [`Journal::messages`], given an entry's
+/// envelope bytes: the journal cannot read envelopes, so whoever opens it says.
+pub type IsMessage = fn(&[u8]) -> bool;
+
+fn every_entry(_: &[u8]) -> bool {
+    true
 }
 
 type RawTable<'t> = Table<'t, Bytes, Bytes>;
@@ -457,13 +477,18 @@ struct Tx<'t> {
     revisions: RawTable<'t>,
     reactions: RawTable<'t>,
     stats: BTreeMap<Id, RoomStats>,
+    is_message: IsMessage,
     changed: bool,
     /// Heads written, applied to the journal's vector cache once the commit succeeds.
     new_heads: Vec<(Id, Id, Head)>,
 }
 
 impl<'t> Tx<'t> {
-    fn open(txn: &'t WriteTransaction, path: &'t Path) -> Result<Self, JournalError> {
+    fn open(
+        txn: &'t WriteTransaction,
+        path: &'t Path,
+        is_message: IsMessage,
+    ) -> Result<Self, JournalError> {
         Ok(Self {
             path,
             entries: txn.open_table(ENTRIES).at(path)?,
@@ -475,6 +500,7 @@ impl<'t> Tx<'t> {
             revisions: txn.open_table(REVISIONS).at(path)?,
             reactions: txn.open_table(REACTIONS).at(path)?,
             stats: BTreeMap::new(),
+            is_message,
             changed: false,
             new_heads: Vec::new(),
         })
@@ -584,8 +610,10 @@ impl<'t> Tx<'t> {
         self.entries.insert(&key[..], value).at(self.path)?;
         let okey = order_key(room, lamport, author, seq);
         self.order.insert(&okey[..], &[][..]).at(self.path)?;
+        let message = value.get(REC_HEADER_LEN..).is_some_and(self.is_message);
         let s = self.stats_mut(room)?;
         s.count += 1;
+        s.messages += u64::from(message);
         s.max_lamport = s.max_lamport.max(lamport);
         self.changed = true;
         Ok(())
@@ -768,6 +796,7 @@ pub struct Journal {
     vectors: Mutex<HashMap<Id, Vector>>,
     /// Deferred commits not on disk yet (see [`Journal::append_batch_deferred`]).
     unflushed: AtomicBool,
+    is_message: IsMessage,
 }
 
 impl std::fmt::Debug for Journal {
@@ -782,7 +811,15 @@ impl Journal {
     ///
     /// Every open verifies page checksums (a full read of the file): redb's plain open trusts
     /// the file and may panic on one damaged outside redb.
+    ///
+    /// Every entry counts as a message in [`Journal::messages`]; see [`Journal::open_counting`].
     pub fn open(path: &Path) -> Result<Self, JournalError> {
+        Self::open_counting(path, every_entry)
+    }
+
+    /// [`Journal::open`], counting as messages the entries `is_message` accepts. Give the same
+    /// function every time a file is opened: the counts are kept as entries arrive.
+    pub fn open_counting(path: &Path, is_message: IsMessage) -> Result<Self, JournalError> {
         let owned = path.to_path_buf();
         // Surface a missing directory or permission problem as such, not as corruption.
         std::fs::OpenOptions::new()
@@ -814,6 +851,7 @@ impl Journal {
             path: owned,
             vectors: Mutex::default(),
             unflushed: AtomicBool::new(false),
+            is_message,
         };
         journal.init().map_err(|e| match e {
             JournalError::Storage { path, cause } => JournalError::Corrupt { path, cause },
@@ -838,8 +876,10 @@ impl Journal {
                 }
                 None => None,
             };
+            let mut recount = false;
             match found {
                 Some(SCHEMA_VERSION) => {}
+                Some(1) => recount = true,
                 Some(v) if v > SCHEMA_VERSION => {
                     return Err(JournalError::NewerSchema {
                         path: path.to_path_buf(),
@@ -848,16 +888,20 @@ impl Journal {
                     });
                 }
                 Some(v) => return Err(corrupt(path, format!("unknown schema version {v}"))),
-                None => {
-                    meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes()[..])
-                        .at(path)?;
-                }
+                None => {}
+            }
+            if found != Some(SCHEMA_VERSION) {
+                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes()[..])
+                    .at(path)?;
             }
             for def in [
                 ENTRIES, PENDING, HEADS, ORDER, FORKS, ROOMS, SETTINGS, CHUNKS, PROVIDES, DECLINED,
                 REVISIONS, REACTIONS,
             ] {
                 txn.open_table(def).at(path)?;
+            }
+            if recount {
+                self.count_messages(&txn)?;
             }
             // A file written before the tally existed, or by a build that did not keep it,
             // holds a different number of chunks than it says: count them once. So is a
@@ -873,6 +917,39 @@ impl Journal {
             }
         }
         txn.commit().at(path)
+    }
+
+    /// Schema 1 to 2: each room's counters gain the count of its messages, read off its
+    /// entries once.
+    fn count_messages(&self, txn: &WriteTransaction) -> Result<(), JournalError> {
+        let path = self.path.as_path();
+        let mut rooms = txn.open_table(ROOMS).at(path)?;
+        let entries = txn.open_table(ENTRIES).at(path)?;
+        let mut counted = Vec::new();
+        for row in rooms.iter().at(path)? {
+            let (k, v) = row.at(path)?;
+            let (k, v) = (k.value(), v.value());
+            let room = match (id_at(k, 0), k.len(), v.len()) {
+                (Some(room), 32, ROOM_VALUE_LEN_V1) => room,
+                _ => return Err(corrupt(path, format!("room counters of {} bytes", v.len()))),
+            };
+            let mut full = v.to_vec();
+            full.extend_from_slice(&[0; 8]);
+            let mut stats = decode_stats(path, &full)?;
+            let (lo, hi) = room_bounds::<ENTRY_KEY_LEN>(&room);
+            for item in entries.range(&lo[..]..=&hi[..]).at(path)? {
+                let (_, v) = item.at(path)?;
+                let message = v.value().get(REC_HEADER_LEN..).is_some_and(self.is_message);
+                stats.messages += u64::from(message);
+            }
+            counted.push((room, stats));
+        }
+        for (room, stats) in counted {
+            rooms
+                .insert(&room[..], &encode_stats(&stats)[..])
+                .at(path)?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -921,7 +998,7 @@ impl Journal {
     ) -> Result<T, JournalError> {
         let txn = self.begin_write_with(durable)?;
         let (out, changed, new_heads) = {
-            let mut tx = Tx::open(&txn, &self.path)?;
+            let mut tx = Tx::open(&txn, &self.path, self.is_message)?;
             let out = f(&mut tx)?;
             tx.flush()?;
             (out, tx.changed, std::mem::take(&mut tx.new_heads))
@@ -1292,6 +1369,12 @@ impl Journal {
     /// Number of contiguous entries in the room.
     pub fn count(&self, room: &Id) -> Result<u64, JournalError> {
         Ok(self.room_stats(room)?.count)
+    }
+
+    /// Number of the room's contiguous entries that count as messages (see
+    /// [`Journal::open_counting`]).
+    pub fn messages(&self, room: &Id) -> Result<u64, JournalError> {
+        Ok(self.room_stats(room)?.messages)
     }
 
     /// Highest lamport among the room's stored entries, pending included (0 if none), so a new
@@ -2568,6 +2651,136 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Test classifier: the test envelopes of odd seqs are messages.
+    fn odd_seq(env: &[u8]) -> bool {
+        std::str::from_utf8(env)
+            .ok()
+            .and_then(|s| s.split(' ').nth(2)?.parse::<u64>().ok())
+            .is_some_and(|seq| seq % 2 == 1)
+    }
+
+    #[test]
+    fn messages_count_what_the_opener_counts_as_entries_link_up() {
+        let (dir, path) = tmp();
+        let j = Journal::open_counting(&path, odd_seq).unwrap();
+        app(&j, &e(&ROOM, &ALICE, 1, 1));
+        app(&j, &e(&ROOM, &ALICE, 2, 2));
+        assert_eq!(
+            (j.count(&ROOM).unwrap(), j.messages(&ROOM).unwrap()),
+            (2, 1)
+        );
+        // Past a gap: not counted until the gap is filled.
+        app(&j, &e(&ROOM, &ALICE, 4, 4));
+        app(&j, &e(&ROOM, &ALICE, 5, 5));
+        assert_eq!(j.messages(&ROOM).unwrap(), 1);
+        app(&j, &e(&ROOM, &ALICE, 3, 3));
+        assert_eq!(
+            (j.count(&ROOM).unwrap(), j.messages(&ROOM).unwrap()),
+            (5, 3)
+        );
+        // Duplicates and forks count nothing.
+        app(&j, &e(&ROOM, &ALICE, 5, 5));
+        app(&j, &mk(&ROOM, &ALICE, 5, h(&ALICE, 4, 0), 9, 5));
+        app(&j, &e(&ROOM, &BOB, 1, 6));
+        app(&j, &e(&OTHER_ROOM, &ALICE, 1, 1));
+        assert_eq!(j.messages(&ROOM).unwrap(), 4);
+        assert_eq!(j.messages(&OTHER_ROOM).unwrap(), 1);
+        drop(j);
+        let j = Journal::open_counting(&path, odd_seq).unwrap();
+        assert_eq!(j.messages(&ROOM).unwrap(), 4);
+        j.purge_room(&ROOM).unwrap();
+        assert_eq!(j.messages(&ROOM).unwrap(), 0);
+        assert_eq!(j.messages(&OTHER_ROOM).unwrap(), 1);
+        drop(j);
+        // Opened plainly, every entry counts.
+        let (_d2, j) = open_tmp();
+        app(&j, &e(&ROOM, &ALICE, 1, 1));
+        app(&j, &e(&ROOM, &ALICE, 2, 2));
+        assert_eq!(j.messages(&ROOM).unwrap(), 2);
+        drop(dir);
+    }
+
+    /// Rewrites a journal file as schema 1 left it: room counters without `messages`.
+    fn downgrade_to_schema_1(path: &Path) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut rooms = txn.open_table(ROOMS).unwrap();
+            let old: Vec<(Vec<u8>, Vec<u8>)> = rooms
+                .iter()
+                .unwrap()
+                .map(|r| {
+                    let (k, v) = r.unwrap();
+                    (k.value().to_vec(), v.value()[..ROOM_VALUE_LEN_V1].to_vec())
+                })
+                .collect();
+            for (k, v) in old {
+                rooms.insert(&k[..], &v[..]).unwrap();
+            }
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, &1u32.to_be_bytes()[..])
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_schema_1_file_has_its_messages_counted_once_when_opened() {
+        let (_d, path) = tmp();
+        {
+            let j = Journal::open(&path).unwrap();
+            for seq in 1..=5 {
+                app(&j, &e(&ROOM, &ALICE, seq, seq));
+            }
+            app(&j, &e(&ROOM, &BOB, 2, 9)); // pending: not a message yet
+            app(&j, &e(&OTHER_ROOM, &BOB, 1, 1));
+        }
+        downgrade_to_schema_1(&path);
+        let j = Journal::open_counting(&path, odd_seq).unwrap();
+        assert_eq!(j.messages(&ROOM).unwrap(), 3);
+        assert_eq!(j.messages(&OTHER_ROOM).unwrap(), 1);
+        // The other counters are kept as they were.
+        assert_eq!(j.count(&ROOM).unwrap(), 5);
+        assert_eq!(j.pending_count(&ROOM).unwrap(), 1);
+        assert_eq!(j.max_lamport(&ROOM).unwrap(), 9);
+        // And counting goes on from there; the file is schema 2 now.
+        app(&j, &e(&ROOM, &BOB, 1, 10));
+        assert_eq!(j.messages(&ROOM).unwrap(), 4);
+        drop(j);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            let v = meta.get(SCHEMA_KEY).unwrap().unwrap().value().to_vec();
+            assert_eq!(v, SCHEMA_VERSION.to_be_bytes());
+        }
+        let j = Journal::open_counting(&path, odd_seq).unwrap();
+        assert_eq!(j.messages(&ROOM).unwrap(), 4);
+        drop(j);
+
+        // A schema 1 file whose counters do not parse is corrupt, named, not a panic.
+        downgrade_to_schema_1(&path);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(ROOMS)
+                .unwrap()
+                .insert(&ROOM[..], &[1u8; 5][..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Journal::open_counting(&path, odd_seq).unwrap_err();
+        assert!(
+            err.to_string().contains("room counters of 5 bytes"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]

@@ -183,6 +183,8 @@ pub struct RoomView {
     pub topic: String,
     pub kind: RoomKind,
     pub has_password: bool,
+    /// Texts and files held, in their authors' chains (not edits, deletions or reactions):
+    /// what a reader counts as unread.
     pub messages: u64,
     /// Entries held ahead of a gap in their author's chain, waiting for the missing ones.
     pub pending: u64,
@@ -404,7 +406,13 @@ fn now_ms() -> u64 {
 }
 
 impl Core {
-    /// Opens the node state on a journal; refuses a journal that belongs to another identity.
+    /// Opens or creates the journal file a node keeps, counting a room's texts and files as
+    /// its messages (see [`RoomView::messages`]).
+    pub fn open_journal(path: &std::path::Path) -> Result<Journal, JournalError> {
+        Journal::open_counting(path, Envelope::is_message)
+    }
+
+    /// Opens the node state on a journal (from [`Core::open_journal`]); refuses a journal that belongs to another identity.
     pub fn open(identity: Arc<Identity>, journal: Journal) -> Result<Core, CoreError> {
         let keys = AuthorKeys::default();
         keys.insert(identity.public().clone());
@@ -598,7 +606,7 @@ impl Core {
             topic: room.id.topic(),
             kind: room.kind,
             has_password: room.has_password,
-            messages: self.journal.count(&room.id.0)?,
+            messages: self.journal.messages(&room.id.0)?,
             pending: self.journal.pending_count(&room.id.0)?,
             members,
             forks: self

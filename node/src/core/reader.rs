@@ -346,11 +346,9 @@ impl RoomReader {
                 None
             };
             if head > 0 {
-                let message =
-                    |env: &[u8]| matches!(Envelope::peek_kind(env), Some(Kind::Text | Kind::File));
-                view.messages = self
-                    .journal
-                    .count_chain_where(&self.room.id.0, &id.0, message)?;
+                view.messages =
+                    self.journal
+                        .count_chain_where(&self.room.id.0, &id.0, Envelope::is_message)?;
             }
             named.push(view);
         }

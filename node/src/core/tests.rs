@@ -20,7 +20,7 @@ fn identities() -> &'static [Arc<Identity>; 3] {
 
 fn core(dir: &tempfile::TempDir, i: usize) -> Core {
     let id = identities()[i].clone();
-    let j = Journal::open(&dir.path().join(format!("j{i}.redb"))).unwrap();
+    let j = Core::open_journal(&dir.path().join(format!("j{i}.redb"))).unwrap();
     Core::open(id, j).unwrap()
 }
 
@@ -575,7 +575,7 @@ fn whom_a_member_hears_sizes_the_room_beyond_the_members_it_knows() {
         .map(|i| {
             let master = crypto::sha256(&[b"census test", &[i]]);
             let id = Identity::from_master(&format!("w{i}"), &master, KeySize::Rsa2048);
-            let j = Journal::open(&dir.path().join(format!("w{i}.redb"))).unwrap();
+            let j = Core::open_journal(&dir.path().join(format!("w{i}.redb"))).unwrap();
             let mut x = Core::open(Arc::new(id.unwrap()), j).unwrap();
             x.join(lobby.clone()).unwrap();
             x
@@ -940,6 +940,14 @@ fn members_are_named_by_their_last_message_and_counted_by_what_we_hold() {
         (list[1].name.as_deref(), list[1].messages),
         (Some("alice"), 2)
     );
+    // Nor are they in the room's count, what readers count as unread.
+    let lobby = |x: &Core| x.room_view(x.room_by_name("lobby").unwrap()).unwrap();
+    assert_eq!(lobby(&b).messages, 2);
+    assert_eq!(b.journal.count(&rid.0).unwrap(), 4);
+    b.flush().unwrap();
+    drop(b);
+    let mut b = core(&dir, 1);
+    assert_eq!(lobby(&b).messages, 2, "the count is kept on disk");
     // A contact shows by our name for it.
     b.add_contact("ally", &identities()[0].contact_code().encode())
         .unwrap();
@@ -1074,7 +1082,7 @@ fn a_runaway_lamport_clock_cannot_stop_a_room() {
 fn another_identity_cannot_open_the_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     drop(core(&dir, 0));
-    let j = Journal::open(&dir.path().join("j0.redb")).unwrap();
+    let j = Core::open_journal(&dir.path().join("j0.redb")).unwrap();
     let err = Core::open(identities()[1].clone(), j).err().unwrap();
     assert!(matches!(err, CoreError::WrongIdentity(_)), "{err}");
 }

@@ -39,7 +39,7 @@ use receipts::RECEIPT_INTERVAL;
 use crate::config;
 use crate::core::{Core, CoreError, Counters, MessageView, Query, Rejection, RoomView};
 use crate::identity::Identity;
-use crate::journal::{Journal, JournalError};
+use crate::journal::JournalError;
 use crate::net::{self, Behaviour, BehaviourEvent, NetError, SwarmOptions};
 use crate::room::{Room, RoomId, RoomKind};
 
@@ -247,7 +247,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         path: cfg.data_dir.display().to_string(),
         why: e.to_string(),
     })?;
-    let journal = Journal::open(&cfg.data_dir.join(config::JOURNAL_FILE))?;
+    let journal = Core::open_journal(&cfg.data_dir.join(config::JOURNAL_FILE))?;
     // Uploads cut short by a crash or a stop are shared by no one: clear them.
     let uploads = cfg.data_dir.join(config::UPLOADS_DIR);
     if let Err(e) = std::fs::remove_dir_all(&uploads)
