@@ -695,3 +695,81 @@ fn reactions_stand_on_the_message_until_taken_back() {
     );
     assert_eq!(status, 404);
 }
+
+#[test]
+fn a_group_reaches_its_members_by_invitation_even_one_offline_when_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = tcp_pair(dir.path(), &[]);
+    let mut c = NodeProc::start(
+        "carol",
+        &dir.path().join("carol"),
+        &[
+            "--listen".into(),
+            listen_for("tcp"),
+            "--bootstrap".into(),
+            a.listen_addr("/tcp/"),
+        ],
+    );
+    let code = |n: &NodeProc| n.status()["contact_code"].as_str().unwrap().to_string();
+    a.cli(&["contact", "add", "bob", &code(&b)]);
+    a.cli(&["contact", "add", "carol", &code(&c)]);
+    b.cli(&["contact", "add", "alice", &code(&a)]);
+    c.cli(&["contact", "add", "alice", &code(&a)]);
+    wait_until("alice's direct rooms connected", T, || {
+        a.room_peers("@bob") >= 1 && a.room_peers("@carol") >= 1
+    });
+    // Carol is away when Alice creates the group.
+    c.kill();
+    let group = a.cli(&["group", "team", "bob", "carol"]);
+    assert_eq!(group["kind"], "group");
+    let named = |n: &NodeProc, name: &str| {
+        n.cli(&["rooms"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == name && r["id"] == group["id"])
+    };
+    wait_until("bob in the group he was invited to", T, || {
+        named(&b, "team")
+    });
+    let invitation = b.cli(&["history", "@alice"]);
+    assert_eq!(
+        invitation[0]["text"],
+        "invites you to the group 'team' (alice, bob, carol)"
+    );
+    assert_eq!(invitation[0]["invite"]["name"], "team");
+    wait_until("the group connected", T, || a.room_peers("team") >= 1);
+    a.cli(&["send", "team", "welcome to the team"]);
+    wait_until("bob reads the group", T, || {
+        b.texts("team") == ["welcome to the team"]
+    });
+
+    // Back, Carol catches up with Alice: the invitation, then the group's history.
+    c.restart();
+    wait_until("carol in the group, with its history", T, || {
+        named(&c, "team") && c.texts("team") == ["welcome to the team"]
+    });
+    c.cli(&["send", "team", "sorry I am late"]);
+    wait_until("alice and bob read carol", T, || {
+        a.texts("team").len() == 2 && b.texts("team").len() == 2
+    });
+    // Bob does not know Carol; the group names her by her username.
+    let members = b.cli(&["members", "team"]);
+    let mut names: Vec<&str> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["alice", "bob", "carol"]);
+
+    // A group of someone who is not a contact cannot be made.
+    let out = b.try_cli(&["group", "pals", "carol"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("carol"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

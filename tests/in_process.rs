@@ -41,11 +41,7 @@ async fn forged_and_malformed_envelopes_are_rejected_and_never_stored() {
     let payload = Payload {
         from: "alice".into(),
         text: Some("forged".into()),
-        receipt: None,
-        file: None,
-        revises: None,
-        reply_to: None,
-        react: None,
+        ..Payload::default()
     };
     let env = Envelope::seal(&alice, &room, Kind::Text, pos, &payload).unwrap();
     let mut tampered = env.bytes().to_vec();

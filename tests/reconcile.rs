@@ -165,11 +165,7 @@ async fn a_fork_is_detected_and_reported_on_every_honest_node() {
     let say = |t: &str| Payload {
         from: "mallory".into(),
         text: Some(t.into()),
-        receipt: None,
-        file: None,
-        revises: None,
-        reply_to: None,
-        react: None,
+        ..Payload::default()
     };
     let one = Envelope::seal(&im, &room, Kind::Text, pos, &say("I pay you")).unwrap();
     let two = Envelope::seal(&im, &room, Kind::Text, pos, &say("I owe you nothing")).unwrap();

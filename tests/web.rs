@@ -422,6 +422,21 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     });
     b.script("st.abort = new AbortController(); streamEvents(st.abort)");
 
+    // A group made on the page invites its members: Bob's node joins it.
+    b.send_keys(&b.wait_for("#gname", T), "crew");
+    b.click_on("#gmembers input[value='bob']", T);
+    b.click_on("#groupform button", T);
+    wait_until("the new group open on the page", T, || {
+        b.text("#roomtitle").contains("crew")
+    });
+    wait_until("bob's node in the group", T, || {
+        rooms(&bob)
+            .iter()
+            .any(|r| r["name"] == "crew" && r["kind"] == "group")
+    });
+    assert_eq!(b.text("#roomtitle"), "crew");
+    select_room(&b, "@bob");
+
     // Removing the contact leaves its direct room.
     b.click_on("#contacts button[aria-label='Remove bob']", T);
     b.accept_alert();

@@ -144,11 +144,7 @@ fn envelope(c: &mut Criterion) {
     let payload = Payload {
         from: alice.username().to_string(),
         text: Some(text()),
-        receipt: None,
-        file: None,
-        revises: None,
-        reply_to: None,
-        react: None,
+        ..Payload::default()
     };
     let rooms = [
         ("named", Room::named("bench", None).unwrap()),

@@ -110,11 +110,7 @@ async fn run_cryptchat(dir: &Path) -> (Run, usize) {
         &Payload {
             from: alice.username().to_string(),
             text: Some(text(0)),
-            receipt: None,
-            file: None,
-            revises: None,
-            reply_to: None,
-            react: None,
+            ..Payload::default()
         },
     )
     .unwrap()

@@ -202,11 +202,7 @@ async fn catch_up(n: usize) {
                         text: Some(format!(
                             "catch-up entry {seq} ........................................"
                         )),
-                        receipt: None,
-                        file: None,
-                        revises: None,
-                        reply_to: None,
-                        react: None,
+                        ..Payload::default()
                     };
                     let pos = Position {
                         seq,

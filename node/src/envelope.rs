@@ -142,6 +142,37 @@ pub struct Payload {
     /// A reaction (kind `reaction`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub react: Option<React>,
+    /// An invitation to a group room (kind `text`, in a direct room only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<Invite>,
+}
+
+/// An invitation to a group room, sent in the direct room of each member by the member who
+/// created the group: what the invitee's node needs to join it. The group's id follows from
+/// the name and the members' ids, so every member's node arrives at the same room.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Invite {
+    /// The group's name.
+    pub name: String,
+    /// Every member's contact code (`cc1:...`), the inviter's and the invitee's among them:
+    /// the keys that messages of the group are wrapped for.
+    pub members: Vec<String>,
+}
+
+impl Invite {
+    /// The group room it invites to, if the name and the codes make one.
+    pub fn group(&self) -> Option<Room> {
+        if self.members.len() > MAX_RECIPIENTS {
+            return None;
+        }
+        let members = self
+            .members
+            .iter()
+            .map(|code| crate::identity::ContactCode::decode(code).map(Into::into))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        Room::group(&self.name, members).ok()
+    }
 }
 
 /// The longest reaction, in bytes: an emoji, or a short word.
@@ -639,6 +670,7 @@ mod tests {
             revises: None,
             reply_to: None,
             react: None,
+            invite: None,
         }
     }
 

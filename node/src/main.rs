@@ -207,7 +207,8 @@ enum Cmd {
     /// Manage contacts.
     #[command(subcommand)]
     Contact(ContactCmd),
-    /// Create a group room with contacts as members.
+    /// Create a group room with contacts as members, and invite them: a member's node joins
+    /// the group when the invitation arrives in its direct room with you.
     Group { name: String, members: Vec<String> },
     /// Send a direct message to a contact.
     Dm { contact: String, text: String },
@@ -1097,7 +1098,12 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
         Cmd::Group { name, members } => {
             let v: RoomView = c.post("/groups", &GroupRequest { name, members })?;
             print(json, &v, |v| {
-                println!("created group {} ({})", v.name, v.members.join(", "))
+                println!(
+                    "created group {} ({}); each member's node joins it when your invitation \
+                     reaches it (in your direct room)",
+                    v.name,
+                    v.members.join(", ")
+                )
             })
         }
         Cmd::Peers => {

@@ -15,7 +15,7 @@ use crate::files::FileRef;
 use crate::identity::Identity;
 use crate::journal::{AppendOutcome, EntryMeta, Id, Note};
 use crate::receipt::Heads;
-use crate::room::{Room, RoomId};
+use crate::room::{Room, RoomId, RoomKind};
 
 /// Verifies an envelope for `room`: signature, room, membership and decryption, and learns
 /// the author's key if the envelope carries it and checks out. Needs no [`Core`], so the
@@ -74,6 +74,23 @@ pub fn check(
         .is_some_and(|r| env.kind != Kind::Text || !r.is_valid())
     {
         return Err(Rejection::Malformed);
+    }
+    // An invitation is a text in a direct room, to a group of its author's and ours.
+    if let Some(invite) = &payload.invite {
+        let to_us = || {
+            invite
+                .group()
+                .and_then(|g| g.member_ids())
+                .is_some_and(|ids| ids.contains(&env.author_id()) && ids.contains(&me.id()))
+        };
+        if env.kind != Kind::Text
+            || room.kind != RoomKind::Direct
+            || payload.text.is_none()
+            || payload.reply_to.is_some()
+            || !to_us()
+        {
+            return Err(Rejection::Malformed);
+        }
     }
     if env.carries_key {
         keys.insert(env.author.clone());

@@ -133,6 +133,10 @@ pub struct MessageView {
     /// history gathers them into the `reactions` of the message they react to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub react: Option<Box<crate::envelope::React>>,
+    /// An invitation to a group (a text in a direct room): the group's name and its
+    /// members' contact codes. The invitee's node joins the group when it arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<Box<crate::envelope::Invite>>,
     /// The reactions to this message that stand (history only): each with who gave it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<ReactionView>,
@@ -404,6 +408,9 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// A message we wrote, in the journal: its room, the envelope to publish, and its view.
+pub type Composed = (RoomId, Envelope, MessageView);
 
 impl Core {
     /// Opens or creates the journal file a node keeps, counting a room's texts and files as
@@ -701,22 +708,88 @@ impl Core {
             .collect()
     }
 
-    /// Looks up the members of a group among our contacts and joins the group room.
-    pub fn create_group(&mut self, name: &str, members: &[String]) -> Result<RoomView, CoreError> {
-        let mut list: Vec<Member> = vec![self.identity.contact_code().into()];
+    /// Looks up the members of a group among our contacts and joins the group room; writes
+    /// an invitation to it into each member's direct room, and returns those to publish.
+    /// (Creating a group again invites its members again.)
+    pub fn create_group(
+        &mut self,
+        name: &str,
+        members: &[String],
+    ) -> Result<(RoomView, Vec<Composed>), CoreError> {
+        let me = self.identity.contact_code();
+        let mut list: Vec<Member> = vec![me.clone().into()];
+        let mut codes = vec![me.clone()];
+        let mut invitees = Vec::new();
         for m in members {
+            let name = m.trim().trim_start_matches('@');
             let code = self
                 .contacts
-                .get(m.trim())
+                .get(name)
                 .ok_or_else(|| CoreError::UnknownContact(m.clone()))?;
             let mut member: Member = code.clone().into();
-            member.username = m.trim().to_string();
+            member.username = name.to_string();
             list.push(member);
+            codes.push(code.clone());
+            invitees.push(name.to_string());
         }
         let room = Room::group(name, list)?;
         let (room, _) = self.join(room)?;
         let room = room.clone();
-        self.room_view(&room)
+        // The members' own usernames, not our names for them.
+        codes.sort_by_key(|c| c.identity.id());
+        codes.dedup_by_key(|c| c.identity.id());
+        let invite = crate::envelope::Invite {
+            name: room.name.clone(),
+            members: codes.iter().map(ContactCode::encode).collect(),
+        };
+        let mut names: Vec<&str> = codes.iter().map(|c| c.username.as_str()).collect();
+        names.sort_unstable();
+        let text = format!(
+            "invites you to the group '{}' ({})",
+            room.name,
+            names.join(", ")
+        );
+        invitees.sort();
+        invitees.dedup();
+        let mut invites = Vec::with_capacity(invitees.len());
+        for contact in invitees {
+            let content = Payload {
+                text: Some(text.clone()),
+                invite: Some(invite.clone()),
+                ..Payload::default()
+            };
+            invites.push(self.compose_entry(&format!("@{contact}"), Kind::Text, content)?);
+        }
+        Ok((self.room_view(&room)?, invites))
+    }
+
+    /// Joins the group a member's message invites us to (see [`Core::create_group`]):
+    /// `None` if it invites to nothing, or to a group we are in. The group takes its name, or
+    /// if a room of ours has that name, the name followed by the inviter's in parentheses;
+    /// members who are our contacts go by our names for them.
+    pub fn join_invited(&mut self, m: &MessageView) -> Result<Option<Room>, CoreError> {
+        let Some(invite) = m.invite.as_deref().filter(|_| !m.mine) else {
+            return Ok(None);
+        };
+        let Some(mut group) = invite.group() else {
+            return Ok(None);
+        };
+        if self.rooms.contains_key(&group.id) {
+            return Ok(None);
+        }
+        if let crate::room::Access::Members(members) = &mut group.access {
+            for member in members {
+                if let Some(name) = self.contact_name(&member.identity.id()) {
+                    member.username = name;
+                }
+            }
+        }
+        if self.names.contains_key(&group.name) {
+            let inviter = m.contact.as_deref().unwrap_or(&m.author);
+            group.name = format!("{} ({inviter})", group.name);
+        }
+        let (room, _) = self.join(group)?;
+        Ok(Some(room.clone()))
     }
 
     fn contact_name(&self, id: &UserId) -> Option<String> {
@@ -745,6 +818,7 @@ impl Core {
             edited_ms: None,
             reply_to: payload.reply_to.map(Box::new),
             react: payload.react.map(Box::new),
+            invite: payload.invite.map(Box::new),
             reactions: Vec::new(),
             text: payload.text,
             file: match env.kind {

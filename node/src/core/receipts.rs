@@ -42,6 +42,7 @@ impl Core {
             revises: None,
             reply_to: None,
             react: None,
+            invite: None,
         };
         let pos = Position {
             seq: now_ms().max(1),

@@ -242,6 +242,7 @@ fn an_oversized_receipt_is_malformed_wherever_it_rides() {
             revises: None,
             reply_to: None,
             react: None,
+            invite: None,
         };
         let pos = Position {
             seq: 1,
@@ -393,6 +394,7 @@ fn a_file_message_is_shown_found_by_its_id_and_refused_when_malformed() {
             revises: None,
             reply_to: None,
             react: None,
+            invite: None,
         };
         let pos = Position {
             seq: 2,
@@ -1026,7 +1028,7 @@ fn group_rooms_are_shared_by_their_members_only() {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, n)| n.to_string())
                 .collect();
-            c.create_group("team", &others).unwrap()
+            c.create_group("team", &others).unwrap().0
         })
         .collect();
     assert!(
@@ -1050,6 +1052,180 @@ fn group_rooms_are_shared_by_their_members_only() {
 }
 
 #[test]
+fn a_group_invites_its_members_whose_nodes_join_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = (core(&dir, 0), core(&dir, 1), core(&dir, 2));
+    let code = |i: usize| identities()[i].contact_code().encode();
+    // Alice knows both; Bob and Carol know Alice only (Bob calls her "ally").
+    a.add_contact("bob", &code(1)).unwrap();
+    a.add_contact("carol", &code(2)).unwrap();
+    b.add_contact("ally", &code(0)).unwrap();
+    c.add_contact("alice", &code(0)).unwrap();
+    // Carol has a room named "team" already.
+    c.join(Room::named("team", None).unwrap()).unwrap();
+
+    let (group, invites) = a
+        .create_group("team", &["bob".into(), "@carol".into()])
+        .unwrap();
+    let rooms: Vec<&str> = invites.iter().map(|(_, _, v)| v.room.as_str()).collect();
+    assert_eq!(rooms, ["@bob", "@carol"]);
+    let (_, env, view) = &invites[0];
+    assert!(view.mine && view.invite.is_some());
+    assert_eq!(
+        view.text.as_deref(),
+        Some("invites you to the group 'team' (alice, bob, carol)")
+    );
+    assert_eq!(a.join_invited(view).unwrap().map(|r| r.name), None, "ours");
+
+    let Incoming::Accepted(seen, _) = b.receive(&env.room.topic(), env.bytes().to_vec()).unwrap()
+    else {
+        panic!("bob reads the invitation")
+    };
+    let joined = b.join_invited(&seen).unwrap().expect("bob joins");
+    assert_eq!(
+        (joined.name.as_str(), joined.id.to_hex()),
+        ("team", group.id.clone())
+    );
+    let mut members = b.room_view(&joined).unwrap().members;
+    members.sort();
+    assert_eq!(
+        members,
+        ["ally", "bob", "carol"],
+        "contacts by our names for them"
+    );
+    assert!(b.join_invited(&seen).unwrap().is_none(), "joined once");
+
+    let (_, env, _) = &invites[1];
+    let Incoming::Accepted(seen, _) = c.receive(&env.room.topic(), env.bytes().to_vec()).unwrap()
+    else {
+        panic!("carol reads the invitation")
+    };
+    let joined = c.join_invited(&seen).unwrap().expect("carol joins");
+    assert_eq!(joined.name, "team (alice)", "her own 'team' keeps its name");
+    assert_eq!(joined.id.to_hex(), group.id);
+    drop(c);
+    let mut c = core(&dir, 2);
+    assert!(c.room_by_name("team (alice)").is_ok(), "kept on disk");
+
+    // All three read the group.
+    let (rid, env, _) = a.compose("team", "welcome").unwrap();
+    let Incoming::Accepted(v, _) = b.receive(&rid.topic(), env.bytes().to_vec()).unwrap() else {
+        panic!("bob reads the group")
+    };
+    assert_eq!(v.room, "team");
+    let Incoming::Accepted(v, _) = c.receive(&rid.topic(), env.bytes().to_vec()).unwrap() else {
+        panic!("carol reads the group")
+    };
+    assert_eq!(v.room, "team (alice)");
+    // A group needs known contacts; nothing is written without them.
+    assert!(matches!(
+        a.create_group("x", &["bob".into(), "mallory".into()]),
+        Err(CoreError::UnknownContact(_))
+    ));
+    assert!(a.room_by_name("x").is_err());
+}
+
+#[test]
+fn malformed_invitations_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (core(&dir, 0), core(&dir, 1));
+    let code = |i: usize| identities()[i].contact_code().encode();
+    a.add_contact("bob", &code(1)).unwrap();
+    b.add_contact("alice", &code(0)).unwrap();
+    a.join(Room::named("lobby", None).unwrap()).unwrap();
+    b.join(Room::named("lobby", None).unwrap()).unwrap();
+    let direct = a.room_by_name("@bob").unwrap().id;
+    let lobby = a.room_by_name("lobby").unwrap().id;
+    let invite = |name: &str, members: &[String]| crate::envelope::Invite {
+        name: name.into(),
+        members: members.to_vec(),
+    };
+    let good = invite("team", &[code(0), code(1), code(2)]);
+    let payload = |text: Option<&str>, invite: crate::envelope::Invite| Payload {
+        from: "alice".into(),
+        text: text.map(str::to_string),
+        invite: Some(invite),
+        ..Payload::default()
+    };
+    assert_eq!(
+        rejection_of(
+            &a,
+            &b,
+            direct,
+            Kind::Text,
+            1,
+            &payload(Some("hi"), good.clone())
+        ),
+        None,
+        "the well-formed one passes"
+    );
+    let cases = [
+        (
+            lobby,
+            Kind::Text,
+            payload(Some("hi"), good.clone()),
+            "in a named room",
+        ),
+        (direct, Kind::Text, payload(None, good.clone()), "no text"),
+        (
+            direct,
+            Kind::Reaction,
+            payload(None, good.clone()),
+            "not a text",
+        ),
+        (
+            direct,
+            Kind::Text,
+            payload(Some("hi"), invite("team", &[code(0), code(2)])),
+            "not to us",
+        ),
+        (
+            direct,
+            Kind::Text,
+            payload(Some("hi"), invite("team", &[code(1), code(2)])),
+            "not from its author's group",
+        ),
+        (
+            direct,
+            Kind::Text,
+            payload(
+                Some("hi"),
+                invite("team", &[code(0), "cc1:nonsense".into()]),
+            ),
+            "a bad code",
+        ),
+        (
+            direct,
+            Kind::Text,
+            payload(Some("hi"), invite(" ", &[code(0), code(1)])),
+            "no name",
+        ),
+        (
+            direct,
+            Kind::Text,
+            payload(
+                Some("hi"),
+                invite(
+                    "team",
+                    &vec![code(0); 40]
+                        .into_iter()
+                        .chain([code(1)])
+                        .collect::<Vec<_>>(),
+                ),
+            ),
+            "too many",
+        ),
+    ];
+    for (rid, kind, payload, why) in cases {
+        assert_eq!(
+            rejection_of(&a, &b, rid, kind, 1, &payload),
+            Some(Rejection::Malformed),
+            "{why}"
+        );
+    }
+}
+
+#[test]
 fn a_runaway_lamport_clock_cannot_stop_a_room() {
     let dir = tempfile::tempdir().unwrap();
     let (_alice, mut b, _) = two_in_lobby(&dir);
@@ -1068,6 +1244,7 @@ fn a_runaway_lamport_clock_cannot_stop_a_room() {
         revises: None,
         reply_to: None,
         react: None,
+        invite: None,
     };
     let env = Envelope::seal(&identities()[0], &room, Kind::Text, pos, &payload).unwrap();
     assert!(matches!(

@@ -546,6 +546,9 @@ impl Service {
             if m.deleted && m.revises.is_some() {
                 self.drop_withdrawn_file(m);
             }
+            if m.invite.is_some() {
+                self.join_invited(m);
+            }
         }
         let _ = self.events.send(ev);
     }
@@ -669,6 +672,19 @@ impl Service {
         v
     }
 
+    /// Joins the group a contact invited us to (see [`Core::join_invited`]).
+    fn join_invited(&mut self, m: &MessageView) {
+        match self.core.join_invited(m) {
+            Ok(Some(room)) => {
+                let group = hex::encode(&room.id.0[..4]);
+                tracing::info!(%group, "joined a group on a contact's invitation");
+                self.subscribe(room.id);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not join the group of an invitation"),
+        }
+    }
+
     fn join(&mut self, room: Room) -> Result<RoomView, NodeError> {
         let (room, new) = self.core.join(room)?;
         let (id, room) = (room.id, room.clone());
@@ -788,13 +804,18 @@ impl Service {
                 let _ = r.send(Ok(self.core.contacts()));
             }
             Command::CreateGroup(name, members, r) => {
-                let res = self.core.create_group(&name, &members);
-                if let Ok(room) = &res
-                    && let Some(id) = crate::room::RoomId::from_topic(&room.topic)
-                {
-                    self.subscribe(id);
-                }
-                let _ = r.send(res.map_err(NodeError::from));
+                let res = blocking(|| self.core.create_group(&name, &members));
+                let res = res.map_err(NodeError::from).map(|(room, invites)| {
+                    if let Some(id) = crate::room::RoomId::from_topic(&room.topic) {
+                        self.subscribe(id);
+                    }
+                    for invite in invites {
+                        // Written already: a member offline gets it by reconciliation.
+                        let _ = self.send_composed(Ok(invite));
+                    }
+                    room
+                });
+                let _ = r.send(res);
             }
             Command::Dial(addr, r) => {
                 // The user asked for this peer: no waiting for it to dial first.
