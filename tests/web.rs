@@ -435,6 +435,30 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
             .any(|r| r["name"] == "crew" && r["kind"] == "group")
     });
     assert_eq!(b.text("#roomtitle"), "crew");
+
+    // What is unread stays so through a reload of the page; what was read, too.
+    bob.cli(&["dm", "alice", "one more thing"]);
+    wait_until("the new message unread", T, || {
+        b.script("return document.title") == "(1) cryptchat"
+    });
+    let reload = || {
+        let here = b.script("return location.href");
+        b.goto(here.as_str().unwrap());
+        b.wait_for("#app", T);
+        wait_until("the page back, live", T, || b.text("#live") == "live");
+        wait_until("the rooms listed", T, || {
+            b.find("#rooms button[data-room='@bob']").is_some()
+        });
+    };
+    reload();
+    assert_eq!(b.script("return document.title"), "(1) cryptchat");
+    assert_eq!(b.text("#rooms button[data-room='@bob'] .unread"), "1");
+    select_room(&b, "@bob");
+    wait_until("read once open", T, || {
+        b.script("return document.title") == "cryptchat"
+    });
+    reload();
+    assert_eq!(b.script("return document.title"), "cryptchat");
     select_room(&b, "@bob");
 
     // Removing the contact leaves its direct room.
