@@ -66,9 +66,18 @@ const DECLINED: TableDefinition<Bytes, Bytes> = TableDefinition::new("declined")
 /// ciphertext, so the caller names it when it appends ([`Note`]).
 const REVISIONS: TableDefinition<Bytes, Bytes> = TableDefinition::new("revisions");
 /// room||author||seq of a message||reactor||seq of the reactor's reaction -> empty: every
-/// reaction entry, by the message it reacts to ([`Journal::reactions`]).
+/// reaction entry, by the message it reacts to ([`Journal::notes`]).
 const REACTIONS: TableDefinition<Bytes, Bytes> = TableDefinition::new("reactions");
 const REACTION_KEY_LEN: usize = ENTRY_KEY_LEN + 40;
+
+/// What the journal noted of an entry from later ones (see [`Journal::notes`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notes {
+    /// The seq of its author's latest entry that revises it.
+    pub revision: Option<u64>,
+    /// Its reactions: (reactor, seq of the reaction entry), ascending.
+    pub reactions: Vec<(Id, u64)>,
+}
 
 /// What an entry says of another, noted when it is appended: the journal cannot read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1095,7 +1104,7 @@ impl Journal {
     /// The seq of the author's latest entry that revises its entry `seq` in the room (held
     /// contiguous or pending), if any.
     pub fn revision(&self, room: &Id, author: &Id, seq: u64) -> Result<Option<u64>, JournalError> {
-        Ok(self.revisions(room, &[(*author, seq)])?[0])
+        Ok(self.notes(room, &[(*author, seq)])?[0].revision)
     }
 
     /// How many of an author's contiguous entries in the room `keep` accepts (given each
@@ -1123,28 +1132,30 @@ impl Journal {
         Ok(n)
     }
 
-    /// The reactions to each of the room's entries (author, seq), in one read, in input
-    /// order: per entry, (reactor, seq of its reaction entry), ascending.
-    pub fn reactions(
-        &self,
-        room: &Id,
-        entries: &[(Id, u64)],
-    ) -> Result<Vec<Vec<(Id, u64)>>, JournalError> {
+    /// What later entries say of each of the room's entries (author, seq), in one read, in
+    /// input order: its latest revision, and its reactions.
+    pub fn notes(&self, room: &Id, entries: &[(Id, u64)]) -> Result<Vec<Notes>, JournalError> {
         let path = self.path.as_path();
         let txn = self.db.begin_read().at(path)?;
-        let table = txn.open_table(REACTIONS).at(path)?;
+        let revisions = txn.open_table(REVISIONS).at(path)?;
+        let reactions = txn.open_table(REACTIONS).at(path)?;
         entries
             .iter()
             .map(|(author, seq)| {
+                let key = entry_key(room, author, *seq);
+                let revision = match revisions.get(&key[..]).at(path)? {
+                    Some(v) => Some(decode_revision(path, &key, v.value())?),
+                    None => None,
+                };
                 let lo = reaction_key(room, author, *seq, &[0; 32], 0);
                 let hi = reaction_key(room, author, *seq, &[0xff; 32], u64::MAX);
-                let mut out = Vec::new();
-                for item in table.range(&lo[..]..=&hi[..]).at(path)? {
+                let mut given = Vec::new();
+                for item in reactions.range(&lo[..]..=&hi[..]).at(path)? {
                     let (k, _) = item.at(path)?;
                     let k = k.value();
                     match (id_at(k, ENTRY_KEY_LEN), u64_at(k, ENTRY_KEY_LEN + 32)) {
                         (Some(reactor), Some(seq)) if k.len() == REACTION_KEY_LEN => {
-                            out.push((reactor, seq));
+                            given.push((reactor, seq));
                         }
                         _ => {
                             return Err(corrupt(
@@ -1154,28 +1165,10 @@ impl Journal {
                         }
                     }
                 }
-                Ok(out)
-            })
-            .collect()
-    }
-
-    /// [`Self::revision`] for many entries (author, seq) in one read, in input order.
-    pub fn revisions(
-        &self,
-        room: &Id,
-        entries: &[(Id, u64)],
-    ) -> Result<Vec<Option<u64>>, JournalError> {
-        let path = self.path.as_path();
-        let txn = self.db.begin_read().at(path)?;
-        let table = txn.open_table(REVISIONS).at(path)?;
-        entries
-            .iter()
-            .map(|(author, seq)| {
-                let key = entry_key(room, author, *seq);
-                match table.get(&key[..]).at(path)? {
-                    Some(v) => Ok(Some(decode_revision(path, &key, v.value())?)),
-                    None => Ok(None),
-                }
+                Ok(Notes {
+                    revision,
+                    reactions: given,
+                })
             })
             .collect()
     }

@@ -152,20 +152,19 @@ impl RoomReader {
         let entries = self
             .journal
             .history_where(&self.room.id.0, q.page, wanted)?;
-        // Which of them were revised, in one read.
+        // Which of them were revised or reacted to, in one read.
         let ids: Vec<_> = entries
             .iter()
             .map(|e| (e.meta.author, e.meta.seq))
             .collect();
-        let revisions = self.journal.revisions(&self.room.id.0, &ids)?;
-        let reactions = self.journal.reactions(&self.room.id.0, &ids)?;
+        let notes = self.journal.notes(&self.room.id.0, &ids)?;
         let mut out = Vec::with_capacity(entries.len());
-        for ((entry, by), reactions) in entries.into_iter().zip(revisions).zip(reactions) {
+        for (entry, notes) in entries.into_iter().zip(notes) {
             if let Some((env, payload)) = open_entry(&self.room, entry, &self.keys, &self.identity)
             {
-                let mut opened = self.revise(env, payload, by)?;
+                let mut opened = self.revise(env, payload, notes.revision)?;
                 if opened.revised != Some(Revised::Deleted) {
-                    opened.reactions = self.standing(&opened.env, &reactions)?;
+                    opened.reactions = self.standing(&opened.env, &notes.reactions)?;
                 }
                 out.push(opened);
             }
