@@ -419,7 +419,8 @@ impl Core {
         Journal::open_counting(path, Envelope::is_message)
     }
 
-    /// Opens the node state on a journal (from [`Core::open_journal`]); refuses a journal that belongs to another identity.
+    /// Opens the node state on a journal (from [`Core::open_journal`]); refuses a journal
+    /// that belongs to another identity.
     pub fn open(identity: Arc<Identity>, journal: Journal) -> Result<Core, CoreError> {
         let keys = AuthorKeys::default();
         keys.insert(identity.public().clone());
@@ -721,16 +722,16 @@ impl Core {
         let mut codes = vec![me.clone()];
         let mut invitees = Vec::new();
         for m in members {
-            let name = m.trim().trim_start_matches('@');
+            let contact = m.trim().trim_start_matches('@');
             let code = self
                 .contacts
-                .get(name)
+                .get(contact)
                 .ok_or_else(|| CoreError::UnknownContact(m.clone()))?;
             let mut member: Member = code.clone().into();
-            member.username = name.to_string();
+            member.username = contact.to_string();
             list.push(member);
             codes.push(code.clone());
-            invitees.push(name.to_string());
+            invitees.push(contact.to_string());
         }
         let room = Room::group(name, list)?;
         let (room, _) = self.join(room)?;
