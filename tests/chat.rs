@@ -773,3 +773,68 @@ fn a_group_invitation_reaches_a_member_offline_or_not_yet_a_contact() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn an_ignored_author_is_not_shown_nor_its_files_fetched_until_seen_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = lobby_pair(dir.path());
+    let bob = b.status()["user_id"].as_str().unwrap().to_string();
+    a.cli(&["send", "lobby", "hello"]);
+    for text in ["buy now", "buy more"] {
+        b.cli(&["send", "lobby", text]);
+    }
+    wait_until("alice reads bob", T, || a.texts("lobby").len() == 3);
+
+    let ignored = a.cli(&["ignore", "lobby", &bob[..8]]);
+    assert_eq!(ignored["user_id"], bob.as_str());
+    assert_eq!(a.texts("lobby"), ["hello"]);
+    assert_eq!(a.cli(&["ignored"])[0]["user_id"], bob.as_str());
+    let rooms = a.cli(&["rooms"]);
+    assert_eq!(rooms[0]["messages"], 1, "{rooms}");
+    let members = a.cli(&["members", "lobby"]);
+    assert_eq!(members[1]["user_id"], bob.as_str());
+    assert_eq!(members[1]["ignored"], true);
+    // What he sends now is not shown, and his file is not fetched unasked.
+    let path = dir.path().join("offer.txt");
+    std::fs::write(&path, b"a limited offer").unwrap();
+    b.cli(&["share", "lobby", path.to_str().unwrap()]);
+    b.cli(&["send", "lobby", "last chance"]);
+    a.cli(&["send", "lobby", "quiet here"]);
+    wait_until("alice's node holds bob's four", T, || {
+        a.cli(&["members", "lobby"])[1]["messages"] == 4
+    });
+    // A file message not ignored is fetched at once (tests/files.rs); give it time.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(a.status()["file_bytes"], 0, "bob's file fetched unasked");
+    assert_eq!(a.texts("lobby"), ["hello", "quiet here"]);
+    assert!(a.cli(&["files", "lobby"]).as_array().unwrap().is_empty());
+    assert!(
+        a.cli(&["search", "lobby", "buy"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let human = a.client(&["members", "lobby"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&human.stdout).contains("(ignored)"));
+
+    // What cannot be ignored is said so.
+    let me = a.status()["user_id"].as_str().unwrap().to_string();
+    let (status, body) = a.post(
+        "/ignore",
+        &serde_json::json!({"room": "lobby", "author": &me[..8]}),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = a.post(
+        "/ignore",
+        &serde_json::json!({"room": "lobby", "author": "0123456789"}),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(body.to_string().contains("no author"), "{body}");
+
+    // Seen again: everything he wrote.
+    a.cli(&["ignore", "lobby", &bob[..8], "--undo"]);
+    assert_eq!(a.texts("lobby").len(), 5);
+    assert_eq!(a.cli(&["rooms"])[0]["messages"], 6);
+    assert!(a.cli(&["ignored"]).as_array().unwrap().is_empty());
+    assert_eq!(a.cli(&["files", "lobby"])[0]["file"]["name"], "offer.txt");
+}

@@ -461,6 +461,39 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     assert_eq!(b.script("return document.title"), "cryptchat");
     select_room(&b, "@bob");
 
+    // Ignoring Bob from the member list hides what he wrote, and what he writes next;
+    // seeing him again brings it all back.
+    b.click_on("#membersbtn", T);
+    b.click_on("#memberlist button[aria-label='Ignore bob (contact)']", T);
+    b.accept_alert();
+    wait_until("bob's messages hidden, and him marked", T, || {
+        !shown(&b).contains("one more thing") && b.text("#memberlist").contains("· ignored")
+    });
+    assert!(shown(&b).contains("just between us"), "alice's own stay");
+    let bobs = || -> u64 {
+        let members = alice.cli(&["members", "@bob"]);
+        let bob = members
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| !m["me"].as_bool().unwrap());
+        bob.unwrap()["messages"].as_u64().unwrap()
+    };
+    let before = bobs();
+    bob.cli(&["dm", "alice", "psst, alice"]);
+    wait_until("alice's node holds it", T, || bobs() == before + 1);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(!shown(&b).contains("psst"), "{}", shown(&b));
+    assert_eq!(b.script("return document.title"), "cryptchat");
+    b.click_on(
+        "#memberlist button[aria-label='Stop ignoring bob (contact)']",
+        T,
+    );
+    wait_until("bob's messages back", T, || {
+        shown(&b).contains("one more thing") && shown(&b).contains("psst, alice")
+    });
+    assert!(!b.text("#memberlist").contains("· ignored"));
+
     // Removing the contact leaves its direct room.
     b.click_on("#contacts button[aria-label='Remove bob']", T);
     b.accept_alert();

@@ -113,7 +113,8 @@ impl From<NodeError> for ApiError {
                 | CoreError::UnknownContact(_)
                 | CoreError::UnknownFile(..)
                 | CoreError::UnknownMessage(..)
-                | CoreError::NoMessage(..),
+                | CoreError::NoMessage(..)
+                | CoreError::NoAuthor(..),
             ) => StatusCode::NOT_FOUND,
             NodeError::Core(
                 CoreError::AlreadyJoined(_)
@@ -129,7 +130,8 @@ impl From<NodeError> for ApiError {
                 | CoreError::AmbiguousFile(..)
                 | CoreError::NotEditable(..)
                 | CoreError::Deleted(..)
-                | CoreError::BadReaction(_),
+                | CoreError::BadReaction(_)
+                | CoreError::IgnoreSelf,
             ) => StatusCode::BAD_REQUEST,
             NodeError::FileInput(_) => StatusCode::BAD_REQUEST,
             NodeError::FileUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -200,6 +202,16 @@ pub struct EditRequest {
     pub room: String,
     pub seq: u64,
     pub text: String,
+}
+
+/// Ignore an author of a room (a contact's name, or 8+ hex digits of a user id), or see it
+/// again (`undo`).
+#[derive(Serialize, Deserialize, Debug)]
+pub struct IgnoreRequest {
+    pub room: String,
+    pub author: String,
+    #[serde(default)]
+    pub undo: bool,
 }
 
 /// React to a message (as `reply_to` names one) with an emoji, or take it back (`undo`).
@@ -410,6 +422,8 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/download-ticket", post(download_ticket))
         .route("/contacts", get(contacts).post(add_contact))
         .route("/contacts/remove", post(remove_contact))
+        .route("/ignore", post(ignore))
+        .route("/ignored", get(ignored))
         .route("/dm", post(dm))
         .route("/groups", post(group))
         .route("/dial", post(dial))
@@ -778,6 +792,17 @@ async fn add_contact(
     Json(r): Json<ContactRequest>,
 ) -> ApiResult<crate::core::ContactView> {
     Ok(Json(s.node.add_contact(&r.name, &r.code).await?))
+}
+
+async fn ignore(
+    State(s): State<AppState>,
+    Json(r): Json<IgnoreRequest>,
+) -> ApiResult<crate::core::IgnoredView> {
+    Ok(Json(s.node.ignore(&r.room, &r.author, r.undo).await?))
+}
+
+async fn ignored(State(s): State<AppState>) -> ApiResult<Vec<crate::core::IgnoredView>> {
+    Ok(Json(s.node.ignored().await?))
 }
 
 async fn remove_contact(

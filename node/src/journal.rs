@@ -1294,6 +1294,18 @@ impl Journal {
         &self,
         room: &Id,
         page: Page,
+        keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<Vec<StoredEntry>, JournalError> {
+        self.history_of(room, page, |_| true, keep)
+    }
+
+    /// [`Self::history_where`], passing over the entries of authors `of` turns down without
+    /// reading them.
+    pub fn history_of(
+        &self,
+        room: &Id,
+        page: Page,
+        of: impl Fn(&Id) -> bool,
         mut keep: impl FnMut(&[u8]) -> bool,
     ) -> Result<Vec<StoredEntry>, JournalError> {
         if page.limit == 0 {
@@ -1320,6 +1332,9 @@ impl Journal {
             else {
                 return Err(corrupt(path, format!("order key of {} bytes", k.len())));
             };
+            if !of(&author) {
+                continue;
+            }
             let key = entry_key(room, &author, seq);
             let v = entries.get(&key[..]).at(path)?.ok_or_else(|| {
                 corrupt(path, format!("{}: indexed but missing", describe_key(&key)))
@@ -2308,6 +2323,18 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        // Passing over an author: the page fills with the others'.
+        let not_bob = |a: &Id| *a != BOB;
+        let others: Vec<StoredEntry> = all
+            .iter()
+            .filter(|e| e.meta.author != BOB)
+            .cloned()
+            .collect();
+        assert!(others.len() >= 3 && others.len() < all.len());
+        let last3 = j
+            .history_of(&ROOM, Page::last(3), not_bob, |_| true)
+            .unwrap();
+        assert_eq!(last3, others[others.len() - 3..].to_vec());
     }
 
     #[test]

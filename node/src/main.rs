@@ -9,12 +9,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cryptchat::api::{
     BlockRequest, ContactRequest, DeleteRequest, DialRequest, DmRequest, EditRequest, FetchRequest,
-    ForgetRequest, GroupRequest, HistoryRequest, IdView, JoinRequest, MessageRequest, NameRequest,
-    ReactRequest, RoomRequest, SendRequest, ShareRequest,
+    ForgetRequest, GroupRequest, HistoryRequest, IdView, IgnoreRequest, JoinRequest,
+    MessageRequest, NameRequest, ReactRequest, RoomRequest, SendRequest, ShareRequest,
 };
 use cryptchat::client::Client;
 use cryptchat::config::{self, ApiInfo};
-use cryptchat::core::{ContactView, MemberView, MessageView, RoomView};
+use cryptchat::core::{ContactView, IgnoredView, MemberView, MessageView, RoomView};
 use cryptchat::envelope::Kind;
 use cryptchat::faults::FaultConfig;
 use cryptchat::identity::{Identity, KeySize};
@@ -150,6 +150,17 @@ enum Cmd {
         #[arg(long)]
         undo: bool,
     },
+    /// Stop seeing an author (a contact's name, or the 8 hex digits `history` shows): its
+    /// messages, reactions and files no longer show or count, in any room; --undo sees it
+    /// again.
+    Ignore {
+        room: String,
+        author: String,
+        #[arg(long)]
+        undo: bool,
+    },
+    /// List the authors you ignore.
+    Ignored,
     /// Edit one of your messages: its number is the #N that `send` and `history` show.
     /// Members see the new text, marked edited.
     Edit {
@@ -910,7 +921,11 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                         (None, Some(n)) => n.clone(),
                         (None, None) => "(no message yet)".to_string(),
                     };
-                    let you = if m.me { "  (you)" } else { "" };
+                    let you = match (m.me, m.ignored) {
+                        (true, _) => "  (you)",
+                        (false, true) => "  (ignored)",
+                        (false, false) => "",
+                    };
                     let s = if m.messages == 1 { "" } else { "s" };
                     println!(
                         "{}  {who:<24} {:>6} message{s}{you}",
@@ -1085,6 +1100,28 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             let v: ContactView = c.post("/contacts/remove", &NameRequest { name })?;
             print(json, &v, |v| {
                 println!("removed {} and left {}", v.name, v.room)
+            })
+        }
+        Cmd::Ignore { room, author, undo } => {
+            let v: IgnoredView = c.post("/ignore", &IgnoreRequest { room, author, undo })?;
+            print(json, &v, |v| {
+                let what = if undo {
+                    "no longer ignoring"
+                } else {
+                    "ignoring"
+                };
+                println!("{what} {}", ignored_label(v));
+            })
+        }
+        Cmd::Ignored => {
+            let v: Vec<IgnoredView> = c.get("/ignored")?;
+            print(json, &v, |v| {
+                if v.is_empty() {
+                    println!("ignoring no one");
+                }
+                for i in v {
+                    println!("{}", ignored_label(i));
+                }
             })
         }
         Cmd::Contact(ContactCmd::List) => {
@@ -1266,6 +1303,14 @@ fn print_sent(s: &Sent) {
             "stored in {} (#{}); no member reachable yet, it goes out when one is",
             s.message.room, s.message.seq
         );
+    }
+}
+
+/// An ignored author as people name it: our contact name for it, then its user id.
+fn ignored_label(v: &IgnoredView) -> String {
+    match &v.contact {
+        Some(name) => format!("{name} ({})", v.user_id),
+        None => v.user_id.clone(),
     }
 }
 

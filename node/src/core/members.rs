@@ -30,6 +30,7 @@ impl Core {
                     contact: self.contact_name(id),
                     messages: vector.get(&id.0).map_or(0, |h| h.seq),
                     me: *id == me,
+                    ignored: self.ignored.contains(id),
                 };
                 (*id, view)
             })

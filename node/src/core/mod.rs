@@ -26,11 +26,13 @@ use crate::room::{Member, Room, RoomError, RoomId, RoomKind, StoredRoom};
 use crate::shown::Shown;
 use crate::sync::{self, ForkRef, Range};
 
+mod ignore;
 mod incoming;
 mod members;
 mod reader;
 mod receipts;
 
+pub use ignore::IgnoredView;
 pub use incoming::{Checked, check, check_batch};
 use reader::open_entry;
 pub use reader::{Opened, Query, Revised, RoomReader};
@@ -71,6 +73,13 @@ pub enum CoreError {
          of a user id (cryptchat history shows each message's)"
     )]
     NoMessage(String, String),
+    #[error(
+        "no author '{0}' in room '{1}': name a contact, or 8+ hex digits of a user id \
+         (cryptchat members ROOM shows them)"
+    )]
+    NoAuthor(String, String),
+    #[error("you cannot ignore yourself")]
+    IgnoreSelf,
     #[error("message {0} was deleted")]
     Deleted(String),
     #[error("'{0}' is not a reaction: an emoji or a short word (at most 32 bytes, no spaces)")]
@@ -214,6 +223,9 @@ pub struct MemberView {
     pub messages: u64,
     /// Whether this member is us.
     pub me: bool,
+    /// Whether the user ignores it (see `cryptchat ignore`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignored: bool,
 }
 
 /// A detected fork: proof that an author signed two entries at the same seq.
@@ -334,6 +346,8 @@ pub struct Core {
     rooms: BTreeMap<RoomId, Room>,
     names: BTreeMap<String, RoomId>,
     contacts: BTreeMap<String, ContactCode>,
+    /// Authors the user does not want to see (see [`ignore`]); shared with readers.
+    ignored: Arc<std::collections::BTreeSet<UserId>>,
     counters: Counters,
     /// What each member's receipts say it holds, per room.
     receipts: HashMap<RoomId, HashMap<UserId, Receipt>>,
@@ -431,6 +445,7 @@ impl Core {
             rooms: BTreeMap::new(),
             names: BTreeMap::new(),
             contacts: BTreeMap::new(),
+            ignored: Arc::default(),
             counters: Counters::default(),
             receipts: HashMap::new(),
             members: HashMap::new(),
@@ -465,6 +480,7 @@ impl Core {
                 .ok_or_else(|| CoreError::CorruptSetting(key.clone()))?;
             core.contacts.insert(name, code);
         }
+        core.load_ignored()?;
         core.learn_stored_keys()?;
         Ok(core)
     }
@@ -614,7 +630,10 @@ impl Core {
             topic: room.id.topic(),
             kind: room.kind,
             has_password: room.has_password,
-            messages: self.journal.messages(&room.id.0)?,
+            messages: self
+                .journal
+                .messages(&room.id.0)?
+                .saturating_sub(self.ignored_messages(&room.id.0)?),
             pending: self.journal.pending_count(&room.id.0)?,
             members,
             forks: self

@@ -1,7 +1,7 @@
 //! Reading a room's stored history apart from [`Core`]: pages, kinds and searches, each
 //! entry verified and opened again (the database is not trusted more than the network).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::{Core, CoreError, MemberView, MessageView, ReactionView, now_ms};
@@ -102,6 +102,8 @@ pub struct RoomReader {
     journal: Arc<Journal>,
     keys: AuthorKeys,
     identity: Arc<Identity>,
+    /// Authors whose messages and reactions it passes over (see `Core::ignore`).
+    ignored: Arc<BTreeSet<UserId>>,
 }
 
 impl RoomReader {
@@ -149,9 +151,10 @@ impl RoomReader {
                 })
                 .is_some_and(|opened| mentions(&opened.payload, needle))
         };
+        let heard = |author: &Id| !self.ignored.contains(&UserId(*author));
         let entries = self
             .journal
-            .history_where(&self.room.id.0, q.page, wanted)?;
+            .history_of(&self.room.id.0, q.page, heard, wanted)?;
         // Which of them were revised or reacted to, in one read.
         let ids: Vec<_> = entries
             .iter()
@@ -184,6 +187,9 @@ impl RoomReader {
         // (reactor, emoji) -> (its latest seq, lamport, whether it stands)
         let mut latest: HashMap<(Id, String), (u64, u64, bool)> = HashMap::new();
         for (reactor, seq) in entries {
+            if self.ignored.contains(&UserId(*reactor)) {
+                continue;
+            }
             let Some(entry) = self.journal.get(&self.room.id.0, reactor, *seq)? else {
                 continue;
             };
@@ -482,6 +488,7 @@ impl Core {
             journal: self.journal.clone(),
             keys: self.keys.clone(),
             identity: self.identity.clone(),
+            ignored: self.ignored.clone(),
         })
     }
 

@@ -1681,3 +1681,84 @@ fn rejection_of(
     )
     .err()
 }
+
+#[test]
+fn an_ignored_author_is_neither_shown_nor_counted_nor_found_until_seen_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, rid) = two_in_lobby(&dir);
+    let alice = a.identity.id().to_hex();
+    let bob = b.identity.id().to_hex();
+    let to_alice = |a: &mut Core, env: Envelope| {
+        a.receive(&rid.topic(), env.into_bytes()).unwrap();
+    };
+    let (_, env, _) = a.compose("lobby", "hello").unwrap();
+    b.receive(&rid.topic(), env.into_bytes()).unwrap();
+    for text in ["buy now", "buy more", "buy it all"] {
+        let env = b.compose("lobby", text).unwrap().1;
+        to_alice(&mut a, env);
+    }
+    let env = b
+        .compose_reaction("lobby", &alice, 1, "👍", false)
+        .unwrap()
+        .1;
+    to_alice(&mut a, env);
+    a.compose("lobby", "anyone?").unwrap();
+    let texts = |a: &Core, limit| -> Vec<String> {
+        a.history("lobby", limit)
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| m.text)
+            .collect()
+    };
+    let lobby = |a: &Core| a.room_view(a.room_by_name("lobby").unwrap()).unwrap();
+    assert_eq!(texts(&a, 10).len(), 5);
+    assert_eq!(lobby(&a).messages, 5);
+
+    let view = a.ignore("lobby", &bob[..8], false).unwrap();
+    assert_eq!(view.user_id, bob);
+    assert_eq!(texts(&a, 10), ["hello", "anyone?"]);
+    assert_eq!(texts(&a, 1), ["anyone?"]);
+    assert_eq!(
+        texts(&a, 2),
+        ["hello", "anyone?"],
+        "the page fills with others'"
+    );
+    assert!(a.history("lobby", 10).unwrap()[0].reactions.is_empty());
+    let q = Query {
+        contains: Some("buy".into()),
+        ..Query::last(10)
+    };
+    assert!(a.reader("lobby").unwrap().query(&q).unwrap().is_empty());
+    assert_eq!(lobby(&a).messages, 2);
+    let (reader, members) = a.members("lobby").unwrap();
+    let members = reader.name_members(members).unwrap();
+    drop(reader);
+    let flagged: Vec<(bool, bool)> = members.iter().map(|m| (m.me, m.ignored)).collect();
+    assert_eq!(flagged, [(true, false), (false, true)]);
+    assert!(a.is_ignored(&bob) && !a.is_ignored(&alice));
+
+    // Across a restart, and in every room.
+    drop(a);
+    let mut a = core(&dir, 0);
+    assert_eq!(a.ignored().len(), 1);
+    assert_eq!(texts(&a, 10), ["hello", "anyone?"]);
+    // What cannot be ignored.
+    assert!(matches!(
+        a.ignore("lobby", &alice[..8], false),
+        Err(CoreError::IgnoreSelf)
+    ));
+    for who in ["0000000000", "ab", "nobody"] {
+        let err = a.ignore("lobby", who, false).unwrap_err();
+        assert!(matches!(err, CoreError::NoAuthor(..)), "{who}: {err}");
+    }
+    assert!(matches!(
+        a.ignore("nowhere", &bob[..8], false),
+        Err(CoreError::UnknownRoom(_))
+    ));
+    // Seen again: all of it.
+    a.ignore("lobby", &bob[..8], true).unwrap();
+    assert!(a.ignored().is_empty());
+    assert_eq!(texts(&a, 10).len(), 5);
+    assert_eq!(lobby(&a).messages, 5);
+    assert_eq!(a.history("lobby", 10).unwrap()[0].reactions.len(), 1);
+}

@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::files::{self, Fetched, Target};
 use super::{Event, NodeError, PeerView, Sent, Status};
-use crate::core::{ContactView, CoreError, MemberView, MessageView, Query, RoomView};
+use crate::core::{ContactView, CoreError, IgnoredView, MemberView, MessageView, Query, RoomView};
 use crate::envelope::Kind;
 use crate::identity::Identity;
 use crate::journal::Journal;
@@ -35,6 +35,9 @@ pub(super) enum Command {
     AddContact(String, String, Reply<ContactView>),
     Contacts(Reply<Vec<ContactView>>),
     RemoveContact(String, Reply<ContactView>),
+    /// Room, author, undo.
+    Ignore(String, String, bool, Reply<IgnoredView>),
+    Ignored(Reply<Vec<IgnoredView>>),
     CreateGroup(String, Vec<String>, Reply<RoomView>),
     Dial(Multiaddr, Reply<()>),
     Block(Vec<PeerId>, bool, Reply<()>),
@@ -201,6 +204,21 @@ impl NodeHandle {
     pub async fn remove_contact(&self, name: &str) -> Result<ContactView, NodeError> {
         self.ask(|r| Command::RemoveContact(name.to_string(), r))
             .await
+    }
+
+    /// Ignores an author of the room (`undo`: sees it again): see [`crate::core::Core::ignore`].
+    pub async fn ignore(
+        &self,
+        room: &str,
+        author: &str,
+        undo: bool,
+    ) -> Result<IgnoredView, NodeError> {
+        self.ask(|r| Command::Ignore(room.to_string(), author.to_string(), undo, r))
+            .await
+    }
+
+    pub async fn ignored(&self) -> Result<Vec<IgnoredView>, NodeError> {
+        self.ask(Command::Ignored).await
     }
 
     pub async fn create_group(

@@ -542,10 +542,14 @@ impl Service {
 
     fn emit(&mut self, ev: Event) {
         if let Event::Message(m) = &ev {
-            self.auto_fetch.offer(m);
             if m.deleted && m.revises.is_some() {
                 self.drop_withdrawn_file(m);
             }
+            // Nothing of an ignored author reaches clients, the disk or the room list.
+            if self.core.is_ignored(&m.author_id) {
+                return;
+            }
+            self.auto_fetch.offer(m);
             if m.invite.is_some() {
                 self.join_invited(m);
             }
@@ -799,6 +803,13 @@ impl Service {
                     self.subscribe(id);
                 }
                 let _ = r.send(res.map_err(NodeError::from));
+            }
+            Command::Ignore(room, author, undo, r) => {
+                let res = self.core.ignore(&room, &author, undo);
+                let _ = r.send(res.map_err(NodeError::from));
+            }
+            Command::Ignored(r) => {
+                let _ = r.send(Ok(self.core.ignored()));
             }
             Command::Contacts(r) => {
                 let _ = r.send(Ok(self.core.contacts()));
