@@ -838,3 +838,47 @@ fn an_ignored_author_is_not_shown_nor_its_files_fetched_until_seen_again() {
     assert!(a.cli(&["ignored"]).as_array().unwrap().is_empty());
     assert_eq!(a.cli(&["files", "lobby"])[0]["file"]["name"], "offer.txt");
 }
+
+#[test]
+fn a_contact_invited_to_a_password_room_joins_it_and_reads_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = tcp_pair(dir.path(), &[]);
+    let code = |n: &NodeProc| n.status()["contact_code"].as_str().unwrap().to_string();
+    a.cli(&["contact", "add", "bob", &code(&b)]);
+    b.cli(&["contact", "add", "alice", &code(&a)]);
+    let pw = dir.path().join("den.pw");
+    std::fs::write(&pw, "green harbour kettle 12").unwrap();
+    a.cli(&["join", "den", "--room-password-file", pw.to_str().unwrap()]);
+    a.cli(&["send", "den", "before bob came"]);
+    wait_until("the direct room connected", T, || a.room_peers("@bob") >= 1);
+
+    let sent = a.cli(&["invite", "den", "bob"]);
+    assert_eq!(sent[0]["message"]["room"], "@bob");
+    let human = a.client(&["invite", "den", "bob"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&human.stdout).trim(), "invited bob");
+    wait_until("bob in the room, with its history", T, || {
+        b.cli(&["rooms"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "den" && r["has_password"] == true)
+            && b.texts("den") == ["before bob came"]
+    });
+    b.cli(&["send", "den", "thanks for the key"]);
+    wait_until("alice reads bob in den", T, || a.texts("den").len() == 2);
+    // The password itself never left Alice's node.
+    let dm = b.cli(&["history", "@alice"]).to_string();
+    assert!(!dm.contains("green harbour"), "{dm}");
+
+    // Nor to a direct room, nor to a stranger.
+    let (status, body) = a.post(
+        "/invite",
+        &serde_json::json!({"room": "@bob", "contacts": ["bob"]}),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = a.post(
+        "/invite",
+        &serde_json::json!({"room": "den", "contacts": ["mallory"]}),
+    );
+    assert_eq!(status, 404);
+}

@@ -436,6 +436,17 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     });
     assert_eq!(b.text("#roomtitle"), "crew");
 
+    // A room joined on the page, and a contact invited to it from its header.
+    b.send_keys(&b.wait_for("#joinname", T), &format!("attic{ENTER}"));
+    wait_until("the new room open", T, || b.text("#roomtitle") == "attic");
+    b.click_on("#invitebtn", T);
+    b.click_on("#invitees input[value='bob']", T);
+    b.click_on("#inviteform button", T);
+    wait_until("bob's node in the room", T, || {
+        rooms(&bob).iter().any(|r| r["name"] == "attic")
+    });
+    assert!(b.find("#inviteform").is_some_and(|f| !b.displayed(&f)));
+
     // What is unread stays so through a reload of the page; what was read, too.
     bob.cli(&["dm", "alice", "one more thing"]);
     wait_until("the new message unread", T, || {

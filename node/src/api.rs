@@ -131,7 +131,8 @@ impl From<NodeError> for ApiError {
                 | CoreError::NotEditable(..)
                 | CoreError::Deleted(..)
                 | CoreError::BadReaction(_)
-                | CoreError::IgnoreSelf,
+                | CoreError::IgnoreSelf
+                | CoreError::NotInvitable(_),
             ) => StatusCode::BAD_REQUEST,
             NodeError::FileInput(_) => StatusCode::BAD_REQUEST,
             NodeError::FileUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -202,6 +203,13 @@ pub struct EditRequest {
     pub room: String,
     pub seq: u64,
     pub text: String,
+}
+
+/// Invite contacts to a room (see `Core::invite`).
+#[derive(Serialize, Deserialize, Debug)]
+pub struct InviteRequest {
+    pub room: String,
+    pub contacts: Vec<String>,
 }
 
 /// Ignore an author of a room (a contact's name, or 8+ hex digits of a user id), or see it
@@ -426,6 +434,7 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/ignored", get(ignored))
         .route("/dm", post(dm))
         .route("/groups", post(group))
+        .route("/invite", post(invite))
         .route("/dial", post(dial))
         .route("/faults", get(get_faults).post(set_faults))
         .route("/block", post(block))
@@ -792,6 +801,13 @@ async fn add_contact(
     Json(r): Json<ContactRequest>,
 ) -> ApiResult<crate::core::ContactView> {
     Ok(Json(s.node.add_contact(&r.name, &r.code).await?))
+}
+
+async fn invite(
+    State(s): State<AppState>,
+    Json(r): Json<InviteRequest>,
+) -> ApiResult<Vec<crate::service::Sent>> {
+    Ok(Json(s.node.invite(&r.room, r.contacts).await?))
 }
 
 async fn ignore(

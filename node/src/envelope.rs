@@ -147,21 +147,63 @@ pub struct Payload {
     pub invite: Option<Invite>,
 }
 
-/// An invitation to a group room, sent in the direct room of each member by the member who
-/// created the group: what the invitee's node needs to join it. The group's id follows from
-/// the name and the members' ids, so every member's node arrives at the same room.
+/// An invitation to a room, sent in a direct room: what the invitee's node needs to join it.
+/// To a group (`members`), sent to each member by the member who created it: the group's id
+/// follows from the name and the members' ids, so every member's node arrives at the same
+/// room. To a named room (`shared`), sent by a member to a contact: the room's id and key,
+/// which its name and password give (the password itself does not travel).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Invite {
-    /// The group's name.
+    /// The room's name.
     pub name: String,
-    /// Every member's contact code (`cc1:...`), the inviter's and the invitee's among them:
-    /// the keys that messages of the group are wrapped for.
+    /// A group: every member's contact code (`cc1:...`), the inviter's and the invitee's
+    /// among them: the keys that messages of the group are wrapped for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
+    /// A named room: its id and content key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedRoom>,
+}
+
+/// What joins a named room: its id and key (64 hex digits each), and whether a password
+/// went into them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SharedRoom {
+    pub id: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub password: bool,
 }
 
 impl Invite {
-    /// The group room it invites to, if the name and the codes make one.
-    pub fn group(&self) -> Option<Room> {
+    /// A named room's invitation, from the room.
+    pub fn named(room: &Room) -> Option<Invite> {
+        let crate::room::Access::Shared(key) = &room.access else {
+            return None;
+        };
+        Some(Invite {
+            name: room.name.clone(),
+            members: Vec::new(),
+            shared: Some(SharedRoom {
+                id: room.id.to_hex(),
+                key: hex::encode(&key[..]),
+                password: room.has_password,
+            }),
+        })
+    }
+
+    /// The room it invites to, if it makes one: a group of 2 to 32 members whose codes
+    /// parse, or a named room whose id and key are well formed (and, without a password,
+    /// are the ones its name gives).
+    pub fn room(&self) -> Option<Room> {
+        match (&self.shared, self.members.is_empty()) {
+            (None, false) => self.group(),
+            (Some(shared), true) => Self::shared(&self.name, shared),
+            _ => None,
+        }
+    }
+
+    fn group(&self) -> Option<Room> {
         if self.members.len() > MAX_RECIPIENTS {
             return None;
         }
@@ -172,6 +214,29 @@ impl Invite {
             .collect::<Result<Vec<_>, _>>()
             .ok()?;
         Room::group(&self.name, members).ok()
+    }
+
+    fn shared(name: &str, shared: &SharedRoom) -> Option<Room> {
+        let hex32 = |s: &str| {
+            let mut b = [0u8; 32];
+            (valid_id(s) && hex::decode_to_slice(s, &mut b).is_ok()).then_some(b)
+        };
+        let (id, key) = (hex32(&shared.id)?, hex32(&shared.key)?);
+        if !shared.password {
+            // Anyone can work these out from the name: they must be those.
+            let room = Room::named(name, None).ok()?;
+            let invited = Self::named(&room)?;
+            return (invited.shared.as_ref() == Some(shared)).then_some(room);
+        }
+        crate::room::StoredRoom {
+            name: crate::room::check_name(name).ok()?.to_string(),
+            id,
+            kind: crate::room::RoomKind::Named,
+            has_password: true,
+            key: Some(key),
+            members: Vec::new(),
+        }
+        .into_room()
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cryptchat::api::{
     BlockRequest, ContactRequest, DeleteRequest, DialRequest, DmRequest, EditRequest, FetchRequest,
-    ForgetRequest, GroupRequest, HistoryRequest, IdView, IgnoreRequest, JoinRequest,
+    ForgetRequest, GroupRequest, HistoryRequest, IdView, IgnoreRequest, InviteRequest, JoinRequest,
     MessageRequest, NameRequest, ReactRequest, RoomRequest, SendRequest, ShareRequest,
 };
 use cryptchat::client::Client;
@@ -161,6 +161,13 @@ enum Cmd {
     },
     /// List the authors you ignore.
     Ignored,
+    /// Invite contacts to a room: each gets an invitation in your direct room, and their
+    /// node joins the room (a password room's invitation carries its key, not the password).
+    Invite {
+        room: String,
+        #[arg(required = true)]
+        contacts: Vec<String>,
+    },
     /// Edit one of your messages: its number is the #N that `send` and `history` show.
     /// Members see the new text, marked edited.
     Edit {
@@ -1111,6 +1118,14 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     "ignoring"
                 };
                 println!("{what} {}", ignored_label(v));
+            })
+        }
+        Cmd::Invite { room, contacts } => {
+            let v: Vec<Sent> = c.post("/invite", &InviteRequest { room, contacts })?;
+            print(json, &v, |v| {
+                for s in v {
+                    println!("invited {}", s.message.room.trim_start_matches('@'));
+                }
             })
         }
         Cmd::Ignored => {

@@ -118,7 +118,7 @@ impl std::fmt::Debug for Room {
     }
 }
 
-fn check_name(name: &str) -> Result<&str, RoomError> {
+pub(crate) fn check_name(name: &str) -> Result<&str, RoomError> {
     let name = name.trim();
     let n = name.chars().count();
     if n == 0 || n > 128 || name.chars().any(char::is_control) {

@@ -75,13 +75,13 @@ pub fn check(
     {
         return Err(Rejection::Malformed);
     }
-    // An invitation is a text in a direct room, to a group of its author's and ours.
+    // An invitation is a text in a direct room, to a named room, or to a group of its
+    // author's and ours.
     if let Some(invite) = &payload.invite {
-        let to_us = || {
-            invite
-                .group()
-                .and_then(|g| g.member_ids())
-                .is_some_and(|ids| ids.contains(&env.author_id()) && ids.contains(&me.id()))
+        let to_us = || match invite.room().map(|r| r.member_ids()) {
+            Some(Some(ids)) => ids.contains(&env.author_id()) && ids.contains(&me.id()),
+            Some(None) => true,
+            None => false,
         };
         if env.kind != Kind::Text
             || room.kind != RoomKind::Direct

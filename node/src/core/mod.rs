@@ -80,6 +80,8 @@ pub enum CoreError {
     NoAuthor(String, String),
     #[error("you cannot ignore yourself")]
     IgnoreSelf,
+    #[error("cannot invite to this room: {0}")]
+    NotInvitable(&'static str),
     #[error("message {0} was deleted")]
     Deleted(String),
     #[error("'{0}' is not a reaction: an emoji or a short word (at most 32 bytes, no spaces)")]
@@ -736,9 +738,7 @@ impl Core {
         name: &str,
         members: &[String],
     ) -> Result<(RoomView, Vec<Composed>), CoreError> {
-        let me = self.identity.contact_code();
-        let mut list: Vec<Member> = vec![me.clone().into()];
-        let mut codes = vec![me.clone()];
+        let mut list: Vec<Member> = vec![self.identity.contact_code().into()];
         let mut invitees = Vec::new();
         for m in members {
             let contact = m.trim().trim_start_matches('@');
@@ -749,26 +749,91 @@ impl Core {
             let mut member: Member = code.clone().into();
             member.username = contact.to_string();
             list.push(member);
-            codes.push(code.clone());
             invitees.push(contact.to_string());
         }
         let room = Room::group(name, list)?;
         let (room, _) = self.join(room)?;
         let room = room.clone();
-        // The members' own usernames, not our names for them.
-        codes.sort_by_key(|c| c.identity.id());
-        codes.dedup_by_key(|c| c.identity.id());
-        let invite = crate::envelope::Invite {
-            name: room.name.clone(),
-            members: codes.iter().map(ContactCode::encode).collect(),
+        let invites = self.invite(&room.name, &invitees)?;
+        Ok((self.room_view(&room)?, invites))
+    }
+
+    /// Invites contacts to a room: writes an invitation into the direct room with each, and
+    /// returns those to publish. A named room's carries its id and key (see
+    /// [`crate::envelope::Invite`]); a group's, every member's contact code, and goes only to
+    /// members (a group's members are fixed: a new member needs a new group).
+    pub fn invite(
+        &mut self,
+        room_name: &str,
+        contacts: &[String],
+    ) -> Result<Vec<Composed>, CoreError> {
+        let room = self.room_by_name(room_name)?.clone();
+        let (invite, text) = match &room.access {
+            crate::room::Access::Shared(_) => {
+                let invite = crate::envelope::Invite::named(&room)
+                    .ok_or(CoreError::NotInvitable("it has no shared key"))?;
+                let password = if room.has_password {
+                    " (it has a password: this invitation carries its key)"
+                } else {
+                    ""
+                };
+                let text = format!("invites you to the room '{}'{password}", room.name);
+                (invite, text)
+            }
+            crate::room::Access::Members(members) if room.kind == RoomKind::Group => {
+                // The members' own usernames, not our names for them.
+                let me = self.identity.id();
+                let codes: Vec<ContactCode> = members
+                    .iter()
+                    .map(|m| {
+                        let id = m.identity.id();
+                        match self.contacts.values().find(|c| c.identity.id() == id) {
+                            Some(code) => code.clone(),
+                            None if id == me => self.identity.contact_code(),
+                            None => ContactCode {
+                                username: m.username.clone(),
+                                identity: m.identity.clone(),
+                            },
+                        }
+                    })
+                    .collect();
+                let mut names: Vec<&str> = codes.iter().map(|c| c.username.as_str()).collect();
+                names.sort_unstable();
+                let text = format!(
+                    "invites you to the group '{}' ({})",
+                    room.name,
+                    names.join(", ")
+                );
+                let invite = crate::envelope::Invite {
+                    name: room.name.clone(),
+                    members: codes.iter().map(ContactCode::encode).collect(),
+                    shared: None,
+                };
+                (invite, text)
+            }
+            crate::room::Access::Members(_) => {
+                return Err(CoreError::NotInvitable(
+                    "a direct room is for its two members",
+                ));
+            }
         };
-        let mut names: Vec<&str> = codes.iter().map(|c| c.username.as_str()).collect();
-        names.sort_unstable();
-        let text = format!(
-            "invites you to the group '{}' ({})",
-            room.name,
-            names.join(", ")
-        );
+        let mut invitees = Vec::new();
+        for name in contacts {
+            let contact = name.trim().trim_start_matches('@');
+            let code = self
+                .contacts
+                .get(contact)
+                .ok_or_else(|| CoreError::UnknownContact(name.clone()))?;
+            if room
+                .member_ids()
+                .is_some_and(|ids| !ids.contains(&code.identity.id()))
+            {
+                return Err(CoreError::NotInvitable(
+                    "a group's members are fixed: make a new group with them",
+                ));
+            }
+            invitees.push(contact.to_string());
+        }
         invitees.sort();
         invitees.dedup();
         let mut invites = Vec::with_capacity(invitees.len());
@@ -780,18 +845,18 @@ impl Core {
             };
             invites.push(self.compose_entry(&format!("@{contact}"), Kind::Text, content)?);
         }
-        Ok((self.room_view(&room)?, invites))
+        Ok(invites)
     }
 
-    /// Joins the group a member's message invites us to (see [`Core::create_group`]):
-    /// `None` if it invites to nothing, or to a group we are in. The group takes its name, or
-    /// if a room of ours has that name, the name followed by the inviter's in parentheses;
+    /// Joins the room a contact's message invites us to (see [`Core::invite`]): `None` if it
+    /// invites to nothing, or to a room we are in. The room takes its name, or if a room of
+    /// ours has that name, the name followed by the inviter's in parentheses; a group's
     /// members who are our contacts go by our names for them.
     pub fn join_invited(&mut self, m: &MessageView) -> Result<Option<Room>, CoreError> {
         let Some(invite) = m.invite.as_deref().filter(|_| !m.mine) else {
             return Ok(None);
         };
-        let Some(mut group) = invite.group() else {
+        let Some(mut group) = invite.room() else {
             return Ok(None);
         };
         if self.rooms.contains_key(&group.id) {

@@ -1139,7 +1139,19 @@ fn malformed_invitations_are_rejected() {
     let invite = |name: &str, members: &[String]| crate::envelope::Invite {
         name: name.into(),
         members: members.to_vec(),
+        shared: None,
     };
+    let shared = |name: &str, id: &str, key: &str, password| crate::envelope::Invite {
+        name: name.into(),
+        members: Vec::new(),
+        shared: Some(crate::envelope::SharedRoom {
+            id: id.into(),
+            key: key.into(),
+            password,
+        }),
+    };
+    let den = crate::envelope::Invite::named(&Room::named("den", None).unwrap()).unwrap();
+    let den_keys = den.shared.clone().unwrap();
     let good = invite("team", &[code(0), code(1), code(2)]);
     let payload = |text: Option<&str>, invite: crate::envelope::Invite| Payload {
         from: "alice".into(),
@@ -1158,6 +1170,18 @@ fn malformed_invitations_are_rejected() {
         ),
         None,
         "the well-formed one passes"
+    );
+    assert_eq!(
+        rejection_of(
+            &a,
+            &b,
+            direct,
+            Kind::Text,
+            1,
+            &payload(Some("hi"), den.clone())
+        ),
+        None,
+        "a named room's passes"
     );
     let cases = [
         (
@@ -1199,6 +1223,42 @@ fn malformed_invitations_are_rejected() {
             Kind::Text,
             payload(Some("hi"), invite(" ", &[code(0), code(1)])),
             "no name",
+        ),
+        (
+            direct,
+            Kind::Text,
+            payload(
+                Some("hi"),
+                shared("den", &den_keys.id, &"ab".repeat(32), false),
+            ),
+            "not the key the name gives",
+        ),
+        (
+            direct,
+            Kind::Text,
+            payload(
+                Some("hi"),
+                shared("lounge", &den_keys.id, &den_keys.key, false),
+            ),
+            "not the id the name gives",
+        ),
+        (
+            direct,
+            Kind::Text,
+            payload(Some("hi"), shared("den", "xyz", &den_keys.key, true)),
+            "a bad id",
+        ),
+        (
+            direct,
+            Kind::Text,
+            payload(
+                Some("hi"),
+                crate::envelope::Invite {
+                    members: vec![code(0), code(1)],
+                    ..den.clone()
+                },
+            ),
+            "a group and a named room at once",
         ),
         (
             direct,
@@ -1761,4 +1821,54 @@ fn an_ignored_author_is_neither_shown_nor_counted_nor_found_until_seen_again() {
     assert_eq!(texts(&a, 10).len(), 5);
     assert_eq!(lobby(&a).messages, 5);
     assert_eq!(a.history("lobby", 10).unwrap()[0].reactions.len(), 1);
+}
+
+#[test]
+fn a_named_room_invitation_joins_the_contact_password_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (core(&dir, 0), core(&dir, 1));
+    let code = |i: usize| identities()[i].contact_code().encode();
+    a.add_contact("bob", &code(1)).unwrap();
+    b.add_contact("alice", &code(0)).unwrap();
+    for (name, password) in [("den", Some("a long room password 77")), ("lobby", None)] {
+        let (room, _) = a.join(Room::named(name, password).unwrap()).unwrap();
+        let id = room.id;
+        let invites = a.invite(name, &["@bob".into()]).unwrap();
+        let (_, env, view) = &invites[0];
+        assert_eq!(view.room, "@bob");
+        let shared = view.invite.as_ref().unwrap().shared.clone().unwrap();
+        assert_eq!(shared.password, password.is_some());
+        let text = view.text.as_deref().unwrap();
+        assert!(
+            text.starts_with(&format!("invites you to the room '{name}'")),
+            "{text}"
+        );
+        assert!(
+            !text.contains("long room password"),
+            "the password stays home"
+        );
+        let Incoming::Accepted(seen, _) =
+            b.receive(&env.room.topic(), env.bytes().to_vec()).unwrap()
+        else {
+            panic!("bob reads the invitation to {name}")
+        };
+        let joined = b.join_invited(&seen).unwrap().expect("bob joins");
+        assert_eq!((joined.name.as_str(), joined.id), (name, id));
+        assert_eq!(joined.has_password, password.is_some());
+        let (rid, env, _) = a.compose(name, "in here").unwrap();
+        let Incoming::Accepted(v, _) = b.receive(&rid.topic(), env.bytes().to_vec()).unwrap()
+        else {
+            panic!("bob reads {name}")
+        };
+        assert_eq!(v.text.as_deref(), Some("in here"));
+    }
+    // Not to a direct room; not to a group a contact is not in; not to a stranger.
+    let refused = |r: Result<Vec<Composed>, CoreError>| r.map(|_| ()).unwrap_err().to_string();
+    assert!(refused(a.invite("@bob", &["bob".into()])).contains("direct room"));
+    a.add_contact("carol", &code(2)).unwrap();
+    a.create_group("team", &["bob".into()]).unwrap();
+    assert!(refused(a.invite("team", &["carol".into()])).contains("new group"));
+    assert!(refused(a.invite("den", &["mallory".into()])).contains("unknown contact"));
+    // A group's members can be invited again.
+    assert_eq!(a.invite("team", &["bob".into()]).unwrap().len(), 1);
 }

@@ -37,6 +37,8 @@ pub(super) enum Command {
     RemoveContact(String, Reply<ContactView>),
     /// Room, author, undo.
     Ignore(String, String, bool, Reply<IgnoredView>),
+    /// Room, contacts.
+    Invite(String, Vec<String>, Reply<Vec<Sent>>),
     Ignored(Reply<Vec<IgnoredView>>),
     CreateGroup(String, Vec<String>, Reply<RoomView>),
     Dial(Multiaddr, Reply<()>),
@@ -214,6 +216,12 @@ impl NodeHandle {
         undo: bool,
     ) -> Result<IgnoredView, NodeError> {
         self.ask(|r| Command::Ignore(room.to_string(), author.to_string(), undo, r))
+            .await
+    }
+
+    /// Invites contacts to a room: see [`crate::core::Core::invite`].
+    pub async fn invite(&self, room: &str, contacts: Vec<String>) -> Result<Vec<Sent>, NodeError> {
+        self.ask(|r| Command::Invite(room.to_string(), contacts, r))
             .await
     }
 

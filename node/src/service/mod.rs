@@ -676,16 +676,16 @@ impl Service {
         v
     }
 
-    /// Joins the group a contact invited us to (see [`Core::join_invited`]).
+    /// Joins the room a contact invited us to (see [`Core::join_invited`]).
     fn join_invited(&mut self, m: &MessageView) {
         match self.core.join_invited(m) {
             Ok(Some(room)) => {
-                let group = hex::encode(&room.id.0[..4]);
-                tracing::info!(%group, "joined a group on a contact's invitation");
+                let id = hex::encode(&room.id.0[..4]);
+                tracing::info!(room = %id, "joined a room on a contact's invitation");
                 self.subscribe(room.id);
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "could not join the group of an invitation"),
+            Err(e) => tracing::warn!(error = %e, "could not join the room of an invitation"),
         }
     }
 
@@ -825,6 +825,16 @@ impl Service {
                         let _ = self.send_composed(Ok(invite));
                     }
                     room
+                });
+                let _ = r.send(res);
+            }
+            Command::Invite(room, contacts, r) => {
+                let res = blocking(|| self.core.invite(&room, &contacts));
+                let res = res.map_err(NodeError::from).and_then(|invites| {
+                    invites
+                        .into_iter()
+                        .map(|invite| self.send_composed(Ok(invite)))
+                        .collect()
                 });
                 let _ = r.send(res);
             }
