@@ -352,6 +352,31 @@ fn chat_shows_the_room_then_sends_what_is_typed_and_prints_what_arrives() {
             && texts.contains(&"/slash at the start".to_string())
             && !texts.iter().any(|t| t.contains("unknown"))
     });
+    // /invite writes an invitation to a contact; /ignore stops showing an author.
+    let code = |n: &NodeProc| n.status()["contact_code"].as_str().unwrap().to_string();
+    a.cli(&["contact", "add", "bob", &code(&b)]);
+    b.cli(&["contact", "add", "alice", &code(&a)]);
+    writeln!(stdin, "/invite bob").unwrap();
+    wait_until("bob's invitation to the lobby", T, || {
+        b.texts("@alice") == ["invites you to the room 'lobby'"]
+    });
+    let bob = b.status()["user_id"].as_str().unwrap().to_string();
+    writeln!(stdin, "/ignore {}", &bob[..8]).unwrap();
+    wait_until("bob ignored", T, || {
+        a.cli(&["ignored"]).as_array().is_some_and(|v| v.len() == 1)
+    });
+    b.cli(&["send", "lobby", "you will not see this"]);
+    wait_until("alice's node holds it", T, || {
+        a.cli(&["members", "lobby"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["ignored"] == true && m["messages"] == 3)
+    });
+    writeln!(stdin, "still here").unwrap();
+    let line = next_line();
+    assert!(line.contains(": still here  ["), "{line}");
+    a.cli(&["ignore", "lobby", &bob[..8], "--undo"]);
     // The end of input ends the chat.
     drop(stdin);
     let start = std::time::Instant::now();

@@ -694,6 +694,30 @@ fn chat(c: &Client, room: &str, last: usize, json: bool) -> Result<()> {
                 let room = room.to_string();
                 c.post::<_, Sent>("/delete", &DeleteRequest { room, seq })
             }
+            Ok(ChatLine::Invite(contacts)) => {
+                let req = InviteRequest {
+                    room: room.to_string(),
+                    contacts: contacts.clone(),
+                };
+                match c.post::<_, Vec<Sent>>("/invite", &req) {
+                    Ok(_) => eprintln!("invited {}", contacts.join(", ")),
+                    Err(e) => eprintln!("not invited: {e}"),
+                }
+                continue;
+            }
+            Ok(ChatLine::Ignore(author)) => {
+                let room = room.to_string();
+                let req = IgnoreRequest {
+                    room,
+                    author,
+                    undo: false,
+                };
+                match c.post::<_, IgnoredView>("/ignore", &req) {
+                    Ok(v) => eprintln!("ignoring {}", ignored_label(&v)),
+                    Err(e) => eprintln!("not ignored: {e}"),
+                }
+                continue;
+            }
             Err(why) => {
                 eprintln!("{why}");
                 continue;
@@ -711,6 +735,8 @@ const CHAT_HELP: &str = "\
 /react AUTHOR#N EMOJI react to a message
 /edit N TEXT          change your message #N
 /delete N             delete your message #N
+/invite NAME...       invite contacts to this room (their node joins it)
+/ignore AUTHOR        stop seeing an author (cryptchat ignore --undo sees it again)
 /help                 this list
 //TEXT                send a message that starts with /";
 
@@ -722,6 +748,10 @@ enum ChatLine {
     React(MessageRequest, String),
     Edit(u64, String),
     Delete(u64),
+    /// Contacts to invite to the room.
+    Invite(Vec<String>),
+    /// An author to ignore.
+    Ignore(String),
     Help,
     /// A blank line: nothing to do.
     Skip,
@@ -767,6 +797,15 @@ impl ChatLine {
             "edit" => needs_text(ChatLine::Edit(seq()?, text.clone())),
             "delete" if text.is_empty() => Ok(ChatLine::Delete(seq()?)),
             "delete" => Err("/delete takes only the message's number".to_string()),
+            "invite" => {
+                let contacts: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
+                match contacts.is_empty() {
+                    true => Err("/invite: which contacts? (/invite NAME...)".to_string()),
+                    false => Ok(ChatLine::Invite(contacts)),
+                }
+            }
+            "ignore" if !arg.is_empty() && text.is_empty() => Ok(ChatLine::Ignore(arg.to_string())),
+            "ignore" => Err("/ignore takes one author (a contact, or 8+ hex digits)".to_string()),
             "help" => Ok(ChatLine::Help),
             _ => Err(format!(
                 "unknown command /{name} (/help lists them; //TEXT sends a message that starts with /)"
@@ -1347,6 +1386,11 @@ mod tests {
         assert_eq!(parse("/edit #3 new words"), Ok(Edit(3, "new words".into())));
         assert_eq!(parse("/delete 4"), Ok(Delete(4)));
         assert_eq!(parse("/help"), Ok(Help));
+        assert_eq!(
+            parse("/invite bob  carol"),
+            Ok(Invite(vec!["bob".into(), "carol".into()]))
+        );
+        assert_eq!(parse("/ignore 8ce2f3a3"), Ok(Ignore("8ce2f3a3".into())));
         assert!(
             matches!(parse("/react 8ce2f3a3#2 👍"), Ok(React(to, e)) if to.seq == 2 && e == "👍")
         );
@@ -1363,6 +1407,9 @@ mod tests {
             "/delete 4 now",
             "/reply 12 x",
             "/reply a#1",
+            "/invite",
+            "/ignore",
+            "/ignore two words",
             "/shrug",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
