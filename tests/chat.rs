@@ -28,6 +28,17 @@ fn tcp_pair(dir: &std::path::Path, room_args: &[&str]) -> (NodeProc, NodeProc) {
     (a, b)
 }
 
+/// A node of `user` listening on TCP, bootstrapping from `from`'s TCP address.
+fn joining(dir: &std::path::Path, user: &str, from: &NodeProc) -> NodeProc {
+    let args = [
+        "--listen".into(),
+        listen_for("tcp"),
+        "--bootstrap".into(),
+        from.listen_addr("/tcp/"),
+    ];
+    NodeProc::start(user, &dir.join(user), &args)
+}
+
 /// Alice and Bob in `lobby`, once each sees the other there.
 fn lobby_pair(dir: &std::path::Path) -> (NodeProc, NodeProc) {
     let (a, b) = tcp_pair(dir, &["--join", "lobby"]);
@@ -66,16 +77,7 @@ fn wrong_room_password_sees_nothing_readable() {
     let wrong = dir.path().join("wrong.pw");
     std::fs::write(&right, "blue ocean lantern").unwrap();
     std::fs::write(&wrong, "red ocean lantern").unwrap();
-    let c = NodeProc::start(
-        "carol",
-        &dir.path().join("carol"),
-        &[
-            "--listen".into(),
-            listen_for("tcp"),
-            "--bootstrap".into(),
-            a.listen_addr("/tcp/"),
-        ],
-    );
+    let c = joining(dir.path(), "carol", &a);
     a.cli(&[
         "join",
         "vault",
@@ -725,16 +727,7 @@ fn reactions_stand_on_the_message_until_taken_back() {
 fn a_group_invitation_reaches_a_member_offline_or_not_yet_a_contact() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = tcp_pair(dir.path(), &[]);
-    let mut c = NodeProc::start(
-        "carol",
-        &dir.path().join("carol"),
-        &[
-            "--listen".into(),
-            listen_for("tcp"),
-            "--bootstrap".into(),
-            a.listen_addr("/tcp/"),
-        ],
-    );
+    let mut c = joining(dir.path(), "carol", &a);
     let code = |n: &NodeProc| n.status()["contact_code"].as_str().unwrap().to_string();
     a.cli(&["contact", "add", "bob", &code(&b)]);
     a.cli(&["contact", "add", "carol", &code(&c)]);

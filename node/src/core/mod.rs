@@ -688,12 +688,9 @@ impl Core {
     /// as with [`Core::leave`]: adding the contact again shows it). Returns the contact and
     /// the room left.
     pub fn remove_contact(&mut self, name: &str) -> Result<(ContactView, Option<Room>), CoreError> {
-        let name = name.trim().trim_start_matches('@').to_string();
-        let code = self
-            .contacts
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| CoreError::UnknownContact(name.clone()))?;
+        let (name, code) = self.contact(name)?;
+        let name = name.to_string();
+        let code = code.clone();
         self.journal.delete_setting(&self.contact_key(&name))?;
         // Earlier versions wrote it under the name itself (checked: a name could look like
         // another contact's key).
@@ -741,11 +738,7 @@ impl Core {
         let mut list: Vec<Member> = vec![self.identity.contact_code().into()];
         let mut invitees = Vec::new();
         for m in members {
-            let contact = m.trim().trim_start_matches('@');
-            let code = self
-                .contacts
-                .get(contact)
-                .ok_or_else(|| CoreError::UnknownContact(m.clone()))?;
+            let (contact, code) = self.contact(m)?;
             let mut member: Member = code.clone().into();
             member.username = contact.to_string();
             list.push(member);
@@ -819,11 +812,7 @@ impl Core {
         };
         let mut invitees = Vec::new();
         for name in contacts {
-            let contact = name.trim().trim_start_matches('@');
-            let code = self
-                .contacts
-                .get(contact)
-                .ok_or_else(|| CoreError::UnknownContact(name.clone()))?;
+            let (contact, code) = self.contact(name)?;
             if room
                 .member_ids()
                 .is_some_and(|ids| !ids.contains(&code.identity.id()))
@@ -875,6 +864,15 @@ impl Core {
         }
         let (room, _) = self.join(group)?;
         Ok(Some(room.clone()))
+    }
+
+    /// A contact by its name (`@NAME` too): the name as stored, and its code.
+    fn contact<'a>(&self, name: &'a str) -> Result<(&'a str, &ContactCode), CoreError> {
+        let contact = name.trim().trim_start_matches('@');
+        match self.contacts.get(contact) {
+            Some(code) => Ok((contact, code)),
+            None => Err(CoreError::UnknownContact(contact.to_string())),
+        }
     }
 
     fn contact_name(&self, id: &UserId) -> Option<String> {

@@ -24,6 +24,16 @@ fn core(dir: &tempfile::TempDir, i: usize) -> Core {
     Core::open(id, j).unwrap()
 }
 
+/// Alice's and Bob's cores, each the other's contact (as "bob" and "alice").
+fn contacts_pair(dir: &tempfile::TempDir) -> (Core, Core) {
+    let (mut a, mut b) = (core(dir, 0), core(dir, 1));
+    a.add_contact("bob", &identities()[1].contact_code().encode())
+        .unwrap();
+    b.add_contact("alice", &identities()[0].contact_code().encode())
+        .unwrap();
+    (a, b)
+}
+
 /// Alice's and Bob's cores, both in the named room "lobby".
 fn three_in_lobby(dir: &tempfile::TempDir) -> (Core, Core, Core) {
     let (mut a, mut b, mut c) = (core(dir, 0), core(dir, 1), core(dir, 2));
@@ -1128,10 +1138,8 @@ fn a_group_invites_its_members_whose_nodes_join_it() {
 #[test]
 fn malformed_invitations_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut a, mut b) = (core(&dir, 0), core(&dir, 1));
+    let (mut a, mut b) = contacts_pair(&dir);
     let code = |i: usize| identities()[i].contact_code().encode();
-    a.add_contact("bob", &code(1)).unwrap();
-    b.add_contact("alice", &code(0)).unwrap();
     a.join(Room::named("lobby", None).unwrap()).unwrap();
     b.join(Room::named("lobby", None).unwrap()).unwrap();
     let direct = a.room_by_name("@bob").unwrap().id;
@@ -1826,10 +1834,8 @@ fn an_ignored_author_is_neither_shown_nor_counted_nor_found_until_seen_again() {
 #[test]
 fn a_named_room_invitation_joins_the_contact_password_or_not() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut a, mut b) = (core(&dir, 0), core(&dir, 1));
+    let (mut a, mut b) = contacts_pair(&dir);
     let code = |i: usize| identities()[i].contact_code().encode();
-    a.add_contact("bob", &code(1)).unwrap();
-    b.add_contact("alice", &code(0)).unwrap();
     for (name, password) in [("den", Some("a long room password 77")), ("lobby", None)] {
         let (room, _) = a.join(Room::named(name, password).unwrap()).unwrap();
         let id = room.id;
