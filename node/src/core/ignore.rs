@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Core, CoreError};
+use super::{Core, CoreError, id_by_prefix};
 use crate::envelope::Envelope;
 use crate::identity::UserId;
 
@@ -55,29 +55,13 @@ impl Core {
         let room = self.room_by_name(room_name)?.id;
         let named = self.author_named(author);
         let unknown = || CoreError::NoAuthor(author.to_string(), room_name.to_string());
-        if named.len() < 8 || !named.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(unknown());
-        }
-        let id = if undo {
-            // Ignored authors may have left the room's members: look among them too.
-            let mut found = self
-                .ignored
-                .iter()
-                .filter(|id| id.to_hex().starts_with(&named));
-            match (found.next(), found.next()) {
-                (Some(id), None) => *id,
-                _ => return Err(unknown()),
-            }
+        let found = if undo {
+            // Ignored authors may have left the room's members: look among them.
+            id_by_prefix(self.ignored.iter().map(|id| &id.0), &named)
         } else {
-            let vector = self.journal.vector(&room.0)?;
-            let mut found = vector
-                .keys()
-                .filter(|id| hex::encode(id).starts_with(&named));
-            match (found.next(), found.next()) {
-                (Some(id), None) => UserId(*id),
-                _ => return Err(unknown()),
-            }
+            id_by_prefix(self.journal.vector(&room.0)?.keys(), &named)
         };
+        let id = UserId(found.ok_or_else(unknown)?);
         if id == self.identity.id() {
             return Err(CoreError::IgnoreSelf);
         }

@@ -425,6 +425,21 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The one id among `ids` whose hex starts with `prefix` (8 or more hex digits), as people
+/// name authors (`AUTHOR#N`): none if there is none, or more than one.
+fn id_by_prefix<'a>(ids: impl IntoIterator<Item = &'a Id>, prefix: &str) -> Option<Id> {
+    if prefix.len() < 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut found = ids
+        .into_iter()
+        .filter(|id| hex::encode(id).starts_with(prefix));
+    match (found.next(), found.next()) {
+        (Some(id), None) => Some(*id),
+        _ => None,
+    }
+}
+
 /// A message we wrote, in the journal: its room, the envelope to publish, and its view.
 pub type Composed = (RoomId, Envelope, MessageView);
 

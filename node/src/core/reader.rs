@@ -291,17 +291,9 @@ impl RoomReader {
     pub(super) fn message(&self, author: &str, seq: u64) -> Result<Opened, CoreError> {
         let reference = format!("{author}#{seq}");
         let none = || CoreError::NoMessage(reference.clone(), self.room.name.clone());
-        if author.len() < 8 || !author.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(none());
-        }
         let vector = self.journal.vector(&self.room.id.0)?;
-        let mut named = vector
-            .keys()
-            .filter(|id| hex::encode(id).starts_with(author));
-        let (Some(id), None) = (named.next(), named.next()) else {
-            return Err(none());
-        };
-        let entry = self.journal.get(&self.room.id.0, id, seq)?;
+        let id = super::id_by_prefix(vector.keys(), author).ok_or_else(none)?;
+        let entry = self.journal.get(&self.room.id.0, &id, seq)?;
         let (env, payload) = entry
             .and_then(|e| open_entry(&self.room, e, &self.keys, &self.identity))
             .filter(|(env, _)| matches!(env.kind, Kind::Text | Kind::File))
