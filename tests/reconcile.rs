@@ -287,3 +287,124 @@ async fn a_new_rooms_first_receipts_spread_out_and_all_arrive() {
         "{timeline:?}"
     );
 }
+
+/// The seqs of `author`'s messages in "lobby" on `n`, in display order.
+async fn own_seqs(n: &NodeHandle, author: &str) -> Vec<u64> {
+    n.history("lobby", 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.author_id == author)
+        .map(|m| m.seq)
+        .collect()
+}
+
+async fn own_chain(n: &NodeHandle) -> String {
+    let s = n.status().await.unwrap();
+    s.rooms
+        .into_iter()
+        .find(|r| r.name == "lobby")
+        .map(|r| r.own_chain)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_machine_takes_up_its_users_chain_before_it_writes() {
+    // Alice writes from one data dir, then from a new one (another machine): what she
+    // writes there must follow on from her earlier messages, not fork her chain.
+    let dir = tempfile::tempdir().unwrap();
+    let (ia, ib) = (identity("alice"), identity("bob"));
+    let b = node(ib, &dir.path().join("b"), &[]).await;
+    let boot = vec![first_addr(&b).await];
+    let old = node(ia.clone(), &dir.path().join("old"), &boot).await;
+    for n in [&b, &old] {
+        n.join("lobby", None).await.unwrap();
+    }
+    wait_for("mesh", T, async || room_peers(&old, "lobby").await >= 1).await;
+    for i in 1..=3 {
+        old.send("lobby", &format!("old machine {i}"))
+            .await
+            .unwrap();
+    }
+    wait_for("bob has them", T, async || {
+        texts(&b, "lobby").await.len() == 3
+    })
+    .await;
+    old.shutdown().await.unwrap();
+
+    // The new machine writes at once, before it has found anyone.
+    let new = node(ia.clone(), &dir.path().join("new"), &boot).await;
+    new.join("lobby", None).await.unwrap();
+    let sent = new.send("lobby", "new machine").await.unwrap();
+    assert_eq!(sent.message.seq, 4, "the write waited for the old messages");
+    assert_eq!(own_chain(&new).await, "held");
+    let alice = ia.id().to_hex();
+    wait_for("bob has the new message", T, async || {
+        texts(&b, "lobby").await.len() == 4
+    })
+    .await;
+    assert_eq!(own_seqs(&b, &alice).await, vec![1, 2, 3, 4]);
+    assert_eq!(own_seqs(&new, &alice).await, vec![1, 2, 3, 4]);
+    assert!(b.rooms().await.unwrap()[0].forks.is_empty());
+    assert_eq!(
+        b.status().await.unwrap().counters.rejected.get("fork"),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_proven_fork_of_its_own_chain_a_node_refuses_to_write_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ia, ib) = (identity("alice"), identity("bob"));
+    let b = node(ib, &dir.path().join("b"), &[]).await;
+    let boot = vec![first_addr(&b).await];
+    let old = node(ia.clone(), &dir.path().join("old"), &boot).await;
+    for n in [&b, &old] {
+        n.join("lobby", None).await.unwrap();
+    }
+    wait_for("mesh", T, async || room_peers(&old, "lobby").await >= 1).await;
+    for i in 1..=2 {
+        old.send("lobby", &format!("old machine {i}"))
+            .await
+            .unwrap();
+    }
+    wait_for("bob has them", T, async || {
+        texts(&b, "lobby").await.len() == 2
+    })
+    .await;
+    old.shutdown().await.unwrap();
+
+    // A new machine with no way to reach anyone: it writes once nobody could be found,
+    // which forks Alice's chain (nothing can tell it otherwise).
+    let new_dir = dir.path().join("new");
+    let new = node(ia.clone(), &new_dir, &[]).await;
+    new.join("lobby", None).await.unwrap();
+    let started = Instant::now();
+    let offline = new.send("lobby", "offline").await.unwrap();
+    assert_eq!(offline.message.seq, 1);
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "it looked for members first"
+    );
+    // Online again: the pull of Alice's chain from Bob proves the fork.
+    new.dial(boot[0].parse().unwrap()).await.unwrap();
+    wait_for("fork found", T, async || own_chain(&new).await == "forked").await;
+    let refused = new.send("lobby", "lost?").await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            cryptchat::service::NodeError::OwnFork { seq: 1, .. }
+        ),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("lobby"), "{refused}");
+    // Nothing of it reached Bob, and the node says so after a restart too.
+    assert!(!texts(&b, "lobby").await.contains(&"lost?".to_string()));
+    new.shutdown().await.unwrap();
+    let new = node(ia, &new_dir, &[]).await;
+    assert_eq!(own_chain(&new).await, "forked");
+    assert!(new.send("lobby", "still?").await.is_err());
+    // Other rooms are not held up.
+    new.join("elsewhere", None).await.unwrap();
+    assert_eq!(new.send("elsewhere", "fine").await.unwrap().message.seq, 1);
+}

@@ -134,6 +134,7 @@ impl From<NodeError> for ApiError {
                 | CoreError::IgnoreSelf
                 | CoreError::NotInvitable(_),
             ) => StatusCode::BAD_REQUEST,
+            NodeError::OwnFork { .. } => StatusCode::CONFLICT,
             NodeError::FileInput(_) => StatusCode::BAD_REQUEST,
             NodeError::FileUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::Listen { .. } => StatusCode::BAD_REQUEST,

@@ -21,6 +21,7 @@ pub mod files;
 pub mod identity;
 pub mod journal;
 pub mod net;
+pub mod own_chain;
 pub mod peers;
 pub mod receipt;
 pub mod room;

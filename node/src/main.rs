@@ -1215,8 +1215,13 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     println!("listening on {a}");
                 }
                 for r in &s.rooms {
+                    // Whether our own messages there are held, when that is news.
+                    let own = match r.own_chain.as_str() {
+                        "held" | "" => String::new(),
+                        other => format!(", your own messages: {other}"),
+                    };
                     println!(
-                        "room {}: {} peers, {} unpublished",
+                        "room {}: {} peers, {} unpublished{own}",
                         r.name, r.peers, r.unpublished
                     );
                 }

@@ -54,6 +54,30 @@ pub(super) enum Command {
     Shutdown(Reply<()>),
 }
 
+impl Command {
+    /// Answers a write that will not run (see [`super::own`]) with `e`.
+    pub(super) fn fail(self, e: NodeError) {
+        match self {
+            Command::Send(.., r)
+            | Command::Reply(.., r)
+            | Command::React(.., r)
+            | Command::Revise(.., r)
+            | Command::ShareFile(.., r) => {
+                let _ = r.send(Err(e));
+            }
+            Command::Invite(.., r) => {
+                let _ = r.send(Err(e));
+            }
+            Command::CreateGroup(.., r) => {
+                let _ = r.send(Err(e));
+            }
+            // Only writes are held: anything else is dropped, and its caller told the node
+            // stopped answering.
+            _ => tracing::error!("a command that writes nothing was held"),
+        }
+    }
+}
+
 /// Cloneable handle to a running node.
 #[derive(Clone)]
 pub struct NodeHandle {

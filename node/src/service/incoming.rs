@@ -75,7 +75,7 @@ impl Service {
                     // Nor does it wake the room's periodic exchanges.
                     if self.core.room(&id).is_some() {
                         let holds_something = self.core.vector(id).map_or(true, |v| !v.is_empty());
-                        if holds_something {
+                        if holds_something || self.holds_writes(id) {
                             self.news(id);
                             self.start_hello(peer_id, id, false);
                             self.receipts_due.insert(id, true);

@@ -25,6 +25,7 @@ mod connections;
 mod files;
 mod handle;
 mod incoming;
+mod own;
 mod receipts;
 mod reconcile;
 mod rendezvous;
@@ -41,6 +42,7 @@ use crate::core::{Core, CoreError, Counters, MessageView, Query, Rejection, Room
 use crate::identity::Identity;
 use crate::journal::JournalError;
 use crate::net::{self, Behaviour, BehaviourEvent, NetError, SwarmOptions};
+use crate::own_chain::Standing;
 use crate::room::{Room, RoomId, RoomKind};
 
 /// How a node is started.
@@ -115,6 +117,15 @@ pub enum NodeError {
     /// No connected member could serve a file's chunks.
     #[error("{0}")]
     FileUnavailable(String),
+    /// Our own chain in the room forked (see [`crate::own_chain`]): what we wrote would be
+    /// refused by members holding the other branch.
+    #[error(
+        "your messages in '{room}' from this node conflict with ones your identity wrote \
+         elsewhere (another machine or data dir) at #{seq}: members holding those refuse \
+         what this node writes there, so it writes nothing more in that room (see \
+         docs/security.md, \"One identity on two machines\")"
+    )]
+    OwnFork { room: String, seq: u64 },
 }
 
 impl From<JournalError> for NodeError {
@@ -175,6 +186,11 @@ pub struct RoomStatus {
     pub peers: usize,
     /// Own messages waiting for a peer to publish to.
     pub unpublished: usize,
+    /// Whether this node holds its user's own messages in the room as far as members know
+    /// them (see [`crate::own_chain`]): "held", "unconfirmed" (no member has told yet),
+    /// "catching up" (pulling them; writes wait) or "forked" (writes are refused).
+    #[serde(default)]
+    pub own_chain: String,
 }
 
 /// What `send` reports back.
@@ -325,6 +341,8 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         dial_order,
         fetches: files::Fetches::new(cfg.fetch_timeout),
         auto_fetch: files::AutoFetch::new(cfg.auto_fetch, cfg.auto_fetch_total),
+        own: Default::default(),
+        held: Default::default(),
     };
     let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
     for id in topics {
@@ -421,6 +439,10 @@ struct Service {
     fetches: files::Fetches,
     /// Files to fetch unasked (see [`NodeConfig::auto_fetch`]).
     auto_fetch: files::AutoFetch,
+    /// Whether we hold our own chain in each room (see [`crate::own_chain`]).
+    own: crate::own_chain::OwnChains<RoomId>,
+    /// Commands that write in a room waiting until we do, in the order they came.
+    held: std::collections::VecDeque<own::Held>,
 }
 
 fn transport_of(addr: &Multiaddr) -> &'static str {
@@ -450,6 +472,7 @@ impl Service {
         let mut activity_tick = staggered(ACTIVITY_LOG_INTERVAL);
         let mut rounds = 0u64;
         loop {
+            let held_recheck = self.held_recheck();
             tokio::select! {
                 ev = self.swarm.select_next_some() => {
                     self.on_swarm_event(ev);
@@ -487,6 +510,7 @@ impl Service {
                     self.flush();
                 }
                 _ = sleep_until_opt(self.reconcile.next_pull()) => self.run_due_pulls(),
+                _ = sleep_until_opt(held_recheck) => self.release_held(),
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
                         stopped = Some(reply);
@@ -533,6 +557,7 @@ impl Service {
     }
 
     fn subscribe(&mut self, id: RoomId) {
+        self.open_own(id);
         let topic = IdentTopic::new(id.topic());
         if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
             tracing::warn!(error = %e, "gossipsub subscribe failed");
@@ -648,6 +673,13 @@ impl Service {
                     name: r.name.clone(),
                     peers: self.room_peers(r.id),
                     unpublished: self.outbox.get(&r.id).map_or(0, Vec::len),
+                    own_chain: match self.own.standing(&r.id) {
+                        None | Some(Standing::Confirmed) => "held",
+                        Some(Standing::Unknown { .. }) => "unconfirmed",
+                        Some(Standing::Behind { .. }) => "catching up",
+                        Some(Standing::Forked { .. }) => "forked",
+                    }
+                    .to_string(),
                 })
                 .collect(),
             counters: self.core.counters().clone(),
@@ -718,6 +750,13 @@ impl Service {
         // Messages shown but not yet stored are stored first: whatever the command reads
         // (history, counts, what to sync) holds every message a client has seen.
         self.commit_unstored();
+        // A write waits until we hold our own chain in its room (see `crate::own_chain`).
+        if let Some(cmd) = self.gate(cmd) {
+            self.run_command(cmd);
+        }
+    }
+
+    fn run_command(&mut self, cmd: Command) {
         match cmd {
             Command::Status(r) => {
                 let _ = r.send(self.status());
@@ -913,6 +952,9 @@ impl Service {
         self.announce_due.remove(&room.id);
         self.announced.remove(&room.id);
         self.forget_room(room.id);
+        self.own.forget(&room.id);
+        // Writes held for it fail as writes in a room we are not in.
+        self.release_held();
     }
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {

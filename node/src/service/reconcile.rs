@@ -152,6 +152,15 @@ impl State {
         }
     }
 
+    /// A peer's vector for a room, as last reconstructed.
+    pub(crate) fn theirs(
+        &self,
+        peer: &PeerId,
+        room: RoomId,
+    ) -> Option<&BTreeMap<crate::journal::Id, crate::journal::Head>> {
+        self.views.theirs(peer, room.0)
+    }
+
     pub(crate) fn forget_peer(&mut self, peer: &PeerId) {
         self.views.forget_peer(peer);
         self.hello_in_flight.retain(|(p, _)| p != peer);
@@ -627,6 +636,7 @@ impl Service {
         }
         self.respond(channel, SyncResponse::Hellos(replies));
         for (room, forks) in applied {
+            self.own_heard(peer, room);
             self.pull_later(peer, room);
             self.pull_fork_proofs(peer, room, forks);
         }
@@ -646,6 +656,7 @@ impl Service {
                 HelloReply::Hello(hello) => match self.reconcile.views.apply(&peer, &hello) {
                     Ok(()) => {
                         self.reconcile.retries.remove(&(peer, room));
+                        self.own_heard(peer, room);
                         self.pull_later(peer, room);
                         self.pull_fork_proofs(peer, room, &hello.forks);
                     }
@@ -918,6 +929,7 @@ impl Service {
                                 self.entries_added(room);
                                 self.news(room);
                             }
+                            self.own_stored(room, &report.forked_authors);
                             for m in report.appended {
                                 self.emit(Event::Message(Box::new(m)));
                             }
@@ -946,11 +958,10 @@ impl Service {
                 room,
                 conflicting,
             } => match conflicting {
-                Some(entries) => {
-                    if let Err(e) = self.core.store_batch(room, entries) {
-                        tracing::error!(error = %e, "could not store a fork proof");
-                    }
-                }
+                Some(entries) => match self.core.store_batch(room, entries) {
+                    Ok(report) => self.own_stored(room, &report.forked_authors),
+                    Err(e) => tracing::error!(error = %e, "could not store a fork proof"),
+                },
                 None => self.penalise(peer, "sent an invalid fork proof"),
             },
             Internal::Flushed(result) => self.flushed(result),

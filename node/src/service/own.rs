@@ -1,0 +1,240 @@
+//! Writes held until the node holds its own chain in the room (see [`crate::own_chain`]):
+//! a command that writes in a room waits, in the order it came, until a member's vector
+//! confirms our chain there (asked for at once), our chain is pulled, nobody can be found,
+//! or the wait runs out.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::handle::Command;
+use super::{NodeError, Service};
+use crate::own_chain::{Heard, Standing, Verdict};
+use crate::room::RoomId;
+
+/// A command waiting to write.
+pub(crate) struct Held {
+    rooms: Vec<RoomId>,
+    cmd: Command,
+    /// When to look again if nothing else happens first.
+    recheck: Instant,
+}
+
+/// Members asked for their vector when a write waits for one.
+const ASK: usize = 3;
+
+impl Service {
+    /// The node starts or joins `room`: our chain there is unknown until a member tells.
+    pub(super) fn open_own(&mut self, room: RoomId) {
+        let me = self.core.identity().id().0;
+        let forked = self
+            .core
+            .fork_refs(room)
+            .unwrap_or_default()
+            .iter()
+            .filter(|f| f.author == me)
+            .map(|f| f.seq)
+            .min();
+        self.own.open(room, Instant::now(), forked);
+    }
+
+    /// The rooms a command writes our entries in; none for one that writes nothing.
+    fn writes_in(&self, cmd: &Command) -> Vec<RoomId> {
+        let named = |name: &str| self.core.room_by_name(name).ok().map(|r| r.id);
+        let direct = |contacts: &[String]| -> Vec<RoomId> {
+            contacts
+                .iter()
+                .filter_map(|c| named(&format!("@{}", c.trim().trim_start_matches('@'))))
+                .collect()
+        };
+        match cmd {
+            Command::Send(room, ..)
+            | Command::Reply(room, ..)
+            | Command::React(room, ..)
+            | Command::Revise(room, ..)
+            | Command::ShareFile(room, ..) => named(room).into_iter().collect(),
+            // Invitations go in the direct room with each contact.
+            Command::Invite(_, contacts, _) | Command::CreateGroup(_, contacts, _) => {
+                direct(contacts)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether a write in all of `rooms` may go ahead: the first fork found, else the
+    /// earliest time to look again, else yes.
+    fn write_verdict(&self, rooms: &[RoomId], now: Instant) -> Verdict {
+        let mut wait: Option<Instant> = None;
+        for room in rooms {
+            let alone = self.room_peers(*room) == 0;
+            match self.own.verdict(room, now, alone) {
+                Verdict::Write => {}
+                Verdict::Forked(seq) => return Verdict::Forked(seq),
+                Verdict::Wait(at) => wait = Some(wait.map_or(at, |w| w.min(at))),
+            }
+        }
+        wait.map_or(Verdict::Write, Verdict::Wait)
+    }
+
+    /// `cmd` back if it may run now; else it waits (or fails on a fork of our chain).
+    pub(super) fn gate(&mut self, cmd: Command) -> Option<Command> {
+        let rooms = self.writes_in(&cmd);
+        if rooms.is_empty() {
+            return Some(cmd);
+        }
+        // Behind an earlier write in the same room, in order.
+        let queued = self
+            .held
+            .iter()
+            .any(|h| h.rooms.iter().any(|r| rooms.contains(r)));
+        let now = Instant::now();
+        let recheck = match self.write_verdict(&rooms, now) {
+            Verdict::Write if !queued => return Some(cmd),
+            Verdict::Write => now,
+            Verdict::Forked(seq) => {
+                self.fail_forked(cmd, &rooms, seq);
+                return None;
+            }
+            Verdict::Wait(at) => at,
+        };
+        tracing::debug!("a write waits until this node holds its own messages in the room");
+        for room in &rooms {
+            self.ask_own(*room);
+        }
+        self.held.push_back(Held {
+            rooms,
+            cmd,
+            recheck,
+        });
+        None
+    }
+
+    fn fail_forked(&self, cmd: Command, rooms: &[RoomId], seq: u64) {
+        let now = Instant::now();
+        let room = rooms
+            .iter()
+            .find(|r| matches!(self.own.verdict(r, now, false), Verdict::Forked(_)))
+            .and_then(|r| self.core.room(r))
+            .map_or_else(String::new, |r| r.name.clone());
+        cmd.fail(NodeError::OwnFork { room, seq });
+    }
+
+    /// Asks a few connected members of `room` for their vector, if we have not heard one.
+    fn ask_own(&mut self, room: RoomId) {
+        if !matches!(self.own.standing(&room), Some(Standing::Unknown { .. })) {
+            return;
+        }
+        for peer in self.room_peer_ids(room).into_iter().take(ASK) {
+            self.start_hello(peer, room, false);
+        }
+    }
+
+    /// Whether a write waits in `room` (a member that appears there is asked at once).
+    pub(super) fn holds_writes(&self, room: RoomId) -> bool {
+        self.held.iter().any(|h| h.rooms.contains(&room))
+    }
+
+    /// When the next held command is due a look.
+    pub(super) fn held_recheck(&self) -> Option<tokio::time::Instant> {
+        self.held
+            .iter()
+            .map(|h| h.recheck)
+            .min()
+            .map(tokio::time::Instant::from_std)
+    }
+
+    /// Runs the held commands that may run now, in order; a room with a command still
+    /// waiting holds back the later ones that write there.
+    pub(super) fn release_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut blocked: HashSet<RoomId> = HashSet::new();
+        let mut waiting = std::collections::VecDeque::new();
+        let mut ready = Vec::new();
+        while let Some(mut held) = self.held.pop_front() {
+            let behind = held.rooms.iter().any(|r| blocked.contains(r));
+            match self.write_verdict(&held.rooms, now) {
+                Verdict::Forked(seq) => self.fail_forked(held.cmd, &held.rooms, seq),
+                Verdict::Write if !behind => ready.push(held.cmd),
+                Verdict::Write => {
+                    held.recheck = now;
+                    waiting.push_back(held);
+                }
+                Verdict::Wait(at) => {
+                    blocked.extend(held.rooms.iter().copied());
+                    held.recheck = at;
+                    waiting.push_back(held);
+                }
+            }
+        }
+        self.held = waiting;
+        for cmd in ready {
+            self.run_command(cmd);
+        }
+    }
+
+    /// A member's vector for `room` came in: what it holds of our chain.
+    pub(super) fn own_heard(&mut self, peer: libp2p::PeerId, room: RoomId) {
+        if matches!(self.own.standing(&room), None | Some(Standing::Confirmed)) {
+            return;
+        }
+        let me = self.core.identity().id().0;
+        let Some(theirs) = self.reconcile.theirs(&peer, room) else {
+            return;
+        };
+        let theirs = theirs.get(&me).copied();
+        let Ok(vector) = self.core.vector(room) else {
+            return;
+        };
+        let mine = vector.get(&me).copied();
+        let journal = self.core.journal();
+        let hash_at = |seq| {
+            journal
+                .get(&room.0, &me, seq)
+                .ok()
+                .flatten()
+                .map(|e| e.meta.hash)
+        };
+        match self.own.heard(room, mine, theirs, hash_at) {
+            Heard::Ahead(seq) => {
+                tracing::info!(
+                    seq,
+                    "a member holds more of our own messages: pulling them first"
+                );
+            }
+            Heard::Conflicts => {
+                tracing::warn!(%peer, "a member claims a head of our chain that we do not hold");
+            }
+            Heard::Confirms => {}
+        }
+        self.release_held();
+    }
+
+    /// Entries of `room` were stored from a pull: our chain may have caught up, or forked.
+    pub(super) fn own_stored(&mut self, room: RoomId, forked_authors: &[crate::journal::Id]) {
+        if self.own.standing(&room).is_none() {
+            return;
+        }
+        let me = self.core.identity().id().0;
+        if forked_authors.contains(&me) {
+            let seq = self
+                .core
+                .fork_refs(room)
+                .unwrap_or_default()
+                .iter()
+                .filter(|f| f.author == me)
+                .map(|f| f.seq)
+                .min()
+                .unwrap_or(0);
+            tracing::error!(
+                seq,
+                "our own messages in a room conflict with ones written elsewhere"
+            );
+            self.own.forked(room, seq);
+        } else if let Ok(vector) = self.core.vector(room) {
+            self.own.stored(room, vector.get(&me).copied());
+        }
+        self.release_held();
+    }
+}
