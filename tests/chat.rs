@@ -848,6 +848,14 @@ fn an_ignored_author_is_not_shown_nor_its_files_fetched_until_seen_again() {
     );
     assert_eq!(status, 404, "{body}");
     assert!(body.to_string().contains("no author"), "{body}");
+    // Nor is there anything to repair in a room where Alice's messages are held.
+    let (status, body) = a.post("/repair", &serde_json::json!({"room": "lobby"}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("nothing to repair"), "{body}");
+    let status = a.status();
+    let lobby = status["rooms"].as_array().unwrap().iter();
+    let lobby: Vec<_> = lobby.filter(|r| r["name"] == "lobby").collect();
+    assert_eq!(lobby[0]["own_chain"], "held");
 
     // Seen again: everything he wrote.
     a.cli(&["ignore", "lobby", &bob[..8], "--undo"]);

@@ -401,9 +401,36 @@ async fn after_a_proven_fork_of_its_own_chain_a_node_refuses_to_write_there() {
     // Nothing of it reached Bob, and the node says so after a restart too.
     assert!(!texts(&b, "lobby").await.contains(&"lost?".to_string()));
     new.shutdown().await.unwrap();
-    let new = node(ia, &new_dir, &[]).await;
-    assert_eq!(own_chain(&new).await, "forked");
+    let new = node(ia.clone(), &new_dir, &boot).await;
     assert!(new.send("lobby", "still?").await.is_err());
+    assert_eq!(own_chain(&new).await, "forked");
+
+    // Repair: the node takes up the members' history and writes its offline message
+    // again after Alice's earlier ones, where everyone accepts it.
+    wait_for("connected", T, async || {
+        room_peers(&new, "lobby").await >= 1
+    })
+    .await;
+    let repaired = new.repair("lobby").await.unwrap();
+    assert_eq!(repaired.messages, 1);
+    let alice = ia.id().to_hex();
+    wait_for("bob has the offline message", T, async || {
+        texts(&b, "lobby").await.contains(&"offline".to_string())
+    })
+    .await;
+    assert_eq!(own_seqs(&b, &alice).await, vec![1, 2, 3]);
+    wait_for("history back", T, async || {
+        texts(&new, "lobby").await == ["old machine 1", "old machine 2", "offline"]
+    })
+    .await;
+    assert_eq!(own_chain(&new).await, "held");
+    let after = new.send("lobby", "after the repair").await.unwrap();
+    assert_eq!(after.message.seq, 4);
+    wait_for("bob has it", T, async || {
+        texts(&b, "lobby").await.len() == 4
+    })
+    .await;
+    assert!(new.repair("lobby").await.is_err(), "nothing left to repair");
     // Other rooms are not held up.
     new.join("elsewhere", None).await.unwrap();
     assert_eq!(new.send("elsewhere", "fine").await.unwrap().message.seq, 1);

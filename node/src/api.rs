@@ -132,7 +132,8 @@ impl From<NodeError> for ApiError {
                 | CoreError::Deleted(..)
                 | CoreError::BadReaction(_)
                 | CoreError::IgnoreSelf
-                | CoreError::NotInvitable(_),
+                | CoreError::NotInvitable(_)
+                | CoreError::NotForked(_),
             ) => StatusCode::BAD_REQUEST,
             NodeError::OwnFork { .. } => StatusCode::CONFLICT,
             NodeError::FileInput(_) => StatusCode::BAD_REQUEST,
@@ -433,6 +434,7 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/contacts/remove", post(remove_contact))
         .route("/ignore", post(ignore))
         .route("/ignored", get(ignored))
+        .route("/repair", post(repair))
         .route("/dm", post(dm))
         .route("/groups", post(group))
         .route("/invite", post(invite))
@@ -816,6 +818,13 @@ async fn ignore(
     Json(r): Json<IgnoreRequest>,
 ) -> ApiResult<crate::core::IgnoredView> {
     Ok(Json(s.node.ignore(&r.room, &r.author, r.undo).await?))
+}
+
+async fn repair(
+    State(s): State<AppState>,
+    Json(r): Json<RoomRequest>,
+) -> ApiResult<crate::service::Repaired> {
+    Ok(Json(s.node.repair(&r.room).await?))
 }
 
 async fn ignored(State(s): State<AppState>) -> ApiResult<Vec<crate::core::IgnoredView>> {

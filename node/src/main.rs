@@ -18,7 +18,7 @@ use cryptchat::core::{ContactView, IgnoredView, MemberView, MessageView, RoomVie
 use cryptchat::envelope::Kind;
 use cryptchat::faults::FaultConfig;
 use cryptchat::identity::{Identity, KeySize};
-use cryptchat::service::{self, Fetched, Forgotten, NodeConfig, PeerView, Sent, Status};
+use cryptchat::service::{self, Fetched, Forgotten, NodeConfig, PeerView, Repaired, Sent, Status};
 use libp2p::Multiaddr;
 
 #[derive(Parser)]
@@ -161,6 +161,10 @@ enum Cmd {
     },
     /// List the authors you ignore.
     Ignored,
+    /// After your messages in a room forked (you wrote there from another machine, and
+    /// this node wrote before it knew): take up the members' history of the room and write
+    /// again, after it, what only this node held of yours.
+    Repair { room: String },
     /// Invite contacts to a room: each gets an invitation in your direct room, and their
     /// node joins the room (a password room's invitation carries its key, not the password).
     Invite {
@@ -1157,6 +1161,16 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     "ignoring"
                 };
                 println!("{what} {}", ignored_label(v));
+            })
+        }
+        Cmd::Repair { room } => {
+            let v: Repaired = c.post("/repair", &RoomRequest { room })?;
+            print(json, &v, |v| {
+                println!(
+                    "{}: taking up the members' history; of your {} messages there, those \
+                     they lack will be written again after it",
+                    v.room, v.messages
+                )
             })
         }
         Cmd::Invite { room, contacts } => {

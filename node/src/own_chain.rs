@@ -11,8 +11,9 @@
 //! vector has shown that it holds its own chain as far as the member knows it, pulling what
 //! it lacks first. It does not wait for ever: a room with no member within reach after
 //! [`DISCOVERY`] is written in at once (offline work goes on), and any room after
-//! [`MAX_WAIT`]. A fork of its own chain that the node has proof of (two entries signed by
-//! its key at one position) stops writes in the room with an error, rather than losing them.
+//! [`MAX_WAIT`]. A fork of its own chain shown by a member (it serves, or claims and we hold
+//! the proof of, a branch of ours that is not ours) stops writes in the room with an error,
+//! rather than losing them.
 //!
 //! What a member claims about us is not proof: it can only confirm, or make us wait for a
 //! pull (a member that lies costs at most [`MAX_WAIT`] once).
@@ -79,14 +80,11 @@ impl<R> Default for OwnChains<R> {
 }
 
 impl<R: Hash + Eq + Copy> OwnChains<R> {
-    /// The node starts, or joins `room`: nothing is known yet. `forked` is the seq of a
-    /// proof of a fork of our chain the journal holds already.
-    pub fn open(&mut self, room: R, now: Instant, forked: Option<u64>) {
-        let standing = match forked {
-            Some(seq) => Standing::Forked { seq },
-            None => Standing::Unknown { since: now },
-        };
-        self.rooms.insert(room, standing);
+    /// The node starts, or joins `room`: nothing is known yet. (A proof of a fork of our
+    /// chain in the journal is not enough to stop writes: it may be of a branch we dropped,
+    /// see [`crate::core::Core::repair`]. A member's vector tells which branch it holds.)
+    pub fn open(&mut self, room: R, now: Instant) {
+        self.rooms.insert(room, Standing::Unknown { since: now });
     }
 
     /// We left `room`.
@@ -199,7 +197,7 @@ mod tests {
 
     fn opened(now: Instant) -> OwnChains<u8> {
         let mut own = OwnChains::default();
-        own.open(1, now, None);
+        own.open(1, now);
         own
     }
 
@@ -301,10 +299,6 @@ mod tests {
         own.heard(1, head(3, 3), None, |_| None);
         own.stored(1, head(9, 9));
         assert_eq!(own.verdict(&1, t0 + MAX_WAIT, true), Verdict::Forked(4));
-        // Reopened after a restart with the proof in the journal.
-        let mut own = OwnChains::default();
-        own.open(1u8, t0, Some(2));
-        assert_eq!(own.verdict(&1, t0, false), Verdict::Forked(2));
         // Leaving forgets it; a fork in a room we are not in is nothing to us.
         own.forget(&1);
         own.forked(1, 2);

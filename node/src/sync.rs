@@ -300,6 +300,12 @@ impl<P: Hash + Eq + Clone> PeerViews<P> {
         }
     }
 
+    /// Forgets everything about a room with every peer (we dropped what we held of it):
+    /// the next exchanges are whole, and no author is marked diverged any more.
+    pub fn forget_room(&mut self, room: Id) {
+        self.views.retain(|(_, r), _| *r != room);
+    }
+
     /// Forgets everything about a peer (it disconnected).
     pub fn forget_peer(&mut self, peer: &P) {
         self.views.retain(|(p, _), _| p != peer);

@@ -31,6 +31,7 @@ mod incoming;
 mod members;
 mod reader;
 mod receipts;
+pub mod repair;
 
 pub use ignore::IgnoredView;
 pub use incoming::{Checked, check, check_batch};
@@ -82,6 +83,8 @@ pub enum CoreError {
     IgnoreSelf,
     #[error("cannot invite to this room: {0}")]
     NotInvitable(&'static str),
+    #[error("your messages in '{0}' conflict with no one's: nothing to repair")]
+    NotForked(String),
     #[error("message {0} was deleted")]
     Deleted(String),
     #[error("'{0}' is not a reaction: an emoji or a short word (at most 32 bytes, no spaces)")]

@@ -1859,3 +1859,73 @@ fn a_named_room_invitation_joins_the_contact_password_or_not() {
     // A group's members can be invited again.
     assert_eq!(a.invite("team", &["bob".into()]).unwrap().len(), 1);
 }
+
+#[test]
+fn repair_drops_the_room_and_writes_again_what_members_lack_as_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let lobby = Room::named("lobby", None).unwrap();
+    let mut a = core(&dir, 0);
+    a.join(lobby.clone()).unwrap();
+    let common = a.compose("lobby", "before the fork").unwrap().1;
+    // The same identity on another machine (another journal) holds the first message,
+    // then writes its own second one.
+    let mut elsewhere = Core::open(
+        identities()[0].clone(),
+        Core::open_journal(&dir.path().join("elsewhere.redb")).unwrap(),
+    )
+    .unwrap();
+    elsewhere.join(lobby.clone()).unwrap();
+    let entry = |x: &Core, env: &Envelope| {
+        check(
+            &x.identity,
+            x.room(&lobby.id).unwrap(),
+            env.bytes().to_vec(),
+            &x.keys,
+        )
+        .unwrap()
+    };
+    let first = entry(&elsewhere, &common);
+    elsewhere.store_batch(lobby.id, vec![first]).unwrap();
+    let theirs = elsewhere.compose("lobby", "from elsewhere").unwrap().1;
+
+    a.compose("lobby", "one").unwrap();
+    a.compose("lobby", "two").unwrap();
+    a.compose_revision("lobby", 3, Some("two, edited")).unwrap();
+    a.compose("lobby", "three").unwrap();
+    a.compose_revision("lobby", 5, None).unwrap();
+    let me = identities()[0].id().to_hex();
+    a.compose_reaction("lobby", &me[..8], 2, "👍", false)
+        .unwrap();
+    let conflicting = entry(&a, &theirs);
+    let report = a.store_batch(lobby.id, vec![conflicting]).unwrap();
+    assert_eq!(report.forked_authors, vec![identities()[0].id().0]);
+
+    let (room, ours) = a.repair("lobby").unwrap();
+    assert_eq!(room, lobby.id);
+    let resend: Vec<_> = ours.iter().map(|o| o.resend.clone()).collect();
+    use repair::Resend::Text;
+    assert_eq!(
+        resend,
+        [
+            Some(Text("before the fork".into())),
+            Some(Text("one".into())),
+            Some(Text("two, edited".into())),
+            None,
+            None,
+            None,
+            None
+        ]
+    );
+    // Nothing of the room is left to conflict: reconciliation brings it back.
+    assert!(a.vector(lobby.id).unwrap().is_empty());
+    assert!(a.fork_refs(lobby.id).unwrap().is_empty());
+    assert!(a.history("lobby", 10).unwrap().is_empty());
+    assert!(a.rooms().any(|r| r.id == lobby.id), "still a member");
+    // The members' branch comes back: what they hold of ours is not written again.
+    let back = vec![entry(&a, &common), entry(&a, &theirs)];
+    a.store_batch(lobby.id, back).unwrap();
+    assert_eq!(
+        a.lacking(lobby.id, ours).unwrap(),
+        [Text("one".into()), Text("two, edited".into())]
+    );
+}

@@ -40,6 +40,11 @@ pub(super) enum Command {
     /// Room, contacts.
     Invite(String, Vec<String>, Reply<Vec<Sent>>),
     Ignored(Reply<Vec<IgnoredView>>),
+    /// Take up the members' branch of our forked chain in a room (see [`super::own`]).
+    Repair(String, Reply<super::Repaired>),
+    /// After a repair, write again our messages the room's members lack (queued by the
+    /// node itself, behind the room's history like any write).
+    Resend(String, Reply<()>),
     CreateGroup(String, Vec<String>, Reply<RoomView>),
     Dial(Multiaddr, Reply<()>),
     Block(Vec<PeerId>, bool, Reply<()>),
@@ -64,6 +69,9 @@ impl Command {
             | Command::Revise(.., r)
             | Command::ShareFile(.., r) => {
                 let _ = r.send(Err(e));
+            }
+            Command::Resend(room, _) => {
+                tracing::error!(error = %e, room, "our messages past a fork were not written again");
             }
             Command::Invite(.., r) => {
                 let _ = r.send(Err(e));
@@ -247,6 +255,13 @@ impl NodeHandle {
     pub async fn invite(&self, room: &str, contacts: Vec<String>) -> Result<Vec<Sent>, NodeError> {
         self.ask(|r| Command::Invite(room.to_string(), contacts, r))
             .await
+    }
+
+    /// Our own chain in the room forked: drop what this node holds of the room, pull it
+    /// again, and write again what only this node held of ours (see
+    /// [`crate::core::Core::repair`]).
+    pub async fn repair(&self, room: &str) -> Result<super::Repaired, NodeError> {
+        self.ask(|r| Command::Repair(room.to_string(), r)).await
     }
 
     pub async fn ignored(&self) -> Result<Vec<IgnoredView>, NodeError> {

@@ -122,8 +122,8 @@ pub enum NodeError {
     #[error(
         "your messages in '{room}' from this node conflict with ones your identity wrote \
          elsewhere (another machine or data dir) at #{seq}: members holding those refuse \
-         what this node writes there, so it writes nothing more in that room (see \
-         docs/security.md, \"One identity on two machines\")"
+         what this node writes there, so it writes nothing more in that room. `cryptchat \
+         repair {room}` takes up the members' history and writes yours after it"
     )]
     OwnFork { room: String, seq: u64 },
 }
@@ -191,6 +191,15 @@ pub struct RoomStatus {
     /// "catching up" (pulling them; writes wait) or "forked" (writes are refused).
     #[serde(default)]
     pub own_chain: String,
+}
+
+/// What `repair` did (see [`crate::core::Core::repair`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Repaired {
+    pub room: String,
+    /// Our messages (texts and files) this node held in the room: those the members lack
+    /// are written again once the room's history is back.
+    pub messages: usize,
 }
 
 /// What `send` reports back.
@@ -343,6 +352,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         auto_fetch: files::AutoFetch::new(cfg.auto_fetch, cfg.auto_fetch_total),
         own: Default::default(),
         held: Default::default(),
+        resend: HashMap::new(),
     };
     let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
     for id in topics {
@@ -443,6 +453,9 @@ struct Service {
     own: crate::own_chain::OwnChains<RoomId>,
     /// Commands that write in a room waiting until we do, in the order they came.
     held: std::collections::VecDeque<own::Held>,
+    /// Per repaired room, our entries as they were, until its history is back (see
+    /// [`Service::repair`]).
+    resend: HashMap<RoomId, Vec<crate::core::repair::Ours>>,
 }
 
 fn transport_of(addr: &Multiaddr) -> &'static str {
@@ -850,6 +863,16 @@ impl Service {
             Command::Ignored(r) => {
                 let _ = r.send(Ok(self.core.ignored()));
             }
+            Command::Repair(room, r) => {
+                let _ = r.send(self.repair(&room));
+            }
+            Command::Resend(room, r) => {
+                let res = self.resend_lacking(&room);
+                if let Err(e) = &res {
+                    tracing::error!(error = %e, "our messages past a fork were not written again");
+                }
+                let _ = r.send(res);
+            }
             Command::Contacts(r) => {
                 let _ = r.send(Ok(self.core.contacts()));
             }
@@ -953,6 +976,7 @@ impl Service {
         self.announced.remove(&room.id);
         self.forget_room(room.id);
         self.own.forget(&room.id);
+        self.resend.remove(&room.id);
         // Writes held for it fail as writes in a room we are not in.
         self.release_held();
     }

@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use super::handle::Command;
-use super::{NodeError, Service};
+use super::{NodeError, Repaired, Service, blocking};
+use crate::core::repair::Resend;
+
 use crate::own_chain::{Heard, Standing, Verdict};
 use crate::room::RoomId;
 
@@ -25,16 +27,19 @@ const ASK: usize = 3;
 impl Service {
     /// The node starts or joins `room`: our chain there is unknown until a member tells.
     pub(super) fn open_own(&mut self, room: RoomId) {
+        self.own.open(room, Instant::now());
+    }
+
+    /// The first seq at which the journal holds a proof that our key signed two entries.
+    fn own_fork_proof(&self, room: RoomId) -> Option<u64> {
         let me = self.core.identity().id().0;
-        let forked = self
-            .core
+        self.core
             .fork_refs(room)
             .unwrap_or_default()
             .iter()
             .filter(|f| f.author == me)
             .map(|f| f.seq)
-            .min();
-        self.own.open(room, Instant::now(), forked);
+            .min()
     }
 
     /// The rooms a command writes our entries in; none for one that writes nothing.
@@ -51,7 +56,8 @@ impl Service {
             | Command::Reply(room, ..)
             | Command::React(room, ..)
             | Command::Revise(room, ..)
-            | Command::ShareFile(room, ..) => named(room).into_iter().collect(),
+            | Command::ShareFile(room, ..)
+            | Command::Resend(room, _) => named(room).into_iter().collect(),
             // Invitations go in the direct room with each contact.
             Command::Invite(_, contacts, _) | Command::CreateGroup(_, contacts, _) => {
                 direct(contacts)
@@ -184,6 +190,7 @@ impl Service {
             return;
         };
         let theirs = theirs.get(&me).copied();
+        let claimed = theirs.map_or(0, |h| h.seq);
         let Ok(vector) = self.core.vector(room) else {
             return;
         };
@@ -203,30 +210,28 @@ impl Service {
                     "a member holds more of our own messages: pulling them first"
                 );
             }
-            Heard::Conflicts => {
-                tracing::warn!(%peer, "a member claims a head of our chain that we do not hold");
-            }
+            // The member holds another branch of ours: we know it does if we hold the
+            // proof that our key signed two entries there (a restart after the fork).
+            Heard::Conflicts => match self.own_fork_proof(room).filter(|s| *s <= claimed) {
+                Some(seq) => self.own.forked(room, seq),
+                None => {
+                    tracing::warn!(%peer, "a member claims a head of our chain that we do not hold")
+                }
+            },
             Heard::Confirms => {}
         }
         self.release_held();
     }
 
-    /// Entries of `room` were stored from a pull: our chain may have caught up, or forked.
+    /// Entries of `room` were stored from a pull: our chain may have caught up, or forked
+    /// (`forked_authors` of the pull: the member serves a branch of ours that is not ours).
     pub(super) fn own_stored(&mut self, room: RoomId, forked_authors: &[crate::journal::Id]) {
         if self.own.standing(&room).is_none() {
             return;
         }
         let me = self.core.identity().id().0;
         if forked_authors.contains(&me) {
-            let seq = self
-                .core
-                .fork_refs(room)
-                .unwrap_or_default()
-                .iter()
-                .filter(|f| f.author == me)
-                .map(|f| f.seq)
-                .min()
-                .unwrap_or(0);
+            let seq = self.own_fork_proof(room).unwrap_or(0);
             tracing::error!(
                 seq,
                 "our own messages in a room conflict with ones written elsewhere"
@@ -236,5 +241,61 @@ impl Service {
             self.own.stored(room, vector.get(&me).copied());
         }
         self.release_held();
+    }
+}
+
+impl Service {
+    /// Our own chain in a room forked: drops what we hold of the room, asks its members
+    /// for it again, and once our chain is back, writes again what of ours they lack.
+    pub(super) fn repair(&mut self, name: &str) -> Result<Repaired, NodeError> {
+        let room = self.core.room_by_name(name)?.id;
+        if !matches!(self.own.standing(&room), Some(Standing::Forked { .. })) {
+            return Err(crate::core::CoreError::NotForked(name.to_string()).into());
+        }
+        let (room, ours) = blocking(|| self.core.repair(name))?;
+        let name = self
+            .core
+            .room(&room)
+            .map_or(name.to_string(), |r| r.name.clone());
+        // What waits to be published was written on the branch we drop.
+        self.outbox.remove(&room);
+        self.reconcile.restart_room(room);
+        self.open_own(room);
+        self.news(room);
+        for peer in self.room_peer_ids(room) {
+            self.start_hello(peer, room, true);
+        }
+        let messages = ours.iter().filter(|o| o.resend.is_some()).count();
+        self.resend.insert(room, ours);
+        // Behind the history, like any write.
+        let (reply, _) = tokio::sync::oneshot::channel();
+        if let Some(cmd) = self.gate(Command::Resend(name.clone(), reply)) {
+            self.run_command(cmd);
+        }
+        Ok(Repaired {
+            room: name,
+            messages,
+        })
+    }
+
+    /// Writes again, after a repair, the messages of ours that the room's members lack.
+    pub(super) fn resend_lacking(&mut self, name: &str) -> Result<(), NodeError> {
+        let room = self.core.room_by_name(name)?.id;
+        let Some(ours) = self.resend.remove(&room) else {
+            return Ok(());
+        };
+        let lacking = self.core.lacking(room, ours)?;
+        tracing::info!(
+            count = lacking.len(),
+            "writing again our messages the members lack"
+        );
+        for item in lacking {
+            let composed = match item {
+                Resend::Text(text) => blocking(|| self.core.compose(name, &text)),
+                Resend::File(file) => blocking(|| self.core.compose_file(name, file)),
+            };
+            self.send_composed(composed)?;
+        }
+        Ok(())
     }
 }

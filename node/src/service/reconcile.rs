@@ -161,6 +161,13 @@ impl State {
         self.views.theirs(peer, room.0)
     }
 
+    /// We dropped what we held of `room` (see [`super::own`]): start afresh with every
+    /// peer.
+    pub(crate) fn restart_room(&mut self, room: RoomId) {
+        self.views.forget_room(room.0);
+        self.pulling.retain(|(r, _), _| *r != room);
+    }
+
     pub(crate) fn forget_peer(&mut self, peer: &PeerId) {
         self.views.forget_peer(peer);
         self.hello_in_flight.retain(|(p, _)| p != peer);
@@ -958,10 +965,11 @@ impl Service {
                 room,
                 conflicting,
             } => match conflicting {
-                Some(entries) => match self.core.store_batch(room, entries) {
-                    Ok(report) => self.own_stored(room, &report.forked_authors),
-                    Err(e) => tracing::error!(error = %e, "could not store a fork proof"),
-                },
+                Some(entries) => {
+                    if let Err(e) = self.core.store_batch(room, entries) {
+                        tracing::error!(error = %e, "could not store a fork proof");
+                    }
+                }
                 None => self.penalise(peer, "sent an invalid fork proof"),
             },
             Internal::Flushed(result) => self.flushed(result),
