@@ -320,6 +320,22 @@ impl SimNode {
         .await
     }
 
+    /// Whether the node holds its own chain in `room` as its members know it, so that its
+    /// writes there go out at once (see `cryptchat::own_chain`; always for plain nodes).
+    pub async fn own_chain_held(&self, room: &str) -> bool {
+        self.bounded("own_chain", false, async {
+            match &self.kind {
+                Kind::Chat(h) => h.status().await.ok().is_some_and(|s| {
+                    s.rooms
+                        .into_iter()
+                        .any(|r| r.name == room && r.own_chain == "held")
+                }),
+                Kind::Plain(_) => true,
+            }
+        })
+        .await
+    }
+
     /// Peers this node is connected to.
     pub async fn connections(&self) -> usize {
         self.bounded("connections", 0, async {

@@ -320,9 +320,11 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             sim.start_node(i).await?;
         }
     }
-    // Warm-up: every member sees members in each of its rooms, and the network has settled
-    // (the connection count holds still, once start-up dials and DHT lookups are over), so
-    // the load meets a network in its steady state rather than one still booting.
+    // Warm-up: every member sees members in each of its rooms and holds its own chain
+    // there (a node's first write in a room waits for a member's vector: see
+    // `cryptchat::own_chain`), and the network has settled (the connection count holds
+    // still, once start-up dials and DHT lookups are over), so the load meets a network in
+    // its steady state rather than one still booting.
     tracing::info!("waiting for the room meshes");
     let warm = Instant::now();
     let mut totals: Vec<usize> = Vec::new();
@@ -334,7 +336,10 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             let members = s.members(room);
             let need = (members.len() - 1).min(2);
             for &i in &members {
-                if sim.nodes[i].as_ref().unwrap().room_peers(&room.name).await < need {
+                let node = sim.nodes[i].as_ref().unwrap();
+                if node.room_peers(&room.name).await < need
+                    || (need > 0 && !node.own_chain_held(&room.name).await)
+                {
                     ready = false;
                     break 'rooms;
                 }
