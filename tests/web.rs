@@ -760,3 +760,65 @@ fn the_web_page_reads_a_long_history_back_a_page_at_a_time_and_searches_it() {
     });
     assert!(b.find("#searchinfo").is_some_and(|e| !b.displayed(&e)));
 }
+
+#[test]
+fn the_web_page_takes_up_a_rooms_history_after_its_users_messages_forked() {
+    let Some(tools) = tools_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let args = |more: &[&str]| {
+        let mut a = vec!["--listen".to_string(), listen_for("tcp")];
+        a.extend(["--join".to_string(), "lobby".to_string()]);
+        a.extend(more.iter().map(|s| s.to_string()));
+        a
+    };
+    let bob = NodeProc::start("bob", &dir.path().join("bob"), &args(&[]));
+    let bob_addr = bob.listen_addr("/tcp/");
+    // Alice writes from one machine...
+    let mut old = NodeProc::start(
+        "alice",
+        &dir.path().join("old"),
+        &args(&["--bootstrap", &bob_addr]),
+    );
+    wait_until("old machine connected", T, || old.room_peers("lobby") >= 1);
+    old.cli(&["send", "lobby", "from the old machine"]);
+    wait_until("bob has it", T, || bob.texts("lobby").len() == 1);
+    old.kill();
+    // ...then from a new one that reaches nobody at first: its message forks her chain.
+    let alice = NodeProc::start("alice", &dir.path().join("new"), &args(&[]));
+    alice.cli(&["send", "lobby", "written offline"]);
+    alice.cli(&["dial", &bob_addr]);
+    let own_chain = |n: &NodeProc| {
+        let s = n.status();
+        let rooms = s["rooms"].as_array().cloned().unwrap_or_default();
+        let lobby = rooms.iter().find(|r| r["name"] == "lobby").cloned();
+        lobby.map(|r| r["own_chain"].as_str().unwrap_or("").to_string())
+    };
+    wait_until("the fork found", T, || {
+        own_chain(&alice).as_deref() == Some("forked")
+    });
+
+    let b = Browser::start(&tools, &dir.path().join("downloads"));
+    open(&b, &alice);
+    select_room(&b, "lobby");
+    wait_until("the fork shown", T, || {
+        b.find("#forkbar").is_some_and(|e| b.displayed(&e))
+    });
+    assert!(b.text("#forktext").contains("another machine"));
+    b.click_on("#repairbtn", T);
+    wait_until("bob gets the offline message", T, || {
+        bob.texts("lobby") == ["from the old machine", "written offline"]
+    });
+    wait_until("the page shows the room's history, then hers", T, || {
+        let page = shown(&b);
+        page.find("from the old machine")
+            .zip(page.find("written offline"))
+            .is_some_and(|(old, new)| old < new)
+    });
+    assert!(b.find("#forkbar").is_some_and(|e| !b.displayed(&e)));
+    // And writing from the page works again.
+    let input = b.wait_for("#sendtext", T);
+    b.send_keys(&input, &format!("back on track{ENTER}"));
+    wait_until("bob gets the next one", T, || {
+        bob.texts("lobby").last().map(String::as_str) == Some("back on track")
+    });
+}
