@@ -299,6 +299,34 @@ async fn own_seqs(n: &NodeHandle, author: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Bob (the bootstrap, whose address is returned) in "lobby", and Alice's identity, which
+/// wrote `n` messages there ("old machine 1".."old machine n") from a data dir of its own,
+/// stopped since.
+async fn alice_wrote_elsewhere(
+    dir: &std::path::Path,
+    n: usize,
+) -> (Arc<Identity>, NodeHandle, Vec<String>) {
+    let (ia, ib) = (identity("alice"), identity("bob"));
+    let b = node(ib, &dir.join("b"), &[]).await;
+    let boot = vec![first_addr(&b).await];
+    let old = node(ia.clone(), &dir.join("old"), &boot).await;
+    for x in [&b, &old] {
+        x.join("lobby", None).await.unwrap();
+    }
+    wait_for("mesh", T, async || room_peers(&old, "lobby").await >= 1).await;
+    for i in 1..=n {
+        old.send("lobby", &format!("old machine {i}"))
+            .await
+            .unwrap();
+    }
+    wait_for("bob has them", T, async || {
+        texts(&b, "lobby").await.len() == n
+    })
+    .await;
+    old.shutdown().await.unwrap();
+    (ia, b, boot)
+}
+
 async fn own_chain(n: &NodeHandle) -> String {
     let s = n.status().await.unwrap();
     s.rooms
@@ -313,24 +341,7 @@ async fn a_new_machine_takes_up_its_users_chain_before_it_writes() {
     // Alice writes from one data dir, then from a new one (another machine): what she
     // writes there must follow on from her earlier messages, not fork her chain.
     let dir = tempfile::tempdir().unwrap();
-    let (ia, ib) = (identity("alice"), identity("bob"));
-    let b = node(ib, &dir.path().join("b"), &[]).await;
-    let boot = vec![first_addr(&b).await];
-    let old = node(ia.clone(), &dir.path().join("old"), &boot).await;
-    for n in [&b, &old] {
-        n.join("lobby", None).await.unwrap();
-    }
-    wait_for("mesh", T, async || room_peers(&old, "lobby").await >= 1).await;
-    for i in 1..=3 {
-        old.send("lobby", &format!("old machine {i}"))
-            .await
-            .unwrap();
-    }
-    wait_for("bob has them", T, async || {
-        texts(&b, "lobby").await.len() == 3
-    })
-    .await;
-    old.shutdown().await.unwrap();
+    let (ia, b, boot) = alice_wrote_elsewhere(dir.path(), 3).await;
 
     // The new machine writes at once, before it has found anyone.
     let new = node(ia.clone(), &dir.path().join("new"), &boot).await;
@@ -355,24 +366,7 @@ async fn a_new_machine_takes_up_its_users_chain_before_it_writes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_proven_fork_of_its_own_chain_a_node_refuses_to_write_there() {
     let dir = tempfile::tempdir().unwrap();
-    let (ia, ib) = (identity("alice"), identity("bob"));
-    let b = node(ib, &dir.path().join("b"), &[]).await;
-    let boot = vec![first_addr(&b).await];
-    let old = node(ia.clone(), &dir.path().join("old"), &boot).await;
-    for n in [&b, &old] {
-        n.join("lobby", None).await.unwrap();
-    }
-    wait_for("mesh", T, async || room_peers(&old, "lobby").await >= 1).await;
-    for i in 1..=2 {
-        old.send("lobby", &format!("old machine {i}"))
-            .await
-            .unwrap();
-    }
-    wait_for("bob has them", T, async || {
-        texts(&b, "lobby").await.len() == 2
-    })
-    .await;
-    old.shutdown().await.unwrap();
+    let (ia, b, boot) = alice_wrote_elsewhere(dir.path(), 2).await;
 
     // A new machine with no way to reach anyone: it writes once nobody could be found,
     // which forks Alice's chain (nothing can tell it otherwise).

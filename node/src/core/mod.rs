@@ -884,6 +884,12 @@ impl Core {
         Ok(Some(room.clone()))
     }
 
+    /// The direct room with a contact (by its name, `@NAME` too), if it is one.
+    pub fn direct_room(&self, contact: &str) -> Option<RoomId> {
+        let (name, _) = self.contact(contact).ok()?;
+        self.room_by_name(&format!("@{name}")).ok().map(|r| r.id)
+    }
+
     /// A contact by its name (`@NAME` too): the name as stored, and its code.
     fn contact<'a>(&self, name: &'a str) -> Result<(&'a str, &ContactCode), CoreError> {
         let contact = name.trim().trim_start_matches('@');

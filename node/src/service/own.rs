@@ -9,7 +9,6 @@ use std::time::Instant;
 use super::handle::Command;
 use super::{NodeError, Repaired, Service, blocking};
 use crate::core::repair::Resend;
-
 use crate::own_chain::{Heard, Standing, Verdict};
 use crate::room::RoomId;
 
@@ -45,12 +44,6 @@ impl Service {
     /// The rooms a command writes our entries in; none for one that writes nothing.
     fn writes_in(&self, cmd: &Command) -> Vec<RoomId> {
         let named = |name: &str| self.core.room_by_name(name).ok().map(|r| r.id);
-        let direct = |contacts: &[String]| -> Vec<RoomId> {
-            contacts
-                .iter()
-                .filter_map(|c| named(&format!("@{}", c.trim().trim_start_matches('@'))))
-                .collect()
-        };
         match cmd {
             Command::Send(room, ..)
             | Command::Reply(room, ..)
@@ -59,9 +52,10 @@ impl Service {
             | Command::ShareFile(room, ..)
             | Command::Resend(room, _) => named(room).into_iter().collect(),
             // Invitations go in the direct room with each contact.
-            Command::Invite(_, contacts, _) | Command::CreateGroup(_, contacts, _) => {
-                direct(contacts)
-            }
+            Command::Invite(_, contacts, _) | Command::CreateGroup(_, contacts, _) => contacts
+                .iter()
+                .filter_map(|c| self.core.direct_room(c))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -237,7 +231,9 @@ impl Service {
                 "our own messages in a room conflict with ones written elsewhere"
             );
             self.own.forked(room, seq);
-        } else if let Ok(vector) = self.core.vector(room) {
+        } else if matches!(self.own.standing(&room), Some(Standing::Behind { .. }))
+            && let Ok(vector) = self.core.vector(room)
+        {
             self.own.stored(room, vector.get(&me).copied());
         }
         self.release_held();
