@@ -1231,8 +1231,11 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                 for r in &s.rooms {
                     // Whether our own messages there are held, when that is news.
                     let own = match r.own_chain.as_str() {
-                        "held" | "" => String::new(),
-                        other => format!(", your own messages: {other}"),
+                        "held" | "" => "",
+                        "unconfirmed" => ", your own messages not yet confirmed by a member",
+                        "catching up" => ", catching up on your own messages (writes wait)",
+                        "forked" => ", your messages forked: see `cryptchat repair`",
+                        _ => ", your own messages: unknown state",
                     };
                     println!(
                         "room {}: {} peers, {} unpublished{own}",
