@@ -203,9 +203,14 @@ impl Sim<'_> {
                     }
                 }
             }
-            Action::Restart { nodes } => {
+            Action::Restart { nodes, new_machine } => {
                 for &i in nodes {
                     if self.nodes[i].is_none() {
+                        if *new_machine {
+                            let dir = &self.specs[i].data_dir;
+                            std::fs::remove_dir_all(dir)
+                                .with_context(|| format!("emptying {}", dir.display()))?;
+                        }
                         self.start_node(i).await?;
                     }
                 }
@@ -243,7 +248,13 @@ fn schedule_events(s: &Scenario, rng: &mut ChaCha20Rng) -> Vec<(f64, Action)> {
                         nodes: picked.clone(),
                     },
                 ));
-                out.push((e.at_s + down_s, Action::Restart { nodes: picked }));
+                out.push((
+                    e.at_s + down_s,
+                    Action::Restart {
+                        nodes: picked,
+                        new_machine: false,
+                    },
+                ));
             }
             other => out.push((e.at_s, other.clone())),
         }

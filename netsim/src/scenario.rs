@@ -158,8 +158,13 @@ pub enum Action {
     Heal,
     /// Stop nodes (their journals stay on disk).
     Kill { nodes: Vec<usize> },
-    /// Start stopped nodes again on the same data dirs.
-    Restart { nodes: Vec<usize> },
+    /// Start stopped nodes again on the same data dirs; with `new_machine`, on empty ones
+    /// (the same identity on another machine: it must take up its earlier messages).
+    Restart {
+        nodes: Vec<usize>,
+        #[serde(default)]
+        new_machine: bool,
+    },
     /// A share of the non-bootstrap nodes leaves, and rejoins after `down_s`.
     Churn { share: f64, down_s: f64 },
     /// Change the incoming-link faults of a group (or of every node without `group`).
@@ -242,7 +247,7 @@ impl Scenario {
                         }
                     }
                 }
-                Action::Kill { nodes } | Action::Restart { nodes } => check("event", nodes)?,
+                Action::Kill { nodes } | Action::Restart { nodes, .. } => check("event", nodes)?,
                 Action::Churn { share, .. } if !(0.0..=1.0).contains(share) => {
                     return bad(format!("churn share {share} is not between 0 and 1"));
                 }

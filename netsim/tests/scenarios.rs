@@ -16,6 +16,11 @@ fn scenario(name: &str) -> Scenario {
 
 /// The smoke scenario with node `n` killed 1 s into the load and restarted at 3 s.
 fn smoke_with_restart(n: usize) -> Scenario {
+    smoke_restarted(n, false)
+}
+
+/// As [`smoke_with_restart`], on an empty data dir with `new_machine`.
+fn smoke_restarted(n: usize, new_machine: bool) -> Scenario {
     let mut s = scenario("smoke.toml");
     s.events = vec![
         netsim::scenario::EventSpec {
@@ -24,7 +29,10 @@ fn smoke_with_restart(n: usize) -> Scenario {
         },
         netsim::scenario::EventSpec {
             at_s: 3.0,
-            action: netsim::scenario::Action::Restart { nodes: vec![n] },
+            action: netsim::scenario::Action::Restart {
+                nodes: vec![n],
+                new_machine,
+            },
         },
     ];
     s
@@ -56,6 +64,21 @@ async fn the_baseline_on_cryptchats_swarm_delivers_everything() {
     assert!(b.messages_sent > 0);
     assert_eq!(b.rooms[0].delivery_ratio, 1.0, "{:?}", b.rooms);
     assert!(b.latency.count > 0);
+}
+
+/// A node that comes back on a new machine (an empty data dir, the same identity) and
+/// goes on writing: its messages follow on from those it wrote before, so every member
+/// gets them and every journal ends the same (a node that wrote at once would fork its
+/// own chain, and members would refuse what it writes).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_back_on_a_new_machine_writes_on_from_its_old_messages() {
+    cryptchat::install_crypto_provider();
+    let mut s = smoke_restarted(2, true);
+    // Long enough after the restart for it to write several messages.
+    s.load.duration_s = 8.0;
+    let r = netsim::run(&s, &Options::default()).await.unwrap();
+    println!("{}", r.table(None));
+    assert!(r.complete(), "{r:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
