@@ -808,12 +808,21 @@ fn the_web_page_takes_up_a_rooms_history_after_its_users_messages_forked() {
     wait_until("bob gets the offline message", T, || {
         bob.texts("lobby") == ["from the old machine", "written offline"]
     });
-    wait_until("the page shows the room's history, then hers", T, || {
-        let page = shown(&b);
+    let mut page = String::new();
+    let in_order = |page: &str| {
         page.find("from the old machine")
             .zip(page.find("written offline"))
             .is_some_and(|(old, new)| old < new)
-    });
+    };
+    let deadline = std::time::Instant::now() + T;
+    while !in_order(&page) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the page never showed the room's history, then hers:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        page = shown(&b);
+    }
     assert!(b.find("#forkbar").is_some_and(|e| !b.displayed(&e)));
     // And writing from the page works again.
     let input = b.wait_for("#sendtext", T);

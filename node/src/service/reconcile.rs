@@ -936,10 +936,11 @@ impl Service {
                                 self.entries_added(room);
                                 self.news(room);
                             }
-                            self.own_stored(room, &report.forked_authors);
                             for m in report.appended {
                                 self.emit(Event::Message(Box::new(m)));
                             }
+                            // After them: a write this releases follows them for clients too.
+                            self.own_stored(room, &report.forked_authors);
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "could not store synchronised entries");
