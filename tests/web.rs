@@ -831,3 +831,43 @@ fn the_web_page_takes_up_a_rooms_history_after_its_users_messages_forked() {
         bob.texts("lobby").last().map(String::as_str) == Some("back on track")
     });
 }
+
+#[test]
+fn the_web_page_says_why_a_send_waits_and_sends_it_once() {
+    let Some(tools) = tools_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let alice = NodeProc::start(
+        "alice",
+        &dir.path().join("alice"),
+        &["--listen".to_string(), listen_for("tcp")],
+    );
+    let b = Browser::start(&tools, &dir.path().join("downloads"));
+    open(&b, &alice);
+    // In a room just joined, a first write waits until the node knows it holds what its
+    // user wrote there before (here: seconds, as no member can be asked).
+    b.send_keys(&b.wait_for("#joinname", T), &format!("attic{ENTER}"));
+    wait_until("attic open", T, || b.text("#roomtitle") == "attic");
+    let input = b.wait_for("#sendtext", T);
+    b.send_keys(&input, &format!("only once{ENTER}"));
+    wait_until("the page says why the send waits", T, || {
+        b.find("#sendwait").is_some_and(|e| b.displayed(&e))
+    });
+    let said = b.text("#sendwait");
+    assert!(
+        said.contains("attic") && said.contains("confirms"),
+        "the page says why: {said}"
+    );
+    // Enter again while it waits sends nothing more.
+    b.send_keys(&input, ENTER);
+    wait_until("sent", T, || !alice.texts("attic").is_empty());
+    wait_until("the box emptied and the note gone", T, || {
+        b.script("return document.getElementById('sendtext').value") == ""
+            && b.find("#sendwait").is_some_and(|e| !b.displayed(&e))
+    });
+    // The next one goes at once, and each was written once.
+    b.send_keys(&input, &format!("then the next{ENTER}"));
+    wait_until("the next one sent", T, || alice.texts("attic").len() == 2);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(alice.texts("attic"), ["only once", "then the next"]);
+    assert!(shown(&b).contains("then the next"));
+}

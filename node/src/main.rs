@@ -635,7 +635,7 @@ fn print_message(m: &MessageView) {
 /// `cryptchat chat`: the room's last `last` messages, then its new ones as they arrive (on
 /// a thread of their own), while each line read from stdin is sent. Ends at the end of
 /// stdin, or when the node stops.
-fn chat(c: &Client, room: &str, last: usize, json: bool) -> Result<()> {
+fn chat(c: &Client, data_dir: &Path, room: &str, last: usize, json: bool) -> Result<()> {
     use std::io::BufRead;
     let show = move |m: &MessageView| {
         if json {
@@ -673,6 +673,7 @@ fn chat(c: &Client, room: &str, last: usize, json: bool) -> Result<()> {
     for line in std::io::stdin().lock().lines() {
         let line = line.context("reading stdin")?;
         // What is sent comes back through the event stream, as the room shows it.
+        let _note = WaitNote::start(data_dir, room, json);
         let sent = match ChatLine::parse(&line) {
             Ok(ChatLine::Skip) => continue,
             Ok(ChatLine::Help) => {
@@ -869,6 +870,61 @@ impl Drop for ProgressLine {
     }
 }
 
+/// Says on a terminal why a write has not gone out after a moment: the node holds a write
+/// in a room until it knows it holds what its user wrote there before, maybe from another
+/// machine (docs/protocol.md, "Our own chain first"). Without it `send` looks stuck.
+struct WaitNote {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WaitNote {
+    /// `None` when nobody reads stderr (or the output is JSON).
+    fn start(data_dir: &Path, room: &str, json: bool) -> Option<WaitNote> {
+        if json || !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (data_dir, room) = (data_dir.to_path_buf(), room.to_string());
+        let thread = std::thread::spawn(move || {
+            if stopped.recv_timeout(Duration::from_millis(700)).is_ok() {
+                return;
+            }
+            let Ok(status) =
+                Client::for_data_dir(&data_dir).and_then(|c| c.get::<Status>("/status"))
+            else {
+                return;
+            };
+            let own = status.rooms.iter().find(|r| r.name == room);
+            let why = match own.map(|r| r.own_chain.as_str()) {
+                Some("unconfirmed") => {
+                    "waiting until a member confirms this node holds what you wrote there \
+                     before (with no member to ask, it goes out within seconds; at most 20 s)"
+                }
+                Some("catching up") => {
+                    "taking up what you wrote there before, from a member, first"
+                }
+                _ => return,
+            };
+            eprintln!("{room}: {why}...");
+            let _ = stopped.recv();
+        });
+        Some(WaitNote {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for WaitNote {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A size as a user writes it: bytes, or a number with K, M or G (KiB, MiB and GiB also
 /// accepted; powers of 1,024).
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -986,7 +1042,10 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             })
         }
         Cmd::Send { room, text } => {
-            let v: Sent = c.post("/send", &SendRequest::new(room, text))?;
+            let note = WaitNote::start(data_dir, &room, json);
+            let v = c.post::<_, Sent>("/send", &SendRequest::new(room, text));
+            drop(note);
+            let v = v?;
             print(json, &v, print_sent)
         }
         Cmd::React {
@@ -996,7 +1055,10 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             undo,
         } => {
             let to = parse_message_ref(&to)?;
-            let v: Sent = c.post("/react", &ReactRequest::new(room, to, emoji, undo))?;
+            let note = WaitNote::start(data_dir, &room, json);
+            let v = c.post::<_, Sent>("/react", &ReactRequest::new(room, to, emoji, undo));
+            drop(note);
+            let v = v?;
             print(json, &v, |s| {
                 let what = if undo { "took back" } else { "reacted" };
                 println!("{what} {} in {}", req_emoji(s), s.message.room);
@@ -1004,36 +1066,51 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
         }
         Cmd::Reply { room, to, text } => {
             let reply_to = parse_message_ref(&to)?;
+            let note = WaitNote::start(data_dir, &room, json);
             let req = SendRequest {
                 room,
                 text,
                 reply_to: Some(reply_to),
             };
-            let v: Sent = c.post("/send", &req)?;
+            let v = c.post::<_, Sent>("/send", &req);
+            drop(note);
+            let v = v?;
             print(json, &v, print_sent)
         }
         Cmd::Edit { room, seq, text } => {
-            let v: Sent = c.post("/edit", &EditRequest { room, seq, text })?;
+            let note = WaitNote::start(data_dir, &room, json);
+            let v = c.post::<_, Sent>("/edit", &EditRequest { room, seq, text });
+            drop(note);
+            let v = v?;
             print(json, &v, |s| print_revised(s, "edited", seq))
         }
         Cmd::Delete { room, seq } => {
-            let v: Sent = c.post("/delete", &DeleteRequest { room, seq })?;
+            let note = WaitNote::start(data_dir, &room, json);
+            let v = c.post::<_, Sent>("/delete", &DeleteRequest { room, seq });
+            drop(note);
+            let v = v?;
             print(json, &v, |s| print_revised(s, "deleted", seq))
         }
         Cmd::Dm { contact, text } => {
-            let v: Sent = c.post("/dm", &DmRequest { contact, text })?;
+            let note = WaitNote::start(data_dir, &format!("@{contact}"), json);
+            let v = c.post::<_, Sent>("/dm", &DmRequest { contact, text });
+            drop(note);
+            let v = v?;
             print(json, &v, print_sent)
         }
         Cmd::Share { room, path } => {
             let path = std::fs::canonicalize(&path)
                 .with_context(|| format!("cannot share {}", path.display()))?;
-            let v: Sent = c.post_unbounded(
+            let note = WaitNote::start(data_dir, &room, json);
+            let v = c.post_unbounded::<_, Sent>(
                 "/share",
                 &ShareRequest {
                     room,
                     path: path.display().to_string(),
                 },
-            )?;
+            );
+            drop(note);
+            let v = v?;
             print(json, &v, |s| {
                 if let Some(f) = &s.message.file {
                     println!(
@@ -1302,7 +1379,7 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             }
             true
         })?),
-        Cmd::Chat { room, last } => chat(&c, &room, last, json),
+        Cmd::Chat { room, last } => chat(&c, data_dir, &room, last, json),
         Cmd::Web => {
             let url = c.web_url();
             print(json, &url, |u| println!("{u}"))
