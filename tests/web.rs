@@ -854,20 +854,28 @@ fn the_web_page_says_why_a_send_waits_and_sends_it_once() {
     });
     let said = b.text("#sendwait");
     assert!(
-        said.contains("attic") && said.contains("confirms"),
-        "the page says why: {said}"
+        said.contains("only once") && said.contains("confirms"),
+        "the page says what waits and why: {said}"
     );
-    // Enter again while it waits sends nothing more.
+    // The box emptied at once: Enter again sends nothing twice, and the user writes on.
+    assert_eq!(
+        b.script("return document.getElementById('sendtext').value"),
+        ""
+    );
     b.send_keys(&input, ENTER);
-    wait_until("sent", T, || !alice.texts("attic").is_empty());
-    wait_until("the box emptied and the note gone", T, || {
-        b.script("return document.getElementById('sendtext').value") == ""
-            && b.find("#sendwait").is_some_and(|e| !b.displayed(&e))
+    b.send_keys(&input, &format!("written meanwhile{ENTER}"));
+    wait_until("both sent, in order", T, || alice.texts("attic").len() == 2);
+    assert_eq!(alice.texts("attic"), ["only once", "written meanwhile"]);
+    wait_until("the note gone", T, || {
+        b.find("#sendwait").is_some_and(|e| !b.displayed(&e))
     });
     // The next one goes at once, and each was written once.
     b.send_keys(&input, &format!("then the next{ENTER}"));
-    wait_until("the next one sent", T, || alice.texts("attic").len() == 2);
+    wait_until("the next one sent", T, || alice.texts("attic").len() == 3);
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(alice.texts("attic"), ["only once", "then the next"]);
+    assert_eq!(
+        alice.texts("attic"),
+        ["only once", "written meanwhile", "then the next"]
+    );
     assert!(shown(&b).contains("then the next"));
 }
