@@ -467,6 +467,46 @@ fn client_commands_explain_a_missing_node() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no cryptchat node is running"), "{err}");
+    // `id` asks the running node, or derives the identity given a username.
+    let out = std::process::Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("id")
+        .env_remove("CRYPTCHAT_USERNAME")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no cryptchat node is running") && err.contains("--username"),
+        "{err}"
+    );
+}
+
+#[test]
+fn id_tells_the_running_nodes_identity_as_derived_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = NodeProc::start("alice", &dir.path().join("a"), &[]);
+    let running = a.cli(&["id"]);
+    let out = std::process::Command::new(common::BIN)
+        .args(["--json", "id", "--username", "alice"])
+        .env("CRYPTCHAT_PASSWORD", password_for("alice"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let derived: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(running["username"], "alice");
+    assert!(
+        running["contact_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("cc1:")
+    );
+    assert_eq!(running, derived);
 }
 
 #[test]

@@ -110,10 +110,21 @@ enum Cmd {
         #[command(flatten)]
         faults: FaultArgs,
     },
-    /// Print your user id, contact code and peer id.
+    /// Print your user id, contact code and peer id: those of the node running on the data
+    /// dir, or, given a username, derived here (asks for the password).
     Id {
-        #[command(flatten)]
-        creds: Credentials,
+        /// Derive the identity of this username here, rather than ask the running node.
+        #[arg(long, env = "CRYPTCHAT_USERNAME")]
+        username: Option<String>,
+        /// Derive the identity of this machine's host name.
+        #[arg(long)]
+        username_from_hostname: bool,
+        /// Read the password from this file (else CRYPTCHAT_PASSWORD, else a prompt).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// RSA key size when deriving: 2048, 3072 or 4096.
+        #[arg(long, default_value_t = 2048)]
+        key_bits: usize,
     },
     /// Join a room by name (and password).
     Join {
@@ -370,13 +381,32 @@ fn real_main() -> Result<()> {
                 cli.json,
             ))
         }
-        Cmd::Id { creds } => {
-            let identity = derive_identity(&creds)?;
-            let view = IdView {
-                username: identity.username().to_string(),
-                user_id: identity.id().to_hex(),
-                contact_code: identity.contact_code().encode(),
-                peer_id: identity.peer_id().to_string(),
+        Cmd::Id {
+            username,
+            username_from_hostname,
+            password_file,
+            key_bits,
+        } => {
+            let view = if username.is_none() && !username_from_hostname {
+                // The identity is the running node's: no password to type again.
+                Client::for_data_dir(&data_dir)
+                    .and_then(|c| c.get::<IdView>("/id"))
+                    .map_err(|e| {
+                        anyhow::anyhow!("{e}; or give --username to derive your identity here")
+                    })?
+            } else {
+                let identity = derive_identity(&Credentials {
+                    username,
+                    username_from_hostname,
+                    password_file,
+                    key_bits,
+                })?;
+                IdView {
+                    username: identity.username().to_string(),
+                    user_id: identity.id().to_hex(),
+                    contact_code: identity.contact_code().encode(),
+                    peer_id: identity.peer_id().to_string(),
+                }
             };
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
