@@ -510,6 +510,33 @@ fn id_tells_the_running_nodes_identity_as_derived_anywhere() {
 }
 
 #[test]
+fn dial_says_whom_it_reached_or_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = ["--listen".to_string(), listen_for("tcp")];
+    let a = NodeProc::start("alice", &dir.path().join("a"), &listen);
+    let b = NodeProc::start("bob", &dir.path().join("b"), &listen);
+    let bob = b.status()["peer_id"].as_str().unwrap().to_string();
+    // An address without a peer id: the answer names who is there.
+    let at = b.listen_addr("/tcp/");
+    let plain = at.split("/p2p/").next().unwrap();
+    assert_eq!(a.cli(&["dial", plain])["peer_id"], bob.as_str());
+    // Nobody listening: the reason, not "dialling".
+    let out = a.try_cli(&["dial", "/ip4/127.0.0.1/tcp/1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("could not connect to /ip4/127.0.0.1/tcp/1") && err.contains("refused"),
+        "{err}"
+    );
+    // Someone else at the address than the peer id names.
+    let alice = a.status()["peer_id"].as_str().unwrap().to_string();
+    let out = a.try_cli(&["dial", &format!("{plain}/p2p/{alice}")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&bob), "names whom it found: {err}");
+}
+
+#[test]
 fn unknown_room_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let a = NodeProc::start(

@@ -139,6 +139,7 @@ impl From<NodeError> for ApiError {
             NodeError::FileInput(_) => StatusCode::BAD_REQUEST,
             NodeError::FileUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::Listen { .. } => StatusCode::BAD_REQUEST,
+            NodeError::Dial { .. } => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -394,6 +395,12 @@ pub struct GroupRequest {
 #[derive(Serialize, Deserialize, Debug)]
 pub struct DialRequest {
     pub addr: String,
+}
+
+/// The answer to a dial: whom the connection reached.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Dialled {
+    pub peer_id: String,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -852,12 +859,15 @@ async fn group(
     Ok(Json(s.node.create_group(&r.name, r.members).await?))
 }
 
-async fn dial(State(s): State<AppState>, Json(r): Json<DialRequest>) -> ApiResult<()> {
+async fn dial(State(s): State<AppState>, Json(r): Json<DialRequest>) -> ApiResult<Dialled> {
     let addr = r
         .addr
         .parse()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad multiaddr: {e}")))?;
-    Ok(Json(s.node.dial(addr).await?))
+    let peer = s.node.dial(addr).await?;
+    Ok(Json(Dialled {
+        peer_id: peer.to_string(),
+    }))
 }
 
 async fn get_faults(State(s): State<AppState>) -> ApiResult<FaultConfig> {

@@ -8,9 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cryptchat::api::{
-    BlockRequest, ContactRequest, DeleteRequest, DialRequest, DmRequest, EditRequest, FetchRequest,
-    ForgetRequest, GroupRequest, HistoryRequest, IdView, IgnoreRequest, InviteRequest, JoinRequest,
-    MessageRequest, NameRequest, ReactRequest, RoomRequest, SendRequest, ShareRequest,
+    BlockRequest, ContactRequest, DeleteRequest, DialRequest, Dialled, DmRequest, EditRequest,
+    FetchRequest, ForgetRequest, GroupRequest, HistoryRequest, IdView, IgnoreRequest,
+    InviteRequest, JoinRequest, MessageRequest, NameRequest, ReactRequest, RoomRequest,
+    SendRequest, ShareRequest,
 };
 use cryptchat::client::Client;
 use cryptchat::config::{self, ApiInfo};
@@ -1390,8 +1391,8 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             })
         }
         Cmd::Dial { addr } => {
-            let v: () = c.post("/dial", &DialRequest { addr })?;
-            print(json, &v, |_| println!("dialling"))
+            let v: Dialled = c.post("/dial", &DialRequest { addr })?;
+            print(json, &v, |v| println!("connected to {}", v.peer_id))
         }
         Cmd::Watch { rooms } => Ok(c.events(|data| {
             let message = match serde_json::from_str(data) {

@@ -17,6 +17,10 @@ use crate::room::Room;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 
+/// How long [`NodeHandle::dial`] waits for a connection (an unreachable host may not answer
+/// a TCP dial for minutes).
+pub const DIAL_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 pub(super) enum Command {
     Status(Reply<Status>),
     Peers(Reply<Vec<PeerView>>),
@@ -46,7 +50,7 @@ pub(super) enum Command {
     /// node itself, behind the room's history like any write).
     Resend(String, Reply<()>),
     CreateGroup(String, Vec<String>, Reply<RoomView>),
-    Dial(Multiaddr, Reply<()>),
+    Dial(Multiaddr, Reply<PeerId>),
     Block(Vec<PeerId>, bool, Reply<()>),
     SyncNow(Reply<()>),
     PublishRaw(String, Vec<u8>, Reply<()>),
@@ -289,8 +293,18 @@ impl NodeHandle {
         }
     }
 
-    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
-        self.ask(|r| Command::Dial(addr, r)).await
+    /// Connects to the peer at `addr`: its peer id once the connection is up, or why it
+    /// failed. After [`DIAL_WAIT`] it gives up waiting (the dial itself goes on).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NodeError> {
+        let shown = addr.to_string();
+        tokio::time::timeout(DIAL_WAIT, self.ask(|r| Command::Dial(addr, r)))
+            .await
+            .unwrap_or_else(|_| {
+                Err(NodeError::Dial {
+                    addr: shown,
+                    why: format!("no answer within {} s", DIAL_WAIT.as_secs()),
+                })
+            })
     }
 
     /// Cuts off (or, with `blocked = false`, lets back) these peers: the fault injection

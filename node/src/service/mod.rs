@@ -111,6 +111,9 @@ pub enum NodeError {
     Stopped,
     #[error("the peer did not answer: {0}")]
     Peer(String),
+    /// A peer the user asked for could not be reached.
+    #[error("could not connect to {addr}: {why}")]
+    Dial { addr: String, why: String },
     /// A file that cannot be shared or written, or a shared file that is malformed.
     #[error("{0}")]
     FileInput(String),
@@ -353,6 +356,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         own: Default::default(),
         held: Default::default(),
         resend: HashMap::new(),
+        dials: HashMap::new(),
     };
     let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
     for id in topics {
@@ -456,6 +460,30 @@ struct Service {
     /// Per repaired room, our entries as they were, until its history is back (see
     /// [`Service::repair`]).
     resend: HashMap<RoomId, Vec<crate::core::repair::Ours>>,
+    /// Dials the user asked for, answered when the connection is up or has failed.
+    dials: HashMap<libp2p::swarm::ConnectionId, (Multiaddr, handle::Reply<PeerId>)>,
+}
+
+/// Why a dial failed, in a line: libp2p nests each transport's error in several layers
+/// that repeat one another; the innermost says what happened.
+fn dial_failure(e: &libp2p::swarm::DialError) -> String {
+    match e {
+        libp2p::swarm::DialError::Transport(errors) => {
+            let mut whys: Vec<String> = errors
+                .iter()
+                .map(|(_, e)| {
+                    let mut inner: &dyn std::error::Error = e;
+                    while let Some(next) = inner.source() {
+                        inner = next;
+                    }
+                    inner.to_string()
+                })
+                .collect();
+            whys.dedup();
+            whys.join("; ")
+        }
+        other => other.to_string(),
+    }
 }
 
 fn transport_of(addr: &Multiaddr) -> &'static str {
@@ -907,14 +935,19 @@ impl Service {
                 {
                     order.exempt(peer);
                 }
-                let res = self
-                    .swarm
-                    .dial(addr.clone())
-                    .map_err(|e| NodeError::Listen {
-                        addr: addr.to_string(),
-                        why: e.to_string(),
-                    });
-                let _ = r.send(res);
+                let opts = libp2p::swarm::dial_opts::DialOpts::from(addr.clone());
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.dials.insert(id, (addr, r));
+                    }
+                    Err(e) => {
+                        let _ = r.send(Err(NodeError::Dial {
+                            addr: addr.to_string(),
+                            why: e.to_string(),
+                        }));
+                    }
+                }
             }
             Command::Block(peers, blocked, r) => {
                 for p in peers {
@@ -1001,6 +1034,9 @@ impl Service {
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
                 };
                 tracing::debug!(%peer_id, %addr, "connected");
+                if let Some((_, r)) = self.dials.remove(&connection_id) {
+                    let _ = r.send(Ok(peer_id));
+                }
                 self.activity.connections_opened += 1;
                 if endpoint.is_dialer() {
                     self.activity.connections_dialled += 1;
@@ -1044,8 +1080,18 @@ impl Service {
                     }
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                connection_id,
+                error,
+            } => {
                 tracing::debug!(?peer_id, %error, "outgoing connection failed");
+                if let Some((addr, r)) = self.dials.remove(&connection_id) {
+                    let _ = r.send(Err(NodeError::Dial {
+                        addr: addr.to_string(),
+                        why: dial_failure(&error),
+                    }));
+                }
                 // A dial we held back or refused ourselves says nothing about the link.
                 let held_back = |p: PeerId| {
                     self.dial_order
