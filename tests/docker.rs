@@ -743,7 +743,11 @@ fn scenario(heal: Heal, converge_timeout: Duration) {
                  explicit reconnection with `cryptchat dial /dns4/bootstrap/tcp/4001`",
                 n.name
             );
-            net.cli(n, &["dial", "/dns4/bootstrap/tcp/4001"]);
+            // The dial answers once connected; the network may take a moment to carry it.
+            wait_until("reconnected to the bootstrap node", MESH_TIMEOUT, || {
+                net.try_cli(n, &["dial", "/dns4/bootstrap/tcp/4001"])
+                    .is_ok()
+            });
         }
     }
     let all: BTreeMap<_, _> = ROOMS.iter().map(|r| (*r, sent.ids(r))).collect();
