@@ -704,7 +704,7 @@ fn chat(c: &Client, data_dir: &Path, room: &str, last: usize, json: bool) -> Res
     for line in std::io::stdin().lock().lines() {
         let line = line.context("reading stdin")?;
         // What is sent comes back through the event stream, as the room shows it.
-        let _note = WaitNote::start(data_dir, room, json);
+        let _note = wait_note(data_dir, room, json);
         let sent = match ChatLine::parse(&line) {
             Ok(ChatLine::Skip) => continue,
             Ok(ChatLine::Help) => {
@@ -850,110 +850,90 @@ impl ChatLine {
     }
 }
 
-/// A line on stderr that shows a fetch's progress, read from the node's status twice a
-/// second until dropped.
-struct ProgressLine {
+/// A thread that writes on stderr beside a request under way: told to stop, and joined,
+/// when dropped.
+struct Beside {
     stop: std::sync::mpsc::Sender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl ProgressLine {
-    fn start(data_dir: &Path, id: &str) -> ProgressLine {
+impl Beside {
+    fn spawn(f: impl FnOnce(std::sync::mpsc::Receiver<()>) + Send + 'static) -> Beside {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let (data_dir, id) = (data_dir.to_path_buf(), id.to_ascii_lowercase());
-        let thread = std::thread::spawn(move || {
-            let Ok(c) = Client::for_data_dir(&data_dir) else {
-                return;
-            };
-            let mut shown = false;
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(Duration::from_millis(500))
-            {
-                let Ok(status) = c.get::<Status>("/status") else {
-                    continue;
-                };
-                if let Some(f) = status.fetches.iter().find(|f| f.id.starts_with(&id)) {
-                    let pct = (f.held * 100).checked_div(f.chunks).unwrap_or(0);
-                    eprint!(
-                        "\r\x1b[Kfetching {}: {} of {} chunks ({pct}%)",
-                        f.name, f.held, f.chunks
-                    );
-                    shown = true;
-                }
-            }
-            if shown {
-                eprint!("\r\x1b[K");
-            }
-        });
-        ProgressLine {
+        Beside {
             stop,
-            thread: Some(thread),
+            thread: Some(std::thread::spawn(move || f(stopped))),
         }
     }
 }
 
-impl Drop for ProgressLine {
+impl Drop for Beside {
     fn drop(&mut self) {
         let _ = self.stop.send(());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+/// A line on stderr that shows a fetch's progress, read from the node's status twice a
+/// second until dropped.
+fn progress_line(data_dir: &Path, id: &str) -> Beside {
+    let (data_dir, id) = (data_dir.to_path_buf(), id.to_ascii_lowercase());
+    Beside::spawn(move |stopped| {
+        let Ok(c) = Client::for_data_dir(&data_dir) else {
+            return;
+        };
+        let mut shown = false;
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            stopped.recv_timeout(Duration::from_millis(500))
+        {
+            let Ok(status) = c.get::<Status>("/status") else {
+                continue;
+            };
+            if let Some(f) = status.fetches.iter().find(|f| f.id.starts_with(&id)) {
+                let pct = (f.held * 100).checked_div(f.chunks).unwrap_or(0);
+                eprint!(
+                    "\r\x1b[Kfetching {}: {} of {} chunks ({pct}%)",
+                    f.name, f.held, f.chunks
+                );
+                shown = true;
+            }
+        }
+        if shown {
+            eprint!("\r\x1b[K");
+        }
+    })
 }
 
 /// Says on a terminal why a write has not gone out after a moment: the node holds a write
 /// in a room until it knows it holds what its user wrote there before, maybe from another
 /// machine (docs/protocol.md, "Our own chain first"). Without it `send` looks stuck.
-struct WaitNote {
-    stop: std::sync::mpsc::Sender<()>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl WaitNote {
-    /// `None` when nobody reads stderr (or the output is JSON).
-    fn start(data_dir: &Path, room: &str, json: bool) -> Option<WaitNote> {
-        if json || !std::io::stderr().is_terminal() {
-            return None;
+/// `None` when nobody reads stderr (or the output is JSON).
+fn wait_note(data_dir: &Path, room: &str, json: bool) -> Option<Beside> {
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let (data_dir, room) = (data_dir.to_path_buf(), room.to_string());
+    Some(Beside::spawn(move |stopped| {
+        if stopped.recv_timeout(Duration::from_millis(700)).is_ok() {
+            return;
         }
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let (data_dir, room) = (data_dir.to_path_buf(), room.to_string());
-        let thread = std::thread::spawn(move || {
-            if stopped.recv_timeout(Duration::from_millis(700)).is_ok() {
-                return;
+        let Ok(status) = Client::for_data_dir(&data_dir).and_then(|c| c.get::<Status>("/status"))
+        else {
+            return;
+        };
+        let own = status.rooms.iter().find(|r| r.name == room);
+        let why = match own.map(|r| r.own_chain.as_str()) {
+            Some("unconfirmed") => {
+                "waiting until a member confirms this node holds what you wrote there \
+                 before (with no member to ask, it goes out within seconds; at most 20 s)"
             }
-            let Ok(status) =
-                Client::for_data_dir(&data_dir).and_then(|c| c.get::<Status>("/status"))
-            else {
-                return;
-            };
-            let own = status.rooms.iter().find(|r| r.name == room);
-            let why = match own.map(|r| r.own_chain.as_str()) {
-                Some("unconfirmed") => {
-                    "waiting until a member confirms this node holds what you wrote there \
-                     before (with no member to ask, it goes out within seconds; at most 20 s)"
-                }
-                Some("catching up") => {
-                    "taking up what you wrote there before, from a member, first"
-                }
-                _ => return,
-            };
-            eprintln!("{room}: {why}...");
-            let _ = stopped.recv();
-        });
-        Some(WaitNote {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for WaitNote {
-    fn drop(&mut self) {
-        let _ = self.stop.send(());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+            Some("catching up") => "taking up what you wrote there before, from a member, first",
+            _ => return,
+        };
+        eprintln!("{room}: {why}...");
+    }))
 }
 
 /// A size as a user writes it: bytes, or a number with K, M or G (KiB, MiB and GiB also
@@ -1073,7 +1053,7 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             })
         }
         Cmd::Send { room, text } => {
-            let note = WaitNote::start(data_dir, &room, json);
+            let note = wait_note(data_dir, &room, json);
             let v = c.post::<_, Sent>("/send", &SendRequest::new(room, text));
             drop(note);
             let v = v?;
@@ -1086,7 +1066,7 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             undo,
         } => {
             let to = parse_message_ref(&to)?;
-            let note = WaitNote::start(data_dir, &room, json);
+            let note = wait_note(data_dir, &room, json);
             let v = c.post::<_, Sent>("/react", &ReactRequest::new(room, to, emoji, undo));
             drop(note);
             let v = v?;
@@ -1097,7 +1077,7 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
         }
         Cmd::Reply { room, to, text } => {
             let reply_to = parse_message_ref(&to)?;
-            let note = WaitNote::start(data_dir, &room, json);
+            let note = wait_note(data_dir, &room, json);
             let req = SendRequest {
                 room,
                 text,
@@ -1109,21 +1089,21 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             print(json, &v, print_sent)
         }
         Cmd::Edit { room, seq, text } => {
-            let note = WaitNote::start(data_dir, &room, json);
+            let note = wait_note(data_dir, &room, json);
             let v = c.post::<_, Sent>("/edit", &EditRequest { room, seq, text });
             drop(note);
             let v = v?;
             print(json, &v, |s| print_revised(s, "edited", seq))
         }
         Cmd::Delete { room, seq } => {
-            let note = WaitNote::start(data_dir, &room, json);
+            let note = wait_note(data_dir, &room, json);
             let v = c.post::<_, Sent>("/delete", &DeleteRequest { room, seq });
             drop(note);
             let v = v?;
             print(json, &v, |s| print_revised(s, "deleted", seq))
         }
         Cmd::Dm { contact, text } => {
-            let note = WaitNote::start(data_dir, &format!("@{contact}"), json);
+            let note = wait_note(data_dir, &format!("@{contact}"), json);
             let v = c.post::<_, Sent>("/dm", &DmRequest { contact, text });
             drop(note);
             let v = v?;
@@ -1132,7 +1112,7 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
         Cmd::Share { room, path } => {
             let path = std::fs::canonicalize(&path)
                 .with_context(|| format!("cannot share {}", path.display()))?;
-            let note = WaitNote::start(data_dir, &room, json);
+            let note = wait_note(data_dir, &room, json);
             let v = c.post_unbounded::<_, Sent>(
                 "/share",
                 &ShareRequest {
@@ -1193,7 +1173,7 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             };
             // A fetch can take a while: show how far it has come, on a terminal only.
             let progress = (!json && std::io::stderr().is_terminal())
-                .then(|| ProgressLine::start(data_dir, &req.id));
+                .then(|| progress_line(data_dir, &req.id));
             let v = c.post_unbounded::<_, Fetched>("/fetch", &req);
             drop(progress);
             let v = v?;
