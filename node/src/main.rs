@@ -1320,13 +1320,17 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                     // Whether our own messages there are held, when that is news.
                     let own = match r.own_chain.as_str() {
                         "held" | "" => "",
+                        "unconfirmed" if r.peers == 0 => {
+                            ", no member reached yet to confirm your earlier messages here"
+                        }
                         "unconfirmed" => ", your own messages not yet confirmed by a member",
                         "catching up" => ", catching up on your own messages (writes wait)",
                         "forked" => ", your messages forked: see `cryptchat repair`",
                         _ => ", your own messages: unknown state",
                     };
+                    let s = if r.peers == 1 { "" } else { "s" };
                     println!(
-                        "room {}: {} peers, {} unpublished{own}",
+                        "room {}: {} peer{s}, {} unpublished{own}",
                         r.name, r.peers, r.unpublished
                     );
                 }
