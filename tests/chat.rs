@@ -510,6 +510,40 @@ fn id_tells_the_running_nodes_identity_as_derived_anywhere() {
 }
 
 #[test]
+fn the_node_counts_what_is_unread_until_the_room_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = lobby_pair(dir.path());
+    let unread = |n: &NodeProc| {
+        let rooms = n.cli(&["rooms"]);
+        let lobby = rooms
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "lobby");
+        lobby.unwrap()["unread"].as_u64().unwrap()
+    };
+    a.cli(&["send", "lobby", "mine"]);
+    b.cli(&["send", "lobby", "one"]);
+    b.cli(&["send", "lobby", "two"]);
+    wait_until("both at alice", T, || unread(&a) == 2);
+    // Reading the room's latest (history, chat, the web page) reads it, for every client.
+    assert_eq!(a.texts("lobby"), ["mine", "one", "two"]);
+    assert_eq!(unread(&a), 0);
+    b.cli(&["send", "lobby", "three"]);
+    wait_until("the next one unread", T, || unread(&a) == 1);
+    // An earlier page is not the room read.
+    a.cli(&["history", "lobby", "--skip", "1"]);
+    assert_eq!(unread(&a), 1);
+    let human = a.client(&["rooms"]).output().unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("4 messages, 1 unread"), "{human}");
+    // Bob's own messages are not unread to him.
+    wait_until("alice's one message unread at bob", T, || unread(&b) == 1);
+    b.cli(&["send", "lobby", "four"]);
+    assert_eq!(unread(&b), 1);
+}
+
+#[test]
 fn dial_says_whom_it_reached_or_why_not() {
     let dir = tempfile::tempdir().unwrap();
     let listen = ["--listen".to_string(), listen_for("tcp")];

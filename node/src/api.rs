@@ -425,6 +425,7 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/rooms", get(rooms))
         .route("/join", post(join))
         .route("/leave", post(leave))
+        .route("/read", post(mark_read))
         .route("/send", post(send))
         .route("/edit", post(edit))
         .route("/react", post(react))
@@ -528,6 +529,13 @@ async fn leave(
     Json(r): Json<NameRequest>,
 ) -> ApiResult<crate::core::RoomView> {
     Ok(Json(s.node.leave(&r.name).await?))
+}
+
+async fn mark_read(
+    State(s): State<AppState>,
+    Json(r): Json<RoomRequest>,
+) -> ApiResult<crate::core::RoomView> {
+    Ok(Json(s.node.mark_read(&r.room).await?))
 }
 
 async fn members(

@@ -1598,13 +1598,25 @@ impl Journal {
 
     /// Stores an opaque setting value (the caller encrypts it).
     pub fn put_setting(&self, key: &str, value: &[u8]) -> Result<(), JournalError> {
+        self.put_setting_with(key, value, true)
+    }
+
+    /// As [`Journal::put_setting`]; not `durable`: without waiting for the disk, made
+    /// durable by the next durable commit or [`Journal::flush`] (for a value that is cheap to
+    /// lose in a crash).
+    pub fn put_setting_with(
+        &self,
+        key: &str,
+        value: &[u8],
+        durable: bool,
+    ) -> Result<(), JournalError> {
         let path = self.path.as_path();
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_with(durable)?;
         txn.open_table(SETTINGS)
             .at(path)?
             .insert(key.as_bytes(), value)
             .at(path)?;
-        self.commit(txn, true)
+        self.commit(txn, durable)
     }
 
     pub fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {

@@ -675,8 +675,13 @@ fn chat(c: &Client, data_dir: &Path, room: &str, last: usize, json: bool) -> Res
             print_message(m);
         }
     };
-    // Subscribed before the history is read: nothing falls between the two.
+    // Subscribed before the history is read: nothing falls between the two. What chat shows
+    // is read (see `history`).
     let events = c.subscribe()?;
+    let read = RoomRequest {
+        room: room.to_string(),
+    };
+    let _: RoomView = c.post("/read", &read)?;
     let req = HistoryRequest::last(room.to_string(), last);
     let shown: Vec<MessageView> = c.post("/history", &req)?;
     shown.iter().for_each(show);
@@ -688,6 +693,7 @@ fn chat(c: &Client, data_dir: &Path, room: &str, last: usize, json: bool) -> Res
         );
     }
     let here = room.to_string();
+    let reader = Client::for_data_dir(data_dir)?;
     std::thread::spawn(move || {
         for data in events {
             let Ok(data) = data else { break };
@@ -696,6 +702,7 @@ fn chat(c: &Client, data_dir: &Path, room: &str, last: usize, json: bool) -> Res
                 && !seen.contains(&m.hash)
             {
                 show(&m);
+                let _ = reader.post::<_, RoomView>("/read", &read);
             }
         }
         eprintln!("the node stopped");
@@ -1019,8 +1026,12 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             let v: Vec<RoomView> = c.get("/rooms")?;
             print(json, &v, |v| {
                 for r in v {
+                    let unread = match r.unread {
+                        0 => String::new(),
+                        n => format!(", {n} unread"),
+                    };
                     println!(
-                        "{:<24} {:<7} {:>6} messages{}",
+                        "{:<24} {:<7} {:>6} messages{unread}{}",
                         r.name,
                         format!("{:?}", r.kind).to_lowercase(),
                         r.messages,
@@ -1194,6 +1205,11 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             })
         }
         Cmd::History { room, limit, skip } => {
+            // Reading the latest messages reads the room (marked first: what arrives
+            // meanwhile stays unread even if shown).
+            if skip == 0 {
+                let _: RoomView = c.post("/read", &RoomRequest { room: room.clone() })?;
+            }
             let req = HistoryRequest {
                 skip,
                 ..HistoryRequest::last(room, limit)

@@ -29,6 +29,7 @@ use crate::sync::{self, ForkRef, Range};
 mod ignore;
 mod incoming;
 mod members;
+pub mod read;
 mod reader;
 mod receipts;
 pub mod repair;
@@ -201,9 +202,12 @@ pub struct RoomView {
     pub topic: String,
     pub kind: RoomKind,
     pub has_password: bool,
-    /// Texts and files held, in their authors' chains (not edits, deletions or reactions):
-    /// what a reader counts as unread.
+    /// Texts and files held, in their authors' chains (not edits, deletions or reactions),
+    /// leaving out those of ignored authors.
     pub messages: u64,
+    /// How many of those arrived since the user last read the room (see [`read`]).
+    #[serde(default)]
+    pub unread: u64,
     /// Entries held ahead of a gap in their author's chain, waiting for the missing ones.
     pub pending: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -353,6 +357,8 @@ pub struct Core {
     contacts: BTreeMap<String, ContactCode>,
     /// Authors the user does not want to see (see [`ignore`]); shared with readers.
     ignored: Arc<std::collections::BTreeSet<UserId>>,
+    /// Per room, how many of its messages the user has read (see [`read`]).
+    read: HashMap<RoomId, u64>,
     counters: Counters,
     /// What each member's receipts say it holds, per room.
     receipts: HashMap<RoomId, HashMap<UserId, Receipt>>,
@@ -466,6 +472,7 @@ impl Core {
             names: BTreeMap::new(),
             contacts: BTreeMap::new(),
             ignored: Arc::default(),
+            read: HashMap::new(),
             counters: Counters::default(),
             receipts: HashMap::new(),
             members: HashMap::new(),
@@ -501,6 +508,7 @@ impl Core {
             core.contacts.insert(name, code);
         }
         core.load_ignored()?;
+        core.load_read()?;
         core.learn_stored_keys()?;
         Ok(core)
     }
@@ -621,6 +629,8 @@ impl Core {
         self.names.insert(room.name.clone(), id);
         self.rooms.insert(id, room);
         self.gather_members(id)?;
+        // What the journal holds of it already (joined before) is read; what comes after is not.
+        self.read_all(id)?;
         Ok((&self.rooms[&id], true))
     }
 
@@ -630,6 +640,7 @@ impl Core {
         self.journal
             .delete_setting(&format!("{ROOM_PREFIX}{}", id.to_hex()))?;
         self.names.retain(|_, v| *v != id);
+        self.forget_read(id)?;
         self.claims.forget(id);
         self.shown.forget_room(&id.0);
         self.members.remove(&id);
@@ -640,6 +651,7 @@ impl Core {
     }
 
     pub fn room_view(&self, room: &Room) -> Result<RoomView, CoreError> {
+        let messages = self.messages_shown(room.id)?;
         let members = match &room.access {
             crate::room::Access::Shared(_) => vec![],
             crate::room::Access::Members(m) => m.iter().map(|m| m.username.clone()).collect(),
@@ -650,10 +662,8 @@ impl Core {
             topic: room.id.topic(),
             kind: room.kind,
             has_password: room.has_password,
-            messages: self
-                .journal
-                .messages(&room.id.0)?
-                .saturating_sub(self.ignored_messages(&room.id.0)?),
+            messages,
+            unread: self.unread(room.id, messages),
             pending: self.journal.pending_count(&room.id.0)?,
             members,
             forks: self
@@ -1132,6 +1142,9 @@ impl Core {
         self.journal
             .append_noting(&env.meta(), env.bytes(), incoming::note(&payload))?;
         self.counters.sent += 1;
+        if matches!(kind, Kind::Text | Kind::File) {
+            self.read_own(room.id)?;
+        }
         // The entry itself tells every reader that we hold our own chain up to it.
         heads.push((me.0, pos.seq));
         self.mark_announced(room.id, &heads);

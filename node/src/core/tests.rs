@@ -1929,3 +1929,48 @@ fn repair_drops_the_room_and_writes_again_what_members_lack_as_it_reads() {
         [Text("one".into()), Text("two, edited".into())]
     );
 }
+
+#[test]
+fn unread_counts_others_messages_since_the_room_was_read_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, _) = two_in_lobby(&dir);
+    let unread = |x: &Core| {
+        let room = x.room_by_name("lobby").unwrap().clone();
+        x.room_view(&room).unwrap().unread
+    };
+    let deliver = |to: &mut Core, (rid, env, _): (RoomId, Envelope, MessageView)| {
+        let got = to.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        assert!(matches!(got, Incoming::Accepted(..)), "{got:?}");
+    };
+    for text in ["one", "two"] {
+        deliver(&mut a, b.compose("lobby", text).unwrap());
+    }
+    assert_eq!(unread(&a), 2);
+    // What we write ourselves is not unread, and does not read the rest.
+    deliver(&mut b, a.compose("lobby", "mine").unwrap());
+    assert_eq!(unread(&a), 2);
+    // A reaction is not a message to read.
+    deliver(
+        &mut a,
+        b.compose_reaction("lobby", &identities()[0].id().to_hex(), 1, "👍", false)
+            .unwrap(),
+    );
+    assert_eq!(unread(&a), 2);
+    assert_eq!(a.mark_read("lobby").unwrap().unread, 0);
+    deliver(&mut a, b.compose("lobby", "three").unwrap());
+    assert_eq!(unread(&a), 1);
+    assert_eq!(b.mark_read("lobby").unwrap().unread, 0);
+    // Across a restart (marks need no durable commit of their own: the flush takes them).
+    a.flush().unwrap();
+    drop(a);
+    let mut a = core(&dir, 0);
+    assert_eq!(unread(&a), 1);
+    // A room left and joined again: what it holds then is read.
+    a.leave("lobby").unwrap();
+    a.join(Room::named("lobby", None).unwrap()).unwrap();
+    assert_eq!(unread(&a), 0);
+    assert!(matches!(
+        a.mark_read("nowhere"),
+        Err(CoreError::UnknownRoom(_))
+    ));
+}

@@ -26,6 +26,8 @@ pub(super) enum Command {
     Peers(Reply<Vec<PeerView>>),
     Join(Room, Reply<RoomView>),
     Leave(String, Reply<RoomView>),
+    /// The user read the room.
+    MarkRead(String, Reply<RoomView>),
     Rooms(Reply<Vec<RoomView>>),
     Send(String, String, Reply<Sent>),
     /// Reply in a room with a text to the message (author, seq).
@@ -144,6 +146,11 @@ impl NodeHandle {
 
     pub async fn leave(&self, name: &str) -> Result<RoomView, NodeError> {
         self.ask(|r| Command::Leave(name.to_string(), r)).await
+    }
+
+    /// The user has read `room` (its view then counts nothing unread).
+    pub async fn mark_read(&self, room: &str) -> Result<RoomView, NodeError> {
+        self.ask(|r| Command::MarkRead(room.to_string(), r)).await
     }
 
     pub async fn rooms(&self) -> Result<Vec<RoomView>, NodeError> {

@@ -816,6 +816,9 @@ impl Service {
                 });
                 let _ = r.send(res);
             }
+            Command::MarkRead(name, r) => {
+                let _ = r.send(self.core.mark_read(&name).map_err(NodeError::from));
+            }
             Command::RemoveContact(name, r) => {
                 let res = self.core.remove_contact(&name).map(|(contact, room)| {
                     if let Some(room) = room {
