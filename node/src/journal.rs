@@ -999,10 +999,11 @@ impl Journal {
     }
 
     /// Runs `f` over the chain tables in one write transaction; commits only if it changed
-    /// something, so duplicates cost no fsync.
+    /// something, so duplicates cost no fsync. A `setting` is stored along with a change.
     fn write_chain<T>(
         &self,
         durable: bool,
+        setting: Option<(&str, &[u8])>,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, JournalError>,
     ) -> Result<T, JournalError> {
         let txn = self.begin_write_with(durable)?;
@@ -1012,6 +1013,12 @@ impl Journal {
             tx.flush()?;
             (out, tx.changed, std::mem::take(&mut tx.new_heads))
         };
+        if changed && let Some((key, value)) = setting {
+            txn.open_table(SETTINGS)
+                .at(&self.path)?
+                .insert(key.as_bytes(), value)
+                .at(&self.path)?;
+        }
         if changed {
             // Locked across the commit, so a vector loaded meanwhile cannot be older.
             let mut vectors = self.cached_vectors();
@@ -1044,7 +1051,19 @@ impl Journal {
         envelope: &[u8],
         note: Option<Note>,
     ) -> Result<AppendOutcome, JournalError> {
-        self.write_chain(true, |tx| tx.append_noting(meta, envelope, note))
+        self.append_noting_with(meta, envelope, note, None)
+    }
+
+    /// [`Self::append_noting`] that also stores `setting` (key, opaque value) in the same
+    /// commit, if the entry is stored: a value that goes with it, at no commit of its own.
+    pub fn append_noting_with(
+        &self,
+        meta: &EntryMeta,
+        envelope: &[u8],
+        note: Option<Note>,
+        setting: Option<(&str, &[u8])>,
+    ) -> Result<AppendOutcome, JournalError> {
+        self.write_chain(true, setting, |tx| tx.append_noting(meta, envelope, note))
     }
 
     /// Same as [`Self::append`] for many entries in one write transaction (batched catch-up);
@@ -1094,7 +1113,7 @@ impl Journal {
         if entries.len() == 0 {
             return Ok(Vec::new());
         }
-        self.write_chain(durable, |tx| {
+        self.write_chain(durable, None, |tx| {
             entries
                 .map(|(meta, envelope, note)| tx.append_noting(meta, envelope, note))
                 .collect()

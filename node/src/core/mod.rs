@@ -1138,13 +1138,22 @@ impl Core {
             ..content
         };
         let env = Envelope::seal(&self.identity, &room, kind, pos, &payload)?;
-        // Durable before it is published.
-        self.journal
-            .append_noting(&env.meta(), env.bytes(), incoming::note(&payload))?;
-        self.counters.sent += 1;
-        if matches!(kind, Kind::Text | Kind::File) {
-            self.read_own(room.id)?;
+        // Durable before it is published; what we write is read, in the same commit.
+        let read = match kind {
+            Kind::Text | Kind::File => self.read_own(room.id)?,
+            _ => None,
+        };
+        let setting = read.as_ref().map(|r| (r.key.as_str(), &r.blob[..]));
+        self.journal.append_noting_with(
+            &env.meta(),
+            env.bytes(),
+            incoming::note(&payload),
+            setting,
+        )?;
+        if let Some(r) = read {
+            self.read.insert(room.id, r.count);
         }
+        self.counters.sent += 1;
         // The entry itself tells every reader that we hold our own chain up to it.
         heads.push((me.0, pos.seq));
         self.mark_announced(room.id, &heads);

@@ -12,6 +12,13 @@ use crate::room::RoomId;
 
 const READ_PREFIX: &str = "read/";
 
+/// A room's mark, sealed, to store.
+pub(super) struct Mark {
+    pub key: String,
+    pub blob: Vec<u8>,
+    pub count: u64,
+}
+
 fn key(room: RoomId) -> String {
     format!("{READ_PREFIX}{}", room.to_hex())
 }
@@ -68,12 +75,16 @@ impl Core {
         Ok(())
     }
 
-    /// We wrote a message in the room: it is not news to us.
-    pub(super) fn read_own(&mut self, room: RoomId) -> Result<(), CoreError> {
-        match self.read.get(&room) {
-            Some(read) => self.store_read(room, read + 1),
-            None => Ok(()),
-        }
+    /// The room's mark once a message we write there is stored: what we write is not news
+    /// to us. Stored with the message ([`crate::journal::Journal::append_noting_with`]), at
+    /// no commit of its own; [`Core::read`] follows once it is.
+    pub(super) fn read_own(&self, room: RoomId) -> Result<Option<Mark>, CoreError> {
+        let Some(read) = self.read.get(&room) else {
+            return Ok(None);
+        };
+        let (key, count) = (key(room), read + 1);
+        let blob = self.seal(&key, &count.to_be_bytes())?;
+        Ok(Some(Mark { key, blob, count }))
     }
 
     pub(super) fn forget_read(&mut self, room: RoomId) -> Result<(), CoreError> {
