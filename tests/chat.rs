@@ -455,6 +455,25 @@ fn weak_password_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("too weak"));
 }
 
+#[cfg(unix)]
+#[test]
+fn a_client_whose_output_is_cut_short_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    // As `cryptchat id --username alice | head -0`: the reader is gone before it prints.
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["id", "--username", "alice"])
+        .env("CRYPTCHAT_PASSWORD", password_for("alice"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE: {err}");
+}
+
 #[test]
 fn client_commands_explain_a_missing_node() {
     let dir = tempfile::tempdir().unwrap();

@@ -318,6 +318,19 @@ enum ContactCmd {
     Remove { name: String },
 }
 
+/// A client command whose output is cut short (`cryptchat history lobby | head`) ends
+/// quietly, as other command-line tools do, instead of panicking on the failed write: the
+/// default action of SIGPIPE, which Rust programs ignore. Not for `run`, whose sockets
+/// report a closed peer as an error.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: sets the process's SIGPIPE disposition to its default, before any other
+    // thread is started; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
     if let Err(e) = real_main() {
         eprintln!("error: {e:#}");
@@ -328,6 +341,9 @@ fn main() {
 fn real_main() -> Result<()> {
     cryptchat::install_crypto_provider();
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Run { .. }) {
+        quiet_on_closed_pipe();
+    }
     let data_dir = cli
         .data_dir
         .clone()
