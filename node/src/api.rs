@@ -411,6 +411,17 @@ pub struct IdView {
     pub peer_id: String,
 }
 
+impl IdView {
+    pub fn of(me: &crate::identity::Identity) -> IdView {
+        IdView {
+            username: me.username().to_string(),
+            user_id: me.id().to_hex(),
+            contact_code: me.contact_code().encode(),
+            peer_id: me.peer_id().to_string(),
+        }
+    }
+}
+
 /// Builds the router; `token` is required as `Authorization: Bearer <token>` on /v1.
 pub fn router(node: NodeHandle, token: String) -> Router {
     let state = AppState {
@@ -500,13 +511,7 @@ async fn status(State(s): State<AppState>) -> ApiResult<crate::service::Status> 
 }
 
 async fn id(State(s): State<AppState>) -> ApiResult<IdView> {
-    let me = s.node.identity();
-    Ok(Json(IdView {
-        username: me.username().to_string(),
-        user_id: me.id().to_hex(),
-        contact_code: me.contact_code().encode(),
-        peer_id: me.peer_id().to_string(),
-    }))
+    Ok(Json(IdView::of(s.node.identity())))
 }
 
 async fn peers(State(s): State<AppState>) -> ApiResult<Vec<crate::service::PeerView>> {

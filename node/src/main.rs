@@ -418,12 +418,7 @@ fn real_main() -> Result<()> {
                     password_file,
                     key_bits,
                 })?;
-                IdView {
-                    username: identity.username().to_string(),
-                    user_id: identity.id().to_hex(),
-                    contact_code: identity.contact_code().encode(),
-                    peer_id: identity.peer_id().to_string(),
-                }
+                IdView::of(&identity)
             };
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
