@@ -41,12 +41,9 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Credentials {
-    /// Your username (with the password, it derives your identity).
-    #[arg(
-        long,
-        env = "CRYPTCHAT_USERNAME",
-        required_unless_present = "username_from_hostname"
-    )]
+    /// Your username (with the password, it derives your identity). `run` needs it (or
+    /// --username-from-hostname); `id` without it asks the running node.
+    #[arg(long, env = "CRYPTCHAT_USERNAME")]
     username: Option<String>,
     /// Use this machine's host name as the username (containers scaled from one spec).
     #[arg(long)]
@@ -114,18 +111,8 @@ enum Cmd {
     /// Print your user id, contact code and peer id: those of the node running on the data
     /// dir, or, given a username, derived here (asks for the password).
     Id {
-        /// Derive the identity of this username here, rather than ask the running node.
-        #[arg(long, env = "CRYPTCHAT_USERNAME")]
-        username: Option<String>,
-        /// Derive the identity of this machine's host name.
-        #[arg(long)]
-        username_from_hostname: bool,
-        /// Read the password from this file (else CRYPTCHAT_PASSWORD, else a prompt).
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// RSA key size when deriving: 2048, 3072 or 4096.
-        #[arg(long, default_value_t = 2048)]
-        key_bits: usize,
+        #[command(flatten)]
+        creds: Credentials,
     },
     /// Join a room by name (and password).
     Join {
@@ -398,13 +385,8 @@ fn real_main() -> Result<()> {
                 cli.json,
             ))
         }
-        Cmd::Id {
-            username,
-            username_from_hostname,
-            password_file,
-            key_bits,
-        } => {
-            let view = if username.is_none() && !username_from_hostname {
+        Cmd::Id { creds } => {
+            let view = if creds.username.is_none() && !creds.username_from_hostname {
                 // The identity is the running node's: no password to type again.
                 Client::for_data_dir(&data_dir)
                     .and_then(|c| c.get::<IdView>("/id"))
@@ -412,13 +394,7 @@ fn real_main() -> Result<()> {
                         anyhow::anyhow!("{e}; or give --username to derive your identity here")
                     })?
             } else {
-                let identity = derive_identity(&Credentials {
-                    username,
-                    username_from_hostname,
-                    password_file,
-                    key_bits,
-                })?;
-                IdView::of(&identity)
+                IdView::of(&*derive_identity(&creds)?)
             };
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
