@@ -1013,13 +1013,13 @@ impl Journal {
             tx.flush()?;
             (out, tx.changed, std::mem::take(&mut tx.new_heads))
         };
-        if changed && let Some((key, value)) = setting {
-            txn.open_table(SETTINGS)
-                .at(&self.path)?
-                .insert(key.as_bytes(), value)
-                .at(&self.path)?;
-        }
         if changed {
+            if let Some((key, value)) = setting {
+                txn.open_table(SETTINGS)
+                    .at(&self.path)?
+                    .insert(key.as_bytes(), value)
+                    .at(&self.path)?;
+            }
             // Locked across the commit, so a vector loaded meanwhile cannot be older.
             let mut vectors = self.cached_vectors();
             self.commit(txn, durable)?;

@@ -79,12 +79,16 @@ impl Core {
     /// to us. Stored with the message ([`crate::journal::Journal::append_noting_with`]), at
     /// no commit of its own; [`Core::read`] follows once it is.
     pub(super) fn read_own(&self, room: RoomId) -> Result<Option<Mark>, CoreError> {
-        let Some(read) = self.read.get(&room) else {
-            return Ok(None);
-        };
-        let (key, count) = (key(room), read + 1);
+        match self.read.get(&room) {
+            Some(read) => self.sealed(room, read + 1).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn sealed(&self, room: RoomId, count: u64) -> Result<Mark, CoreError> {
+        let key = key(room);
         let blob = self.seal(&key, &count.to_be_bytes())?;
-        Ok(Some(Mark { key, blob, count }))
+        Ok(Mark { key, blob, count })
     }
 
     pub(super) fn forget_read(&mut self, room: RoomId) -> Result<(), CoreError> {
@@ -96,10 +100,10 @@ impl Core {
     /// Not waited for on disk: the next durable commit (the next message stored, say) or
     /// flush takes it along, and a mark lost in a crash only shows a message as unread again.
     fn store_read(&mut self, room: RoomId, read: u64) -> Result<(), CoreError> {
-        let key = key(room);
-        let blob = self.seal(&key, &read.to_be_bytes())?;
-        self.journal.put_setting_with(&key, &blob, false)?;
-        self.read.insert(room, read);
+        let mark = self.sealed(room, read)?;
+        self.journal
+            .put_setting_with(&mark.key, &mark.blob, false)?;
+        self.read.insert(room, mark.count);
         Ok(())
     }
 }
