@@ -258,8 +258,10 @@ impl Core {
             }
         }
         let now = Instant::now();
+        let me = self.identity.id();
         let mut out = Vec::with_capacity(outcomes.len());
         let mut chains = Vec::new();
+        let mut own = Vec::new();
         for ((room_id, env, payload), outcome) in entries.into_iter().zip(outcomes) {
             let hash = env.hash();
             out.push(match outcome {
@@ -270,6 +272,9 @@ impl Core {
                     let short = short_id(&author.0);
                     self.claims.met(room_id, short, advanced_to, how, now);
                     chains.push((room_id, author));
+                    if author == me {
+                        own.push((room_id, env.seq, advanced_to));
+                    }
                     let shown = self.shown.stored(&hash);
                     if !self.rooms.contains_key(&room_id) {
                         Incoming::NotOurs
@@ -303,6 +308,12 @@ impl Core {
         for (room_id, author) in chains {
             if let Ok(held) = self.journal.head(&room_id.0, &author.0) {
                 self.shown.caught_up(&room_id.0, &author.0, held);
+            }
+        }
+        // (The entries are stored: a mark that cannot be kept only shows them as unread.)
+        for (room_id, from, to) in own {
+            if let Err(e) = self.read_own_arrived(room_id, from, to) {
+                tracing::warn!(error = %e, "cannot mark our own messages from elsewhere read");
             }
         }
         Ok(out)

@@ -4,10 +4,12 @@
 //! A mark is a count of the room's messages as [`RoomView::messages`] counts them (texts and
 //! files, not edits or reactions; ignored authors left out): those past it are unread. A
 //! client marks a room read when the user reads it ([`Core::mark_read`]); what we write
-//! ourselves is read as it is written; a room's history held when it is joined is read,
-//! what arrives after is not. Marks are sealed like every setting.
+//! ourselves is read as it is written, and so is what we wrote on another machine of ours
+//! when it arrives here; a room's history held when it is joined is read, what arrives
+//! after is not. Marks are sealed like every setting.
 
 use super::{Core, CoreError, RoomView};
+use crate::envelope::Envelope;
 use crate::room::RoomId;
 
 const READ_PREFIX: &str = "read/";
@@ -83,6 +85,31 @@ impl Core {
             Some(read) => self.sealed(room, read + 1).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Our own entries `from..=to` in `room`, written on another machine of ours and
+    /// brought here by gossip or a catch-up: their messages are read, as they are where
+    /// they were written.
+    pub(super) fn read_own_arrived(
+        &mut self,
+        room: RoomId,
+        from: u64,
+        to: u64,
+    ) -> Result<(), CoreError> {
+        let Some(&read) = self.read.get(&room) else {
+            return Ok(());
+        };
+        let me = self.identity.id();
+        let mut messages = 0;
+        for seq in from..=to {
+            if let Some(entry) = self.journal.get(&room.0, &me.0, seq)? {
+                messages += u64::from(Envelope::is_message(&entry.envelope));
+            }
+        }
+        if messages > 0 {
+            self.store_read(room, read + messages)?;
+        }
+        Ok(())
     }
 
     fn sealed(&self, room: RoomId, count: u64) -> Result<Mark, CoreError> {

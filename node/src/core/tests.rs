@@ -1931,6 +1931,62 @@ fn repair_drops_the_room_and_writes_again_what_members_lack_as_it_reads() {
 }
 
 #[test]
+fn own_messages_written_on_another_machine_arrive_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut laptop, mut bob, rid) = two_in_lobby(&dir);
+    // The same user on a second machine: same identity, its own journal.
+    let other = tempfile::tempdir().unwrap();
+    let mut desk = core(&other, 0);
+    desk.join(Room::named("lobby", None).unwrap()).unwrap();
+    let unread = |x: &Core| {
+        let room = x.room_by_name("lobby").unwrap().clone();
+        x.room_view(&room).unwrap().unread
+    };
+    let (_, hello, _) = bob.compose("lobby", "hello").unwrap();
+    for machine in [&mut desk, &mut laptop] {
+        machine
+            .receive(&rid.topic(), hello.bytes().to_vec())
+            .unwrap();
+    }
+    assert_eq!(unread(&desk), 1);
+    // By gossip.
+    let (_, mine, _) = laptop.compose("lobby", "from the laptop").unwrap();
+    let got = desk.receive(&rid.topic(), mine.bytes().to_vec()).unwrap();
+    assert!(matches!(got, Incoming::Accepted(..)), "{got:?}");
+    assert_eq!(unread(&desk), 1, "bob's hello only");
+    // By a catch-up, out of order (the later entry waits for the earlier one), with a
+    // reaction that is no message.
+    let later = [
+        laptop.compose("lobby", "two").unwrap().1,
+        laptop
+            .compose_reaction("lobby", &identities()[1].id().to_hex(), 1, "👍", false)
+            .unwrap()
+            .1,
+        laptop.compose("lobby", "three").unwrap().1,
+    ];
+    let verified = |x: &Core, env: &Envelope| {
+        check(
+            &x.identity,
+            x.room(&rid).unwrap(),
+            env.bytes().to_vec(),
+            &x.keys,
+        )
+        .unwrap()
+    };
+    let tail: Vec<_> = later[1..].iter().map(|e| verified(&desk, e)).collect();
+    assert_eq!(desk.store_batch(rid, tail).unwrap().pending, 2);
+    let head = verified(&desk, &later[0]);
+    assert_eq!(desk.store_batch(rid, vec![head]).unwrap().added, 1);
+    let room = desk.room_by_name("lobby").unwrap().clone();
+    assert_eq!(desk.room_view(&room).unwrap().messages, 4);
+    assert_eq!(unread(&desk), 1, "still bob's hello only");
+    // And the mark holds across a restart.
+    desk.flush().unwrap();
+    drop(desk);
+    assert_eq!(unread(&core(&other, 0)), 1);
+}
+
+#[test]
 fn unread_counts_others_messages_since_the_room_was_read_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, mut b, _) = two_in_lobby(&dir);
