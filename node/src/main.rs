@@ -1002,7 +1002,7 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                 },
             )?;
             print(json, &v, |v| {
-                println!("joined {} ({} messages)", v.name, v.messages)
+                println!("joined {} ({})", v.name, messages(v.messages))
             })
         }
         Cmd::Leave { room } => {
@@ -1018,10 +1018,10 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                         n => format!(", {n} unread"),
                     };
                     println!(
-                        "{:<24} {:<7} {:>6} messages{unread}{}",
+                        "{:<24} {:<7} {}{unread}{}",
                         r.name,
                         format!("{:?}", r.kind).to_lowercase(),
-                        r.messages,
+                        messages_in(r.messages, 6),
                         if r.has_password { "  (password)" } else { "" }
                     );
                 }
@@ -1041,11 +1041,10 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
                         (false, true) => "  (ignored)",
                         (false, false) => "",
                     };
-                    let s = if m.messages == 1 { "" } else { "s" };
                     println!(
-                        "{}  {who:<24} {:>6} message{s}{you}",
+                        "{}  {who:<24} {}{you}",
                         &m.user_id[..16],
-                        m.messages
+                        messages_in(m.messages, 6)
                     );
                 }
             })
@@ -1258,9 +1257,10 @@ fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()> {
             let v: Repaired = c.post("/repair", &RoomRequest { room })?;
             print(json, &v, |v| {
                 println!(
-                    "{}: taking up the members' history; of your {} messages there, those \
-                     they lack will be written again after it",
-                    v.room, v.messages
+                    "{}: taking up the members' history; of your {} there, those they \
+                     lack will be written again after it",
+                    v.room,
+                    messages(v.messages as u64)
                 )
             })
         }
@@ -1485,9 +1485,27 @@ fn ignored_label(v: &IgnoredView) -> String {
     }
 }
 
+/// "1 message", "2 messages" (the count right-aligned in a column of `width`).
+fn messages_in(n: u64, width: usize) -> String {
+    let noun = if n == 1 { "message" } else { "messages" };
+    format!("{n:>width$} {noun}")
+}
+
+fn messages(n: u64) -> String {
+    messages_in(n, 0)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{messages, messages_in, parse_size};
+
+    #[test]
+    fn counts_of_messages_read_as_english() {
+        assert_eq!(messages(1), "1 message");
+        assert_eq!(messages(0), "0 messages");
+        assert_eq!(messages_in(12, 6), "    12 messages");
+        assert_eq!(messages_in(1, 6), "     1 message");
+    }
 
     #[test]
     fn chat_lines_are_messages_unless_they_are_commands() {
