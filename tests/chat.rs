@@ -503,6 +503,37 @@ fn client_commands_explain_a_missing_node() {
 }
 
 #[test]
+fn a_second_node_on_a_data_dir_is_refused_before_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = NodeProc::start("alice", &dir.path().join("a"), &[]);
+    let run = |password: Option<String>| {
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.arg("--data-dir")
+            .arg(&a.data_dir)
+            .args(["run", "--username", "alice"])
+            .env_remove("CRYPTCHAT_PASSWORD")
+            .stdin(std::process::Stdio::null());
+        if let Some(p) = password {
+            cmd.env("CRYPTCHAT_PASSWORD", p);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // No password given, none asked: the running node is named at once.
+    let err = run(None);
+    assert!(
+        err.contains("a node for alice") && err.contains("already running"),
+        "{err}"
+    );
+    assert!(!err.contains("password"), "{err}");
+    // A node whose API cannot be found still holds its journal.
+    std::fs::remove_file(a.data_dir.join("api.json")).unwrap();
+    let err = run(Some(password_for("alice")));
+    assert!(err.contains("already in use"), "{err}");
+}
+
+#[test]
 fn id_tells_the_running_nodes_identity_as_derived_anywhere() {
     let dir = tempfile::tempdir().unwrap();
     let a = NodeProc::start("alice", &dir.path().join("a"), &[]);

@@ -356,6 +356,7 @@ fn real_main() -> Result<()> {
                 .as_deref()
                 .map(read_secret_file)
                 .transpose()?;
+            refuse_if_running(&data_dir)?;
             let identity = derive_identity(&creds)?;
             let mut cfg = NodeConfig::new(data_dir.clone());
             if !listen.is_empty() {
@@ -456,6 +457,21 @@ fn read_password(creds: &Credentials) -> Result<String> {
     }
     rpassword::prompt_password(format!("password for {}: ", creds.username()?))
         .context("no password: set CRYPTCHAT_PASSWORD, pass --password-file, or run in a terminal")
+}
+
+/// A node already running on the data dir is said before the password is asked and
+/// derived for nothing. (Its journal's lock says so too, later, if its API does not answer.)
+fn refuse_if_running(data_dir: &std::path::Path) -> Result<()> {
+    match Client::for_data_dir(data_dir).and_then(|c| c.get::<IdView>("/id")) {
+        Ok(id) => bail!(
+            "a node for {} ({}) is already running on {}: stop it first, or use another \
+             --data-dir",
+            id.username,
+            &id.user_id[..16],
+            data_dir.display()
+        ),
+        Err(_) => Ok(()),
+    }
 }
 
 fn derive_identity(creds: &Credentials) -> Result<Arc<Identity>> {
