@@ -429,3 +429,60 @@ async fn after_a_proven_fork_of_its_own_chain_a_node_refuses_to_write_there() {
     new.join("elsewhere", None).await.unwrap();
     assert_eq!(new.send("elsewhere", "fine").await.unwrap().message.seq, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_cut_off_while_another_machine_wrote_takes_that_up_before_writing() {
+    // Alice's laptop runs on while it is cut off (asleep, say), and meanwhile she writes
+    // from her desk. Back in reach, what the laptop writes follows on from the desk's.
+    let dir = tempfile::tempdir().unwrap();
+    let (ia, ib) = (identity("alice"), identity("bob"));
+    let b = node(ib.clone(), &dir.path().join("b"), &[]).await;
+    let boot = vec![first_addr(&b).await];
+    let laptop = node(ia.clone(), &dir.path().join("laptop"), &boot).await;
+    for x in [&b, &laptop] {
+        x.join("lobby", None).await.unwrap();
+    }
+    wait_for("mesh", T, async || room_peers(&laptop, "lobby").await >= 1).await;
+    let first = laptop.send("lobby", "laptop 1").await.unwrap();
+    assert_eq!(first.message.seq, 1);
+    wait_for("bob has it", T, async || {
+        texts(&b, "lobby").await.len() == 1
+    })
+    .await;
+
+    laptop.block(vec![ib.peer_id()], true).await.unwrap();
+    wait_for("laptop cut off", T, async || {
+        laptop.status().await.unwrap().connected_peers == 0
+    })
+    .await;
+    // Its sync rounds (every 2 s here) notice that no member is within reach.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let desk = node(ia.clone(), &dir.path().join("desk"), &boot).await;
+    desk.join("lobby", None).await.unwrap();
+    assert_eq!(desk.send("lobby", "desk 2").await.unwrap().message.seq, 2);
+    wait_for("bob has it", T, async || {
+        texts(&b, "lobby").await.len() == 2
+    })
+    .await;
+    desk.shutdown().await.unwrap();
+
+    laptop.block(vec![ib.peer_id()], false).await.unwrap();
+    wait_for("laptop back", T, async || {
+        room_peers(&laptop, "lobby").await >= 1
+    })
+    .await;
+    let again = laptop.send("lobby", "laptop again").await.unwrap();
+    assert_eq!(again.message.seq, 3, "it took up the desk's message first");
+    let alice = ia.id().to_hex();
+    wait_for("bob has it", T, async || {
+        texts(&b, "lobby").await.len() == 3
+    })
+    .await;
+    assert_eq!(own_seqs(&b, &alice).await, vec![1, 2, 3]);
+    assert!(b.rooms().await.unwrap()[0].forks.is_empty());
+    assert_eq!(
+        texts(&laptop, "lobby").await,
+        ["laptop 1", "desk 2", "laptop again"]
+    );
+}

@@ -39,6 +39,9 @@ pub enum Standing {
     Behind { since: Instant, seq: u64 },
     /// A member's vector showed we hold our chain as far as it knows it.
     Confirmed,
+    /// Confirmed, then no member was within reach: the next vector heard may hold what
+    /// another machine of ours wrote meanwhile. Writes go on (offline work).
+    CutOff,
     /// Our key signed two entries at `seq` (we hold the proof): members holding the other
     /// branch refuse what we write here.
     Forked { seq: u64 },
@@ -96,11 +99,12 @@ impl<R: Hash + Eq + Copy> OwnChains<R> {
         self.rooms.get(room).copied()
     }
 
-    /// A member's vector held `theirs` as our head, and we hold `mine`; `hash_at` reads the
-    /// hash of our entry at a seq we hold.
+    /// A member's vector held `theirs` as our head at `now`, and we hold `mine`; `hash_at`
+    /// reads the hash of our entry at a seq we hold.
     pub fn heard(
         &mut self,
         room: R,
+        now: Instant,
         mine: Option<Head>,
         theirs: Option<Head>,
         hash_at: impl FnOnce(u64) -> Option<[u8; 32]>,
@@ -128,12 +132,39 @@ impl<R: Hash + Eq + Copy> OwnChains<R> {
                     seq: seq.max(was),
                 }
             }
-            // Confirmed already: what we write goes on from what we hold, and a member's
-            // later vector is not news about other machines (it is ours, passed on).
+            // Confirmed already: what we write goes on from what we hold, and while members
+            // stay within reach they pass on whatever else of ours they get. (A member's
+            // claim is not proof: it does not hold up our writes again and again.)
             (Standing::Confirmed, Heard::Ahead(_)) => {}
+            // Back from a time with no member within reach: more of our chain than we hold
+            // was written meanwhile by another machine of ours. Pull it before writing.
+            (Standing::CutOff, Heard::Ahead(seq)) => {
+                *standing = Standing::Behind { since: now, seq }
+            }
             (_, Heard::Conflicts) => {}
         }
         heard
+    }
+
+    /// No member of `room` is within reach any more: a confirmed chain is confirmed again
+    /// by the next member heard, or pulled first if it holds more of ours.
+    pub fn cut_off(&mut self, room: R) {
+        if let Some(standing) = self.rooms.get_mut(&room)
+            && *standing == Standing::Confirmed
+        {
+            *standing = Standing::CutOff;
+        }
+    }
+
+    /// A member of `room` is within reach again and we are about to write: if we were cut
+    /// off, our chain is unknown again until a member's vector tells, as after a start.
+    /// Returns whether it was.
+    pub fn back_in_reach(&mut self, room: R, now: Instant) -> bool {
+        let cut_off = self.rooms.get(&room) == Some(&Standing::CutOff);
+        if cut_off {
+            self.open(room, now);
+        }
+        cut_off
     }
 
     /// Our chain in `room` grew to `mine` (entries pulled).
@@ -161,7 +192,7 @@ impl<R: Hash + Eq + Copy> OwnChains<R> {
     /// A room we do not know is left to whoever writes (it refuses an unknown room).
     pub fn verdict(&self, room: &R, now: Instant, alone: bool) -> Verdict {
         match self.rooms.get(room) {
-            None | Some(Standing::Confirmed) => Verdict::Write,
+            None | Some(Standing::Confirmed | Standing::CutOff) => Verdict::Write,
             Some(Standing::Forked { seq }) => Verdict::Forked(*seq),
             Some(Standing::Unknown { since }) => {
                 let found_nobody = *since + DISCOVERY;
@@ -230,7 +261,7 @@ mod tests {
             (head(3, 7), head(2, 5)),
         ] {
             let mut own = opened(t0);
-            let heard = own.heard(1, mine, theirs, |seq| (seq == 2).then_some([5; 32]));
+            let heard = own.heard(1, t0, mine, theirs, |seq| (seq == 2).then_some([5; 32]));
             assert_eq!(heard, Heard::Confirms, "{mine:?} {theirs:?}");
             assert_eq!(own.verdict(&1, t0, false), Verdict::Write);
         }
@@ -241,12 +272,12 @@ mod tests {
         let t0 = Instant::now();
         let mut own = opened(t0);
         assert_eq!(
-            own.heard(1, head(1, 1), head(3, 3), |_| None),
+            own.heard(1, t0, head(1, 1), head(3, 3), |_| None),
             Heard::Ahead(3)
         );
         // A second member knows even more.
         assert_eq!(
-            own.heard(1, head(1, 1), head(5, 5), |_| None),
+            own.heard(1, t0, head(1, 1), head(5, 5), |_| None),
             Heard::Ahead(5)
         );
         assert_eq!(own.verdict(&1, t0, true), Verdict::Wait(t0 + MAX_WAIT));
@@ -261,10 +292,49 @@ mod tests {
     }
 
     #[test]
+    fn more_of_our_chain_after_a_time_cut_off_is_pulled_before_writing_again() {
+        let t0 = Instant::now();
+        let mut own = opened(t0);
+        own.heard(1, t0, head(3, 3), head(3, 3), |_| None);
+        assert_eq!(own.standing(&1), Some(Standing::Confirmed));
+        // While members stay within reach, a claim of more does not hold writes up.
+        own.heard(1, t0, head(3, 3), head(9, 9), |_| None);
+        assert_eq!(own.verdict(&1, t0, false), Verdict::Write);
+        // Cut off, writes go on; back in reach, more of ours (another machine of ours
+        // wrote meanwhile) is pulled before the next write.
+        own.cut_off(1);
+        assert_eq!(own.verdict(&1, t0, true), Verdict::Write);
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(
+            own.heard(1, later, head(3, 3), head(4, 4), |_| None),
+            Heard::Ahead(4)
+        );
+        assert_eq!(
+            own.verdict(&1, later, false),
+            Verdict::Wait(later + MAX_WAIT)
+        );
+        own.stored(1, head(4, 4));
+        assert_eq!(own.verdict(&1, later, false), Verdict::Write);
+        // About to write with a member in reach again, before it was heard: wait for it.
+        own.cut_off(1);
+        assert!(own.back_in_reach(1, later));
+        assert_eq!(
+            own.verdict(&1, later, false),
+            Verdict::Wait(later + DISCOVERY)
+        );
+        assert!(!own.back_in_reach(1, later), "once");
+        // Back in reach with nothing new: confirmed as before.
+        own.heard(1, later, head(4, 4), head(4, 4), |_| None);
+        own.cut_off(1);
+        own.heard(1, later, head(4, 4), head(4, 4), |_| None);
+        assert_eq!(own.standing(&1), Some(Standing::Confirmed));
+    }
+
+    #[test]
     fn a_pull_that_never_comes_holds_writes_only_until_max_wait() {
         let t0 = Instant::now();
         let mut own = opened(t0);
-        own.heard(1, None, head(1000, 1), |_| None);
+        own.heard(1, t0, None, head(1000, 1), |_| None);
         assert_eq!(
             own.verdict(&1, t0 + DISCOVERY, true),
             Verdict::Wait(t0 + MAX_WAIT)
@@ -277,16 +347,16 @@ mod tests {
         let t0 = Instant::now();
         let mut own = opened(t0);
         assert_eq!(
-            own.heard(1, head(3, 3), head(3, 9), |_| None),
+            own.heard(1, t0, head(3, 3), head(3, 9), |_| None),
             Heard::Conflicts
         );
         assert_eq!(
-            own.heard(1, head(3, 3), head(2, 9), |_| Some([2; 32])),
+            own.heard(1, t0, head(3, 3), head(2, 9), |_| Some([2; 32])),
             Heard::Conflicts
         );
         assert!(matches!(own.standing(&1), Some(Standing::Unknown { .. })));
         // Another member confirms.
-        own.heard(1, head(3, 3), head(3, 3), |_| None);
+        own.heard(1, t0, head(3, 3), head(3, 3), |_| None);
         assert_eq!(own.verdict(&1, t0, false), Verdict::Write);
     }
 
@@ -296,7 +366,7 @@ mod tests {
         let mut own = opened(t0);
         own.forked(1, 4);
         own.forked(1, 6);
-        own.heard(1, head(3, 3), None, |_| None);
+        own.heard(1, t0, head(3, 3), None, |_| None);
         own.stored(1, head(9, 9));
         assert_eq!(own.verdict(&1, t0 + MAX_WAIT, true), Verdict::Forked(4));
         // Leaving forgets it; a fork in a room we are not in is nothing to us.

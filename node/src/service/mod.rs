@@ -532,6 +532,7 @@ impl Service {
                     self.tick_fetches();
                     self.start_auto_fetches();
                     self.redial_if_alone();
+                    self.own_cut_off();
                     self.expire_bans();
                     self.trim_connections();
                     self.sync_all();
@@ -715,7 +716,7 @@ impl Service {
                     peers: self.room_peers(r.id),
                     unpublished: self.outbox.get(&r.id).map_or(0, Vec::len),
                     own_chain: match self.own.standing(&r.id) {
-                        None | Some(Standing::Confirmed) => "held",
+                        None | Some(Standing::Confirmed | Standing::CutOff) => "held",
                         Some(Standing::Unknown { .. }) => "unconfirmed",
                         Some(Standing::Behind { .. }) => "catching up",
                         Some(Standing::Forked { .. }) => "forked",

@@ -87,6 +87,13 @@ impl Service {
             .iter()
             .any(|h| h.rooms.iter().any(|r| rooms.contains(r)));
         let now = Instant::now();
+        // A member is back after a time with none in reach: it may hold what another
+        // machine of ours wrote meanwhile, so it is heard first.
+        for room in &rooms {
+            if self.room_peers(*room) > 0 && self.own.back_in_reach(*room, now) {
+                tracing::debug!("a member is back in reach: our own chain is checked first");
+            }
+        }
         let recheck = match self.write_verdict(&rooms, now) {
             Verdict::Write if !queued => return Some(cmd),
             Verdict::Write => now,
@@ -174,8 +181,28 @@ impl Service {
         }
     }
 
+    /// Rooms whose members are all out of reach now: when one is back, another machine of
+    /// ours may have written there meanwhile (see [`crate::own_chain::OwnChains::cut_off`]).
+    pub(super) fn own_cut_off(&mut self) {
+        let rooms: Vec<RoomId> = (self.core.rooms())
+            .map(|r| r.id)
+            .filter(|r| {
+                self.own.standing(r) == Some(Standing::Confirmed) && self.room_peers(*r) == 0
+            })
+            .collect();
+        for room in rooms {
+            tracing::debug!(
+                room = %room.to_hex(),
+                "no member within reach: our chain is checked again when one is"
+            );
+            self.own.cut_off(room);
+        }
+    }
+
     /// A member's vector for `room` came in: what it holds of our chain.
     pub(super) fn own_heard(&mut self, peer: libp2p::PeerId, room: RoomId) {
+        // Confirmed while members stay within reach: what they hold of ours is ours, passed
+        // on (see `OwnChains::heard`).
         if matches!(self.own.standing(&room), None | Some(Standing::Confirmed)) {
             return;
         }
@@ -197,7 +224,7 @@ impl Service {
                 .flatten()
                 .map(|e| e.meta.hash)
         };
-        match self.own.heard(room, mine, theirs, hash_at) {
+        match self.own.heard(room, Instant::now(), mine, theirs, hash_at) {
             Heard::Ahead(seq) => {
                 tracing::info!(
                     seq,
