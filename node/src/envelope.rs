@@ -182,7 +182,7 @@ impl Invite {
             return None;
         };
         Some(Invite {
-            name: room.name.clone(),
+            name: room.id_name().to_string(),
             members: Vec::new(),
             shared: Some(SharedRoom {
                 id: room.id.to_hex(),

@@ -193,6 +193,37 @@ impl Room {
         })
     }
 
+    /// The name the room's id was made from, which an invitation must carry for the
+    /// invitee to arrive at the same room: the local name, unless the room was joined as
+    /// `NAME (INVITER)` because a room of ours had its name; then NAME. (A room with a
+    /// password keeps its local name: its id cannot be checked without the password, and
+    /// an invitation carries the id anyway.)
+    pub fn id_name(&self) -> &str {
+        let mut name = self.name.as_str();
+        loop {
+            if self.made_from(name) {
+                return name;
+            }
+            match name.strip_suffix(')').and_then(|n| n.rsplit_once(" (")) {
+                Some((shorter, _)) => name = shorter,
+                None => return &self.name,
+            }
+        }
+    }
+
+    /// Whether `name` gives this room's id.
+    fn made_from(&self, name: &str) -> bool {
+        match (&self.access, self.kind) {
+            (Access::Members(members), RoomKind::Group) => {
+                Room::group(name, members.clone()).is_ok_and(|r| r.id == self.id)
+            }
+            (Access::Shared(_), _) if !self.has_password => {
+                Room::named(name, None).is_ok_and(|r| r.id == self.id)
+            }
+            _ => true,
+        }
+    }
+
     /// Member ids for rooms with an explicit member list.
     pub fn member_ids(&self) -> Option<Vec<UserId>> {
         match &self.access {
@@ -266,6 +297,40 @@ impl StoredRoom {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_room_joined_under_another_local_name_knows_the_name_its_id_came_from() {
+        let renamed = |mut room: Room, name: &str| {
+            room.name = name.to_string();
+            room
+        };
+        let lobby = Room::named("lobby (ops)", None).unwrap();
+        assert_eq!(lobby.id_name(), "lobby (ops)", "parentheses of its own");
+        assert_eq!(
+            renamed(lobby, "lobby (ops) (alice)").id_name(),
+            "lobby (ops)"
+        );
+        let members = |n: usize| {
+            ["alice", "bob", "carol"][..n]
+                .iter()
+                .map(|u| {
+                    let id = crate::identity::Identity::derive_unchecked(
+                        u,
+                        "a test password",
+                        crate::identity::KeySize::Rsa2048,
+                    )
+                    .unwrap();
+                    Member::from(id.contact_code())
+                })
+                .collect::<Vec<_>>()
+        };
+        let team = Room::group("team", members(3)).unwrap();
+        assert_eq!(renamed(team.clone(), "team (alice)").id_name(), "team");
+        assert_eq!(team.id_name(), "team");
+        // A password room's name cannot be checked: its local name.
+        let den = Room::named("den", Some("a long room password 77")).unwrap();
+        assert_eq!(renamed(den, "den (bob)").id_name(), "den (bob)");
+    }
 
     #[test]
     fn named_room_ids_depend_on_name_and_password() {

@@ -798,7 +798,7 @@ impl Core {
                 } else {
                     ""
                 };
-                let text = format!("invites you to the room '{}'{password}", room.name);
+                let text = format!("invites you to the room '{}'{password}", invite.name);
                 (invite, text)
             }
             crate::room::Access::Members(members) if room.kind == RoomKind::Group => {
@@ -822,11 +822,11 @@ impl Core {
                 names.sort_unstable();
                 let text = format!(
                     "invites you to the group '{}' ({})",
-                    room.name,
+                    room.id_name(),
                     names.join(", ")
                 );
                 let invite = crate::envelope::Invite {
-                    name: room.name.clone(),
+                    name: room.id_name().to_string(),
                     members: codes.iter().map(ContactCode::encode).collect(),
                     shared: None,
                 };

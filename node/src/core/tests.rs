@@ -1813,6 +1813,43 @@ fn an_ignored_author_is_neither_shown_nor_counted_nor_found_until_seen_again() {
 }
 
 #[test]
+fn an_invitation_from_a_room_joined_under_another_name_leads_to_the_same_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = contacts_pair(&dir);
+    let deliver = |to: &mut Core, (_, env, _): &Composed| match to
+        .receive(&env.room.topic(), env.bytes().to_vec())
+        .unwrap()
+    {
+        Incoming::Accepted(v, _) => *v,
+        other => panic!("{other:?}"),
+    };
+    // Bob has rooms of his own named "den" and "team": Alice's join as "NAME (alice)".
+    b.join(Room::named("den", Some("bob's own den password")).unwrap())
+        .unwrap();
+    b.join(Room::named("team", None).unwrap()).unwrap();
+    let den = a.join(Room::named("den", None).unwrap()).unwrap().0.id;
+    let seen = deliver(&mut b, &a.invite("den", &["bob".into()]).unwrap()[0]);
+    assert_eq!(b.join_invited(&seen).unwrap().unwrap().name, "den (alice)");
+    let (team, invites) = a.create_group("team", &["bob".into()]).unwrap();
+    let seen = deliver(&mut b, &invites[0]);
+    assert_eq!(b.join_invited(&seen).unwrap().unwrap().name, "team (alice)");
+    // Alice leaves both, and Bob invites her back by his names for them.
+    a.leave("den").unwrap();
+    a.leave("team").unwrap();
+    for (his, ours, id) in [
+        ("den (alice)", "den", den.to_hex()),
+        ("team (alice)", "team", team.id),
+    ] {
+        let invites = b.invite(his, &["alice".into()]).unwrap();
+        let seen = deliver(&mut a, &invites[0]);
+        let back = a.join_invited(&seen).unwrap().expect("alice joins");
+        assert_eq!((back.name.as_str(), back.id.to_hex()), (ours, id));
+        let text = seen.text.unwrap();
+        assert!(text.contains(&format!("'{ours}'")), "{text}");
+    }
+}
+
+#[test]
 fn a_named_room_invitation_joins_the_contact_password_or_not() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, mut b) = contacts_pair(&dir);
