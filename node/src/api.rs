@@ -128,6 +128,7 @@ impl From<NodeError> for ApiError {
                 | CoreError::Identity(_)
                 | CoreError::Envelope(_)
                 | CoreError::AmbiguousFile(..)
+                | CoreError::BadFileId(_)
                 | CoreError::NotEditable(..)
                 | CoreError::Deleted(..)
                 | CoreError::BadReaction(_)

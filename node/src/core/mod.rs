@@ -92,6 +92,10 @@ pub enum CoreError {
     BadReaction(String),
     #[error("no file '{0}' in room '{1}': see cryptchat files ROOM")]
     UnknownFile(String, String),
+    #[error(
+        "'{0}' is not a file id: give 8 or more of its hex digits, as cryptchat files ROOM shows them"
+    )]
+    BadFileId(String),
     #[error("more than one file in room '{1}' starts with '{0}': give more of its id")]
     AmbiguousFile(String, String),
     #[error(

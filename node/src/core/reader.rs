@@ -365,9 +365,9 @@ impl RoomReader {
     fn find_file_among(&self, id: &str, deleted_too: bool) -> Result<FileRef, CoreError> {
         let room_name = &self.room.name;
         let unknown = || CoreError::UnknownFile(id.to_string(), room_name.clone());
-        let id = id.to_ascii_lowercase();
+        let id = id.trim().to_ascii_lowercase();
         if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(unknown());
+            return Err(CoreError::BadFileId(id));
         }
         let mut found: Option<FileRef> = None;
         let files = if deleted_too {

@@ -387,10 +387,11 @@ fn a_file_message_is_shown_found_by_its_id_and_refused_when_malformed() {
         reader.find_file("0123456789abcdef"),
         Err(CoreError::UnknownFile(..))
     ));
-    assert!(matches!(
-        reader.find_file(&file.id()[..4]),
-        Err(CoreError::UnknownFile(..))
-    ));
+    for short in [&file.id()[..4], "not-hex-at-all"] {
+        let err = reader.find_file(short).unwrap_err();
+        assert!(matches!(err, CoreError::BadFileId(_)), "{err}");
+        assert!(err.to_string().contains("8 or more"), "{err}");
+    }
     // A file message without a file, or with a name that is a path, is malformed.
     let room = a.room(&rid).unwrap().clone();
     let mut bad = file.clone();
