@@ -992,9 +992,7 @@ impl Core {
         if text.trim().is_empty() {
             return Err(CoreError::EmptyMessage);
         }
-        let author = self.author_named(author);
-        let reader = self.reader(room_name)?;
-        let quoted = reader.message(&author, seq)?;
+        let quoted = self.message_named(room_name, author, seq)?;
         let quote = match (&quoted.payload.text, &quoted.payload.file) {
             (Some(text), _) => text.clone(),
             (None, Some(file)) => format!("[file] {}", file.name),
@@ -1024,8 +1022,7 @@ impl Core {
         emoji: &str,
         undo: bool,
     ) -> Result<(RoomId, Envelope, MessageView), CoreError> {
-        let author = self.author_named(author);
-        let quoted = self.reader(room_name)?.message(&author, seq)?;
+        let quoted = self.message_named(room_name, author, seq)?;
         let react = crate::envelope::React {
             author_id: quoted.env.author_id().to_hex(),
             seq,
@@ -1040,6 +1037,25 @@ impl Core {
             ..Payload::default()
         };
         self.compose_entry(room_name, Kind::Reaction, content)
+    }
+
+    /// The room's message `seq` by `author` as the user named it (see
+    /// [`Core::author_named`]); not found, it is named back as the user wrote it.
+    fn message_named(
+        &self,
+        room_name: &str,
+        author: &str,
+        seq: u64,
+    ) -> Result<reader::Opened, CoreError> {
+        let reader = self.reader(room_name)?;
+        reader
+            .message(&self.author_named(author), seq)
+            .map_err(|e| match e {
+                CoreError::NoMessage(_, room) => {
+                    CoreError::NoMessage(format!("{author}#{seq}"), room)
+                }
+                e => e,
+            })
     }
 
     /// A message's author as a user names it: a contact's name gives its id in hex; any

@@ -1522,6 +1522,11 @@ fn a_reply_quotes_the_message_it_answers_named_by_author_and_seq() {
     assert!(refused(b.compose_reply("lobby", "x", &alice[..8], 9)).contains("no message"));
     assert!(refused(b.compose_reply("lobby", "x", &alice[..7], 1)).contains("no message"));
     assert!(refused(b.compose_reply("lobby", "x", "carol", 1)).contains("no message"));
+    // Named back as the user named it, a contact by its name.
+    let err = refused(b.compose_reply("lobby", "x", "alice", 9));
+    assert!(err.contains("no message alice#9 in room 'lobby'"), "{err}");
+    let err = refused(b.compose_reaction("lobby", "alice", 9, "👍", false));
+    assert!(err.contains("no message alice#9"), "{err}");
     assert!(refused(b.compose_reply("lobby", "x", &alice, 3)).contains("was deleted"));
     // Entry 4 is Alice's deletion, not a message.
     assert!(refused(b.compose_reply("lobby", "x", &alice, 4)).contains("no message"));
