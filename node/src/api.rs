@@ -134,7 +134,8 @@ impl From<NodeError> for ApiError {
                 | CoreError::BadReaction(_)
                 | CoreError::IgnoreSelf
                 | CoreError::NotInvitable(_)
-                | CoreError::NotForked(_),
+                | CoreError::NotForked(_)
+                | CoreError::DirectRoom(_),
             ) => StatusCode::BAD_REQUEST,
             NodeError::OwnFork { .. } => StatusCode::CONFLICT,
             NodeError::FileInput(_) => StatusCode::BAD_REQUEST,

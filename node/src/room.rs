@@ -56,6 +56,8 @@ impl std::fmt::Debug for RoomId {
 pub enum RoomError {
     #[error("room name must be 1 to 128 characters without control characters")]
     BadName,
+    #[error("a room name cannot start with '@': '@NAME' is the direct room with contact NAME")]
+    ReservedName,
     #[error("a group needs 2 to {MAX_GROUP_MEMBERS} members, including you")]
     BadMembers,
     #[error(transparent)]
@@ -123,6 +125,11 @@ pub(crate) fn check_name(name: &str) -> Result<&str, RoomError> {
     let n = name.chars().count();
     if n == 0 || n > 128 || name.chars().any(char::is_control) {
         return Err(RoomError::BadName);
+    }
+    // Local names: `@NAME` is the direct room with contact NAME, and nothing else may be
+    // (a message to a contact would otherwise go to a room anyone can join by that name).
+    if name.starts_with('@') {
+        return Err(RoomError::ReservedName);
     }
     Ok(name)
 }

@@ -49,6 +49,10 @@ pub enum CoreError {
     UnknownRoom(String),
     #[error("already in room '{0}'; to change its password, leave it first")]
     AlreadyJoined(String),
+    #[error(
+        "'{0}' is your direct room with a contact: to leave it, remove the contact (cryptchat contact remove NAME)"
+    )]
+    DirectRoom(String),
     #[error("already in {0} rooms, the most one node can join: leave a room first")]
     TooManyRooms(usize),
     #[error("unknown contact '{0}': add it with cryptchat contact add NAME CODE")]
@@ -639,7 +643,17 @@ impl Core {
     }
 
     /// Leaves a room; its history stays in the journal (rejoining shows it again).
+    /// Leaves a room the user joined, or was invited to. A direct room is left with its
+    /// contact ([`Core::remove_contact`]): left alone, the contact would stay, unreachable.
     pub fn leave(&mut self, name: &str) -> Result<Room, CoreError> {
+        let room = self.room_by_name(name)?;
+        if room.kind == RoomKind::Direct {
+            return Err(CoreError::DirectRoom(room.name.clone()));
+        }
+        self.leave_room(name)
+    }
+
+    fn leave_room(&mut self, name: &str) -> Result<Room, CoreError> {
         let id = self.room_by_name(name)?.id;
         self.journal
             .delete_setting(&format!("{ROOM_PREFIX}{}", id.to_hex()))?;
@@ -735,7 +749,7 @@ impl Core {
         }
         self.contacts.remove(&name);
         let room_name = format!("@{name}");
-        let room = match self.leave(&room_name) {
+        let room = match self.leave_room(&room_name) {
             Ok(room) => Some(room),
             Err(CoreError::UnknownRoom(_)) => None,
             Err(e) => return Err(e),

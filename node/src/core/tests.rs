@@ -1856,6 +1856,33 @@ fn an_invitation_from_a_room_joined_under_another_name_leads_to_the_same_room() 
 }
 
 #[test]
+fn at_names_are_direct_rooms_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _) = contacts_pair(&dir);
+    // No room of any other kind may take a direct room's name: a message to a contact
+    // would go there.
+    for name in ["@bob", "@carol", " @x"] {
+        let err = Room::named(name, None).map(|_| ()).unwrap_err();
+        assert!(matches!(err, RoomError::ReservedName), "{name}: {err}");
+        assert!(Room::named(name, Some("a long room password 77")).is_err());
+    }
+    let me: Member = identities()[0].contact_code().into();
+    let bob: Member = identities()[1].contact_code().into();
+    assert!(matches!(
+        Room::group("@team", vec![me, bob]),
+        Err(RoomError::ReservedName)
+    ));
+    assert!(Room::named("bob@home", None).is_ok(), "only at the start");
+    // A direct room is left with its contact, not on its own.
+    let err = a.leave("@bob").map(|_| ()).unwrap_err();
+    assert!(matches!(err, CoreError::DirectRoom(_)), "{err}");
+    assert!(err.to_string().contains("contact remove"), "{err}");
+    assert!(a.room_by_name("@bob").is_ok());
+    let (_, left) = a.remove_contact("bob").unwrap();
+    assert_eq!(left.map(|r| r.name), Some("@bob".to_string()));
+}
+
+#[test]
 fn a_named_room_invitation_joins_the_contact_password_or_not() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, mut b) = contacts_pair(&dir);
