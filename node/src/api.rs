@@ -118,6 +118,8 @@ impl From<NodeError> for ApiError {
             ) => StatusCode::NOT_FOUND,
             NodeError::Core(
                 CoreError::AlreadyJoined(_)
+                | CoreError::JoinedAs(_)
+                | CoreError::SameContact(_)
                 | CoreError::ContactExists(_)
                 | CoreError::TooManyRooms(_),
             ) => StatusCode::CONFLICT,

@@ -57,6 +57,10 @@ pub enum CoreError {
     TooManyRooms(usize),
     #[error("unknown contact '{0}': add it with cryptchat contact add NAME CODE")]
     UnknownContact(String),
+    #[error("that contact code is your contact '{0}' already")]
+    SameContact(String),
+    #[error("you are in that room already, as '{0}'")]
+    JoinedAs(String),
     #[error("contact name '{0}' is taken by another key")]
     ContactExists(String),
     #[error("that contact code is your own")]
@@ -625,6 +629,10 @@ impl Core {
             }
             return Ok((&self.rooms[existing], false));
         }
+        // One room, one local name.
+        if let Some(existing) = self.rooms.get(&room.id) {
+            return Err(CoreError::JoinedAs(existing.name.clone()));
+        }
         if self.rooms.len() >= self.room_limit {
             return Err(CoreError::TooManyRooms(self.rooms.len()));
         }
@@ -707,6 +715,12 @@ impl Core {
             && existing.identity.id() != code.identity.id()
         {
             return Err(CoreError::ContactExists(name));
+        }
+        // One key, one name: its direct room is one room.
+        if let Some(other) = self.contact_name(&code.identity.id())
+            && other != name
+        {
+            return Err(CoreError::SameContact(other));
         }
         let key = self.contact_key(&name);
         let value = serde_json::to_vec(&(&name, code.encode()))

@@ -1878,6 +1878,18 @@ fn at_names_are_direct_rooms_only() {
     assert!(matches!(err, CoreError::DirectRoom(_)), "{err}");
     assert!(err.to_string().contains("contact remove"), "{err}");
     assert!(a.room_by_name("@bob").is_ok());
+    // One key has one contact name, so one direct room.
+    let err = a
+        .add_contact("robert", &identities()[1].contact_code().encode())
+        .unwrap_err();
+    assert!(
+        matches!(&err, CoreError::SameContact(n) if n == "bob"),
+        "{err}"
+    );
+    assert!(a.room_by_name("@robert").is_err());
+    // Adding the same contact again changes nothing.
+    a.add_contact("bob", &identities()[1].contact_code().encode())
+        .unwrap();
     let (_, left) = a.remove_contact("bob").unwrap();
     assert_eq!(left.map(|r| r.name), Some("@bob".to_string()));
 }
