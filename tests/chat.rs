@@ -944,6 +944,58 @@ fn a_group_invitation_reaches_a_member_offline_or_not_yet_a_contact() {
 }
 
 #[test]
+fn a_contact_added_to_a_group_joins_it_and_the_others_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = tcp_pair(dir.path(), &[]);
+    let c = joining(dir.path(), "carol", &a);
+    let code = |n: &NodeProc| n.status()["contact_code"].as_str().unwrap().to_string();
+    a.cli(&["contact", "add", "bob", &code(&b)]);
+    a.cli(&["contact", "add", "carol", &code(&c)]);
+    b.cli(&["contact", "add", "alice", &code(&a)]);
+    c.cli(&["contact", "add", "alice", &code(&a)]);
+    let team = a.cli(&["group", "team", "bob"]);
+    let id_of = |n: &NodeProc, name: &str| {
+        let rooms = n.cli(&["rooms"]);
+        let room = rooms.as_array().unwrap().iter().find(|r| r["name"] == name);
+        room.map(|r| r["id"].as_str().unwrap().to_string())
+    };
+    wait_until("bob in the group", T, || id_of(&b, "team").is_some());
+    wait_until("the group connected", T, || a.room_peers("team") >= 1);
+    b.cli(&["send", "team", "just us two"]);
+    wait_until("alice reads bob", T, || a.texts("team") == ["just us two"]);
+
+    // Alice adds Carol, whom Bob does not know.
+    let out = a.client(&["invite", "team", "carol"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("invited carol"), "{said}");
+    assert!(said.contains("team goes on in a new room"), "{said}");
+    let next = id_of(&a, "team").unwrap();
+    assert_ne!(next, team["id"].as_str().unwrap());
+    wait_until("bob and carol in the new room", T, || {
+        id_of(&b, "team").as_deref() == Some(next.as_str())
+            && id_of(&c, "team").as_deref() == Some(next.as_str())
+    });
+    assert_eq!(
+        id_of(&b, "team (earlier)").as_deref(),
+        team["id"].as_str(),
+        "the group keeps its history under another name"
+    );
+    assert_eq!(b.texts("team (earlier)")[0], "just us two");
+    wait_until("the new room connected", T, || {
+        c.room_peers("team") >= 1 && b.room_peers("team") >= 1
+    });
+    c.cli(&["send", "team", "hi, carol here"]);
+    wait_until("all read carol", T, || {
+        a.texts("team") == ["hi, carol here"] && b.texts("team") == ["hi, carol here"]
+    });
+}
+
+#[test]
 fn an_ignored_author_is_not_shown_nor_its_files_fetched_until_seen_again() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = lobby_pair(dir.path());

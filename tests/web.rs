@@ -440,6 +440,44 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     });
     assert_eq!(b.text("#roomtitle"), "crew");
 
+    // A contact added to the group from its header: the group goes on in a new room under
+    // its name, and keeps its history under another (on Bob's node too). Carol's node need
+    // not run: her invitation waits in her direct room with Alice.
+    let carol = std::process::Command::new(common::BIN)
+        .args(["--json", "id", "--username", "carol"])
+        .env("CRYPTCHAT_PASSWORD", common::password_for("carol"))
+        .output()
+        .unwrap();
+    let carol: Value = serde_json::from_slice(&carol.stdout).unwrap();
+    b.script(
+        "document.getElementById('cname').value = ''; document.getElementById('ccode').value = ''",
+    );
+    b.send_keys(&b.wait_for("#cname", T), "carol");
+    b.send_keys(
+        &b.wait_for("#ccode", T),
+        carol["contact_code"].as_str().unwrap(),
+    );
+    b.click_on("#contactform button", T);
+    wait_until("carol a contact", T, || {
+        b.find("#contacts button[aria-label='Chat with carol']")
+            .is_some()
+    });
+    select_room(&b, "crew");
+    b.click_on("#invitebtn", T);
+    b.click_on("#invitees input[value='carol']", T);
+    b.click_on("#inviteform button", T);
+    wait_until("the page says where the group went", T, || {
+        b.text("#notice").contains("crew goes on in a new room")
+    });
+    wait_until("the earlier group listed", T, || {
+        b.find("#rooms button[data-room='crew (earlier)']")
+            .is_some()
+    });
+    assert_eq!(b.text("#roomtitle"), "crew");
+    wait_until("bob's node follows", T, || {
+        rooms(&bob).iter().any(|r| r["name"] == "crew (earlier)")
+    });
+
     // A room joined on the page, and a contact invited to it from its header.
     b.send_keys(&b.wait_for("#joinname", T), &format!("attic{ENTER}"));
     wait_until("the new room open", T, || b.text("#roomtitle") == "attic");
@@ -513,17 +551,16 @@ fn the_web_page_chats_joins_and_adds_contacts_in_a_browser() {
     b.click_on("#contacts button[aria-label='Remove bob']", T);
     b.accept_alert();
     wait_until("bob removed", T, || {
-        b.text("#contacts").contains("No contacts yet.")
+        b.find("#contacts button[aria-label='Remove bob']")
+            .is_none()
             && b.find("#rooms button[data-room='@bob']").is_none()
     });
     assert_eq!(b.text("#roomtitle"), "No room selected");
-    assert!(
-        alice
-            .cli(&["contact", "list"])
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    let contacts = alice.cli(&["contact", "list"]);
+    let names: Vec<&str> = (contacts.as_array().unwrap().iter())
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["carol"], "carol, added to the group, stays");
 }
 
 #[test]

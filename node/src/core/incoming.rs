@@ -75,16 +75,24 @@ pub fn check(
     {
         return Err(Rejection::Malformed);
     }
-    // An invitation is a text in a direct room, to a named room, or to a group of its
-    // author's and ours.
+    // An invitation is a text: in a direct room, to a named room or to a group of its
+    // author's and ours; in a group, to its successor (`groups`).
     if let Some(invite) = &payload.invite {
-        let to_us = || match invite.room().map(|r| r.member_ids()) {
+        let invited = invite.room();
+        let to_us = || match invited.as_ref().map(Room::member_ids) {
             Some(Some(ids)) => ids.contains(&env.author_id()) && ids.contains(&me.id()),
             Some(None) => true,
             None => false,
         };
+        let where_ok = match room.kind {
+            RoomKind::Direct => true,
+            RoomKind::Group => invited
+                .as_ref()
+                .is_some_and(|next| super::groups::is_successor(room, next)),
+            RoomKind::Named => false,
+        };
         if env.kind != Kind::Text
-            || room.kind != RoomKind::Direct
+            || !where_ok
             || payload.text.is_none()
             || payload.reply_to.is_some()
             || !to_us()

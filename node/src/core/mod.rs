@@ -26,6 +26,7 @@ use crate::room::{Member, Room, RoomError, RoomId, RoomKind, StoredRoom};
 use crate::shown::Shown;
 use crate::sync::{self, ForkRef, Range};
 
+mod groups;
 mod ignore;
 mod incoming;
 mod members;
@@ -636,11 +637,7 @@ impl Core {
         if self.rooms.len() >= self.room_limit {
             return Err(CoreError::TooManyRooms(self.rooms.len()));
         }
-        let key = format!("{ROOM_PREFIX}{}", room.id.to_hex());
-        let stored = serde_json::to_vec(&StoredRoom::from(&room))
-            .map_err(|e| CoreError::CorruptSetting(e.to_string()))?;
-        let blob = self.seal(&key, &stored)?;
-        self.journal.put_setting(&key, &blob)?;
+        self.store_room(&room)?;
         let id = room.id;
         self.names.insert(room.name.clone(), id);
         self.rooms.insert(id, room);
@@ -650,9 +647,9 @@ impl Core {
         Ok((&self.rooms[&id], true))
     }
 
-    /// Leaves a room; its history stays in the journal (rejoining shows it again).
-    /// Leaves a room the user joined, or was invited to. A direct room is left with its
-    /// contact ([`Core::remove_contact`]): left alone, the contact would stay, unreachable.
+    /// Leaves a room; its history stays in the journal (rejoining shows it again). A direct
+    /// room is left with its contact ([`Core::remove_contact`]): left alone, the contact
+    /// would stay, unreachable.
     pub fn leave(&mut self, name: &str) -> Result<Room, CoreError> {
         let room = self.room_by_name(name)?;
         if room.kind == RoomKind::Direct {
@@ -833,35 +830,9 @@ impl Core {
                 let text = format!("invites you to the room '{}'{password}", invite.name);
                 (invite, text)
             }
-            crate::room::Access::Members(members) if room.kind == RoomKind::Group => {
-                // The members' own usernames, not our names for them.
-                let me = self.identity.id();
-                let codes: Vec<ContactCode> = members
-                    .iter()
-                    .map(|m| {
-                        let id = m.identity.id();
-                        match self.contacts.values().find(|c| c.identity.id() == id) {
-                            Some(code) => code.clone(),
-                            None if id == me => self.identity.contact_code(),
-                            None => ContactCode {
-                                username: m.username.clone(),
-                                identity: m.identity.clone(),
-                            },
-                        }
-                    })
-                    .collect();
-                let mut names: Vec<&str> = codes.iter().map(|c| c.username.as_str()).collect();
-                names.sort_unstable();
-                let text = format!(
-                    "invites you to the group '{}' ({})",
-                    room.id_name(),
-                    names.join(", ")
-                );
-                let invite = crate::envelope::Invite {
-                    name: room.id_name().to_string(),
-                    members: codes.iter().map(ContactCode::encode).collect(),
-                    shared: None,
-                };
+            crate::room::Access::Members(_) if room.kind == RoomKind::Group => {
+                let (invite, names) = self.group_invite(&room);
+                let text = format!("invites you to the group '{}' ({names})", invite.name);
                 (invite, text)
             }
             crate::room::Access::Members(_) => {
@@ -910,6 +881,13 @@ impl Core {
         };
         if self.rooms.contains_key(&group.id) {
             return Ok(None);
+        }
+        // In a group: its successor, with members added (checked on arrival).
+        if let Ok(from) = self.room_by_name(&m.room)
+            && from.kind == RoomKind::Group
+        {
+            let from = from.id;
+            return self.join_successor(from, group);
         }
         if let crate::room::Access::Members(members) = &mut group.access {
             for member in members {

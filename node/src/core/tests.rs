@@ -1895,6 +1895,97 @@ fn at_names_are_direct_rooms_only() {
 }
 
 #[test]
+fn members_added_to_a_group_go_on_in_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = (core(&dir, 0), core(&dir, 1), core(&dir, 2));
+    let code = |i: usize| identities()[i].contact_code().encode();
+    // Alice knows Bob and Carol; Bob and Carol know only Alice.
+    a.add_contact("bob", &code(1)).unwrap();
+    a.add_contact("carol", &code(2)).unwrap();
+    b.add_contact("alice", &code(0)).unwrap();
+    c.add_contact("alice", &code(0)).unwrap();
+    let deliver = |to: &mut Core, (_, env, _): &Composed| match to
+        .receive(&env.room.topic(), env.bytes().to_vec())
+        .unwrap()
+    {
+        Incoming::Accepted(v, _) => *v,
+        other => panic!("{other:?}"),
+    };
+    let (team, invites) = a.create_group("team", &["bob".into()]).unwrap();
+    let seen = deliver(&mut b, &invites[0]);
+    b.join_invited(&seen).unwrap().expect("bob joins");
+    let hello = a.compose("team", "just us two").unwrap();
+    deliver(&mut b, &hello);
+
+    // Alice adds Carol: a new room takes the group's name; the old one keeps its history.
+    let invited = a.invite_contacts("team", &["carol".into()]).unwrap();
+    let next = invited.joined.expect("a successor");
+    assert_ne!(next.id, team.id);
+    assert_eq!(next.name, "team");
+    let mut members = next.members.clone();
+    members.sort();
+    assert_eq!(members, ["alice", "bob", "carol"]);
+    let rooms: Vec<&str> = (invited.composed.iter())
+        .map(|(_, _, v)| v.room.as_str())
+        .collect();
+    assert_eq!(rooms, ["team (earlier)", "@carol"]);
+    assert_eq!(
+        a.room_by_name("team (earlier)").unwrap().id.to_hex(),
+        team.id
+    );
+    // Bob's node reads the notice in the group and follows it; Carol's, her invitation.
+    let notice = deliver(&mut b, &invited.composed[0]);
+    assert!(notice.text.as_deref().unwrap().starts_with("adds carol"));
+    let joined = b.join_invited(&notice).unwrap().expect("bob follows");
+    assert_eq!(
+        (joined.name.as_str(), joined.id.to_hex()),
+        ("team", next.id.clone())
+    );
+    let earlier = b.room_by_name("team (earlier)").unwrap().clone();
+    assert_eq!(earlier.id.to_hex(), team.id);
+    assert_eq!(b.history("team (earlier)", 10).unwrap().len(), 2);
+    let seen = deliver(&mut c, &invited.composed[1]);
+    let joined = c.join_invited(&seen).unwrap().expect("carol joins");
+    assert_eq!(
+        (joined.name.as_str(), joined.id.to_hex()),
+        ("team", next.id.clone())
+    );
+    // All three read what is written there now.
+    let all = a.compose("team", "welcome carol").unwrap();
+    for x in [&mut b, &mut c] {
+        assert_eq!(deliver(x, &all).text.as_deref(), Some("welcome carol"));
+    }
+    // Kept across a restart.
+    drop(b);
+    let b = core(&dir, 1);
+    assert_eq!(b.room_by_name("team").unwrap().id.to_hex(), next.id);
+    assert_eq!(
+        b.room_by_name("team (earlier)").unwrap().id.to_hex(),
+        team.id
+    );
+    // Adding her again makes nothing new: an invitation to the group as it is.
+    let again = a.invite_contacts("team", &["carol".into()]).unwrap();
+    assert!(again.joined.is_none());
+    assert_eq!(again.composed.len(), 1);
+    // Only a successor may be announced in a group: one of more members, the same name.
+    let me: Member = identities()[0].contact_code().into();
+    let bob: Member = identities()[1].contact_code().into();
+    let carol: Member = identities()[2].contact_code().into();
+    let old = a.room_by_name("team (earlier)").unwrap().clone();
+    let not_successors = [
+        Room::group("team", vec![me.clone(), carol.clone()]).unwrap(),
+        Room::group("other", vec![me.clone(), bob.clone(), carol.clone()]).unwrap(),
+    ];
+    for not in not_successors {
+        assert!(!super::groups::is_successor(&old, &not), "{not:?}");
+    }
+    assert!(super::groups::is_successor(
+        &old,
+        &Room::group("team", vec![me, bob, carol]).unwrap()
+    ));
+}
+
+#[test]
 fn a_named_room_invitation_joins_the_contact_password_or_not() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, mut b) = contacts_pair(&dir);

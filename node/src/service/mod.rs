@@ -923,9 +923,14 @@ impl Service {
                 let _ = r.send(res);
             }
             Command::Invite(room, contacts, r) => {
-                let res = blocking(|| self.core.invite(&room, &contacts));
-                let res = res.map_err(NodeError::from).and_then(|invites| {
-                    invites
+                let res = blocking(|| self.core.invite_contacts(&room, &contacts));
+                let res = res.map_err(NodeError::from).and_then(|invited| {
+                    // A group grown into its successor: in it from now on.
+                    if let Some(id) = invited.joined.and_then(|v| RoomId::from_topic(&v.topic)) {
+                        self.subscribe(id);
+                    }
+                    invited
+                        .composed
                         .into_iter()
                         .map(|invite| self.send_composed(Ok(invite)))
                         .collect()

@@ -51,8 +51,17 @@ impl Service {
             | Command::Revise(room, ..)
             | Command::ShareFile(room, ..)
             | Command::Resend(room, _) => named(room).into_iter().collect(),
-            // Invitations go in the direct room with each contact.
-            Command::Invite(_, contacts, _) | Command::CreateGroup(_, contacts, _) => contacts
+            // Invitations go in the direct room with each contact, and members added to a
+            // group are announced in the group.
+            Command::Invite(room, contacts, _) => (contacts.iter())
+                .filter_map(|c| self.core.direct_room(c))
+                .chain(named(room).filter(|id| {
+                    self.core
+                        .room(id)
+                        .is_some_and(|r| r.kind == crate::room::RoomKind::Group)
+                }))
+                .collect(),
+            Command::CreateGroup(_, contacts, _) => contacts
                 .iter()
                 .filter_map(|c| self.core.direct_room(c))
                 .collect(),

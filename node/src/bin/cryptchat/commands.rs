@@ -307,10 +307,19 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
             })
         }
         Cmd::Invite { room, contacts } => {
+            let group = room.clone();
             let v: Vec<Sent> = c.post("/invite", &InviteRequest { room, contacts })?;
             print(json, &v, |v| {
                 for s in v {
-                    println!("invited {}", s.message.room.trim_start_matches('@'));
+                    match s.message.room.strip_prefix('@') {
+                        Some(contact) => println!("invited {contact}"),
+                        // The group's members were told in the group itself.
+                        None => println!(
+                            "{group} goes on in a new room with them (a group's members are \
+                             fixed); its earlier messages are in '{}'",
+                            s.message.room
+                        ),
+                    }
                 }
             })
         }
