@@ -80,9 +80,7 @@ impl Core {
                 composed: self.invite(&name, contacts)?,
             });
         }
-        let name = room.name.clone();
-        let earlier = self.free_name(&format!("{} (earlier)", room.id_name()));
-        self.rename_room(room.id, &earlier)?;
+        let (name, earlier) = self.make_way(room)?;
         next.name = name.clone();
         self.join(next)?;
         let next = self.room_by_name(&name)?.clone();
@@ -117,11 +115,22 @@ impl Core {
         let Some(group) = self.rooms.get(&from).cloned() else {
             return Ok(None);
         };
-        let earlier = self.free_name(&format!("{} (earlier)", group.id_name()));
-        self.rename_room(from, &earlier)?;
-        next.name = group.name;
+        next.name = self.make_way(&group)?.0;
         let (room, _) = self.join(next)?;
         Ok(Some(room.clone()))
+    }
+
+    /// The local name for a successor of `group`, and the group's own after it: the
+    /// group's, which it gives up for `NAME (earlier)`; or, if it has a successor already
+    /// (two members added members at once), a name of its own, `NAME 2`.
+    fn make_way(&mut self, group: &Room) -> Result<(String, String), CoreError> {
+        let superseded = (self.rooms.values()).any(|r| is_successor(group, r));
+        if superseded {
+            return Ok((self.free_name(group.id_name()), group.name.clone()));
+        }
+        let earlier = self.free_name(&format!("{} (earlier)", group.id_name()));
+        self.rename_room(group.id, &earlier)?;
+        Ok((group.name.clone(), earlier))
     }
 
     /// The invitation to a group, with its members' usernames as a text would list them:

@@ -1986,6 +1986,46 @@ fn members_added_to_a_group_go_on_in_its_successor() {
 }
 
 #[test]
+fn members_added_by_two_members_at_once_make_two_successors_named_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (core(&dir, 0), core(&dir, 1));
+    let code = |i: usize| identities()[i].contact_code().encode();
+    let dave = Identity::derive_unchecked("dave", "dave test password", KeySize::Rsa2048).unwrap();
+    a.add_contact("bob", &code(1)).unwrap();
+    a.add_contact("carol", &code(2)).unwrap();
+    b.add_contact("alice", &code(0)).unwrap();
+    b.add_contact("dave", &dave.contact_code().encode())
+        .unwrap();
+    let deliver = |to: &mut Core, (_, env, _): &Composed| match to
+        .receive(&env.room.topic(), env.bytes().to_vec())
+        .unwrap()
+    {
+        Incoming::Accepted(v, _) => *v,
+        other => panic!("{other:?}"),
+    };
+    let (team, invites) = a.create_group("team", &["bob".into()]).unwrap();
+    let seen = deliver(&mut b, &invites[0]);
+    b.join_invited(&seen).unwrap().unwrap();
+    // At once, Alice adds Carol and Bob adds Dave; then each hears of the other's.
+    let by_alice = a.invite_contacts("team", &["carol".into()]).unwrap();
+    let by_bob = b.invite_contacts("team", &["dave".into()]).unwrap();
+    let (with_carol, with_dave) = (by_alice.joined.unwrap().id, by_bob.joined.unwrap().id);
+    let seen = deliver(&mut a, &by_bob.composed[0]);
+    assert_eq!(a.join_invited(&seen).unwrap().unwrap().name, "team 2");
+    let seen = deliver(&mut b, &by_alice.composed[0]);
+    assert_eq!(b.join_invited(&seen).unwrap().unwrap().name, "team 2");
+    let id = |x: &Core, name: &str| x.room_by_name(name).unwrap().id.to_hex();
+    assert_eq!(
+        [id(&a, "team"), id(&a, "team 2"), id(&a, "team (earlier)")],
+        [with_carol.clone(), with_dave.clone(), team.id.clone()]
+    );
+    assert_eq!(
+        [id(&b, "team"), id(&b, "team 2"), id(&b, "team (earlier)")],
+        [with_dave, with_carol, team.id]
+    );
+}
+
+#[test]
 fn a_named_room_invitation_joins_the_contact_password_or_not() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, mut b) = contacts_pair(&dir);
