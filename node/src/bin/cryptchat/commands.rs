@@ -345,11 +345,13 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
         Cmd::Group { name, members } => {
             let v: RoomView = c.post("/groups", &GroupRequest { name, members })?;
             print(json, &v, |v| {
+                let mut members = v.members.clone();
+                members.sort();
                 println!(
                     "created group {} ({}); each member's node joins it when your invitation \
                      reaches it (in your direct room)",
                     v.name,
-                    v.members.join(", ")
+                    members.join(", ")
                 )
             })
         }
