@@ -192,14 +192,21 @@ impl Service {
 
     /// Rooms whose members are all out of reach now: when one is back, another machine of
     /// ours may have written there meanwhile (see [`crate::own_chain::OwnChains::cut_off`]).
+    /// (One pass over gossipsub's peers for all rooms: a node may be in a thousand.)
     pub(super) fn own_cut_off(&mut self) {
-        let rooms: Vec<RoomId> = (self.core.rooms())
+        let confirmed: Vec<RoomId> = (self.core.rooms())
             .map(|r| r.id)
-            .filter(|r| {
-                self.own.standing(r) == Some(Standing::Confirmed) && self.room_peers(*r) == 0
-            })
+            .filter(|r| self.own.standing(r) == Some(Standing::Confirmed))
             .collect();
-        for room in rooms {
+        if confirmed.is_empty() {
+            return;
+        }
+        let members = self.topic_peers();
+        let alone = |room: &RoomId| {
+            let topic = libp2p::gossipsub::IdentTopic::new(room.topic()).hash();
+            members.get(&topic).is_none_or(Vec::is_empty)
+        };
+        for room in confirmed.into_iter().filter(alone) {
             tracing::debug!(
                 room = %room.to_hex(),
                 "no member within reach: our chain is checked again when one is"
