@@ -80,10 +80,6 @@ impl Core {
                 composed: self.invite(&name, contacts)?,
             });
         }
-        let (name, earlier) = self.make_way(room)?;
-        next.name = name.clone();
-        self.join(next)?;
-        let next = self.room_by_name(&name)?.clone();
         let (invite, names) = self.group_invite(&next);
         let notice = Payload {
             text: Some(format!(
@@ -93,7 +89,15 @@ impl Core {
             invite: Some(invite),
             ..Payload::default()
         };
-        let mut composed = vec![self.compose_entry(&earlier, Kind::Text, notice)?];
+        // Written first: once it is, every member follows, whatever fails here after (and
+        // inviting again writes it again, which members already in the successor ignore).
+        let mut told = self.compose_entry(&room.name, Kind::Text, notice)?;
+        let (name, earlier) = self.make_way(room)?;
+        told.2.room = earlier;
+        next.name = name.clone();
+        self.join(next)?;
+        let next = self.room_by_name(&name)?.clone();
+        let mut composed = vec![told];
         composed.extend(self.invite(&name, &added)?);
         Ok(Invited {
             joined: Some(self.room_view(&next)?),
