@@ -96,7 +96,17 @@ pub(crate) fn chat(c: &Client, data_dir: &Path, room: &str, last: usize, json: b
                     contacts: contacts.clone(),
                 };
                 match c.post::<_, Vec<Sent>>("/invite", &req) {
-                    Ok(_) => eprintln!("invited {}", contacts.join(", ")),
+                    Ok(sent) => {
+                        eprintln!("invited {}", contacts.join(", "));
+                        // Members added to a group: the chat goes on in its successor.
+                        if let Some(s) = sent.iter().find(|s| !s.message.room.starts_with('@')) {
+                            eprintln!(
+                                "-- {room} goes on in a new room with them; its earlier messages \
+                                 are in '{}' --",
+                                s.message.room
+                            );
+                        }
+                    }
                     Err(e) => eprintln!("not invited: {e}"),
                 }
                 continue;
