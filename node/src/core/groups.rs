@@ -128,6 +128,10 @@ impl Core {
     /// group's, which it gives up for `NAME (earlier)`; or, if it has a successor already
     /// (two members added members at once), a name of its own, `NAME 2`.
     fn make_way(&mut self, group: &Room) -> Result<(String, String), CoreError> {
+        // Nothing renamed for a successor that cannot be joined.
+        if self.rooms.len() >= self.room_limit {
+            return Err(CoreError::TooManyRooms(self.rooms.len()));
+        }
         let superseded = (self.rooms.values()).any(|r| is_successor(group, r));
         if superseded {
             return Ok((self.free_name(group.id_name()), group.name.clone()));

@@ -1963,6 +1963,19 @@ fn members_added_to_a_group_go_on_in_its_successor() {
         b.room_by_name("team (earlier)").unwrap().id.to_hex(),
         team.id
     );
+    // A node that cannot join one more room renames nothing.
+    let mut full = core(&tempfile::tempdir().unwrap(), 1);
+    full.add_contact("alice", &code(0)).unwrap();
+    let seen = deliver(&mut full, &invites[0]);
+    full.join_invited(&seen).unwrap().unwrap();
+    deliver(&mut full, &hello);
+    full.room_limit = full.rooms().count();
+    let notice = deliver(&mut full, &invited.composed[0]);
+    assert!(matches!(
+        full.join_invited(&notice),
+        Err(CoreError::TooManyRooms(_))
+    ));
+    assert_eq!(full.room_by_name("team").unwrap().id.to_hex(), team.id);
     // Adding her again makes nothing new: an invitation to the group as it is.
     let again = a.invite_contacts("team", &["carol".into()]).unwrap();
     assert!(again.joined.is_none());
