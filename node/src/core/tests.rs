@@ -24,6 +24,14 @@ fn core(dir: &tempfile::TempDir, i: usize) -> Core {
     Core::open(id, j).unwrap()
 }
 
+/// What `to` makes of a message composed elsewhere: accepted, its view.
+fn accepted(to: &mut Core, (_, env, _): &Composed) -> MessageView {
+    match to.receive(&env.room.topic(), env.bytes().to_vec()).unwrap() {
+        Incoming::Accepted(v, _) => *v,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Alice's and Bob's cores, each the other's contact (as "bob" and "alice").
 fn contacts_pair(dir: &tempfile::TempDir) -> (Core, Core) {
     let (mut a, mut b) = (core(dir, 0), core(dir, 1));
@@ -1822,22 +1830,15 @@ fn an_ignored_author_is_neither_shown_nor_counted_nor_found_until_seen_again() {
 fn an_invitation_from_a_room_joined_under_another_name_leads_to_the_same_room() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, mut b) = contacts_pair(&dir);
-    let deliver = |to: &mut Core, (_, env, _): &Composed| match to
-        .receive(&env.room.topic(), env.bytes().to_vec())
-        .unwrap()
-    {
-        Incoming::Accepted(v, _) => *v,
-        other => panic!("{other:?}"),
-    };
     // Bob has rooms of his own named "den" and "team": Alice's join as "NAME (alice)".
     b.join(Room::named("den", Some("bob's own den password")).unwrap())
         .unwrap();
     b.join(Room::named("team", None).unwrap()).unwrap();
     let den = a.join(Room::named("den", None).unwrap()).unwrap().0.id;
-    let seen = deliver(&mut b, &a.invite("den", &["bob".into()]).unwrap()[0]);
+    let seen = accepted(&mut b, &a.invite("den", &["bob".into()]).unwrap()[0]);
     assert_eq!(b.join_invited(&seen).unwrap().unwrap().name, "den (alice)");
     let (team, invites) = a.create_group("team", &["bob".into()]).unwrap();
-    let seen = deliver(&mut b, &invites[0]);
+    let seen = accepted(&mut b, &invites[0]);
     assert_eq!(b.join_invited(&seen).unwrap().unwrap().name, "team (alice)");
     // Alice leaves both, and Bob invites her back by his names for them.
     a.leave("den").unwrap();
@@ -1847,7 +1848,7 @@ fn an_invitation_from_a_room_joined_under_another_name_leads_to_the_same_room() 
         ("team (alice)", "team", team.id),
     ] {
         let invites = b.invite(his, &["alice".into()]).unwrap();
-        let seen = deliver(&mut a, &invites[0]);
+        let seen = accepted(&mut a, &invites[0]);
         let back = a.join_invited(&seen).unwrap().expect("alice joins");
         assert_eq!((back.name.as_str(), back.id.to_hex()), (ours, id));
         let text = seen.text.unwrap();
@@ -1904,18 +1905,11 @@ fn members_added_to_a_group_go_on_in_its_successor() {
     a.add_contact("carol", &code(2)).unwrap();
     b.add_contact("alice", &code(0)).unwrap();
     c.add_contact("alice", &code(0)).unwrap();
-    let deliver = |to: &mut Core, (_, env, _): &Composed| match to
-        .receive(&env.room.topic(), env.bytes().to_vec())
-        .unwrap()
-    {
-        Incoming::Accepted(v, _) => *v,
-        other => panic!("{other:?}"),
-    };
     let (team, invites) = a.create_group("team", &["bob".into()]).unwrap();
-    let seen = deliver(&mut b, &invites[0]);
+    let seen = accepted(&mut b, &invites[0]);
     b.join_invited(&seen).unwrap().expect("bob joins");
     let hello = a.compose("team", "just us two").unwrap();
-    deliver(&mut b, &hello);
+    accepted(&mut b, &hello);
 
     // Alice adds Carol: a new room takes the group's name; the old one keeps its history.
     let invited = a.invite_contacts("team", &["carol".into()]).unwrap();
@@ -1934,7 +1928,7 @@ fn members_added_to_a_group_go_on_in_its_successor() {
         team.id
     );
     // Bob's node reads the notice in the group and follows it; Carol's, her invitation.
-    let notice = deliver(&mut b, &invited.composed[0]);
+    let notice = accepted(&mut b, &invited.composed[0]);
     assert!(notice.text.as_deref().unwrap().starts_with("adds carol"));
     let joined = b.join_invited(&notice).unwrap().expect("bob follows");
     assert_eq!(
@@ -1944,7 +1938,7 @@ fn members_added_to_a_group_go_on_in_its_successor() {
     let earlier = b.room_by_name("team (earlier)").unwrap().clone();
     assert_eq!(earlier.id.to_hex(), team.id);
     assert_eq!(b.history("team (earlier)", 10).unwrap().len(), 2);
-    let seen = deliver(&mut c, &invited.composed[1]);
+    let seen = accepted(&mut c, &invited.composed[1]);
     let joined = c.join_invited(&seen).unwrap().expect("carol joins");
     assert_eq!(
         (joined.name.as_str(), joined.id.to_hex()),
@@ -1953,7 +1947,7 @@ fn members_added_to_a_group_go_on_in_its_successor() {
     // All three read what is written there now.
     let all = a.compose("team", "welcome carol").unwrap();
     for x in [&mut b, &mut c] {
-        assert_eq!(deliver(x, &all).text.as_deref(), Some("welcome carol"));
+        assert_eq!(accepted(x, &all).text.as_deref(), Some("welcome carol"));
     }
     // Kept across a restart.
     drop(b);
@@ -1966,11 +1960,11 @@ fn members_added_to_a_group_go_on_in_its_successor() {
     // A node that cannot join one more room renames nothing.
     let mut full = core(&tempfile::tempdir().unwrap(), 1);
     full.add_contact("alice", &code(0)).unwrap();
-    let seen = deliver(&mut full, &invites[0]);
+    let seen = accepted(&mut full, &invites[0]);
     full.join_invited(&seen).unwrap().unwrap();
-    deliver(&mut full, &hello);
+    accepted(&mut full, &hello);
     full.room_limit = full.rooms().count();
-    let notice = deliver(&mut full, &invited.composed[0]);
+    let notice = accepted(&mut full, &invited.composed[0]);
     assert!(matches!(
         full.join_invited(&notice),
         Err(CoreError::TooManyRooms(_))
@@ -2009,23 +2003,16 @@ fn members_added_by_two_members_at_once_make_two_successors_named_apart() {
     b.add_contact("alice", &code(0)).unwrap();
     b.add_contact("dave", &dave.contact_code().encode())
         .unwrap();
-    let deliver = |to: &mut Core, (_, env, _): &Composed| match to
-        .receive(&env.room.topic(), env.bytes().to_vec())
-        .unwrap()
-    {
-        Incoming::Accepted(v, _) => *v,
-        other => panic!("{other:?}"),
-    };
     let (team, invites) = a.create_group("team", &["bob".into()]).unwrap();
-    let seen = deliver(&mut b, &invites[0]);
+    let seen = accepted(&mut b, &invites[0]);
     b.join_invited(&seen).unwrap().unwrap();
     // At once, Alice adds Carol and Bob adds Dave; then each hears of the other's.
     let by_alice = a.invite_contacts("team", &["carol".into()]).unwrap();
     let by_bob = b.invite_contacts("team", &["dave".into()]).unwrap();
     let (with_carol, with_dave) = (by_alice.joined.unwrap().id, by_bob.joined.unwrap().id);
-    let seen = deliver(&mut a, &by_bob.composed[0]);
+    let seen = accepted(&mut a, &by_bob.composed[0]);
     assert_eq!(a.join_invited(&seen).unwrap().unwrap().name, "team 2");
-    let seen = deliver(&mut b, &by_alice.composed[0]);
+    let seen = accepted(&mut b, &by_alice.composed[0]);
     assert_eq!(b.join_invited(&seen).unwrap().unwrap().name, "team 2");
     let id = |x: &Core, name: &str| x.room_by_name(name).unwrap().id.to_hex();
     assert_eq!(
@@ -2220,26 +2207,22 @@ fn unread_counts_others_messages_since_the_room_was_read_and_survive_a_restart()
         let room = x.room_by_name("lobby").unwrap().clone();
         x.room_view(&room).unwrap().unread
     };
-    let deliver = |to: &mut Core, (rid, env, _): (RoomId, Envelope, MessageView)| {
-        let got = to.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
-        assert!(matches!(got, Incoming::Accepted(..)), "{got:?}");
-    };
     for text in ["one", "two"] {
-        deliver(&mut a, b.compose("lobby", text).unwrap());
+        accepted(&mut a, &b.compose("lobby", text).unwrap());
     }
     assert_eq!(unread(&a), 2);
     // What we write ourselves is not unread, and does not read the rest.
-    deliver(&mut b, a.compose("lobby", "mine").unwrap());
+    accepted(&mut b, &a.compose("lobby", "mine").unwrap());
     assert_eq!(unread(&a), 2);
     // A reaction is not a message to read.
-    deliver(
+    accepted(
         &mut a,
-        b.compose_reaction("lobby", &identities()[0].id().to_hex(), 1, "👍", false)
+        &b.compose_reaction("lobby", &identities()[0].id().to_hex(), 1, "👍", false)
             .unwrap(),
     );
     assert_eq!(unread(&a), 2);
     assert_eq!(a.mark_read("lobby").unwrap().unread, 0);
-    deliver(&mut a, b.compose("lobby", "three").unwrap());
+    accepted(&mut a, &b.compose("lobby", "three").unwrap());
     assert_eq!(unread(&a), 1);
     assert_eq!(b.mark_read("lobby").unwrap().unread, 0);
     // Across a restart (marks need no durable commit of their own: the flush takes them).
