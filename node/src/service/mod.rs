@@ -532,10 +532,12 @@ impl Service {
                     self.tick_fetches();
                     self.start_auto_fetches();
                     self.redial_if_alone();
-                    self.own_cut_off();
                     self.expire_bans();
                     self.trim_connections();
-                    self.sync_all();
+                    // Who is in which room, once for the round.
+                    let members = self.topic_peers();
+                    self.own_cut_off(&members);
+                    self.sync_among(&members);
                     // Now and then everyone re-announces what it holds, for new members.
                     rounds += 1;
                     if rounds.is_multiple_of(RECEIPT_REFRESH_ROUNDS) {

@@ -3,7 +3,7 @@
 //! confirms our chain there (asked for at once), our chain is pulled, nobody can be found,
 //! or the wait runs out.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::handle::Command;
@@ -192,16 +192,15 @@ impl Service {
 
     /// Rooms whose members are all out of reach now: when one is back, another machine of
     /// ours may have written there meanwhile (see [`crate::own_chain::OwnChains::cut_off`]).
-    /// (One pass over gossipsub's peers for all rooms: a node may be in a thousand.)
-    pub(super) fn own_cut_off(&mut self) {
+    /// `members`: the rooms' members (`topic_peers`), known once for a sync round.
+    pub(super) fn own_cut_off(
+        &mut self,
+        members: &HashMap<libp2p::gossipsub::TopicHash, Vec<libp2p::PeerId>>,
+    ) {
         let confirmed: Vec<RoomId> = (self.core.rooms())
             .map(|r| r.id)
             .filter(|r| self.own.standing(r) == Some(Standing::Confirmed))
             .collect();
-        if confirmed.is_empty() {
-            return;
-        }
-        let members = self.topic_peers();
         let alone = |room: &RoomId| {
             let topic = libp2p::gossipsub::IdentTopic::new(room.topic()).hash();
             members.get(&topic).is_none_or(Vec::is_empty)

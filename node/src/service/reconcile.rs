@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+use libp2p::gossipsub::TopicHash;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use tokio::sync::mpsc;
 
@@ -243,6 +244,12 @@ impl Service {
     /// what we lack ([`core::Core::chase_claims`]), when something woke it ([`Service::news`]),
     /// or as a backstop, less and less often while nothing happens (see [`Pacing`]).
     pub(super) fn sync_all(&mut self) {
+        let members = self.topic_peers();
+        self.sync_among(&members);
+    }
+
+    /// [`Self::sync_all`], with the rooms' members known (`topic_peers`).
+    pub(super) fn sync_among(&mut self, members: &HashMap<TopicHash, Vec<PeerId>>) {
         use rand::seq::IndexedRandom;
         let round = self.reconcile.round;
         self.reconcile.round += 1;
@@ -262,7 +269,6 @@ impl Service {
         if rooms.is_empty() {
             return;
         }
-        let members = self.topic_peers();
         let mut rng = rand::rng();
         for room in rooms {
             let topic = libp2p::gossipsub::IdentTopic::new(room.topic()).hash();
