@@ -538,17 +538,21 @@ fn id_tells_the_running_nodes_identity_as_derived_anywhere() {
     let dir = tempfile::tempdir().unwrap();
     let a = NodeProc::start("alice", &dir.path().join("a"), &[]);
     let running = a.cli(&["id"]);
-    let out = std::process::Command::new(common::BIN)
-        .args(["--json", "id", "--username", "alice"])
-        .env("CRYPTCHAT_PASSWORD", password_for("alice"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let derived: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let derive = |data_dir: &std::path::Path| -> serde_json::Value {
+        let out = std::process::Command::new(common::BIN)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--json", "id", "--username", "alice"])
+            .env("CRYPTCHAT_PASSWORD", password_for("alice"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
     assert_eq!(running["username"], "alice");
     assert!(
         running["contact_code"]
@@ -556,7 +560,16 @@ fn id_tells_the_running_nodes_identity_as_derived_anywhere() {
             .unwrap()
             .starts_with("cc1:")
     );
-    assert_eq!(running, derived);
+    assert!(running["peer_id"].as_str().unwrap().starts_with("12D3KooW"));
+    // On the node's data dir, all of it: the peer id is that data dir's.
+    assert_eq!(derive(&a.data_dir), running);
+    // Anywhere else the same identity, but no peer id: a data dir makes its own at its
+    // first run, so one identity on two machines is two peers.
+    let elsewhere = derive(&dir.path().join("elsewhere"));
+    assert_eq!(elsewhere["user_id"], running["user_id"]);
+    assert_eq!(elsewhere["contact_code"], running["contact_code"]);
+    assert!(elsewhere["peer_id"].is_null(), "{elsewhere}");
+    assert!(!dir.path().join("elsewhere").exists(), "id made nothing");
 }
 
 #[test]

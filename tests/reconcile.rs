@@ -89,17 +89,13 @@ async fn offline_node_catches_up_on_1000_messages() {
 async fn partitions_that_keep_chatting_converge_after_heal() {
     let dir = tempfile::tempdir().unwrap();
     let Trio {
-        ids: [ia, ib, ic],
-        nodes: [a, b, c],
-        ..
+        nodes: [a, b, c], ..
     } = lobby_trio(dir.path()).await;
 
     // Split {alice, bob} | {carol}.
-    a.block(vec![ic.peer_id()], true).await.unwrap();
-    b.block(vec![ic.peer_id()], true).await.unwrap();
-    c.block(vec![ia.peer_id(), ib.peer_id()], true)
-        .await
-        .unwrap();
+    a.block(vec![c.peer_id()], true).await.unwrap();
+    b.block(vec![c.peer_id()], true).await.unwrap();
+    c.block(vec![a.peer_id(), b.peer_id()], true).await.unwrap();
     wait_for("carol isolated", T, async || {
         c.status().await.unwrap().connected_peers == 0
     })
@@ -116,9 +112,9 @@ async fn partitions_that_keep_chatting_converge_after_heal() {
     assert_eq!(texts(&c, "lobby").await.len(), 20, "the partition held");
 
     // Heal.
-    a.block(vec![ic.peer_id()], false).await.unwrap();
-    b.block(vec![ic.peer_id()], false).await.unwrap();
-    c.block(vec![ia.peer_id(), ib.peer_id()], false)
+    a.block(vec![c.peer_id()], false).await.unwrap();
+    b.block(vec![c.peer_id()], false).await.unwrap();
+    c.block(vec![a.peer_id(), b.peer_id()], false)
         .await
         .unwrap();
     wait_for("all journals converge", T, async || {
@@ -143,11 +139,9 @@ async fn a_fork_is_detected_and_reported_on_every_honest_node() {
     let c = node(ic.clone(), &dir.path().join("c"), &boot).await;
     let m = node(im.clone(), &dir.path().join("m"), &boot).await;
     // Mallory talks to Alice only; Bob and Carol learn of the fork through reconciliation.
-    m.block(vec![ib.peer_id(), ic.peer_id()], true)
-        .await
-        .unwrap();
-    b.block(vec![im.peer_id()], true).await.unwrap();
-    c.block(vec![im.peer_id()], true).await.unwrap();
+    m.block(vec![b.peer_id(), c.peer_id()], true).await.unwrap();
+    b.block(vec![m.peer_id()], true).await.unwrap();
+    c.block(vec![m.peer_id()], true).await.unwrap();
     for n in [&a, &b, &c, &m] {
         n.join("lobby", None).await.unwrap();
     }
@@ -450,7 +444,18 @@ async fn a_node_cut_off_while_another_machine_wrote_takes_that_up_before_writing
     })
     .await;
 
-    laptop.block(vec![ib.peer_id()], true).await.unwrap();
+    // The desk's peer key is made before it starts, so that the laptop can be cut off
+    // from it too (one identity on two machines is two peers).
+    let desk_dir = dir.path().join("desk");
+    std::fs::create_dir_all(&desk_dir).unwrap();
+    let desk_key =
+        cryptchat::net::load_or_create_peer_key(&desk_dir.join(cryptchat::config::PEER_KEY_FILE))
+            .unwrap();
+    let desk_peer = desk_key.public().to_peer_id();
+    laptop
+        .block(vec![b.peer_id(), desk_peer], true)
+        .await
+        .unwrap();
     wait_for("laptop cut off", T, async || {
         laptop.status().await.unwrap().connected_peers == 0
     })
@@ -458,7 +463,8 @@ async fn a_node_cut_off_while_another_machine_wrote_takes_that_up_before_writing
     // Its sync rounds (every 2 s here) notice that no member is within reach.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    let desk = node(ia.clone(), &dir.path().join("desk"), &boot).await;
+    let desk = node(ia.clone(), &desk_dir, &boot).await;
+    assert_eq!(desk.peer_id(), desk_peer);
     desk.join("lobby", None).await.unwrap();
     assert_eq!(desk.send("lobby", "desk 2").await.unwrap().message.seq, 2);
     wait_for("bob has it", T, async || {
@@ -467,7 +473,7 @@ async fn a_node_cut_off_while_another_machine_wrote_takes_that_up_before_writing
     .await;
     desk.shutdown().await.unwrap();
 
-    laptop.block(vec![ib.peer_id()], false).await.unwrap();
+    laptop.block(vec![b.peer_id()], false).await.unwrap();
     wait_for("laptop back", T, async || {
         room_peers(&laptop, "lobby").await >= 1
     })
@@ -485,4 +491,67 @@ async fn a_node_cut_off_while_another_machine_wrote_takes_that_up_before_writing
         texts(&laptop, "lobby").await,
         ["laptop 1", "desk 2", "laptop again"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_identity_on_two_machines_at_once_is_two_peers_that_hear_each_other() {
+    // Alice leaves her desk's node running and starts her laptop's: two peers (each data
+    // dir has its own peer key), connected to each other, each taking the other's messages
+    // as hers, so that what each writes follows on from the other's.
+    let dir = tempfile::tempdir().unwrap();
+    let (ia, ib) = (identity("alice"), identity("bob"));
+    let b = node(ib, &dir.path().join("b"), &[]).await;
+    let boot = vec![first_addr(&b).await];
+    let desk = node(ia.clone(), &dir.path().join("desk"), &boot).await;
+    let laptop = node(ia.clone(), &dir.path().join("laptop"), &boot).await;
+    assert_ne!(desk.peer_id(), laptop.peer_id());
+    for x in [&b, &desk, &laptop] {
+        x.join("lobby", None).await.unwrap();
+    }
+    wait_for("each machine in the room with the other", T, async || {
+        room_peers(&desk, "lobby").await >= 2 && room_peers(&laptop, "lobby").await >= 2
+    })
+    .await;
+    let desk_id = desk.peer_id().to_string();
+    assert!(
+        laptop
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.peer_id == desk_id),
+        "the two machines are connected to each other"
+    );
+    let mut written = Vec::new();
+    for i in 1..=6u64 {
+        let (from, to) = if i % 2 == 1 {
+            (&desk, &laptop)
+        } else {
+            (&laptop, &desk)
+        };
+        let text = format!("message {i}");
+        let sent = from.send("lobby", &text).await.unwrap();
+        assert_eq!(
+            sent.message.seq, i,
+            "it follows on from the other machine's"
+        );
+        written.push(text.clone());
+        wait_for("the other machine has it", T, async || {
+            texts(to, "lobby").await.contains(&text)
+        })
+        .await;
+    }
+    wait_for("bob has every message", T, async || {
+        texts(&b, "lobby").await == written
+    })
+    .await;
+    let alice = ia.id().to_hex();
+    assert_eq!(own_seqs(&b, &alice).await, vec![1, 2, 3, 4, 5, 6]);
+    assert!(b.rooms().await.unwrap()[0].forks.is_empty());
+    for x in [&desk, &laptop] {
+        assert_eq!(texts(x, "lobby").await, written);
+        let room = x.rooms().await.unwrap().remove(0);
+        assert_eq!(room.unread, 0, "her own messages are read on both machines");
+        assert!(room.forks.is_empty());
+    }
 }

@@ -67,6 +67,10 @@ enum Kind {
 pub struct NodeSpec {
     pub index: usize,
     pub identity: Arc<Identity>,
+    /// The key kept in `data_dir` (see [`cryptchat::net::load_or_create_peer_key`]).
+    pub peer_key: libp2p::identity::Keypair,
+    /// How many times the node moved to a new machine (a new data dir and peer key).
+    pub machine: u64,
     pub data_dir: PathBuf,
     pub faults: Faults,
     pub sync_interval: Duration,
@@ -138,7 +142,7 @@ impl Kind {
         if spec.baseline {
             let n = PlainNode::start(
                 spec.baseline_swarm,
-                spec.identity.peer_keypair(),
+                spec.peer_key.clone(),
                 spec.listen.clone(),
                 dial,
                 spec.faults.clone(),

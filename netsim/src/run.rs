@@ -57,6 +57,27 @@ pub async fn identities(n: usize, seed: u64) -> anyhow::Result<Vec<Arc<Identity>
     Ok(out)
 }
 
+/// The peer key of node `i` on its `machine`th machine (0 until a restart on a new one), put
+/// in `data_dir` where the node finds it. Chosen from the seed, as everything a run
+/// schedules is: peer ids order dials and shape the DHT.
+fn place_peer_key(
+    data_dir: &std::path::Path,
+    seed: u64,
+    i: usize,
+    machine: u64,
+) -> anyhow::Result<libp2p::identity::Keypair> {
+    let mut secret = cryptchat::crypto::sha256(&[
+        b"netsim peer key",
+        &seed.to_be_bytes(),
+        &(i as u64).to_be_bytes(),
+        &machine.to_be_bytes(),
+    ]);
+    let key = libp2p::identity::Keypair::ed25519_from_bytes(&mut secret[..])?;
+    std::fs::create_dir_all(data_dir)?;
+    cryptchat::net::store_peer_key(&data_dir.join(cryptchat::config::PEER_KEY_FILE), &key)?;
+    Ok(key)
+}
+
 /// A message the run sent.
 struct Sent {
     room: usize,
@@ -153,7 +174,7 @@ impl Sim<'_> {
         }
         dial.retain(|a| {
             !a.iter().any(|p| {
-                matches!(p, libp2p::multiaddr::Protocol::P2p(id) if id == self.specs[i].identity.peer_id())
+                matches!(p, libp2p::multiaddr::Protocol::P2p(id) if id == self.specs[i].peer_key.public().to_peer_id())
             })
         });
         let node = SimNode::start(&self.specs[i], dial).await?;
@@ -168,7 +189,7 @@ impl Sim<'_> {
     }
 
     fn peer(&self, i: usize) -> PeerId {
-        self.specs[i].identity.peer_id()
+        self.specs[i].peer_key.public().to_peer_id()
     }
 
     async fn apply(&mut self, action: &Action) -> anyhow::Result<()> {
@@ -207,9 +228,13 @@ impl Sim<'_> {
                 for &i in nodes {
                     if self.nodes[i].is_none() {
                         if *new_machine {
-                            let dir = &self.specs[i].data_dir;
-                            std::fs::remove_dir_all(dir)
+                            let dir = self.specs[i].data_dir.clone();
+                            std::fs::remove_dir_all(&dir)
                                 .with_context(|| format!("emptying {}", dir.display()))?;
+                            // A new machine is a new peer.
+                            let spec = &mut self.specs[i];
+                            spec.machine += 1;
+                            spec.peer_key = place_peer_key(&dir, self.s.seed, i, spec.machine)?;
                         }
                         self.start_node(i).await?;
                     }
@@ -289,19 +314,27 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
     let specs: Vec<NodeSpec> = ids
         .into_iter()
         .enumerate()
-        .map(|(i, identity)| NodeSpec {
-            index: i,
-            identity,
-            data_dir: root.join(format!("node{i}")),
-            faults: Faults::new(s.link),
-            sync_interval: Duration::from_secs_f64(s.sync_interval_s),
-            baseline: opts.baseline,
-            baseline_swarm: opts.baseline_swarm,
-            own_thread: opts.runtime_per_node,
-            listen: s.transport.listen_addr(),
-            unanswered: unanswered.clone(),
+        .map(|(i, identity)| {
+            // The node's peer key lives in its data dir, as a real node's does; put there
+            // now so that its peer id is known before it starts (partitions, dial lists).
+            let data_dir = root.join(format!("node{i}"));
+            let peer_key = place_peer_key(&data_dir, s.seed, i, 0)?;
+            anyhow::Ok(NodeSpec {
+                index: i,
+                identity,
+                peer_key,
+                machine: 0,
+                data_dir,
+                faults: Faults::new(s.link),
+                sync_interval: Duration::from_secs_f64(s.sync_interval_s),
+                baseline: opts.baseline,
+                baseline_swarm: opts.baseline_swarm,
+                own_thread: opts.runtime_per_node,
+                listen: s.transport.listen_addr(),
+                unanswered: unanswered.clone(),
+            })
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let rss_before = stats::memory_mib();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut sim = Sim {

@@ -412,16 +412,17 @@ pub struct IdView {
     pub username: String,
     pub user_id: String,
     pub contact_code: String,
-    pub peer_id: String,
+    /// The data dir's peer id; none for a data dir that no node has run on yet.
+    pub peer_id: Option<String>,
 }
 
 impl IdView {
-    pub fn of(me: &crate::identity::Identity) -> IdView {
+    pub fn of(me: &crate::identity::Identity, peer: Option<libp2p::PeerId>) -> IdView {
         IdView {
             username: me.username().to_string(),
             user_id: me.id().to_hex(),
             contact_code: me.contact_code().encode(),
-            peer_id: me.peer_id().to_string(),
+            peer_id: peer.map(|p| p.to_string()),
         }
     }
 }
@@ -515,7 +516,7 @@ async fn status(State(s): State<AppState>) -> ApiResult<crate::service::Status> 
 }
 
 async fn id(State(s): State<AppState>) -> ApiResult<IdView> {
-    Ok(Json(IdView::of(s.node.identity())))
+    Ok(Json(IdView::of(s.node.identity(), Some(s.node.peer_id()))))
 }
 
 async fn peers(State(s): State<AppState>) -> ApiResult<Vec<crate::service::PeerView>> {

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const JOURNAL_FILE: &str = "journal.redb";
 /// WebRTC certificate (PEM) inside the data dir.
 pub const CERT_FILE: &str = "webrtc-cert.pem";
+/// The node's libp2p key (see [`crate::net::load_or_create_peer_key`]).
+pub const PEER_KEY_FILE: &str = "peer.key";
 /// Local API endpoint of the running node.
 pub const API_FILE: &str = "api.json";
 /// Bearer token for the local API (mode 0600).

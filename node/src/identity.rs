@@ -2,8 +2,9 @@
 //!
 //! argon2id(password, salt = H(label, normalised username)) gives a master secret; HKDF splits
 //! it into independent seeds: one seeds a ChaCha20 RNG that generates the RSA key pair (so the
-//! same credentials give the same identity on any machine), one becomes the libp2p ed25519 key,
-//! one encrypts this node's local settings.
+//! same credentials give the same identity on any machine), one encrypts this node's local
+//! settings. The node's libp2p key is not derived: each data dir makes its own
+//! ([`crate::net::load_or_create_peer_key`]), so one identity on two machines is two peers.
 //!
 //! The `rsa` crate only generates the key pair (its prime search is what makes the identity
 //! deterministic, so it is pinned). Every operation with the keys runs on AWS-LC: RSA-PSS
@@ -272,7 +273,6 @@ pub struct Identity {
     signer: LcKeyPair,
     decryptor: OaepPrivateDecryptingKey,
     public: PublicIdentity,
-    peer_key: libp2p::identity::Keypair,
     local_key: SecretKey,
 }
 
@@ -332,7 +332,6 @@ impl Identity {
     ) -> Result<Self, IdentityError> {
         let username = normalise_username(username)?;
         let rsa_seed = crypto::hkdf32(HKDF_SALT, master, "rsa-seed");
-        let mut peer_seed = crypto::hkdf32(HKDF_SALT, master, "libp2p-ed25519");
         let local_key = crypto::hkdf32(HKDF_SALT, master, "local-storage");
 
         let keygen = |e: &dyn fmt::Display| IdentityError::KeyGen(e.to_string());
@@ -349,14 +348,11 @@ impl Identity {
         let decryptor = PrivateDecryptingKey::from_pkcs8(pkcs8.as_bytes())
             .map_err(|e| keygen(&e))
             .and_then(|k| OaepPrivateDecryptingKey::new(k).map_err(|e| keygen(&e)))?;
-        let peer_key = libp2p::identity::Keypair::ed25519_from_bytes(&mut peer_seed[..])
-            .map_err(|e| IdentityError::KeyGen(e.to_string()))?;
         let identity = Identity {
             username,
             signer,
             decryptor,
             public,
-            peer_key,
             local_key,
         };
         // AWS-LC readies a private key on its first signature (about 30 ms against 0.3 ms for
@@ -384,14 +380,6 @@ impl Identity {
             username: self.username.clone(),
             identity: self.public.clone(),
         }
-    }
-
-    pub fn peer_keypair(&self) -> libp2p::identity::Keypair {
-        self.peer_key.clone()
-    }
-
-    pub fn peer_id(&self) -> libp2p::PeerId {
-        self.peer_key.public().to_peer_id()
     }
 
     /// Key that seals this node's local settings (room secrets, contacts) at rest.
@@ -442,16 +430,14 @@ mod tests {
     const PINNED_PASSWORD: &str = "correct horse battery staple 1984";
     const PINNED_FINGERPRINT: &str =
         "14fb2d0e5f3f87704c5c71b345122ff2fc34c9bddb9a4c72e7196f1ac04863fc";
-    const PINNED_PEER_ID: &str = "12D3KooWMbV6UjxQD9p12TWoJptqNN4RMdWaCUzVVTxH4e1yNN1F";
 
     #[test]
     fn derivation_is_deterministic_and_pinned() {
         let a = Identity::derive(PINNED_USER, PINNED_PASSWORD, KeySize::Rsa2048).unwrap();
         let b = Identity::derive(" Pinned-Test-User ", PINNED_PASSWORD, KeySize::Rsa2048).unwrap();
         assert_eq!(a.id(), b.id());
-        assert_eq!(a.peer_id(), b.peer_id());
+        assert_eq!(a.local_key(), b.local_key());
         assert_eq!(a.id().to_hex(), PINNED_FINGERPRINT);
-        assert_eq!(a.peer_id().to_string(), PINNED_PEER_ID);
     }
 
     #[test]
@@ -460,7 +446,6 @@ mod tests {
         let b =
             Identity::derive_unchecked("u", "second passphrase here", KeySize::Rsa2048).unwrap();
         assert_ne!(a.id(), b.id());
-        assert_ne!(a.peer_id(), b.peer_id());
         assert_ne!(a.local_key(), b.local_key());
     }
 

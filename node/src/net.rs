@@ -70,6 +70,8 @@ pub enum NetError {
     Build(String),
     #[error("WebRTC certificate file {path}: {why}")]
     Certificate { path: String, why: String },
+    #[error("peer key file {path}: {why}")]
+    PeerKey { path: String, why: String },
 }
 
 /// Accepts any number of cryptchat topics from a peer. Gossipsub's stock filters cap a
@@ -277,6 +279,53 @@ pub fn direct_transports(
 
 /// Loads the WebRTC certificate, creating it on first use, so the node's `/certhash` (part
 /// of its WebRTC address) stays the same across restarts.
+/// The node's libp2p key: made at random on a data dir's first run and kept there, so the
+/// peer id is the same at every start of that data dir and differs from machine to machine.
+///
+/// It is not derived from the identity: two machines running one identity at once are two
+/// peers to the network (their connections, gossip and DHT entries would otherwise be
+/// mixed up as one peer's), and the peer id tells nothing about the password.
+pub fn load_or_create_peer_key(path: &Path) -> Result<libp2p::identity::Keypair, NetError> {
+    let fail = |why: String| NetError::PeerKey {
+        path: path.display().to_string(),
+        why,
+    };
+    match read_peer_key(path) {
+        Ok(Some(key)) => Ok(key),
+        Ok(None) => {
+            let key = libp2p::identity::Keypair::generate_ed25519();
+            store_peer_key(path, &key)?;
+            Ok(key)
+        }
+        Err(why) => Err(fail(why)),
+    }
+}
+
+/// Keeps `key` as the peer key at `path` (a simulation chooses its nodes' keys).
+pub fn store_peer_key(path: &Path, key: &libp2p::identity::Keypair) -> Result<(), NetError> {
+    let fail = |why: String| NetError::PeerKey {
+        path: path.display().to_string(),
+        why,
+    };
+    let bytes = key
+        .to_protobuf_encoding()
+        .map_err(|e| fail(e.to_string()))?;
+    crate::config::write_private(path, &bytes).map_err(|e| fail(e.to_string()))
+}
+
+/// The peer key kept at `path`, if there is one (see [`load_or_create_peer_key`]).
+pub fn read_peer_key(path: &Path) -> Result<Option<libp2p::identity::Keypair>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => libp2p::identity::Keypair::from_protobuf_encoding(&bytes)
+            .map(Some)
+            .map_err(|e| {
+                format!("{e}; delete it to make a new one (the node's peer id then changes)")
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub fn load_or_create_certificate(path: &Path) -> Result<Certificate, NetError> {
     let fail = |why: String| NetError::Certificate {
         path: path.display().to_string(),
@@ -293,5 +342,43 @@ pub fn load_or_create_certificate(path: &Path) -> Result<Certificate, NetError> 
             Ok(cert)
         }
         Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dirs_peer_key_is_made_once_kept_private_and_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::config::PEER_KEY_FILE);
+        assert!(read_peer_key(&path).unwrap().is_none());
+        let first = load_or_create_peer_key(&path).unwrap();
+        let again = load_or_create_peer_key(&path).unwrap();
+        assert_eq!(first.public(), again.public(), "kept across starts");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Another data dir (another machine) is another peer.
+        let other = load_or_create_peer_key(&dir.path().join("other.key")).unwrap();
+        assert_ne!(other.public(), first.public());
+    }
+
+    #[test]
+    fn a_damaged_peer_key_is_an_error_that_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::config::PEER_KEY_FILE);
+        std::fs::write(&path, b"not a key").unwrap();
+        let err = load_or_create_peer_key(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("peer.key") && err.contains("delete it"),
+            "{err}"
+        );
+        // Left as it was: nothing is overwritten behind the user's back.
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a key");
     }
 }

@@ -98,6 +98,8 @@ pub struct NodeHandle {
     pub(super) tx: mpsc::Sender<Command>,
     pub(super) events: broadcast::Sender<Event>,
     pub(super) identity: Arc<Identity>,
+    /// This data dir's peer id (not the identity's: see [`crate::net::load_or_create_peer_key`]).
+    pub(super) peer_id: libp2p::PeerId,
     pub(super) faults: crate::faults::Faults,
     /// The event loop's journal: a file's chunks are sealed and stored off the loop. Weak,
     /// so that a stopped node closes its journal even while handles remain.
@@ -115,6 +117,10 @@ impl NodeHandle {
 
     pub fn identity(&self) -> &Arc<Identity> {
         &self.identity
+    }
+
+    pub fn peer_id(&self) -> libp2p::PeerId {
+        self.peer_id
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -286,8 +286,9 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
     let core = Core::open(identity.clone(), journal)?;
     let journal = Arc::downgrade(&core.shared_journal());
     let cert = net::load_or_create_certificate(&cfg.data_dir.join(config::CERT_FILE))?;
-    let keypair = identity.peer_keypair();
-    let dial_order = crate::dial_order::DialOrder::shared(keypair.public().to_peer_id());
+    let keypair = net::load_or_create_peer_key(&cfg.data_dir.join(config::PEER_KEY_FILE))?;
+    let peer_id = keypair.public().to_peer_id();
+    let dial_order = crate::dial_order::DialOrder::shared(peer_id);
     if let Ok(mut order) = dial_order.lock() {
         for peer in cfg.bootstrap.iter().filter_map(crate::dial_order::peer_of) {
             order.exempt(peer);
@@ -368,6 +369,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         tx,
         events,
         identity,
+        peer_id,
         faults: cfg.swarm.faults.clone(),
         journal,
         uploads,

@@ -104,14 +104,23 @@ fn real_main() -> Result<()> {
                         anyhow::anyhow!("{e}; or give --username to derive your identity here")
                     })?
             } else {
-                IdView::of(&*derive_identity(&creds)?)
+                // The peer id is the data dir's, made at its first run (none before).
+                let key = cryptchat::net::read_peer_key(&data_dir.join(config::PEER_KEY_FILE))
+                    .map_err(anyhow::Error::msg)?;
+                let peer = key.map(|k| k.public().to_peer_id());
+                IdView::of(&*derive_identity(&creds)?, peer)
             };
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
                 println!("username:     {}", view.username);
                 println!("user id:      {}", view.user_id);
-                println!("peer id:      {}", view.peer_id);
+                println!(
+                    "peer id:      {}",
+                    view.peer_id.as_deref().unwrap_or(
+                        "none yet (a data dir's own, made when a node first runs on it)"
+                    )
+                );
                 println!("contact code: {}", view.contact_code);
             }
             Ok(())
