@@ -321,6 +321,16 @@ async fn alice_wrote_elsewhere(
     (ia, b, boot)
 }
 
+/// The text of `author`'s message at `seq` in "lobby" on `n`, if `n` holds it.
+async fn text_at(n: &NodeHandle, author: &str, seq: u64) -> Option<String> {
+    n.history("lobby", 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.author_id == author && m.seq == seq)
+        .and_then(|m| m.text)
+}
+
 async fn own_chain(n: &NodeHandle) -> String {
     let s = n.status().await.unwrap();
     s.rooms
@@ -554,4 +564,93 @@ async fn one_identity_on_two_machines_at_once_is_two_peers_that_hear_each_other(
         assert_eq!(room.unread, 0, "her own messages are read on both machines");
         assert!(room.forks.is_empty());
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_machines_writing_at_the_same_moment_stop_and_repair_instead_of_losing_messages() {
+    // Both of Alice's machines write at once: two messages at one seq, a fork of her chain.
+    // Each machine learns of it when the other's arrives; what it wrote on the branch
+    // members refuse must not be lost in silence, and `repair` brings everyone together.
+    let dir = tempfile::tempdir().unwrap();
+    let (ia, ib) = (identity("alice"), identity("bob"));
+    let b = node(ib, &dir.path().join("b"), &[]).await;
+    let boot = vec![first_addr(&b).await];
+    let desk = node(ia.clone(), &dir.path().join("desk"), &boot).await;
+    let laptop = node(ia.clone(), &dir.path().join("laptop"), &boot).await;
+    for x in [&b, &desk, &laptop] {
+        x.join("lobby", None).await.unwrap();
+    }
+    wait_for("each machine in the room with the other", T, async || {
+        room_peers(&desk, "lobby").await >= 2 && room_peers(&laptop, "lobby").await >= 2
+    })
+    .await;
+    // Writes at the same moment make a fork nearly always; try again until one does.
+    let mut written = Vec::new();
+    let mut forked_at = None;
+    for round in 0..10 {
+        let (d, l) = (format!("desk {round}"), format!("laptop {round}"));
+        let (sd, sl) = tokio::join!(desk.send("lobby", &d), laptop.send("lobby", &l));
+        let (sd, sl) = (sd.unwrap(), sl.unwrap());
+        written.extend([d, l]);
+        if sd.message.seq == sl.message.seq {
+            forked_at = Some(sd.message.seq);
+            break;
+        }
+        wait_for("each has the other's", T, async || {
+            texts(&desk, "lobby").await.len() == written.len()
+                && texts(&laptop, "lobby").await.len() == written.len()
+        })
+        .await;
+    }
+    let seq = forked_at.expect("no two writes at once took the same seq in ten tries");
+    // Each machine gets the other's message by gossip: at least the one whose message Bob
+    // refused, and here both, stop writing in the room and say why.
+    wait_for("both machines know their chain forked", T, async || {
+        own_chain(&desk).await == "forked" && own_chain(&laptop).await == "forked"
+    })
+    .await;
+    for x in [&desk, &laptop] {
+        let refused = x.send("lobby", "lost?").await.unwrap_err();
+        assert!(
+            matches!(refused, cryptchat::service::NodeError::OwnFork { seq: s, .. } if s == seq),
+            "{refused}"
+        );
+    }
+    // Bob kept one of the two messages at that seq. The machine whose message he lacks is
+    // repaired first: it takes up the history Bob and the other machine hold alike, and
+    // writes its message again after it; then the other, which only takes it up.
+    let alice = ia.id().to_hex();
+    wait_for("bob holds one of them", T, async || {
+        text_at(&b, &alice, seq).await.is_some()
+    })
+    .await;
+    let kept = text_at(&b, &alice, seq).await.unwrap();
+    let (lost, won) = if kept.starts_with("desk") {
+        (&laptop, &desk)
+    } else {
+        (&desk, &laptop)
+    };
+    lost.repair("lobby").await.unwrap();
+    wait_for(
+        "the machine whose message was lost repaired",
+        T,
+        async || own_chain(lost).await == "held",
+    )
+    .await;
+    won.repair("lobby").await.unwrap();
+    wait_for("the other repaired", T, async || {
+        own_chain(won).await == "held"
+    })
+    .await;
+    wait_for("every message everywhere, in one order", T, async || {
+        let mut on_b = texts(&b, "lobby").await;
+        let same = texts(&desk, "lobby").await == on_b && texts(&laptop, "lobby").await == on_b;
+        on_b.sort();
+        let mut all = written.clone();
+        all.sort();
+        same && on_b == all
+    })
+    .await;
+    let seqs = own_seqs(&b, &alice).await;
+    assert_eq!(seqs, (1..=written.len() as u64).collect::<Vec<_>>());
 }

@@ -7,7 +7,7 @@ use libp2p::PeerId;
 use libp2p::gossipsub::{self, MessageAcceptance};
 
 use super::{Event, Service, reconcile};
-use crate::core::{Admitted, Incoming};
+use crate::core::{Admitted, Incoming, Rejection};
 use crate::room::RoomId;
 
 /// Swarm events handled back to back before the event loop looks at anything else; also
@@ -156,10 +156,23 @@ impl Service {
         }
         let (sources, entries): (Vec<_>, Vec<_>) = items.into_iter().unzip();
         let rooms: Vec<RoomId> = entries.iter().map(|(room, _, _)| *room).collect();
+        let me = self.core.identity().id();
+        let ours: Vec<bool> = entries
+            .iter()
+            .map(|(_, e, _)| e.author_id() == me)
+            .collect();
         // No disk sync here (that is the flush), so no need to leave the runtime.
         match self.core.commit(entries) {
             Ok(results) => {
-                for ((source, room), incoming) in sources.into_iter().zip(rooms).zip(results) {
+                for (((source, room), ours), incoming) in
+                    sources.into_iter().zip(rooms).zip(ours).zip(results)
+                {
+                    // Another machine of ours wrote at a seq we wrote at too (both at
+                    // once): as when a pull shows it, our writes there stop until a
+                    // repair, rather than go on on a branch members refuse.
+                    if ours && matches!(incoming, Incoming::Rejected(Rejection::Fork)) {
+                        self.own_stored(room, &[me.0]);
+                    }
                     self.on_stored(source, room, incoming);
                 }
             }
