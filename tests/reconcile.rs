@@ -503,25 +503,49 @@ async fn a_node_cut_off_while_another_machine_wrote_takes_that_up_before_writing
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn one_identity_on_two_machines_at_once_is_two_peers_that_hear_each_other() {
-    // Alice leaves her desk's node running and starts her laptop's: two peers (each data
-    // dir has its own peer key), connected to each other, each taking the other's messages
-    // as hers, so that what each writes follows on from the other's.
-    let dir = tempfile::tempdir().unwrap();
+/// Bob, and Alice running on her desk and her laptop at once, all three in "lobby" and each
+/// machine in the room with the other.
+struct TwoMachines {
+    alice: Arc<Identity>,
+    bob: NodeHandle,
+    desk: NodeHandle,
+    laptop: NodeHandle,
+}
+
+async fn two_machines(dir: &std::path::Path) -> TwoMachines {
     let (ia, ib) = (identity("alice"), identity("bob"));
-    let b = node(ib, &dir.path().join("b"), &[]).await;
-    let boot = vec![first_addr(&b).await];
-    let desk = node(ia.clone(), &dir.path().join("desk"), &boot).await;
-    let laptop = node(ia.clone(), &dir.path().join("laptop"), &boot).await;
-    assert_ne!(desk.peer_id(), laptop.peer_id());
-    for x in [&b, &desk, &laptop] {
+    let bob = node(ib, &dir.join("b"), &[]).await;
+    let boot = vec![first_addr(&bob).await];
+    let desk = node(ia.clone(), &dir.join("desk"), &boot).await;
+    let laptop = node(ia.clone(), &dir.join("laptop"), &boot).await;
+    for x in [&bob, &desk, &laptop] {
         x.join("lobby", None).await.unwrap();
     }
     wait_for("each machine in the room with the other", T, async || {
         room_peers(&desk, "lobby").await >= 2 && room_peers(&laptop, "lobby").await >= 2
     })
     .await;
+    TwoMachines {
+        alice: ia,
+        bob,
+        desk,
+        laptop,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_identity_on_two_machines_at_once_is_two_peers_that_hear_each_other() {
+    // Alice leaves her desk's node running and starts her laptop's: two peers (each data
+    // dir has its own peer key), connected to each other, each taking the other's messages
+    // as hers, so that what each writes follows on from the other's.
+    let dir = tempfile::tempdir().unwrap();
+    let TwoMachines {
+        alice: ia,
+        bob: b,
+        desk,
+        laptop,
+    } = two_machines(dir.path()).await;
+    assert_ne!(desk.peer_id(), laptop.peer_id());
     let desk_id = desk.peer_id().to_string();
     assert!(
         laptop
@@ -572,18 +596,12 @@ async fn two_machines_writing_at_the_same_moment_stop_and_repair_instead_of_losi
     // Each machine learns of it when the other's arrives; what it wrote on the branch
     // members refuse must not be lost in silence, and `repair` brings everyone together.
     let dir = tempfile::tempdir().unwrap();
-    let (ia, ib) = (identity("alice"), identity("bob"));
-    let b = node(ib, &dir.path().join("b"), &[]).await;
-    let boot = vec![first_addr(&b).await];
-    let desk = node(ia.clone(), &dir.path().join("desk"), &boot).await;
-    let laptop = node(ia.clone(), &dir.path().join("laptop"), &boot).await;
-    for x in [&b, &desk, &laptop] {
-        x.join("lobby", None).await.unwrap();
-    }
-    wait_for("each machine in the room with the other", T, async || {
-        room_peers(&desk, "lobby").await >= 2 && room_peers(&laptop, "lobby").await >= 2
-    })
-    .await;
+    let TwoMachines {
+        alice: ia,
+        bob: b,
+        desk,
+        laptop,
+    } = two_machines(dir.path()).await;
     // Writes at the same moment make a fork nearly always; try again until one does.
     let mut written = Vec::new();
     let mut forked_at = None;
