@@ -277,8 +277,6 @@ pub fn direct_transports(
         .boxed())
 }
 
-/// Loads the WebRTC certificate, creating it on first use, so the node's `/certhash` (part
-/// of its WebRTC address) stays the same across restarts.
 /// The node's libp2p key: made at random on a data dir's first run and kept there, so the
 /// peer id is the same at every start of that data dir and differs from machine to machine.
 ///
@@ -286,10 +284,6 @@ pub fn direct_transports(
 /// peers to the network (their connections, gossip and DHT entries would otherwise be
 /// mixed up as one peer's), and the peer id tells nothing about the password.
 pub fn load_or_create_peer_key(path: &Path) -> Result<libp2p::identity::Keypair, NetError> {
-    let fail = |why: String| NetError::PeerKey {
-        path: path.display().to_string(),
-        why,
-    };
     match read_peer_key(path) {
         Ok(Some(key)) => Ok(key),
         Ok(None) => {
@@ -297,20 +291,22 @@ pub fn load_or_create_peer_key(path: &Path) -> Result<libp2p::identity::Keypair,
             store_peer_key(path, &key)?;
             Ok(key)
         }
-        Err(why) => Err(fail(why)),
+        Err(why) => Err(peer_key_error(path, why)),
     }
 }
 
 /// Keeps `key` as the peer key at `path` (a simulation chooses its nodes' keys).
 pub fn store_peer_key(path: &Path, key: &libp2p::identity::Keypair) -> Result<(), NetError> {
-    let fail = |why: String| NetError::PeerKey {
+    let fail = |e: &dyn std::fmt::Display| peer_key_error(path, e.to_string());
+    let bytes = key.to_protobuf_encoding().map_err(|e| fail(&e))?;
+    crate::config::write_private(path, &bytes).map_err(|e| fail(&e))
+}
+
+fn peer_key_error(path: &Path, why: String) -> NetError {
+    NetError::PeerKey {
         path: path.display().to_string(),
         why,
-    };
-    let bytes = key
-        .to_protobuf_encoding()
-        .map_err(|e| fail(e.to_string()))?;
-    crate::config::write_private(path, &bytes).map_err(|e| fail(e.to_string()))
+    }
 }
 
 /// The peer key kept at `path`, if there is one (see [`load_or_create_peer_key`]).
@@ -326,6 +322,8 @@ pub fn read_peer_key(path: &Path) -> Result<Option<libp2p::identity::Keypair>, S
     }
 }
 
+/// Loads the WebRTC certificate, creating it on first use, so the node's `/certhash` (part
+/// of its WebRTC address) stays the same across restarts.
 pub fn load_or_create_certificate(path: &Path) -> Result<Certificate, NetError> {
     let fail = |why: String| NetError::Certificate {
         path: path.display().to_string(),
