@@ -274,6 +274,9 @@ pub struct Identity {
     decryptor: OaepPrivateDecryptingKey,
     public: PublicIdentity,
     local_key: SecretKey,
+    /// HMAC key by which the machines of one user know each other (see
+    /// [`Identity::machine_tag`]).
+    machine_key: aws_lc_rs::hmac::Key,
 }
 
 /// Trims and lower-cases a username so that "Alice " and "alice" are the same identity.
@@ -333,6 +336,8 @@ impl Identity {
         let username = normalise_username(username)?;
         let rsa_seed = crypto::hkdf32(HKDF_SALT, master, "rsa-seed");
         let local_key = crypto::hkdf32(HKDF_SALT, master, "local-storage");
+        let machine_key = crypto::hkdf32(HKDF_SALT, master, "machine-tag");
+        let machine_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &*machine_key);
 
         let keygen = |e: &dyn fmt::Display| IdentityError::KeyGen(e.to_string());
         let mut rng = ChaCha20Rng::from_seed(*rsa_seed);
@@ -354,6 +359,7 @@ impl Identity {
             decryptor,
             public,
             local_key,
+            machine_key,
         };
         // AWS-LC readies a private key on its first signature (about 30 ms against 0.3 ms for
         // the next ones): here, where deriving the key takes seconds anyway, rather than in
@@ -385,6 +391,23 @@ impl Identity {
     /// Key that seals this node's local settings (room secrets, contacts) at rest.
     pub fn local_key(&self) -> &[u8; 32] {
         &self.local_key
+    }
+
+    /// A tag that tells another machine of this user that the peer `peer` (a libp2p peer
+    /// id's bytes) is one of its own: HMAC-SHA-256 under a key derived from the identity.
+    /// To anyone else it is 32 opaque bytes, bound to that peer id, so it neither links
+    /// two peers of one user nor can be replayed by another peer.
+    pub fn machine_tag(&self, peer: &[u8]) -> [u8; 32] {
+        let tag = aws_lc_rs::hmac::sign(&self.machine_key, peer);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Whether `tag` is [`Identity::machine_tag`] of `peer` under our identity (checked
+    /// in constant time).
+    pub fn is_own_machine(&self, peer: &[u8], tag: &[u8]) -> bool {
+        aws_lc_rs::hmac::verify(&self.machine_key, peer, tag).is_ok()
     }
 
     /// RSA-PSS (SHA-256) signature with a fresh random salt.
@@ -477,6 +500,22 @@ mod tests {
         let w = b.public().wrap_key(&k).unwrap();
         assert_eq!(*b.unwrap_key(&w).unwrap(), k);
         assert!(a.unwrap_key(&w).is_err());
+    }
+
+    #[test]
+    fn only_the_same_identity_knows_its_machines_by_their_tag() {
+        let master = [4u8; 32];
+        let desk = Identity::from_master("a", &master, KeySize::Rsa2048).unwrap();
+        let laptop = Identity::from_master("a", &master, KeySize::Rsa2048).unwrap();
+        let other = Identity::from_master("b", &[5u8; 32], KeySize::Rsa2048).unwrap();
+        let tag = desk.machine_tag(b"desk peer");
+        assert!(laptop.is_own_machine(b"desk peer", &tag));
+        // Bound to the peer it names: another peer cannot pass it off as its own.
+        assert!(!laptop.is_own_machine(b"someone else", &tag));
+        assert!(!other.is_own_machine(b"desk peer", &tag));
+        assert_ne!(other.machine_tag(b"desk peer"), tag);
+        assert!(!laptop.is_own_machine(b"desk peer", &tag[..31]));
+        assert!(!laptop.is_own_machine(b"desk peer", &[]));
     }
 
     #[test]

@@ -58,6 +58,12 @@ pub struct Hello {
     pub heads: Vec<WireHead>,
     /// (author, seq) of forks the sender holds proofs for.
     pub forks: Vec<ForkRef>,
+    /// Sent by a node that holds a proof of a fork of its own chain in the room: its
+    /// [`crate::identity::Identity::machine_tag`], by which another machine of the same
+    /// user tells it from the room's other members (docs/protocol.md, "Two machines at
+    /// once"). Absent otherwise; nodes that do not know the field skip it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<serde_bytes::ByteBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -195,6 +201,8 @@ struct View {
     theirs: Option<BTreeMap<Id, Head>>,
     /// Authors we stopped pulling from this peer because its chain conflicts with ours.
     diverged: BTreeSet<Id>,
+    /// Authors the peer holds fork proofs for, as its last vector said.
+    forked: BTreeSet<Id>,
 }
 
 /// Why a received vector could not be applied.
@@ -250,6 +258,7 @@ impl<P: Hash + Eq + Clone> PeerViews<P> {
             want_full: view.theirs.is_none(),
             heads,
             forks,
+            machine: None,
         }
     }
 
@@ -282,7 +291,15 @@ impl<P: Hash + Eq + Clone> PeerViews<P> {
             return Err(ApplyError::NeedFull);
         }
         view.theirs = Some(theirs);
+        view.forked = hello.forks.iter().map(|f| f.author).collect();
         Ok(())
+    }
+
+    /// Whether the peer's last vector said it holds a proof of a fork of `author`'s chain.
+    pub fn knows_fork(&self, peer: &P, room: Id, author: &Id) -> bool {
+        self.views
+            .get(&(peer.clone(), room))
+            .is_some_and(|v| v.forked.contains(author))
     }
 
     /// Forgets what we told `peer` about `room`, so the next message is whole.
@@ -318,6 +335,14 @@ impl<P: Hash + Eq + Clone> PeerViews<P> {
             .or_default()
             .diverged
             .insert(author);
+    }
+
+    /// Whether a pull from the peer gave us a branch of `author`'s chain that conflicts
+    /// with ours ([`PeerViews::mark_diverged`]).
+    pub fn is_diverged(&self, peer: &P, room: Id, author: &Id) -> bool {
+        self.views
+            .get(&(peer.clone(), room))
+            .is_some_and(|v| v.diverged.contains(author))
     }
 
     /// The peer's vector as last reconstructed.
@@ -524,7 +549,9 @@ mod tests {
         bob.apply(&"alice", &alice.hello(&"bob", room, &theirs, vec![], false))
             .unwrap();
         let a0 = *theirs.keys().next().unwrap();
+        assert!(!bob.is_diverged(&"alice", room, &a0));
         bob.mark_diverged(&"alice", room, a0);
+        assert!(bob.is_diverged(&"alice", room, &a0));
         let m = bob.missing(&"alice", room, &BTreeMap::new());
         assert_eq!(m.len(), 1);
         assert_ne!(m[0].author, a0);
@@ -601,5 +628,55 @@ mod tests {
 
         p.forget(&"quiet");
         assert!(p.due("quiet", 105), "a forgotten room starts over");
+    }
+
+    #[test]
+    fn a_peer_knows_the_forks_its_last_vector_listed() {
+        let mut bob: PeerViews<&str> = PeerViews::default();
+        let mut alice: PeerViews<&str> = PeerViews::default();
+        let (room, a0) = ([1; 32], [7; 32]);
+        let fork = ForkRef { author: a0, seq: 2 };
+        let hello = alice.hello(&"bob", room, &vector(2, 4), vec![fork], false);
+        bob.apply(&"alice", &hello).unwrap();
+        assert!(bob.knows_fork(&"alice", room, &a0));
+        assert!(!bob.knows_fork(&"alice", room, &[8; 32]));
+        assert!(!bob.knows_fork(&"carol", room, &a0));
+        let hello = alice.hello(&"bob", room, &vector(2, 4), vec![], false);
+        bob.apply(&"alice", &hello).unwrap();
+        assert!(!bob.knows_fork(&"alice", room, &a0));
+    }
+
+    /// The machine tag is optional on the wire both ways: a node from before it reads a
+    /// vector that carries one, and one without it reads as none.
+    #[test]
+    fn a_vector_with_or_without_a_machine_tag_reads_on_either_version() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        struct Before {
+            #[serde(with = "serde_bytes")]
+            room: Id,
+            #[serde(with = "serde_bytes")]
+            digest: Id,
+            full: bool,
+            want_full: bool,
+            heads: Vec<WireHead>,
+            forks: Vec<ForkRef>,
+        }
+        let mut views: PeerViews<&str> = PeerViews::default();
+        let mut hello = views.hello(&"bob", [1; 32], &vector(2, 3), vec![], false);
+        let plain = cbor4ii::serde::to_vec(Vec::new(), &hello).unwrap();
+        hello.machine = Some(serde_bytes::ByteBuf::from(vec![9u8; 32]));
+        let tagged = cbor4ii::serde::to_vec(Vec::new(), &hello).unwrap();
+        assert_eq!(
+            tagged.len(),
+            plain.len() + 42,
+            "32 bytes and the field's name"
+        );
+
+        let old: Before = cbor4ii::serde::from_slice(&tagged).unwrap();
+        assert_eq!((old.room, old.heads.len()), (hello.room, 2));
+        let new: Hello = cbor4ii::serde::from_slice(&plain).unwrap();
+        assert_eq!(new.machine, None);
+        let new: Hello = cbor4ii::serde::from_slice(&tagged).unwrap();
+        assert_eq!(new, hello);
     }
 }
