@@ -22,6 +22,7 @@ pub mod identity;
 pub mod journal;
 pub mod net;
 pub mod own_chain;
+pub mod own_fork;
 pub mod peers;
 pub mod receipt;
 pub mod room;

@@ -188,6 +188,16 @@ impl<R: Hash + Eq + Copy> OwnChains<R> {
         }
     }
 
+    /// Our branch of a forked chain in `room` is the one its members hold (see
+    /// [`crate::own_fork`]): writes go on.
+    pub fn keep(&mut self, room: R) {
+        if let Some(standing) = self.rooms.get_mut(&room)
+            && matches!(standing, Standing::Forked { .. })
+        {
+            *standing = Standing::Confirmed;
+        }
+    }
+
     /// Whether we may write in `room` now; `alone` if no member of it is within reach.
     /// A room we do not know is left to whoever writes (it refuses an unknown room).
     pub fn verdict(&self, room: &R, now: Instant, alone: bool) -> Verdict {
@@ -369,6 +379,12 @@ mod tests {
         own.heard(1, t0, head(3, 3), None, |_| None);
         own.stored(1, head(9, 9));
         assert_eq!(own.verdict(&1, t0 + MAX_WAIT, true), Verdict::Forked(4));
+        // Until the members show our branch is the room's.
+        own.keep(1);
+        assert_eq!(own.standing(&1), Some(Standing::Confirmed));
+        own.keep(1);
+        assert_eq!(own.verdict(&1, t0, false), Verdict::Write);
+        own.forked(1, 4);
         // Leaving forgets it; a fork in a room we are not in is nothing to us.
         own.forget(&1);
         own.forked(1, 2);
