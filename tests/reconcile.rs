@@ -368,14 +368,13 @@ async fn a_new_machine_takes_up_its_users_chain_before_it_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn after_a_proven_fork_of_its_own_chain_a_node_refuses_to_write_there() {
+async fn a_node_that_forked_its_chain_offline_takes_up_the_rooms_history_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let (ia, b, boot) = alice_wrote_elsewhere(dir.path(), 2).await;
 
     // A new machine with no way to reach anyone: it writes once nobody could be found,
     // which forks Alice's chain (nothing can tell it otherwise).
-    let new_dir = dir.path().join("new");
-    let new = node(ia.clone(), &new_dir, &[]).await;
+    let new = node(ia.clone(), &dir.path().join("new"), &[]).await;
     new.join("lobby", None).await.unwrap();
     let started = Instant::now();
     let offline = new.send("lobby", "offline").await.unwrap();
@@ -384,33 +383,10 @@ async fn after_a_proven_fork_of_its_own_chain_a_node_refuses_to_write_there() {
         started.elapsed() >= Duration::from_secs(5),
         "it looked for members first"
     );
-    // Online again: the pull of Alice's chain from Bob proves the fork.
+    // Online again: the pull of Alice's chain from Bob proves the fork, and Bob, the one
+    // member in reach, holds the other branch. The node takes up the room's history and
+    // writes its offline message again after Alice's earlier ones, where Bob accepts it.
     new.dial(boot[0].parse().unwrap()).await.unwrap();
-    wait_for("fork found", T, async || own_chain(&new).await == "forked").await;
-    let refused = new.send("lobby", "lost?").await.unwrap_err();
-    assert!(
-        matches!(
-            refused,
-            cryptchat::service::NodeError::OwnFork { seq: 1, .. }
-        ),
-        "{refused}"
-    );
-    assert!(refused.to_string().contains("lobby"), "{refused}");
-    // Nothing of it reached Bob, and the node says so after a restart too.
-    assert!(!texts(&b, "lobby").await.contains(&"lost?".to_string()));
-    new.shutdown().await.unwrap();
-    let new = node(ia.clone(), &new_dir, &boot).await;
-    assert!(new.send("lobby", "still?").await.is_err());
-    assert_eq!(own_chain(&new).await, "forked");
-
-    // Repair: the node takes up the members' history and writes its offline message
-    // again after Alice's earlier ones, where everyone accepts it.
-    wait_for("connected", T, async || {
-        room_peers(&new, "lobby").await >= 1
-    })
-    .await;
-    let repaired = new.repair("lobby").await.unwrap();
-    assert_eq!(repaired.messages, 1);
     let alice = ia.id().to_hex();
     wait_for("bob has the offline message", T, async || {
         texts(&b, "lobby").await.contains(&"offline".to_string())
@@ -419,9 +395,9 @@ async fn after_a_proven_fork_of_its_own_chain_a_node_refuses_to_write_there() {
     assert_eq!(own_seqs(&b, &alice).await, vec![1, 2, 3]);
     wait_for("history back", T, async || {
         texts(&new, "lobby").await == ["old machine 1", "old machine 2", "offline"]
+            && own_chain(&new).await == "held"
     })
     .await;
-    assert_eq!(own_chain(&new).await, "held");
     let after = new.send("lobby", "after the repair").await.unwrap();
     assert_eq!(after.message.seq, 4);
     wait_for("bob has it", T, async || {
@@ -432,6 +408,44 @@ async fn after_a_proven_fork_of_its_own_chain_a_node_refuses_to_write_there() {
     // Other rooms are not held up.
     new.join("elsewhere", None).await.unwrap();
     assert_eq!(new.send("elsewhere", "fine").await.unwrap().message.seq, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_that_hold_different_branches_of_its_chain_leave_a_fork_to_the_user() {
+    // Alice's new machine wrote offline, and Carol took that message before the new
+    // machine reached Bob, who holds what Alice wrote at that seq on her old machine. The
+    // members disagree on Alice's chain, so the node cannot tell which branch is the
+    // room's: it stops writing there and says why, rather than pick one.
+    let dir = tempfile::tempdir().unwrap();
+    let (ia, b, boot) = alice_wrote_elsewhere(dir.path(), 2).await;
+    let carol = node(identity("carol"), &dir.path().join("carol"), &[]).await;
+    let new = node(ia.clone(), &dir.path().join("new"), &[]).await;
+    for x in [&carol, &new] {
+        x.join("lobby", None).await.unwrap();
+    }
+    assert_eq!(new.send("lobby", "offline").await.unwrap().message.seq, 1);
+    new.dial(first_addr(&carol).await.parse().unwrap())
+        .await
+        .unwrap();
+    wait_for("carol has it", T, async || {
+        texts(&carol, "lobby").await == ["offline"]
+    })
+    .await;
+    new.dial(boot[0].parse().unwrap()).await.unwrap();
+    wait_for("fork found", T, async || own_chain(&new).await == "forked").await;
+    // It stays so through sync rounds that ask both members again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(own_chain(&new).await, "forked");
+    let refused = new.send("lobby", "lost?").await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            cryptchat::service::NodeError::OwnFork { seq: 1, .. }
+        ),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("lobby"), "{refused}");
+    assert!(!texts(&b, "lobby").await.contains(&"lost?".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -590,11 +604,61 @@ async fn one_identity_on_two_machines_at_once_is_two_peers_that_hear_each_other(
     }
 }
 
+/// Both machines write in "lobby" at the same moment until two of their messages take
+/// one seq (a fork of the user's chain): every text written, and that seq.
+async fn write_at_the_same_moment(desk: &NodeHandle, laptop: &NodeHandle) -> (Vec<String>, u64) {
+    // Writes at the same moment make a fork nearly always; try again until one does.
+    let mut written = Vec::new();
+    for round in 0..10 {
+        let (d, l) = (format!("desk {round}"), format!("laptop {round}"));
+        let (sd, sl) = tokio::join!(desk.send("lobby", &d), laptop.send("lobby", &l));
+        let (sd, sl) = (sd.unwrap(), sl.unwrap());
+        written.extend([d, l]);
+        if sd.message.seq == sl.message.seq {
+            return (written, sd.message.seq);
+        }
+        wait_for("each has the other's", T, async || {
+            texts(desk, "lobby").await.len() == written.len()
+                && texts(laptop, "lobby").await.len() == written.len()
+        })
+        .await;
+    }
+    panic!("no two writes at once took the same seq in ten tries");
+}
+
+/// Waits until each of `nodes` holds every message of `written`, all in one order, and
+/// each of `machines` writes in "lobby" again.
+async fn settled(nodes: &[&NodeHandle], machines: &[&NodeHandle], written: &[String]) {
+    let mut all = written.to_vec();
+    all.sort();
+    wait_for("every message everywhere, in one order", T, async || {
+        let first = texts(nodes[0], "lobby").await;
+        let mut same = true;
+        for n in &nodes[1..] {
+            same &= texts(n, "lobby").await == first;
+        }
+        let mut sorted = first.clone();
+        sorted.sort();
+        same && sorted == all
+    })
+    .await;
+    wait_for("both machines write again", T, async || {
+        let mut held = true;
+        for m in machines {
+            held &= own_chain(m).await == "held";
+        }
+        held
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn two_machines_writing_at_the_same_moment_stop_and_repair_instead_of_losing_messages() {
+async fn two_machines_writing_at_the_same_moment_settle_it_by_themselves_and_lose_nothing() {
     // Both of Alice's machines write at once: two messages at one seq, a fork of her chain.
-    // Each machine learns of it when the other's arrives; what it wrote on the branch
-    // members refuse must not be lost in silence, and `repair` brings everyone together.
+    // Bob keeps whichever reached him first. The machine whose message he refused takes up
+    // his history and writes its message again after it; the other writes on. Nothing is
+    // lost and Alice has nothing to do (before, both machines refused writes until she
+    // repaired them, one after the other in the right order).
     let dir = tempfile::tempdir().unwrap();
     let TwoMachines {
         alice: ia,
@@ -602,73 +666,63 @@ async fn two_machines_writing_at_the_same_moment_stop_and_repair_instead_of_losi
         desk,
         laptop,
     } = two_machines(dir.path()).await;
-    // Writes at the same moment make a fork nearly always; try again until one does.
-    let mut written = Vec::new();
-    let mut forked_at = None;
-    for round in 0..10 {
-        let (d, l) = (format!("desk {round}"), format!("laptop {round}"));
-        let (sd, sl) = tokio::join!(desk.send("lobby", &d), laptop.send("lobby", &l));
-        let (sd, sl) = (sd.unwrap(), sl.unwrap());
-        written.extend([d, l]);
-        if sd.message.seq == sl.message.seq {
-            forked_at = Some(sd.message.seq);
-            break;
-        }
-        wait_for("each has the other's", T, async || {
-            texts(&desk, "lobby").await.len() == written.len()
-                && texts(&laptop, "lobby").await.len() == written.len()
+    let (mut written, seq) = write_at_the_same_moment(&desk, &laptop).await;
+    settled(&[&b, &desk, &laptop], &[&desk, &laptop], &written).await;
+    let alice = ia.id().to_hex();
+    assert_eq!(
+        own_seqs(&b, &alice).await,
+        (1..=written.len() as u64).collect::<Vec<_>>()
+    );
+    // It was a fork: Bob holds the proof that Alice's key signed two entries at that seq.
+    let forks = b.rooms().await.unwrap().remove(0).forks;
+    assert!(
+        forks.iter().any(|f| f.author_id == alice && f.seq == seq),
+        "{forks:?}"
+    );
+    // Both write on, after everything, and Bob takes it.
+    for (x, text) in [(&desk, "desk after"), (&laptop, "laptop after")] {
+        let sent = x.send("lobby", text).await.unwrap();
+        written.push(text.to_string());
+        assert_eq!(sent.message.seq, written.len() as u64, "{text}");
+        wait_for("bob has it", T, async || {
+            texts(&b, "lobby").await.last().map(String::as_str) == Some(text)
         })
         .await;
     }
-    let seq = forked_at.expect("no two writes at once took the same seq in ten tries");
-    // Each machine gets the other's message by gossip: at least the one whose message Bob
-    // refused, and here both, stop writing in the room and say why.
-    wait_for("both machines know their chain forked", T, async || {
-        own_chain(&desk).await == "forked" && own_chain(&laptop).await == "forked"
+    settled(&[&b, &desk, &laptop], &[&desk, &laptop], &written).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_machines_alone_in_a_room_settle_a_fork_by_their_peer_ids() {
+    // With nobody else in the room to tell whose branch is the room's, the machine with
+    // the lower peer id writes on and the other gives way: both know both peer ids.
+    let dir = tempfile::tempdir().unwrap();
+    let TwoMachines {
+        alice: ia,
+        bob: b,
+        desk,
+        laptop,
+    } = two_machines(dir.path()).await;
+    b.leave("lobby").await.unwrap();
+    wait_for("only the two machines in the room", T, async || {
+        room_peers(&desk, "lobby").await == 1 && room_peers(&laptop, "lobby").await == 1
     })
     .await;
-    for x in [&desk, &laptop] {
-        let refused = x.send("lobby", "lost?").await.unwrap_err();
-        assert!(
-            matches!(refused, cryptchat::service::NodeError::OwnFork { seq: s, .. } if s == seq),
-            "{refused}"
-        );
-    }
-    // Bob kept one of the two messages at that seq. The machine whose message he lacks is
-    // repaired first: it takes up the history Bob and the other machine hold alike, and
-    // writes its message again after it; then the other, which only takes it up.
+    let (written, seq) = write_at_the_same_moment(&desk, &laptop).await;
+    settled(&[&desk, &laptop], &[&desk, &laptop], &written).await;
     let alice = ia.id().to_hex();
-    wait_for("bob holds one of them", T, async || {
-        text_at(&b, &alice, seq).await.is_some()
-    })
-    .await;
-    let kept = text_at(&b, &alice, seq).await.unwrap();
-    let (lost, won) = if kept.starts_with("desk") {
-        (&laptop, &desk)
+    let first = if desk.peer_id() < laptop.peer_id() {
+        "desk"
     } else {
-        (&desk, &laptop)
+        "laptop"
     };
-    lost.repair("lobby").await.unwrap();
-    wait_for(
-        "the machine whose message was lost repaired",
-        T,
-        async || own_chain(lost).await == "held",
-    )
-    .await;
-    won.repair("lobby").await.unwrap();
-    wait_for("the other repaired", T, async || {
-        own_chain(won).await == "held"
-    })
-    .await;
-    wait_for("every message everywhere, in one order", T, async || {
-        let mut on_b = texts(&b, "lobby").await;
-        let same = texts(&desk, "lobby").await == on_b && texts(&laptop, "lobby").await == on_b;
-        on_b.sort();
-        let mut all = written.clone();
-        all.sort();
-        same && on_b == all
-    })
-    .await;
-    let seqs = own_seqs(&b, &alice).await;
-    assert_eq!(seqs, (1..=written.len() as u64).collect::<Vec<_>>());
+    let kept = text_at(&desk, &alice, seq).await.unwrap();
+    assert!(kept.starts_with(first), "{kept} at {seq}, {first} goes on");
+    // Bob, back, takes up the one history.
+    b.join("lobby", None).await.unwrap();
+    settled(&[&b, &desk, &laptop], &[&desk, &laptop], &written).await;
+    assert_eq!(
+        own_seqs(&b, &alice).await,
+        (1..=written.len() as u64).collect::<Vec<_>>()
+    );
 }

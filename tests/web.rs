@@ -824,8 +824,14 @@ fn the_web_page_takes_up_a_rooms_history_after_its_users_messages_forked() {
     old.cli(&["send", "lobby", "from the old machine"]);
     wait_until("bob has it", T, || bob.texts("lobby").len() == 1);
     old.kill();
-    // ...then from a new one that reaches nobody at first: its message forks her chain.
-    let alice = NodeProc::start("alice", &dir.path().join("new"), &args(&[]));
+    // ...then from a new one that reaches nobody at first: its message forks her chain. It
+    // leaves forks to her (by itself it would take up Bob's history at once: he holds the
+    // other branch and is the only member in reach).
+    let alice = NodeProc::start(
+        "alice",
+        &dir.path().join("new"),
+        &args(&["--no-auto-repair"]),
+    );
     alice.cli(&["send", "lobby", "written offline"]);
     alice.cli(&["dial", &bob_addr]);
     let own_chain = |n: &NodeProc| {

@@ -66,6 +66,11 @@ pub struct NodeConfig {
     /// Files are fetched unasked only while the node's file chunks, with the fetches under
     /// way, stay within this many bytes: a busy room cannot fill the disk.
     pub auto_fetch_total: u64,
+    /// A fork of the user's own messages in a room is settled by the node when the
+    /// members in reach agree on a branch (see [`crate::own_fork`]); off, it always waits
+    /// for `repair`: a user who wants to look at every message written with their
+    /// identity elsewhere before the node takes it up.
+    pub settle_forks: bool,
 }
 
 impl NodeConfig {
@@ -93,6 +98,7 @@ impl NodeConfig {
             fetch_timeout: Duration::from_secs(60),
             auto_fetch: 0,
             auto_fetch_total: 1 << 30,
+            settle_forks: true,
         }
     }
 }
@@ -357,6 +363,9 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         own: Default::default(),
         held: Default::default(),
         resend: HashMap::new(),
+        own_machines: HashSet::new(),
+        own_forks: HashMap::new(),
+        settle_forks: cfg.settle_forks,
         dials: HashMap::new(),
     };
     let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
@@ -462,6 +471,12 @@ struct Service {
     /// Per repaired room, our entries as they were, until its history is back (see
     /// [`Service::repair`]).
     resend: HashMap<RoomId, Vec<crate::core::repair::Ours>>,
+    /// Peers that showed they run our identity too (see [`crate::own_fork`]).
+    own_machines: HashSet<PeerId>,
+    /// Rooms where our chain forked: what the node did about it, and when.
+    own_forks: HashMap<RoomId, own::ForkSeen>,
+    /// See [`NodeConfig::settle_forks`].
+    settle_forks: bool,
     /// Dials the user asked for, answered when the connection is up or has failed.
     dials: HashMap<libp2p::swarm::ConnectionId, (Multiaddr, handle::Reply<PeerId>)>,
 }
@@ -539,6 +554,7 @@ impl Service {
                     // Who is in which room, once for the round.
                     let members = self.topic_peers();
                     self.own_cut_off(&members);
+                    self.own_forks_ask();
                     self.sync_among(&members);
                     // Now and then everyone re-announces what it holds, for new members.
                     rounds += 1;

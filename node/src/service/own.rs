@@ -4,12 +4,15 @@
 //! or the wait runs out.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
 
 use super::handle::Command;
 use super::{NodeError, Repaired, Service, blocking};
 use crate::core::repair::Resend;
 use crate::own_chain::{Heard, Standing, Verdict};
+use crate::own_fork::{Settle, Told};
 use crate::room::RoomId;
 
 /// A command waiting to write.
@@ -22,6 +25,20 @@ pub(crate) struct Held {
 
 /// Members asked for their vector when a write waits for one.
 const ASK: usize = 3;
+
+/// A node takes up the room's branch of its forked chain by itself at most this often:
+/// a fork that comes back at once (machines that keep writing at the same moment) is left
+/// to the user.
+const AUTO_REPAIR_SPACING: Duration = Duration::from_secs(60);
+
+/// What the node did about a fork of its own chain in a room (see [`crate::own_fork`]).
+#[derive(Default)]
+pub(crate) struct ForkSeen {
+    /// When it last took up the room's branch by itself.
+    repaired: Option<Instant>,
+    /// It said that it leaves the fork to the user (said once).
+    told: bool,
+}
 
 impl Service {
     /// The node starts or joins `room`: our chain there is unknown until a member tells.
@@ -249,13 +266,14 @@ impl Service {
             // The member holds another branch of ours: we know it does if we hold the
             // proof that our key signed two entries there (a restart after the fork).
             Heard::Conflicts => match self.own_fork_proof(room).filter(|s| *s <= claimed) {
-                Some(seq) => self.own.forked(room, seq),
+                Some(seq) => self.own_forked(room, seq),
                 None => {
                     tracing::warn!(%peer, "a member claims a head of our chain that we do not hold")
                 }
             },
             Heard::Confirms => {}
         }
+        self.own_settle(room);
         self.release_held();
     }
 
@@ -268,17 +286,178 @@ impl Service {
         let me = self.core.identity().id().0;
         if forked_authors.contains(&me) {
             let seq = self.own_fork_proof(room).unwrap_or(0);
-            tracing::error!(
-                seq,
-                "our own messages in a room conflict with ones written elsewhere"
-            );
-            self.own.forked(room, seq);
+            if !matches!(self.own.standing(&room), Some(Standing::Forked { .. })) {
+                tracing::warn!(
+                    seq,
+                    "our own messages in a room conflict with ones written elsewhere"
+                );
+            }
+            self.own_forked(room, seq);
         } else if matches!(self.own.standing(&room), Some(Standing::Behind { .. }))
             && let Ok(vector) = self.core.vector(room)
         {
             self.own.stored(room, vector.get(&me).copied());
         }
+        self.own_settle(room);
         self.release_held();
+    }
+
+    /// Our chain forked in `room` at `seq`: writes there stop, and every member in reach
+    /// is asked which branch it holds.
+    fn own_forked(&mut self, room: RoomId, seq: u64) {
+        self.own.forked(room, seq);
+        self.own_forks.entry(room).or_default();
+        self.ask_forked(room);
+    }
+
+    fn ask_forked(&mut self, room: RoomId) {
+        for peer in self.room_peer_ids(room) {
+            self.start_hello(peer, room, false);
+        }
+    }
+
+    /// On the sync tick: rooms where our chain forked ask every member in reach again, as
+    /// members come and go and the user's other machine gives way.
+    pub(super) fn own_forks_ask(&mut self) {
+        let forked: Vec<RoomId> = (self.core.rooms())
+            .map(|r| r.id)
+            .filter(|r| matches!(self.own.standing(r), Some(Standing::Forked { .. })))
+            .collect();
+        for room in forked {
+            self.ask_forked(room);
+        }
+    }
+
+    /// A peer's vector for a room came with a machine tag: if it is ours, the peer is
+    /// another machine of our user, whose branch says nothing of what the room holds.
+    pub(super) fn note_machine(&mut self, peer: PeerId, hello: &crate::sync::Hello) {
+        if let Some(tag) = &hello.machine
+            && !self.own_machines.contains(&peer)
+            && self.core.identity().is_own_machine(&peer.to_bytes(), tag)
+        {
+            tracing::info!(%peer, "a peer runs our identity too: another machine of ours");
+            self.own_machines.insert(peer);
+        }
+    }
+
+    /// Our machine tag, for a vector in a room where we hold a proof that our key signed
+    /// two entries (see [`crate::sync::Hello::machine`]).
+    pub(super) fn machine_tag(&self, forks: &[crate::sync::ForkRef]) -> Option<Vec<u8>> {
+        let me = self.core.identity().id().0;
+        forks.iter().any(|f| f.author == me).then(|| {
+            let peer = self.swarm.local_peer_id().to_bytes();
+            self.core.identity().machine_tag(&peer).to_vec()
+        })
+    }
+
+    /// While our chain in `room` is forked: from what the members in reach hold, goes on
+    /// writing on our branch, or takes up theirs (see [`crate::own_fork`]).
+    fn own_settle(&mut self, room: RoomId) {
+        let Some(Standing::Forked { seq }) = self.own.standing(&room) else {
+            return;
+        };
+        if !self.settle_forks {
+            return;
+        }
+        let me = self.core.identity().id().0;
+        let Ok(vector) = self.core.vector(room) else {
+            return;
+        };
+        let mine = vector.get(&me).copied();
+        let (mut members, mut machines) = (Vec::new(), Vec::new());
+        let local = *self.swarm.local_peer_id();
+        let mut lowest = true;
+        for peer in self.room_peer_ids(room) {
+            let journal = self.core.journal();
+            let hash_at = |s| {
+                journal
+                    .get(&room.0, &me, s)
+                    .ok()
+                    .flatten()
+                    .map(|e| e.meta.hash)
+            };
+            let told = (self.reconcile.theirs(&peer, room)).map(|v| Told {
+                head: v.get(&me).copied(),
+                knows_fork: self.reconcile.knows_fork(&peer, room, &me),
+            });
+            let diverged = self.reconcile.diverged(&peer, room, &me);
+            let side = crate::own_fork::side(seq, mine, told, diverged, hash_at);
+            if self.own_machines.contains(&peer) {
+                lowest &= local < peer;
+                machines.push(side);
+            } else {
+                members.push(side);
+            }
+        }
+        let seen = self.own_forks.entry(room).or_default();
+        match crate::own_fork::settle(&members, &machines, lowest) {
+            Settle::Keep => {
+                tracing::info!(
+                    seq,
+                    "the room's members hold our branch of our own messages: writing on"
+                );
+                self.own.keep(room);
+                self.own_forks.remove(&room);
+            }
+            Settle::TakeUp => {
+                let now = Instant::now();
+                if seen
+                    .repaired
+                    .is_some_and(|at| now.duration_since(at) < AUTO_REPAIR_SPACING)
+                {
+                    if !seen.told {
+                        seen.told = true;
+                        tracing::warn!(
+                            seq,
+                            "our own messages in a room forked again right after a repair: \
+                             left to `cryptchat repair`"
+                        );
+                    }
+                    return;
+                }
+                seen.repaired = Some(now);
+                seen.told = false;
+                // The other branch was signed with our key elsewhere: another machine of
+                // ours, or someone who has the password. The user should know either way.
+                tracing::warn!(
+                    seq,
+                    "the room's members hold another branch of our own messages, written \
+                     with this identity elsewhere (on another machine of yours, or by \
+                     someone who knows your password): taking it up and writing ours again \
+                     after it"
+                );
+                let _ = self
+                    .reconcile
+                    .tx
+                    .send(super::reconcile::Internal::RepairOwn(room));
+            }
+            Settle::Split if !seen.told => {
+                seen.told = true;
+                tracing::info!(
+                    seq,
+                    "members hold different branches of our own messages: \
+                     left to `cryptchat repair`"
+                );
+            }
+            Settle::Split | Settle::Wait => {}
+        }
+    }
+
+    /// Repairs `room` by the node's own decision, if its chain there is still forked.
+    pub(super) fn repair_own(&mut self, room: RoomId) {
+        if !matches!(self.own.standing(&room), Some(Standing::Forked { .. })) {
+            return;
+        }
+        let Some(name) = self.core.room(&room).map(|r| r.name.clone()) else {
+            return;
+        };
+        match self.repair(&name) {
+            Ok(r) => tracing::info!(
+                messages = r.messages,
+                "repaired: our messages follow the room's"
+            ),
+            Err(e) => tracing::error!(error = %e, "could not repair the room"),
+        }
     }
 }
 

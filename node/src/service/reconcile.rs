@@ -96,6 +96,9 @@ pub(crate) enum Internal {
     /// A read on a blocking thread ended, after its result (see
     /// [`Service::read_off_loop`]).
     ReadEnded,
+    /// The members hold another branch of our forked chain in a room: repair it, once
+    /// the event that showed it is handled (see [`Service::own_settle`]).
+    RepairOwn(RoomId),
 }
 
 enum Pending {
@@ -151,6 +154,28 @@ impl State {
             rate: HashMap::new(),
             tx,
         }
+    }
+
+    /// Whether a pull from `peer` gave us a branch of `author`'s chain in `room` that
+    /// conflicts with ours.
+    pub(crate) fn diverged(
+        &self,
+        peer: &PeerId,
+        room: RoomId,
+        author: &crate::journal::Id,
+    ) -> bool {
+        self.views.is_diverged(peer, room.0, author)
+    }
+
+    /// Whether `peer`'s last vector for `room` said it holds a proof of a fork of
+    /// `author`'s chain.
+    pub(crate) fn knows_fork(
+        &self,
+        peer: &PeerId,
+        room: RoomId,
+        author: &crate::journal::Id,
+    ) -> bool {
+        self.views.knows_fork(peer, room.0, author)
     }
 
     /// A peer's vector for a room, as last reconstructed.
@@ -356,10 +381,13 @@ impl Service {
     ) -> Result<Hello, core::CoreError> {
         let mine = self.core.vector(room)?;
         let forks = self.core.fork_refs(room)?;
-        Ok(self
+        let machine = self.machine_tag(&forks).map(serde_bytes::ByteBuf::from);
+        let mut hello = self
             .reconcile
             .views
-            .hello(&peer, room.0, &mine, forks, full))
+            .hello(&peer, room.0, &mine, forks, full);
+        hello.machine = machine;
+        Ok(hello)
     }
 
     /// Sends the queued vector exchanges, one request per peer per [`sync::batches`].
@@ -643,12 +671,14 @@ impl Service {
             };
             if matches!(reply, HelloReply::Hello(_)) {
                 self.activity.exchanges_answered += 1;
-                applied.push((room, &hello.forks));
+                applied.push((room, hello));
             }
             replies.push(reply);
         }
         self.respond(channel, SyncResponse::Hellos(replies));
-        for (room, forks) in applied {
+        for (room, hello) in applied {
+            let forks = &hello.forks;
+            self.note_machine(peer, hello);
             self.own_heard(peer, room);
             self.pull_later(peer, room);
             self.pull_fork_proofs(peer, room, forks);
@@ -669,6 +699,7 @@ impl Service {
                 HelloReply::Hello(hello) => match self.reconcile.views.apply(&peer, &hello) {
                     Ok(()) => {
                         self.reconcile.retries.remove(&(peer, room));
+                        self.note_machine(peer, &hello);
                         self.own_heard(peer, room);
                         self.pull_later(peer, room);
                         self.pull_fork_proofs(peer, room, &hello.forks);
@@ -981,6 +1012,7 @@ impl Service {
             },
             Internal::Flushed(result) => self.flushed(result),
             Internal::ReadEnded => self.reading -= 1,
+            Internal::RepairOwn(room) => self.repair_own(room),
             Internal::FilesToFetch(files) => self.found_files_to_fetch(files),
             Internal::History { room, read, reply } => {
                 let views = read.and_then(|opened| self.core.views(room, opened));

@@ -87,6 +87,12 @@ pub(crate) enum Cmd {
         /// start. Files fetched by hand are not held back.
         #[arg(long, default_value = "1G", value_parser = parse_size)]
         auto_fetch_total: u64,
+        /// Leave every conflict between your messages in a room and ones written with your
+        /// identity elsewhere to `cryptchat repair`, even when the members agree on which
+        /// go on: the node then never takes up, by itself, messages that someone who knows
+        /// your password wrote.
+        #[arg(long)]
+        no_auto_repair: bool,
         /// Address for the local API instead of 127.0.0.1 (containers: 0.0.0.0; the
         /// token still guards it).
         #[arg(long)]

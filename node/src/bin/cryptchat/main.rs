@@ -59,6 +59,7 @@ fn real_main() -> Result<()> {
             fetch_timeout_s,
             auto_fetch,
             auto_fetch_total,
+            no_auto_repair,
         } => {
             init_tracing();
             let room_password = room_password_file
@@ -83,6 +84,7 @@ fn real_main() -> Result<()> {
             cfg.fetch_timeout = Duration::from_secs_f64(fetch_timeout_s);
             cfg.auto_fetch = auto_fetch;
             cfg.auto_fetch_total = auto_fetch_total;
+            cfg.settle_forks = !no_auto_repair;
             let faults = faults.config();
             faults.validate().map_err(anyhow::Error::msg)?;
             cfg.swarm.faults.set(faults);
