@@ -432,11 +432,14 @@ async fn members_that_hold_different_branches_of_its_chain_leave_a_fork_to_the_u
     })
     .await;
     new.dial(boot[0].parse().unwrap()).await.unwrap();
-    wait_for("fork found", T, async || own_chain(&new).await == "forked").await;
-    // It stays so through sync rounds that ask both members again.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(own_chain(&new).await, "forked");
+    wait_for("fork found", T, async || {
+        ["settling", "forked"].contains(&own_chain(&new).await.as_str())
+    })
+    .await;
+    // A write waits while the node asks both members again, round after round, and is
+    // refused once the wait is over, with the fork unsettled.
     let refused = new.send("lobby", "lost?").await.unwrap_err();
+    assert_eq!(own_chain(&new).await, "forked");
     assert!(
         matches!(
             refused,
@@ -667,6 +670,15 @@ async fn two_machines_writing_at_the_same_moment_settle_it_by_themselves_and_los
         laptop,
     } = two_machines(dir.path()).await;
     let (mut written, seq) = write_at_the_same_moment(&desk, &laptop).await;
+    // Both write on at once: whether or not a machine has found the fork yet, the write
+    // goes through (it waits while the fork settles, rather than being refused).
+    let (more_d, more_l) = tokio::join!(
+        desk.send("lobby", "desk more"),
+        laptop.send("lobby", "laptop more")
+    );
+    more_d.unwrap();
+    more_l.unwrap();
+    written.extend(["desk more".to_string(), "laptop more".to_string()]);
     settled(&[&b, &desk, &laptop], &[&desk, &laptop], &written).await;
     let alice = ia.id().to_hex();
     assert_eq!(

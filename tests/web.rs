@@ -880,6 +880,66 @@ fn the_web_page_takes_up_a_rooms_history_after_its_users_messages_forked() {
 }
 
 #[test]
+fn the_web_page_reads_a_room_afresh_when_its_node_settles_a_fork_by_itself() {
+    let Some(tools) = tools_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let args = |more: &[&str]| {
+        let mut a = vec!["--listen".to_string(), listen_for("tcp")];
+        a.extend(["--join".to_string(), "lobby".to_string()]);
+        a.extend(more.iter().map(|s| s.to_string()));
+        a
+    };
+    let bob = NodeProc::start("bob", &dir.path().join("bob"), &args(&[]));
+    let bob_addr = bob.listen_addr("/tcp/");
+    let mut old = NodeProc::start(
+        "alice",
+        &dir.path().join("old"),
+        &args(&["--bootstrap", &bob_addr]),
+    );
+    wait_until("old machine connected", T, || old.room_peers("lobby") >= 1);
+    old.cli(&["send", "lobby", "from the old machine"]);
+    wait_until("bob has it", T, || bob.texts("lobby").len() == 1);
+    old.kill();
+    // A new machine writes before it reaches anyone, with the page open on it.
+    let alice = NodeProc::start("alice", &dir.path().join("new"), &args(&[]));
+    alice.cli(&["send", "lobby", "written offline"]);
+    let b = Browser::start(&tools, &dir.path().join("downloads"));
+    open(&b, &alice);
+    select_room(&b, "lobby");
+    let texts = || {
+        b.script(
+            "return [...document.querySelectorAll('#messages .msg .text')].map((t) => t.textContent)",
+        )
+    };
+    wait_until("the offline message shown", T, || {
+        texts() == Value::from(vec!["written offline"])
+    });
+    // Bob holds the other message at that seq and is the only member in reach: the node
+    // takes up his history and writes hers again after it, and the page says so and shows
+    // the room as it is now, each message once.
+    alice.cli(&["dial", &bob_addr]);
+    wait_until("the page says what the node did", T, || {
+        b.text("#notice").contains("took up the history")
+    });
+    wait_until("bob gets the offline message", T, || {
+        bob.texts("lobby") == ["from the old machine", "written offline"]
+    });
+    wait_until("the room's history, then hers, once each", T, || {
+        texts() == Value::from(vec!["from the old machine", "written offline"])
+    });
+    assert!(b.find("#forkbar").is_some_and(|e| !b.displayed(&e)));
+    let input = b.wait_for("#sendtext", T);
+    b.send_keys(&input, &format!("and on{ENTER}"));
+    wait_until("bob gets the next one", T, || {
+        bob.texts("lobby").last().map(String::as_str) == Some("and on")
+    });
+    assert_eq!(
+        texts(),
+        Value::from(vec!["from the old machine", "written offline", "and on"])
+    );
+}
+
+#[test]
 fn the_web_page_says_why_a_send_waits_and_sends_it_once() {
     let Some(tools) = tools_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();

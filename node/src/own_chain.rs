@@ -29,6 +29,10 @@ use crate::journal::Head;
 pub const DISCOVERY: Duration = Duration::from_secs(8);
 /// How long after a room is opened a node waits at most before it writes, members or not.
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
+/// How long a write waits, after our chain forked, for the node to settle which branch
+/// goes on ([`crate::own_fork`]): members are asked at once, and one that lacks the proof
+/// of the fork pulls it and tells in the next exchange, a sync round (5 s) later.
+pub const SETTLE_WAIT: Duration = Duration::from_secs(15);
 
 /// What the node knows of its own chain in one room since it opened the room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,9 +46,9 @@ pub enum Standing {
     /// Confirmed, then no member was within reach: the next vector heard may hold what
     /// another machine of ours wrote meanwhile. Writes go on (offline work).
     CutOff,
-    /// Our key signed two entries at `seq` (we hold the proof): members holding the other
-    /// branch refuse what we write here.
-    Forked { seq: u64 },
+    /// Our key signed two entries at `seq` (we hold the proof), found at `since`: members
+    /// holding the other branch refuse what we write here.
+    Forked { seq: u64, since: Instant },
 }
 
 /// Whether a write in a room may go ahead now.
@@ -72,12 +76,24 @@ pub enum Heard {
 #[derive(Debug)]
 pub struct OwnChains<R> {
     rooms: HashMap<R, Standing>,
+    /// How long writes wait for a fork to settle: [`SETTLE_WAIT`], or nothing when the
+    /// node leaves forks to the user.
+    settle_wait: Duration,
 }
 
 impl<R> Default for OwnChains<R> {
     fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+impl<R> OwnChains<R> {
+    /// `settles`: whether the node settles forks of its chain by itself (writes wait for
+    /// it), or leaves them to the user (writes are refused at once).
+    pub fn new(settles: bool) -> Self {
         OwnChains {
             rooms: HashMap::new(),
+            settle_wait: if settles { SETTLE_WAIT } else { Duration::ZERO },
         }
     }
 }
@@ -177,15 +193,23 @@ impl<R: Hash + Eq + Copy> OwnChains<R> {
         }
     }
 
-    /// We hold proof that our key signed two entries at `seq` in `room`.
-    pub fn forked(&mut self, room: R, seq: u64) {
+    /// We hold proof that our key signed two entries at `seq` in `room`, found at `now`.
+    pub fn forked(&mut self, room: R, seq: u64, now: Instant) {
         if let Some(standing) = self.rooms.get_mut(&room) {
-            let seq = match *standing {
-                Standing::Forked { seq: was } => was.min(seq),
-                _ => seq,
+            *standing = match *standing {
+                Standing::Forked { seq: was, since } => Standing::Forked {
+                    seq: was.min(seq),
+                    since,
+                },
+                _ => Standing::Forked { seq, since: now },
             };
-            *standing = Standing::Forked { seq };
         }
+    }
+
+    /// Whether our chain in `room` forked and writes there wait for the node to settle it.
+    pub fn settling(&self, room: &R, now: Instant) -> bool {
+        matches!(self.rooms.get(room), Some(Standing::Forked { since, .. })
+            if now < *since + self.settle_wait)
     }
 
     /// Our branch of a forked chain in `room` is the one its members hold (see
@@ -203,7 +227,10 @@ impl<R: Hash + Eq + Copy> OwnChains<R> {
     pub fn verdict(&self, room: &R, now: Instant, alone: bool) -> Verdict {
         match self.rooms.get(room) {
             None | Some(Standing::Confirmed | Standing::CutOff) => Verdict::Write,
-            Some(Standing::Forked { seq }) => Verdict::Forked(*seq),
+            Some(Standing::Forked { since, .. }) if now < *since + self.settle_wait => {
+                Verdict::Wait(*since + self.settle_wait)
+            }
+            Some(Standing::Forked { seq, .. }) => Verdict::Forked(*seq),
             Some(Standing::Unknown { since }) => {
                 let found_nobody = *since + DISCOVERY;
                 if now >= *since + MAX_WAIT || (alone && now >= found_nobody) {
@@ -374,20 +401,34 @@ mod tests {
     fn a_proven_fork_stops_writes_and_stays() {
         let t0 = Instant::now();
         let mut own = opened(t0);
-        own.forked(1, 4);
-        own.forked(1, 6);
+        own.forked(1, 4, t0);
+        own.forked(1, 6, t0 + Duration::from_secs(1));
         own.heard(1, t0, head(3, 3), None, |_| None);
         own.stored(1, head(9, 9));
-        assert_eq!(own.verdict(&1, t0 + MAX_WAIT, true), Verdict::Forked(4));
+        // Writes wait a while for the node to settle it, from when it was first found.
+        assert!(own.settling(&1, t0));
+        assert_eq!(own.verdict(&1, t0, true), Verdict::Wait(t0 + SETTLE_WAIT));
+        assert!(!own.settling(&1, t0 + SETTLE_WAIT));
+        assert_eq!(own.verdict(&1, t0 + SETTLE_WAIT, true), Verdict::Forked(4));
         // Until the members show our branch is the room's.
         own.keep(1);
         assert_eq!(own.standing(&1), Some(Standing::Confirmed));
         own.keep(1);
         assert_eq!(own.verdict(&1, t0, false), Verdict::Write);
-        own.forked(1, 4);
+        own.forked(1, 4, t0);
         // Leaving forgets it; a fork in a room we are not in is nothing to us.
         own.forget(&1);
-        own.forked(1, 2);
+        own.forked(1, 2, t0);
         assert_eq!(own.verdict(&1, t0, false), Verdict::Write);
+    }
+
+    #[test]
+    fn a_node_that_leaves_forks_to_the_user_refuses_writes_at_once() {
+        let t0 = Instant::now();
+        let mut own: OwnChains<u8> = OwnChains::new(false);
+        own.open(1, t0);
+        own.forked(1, 4, t0);
+        assert!(!own.settling(&1, t0));
+        assert_eq!(own.verdict(&1, t0, false), Verdict::Forked(4));
     }
 }

@@ -148,9 +148,24 @@ impl From<JournalError> for NodeError {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     Message(Box<MessageView>),
-    Rejected { room_id: String, reason: Rejection },
-    PeerConnected { peer_id: String },
-    PeerDisconnected { peer_id: String },
+    Rejected {
+        room_id: String,
+        reason: Rejection,
+    },
+    PeerConnected {
+        peer_id: String,
+    },
+    PeerDisconnected {
+        peer_id: String,
+    },
+    /// The node dropped its copy of a room to take up the members' history (our own
+    /// messages there forked; see [`crate::own_fork`]), and writes again after it the
+    /// `messages` of ours only the dropped copy held: clients read the room afresh.
+    Repaired {
+        room_id: String,
+        room: String,
+        messages: usize,
+    },
 }
 
 /// A connected peer and the addresses of its connections.
@@ -197,7 +212,9 @@ pub struct RoomStatus {
     pub unpublished: usize,
     /// Whether this node holds its user's own messages in the room as far as members know
     /// them (see [`crate::own_chain`]): "held", "unconfirmed" (no member has told yet),
-    /// "catching up" (pulling them; writes wait) or "forked" (writes are refused).
+    /// "catching up" (pulling them; writes wait), "settling" (they forked from ones written
+    /// elsewhere and the node is finding out which go on; writes wait) or "forked" (writes
+    /// are refused).
     #[serde(default)]
     pub own_chain: String,
 }
@@ -360,7 +377,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         dial_order,
         fetches: files::Fetches::new(cfg.fetch_timeout),
         auto_fetch: files::AutoFetch::new(cfg.auto_fetch, cfg.auto_fetch_total),
-        own: Default::default(),
+        own: crate::own_chain::OwnChains::new(cfg.settle_forks),
         held: Default::default(),
         resend: HashMap::new(),
         own_machines: HashSet::new(),
@@ -739,6 +756,11 @@ impl Service {
                         None | Some(Standing::Confirmed | Standing::CutOff) => "held",
                         Some(Standing::Unknown { .. }) => "unconfirmed",
                         Some(Standing::Behind { .. }) => "catching up",
+                        Some(Standing::Forked { .. })
+                            if self.own.settling(&r.id, std::time::Instant::now()) =>
+                        {
+                            "settling"
+                        }
                         Some(Standing::Forked { .. }) => "forked",
                     }
                     .to_string(),

@@ -305,7 +305,7 @@ impl Service {
     /// Our chain forked in `room` at `seq`: writes there stop, and every member in reach
     /// is asked which branch it holds.
     fn own_forked(&mut self, room: RoomId, seq: u64) {
-        self.own.forked(room, seq);
+        self.own.forked(room, seq, Instant::now());
         self.own_forks.entry(room).or_default();
         self.ask_forked(room);
     }
@@ -353,7 +353,7 @@ impl Service {
     /// While our chain in `room` is forked: from what the members in reach hold, goes on
     /// writing on our branch, or takes up theirs (see [`crate::own_fork`]).
     fn own_settle(&mut self, room: RoomId) {
-        let Some(Standing::Forked { seq }) = self.own.standing(&room) else {
+        let Some(Standing::Forked { seq, .. }) = self.own.standing(&room) else {
             return;
         };
         if !self.settle_forks {
@@ -484,11 +484,20 @@ impl Service {
         }
         let messages = ours.iter().filter(|o| o.resend.is_some()).count();
         self.resend.insert(room, ours);
-        // Behind the history, like any write.
+        self.emit(super::Event::Repaired {
+            room_id: room.to_hex(),
+            room: name.clone(),
+            messages,
+        });
+        // Behind the history, like any write, and ahead of the writes that waited for the
+        // fork to settle: the dropped branch's messages were written before them.
         let (reply, _) = tokio::sync::oneshot::channel();
-        if let Some(cmd) = self.gate(Command::Resend(name.clone(), reply)) {
-            self.run_command(cmd);
-        }
+        self.held.push_front(Held {
+            rooms: vec![room],
+            cmd: Command::Resend(name.clone(), reply),
+            recheck: Instant::now(),
+        });
+        self.release_held();
         Ok(Repaired {
             room: name,
             messages,

@@ -381,6 +381,10 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
                         }
                         "unconfirmed" => ", your own messages not yet confirmed by a member",
                         "catching up" => ", catching up on your own messages (writes wait)",
+                        "settling" => {
+                            ", your messages conflict with ones written elsewhere: \
+                             finding out which go on (writes wait)"
+                        }
                         "forked" => ", your messages forked: see `cryptchat repair`",
                         _ => ", your own messages: unknown state",
                     };

@@ -101,6 +101,10 @@ pub(crate) fn wait_note(data_dir: &Path, room: &str, json: bool) -> Option<Besid
                  before (with no member to ask, it goes out within seconds; at most 20 s)"
             }
             Some("catching up") => "taking up what you wrote there before, from a member, first",
+            Some("settling") => {
+                "your messages there conflict with ones written with your identity elsewhere: \
+                 waiting for the room's members to show which go on (at most 15 s)"
+            }
             _ => return,
         };
         eprintln!("{room}: {why}...");
