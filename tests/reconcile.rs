@@ -608,21 +608,27 @@ async fn one_identity_on_two_machines_at_once_is_two_peers_that_hear_each_other(
 }
 
 /// Both machines write in "lobby" at the same moment until two of their messages take
-/// one seq (a fork of the user's chain): every text written, and that seq.
-async fn write_at_the_same_moment(desk: &NodeHandle, laptop: &NodeHandle) -> (Vec<String>, u64) {
+/// one seq (a fork of the user's chain): every text written (named after `tag`), and that
+/// seq. `before`: how many messages the room holds already.
+async fn write_at_the_same_moment(
+    desk: &NodeHandle,
+    laptop: &NodeHandle,
+    tag: &str,
+    before: usize,
+) -> (Vec<String>, u64) {
     // Writes at the same moment make a fork nearly always; try again until one does.
     let mut written = Vec::new();
     for round in 0..10 {
-        let (d, l) = (format!("desk {round}"), format!("laptop {round}"));
+        let (d, l) = (format!("desk {tag}{round}"), format!("laptop {tag}{round}"));
         let (sd, sl) = tokio::join!(desk.send("lobby", &d), laptop.send("lobby", &l));
         let (sd, sl) = (sd.unwrap(), sl.unwrap());
         written.extend([d, l]);
         if sd.message.seq == sl.message.seq {
             return (written, sd.message.seq);
         }
+        let all = before + written.len();
         wait_for("each has the other's", T, async || {
-            texts(desk, "lobby").await.len() == written.len()
-                && texts(laptop, "lobby").await.len() == written.len()
+            texts(desk, "lobby").await.len() == all && texts(laptop, "lobby").await.len() == all
         })
         .await;
     }
@@ -669,7 +675,7 @@ async fn two_machines_writing_at_the_same_moment_settle_it_by_themselves_and_los
         desk,
         laptop,
     } = two_machines(dir.path()).await;
-    let (mut written, seq) = write_at_the_same_moment(&desk, &laptop).await;
+    let (mut written, seq) = write_at_the_same_moment(&desk, &laptop, "a", 0).await;
     // Both write on at once: whether or not a machine has found the fork yet, the write
     // goes through (it waits while the fork settles, rather than being refused).
     let (more_d, more_l) = tokio::join!(
@@ -691,6 +697,10 @@ async fn two_machines_writing_at_the_same_moment_settle_it_by_themselves_and_los
         forks.iter().any(|f| f.author_id == alice && f.seq == seq),
         "{forks:?}"
     );
+    // Again: a second fork settles as well as the first, whose proof stays.
+    let (again, _) = write_at_the_same_moment(&desk, &laptop, "b", written.len()).await;
+    written.extend(again);
+    settled(&[&b, &desk, &laptop], &[&desk, &laptop], &written).await;
     // Both write on, after everything, and Bob takes it.
     for (x, text) in [(&desk, "desk after"), (&laptop, "laptop after")] {
         let sent = x.send("lobby", text).await.unwrap();
@@ -720,7 +730,7 @@ async fn two_machines_alone_in_a_room_settle_a_fork_by_their_peer_ids() {
         room_peers(&desk, "lobby").await == 1 && room_peers(&laptop, "lobby").await == 1
     })
     .await;
-    let (written, seq) = write_at_the_same_moment(&desk, &laptop).await;
+    let (written, seq) = write_at_the_same_moment(&desk, &laptop, "", 0).await;
     settled(&[&desk, &laptop], &[&desk, &laptop], &written).await;
     let alice = ia.id().to_hex();
     let first = if desk.peer_id() < laptop.peer_id() {

@@ -172,6 +172,10 @@ impl Service {
                     // repair, rather than go on on a branch members refuse.
                     if ours && matches!(incoming, Incoming::Rejected(Rejection::Fork)) {
                         self.own_stored(room, &[me.0]);
+                        // Not news for clients: the node settles it, and says so if it
+                        // takes up the members' history (`repaired`).
+                        self.news(room);
+                        continue;
                     }
                     self.on_stored(source, room, incoming);
                 }

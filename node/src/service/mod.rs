@@ -1060,6 +1060,7 @@ impl Service {
         self.announced.remove(&room.id);
         self.forget_room(room.id);
         self.own.forget(&room.id);
+        self.own_forks.remove(&room.id);
         self.resend.remove(&room.id);
         // Writes held for it fail as writes in a room we are not in.
         self.release_held();

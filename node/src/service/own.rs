@@ -26,16 +26,17 @@ pub(crate) struct Held {
 /// Members asked for their vector when a write waits for one.
 const ASK: usize = 3;
 
-/// A node takes up the room's branch of its forked chain by itself at most this often:
-/// a fork that comes back at once (machines that keep writing at the same moment) is left
-/// to the user.
-const AUTO_REPAIR_SPACING: Duration = Duration::from_secs(60);
+/// A node takes up the room's branch of its forked chain by itself at most
+/// [`AUTO_REPAIRS`] times in this long: forks that keep coming back (machines that keep
+/// writing at the same moment, or a repair that does not settle) are left to the user.
+const AUTO_REPAIR_WINDOW: Duration = Duration::from_secs(60);
+const AUTO_REPAIRS: usize = 3;
 
-/// What the node did about a fork of its own chain in a room (see [`crate::own_fork`]).
+/// What the node did about forks of its own chain in a room (see [`crate::own_fork`]).
 #[derive(Default)]
 pub(crate) struct ForkSeen {
-    /// When it last took up the room's branch by itself.
-    repaired: Option<Instant>,
+    /// When it took up the room's branch by itself, within the last [`AUTO_REPAIR_WINDOW`].
+    repaired: std::collections::VecDeque<Instant>,
     /// It said that it leaves the fork to the user (said once).
     told: bool,
 }
@@ -46,16 +47,18 @@ impl Service {
         self.own.open(room, Instant::now());
     }
 
-    /// The first seq at which the journal holds a proof that our key signed two entries.
-    fn own_fork_proof(&self, room: RoomId) -> Option<u64> {
+    /// The last seq, up to `at_most`, at which the journal holds a proof that our key
+    /// signed two entries. The last, not the first: proofs of forks settled earlier stay
+    /// in the journal, below the one at hand.
+    fn own_fork_proof(&self, room: RoomId, at_most: u64) -> Option<u64> {
         let me = self.core.identity().id().0;
         self.core
             .fork_refs(room)
             .unwrap_or_default()
             .iter()
-            .filter(|f| f.author == me)
+            .filter(|f| f.author == me && f.seq <= at_most)
             .map(|f| f.seq)
-            .min()
+            .max()
     }
 
     /// The rooms a command writes our entries in; none for one that writes nothing.
@@ -265,7 +268,7 @@ impl Service {
             }
             // The member holds another branch of ours: we know it does if we hold the
             // proof that our key signed two entries there (a restart after the fork).
-            Heard::Conflicts => match self.own_fork_proof(room).filter(|s| *s <= claimed) {
+            Heard::Conflicts => match self.own_fork_proof(room, claimed) {
                 Some(seq) => self.own_forked(room, seq),
                 None => {
                     tracing::warn!(%peer, "a member claims a head of our chain that we do not hold")
@@ -285,7 +288,7 @@ impl Service {
         }
         let me = self.core.identity().id().0;
         if forked_authors.contains(&me) {
-            let seq = self.own_fork_proof(room).unwrap_or(0);
+            let seq = self.own_fork_proof(room, u64::MAX).unwrap_or(0);
             if !matches!(self.own.standing(&room), Some(Standing::Forked { .. })) {
                 tracing::warn!(
                     seq,
@@ -397,25 +400,27 @@ impl Service {
                     "the room's members hold our branch of our own messages: writing on"
                 );
                 self.own.keep(room);
-                self.own_forks.remove(&room);
+                seen.told = false;
             }
             Settle::TakeUp => {
                 let now = Instant::now();
-                if seen
-                    .repaired
-                    .is_some_and(|at| now.duration_since(at) < AUTO_REPAIR_SPACING)
+                while (seen.repaired.front())
+                    .is_some_and(|at| now.duration_since(*at) >= AUTO_REPAIR_WINDOW)
                 {
+                    seen.repaired.pop_front();
+                }
+                if seen.repaired.len() >= AUTO_REPAIRS {
                     if !seen.told {
                         seen.told = true;
                         tracing::warn!(
                             seq,
-                            "our own messages in a room forked again right after a repair: \
-                             left to `cryptchat repair`"
+                            "our own messages in a room keep forking (three repairs within a \
+                             minute): left to `cryptchat repair`"
                         );
                     }
                     return;
                 }
-                seen.repaired = Some(now);
+                seen.repaired.push_back(now);
                 seen.told = false;
                 // The other branch was signed with our key elsewhere: another machine of
                 // ours, or someone who has the password. The user should know either way.
