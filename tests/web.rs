@@ -802,35 +802,43 @@ fn the_web_page_reads_a_long_history_back_a_page_at_a_time_and_searches_it() {
     assert!(b.find("#searchinfo").is_some_and(|e| !b.displayed(&e)));
 }
 
-#[test]
-fn the_web_page_takes_up_a_rooms_history_after_its_users_messages_forked() {
-    let Some(tools) = tools_or_skip() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let args = |more: &[&str]| {
-        let mut a = vec!["--listen".to_string(), listen_for("tcp")];
-        a.extend(["--join".to_string(), "lobby".to_string()]);
-        a.extend(more.iter().map(|s| s.to_string()));
-        a
-    };
-    let bob = NodeProc::start("bob", &dir.path().join("bob"), &args(&[]));
+/// Arguments for a node of the fork tests: it listens on TCP and joins lobby; then `more`.
+fn in_lobby(more: &[&str]) -> Vec<String> {
+    let mut a = vec!["--listen".to_string(), listen_for("tcp")];
+    a.extend(["--join".to_string(), "lobby".to_string()]);
+    a.extend(more.iter().map(|s| s.to_string()));
+    a
+}
+
+/// Bob in lobby, holding a message Alice wrote there from a machine that is gone now; and
+/// his address.
+fn bob_after_alices_old_machine(dir: &Path) -> (NodeProc, String) {
+    let bob = NodeProc::start("bob", &dir.join("bob"), &in_lobby(&[]));
     let bob_addr = bob.listen_addr("/tcp/");
-    // Alice writes from one machine...
     let mut old = NodeProc::start(
         "alice",
-        &dir.path().join("old"),
-        &args(&["--bootstrap", &bob_addr]),
+        &dir.join("old"),
+        &in_lobby(&["--bootstrap", &bob_addr]),
     );
     wait_until("old machine connected", T, || old.room_peers("lobby") >= 1);
     old.cli(&["send", "lobby", "from the old machine"]);
     wait_until("bob has it", T, || bob.texts("lobby").len() == 1);
     old.kill();
-    // ...then from a new one that reaches nobody at first: its message forks her chain. It
-    // leaves forks to her (by itself it would take up Bob's history at once: he holds the
-    // other branch and is the only member in reach).
+    (bob, bob_addr)
+}
+
+#[test]
+fn the_web_page_takes_up_a_rooms_history_after_its_users_messages_forked() {
+    let Some(tools) = tools_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (bob, bob_addr) = bob_after_alices_old_machine(dir.path());
+    // Alice writes from a new machine that reaches nobody at first: its message forks her
+    // chain. It leaves forks to her (by itself it would take up Bob's history at once: he
+    // holds the other branch and is the only member in reach).
     let alice = NodeProc::start(
         "alice",
         &dir.path().join("new"),
-        &args(&["--no-auto-repair"]),
+        &in_lobby(&["--no-auto-repair"]),
     );
     alice.cli(&["send", "lobby", "written offline"]);
     alice.cli(&["dial", &bob_addr]);
@@ -883,25 +891,9 @@ fn the_web_page_takes_up_a_rooms_history_after_its_users_messages_forked() {
 fn the_web_page_reads_a_room_afresh_when_its_node_settles_a_fork_by_itself() {
     let Some(tools) = tools_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let args = |more: &[&str]| {
-        let mut a = vec!["--listen".to_string(), listen_for("tcp")];
-        a.extend(["--join".to_string(), "lobby".to_string()]);
-        a.extend(more.iter().map(|s| s.to_string()));
-        a
-    };
-    let bob = NodeProc::start("bob", &dir.path().join("bob"), &args(&[]));
-    let bob_addr = bob.listen_addr("/tcp/");
-    let mut old = NodeProc::start(
-        "alice",
-        &dir.path().join("old"),
-        &args(&["--bootstrap", &bob_addr]),
-    );
-    wait_until("old machine connected", T, || old.room_peers("lobby") >= 1);
-    old.cli(&["send", "lobby", "from the old machine"]);
-    wait_until("bob has it", T, || bob.texts("lobby").len() == 1);
-    old.kill();
+    let (bob, bob_addr) = bob_after_alices_old_machine(dir.path());
     // A new machine writes before it reaches anyone, with the page open on it.
-    let alice = NodeProc::start("alice", &dir.path().join("new"), &args(&[]));
+    let alice = NodeProc::start("alice", &dir.path().join("new"), &in_lobby(&[]));
     alice.cli(&["send", "lobby", "written offline"]);
     let b = Browser::start(&tools, &dir.path().join("downloads"));
     open(&b, &alice);
