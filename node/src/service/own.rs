@@ -15,6 +15,20 @@ use crate::own_chain::{Heard, Standing, Verdict};
 use crate::own_fork::{Settle, Told};
 use crate::room::RoomId;
 
+/// The hash of `author`'s entry at `seq` in `room`, if the journal holds it.
+fn hash_at(
+    journal: &crate::journal::Journal,
+    room: RoomId,
+    author: &crate::journal::Id,
+    seq: u64,
+) -> Option<[u8; 32]> {
+    journal
+        .get(&room.0, author, seq)
+        .ok()
+        .flatten()
+        .map(|e| e.meta.hash)
+}
+
 /// A command waiting to write.
 pub(crate) struct Held {
     rooms: Vec<RoomId>,
@@ -252,13 +266,7 @@ impl Service {
         };
         let mine = vector.get(&me).copied();
         let journal = self.core.journal();
-        let hash_at = |seq| {
-            journal
-                .get(&room.0, &me, seq)
-                .ok()
-                .flatten()
-                .map(|e| e.meta.hash)
-        };
+        let hash_at = |seq| hash_at(journal, room, &me, seq);
         match self.own.heard(room, Instant::now(), mine, theirs, hash_at) {
             Heard::Ahead(seq) => {
                 tracing::info!(
@@ -371,14 +379,7 @@ impl Service {
         let local = *self.swarm.local_peer_id();
         let mut lowest = true;
         for peer in self.room_peer_ids(room) {
-            let journal = self.core.journal();
-            let hash_at = |s| {
-                journal
-                    .get(&room.0, &me, s)
-                    .ok()
-                    .flatten()
-                    .map(|e| e.meta.hash)
-            };
+            let hash_at = |seq| hash_at(self.core.journal(), room, &me, seq);
             let told = (self.reconcile.theirs(&peer, room)).map(|v| Told {
                 head: v.get(&me).copied(),
                 knows_fork: self.reconcile.knows_fork(&peer, room, &me),
