@@ -78,6 +78,13 @@ fn shown(b: &Browser) -> String {
     b.text("#messages")
 }
 
+/// The text of each message the page shows, in order.
+fn message_texts(b: &Browser) -> Value {
+    b.script(
+        "return [...document.querySelectorAll('#messages .msg .text')].map((t) => t.textContent)",
+    )
+}
+
 fn token(node: &NodeProc) -> String {
     std::fs::read_to_string(node.data_dir.join("api.token"))
         .unwrap()
@@ -739,11 +746,7 @@ fn the_web_page_reads_a_long_history_back_a_page_at_a_time_and_searches_it() {
     let b = Browser::start(&tools, &dir.path().join("downloads"));
     open(&b, &alice);
     select_room(&b, "lobby");
-    let texts = || {
-        b.script(
-            "return [...document.querySelectorAll('#messages .msg .text')].map((t) => t.textContent)",
-        )
-    };
+    let texts = || message_texts(&b);
     let expect = |from: usize| {
         Value::from(
             (from..=N)
@@ -898,11 +901,7 @@ fn the_web_page_reads_a_room_afresh_when_its_node_settles_a_fork_by_itself() {
     let b = Browser::start(&tools, &dir.path().join("downloads"));
     open(&b, &alice);
     select_room(&b, "lobby");
-    let texts = || {
-        b.script(
-            "return [...document.querySelectorAll('#messages .msg .text')].map((t) => t.textContent)",
-        )
-    };
+    let texts = || message_texts(&b);
     wait_until("the offline message shown", T, || {
         texts() == Value::from(vec!["written offline"])
     });
