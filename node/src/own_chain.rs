@@ -206,6 +206,11 @@ impl<R: Hash + Eq + Copy> OwnChains<R> {
         }
     }
 
+    /// Whether the node settles forks of its chain by itself (see [`OwnChains::new`]).
+    pub fn settles(&self) -> bool {
+        !self.settle_wait.is_zero()
+    }
+
     /// Whether our chain in `room` forked and writes there wait for the node to settle it.
     pub fn settling(&self, room: &R, now: Instant) -> bool {
         matches!(self.rooms.get(room), Some(Standing::Forked { since, .. })
@@ -426,6 +431,7 @@ mod tests {
     fn a_node_that_leaves_forks_to_the_user_refuses_writes_at_once() {
         let t0 = Instant::now();
         let mut own: OwnChains<u8> = OwnChains::new(false);
+        assert!(!own.settles() && OwnChains::<u8>::default().settles());
         own.open(1, t0);
         own.forked(1, 4, t0);
         assert!(!own.settling(&1, t0));

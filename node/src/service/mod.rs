@@ -382,7 +382,6 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         resend: HashMap::new(),
         own_machines: HashSet::new(),
         own_forks: HashMap::new(),
-        settle_forks: cfg.settle_forks,
         dials: HashMap::new(),
     };
     let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
@@ -492,8 +491,6 @@ struct Service {
     own_machines: HashSet<PeerId>,
     /// Rooms where our chain forked: what the node did about it, and when.
     own_forks: HashMap<RoomId, own::ForkSeen>,
-    /// See [`NodeConfig::settle_forks`].
-    settle_forks: bool,
     /// Dials the user asked for, answered when the connection is up or has failed.
     dials: HashMap<libp2p::swarm::ConnectionId, (Multiaddr, handle::Reply<PeerId>)>,
 }

@@ -367,7 +367,7 @@ impl Service {
         let Some(Standing::Forked { seq, .. }) = self.own.standing(&room) else {
             return;
         };
-        if !self.settle_forks {
+        if !self.own.settles() {
             return;
         }
         let me = self.core.identity().id().0;
