@@ -20,6 +20,7 @@ pub mod faults;
 pub mod files;
 pub mod identity;
 pub mod journal;
+pub mod mailbox;
 pub mod net;
 pub mod own_chain;
 pub mod own_fork;
