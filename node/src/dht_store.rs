@@ -12,8 +12,10 @@
 //!   ([`Limits::providers_per_key`]) and in the addresses each carries; when the table is
 //!   full, expired ones are swept out, and past that new ones are refused (as libp2p does
 //!   with a full key, so a flood cannot push out records already held);
-//! - value records are refused: cryptchat publishes none, and libp2p's default store would
-//!   let any peer fill 64 MiB of memory with them.
+//! - value records are cryptchat's mailboxes ([`crate::mailbox`]): ours, one per room we
+//!   write in, apart again; other peers' bounded in number, in size each and in bytes all
+//!   together, refused past that like provider records (libp2p's default store would let
+//!   any peer fill 64 MiB of memory with them, 65 KiB at a time).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -39,6 +41,14 @@ pub struct Limits {
     pub providers_per_key: usize,
     /// Addresses kept per record of another peer.
     pub addresses: usize,
+    /// Our own value records (mailboxes: one per room we write in).
+    pub own_values: usize,
+    /// Other peers' value records.
+    pub other_values: usize,
+    /// Bytes of other peers' value records, all together.
+    pub other_value_bytes: usize,
+    /// Bytes of one value record.
+    pub value_size: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +60,10 @@ impl Default for Limits {
             other_records: 16_384,
             providers_per_key: 20,
             addresses: 8,
+            own_values: 4_096,
+            other_values: 4_096,
+            other_value_bytes: 32 * 1024 * 1024,
+            value_size: crate::mailbox::MAX_RECORD,
         }
     }
 }
@@ -66,6 +80,13 @@ pub struct StoreStats {
     pub other_records: usize,
     /// Other peers' records refused since start because the table was full of live ones.
     pub refused: u64,
+    /// Value records (mailboxes) we published.
+    pub own_values: usize,
+    /// Other peers' value records held, and their bytes.
+    pub other_values: usize,
+    pub other_value_bytes: usize,
+    /// Other peers' value records refused since start: too big, or the table full.
+    pub values_refused: u64,
 }
 
 /// A [`RecordStore`] for provider records only (see the module doc).
@@ -79,6 +100,11 @@ pub struct DhtStore {
     other_records: usize,
     refused: u64,
     swept_at: Option<Instant>,
+    own_values: HashMap<RecordKey, Record>,
+    other_values: HashMap<RecordKey, Record>,
+    other_value_bytes: usize,
+    values_refused: u64,
+    values_swept_at: Option<Instant>,
 }
 
 impl DhtStore {
@@ -95,6 +121,11 @@ impl DhtStore {
             other_records: 0,
             refused: 0,
             swept_at: None,
+            own_values: HashMap::new(),
+            other_values: HashMap::new(),
+            other_value_bytes: 0,
+            values_refused: 0,
+            values_swept_at: None,
         }
     }
 
@@ -104,7 +135,66 @@ impl DhtStore {
             other_keys: self.others.len(),
             other_records: self.other_records,
             refused: self.refused,
+            own_values: self.own_values.len(),
+            other_values: self.other_values.len(),
+            other_value_bytes: self.other_value_bytes,
+            values_refused: self.values_refused,
         }
+    }
+
+    fn put_own_value(&mut self, record: Record) -> Result<()> {
+        if self.own_values.len() >= self.limits.own_values
+            && !self.own_values.contains_key(&record.key)
+        {
+            return Err(Error::MaxRecords);
+        }
+        self.own_values.insert(record.key.clone(), record);
+        Ok(())
+    }
+
+    /// Another peer's value record: replaces what the key held (Kademlia has no notion of
+    /// a newer value; a reader checks every entry anyway), within the limits.
+    fn put_other_value(&mut self, record: Record) -> Result<()> {
+        let size = record.value.len();
+        if size > self.limits.value_size {
+            self.values_refused += 1;
+            return Err(Error::ValueTooLarge);
+        }
+        let held = self
+            .other_values
+            .get(&record.key)
+            .map_or(0, |r| r.value.len());
+        let fits = |s: &Self| {
+            (held > 0 || s.other_values.len() < s.limits.other_values)
+                && s.other_value_bytes - held + size <= s.limits.other_value_bytes
+        };
+        if !fits(self) {
+            self.sweep_values(Instant::now());
+            if !fits(self) {
+                self.values_refused += 1;
+                return Err(Error::MaxRecords);
+            }
+        }
+        let held = self
+            .other_values
+            .get(&record.key)
+            .map_or(0, |r| r.value.len());
+        self.other_value_bytes = self.other_value_bytes - held + size;
+        self.other_values.insert(record.key.clone(), record);
+        Ok(())
+    }
+
+    /// Drops other peers' expired value records (at most every [`SWEEP_EVERY`]).
+    fn sweep_values(&mut self, now: Instant) {
+        if self
+            .values_swept_at
+            .is_some_and(|at| now.duration_since(at) < SWEEP_EVERY)
+        {
+            return;
+        }
+        self.values_swept_at = Some(now);
+        self.other_values.retain(|_, r| !r.is_expired(now));
+        self.other_value_bytes = self.other_values.values().map(|r| r.value.len()).sum();
     }
 
     fn add_own(&mut self, record: ProviderRecord) -> Result<()> {
@@ -170,22 +260,48 @@ type ProvidedIter<'a> = std::iter::Map<
     fn(&'a ProviderRecord) -> Cow<'a, ProviderRecord>,
 >;
 
+type RecordsIter<'a> = std::iter::Map<
+    std::iter::Chain<
+        std::collections::hash_map::Values<'a, RecordKey, Record>,
+        std::collections::hash_map::Values<'a, RecordKey, Record>,
+    >,
+    fn(&'a Record) -> Cow<'a, Record>,
+>;
+
 impl RecordStore for DhtStore {
-    type RecordsIter<'a> = std::iter::Empty<Cow<'a, Record>>;
+    type RecordsIter<'a> = RecordsIter<'a>;
     type ProvidedIter<'a> = ProvidedIter<'a>;
 
-    fn get(&self, _: &RecordKey) -> Option<Cow<'_, Record>> {
-        None
+    /// Ours first: what we put is what we stand by.
+    fn get(&self, key: &RecordKey) -> Option<Cow<'_, Record>> {
+        self.own_values
+            .get(key)
+            .or_else(|| self.other_values.get(key))
+            .map(Cow::Borrowed)
     }
 
-    fn put(&mut self, _: Record) -> Result<()> {
-        Err(Error::MaxRecords)
+    fn put(&mut self, record: Record) -> Result<()> {
+        if record.publisher == Some(self.local) {
+            self.put_own_value(record)
+        } else {
+            self.put_other_value(record)
+        }
     }
 
-    fn remove(&mut self, _: &RecordKey) {}
+    fn remove(&mut self, key: &RecordKey) {
+        if let Some(r) = self.other_values.remove(key) {
+            self.other_value_bytes -= r.value.len();
+        } else {
+            self.own_values.remove(key);
+        }
+    }
 
+    /// What Kademlia publishes again (ours) and replicates (others').
     fn records(&self) -> Self::RecordsIter<'_> {
-        std::iter::empty()
+        self.own_values
+            .values()
+            .chain(self.other_values.values())
+            .map(Cow::Borrowed)
     }
 
     fn add_provider(&mut self, record: ProviderRecord) -> Result<()> {
@@ -251,6 +367,10 @@ mod tests {
             other_records: 10,
             providers_per_key: 3,
             addresses: 2,
+            own_values: 2,
+            other_values: 3,
+            other_value_bytes: 250,
+            value_size: 100,
         }
     }
 
@@ -348,12 +468,67 @@ mod tests {
         assert_eq!(store.stats(), StoreStats::default());
     }
 
+    fn value(key: RecordKey, publisher: PeerId, size: usize, expires: Option<Instant>) -> Record {
+        Record {
+            key,
+            value: vec![1; size],
+            publisher: Some(publisher),
+            expires,
+        }
+    }
+
     #[test]
-    fn value_records_are_refused() {
-        let mut store = DhtStore::new(PeerId::random());
-        let r = Record::new(key(1), vec![1; 100]);
-        assert!(store.put(r).is_err());
-        assert!(store.get(&key(1)).is_none());
-        assert_eq!(store.records().count(), 0);
+    fn value_records_are_bounded_in_size_number_and_bytes() {
+        let me = PeerId::random();
+        let mut store = DhtStore::with_limits(me, small());
+        let now = Instant::now();
+        let live = Some(now + Duration::from_secs(3600));
+        let other = PeerId::random();
+        assert!(matches!(
+            store.put(value(key(1), other, 101, live)),
+            Err(Error::ValueTooLarge)
+        ));
+        store.put(value(key(1), other, 100, live)).unwrap();
+        store.put(value(key(2), other, 100, live)).unwrap();
+        // 250 bytes in all: a third of 100 does not fit, one of 50 does.
+        assert!(store.put(value(key(3), other, 100, live)).is_err());
+        store.put(value(key(3), other, 50, live)).unwrap();
+        // Three records at most, even small ones.
+        assert!(store.put(value(key(4), other, 1, live)).is_err());
+        // A key held is replaced in place, and its bytes counted anew.
+        store.put(value(key(1), other, 40, live)).unwrap();
+        assert_eq!(store.get(&key(1)).unwrap().value.len(), 40);
+        let stats = store.stats();
+        assert_eq!((stats.other_values, stats.other_value_bytes), (3, 190));
+        assert_eq!(stats.values_refused, 3);
+        // Ours are apart: a full table of others' leaves room for them.
+        store.put(value(key(10), me, 100, None)).unwrap();
+        store.put(value(key(11), me, 100, None)).unwrap();
+        assert!(store.put(value(key(12), me, 100, None)).is_err());
+        assert_eq!(store.records().count(), 5);
+        // Ours come first for a key both hold.
+        store.put(value(key(1), me, 7, None)).unwrap_err();
+        store.remove(&key(11));
+        store.put(value(key(1), me, 7, None)).unwrap();
+        assert_eq!(store.get(&key(1)).unwrap().value.len(), 7);
+        store.remove(&key(2));
+        assert_eq!(store.stats().other_value_bytes, 90);
+    }
+
+    #[test]
+    fn expired_value_records_make_room() {
+        let mut store = DhtStore::with_limits(PeerId::random(), small());
+        let now = Instant::now();
+        for i in 0..3 {
+            store
+                .put(value(key(i), PeerId::random(), 10, Some(now)))
+                .unwrap();
+        }
+        let live = Some(now + Duration::from_secs(3600));
+        store
+            .put(value(key(9), PeerId::random(), 10, live))
+            .unwrap();
+        assert_eq!(store.stats().other_values, 1);
+        assert!(store.get(&key(9)).is_some());
     }
 }

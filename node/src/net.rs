@@ -38,6 +38,13 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cryptchat/kad/1.0
 /// way anyway. Kademlia still walks as soon as a peer enters a
 /// table that holds fewer than 20 (a node starting up or left nearly alone).
 pub const DHT_REFRESH: Duration = Duration::from_secs(30 * 60);
+/// Kademlia's largest message: a mailbox record ([`crate::mailbox::MAX_RECORD`]) and its
+/// framing (libp2p's default, 16 KiB, holds a few messages only).
+pub const KAD_MAX_PACKET: usize = crate::mailbox::MAX_RECORD + 8 * 1024;
+/// How long a DHT node keeps a mailbox after it was last put (libp2p's default is 48 h):
+/// a member away for a long weekend still finds what was written meanwhile. The author
+/// puts it again every day while it is online (Kademlia's publication interval).
+pub const MAILBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Identify protocol version string.
 pub const PROTOCOL_VERSION: &str = "/cryptchat/1.0.0";
 /// Gossipsub's largest frame, and the most subscription and control bytes one frame may
@@ -181,6 +188,8 @@ pub fn build_swarm(
             // The service decides what enters the routing table (`Service::kad_has_room`):
             // inserted on connection, a full bucket dials its oldest disconnected entry.
             kad_cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
+            kad_cfg.set_max_packet_size(KAD_MAX_PACKET);
+            kad_cfg.set_record_ttl(Some(MAILBOX_TTL));
             let mut kad = kad::Behaviour::with_config(
                 peer_id,
                 crate::dht_store::DhtStore::new(peer_id),
