@@ -177,6 +177,57 @@ fn direct_message_reaches_its_recipient() {
 }
 
 #[test]
+fn a_direct_message_sent_just_before_its_author_stops_reaches_its_reader_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // A node that stays up and is in none of their rooms: any DHT node would do.
+    let relay = NodeProc::start(
+        "relay",
+        &dir.join("relay"),
+        &["--listen".into(), listen_for("tcp")],
+    );
+    let (mut a, mut b) = (joining(dir, "alice", &relay), joining(dir, "bob", &relay));
+    let code = |n: &NodeProc| n.status()["contact_code"].as_str().unwrap().to_string();
+    a.cli(&["contact", "add", "bob", &code(&b)]);
+    b.cli(&["contact", "add", "alice", &code(&a)]);
+    wait_until("direct room connected", T, || a.room_peers("@bob") >= 1);
+    a.cli(&["dm", "bob", "are you there?"]);
+    wait_until("bob reads the DM", T, || {
+        b.texts("@alice") == ["are you there?"]
+    });
+
+    // Bob closes his laptop; Alice writes and closes hers right away. They are never
+    // online together again.
+    b.stop();
+    a.cli(&["dm", "bob", "the keys are under the mat"]);
+    a.stop();
+    let puts = |n: &NodeProc| n.log().matches("mailbox put").count();
+    assert_eq!(puts(&a), 1, "alice's node put one mailbox as it stopped");
+    b.restart();
+    wait_until("bob reads what alice wrote after he left", T, || {
+        b.texts("@alice") == ["are you there?", "the keys are under the mat"]
+    });
+    assert_eq!(b.status()["mailboxes"]["taken"], 1);
+    assert_eq!(relay.status()["dht"]["other_values"], 1);
+
+    // Without mailboxes, the same leaves Bob waiting for Alice.
+    b.stop();
+    a.restart_with(&["--no-mailbox".into()]);
+    wait_until("alice is back in the network", T, || {
+        a.status()["connected_peers"].as_u64() >= Some(1)
+    });
+    a.cli(&["dm", "bob", "unseen until we meet"]);
+    a.stop();
+    assert_eq!(puts(&a), 1);
+    b.restart();
+    wait_until("bob reads alice's mailbox again", T, || {
+        b.status()["mailboxes"]["found"].as_u64() >= Some(1)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(b.texts("@alice").len(), 2);
+}
+
+#[test]
 fn history_reads_back_page_by_page_and_searches_through_the_cli_and_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = lobby_pair(dir.path());

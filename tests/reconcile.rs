@@ -748,3 +748,104 @@ async fn two_machines_alone_in_a_room_settle_a_fork_by_their_peer_ids() {
         (1..=written.len() as u64).collect::<Vec<_>>()
     );
 }
+
+/// A node of `id` in `dir` whose unconfirmed messages go in a mailbox after `after`.
+async fn node_with_mailbox(
+    id: &Arc<Identity>,
+    dir: &std::path::Path,
+    boot: &[String],
+    after: Option<Duration>,
+) -> NodeHandle {
+    let mut cfg = common::inproc::config(dir, boot);
+    cfg.mailbox_after = after;
+    cryptchat::service::start(id.clone(), cfg).await.unwrap()
+}
+
+async fn mailboxes(n: &NodeHandle) -> cryptchat::service::MailboxStats {
+    n.status().await.unwrap().mailboxes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_messages_reach_members_through_the_dht_after_their_author_went_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // A node in no room of theirs, that stays up: what any DHT node is for them.
+    let relay = node(identity("relay"), &dir.join("relay"), &[]).await;
+    let boot = vec![first_addr(&relay).await];
+    let [alice, bob, carol] = [identity("alice"), identity("bob"), identity("carol")];
+    let after = Some(Duration::from_secs(5));
+    let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
+    let mut b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    let mut c = node_with_mailbox(&carol, &dir.join("c"), &boot, after).await;
+    for (name, id) in [("bob", &bob), ("carol", &carol)] {
+        a.add_contact(name, &id.contact_code().encode())
+            .await
+            .unwrap();
+    }
+    for n in [&b, &c] {
+        n.add_contact("alice", &alice.contact_code().encode())
+            .await
+            .unwrap();
+    }
+    a.create_group("plans", vec!["bob".into(), "carol".into()])
+        .await
+        .unwrap();
+    for n in [&b, &c] {
+        wait_for("the group's members meet", T, async || {
+            room_peers(n, "plans").await >= 2
+        })
+        .await;
+    }
+
+    // Everyone online: the members confirm what Alice writes, one message a second for
+    // longer than her mailbox wait, and nothing goes in the DHT (at any moment her latest
+    // message is still on its way to someone, but none is left unconfirmed for long).
+    for i in 0..12 {
+        a.send("plans", &format!("everyone here? {i}"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    wait_for("both members confirm the messages", T, async || {
+        let h = a.history("plans", 20).await.unwrap();
+        h.last().is_some_and(|m| m.delivered_to == 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        mailboxes(&a).await.put,
+        0,
+        "a mailbox with nobody missing anything"
+    );
+
+    // Bob and Carol go offline; Alice writes, her node puts a mailbox by itself, and she
+    // goes offline too before either of them is back.
+    b.shutdown().await.unwrap();
+    c.shutdown().await.unwrap();
+    let away = ["meet at noon", "bring the slides"];
+    for text in away {
+        a.send("plans", text).await.unwrap();
+    }
+    wait_for("alice's node puts her mailbox", T, async || {
+        mailboxes(&a).await.put >= 1
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    drop(a);
+
+    b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    c = node_with_mailbox(&carol, &dir.join("c"), &boot, after).await;
+    for n in [&b, &c] {
+        wait_for("what alice wrote while they were away", T, async || {
+            texts(n, "plans").await.ends_with(&away.map(String::from))
+        })
+        .await;
+        let taken = mailboxes(n).await;
+        assert!(taken.found >= 1 && taken.taken >= 2, "{taken:?}");
+    }
+    // What they read was stored by the one node that stayed up, which is in none of
+    // their rooms and could not read it.
+    let dht = relay.status().await.unwrap().dht;
+    assert!(dht.other_values >= 1, "{dht:?}");
+    assert!(relay.rooms().await.unwrap().is_empty());
+}

@@ -259,6 +259,33 @@ impl NodeProc {
         }
     }
 
+    /// Stops the node as Ctrl-C or `systemctl stop` would (SIGTERM), and waits for it to
+    /// exit cleanly.
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let start = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                assert!(status.success(), "{} stopped with {status}", self.user);
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{} did not stop:\n{}",
+                self.user,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Restarts the process on the same data dir with the same arguments.
     pub fn restart(&mut self) {
         self.kill();

@@ -132,6 +132,55 @@ impl Core {
         self.members.get(&room).map_or(0, HashSet::len)
     }
 
+    /// How far every known member other than `author` (and us) is known to hold the
+    /// author's chain in the room: what a mailbox must carry from ([`crate::mailbox`]).
+    /// `None` when the room has no such member.
+    pub fn held_by_all(&self, room: RoomId, author: &UserId) -> Option<u64> {
+        let me = self.identity.id();
+        let receipts = self.receipts.get(&room);
+        let short = short_id(&author.0);
+        self.members
+            .get(&room)
+            .into_iter()
+            .flatten()
+            .filter(|m| *m != author && **m != me)
+            .map(|m| {
+                receipts
+                    .and_then(|r| r.get(m))
+                    .and_then(|(_, v)| v.get(&short))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .min()
+    }
+
+    /// Whose mailboxes a member of the room reads: a direct or group room's other members;
+    /// in a named room the authors we hold entries of (the furthest along first, at most
+    /// `named_limit`): an author we never heard of has no key we could check its entries
+    /// with.
+    pub fn mailbox_authors(
+        &self,
+        room: &Room,
+        named_limit: usize,
+    ) -> Result<Vec<UserId>, CoreError> {
+        let me = self.identity.id();
+        if let Some(ids) = room.member_ids() {
+            return Ok(ids.into_iter().filter(|id| *id != me).collect());
+        }
+        let vector = self.journal.vector(&room.id.0)?;
+        let mut authors: Vec<(u64, UserId)> = vector
+            .iter()
+            .map(|(author, head)| (head.seq, UserId(*author)))
+            .filter(|(_, id)| *id != me)
+            .collect();
+        authors.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.0.cmp(&b.1.0)));
+        Ok(authors
+            .into_iter()
+            .take(named_limit)
+            .map(|(_, id)| id)
+            .collect())
+    }
+
     /// (members other than the author known to hold entry `seq` of `author`, such members).
     pub(super) fn delivery(&self, room: &Room, author: &UserId, seq: u64) -> (u32, u32) {
         let me = self.identity.id();

@@ -440,7 +440,7 @@ fn packed(heads: &[(Id, u64)]) -> Heads {
     Heads(heads.iter().map(|(a, seq)| (short_id(a), *seq)).collect())
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -1218,6 +1218,22 @@ impl Core {
         v.sort();
         v.dedup();
         Ok(v)
+    }
+
+    /// Our own entries in the room from seq `from` on (at most `limit`), for our mailbox.
+    pub fn own_entries(
+        &self,
+        room: RoomId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, CoreError> {
+        let me = self.identity.id();
+        Ok(self
+            .journal
+            .range(&room.0, &me.0, from.max(1), u64::MAX, limit)?
+            .into_iter()
+            .map(|e| e.envelope)
+            .collect())
     }
 
     /// Entries for a peer's pull, bounded in count and bytes; `true` if more remain.

@@ -25,6 +25,7 @@ mod connections;
 mod files;
 mod handle;
 mod incoming;
+mod mailbox;
 mod own;
 mod receipts;
 mod reconcile;
@@ -35,6 +36,7 @@ pub use files::{FetchProgress, Fetched, FileReader, Forgotten, KnownFile, Target
 pub use handle::NodeHandle;
 use handle::{Command, Reply};
 use incoming::{FLUSH_INTERVAL, GROUP_COMMIT_MAX};
+pub use mailbox::MailboxStats;
 use receipts::RECEIPT_INTERVAL;
 
 use crate::config;
@@ -71,6 +73,10 @@ pub struct NodeConfig {
     /// for `repair`: a user who wants to look at every message written with their
     /// identity elsewhere before the node takes it up.
     pub settle_forks: bool,
+    /// Our messages a member has not confirmed go in a mailbox in the DHT after this long
+    /// (and when the node stops), and the node reads its rooms' authors' mailboxes when it
+    /// comes back online (see [`crate::mailbox`]); `None`: neither.
+    pub mailbox_after: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -99,6 +105,7 @@ impl NodeConfig {
             auto_fetch: 0,
             auto_fetch_total: 1 << 30,
             settle_forks: true,
+            mailbox_after: Some(mailbox::MAILBOX_AFTER),
         }
     }
 }
@@ -201,6 +208,9 @@ pub struct Status {
     /// Bytes of file chunks the node holds (sealed): its own shares and what it fetched.
     #[serde(default)]
     pub file_bytes: u64,
+    /// What the node did with mailboxes (see [`crate::mailbox`]).
+    #[serde(default)]
+    pub mailboxes: mailbox::MailboxStats,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -383,6 +393,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         own_machines: HashSet::new(),
         own_forks: HashMap::new(),
         dials: HashMap::new(),
+        mailboxes: mailbox::Mailboxes::new(cfg.mailbox_after),
     };
     let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
     for id in topics {
@@ -493,6 +504,8 @@ struct Service {
     own_forks: HashMap<RoomId, own::ForkSeen>,
     /// Dials the user asked for, answered when the connection is up or has failed.
     dials: HashMap<libp2p::swarm::ConnectionId, (Multiaddr, handle::Reply<PeerId>)>,
+    /// Our mailboxes and the ones we read (see [`crate::mailbox`]).
+    mailboxes: mailbox::Mailboxes,
 }
 
 /// Why a dial failed, in a line: libp2p nests each transport's error in several layers
@@ -570,6 +583,7 @@ impl Service {
                     self.own_cut_off(&members);
                     self.own_forks_ask();
                     self.sync_among(&members);
+                    self.tick_mailboxes();
                     // Now and then everyone re-announces what it holds, for new members.
                     rounds += 1;
                     if rounds.is_multiple_of(RECEIPT_REFRESH_ROUNDS) {
@@ -590,6 +604,7 @@ impl Service {
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Shutdown(reply)) => {
                         stopped = Some(reply);
+                        self.put_mailboxes_before_stop().await;
                         break;
                     }
                     Some(cmd) => self.on_command(cmd),
@@ -769,6 +784,7 @@ impl Service {
             fetches: self.fetches.progress(),
             dht,
             file_bytes: self.core.journal().chunk_bytes()?,
+            mailboxes: self.mailboxes.stats(),
         })
     }
 
@@ -807,6 +823,8 @@ impl Service {
         let (id, room) = (room.id, room.clone());
         if new {
             self.subscribe(id);
+            // Invited to a group or a room: what its members wrote while none is online.
+            self.read_mailboxes(id);
         }
         Ok(self.core.room_view(&room)?)
     }
@@ -818,6 +836,7 @@ impl Service {
     ) -> Result<Sent, NodeError> {
         let (id, env, message) = composed?;
         self.entries_added(id);
+        self.mailboxes.wrote(id);
         // The message carried our receipt (see `Core::compose`); what did not fit rides
         // first on our next message, or goes in the next receipt.
         let (_, spacing) = self.receipt_pace(id);
@@ -1096,6 +1115,9 @@ impl Service {
                     .or_insert_with(|| (std::time::Instant::now(), Vec::new()));
                 let first = conns.is_empty();
                 conns.push((connection_id, addr));
+                if first && self.connections.len() == 1 {
+                    self.mailboxes_connected(false);
+                }
                 if first {
                     self.emit(Event::PeerConnected {
                         peer_id: peer_id.to_string(),
@@ -1121,6 +1143,7 @@ impl Service {
                         self.reconcile.forget_peer(&peer_id);
                         if self.connections.is_empty() {
                             // Alone now: go back to the bootstrap nodes to find the network.
+                            self.mailboxes_connected(true);
                             self.dial_bootstrap();
                         }
                         self.emit(Event::PeerDisconnected {
@@ -1208,17 +1231,22 @@ impl Service {
                             Err(e) => tracing::warn!(error = %e, "cannot list the files we hold"),
                         }
                         self.announce_files();
+                        self.read_all_mailboxes();
                     }
                 }
             }
-            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { result, step, .. }) => {
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => {
                 if step.last {
                     self.activity.dht_queries += 1;
                     if matches!(result, kad::QueryResult::Bootstrap(_)) {
                         self.activity.dht_bootstraps += 1;
                     }
                 }
-                self.on_kad_result(result);
+                if !self.on_mailbox_query(id, &result, step.last) {
+                    self.on_kad_result(result);
+                }
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 for (peer, addr) in list {

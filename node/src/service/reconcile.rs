@@ -61,6 +61,12 @@ pub(crate) enum Internal {
         /// Both envelopes of a valid proof.
         conflicting: Option<Vec<(Envelope, Payload)>>,
     },
+    /// Entries found in a mailbox, checked (see [`Service::store_from_mailbox`]).
+    FromMailbox {
+        room: RoomId,
+        ok: Vec<(Envelope, Payload)>,
+        bad: usize,
+    },
     /// A flush on a blocking thread finished (see [`Service::flush`]).
     Flushed(Result<bool, crate::journal::JournalError>),
     /// A room's history, read on a blocking thread (see [`Service::read_history`]).
@@ -1010,6 +1016,7 @@ impl Service {
                 }
                 None => self.penalise(peer, "sent an invalid fork proof"),
             },
+            Internal::FromMailbox { room, ok, bad } => self.store_from_mailbox(room, ok, bad),
             Internal::Flushed(result) => self.flushed(result),
             Internal::ReadEnded => self.reading -= 1,
             Internal::RepairOwn(room) => self.repair_own(room),

@@ -93,6 +93,11 @@ pub(crate) enum Cmd {
         /// your password wrote.
         #[arg(long)]
         no_auto_repair: bool,
+        /// Leave nothing in the DHT: messages a member has not confirmed are not put in a
+        /// mailbox for it (sealed, read only by the room's members) when you go offline, and
+        /// other authors' mailboxes are not read when the node comes back online.
+        #[arg(long)]
+        no_mailbox: bool,
         /// Address for the local API instead of 127.0.0.1 (containers: 0.0.0.0; the
         /// token still guards it).
         #[arg(long)]

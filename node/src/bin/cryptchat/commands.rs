@@ -429,8 +429,21 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
                     a.chunks_served
                 );
                 println!(
-                    "dht store: {} own keys, {} records of others ({} keys), {} refused",
-                    s.dht.own_keys, s.dht.other_records, s.dht.other_keys, s.dht.refused
+                    "dht store: {} own keys, {} records of others ({} keys), {} refused; \
+                     mailboxes: {} ours, {} of others ({}), {} refused",
+                    s.dht.own_keys,
+                    s.dht.other_records,
+                    s.dht.other_keys,
+                    s.dht.refused,
+                    s.dht.own_values,
+                    s.dht.other_values,
+                    human_size(s.dht.other_value_bytes as u64),
+                    s.dht.values_refused
+                );
+                let m = &s.mailboxes;
+                println!(
+                    "mailboxes: {} put, {} read ({} found), {} messages taken from them",
+                    m.put, m.read, m.found, m.taken
                 );
             })
         }

@@ -60,6 +60,7 @@ fn real_main() -> Result<()> {
             auto_fetch,
             auto_fetch_total,
             no_auto_repair,
+            no_mailbox,
         } => {
             init_tracing();
             let room_password = room_password_file
@@ -85,6 +86,9 @@ fn real_main() -> Result<()> {
             cfg.auto_fetch = auto_fetch;
             cfg.auto_fetch_total = auto_fetch_total;
             cfg.settle_forks = !no_auto_repair;
+            if no_mailbox {
+                cfg.mailbox_after = None;
+            }
             let faults = faults.config();
             faults.validate().map_err(anyhow::Error::msg)?;
             cfg.swarm.faults.set(faults);

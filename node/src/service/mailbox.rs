@@ -1,0 +1,358 @@
+//! Mailboxes in the DHT (see [`crate::mailbox`]): putting ours when members have not
+//! confirmed what we wrote, reading the room's authors' when we come back online.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use libp2p::kad;
+use serde::{Deserialize, Serialize};
+
+use super::Service;
+use super::reconcile::Internal;
+use crate::core;
+use crate::identity::UserId;
+use crate::mailbox::{MAX_ENTRIES, MailboxKeys};
+use crate::room::RoomId;
+
+/// Our entries a member is not known to hold go in our mailbox once the first of them is
+/// this old: long enough for the members online to say they have them (receipts ride on
+/// their messages or follow within seconds), so a room whose members are all there puts
+/// nothing. A node that stops puts what is left at once.
+pub const MAILBOX_AFTER: Duration = Duration::from_secs(30);
+/// Every room's mailboxes are read again this often, for what was written while we were
+/// online but out of reach of its author (a partition) and that no member we meet holds.
+const READ_EVERY: Duration = Duration::from_secs(30 * 60);
+/// A node alone (no connection) for this long reads every room's mailboxes when it
+/// reaches someone again: it was offline, and what was written meanwhile may be there only.
+const ALONE_FOR: Duration = Duration::from_secs(20);
+/// Mailbox reads running at once; the rest wait their turn (they share the DHT's query
+/// budget with rendezvous).
+const READS_AT_ONCE: usize = 8;
+/// Authors' mailboxes read per named room at most: those we hold the longest chains of.
+/// A direct or group room's members are all read (at most
+/// [`crate::room::MAX_GROUP_MEMBERS`]); a node in many busy named rooms would otherwise
+/// start thousands of DHT queries each time it comes back.
+const AUTHORS_PER_NAMED_ROOM: usize = 8;
+/// A stopping node waits this long at most for its last mailboxes to be stored.
+pub const PUT_BEFORE_STOP: Duration = Duration::from_secs(5);
+
+/// What the node did with mailboxes since it started, for `cryptchat status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MailboxStats {
+    /// Mailboxes we put (each holding our entries a member lacked in one room).
+    pub put: u64,
+    /// Mailboxes of others we looked up, and found (a record, once per distinct value).
+    pub read: u64,
+    pub found: u64,
+    /// Entries found in mailboxes that we did not hold.
+    pub taken: u64,
+}
+
+pub(crate) struct Mailboxes {
+    /// How old our first unconfirmed entry gets before it goes in our mailbox (`None`:
+    /// mailboxes are off, neither put nor read).
+    after: Option<Duration>,
+    /// Rooms we wrote in since our last put there, and when the first of those writes was.
+    wrote: HashMap<RoomId, Instant>,
+    /// Mailbox puts under way.
+    putting: HashSet<kad::QueryId>,
+    /// Mailboxes to read, in order, and those reads under way with the values they found.
+    due: VecDeque<(RoomId, UserId)>,
+    queued: HashSet<(RoomId, UserId)>,
+    reading: HashMap<kad::QueryId, (RoomId, UserId, HashSet<[u8; 32]>)>,
+    read_all_at: Option<Instant>,
+    alone_since: Option<Instant>,
+    stats: MailboxStats,
+}
+
+impl Mailboxes {
+    pub(crate) fn new(after: Option<Duration>) -> Self {
+        Mailboxes {
+            after,
+            wrote: HashMap::new(),
+            putting: HashSet::new(),
+            due: VecDeque::new(),
+            queued: HashSet::new(),
+            reading: HashMap::new(),
+            read_all_at: None,
+            alone_since: None,
+            stats: MailboxStats::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> MailboxStats {
+        self.stats
+    }
+
+    /// We wrote in `room`: a mailbox may be due there after [`MAILBOX_AFTER`].
+    pub(crate) fn wrote(&mut self, room: RoomId) {
+        if self.after.is_some() {
+            self.wrote.entry(room).or_insert_with(Instant::now);
+        }
+    }
+
+    pub(crate) fn putting(&self) -> bool {
+        !self.putting.is_empty()
+    }
+}
+
+impl Service {
+    /// Puts our mailbox in each room where we wrote a while ago (or at all, with `now`)
+    /// and a member is not known to hold all of it.
+    pub(super) fn put_mailboxes(&mut self, now: bool) {
+        let Some(after) = self.mailboxes.after else {
+            return;
+        };
+        if !self.kad_ready {
+            return;
+        }
+        let due: Vec<RoomId> = self
+            .mailboxes
+            .wrote
+            .iter()
+            .filter(|(_, at)| now || at.elapsed() >= after)
+            .map(|(room, _)| *room)
+            .collect();
+        for room in due {
+            self.mailboxes.wrote.remove(&room);
+            self.put_mailbox(room, (!now).then_some(after));
+        }
+    }
+
+    /// Puts our entries in `room` from the first that a member is not known to hold, if
+    /// there is one and it is at least `older_than` old; if it is younger (members are
+    /// still confirming what we write), looks again once it is that old.
+    fn put_mailbox(&mut self, room: RoomId, older_than: Option<Duration>) {
+        let Some(r) = self.core.room(&room).cloned() else {
+            return;
+        };
+        let me = self.core.identity().id();
+        let Some(held) = self.core.held_by_all(room, &me) else {
+            return;
+        };
+        let entries = match self.core.own_entries(room, held + 1, MAX_ENTRIES) {
+            Ok(entries) if !entries.is_empty() => entries,
+            Ok(_) => return,
+            Err(e) => return tracing::warn!(error = %e, "cannot read our entries for a mailbox"),
+        };
+        if let Some(after) = older_than {
+            let written =
+                crate::envelope::Envelope::parse(entries[0].clone(), self.core.author_keys())
+                    .map(|e| e.timestamp_ms)
+                    .unwrap_or(0);
+            let age = Duration::from_millis(crate::core::now_ms().saturating_sub(written));
+            if age < after {
+                let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                self.mailboxes.wrote.insert(room, at);
+                return;
+            }
+        }
+        let keys = MailboxKeys::new(&r, &me);
+        let (value, carried) = match keys.seal(entries.iter().map(Vec::as_slice)) {
+            Ok(sealed) => sealed,
+            Err(e) => return tracing::warn!(error = %e, "cannot seal a mailbox"),
+        };
+        let record = kad::Record::new(keys.record.to_vec(), value);
+        match self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .put_record(record, kad::Quorum::One)
+        {
+            Ok(id) => {
+                self.mailboxes.putting.insert(id);
+                self.mailboxes.stats.put += 1;
+                tracing::debug!(room = %room.to_hex(), from = held + 1, entries = carried, "mailbox put");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot put a mailbox"),
+        }
+    }
+
+    /// Every room's mailboxes are to be read (the DHT came up, we were offline, or it is
+    /// time again).
+    pub(super) fn read_all_mailboxes(&mut self) {
+        self.mailboxes.read_all_at = Some(Instant::now());
+        let rooms: Vec<RoomId> = self.core.rooms().map(|r| r.id).collect();
+        for room in rooms {
+            self.read_mailboxes(room);
+        }
+    }
+
+    /// The room's authors' mailboxes are to be read.
+    pub(super) fn read_mailboxes(&mut self, room: RoomId) {
+        if self.mailboxes.after.is_none() {
+            return;
+        }
+        let Some(r) = self.core.room(&room).cloned() else {
+            return;
+        };
+        let authors = match self.core.mailbox_authors(&r, AUTHORS_PER_NAMED_ROOM) {
+            Ok(authors) => authors,
+            Err(e) => return tracing::warn!(error = %e, "cannot list a room's authors"),
+        };
+        for author in authors {
+            if self.mailboxes.queued.insert((room, author)) {
+                self.mailboxes.due.push_back((room, author));
+            }
+        }
+        self.start_mailbox_reads();
+    }
+
+    /// Starts the mailbox reads that wait, as far as the query budget allows.
+    pub(super) fn start_mailbox_reads(&mut self) {
+        while self.kad_ready && self.mailboxes.reading.len() < READS_AT_ONCE && !self.dht_busy() {
+            let Some((room, author)) = self.mailboxes.due.pop_front() else {
+                return;
+            };
+            self.mailboxes.queued.remove(&(room, author));
+            let Some(r) = self.core.room(&room) else {
+                continue;
+            };
+            let keys = MailboxKeys::new(r, &author);
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .get_record(kad::RecordKey::new(&keys.record));
+            self.mailboxes.stats.read += 1;
+            self.mailboxes
+                .reading
+                .insert(id, (room, author, HashSet::new()));
+        }
+    }
+
+    /// On each sync round: mailboxes due to be put, and the periodic read.
+    pub(super) fn tick_mailboxes(&mut self) {
+        self.put_mailboxes(false);
+        if self
+            .mailboxes
+            .read_all_at
+            .is_some_and(|at| at.elapsed() >= READ_EVERY)
+        {
+            self.read_all_mailboxes();
+        }
+        self.start_mailbox_reads();
+    }
+
+    /// A connection opened (`alone` false) or the last one closed (`alone` true).
+    pub(super) fn mailboxes_connected(&mut self, alone: bool) {
+        if alone {
+            self.mailboxes.alone_since = Some(Instant::now());
+        } else if let Some(since) = self.mailboxes.alone_since.take()
+            && since.elapsed() >= ALONE_FOR
+            && self.kad_ready
+        {
+            self.read_all_mailboxes();
+        }
+    }
+
+    /// A DHT query ended or progressed: ours if it put or read a mailbox (`true`).
+    pub(super) fn on_mailbox_query(
+        &mut self,
+        id: kad::QueryId,
+        result: &kad::QueryResult,
+        last: bool,
+    ) -> bool {
+        if self.mailboxes.putting.contains(&id) {
+            if last {
+                self.mailboxes.putting.remove(&id);
+            }
+            if let kad::QueryResult::PutRecord(Err(e)) = result {
+                tracing::debug!(error = %e, "mailbox put did not reach the DHT");
+            }
+            return true;
+        }
+        if !self.mailboxes.reading.contains_key(&id) {
+            return false;
+        }
+        if let kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) = result {
+            self.found_mailbox(id, &found.record.value);
+        }
+        if last {
+            self.mailboxes.reading.remove(&id);
+            self.start_mailbox_reads();
+        }
+        true
+    }
+
+    fn found_mailbox(&mut self, id: kad::QueryId, value: &[u8]) {
+        let Some((room, author, seen)) = self.mailboxes.reading.get_mut(&id) else {
+            return;
+        };
+        // Every DHT node near the key answers, mostly with the same value.
+        if !seen.insert(crate::crypto::sha256(&[value])) {
+            return;
+        }
+        let (room, author) = (*room, *author);
+        let Some(r) = self.core.room(&room).cloned() else {
+            return;
+        };
+        let entries = match MailboxKeys::new(&r, &author).open(value) {
+            Ok(entries) => entries,
+            Err(e) => return tracing::debug!(error = %e, "mailbox record refused"),
+        };
+        self.mailboxes.stats.found += 1;
+        // Checked like entries a peer sends, on a blocking thread (signatures).
+        let me = self.core.identity().clone();
+        let keys = self.core.author_keys().clone();
+        let tx = self.reconcile.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let (mut ok, mut bad) = (Vec::new(), 0usize);
+            for result in core::check_batch(&me, &r, &entries, &keys, 1) {
+                match result {
+                    // Only the author's own entries: anything else under its key is not.
+                    Ok(v) if v.0.author_id() == author => ok.push(v),
+                    _ => bad += 1,
+                }
+            }
+            let _ = tx.send(Internal::FromMailbox { room, ok, bad });
+        });
+    }
+
+    /// Entries from a mailbox, checked: stored like pulled ones.
+    pub(super) fn store_from_mailbox(
+        &mut self,
+        room: RoomId,
+        ok: Vec<(crate::envelope::Envelope, crate::envelope::Payload)>,
+        bad: usize,
+    ) {
+        if bad > 0 {
+            tracing::debug!(room = %room.to_hex(), bad, "mailbox entries refused");
+        }
+        if ok.is_empty() {
+            return;
+        }
+        match self.core.store_batch(room, ok) {
+            Ok(report) => {
+                if report.added > 0 {
+                    self.mailboxes.stats.taken += report.added as u64;
+                    tracing::info!(room = %room.to_hex(), entries = report.added, "caught up from a mailbox");
+                    self.entries_added(room);
+                    self.news(room);
+                }
+                for m in report.appended {
+                    self.emit(super::Event::Message(Box::new(m)));
+                }
+                self.own_stored(room, &report.forked_authors);
+            }
+            Err(e) => tracing::error!(error = %e, "could not store entries from a mailbox"),
+        }
+    }
+
+    /// Before the node stops: puts what members lack of what we wrote, and waits (a little)
+    /// for it to be stored, so a message sent just before closing the laptop still arrives.
+    pub(super) async fn put_mailboxes_before_stop(&mut self) {
+        self.put_mailboxes(true);
+        let until = tokio::time::Instant::now() + PUT_BEFORE_STOP;
+        while self.mailboxes.putting() {
+            tokio::select! {
+                ev = futures::StreamExt::select_next_some(&mut self.swarm) => self.on_swarm_event(ev),
+                _ = tokio::time::sleep_until(until) => {
+                    tracing::debug!("stopping before every mailbox was stored");
+                    break;
+                }
+            }
+        }
+    }
+}
