@@ -849,3 +849,69 @@ async fn group_messages_reach_members_through_the_dht_after_their_author_went_of
     assert!(dht.other_values >= 1, "{dht:?}");
     assert!(relay.rooms().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mailbox_that_found_no_dht_node_is_put_once_one_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // The relay listens on a port it gets back when it restarts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let relay_id = identity("relay");
+    let start_relay = async || {
+        let mut cfg = common::inproc::config(&dir.join("relay"), &[]);
+        cfg.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+        cryptchat::service::start(relay_id.clone(), cfg)
+            .await
+            .unwrap()
+    };
+    let mut relay = start_relay().await;
+    let boot = vec![first_addr(&relay).await];
+    let [alice, bob] = [identity("alice"), identity("bob")];
+    let after = Some(Duration::from_secs(2));
+    let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
+    let mut b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    a.add_contact("bob", &bob.contact_code().encode())
+        .await
+        .unwrap();
+    b.add_contact("alice", &alice.contact_code().encode())
+        .await
+        .unwrap();
+    wait_for("the direct room connects", T, async || {
+        room_peers(&a, "@bob").await >= 1
+    })
+    .await;
+
+    // Bob and the relay go; Alice, alone, writes: her mailbox finds no DHT node.
+    b.shutdown().await.unwrap();
+    relay.shutdown().await.unwrap();
+    drop(relay);
+    wait_for("alice is alone", T, async || {
+        a.status().await.unwrap().connected_peers == 0
+    })
+    .await;
+    a.dm("bob", "written while alone").await.unwrap();
+    wait_for(
+        "alice's node finds no DHT node for her mailbox",
+        T,
+        async || mailboxes(&a).await.unplaced >= 1,
+    )
+    .await;
+
+    // The relay comes back: Alice's node reaches it and puts the mailbox again, there.
+    relay = start_relay().await;
+    wait_for("the relay stores alice's mailbox", T, async || {
+        relay.status().await.unwrap().dht.other_values >= 1
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    drop(a);
+    b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    wait_for("bob reads what alice wrote while alone", T, async || {
+        texts(&b, "@alice").await == ["written while alone"]
+    })
+    .await;
+}

@@ -40,8 +40,10 @@ pub const PUT_BEFORE_STOP: Duration = Duration::from_secs(5);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MailboxStats {
-    /// Mailboxes we put (each holding our entries a member lacked in one room).
+    /// Mailboxes we put (each holding our entries a member lacked in one room), and of
+    /// those the ones no DHT node took (tried again later).
     pub put: u64,
+    pub unplaced: u64,
     /// Mailboxes of others we looked up, and found (a record, once per distinct value).
     pub read: u64,
     pub found: u64,
@@ -55,8 +57,8 @@ pub(crate) struct Mailboxes {
     after: Option<Duration>,
     /// Rooms we wrote in since our last put there, and when the first of those writes was.
     wrote: HashMap<RoomId, Instant>,
-    /// Mailbox puts under way.
-    putting: HashSet<kad::QueryId>,
+    /// Mailbox puts under way, and their rooms.
+    putting: HashMap<kad::QueryId, RoomId>,
     /// Mailboxes to read, in order, and those reads under way with the values they found.
     due: VecDeque<(RoomId, UserId)>,
     queued: HashSet<(RoomId, UserId)>,
@@ -71,7 +73,7 @@ impl Mailboxes {
         Mailboxes {
             after,
             wrote: HashMap::new(),
-            putting: HashSet::new(),
+            putting: HashMap::new(),
             due: VecDeque::new(),
             queued: HashSet::new(),
             reading: HashMap::new(),
@@ -161,7 +163,7 @@ impl Service {
             .put_record(record, kad::Quorum::One)
         {
             Ok(id) => {
-                self.mailboxes.putting.insert(id);
+                self.mailboxes.putting.insert(id, room);
                 self.mailboxes.stats.put += 1;
                 tracing::debug!(room = %room.to_hex(), from = held + 1, entries = carried, "mailbox put");
             }
@@ -254,12 +256,19 @@ impl Service {
         result: &kad::QueryResult,
         last: bool,
     ) -> bool {
-        if self.mailboxes.putting.contains(&id) {
+        if let Some(&room) = self.mailboxes.putting.get(&id) {
             if last {
                 self.mailboxes.putting.remove(&id);
             }
             if let kad::QueryResult::PutRecord(Err(e)) = result {
+                // No DHT node took it (we are alone, or the nodes near the key are gone):
+                // try again after the usual wait, unless something new is waiting already.
                 tracing::debug!(error = %e, "mailbox put did not reach the DHT");
+                self.mailboxes.stats.unplaced += 1;
+                self.mailboxes
+                    .wrote
+                    .entry(room)
+                    .or_insert_with(Instant::now);
             }
             return true;
         }

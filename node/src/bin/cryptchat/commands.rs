@@ -442,8 +442,8 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
                 );
                 let m = &s.mailboxes;
                 println!(
-                    "mailboxes: {} put, {} read ({} found), {} messages taken from them",
-                    m.put, m.read, m.found, m.taken
+                    "mailboxes: {} put ({} found no DHT node), {} read ({} found), {} messages taken from them",
+                    m.put, m.unplaced, m.read, m.found, m.taken
                 );
             })
         }
