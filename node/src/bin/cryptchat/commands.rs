@@ -550,7 +550,9 @@ pub(crate) fn parse_message_ref(s: &str) -> Result<MessageRequest> {
 fn print_revised(s: &Sent, done: &str, seq: u64) {
     println!("{done} #{seq} in {}", s.message.room);
     if !s.published {
-        println!("no member reachable yet: it goes out when one is");
+        println!(
+            "no member reachable now: it goes out when one is, or through your mailbox in the DHT"
+        );
     }
 }
 
@@ -559,7 +561,8 @@ fn print_sent(s: &Sent) {
         println!("sent to {} (#{})", s.message.room, s.message.seq);
     } else {
         println!(
-            "stored in {} (#{}); no member reachable yet, it goes out when one is",
+            "stored in {} (#{}); no member reachable now: it goes out when one is, \
+             or through your mailbox in the DHT",
             s.message.room, s.message.seq
         );
     }
