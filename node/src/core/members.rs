@@ -133,9 +133,10 @@ impl Core {
     }
 
     /// How far every known member other than `author` (and us) is known to hold the
-    /// author's chain in the room: what a mailbox must carry from ([`crate::mailbox`]).
-    /// `None` when the room has no such member.
-    pub fn held_by_all(&self, room: RoomId, author: &UserId) -> Option<u64> {
+    /// author's chain in the room, leaving out members known to hold less than `at_least`:
+    /// what a mailbox must carry from ([`crate::mailbox`]). `None` when the room has no
+    /// such member.
+    pub fn held_by_all(&self, room: RoomId, author: &UserId, at_least: u64) -> Option<u64> {
         let me = self.identity.id();
         let receipts = self.receipts.get(&room);
         let short = short_id(&author.0);
@@ -151,6 +152,7 @@ impl Core {
                     .copied()
                     .unwrap_or(0)
             })
+            .filter(|held| *held >= at_least)
             .min()
     }
 

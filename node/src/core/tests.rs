@@ -2239,3 +2239,43 @@ fn unread_counts_others_messages_since_the_room_was_read_and_survive_a_restart()
         Err(CoreError::UnknownRoom(_))
     ));
 }
+
+#[test]
+fn a_mailbox_starts_where_the_member_furthest_behind_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = three_in_lobby(&dir);
+    let me = a.identity.id();
+    let mut rid = None;
+    let mut sent = Vec::new();
+    for i in 0..4 {
+        let (r, env, _) = a.compose("lobby", &format!("m{i}")).unwrap();
+        rid = Some(r);
+        sent.push(env.bytes().to_vec());
+    }
+    let rid = rid.unwrap();
+    // Nobody else known yet: no mailbox.
+    assert_eq!(a.held_by_all(rid, &me, 0), None);
+    // Bob holds all four, Carol the first two; each says so in a receipt.
+    for bytes in &sent {
+        b.receive(&rid.topic(), bytes.clone()).unwrap();
+    }
+    for bytes in &sent[..2] {
+        c.receive(&rid.topic(), bytes.clone()).unwrap();
+    }
+    for x in [&mut b, &mut c] {
+        let receipt = x.compose_receipt(rid, true).unwrap().unwrap();
+        a.receive(&rid.topic(), receipt.into_bytes()).unwrap();
+    }
+    assert_eq!(a.held_by_all(rid, &me, 0), Some(2));
+    // A member further behind than we look is left out.
+    assert_eq!(a.held_by_all(rid, &me, 3), Some(4));
+    assert_eq!(a.held_by_all(rid, &me, 5), None);
+    // Our entries from the first one Carol lacks.
+    let entries = a.own_entries(rid, 3, 100).unwrap();
+    assert_eq!(entries, sent[2..]);
+    assert_eq!(a.own_entries(rid, 3, 1).unwrap(), sent[2..3]);
+    // Whose mailboxes Bob reads: the authors he holds, not himself.
+    let lobby = b.room(&rid).unwrap().clone();
+    assert_eq!(b.mailbox_authors(&lobby, 8).unwrap(), vec![me]);
+    assert!(b.mailbox_authors(&lobby, 0).unwrap().is_empty());
+}

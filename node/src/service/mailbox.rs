@@ -12,7 +12,7 @@ use super::reconcile::Internal;
 use crate::core;
 use crate::identity::UserId;
 use crate::mailbox::{MAX_ENTRIES, MailboxKeys};
-use crate::room::RoomId;
+use crate::room::{RoomId, RoomKind};
 
 /// Our entries a member is not known to hold go in our mailbox once the first of them is
 /// this old: long enough for the members online to say they have them (receipts ride on
@@ -130,7 +130,21 @@ impl Service {
             return;
         };
         let me = self.core.identity().id();
-        let Some(held) = self.core.held_by_all(room, &me) else {
+        // In a named room, a member further behind than a mailbox holds (one who left, or
+        // has been away long) would keep every mailbox on entries nobody else lacks: it
+        // catches up from the room's members. A direct or group room's few members all
+        // count.
+        let at_least = match r.kind {
+            RoomKind::Named => {
+                let head = match self.core.journal().head(&room.0, &me.0) {
+                    Ok(head) => head.map_or(0, |h| h.seq),
+                    Err(e) => return tracing::warn!(error = %e, "cannot read our head"),
+                };
+                head.saturating_sub(MAX_ENTRIES as u64)
+            }
+            RoomKind::Direct | RoomKind::Group => 0,
+        };
+        let Some(held) = self.core.held_by_all(room, &me, at_least) else {
             return;
         };
         let entries = match self.core.own_entries(room, held + 1, MAX_ENTRIES) {
