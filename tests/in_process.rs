@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::inproc::{first_addr, identity, node, room_peers, texts, wait_for};
+use common::inproc::{befriend, first_addr, identity, node, room_peers, texts, wait_for};
 use cryptchat::envelope::{Envelope, Kind, Payload, Position};
 use cryptchat::room::Room;
 
@@ -93,12 +93,7 @@ async fn eavesdropper_on_a_direct_room_cannot_read() {
     let boot = vec![boot];
     let b = node(bob.clone(), &dir.path().join("b"), &boot).await;
     let c = node(carol.clone(), &dir.path().join("c"), &boot).await;
-    a.add_contact("bob", &bob.contact_code().encode())
-        .await
-        .unwrap();
-    b.add_contact("alice", &alice.contact_code().encode())
-        .await
-        .unwrap();
+    befriend(&a, &b).await;
     // Carol knows both public keys, so she can compute the direct room exactly and listen.
     let mut spy = Room::direct(alice.contact_code().into(), bob.contact_code().into());
     spy.name = "spy".into();

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::inproc::{entries, first_addr, identity, node, room_peers, texts, wait_for};
+use common::inproc::{befriend, entries, first_addr, identity, node, room_peers, texts, wait_for};
 use cryptchat::envelope::{Envelope, Kind, Payload, Position};
 use cryptchat::identity::Identity;
 use cryptchat::room::Room;
@@ -777,16 +777,8 @@ async fn group_messages_reach_members_through_the_dht_after_their_author_went_of
     let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
     let mut b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
     let mut c = node_with_mailbox(&carol, &dir.join("c"), &boot, after).await;
-    for (name, id) in [("bob", &bob), ("carol", &carol)] {
-        a.add_contact(name, &id.contact_code().encode())
-            .await
-            .unwrap();
-    }
-    for n in [&b, &c] {
-        n.add_contact("alice", &alice.contact_code().encode())
-            .await
-            .unwrap();
-    }
+    befriend(&a, &b).await;
+    befriend(&a, &c).await;
     a.create_group("plans", vec!["bob".into(), "carol".into()])
         .await
         .unwrap();
@@ -874,12 +866,7 @@ async fn a_mailbox_that_found_no_dht_node_is_put_once_one_is_back() {
     let after = Some(Duration::from_secs(2));
     let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
     let mut b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
-    a.add_contact("bob", &bob.contact_code().encode())
-        .await
-        .unwrap();
-    b.add_contact("alice", &alice.contact_code().encode())
-        .await
-        .unwrap();
+    befriend(&a, &b).await;
     wait_for("the direct room connects", T, async || {
         room_peers(&a, "@bob").await >= 1
     })

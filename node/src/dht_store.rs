@@ -186,13 +186,9 @@ impl DhtStore {
 
     /// Drops other peers' expired value records (at most every [`SWEEP_EVERY`]).
     fn sweep_values(&mut self, now: Instant) {
-        if self
-            .values_swept_at
-            .is_some_and(|at| now.duration_since(at) < SWEEP_EVERY)
-        {
+        if !sweep_due(&mut self.values_swept_at, now) {
             return;
         }
-        self.values_swept_at = Some(now);
         self.other_values.retain(|_, r| !r.is_expired(now));
         self.other_value_bytes = self.other_values.values().map(|r| r.value.len()).sum();
     }
@@ -240,19 +236,24 @@ impl DhtStore {
 
     /// Drops other peers' expired records (at most every [`SWEEP_EVERY`]).
     fn sweep(&mut self, now: Instant) {
-        if self
-            .swept_at
-            .is_some_and(|at| now.duration_since(at) < SWEEP_EVERY)
-        {
+        if !sweep_due(&mut self.swept_at, now) {
             return;
         }
-        self.swept_at = Some(now);
         self.others.retain(|_, list| {
             list.retain(|p| !p.is_expired(now));
             !list.is_empty()
         });
         self.other_records = self.others.values().map(Vec::len).sum();
     }
+}
+
+/// Whether a sweep last done at `last` may run again at `now` (then noted as done).
+fn sweep_due(last: &mut Option<Instant>, now: Instant) -> bool {
+    if last.is_some_and(|at| now.duration_since(at) < SWEEP_EVERY) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }
 
 type ProvidedIter<'a> = std::iter::Map<

@@ -32,6 +32,16 @@ pub async fn node(id: Arc<Identity>, dir: &Path, bootstrap: &[String]) -> NodeHa
     service::start(id, config(dir, bootstrap)).await.unwrap()
 }
 
+/// Makes `a` and `b` each other's contacts, under their usernames.
+pub async fn befriend(a: &NodeHandle, b: &NodeHandle) {
+    for (x, y) in [(a, b), (b, a)] {
+        let them = y.identity();
+        x.add_contact(them.username(), &them.contact_code().encode())
+            .await
+            .unwrap();
+    }
+}
+
 pub async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while start.elapsed() < timeout {
