@@ -1,10 +1,11 @@
 //! Who is in a room, as far as this node knows: the members it has heard from, how big
 //! the room is beyond them (for pacing), and how far each message was delivered.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use super::{Core, CoreError, MemberView, RoomReader, short_id};
+use super::{Core, CoreError, MemberView, Receipt, RoomReader, short_id};
 use crate::identity::UserId;
+use crate::receipt::ShortId;
 use crate::room::{Room, RoomId};
 
 impl Core {
@@ -138,20 +139,13 @@ impl Core {
     /// such member.
     pub fn held_by_all(&self, room: RoomId, author: &UserId, at_least: u64) -> Option<u64> {
         let me = self.identity.id();
-        let receipts = self.receipts.get(&room);
-        let short = short_id(&author.0);
+        let (receipts, short) = (self.receipts.get(&room), short_id(&author.0));
         self.members
             .get(&room)
             .into_iter()
             .flatten()
             .filter(|m| *m != author && **m != me)
-            .map(|m| {
-                receipts
-                    .and_then(|r| r.get(m))
-                    .and_then(|(_, v)| v.get(&short))
-                    .copied()
-                    .unwrap_or(0)
-            })
+            .map(|m| said_held(receipts, m, &short))
             .filter(|held| *held >= at_least)
             .min()
     }
@@ -186,7 +180,7 @@ impl Core {
     /// (members other than the author known to hold entry `seq` of `author`, such members).
     pub(super) fn delivery(&self, room: &Room, author: &UserId, seq: u64) -> (u32, u32) {
         let me = self.identity.id();
-        let receipts = self.receipts.get(&room.id);
+        let (receipts, short) = (self.receipts.get(&room.id), short_id(&author.0));
         let mut held = 0;
         let mut total = 0;
         self.for_each_member(room, |m| {
@@ -194,15 +188,21 @@ impl Core {
                 return;
             }
             total += 1;
-            let has = *m == me
-                || receipts
-                    .and_then(|r| r.get(m))
-                    .and_then(|(_, v)| v.get(&short_id(&author.0)))
-                    .is_some_and(|s| *s >= seq);
+            let has = *m == me || said_held(receipts, m, &short) >= seq;
             if has {
                 held += 1;
             }
         });
         (held, total)
     }
+}
+
+/// How far `member` said (receipts, heads on its messages) it holds the chain of the author
+/// named `short`, from a room's receipts: 0 if it said nothing of it.
+fn said_held(receipts: Option<&HashMap<UserId, Receipt>>, member: &UserId, short: &ShortId) -> u64 {
+    receipts
+        .and_then(|r| r.get(member))
+        .and_then(|(_, v)| v.get(short))
+        .copied()
+        .unwrap_or(0)
 }
