@@ -551,7 +551,8 @@ fn print_revised(s: &Sent, done: &str, seq: u64) {
     println!("{done} #{seq} in {}", s.message.room);
     if !s.published {
         println!(
-            "no member reachable now: it goes out when one is, or through your mailbox in the DHT"
+            "no member reachable now: it goes out when one is, and members you know of can \
+             also get it from your mailbox in the DHT"
         );
     }
 }
@@ -561,8 +562,8 @@ fn print_sent(s: &Sent) {
         println!("sent to {} (#{})", s.message.room, s.message.seq);
     } else {
         println!(
-            "stored in {} (#{}); no member reachable now: it goes out when one is, \
-             or through your mailbox in the DHT",
+            "stored in {} (#{}); no member reachable now: it goes out when one is, and \
+             members you know of can also get it from your mailbox in the DHT",
             s.message.room, s.message.seq
         );
     }
