@@ -160,13 +160,14 @@ impl DhtStore {
             self.values_refused += 1;
             return Err(Error::ValueTooLarge);
         }
-        let held = self
-            .other_values
-            .get(&record.key)
-            .map_or(0, |r| r.value.len());
-        let fits = |s: &Self| {
-            (held > 0 || s.other_values.len() < s.limits.other_values)
-                && s.other_value_bytes - held + size <= s.limits.other_value_bytes
+        // What the key holds now, looked up again after a sweep (which may drop it).
+        let held = |s: &Self| s.other_values.get(&record.key).map(|r| r.value.len());
+        let fits = |s: &Self| match held(s) {
+            Some(old) => s.other_value_bytes - old + size <= s.limits.other_value_bytes,
+            None => {
+                s.other_values.len() < s.limits.other_values
+                    && s.other_value_bytes + size <= s.limits.other_value_bytes
+            }
         };
         if !fits(self) {
             self.sweep_values(Instant::now());
@@ -175,11 +176,7 @@ impl DhtStore {
                 return Err(Error::MaxRecords);
             }
         }
-        let held = self
-            .other_values
-            .get(&record.key)
-            .map_or(0, |r| r.value.len());
-        self.other_value_bytes = self.other_value_bytes - held + size;
+        self.other_value_bytes = self.other_value_bytes - held(self).unwrap_or(0) + size;
         self.other_values.insert(record.key.clone(), record);
         Ok(())
     }
@@ -514,6 +511,24 @@ mod tests {
         assert_eq!(store.get(&key(1)).unwrap().value.len(), 7);
         store.remove(&key(2));
         assert_eq!(store.stats().other_value_bytes, 90);
+    }
+
+    #[test]
+    fn a_value_replacing_one_the_sweep_drops_stays_within_the_bytes() {
+        let mut store = DhtStore::with_limits(PeerId::random(), small());
+        let now = Instant::now();
+        let live = Some(now + Duration::from_secs(3600));
+        let other = PeerId::random();
+        store.put(value(key(1), other, 50, Some(now))).unwrap();
+        store.put(value(key(2), other, 100, live)).unwrap();
+        store.put(value(key(3), other, 100, live)).unwrap();
+        // 250 bytes, all taken. Key 1's 50 replaced by 100 would be 300: the sweep drops
+        // key 1's expired value, and 100 more still do not fit.
+        assert!(store.put(value(key(1), other, 100, live)).is_err());
+        assert!(store.get(&key(1)).is_none());
+        assert_eq!(store.stats().other_value_bytes, 200);
+        store.put(value(key(1), other, 50, live)).unwrap();
+        assert_eq!(store.stats().other_value_bytes, 250);
     }
 
     #[test]
