@@ -228,6 +228,46 @@ fn a_direct_message_sent_just_before_its_author_stops_reaches_its_reader_later()
 }
 
 #[test]
+fn a_direct_message_whose_author_was_killed_goes_in_a_mailbox_once_the_author_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let relay = NodeProc::start(
+        "relay",
+        &dir.join("relay"),
+        &["--listen".into(), listen_for("tcp")],
+    );
+    let (mut a, mut b) = (joining(dir, "alice", &relay), joining(dir, "bob", &relay));
+    let code = |n: &NodeProc| n.status()["contact_code"].as_str().unwrap().to_string();
+    a.cli(&["contact", "add", "bob", &code(&b)]);
+    b.cli(&["contact", "add", "alice", &code(&a)]);
+    wait_until("direct room connected", T, || a.room_peers("@bob") >= 1);
+    a.cli(&["dm", "bob", "are you there?"]);
+    wait_until("bob reads the DM", T, || {
+        b.texts("@alice") == ["are you there?"]
+    });
+
+    // Bob goes; Alice's node dies right after she writes (no shutdown code runs).
+    b.stop();
+    a.cli(&["dm", "bob", "written just before a crash"]);
+    a.kill();
+    let puts = |n: &NodeProc| n.log().matches("mailbox put").count();
+    assert_eq!(puts(&a), 0);
+    // Back, her node finds Bob still lacks it: her next stop (or 30 s) puts a mailbox,
+    // with nothing new written.
+    a.restart();
+    wait_until("alice's node is back in the DHT", T, || {
+        a.status()["mailboxes"]["read"].as_u64() >= Some(1)
+    });
+    a.stop();
+    assert_eq!(puts(&a), 1, "alice's node put one mailbox");
+    b.restart();
+    wait_until("bob reads what alice wrote before her node died", T, || {
+        b.texts("@alice") == ["are you there?", "written just before a crash"]
+    });
+    assert_eq!(b.status()["mailboxes"]["taken"], 1);
+}
+
+#[test]
 fn history_reads_back_page_by_page_and_searches_through_the_cli_and_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = lobby_pair(dir.path());

@@ -843,6 +843,62 @@ async fn group_messages_reach_members_through_the_dht_after_their_author_went_of
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_a_mailbox_starts_where_the_reader_stood_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let relay = node(identity("relay"), &dir.join("relay"), &[]).await;
+    let boot = vec![first_addr(&relay).await];
+    let [alice, bob] = [identity("alice"), identity("bob")];
+    let after = Some(Duration::from_secs(2));
+    let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
+    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    befriend(&a, &b).await;
+    wait_for("the direct room connects", T, async || {
+        room_peers(&a, "@bob").await >= 1
+    })
+    .await;
+    // More than one mailbox holds, all read and confirmed by Bob.
+    let long: Vec<String> = (0..5)
+        .map(|i| format!("{i} {}", "x".repeat(15_000)))
+        .collect();
+    for text in &long {
+        a.dm("bob", text).await.unwrap();
+    }
+    let delivered = async |n: &NodeHandle| -> Vec<u32> {
+        let h = n.history("@bob", 20).await.unwrap();
+        h.iter().map(|m| m.delivered_to).collect()
+    };
+    wait_for("bob confirms the five", T, async || {
+        delivered(&a).await == [1; 5]
+    })
+    .await;
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+    drop((a, b));
+
+    // Alice's node starts again and remembers what Bob holds: the delivery marks stay, and
+    // the mailbox it puts for her next message (by itself, Bob being away) starts after
+    // the five, not at her first message.
+    let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
+    assert_eq!(delivered(&a).await, [1; 5]);
+    a.dm("bob", "after the restart").await.unwrap();
+    wait_for("alice's node puts her mailbox", T, async || {
+        mailboxes(&a).await.put >= 1
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    drop(a);
+    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    wait_for(
+        "bob reads what alice wrote after her restart",
+        T,
+        async || texts(&b, "@alice").await.last().map(String::as_str) == Some("after the restart"),
+    )
+    .await;
+    assert_eq!(texts(&b, "@alice").await.len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_mailbox_that_found_no_dht_node_is_put_once_one_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();

@@ -1629,12 +1629,26 @@ impl Journal {
         value: &[u8],
         durable: bool,
     ) -> Result<(), JournalError> {
+        self.put_settings_with(&[(key.to_owned(), value.to_vec())], durable)
+    }
+
+    /// Stores several settings in one transaction (see [`Journal::put_setting_with`]).
+    pub fn put_settings_with(
+        &self,
+        settings: &[(String, Vec<u8>)],
+        durable: bool,
+    ) -> Result<(), JournalError> {
+        if settings.is_empty() {
+            return Ok(());
+        }
         let path = self.path.as_path();
         let txn = self.begin_write_with(durable)?;
-        txn.open_table(SETTINGS)
-            .at(path)?
-            .insert(key.as_bytes(), value)
-            .at(path)?;
+        {
+            let mut table = txn.open_table(SETTINGS).at(path)?;
+            for (key, value) in settings {
+                table.insert(key.as_bytes(), &value[..]).at(path)?;
+            }
+        }
         self.commit(txn, durable)
     }
 

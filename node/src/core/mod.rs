@@ -27,6 +27,7 @@ use crate::shown::Shown;
 use crate::sync::{self, ForkRef, Range};
 
 mod groups;
+mod held;
 mod ignore;
 mod incoming;
 mod members;
@@ -375,6 +376,8 @@ pub struct Core {
     counters: Counters,
     /// What each member's receipts say it holds, per room.
     receipts: HashMap<RoomId, HashMap<UserId, Receipt>>,
+    /// Rooms where a member's hold on our chain grew since it was last stored (see [`held`]).
+    held_dirty: HashSet<RoomId>,
     /// Known members of each room: a direct room's member list; in a named room everyone
     /// who has written (an entry stored) or said what it holds (a receipt, or heads on a
     /// message), and ourselves. Kept as they appear, since every delivered message counts
@@ -488,6 +491,7 @@ impl Core {
             read: HashMap::new(),
             counters: Counters::default(),
             receipts: HashMap::new(),
+            held_dirty: HashSet::new(),
             members: HashMap::new(),
             census: HashMap::new(),
             claims: Claims::new(MAX_TRACKED_AUTHORS),
@@ -508,6 +512,7 @@ impl Core {
             core.names.insert(room.name.clone(), room.id);
             core.rooms.insert(room.id, room);
         }
+        core.load_held()?;
         let ids: Vec<RoomId> = core.rooms.keys().copied().collect();
         for id in ids {
             core.gather_members(id)?;
@@ -664,6 +669,7 @@ impl Core {
             .delete_setting(&format!("{ROOM_PREFIX}{}", id.to_hex()))?;
         self.names.retain(|_, v| *v != id);
         self.forget_read(id)?;
+        self.forget_held(id)?;
         self.claims.forget(id);
         self.shown.forget_room(&id.0);
         self.members.remove(&id);

@@ -130,6 +130,8 @@ impl Core {
     /// what we know of it. Heads only grow, so a replay or an older list takes nothing back.
     pub(super) fn note_heads(&mut self, room: RoomId, member: UserId, heads: &[(ShortId, u64)]) {
         self.add_member(room, member);
+        let me = self.identity.id();
+        let mine = short_id(&me.0);
         let held = &mut self
             .receipts
             .entry(room)
@@ -137,13 +139,18 @@ impl Core {
             .entry(member)
             .or_insert((0, HashMap::new()))
             .1;
+        let mut ours_grew = false;
         for (id, seq) in heads {
             // A member names any authors it likes: past the cap, only those already known.
             if held.len() >= MAX_TRACKED_AUTHORS && !held.contains_key(id) {
                 continue;
             }
             let h = held.entry(*id).or_default();
+            ours_grew |= *id == mine && *seq > *h;
             *h = (*h).max(*seq);
+        }
+        if ours_grew && member != me {
+            self.held_dirty.insert(room);
         }
         self.claims.note(room, heads, Instant::now());
     }

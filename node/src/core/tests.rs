@@ -2279,3 +2279,51 @@ fn a_mailbox_starts_where_the_member_furthest_behind_stands() {
     assert_eq!(b.mailbox_authors(&lobby, 8).unwrap(), vec![me]);
     assert!(b.mailbox_authors(&lobby, 0).unwrap().is_empty());
 }
+
+#[test]
+fn what_members_hold_of_our_messages_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = three_in_lobby(&dir);
+    let me = a.identity.id();
+    let sent: Vec<Composed> = (0..3)
+        .map(|i| a.compose("lobby", &format!("m{i}")).unwrap())
+        .collect();
+    let rid = sent[0].0;
+    // Bob holds all three, Carol the first; they say so.
+    for m in &sent {
+        accepted(&mut b, m);
+    }
+    accepted(&mut c, &sent[0]);
+    for x in [&mut b, &mut c] {
+        let receipt = x.compose_receipt(rid, true).unwrap().unwrap();
+        a.receive(&rid.topic(), receipt.into_bytes()).unwrap();
+    }
+    assert_eq!(a.held_by_all(rid, &me, 0), Some(1));
+    assert_eq!(delivered(&a), [2, 1, 1]);
+    assert_eq!(a.save_held().unwrap(), 1);
+    assert_eq!(a.save_held().unwrap(), 0, "nothing changed since");
+
+    // Stopped and started again, Alice's node knows what it knew.
+    a.flush().unwrap();
+    drop(a);
+    let mut a = core(&dir, 0);
+    assert_eq!(a.held_by_all(rid, &me, 0), Some(1));
+    assert_eq!(a.held_by_all(rid, &me, 2), Some(3));
+    assert_eq!(delivered(&a), [2, 1, 1]);
+    assert_eq!(a.member_count(rid), 3);
+
+    // Carol catches up later: that is stored too; a room left forgets it.
+    accepted(&mut c, &sent[1]);
+    accepted(&mut c, &sent[2]);
+    let receipt = c.compose_receipt(rid, false).unwrap().unwrap();
+    a.receive(&rid.topic(), receipt.into_bytes()).unwrap();
+    assert_eq!(a.save_held().unwrap(), 1);
+    drop(a);
+    let mut a = core(&dir, 0);
+    assert_eq!(a.held_by_all(rid, &me, 0), Some(3));
+    a.leave("lobby").unwrap();
+    a.join(Room::named("lobby", None).unwrap()).unwrap();
+    drop(a);
+    let a = core(&dir, 0);
+    assert_eq!(a.held_by_all(rid, &me, 0), None);
+}

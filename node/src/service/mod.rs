@@ -395,8 +395,14 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         dials: HashMap::new(),
         mailboxes: mailbox::Mailboxes::new(cfg.mailbox_after),
     };
-    let topics: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
-    for id in topics {
+    // What we wrote before this start may still lack a member (the node was killed before
+    // its mailbox went out, or the member has been away since): looked at once the DHT is
+    // up and online members have had the usual time to say what they hold.
+    let rooms: Vec<RoomId> = service.core.rooms().map(|r| r.id).collect();
+    for &id in &rooms {
+        service.mailboxes.wrote(id);
+    }
+    for id in rooms {
         service.subscribe(id);
     }
     service.dial_bootstrap();
@@ -584,6 +590,7 @@ impl Service {
                     self.own_forks_ask();
                     self.sync_among(&members);
                     self.tick_mailboxes();
+                    self.save_held();
                     // Now and then everyone re-announces what it holds, for new members.
                     rounds += 1;
                     if rounds.is_multiple_of(RECEIPT_REFRESH_ROUNDS) {
@@ -635,6 +642,7 @@ impl Service {
         }
         // What was verified but not yet stored goes to disk.
         self.commit_unstored();
+        self.save_held();
         if let Err(e) = blocking(|| self.core.flush()) {
             tracing::error!(error = %e, "could not flush the journal");
         }

@@ -103,3 +103,13 @@ impl Service {
         (budget, crate::receipt::spacing(members, budget))
     }
 }
+
+impl Service {
+    /// Stores what members said they hold of our chain since the last time (see
+    /// `core::held`), so a restart does not forget it.
+    pub(super) fn save_held(&mut self) {
+        if let Err(e) = self.core.save_held() {
+            tracing::warn!(error = %e, "could not store what members hold of our messages");
+        }
+    }
+}
