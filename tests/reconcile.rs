@@ -899,6 +899,42 @@ async fn after_a_restart_a_mailbox_starts_where_the_reader_stood_before_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_mailbox_longer_than_one_record_reaches_its_reader_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let relay = node(identity("relay"), &dir.join("relay"), &[]).await;
+    let boot = vec![first_addr(&relay).await];
+    let [alice, bob] = [identity("alice"), identity("bob")];
+    let after = Some(Duration::from_secs(2));
+    let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
+    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    befriend(&a, &b).await;
+    wait_for("the direct room connects", T, async || {
+        room_peers(&a, "@bob").await >= 1
+    })
+    .await;
+    b.shutdown().await.unwrap();
+    drop(b);
+    // While Bob is away, Alice writes what takes three records (about 150 KiB), and goes.
+    let long: Vec<String> = (0..10)
+        .map(|i| format!("{i} {}", "y".repeat(15_000)))
+        .collect();
+    for text in &long {
+        a.dm("bob", text).await.unwrap();
+    }
+    a.shutdown().await.unwrap();
+    drop(a);
+    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    wait_for("bob reads all ten", T, async || {
+        texts(&b, "@alice").await == long
+    })
+    .await;
+    let read = mailboxes(&b).await;
+    assert!(read.found >= 3 && read.taken == 10, "{read:?}");
+    assert!(relay.status().await.unwrap().dht.other_values >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_mailbox_that_found_no_dht_node_is_put_once_one_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();

@@ -1226,19 +1226,20 @@ impl Core {
         Ok(v)
     }
 
-    /// Our own entries in the room from seq `from` on (at most `limit`), for our mailbox.
+    /// Our own entries in the room from seq `from` on (at most `limit`), with their seqs,
+    /// for our mailbox.
     pub fn own_entries(
         &self,
         room: RoomId,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<Vec<u8>>, CoreError> {
+    ) -> Result<Vec<(u64, Vec<u8>)>, CoreError> {
         let me = self.identity.id();
         Ok(self
             .journal
             .range(&room.0, &me.0, from.max(1), u64::MAX, limit)?
             .into_iter()
-            .map(|e| e.envelope)
+            .map(|e| (e.meta.seq, e.envelope))
             .collect())
     }
 

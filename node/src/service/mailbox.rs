@@ -11,7 +11,7 @@ use super::Service;
 use super::reconcile::Internal;
 use crate::core;
 use crate::identity::UserId;
-use crate::mailbox::{MAX_ENTRIES, MailboxKeys};
+use crate::mailbox::{MAX_ENTRIES, MailboxKeys, Pages};
 use crate::room::{RoomId, RoomKind};
 
 /// Our entries a member is not known to hold go in our mailbox once the first of them is
@@ -33,6 +33,9 @@ const READS_AT_ONCE: usize = 8;
 /// [`crate::room::MAX_GROUP_MEMBERS`]); a node in many busy named rooms would otherwise
 /// start thousands of DHT queries each time it comes back.
 const AUTHORS_PER_NAMED_ROOM: usize = 8;
+/// A page of our mailbox that has not changed is put again after this long all the same:
+/// DHT nodes keep a record 7 days from its last put, and the nodes near its key change.
+const PUT_AGAIN: Duration = Duration::from_secs(24 * 3600);
 /// A stopping node waits this long at most for its last mailboxes to be stored.
 pub const PUT_BEFORE_STOP: Duration = Duration::from_secs(5);
 
@@ -51,18 +54,24 @@ pub struct MailboxStats {
     pub taken: u64,
 }
 
+/// One page of one author's mailbox in one room.
+type Page = (RoomId, UserId, u8);
+
 pub(crate) struct Mailboxes {
     /// How old our first unconfirmed entry gets before it goes in our mailbox (`None`:
     /// mailboxes are off, neither put nor read).
     after: Option<Duration>,
     /// Rooms we wrote in since our last put there, and when the first of those writes was.
     wrote: HashMap<RoomId, Instant>,
-    /// Mailbox puts under way, and their rooms.
-    putting: HashMap<kad::QueryId, RoomId>,
-    /// Mailboxes to read, in order, and those reads under way with the values they found.
-    due: VecDeque<(RoomId, UserId)>,
-    queued: HashSet<(RoomId, UserId)>,
-    reading: HashMap<kad::QueryId, (RoomId, UserId, HashSet<[u8; 32]>)>,
+    /// Page puts under way, and their rooms and pages.
+    putting: HashMap<kad::QueryId, (RoomId, u8)>,
+    /// What each page of ours held when last put (its digest), and when: a page that did
+    /// not change is not put again for a day.
+    put_pages: HashMap<(RoomId, u8), ([u8; 32], Instant)>,
+    /// Pages to read, in order, and those reads under way with the values they found.
+    due: VecDeque<Page>,
+    queued: HashSet<Page>,
+    reading: HashMap<kad::QueryId, (Page, HashSet<[u8; 32]>)>,
     read_all_at: Option<Instant>,
     alone_since: Option<Instant>,
     stats: MailboxStats,
@@ -74,6 +83,7 @@ impl Mailboxes {
             after,
             wrote: HashMap::new(),
             putting: HashMap::new(),
+            put_pages: HashMap::new(),
             due: VecDeque::new(),
             queued: HashSet::new(),
             reading: HashMap::new(),
@@ -147,16 +157,12 @@ impl Service {
         let Some(held) = self.core.held_by_all(room, &me, at_least) else {
             return;
         };
-        let entries = match self.core.own_entries(room, held + 1, MAX_ENTRIES) {
-            Ok(entries) if !entries.is_empty() => entries,
-            Ok(_) => return,
+        let pages = match self.own_pages(room, held + 1) {
+            Ok(Some(pages)) => pages,
+            Ok(None) => return,
             Err(e) => return tracing::warn!(error = %e, "cannot read our entries for a mailbox"),
         };
-        if let Some(after) = older_than {
-            let written =
-                crate::envelope::Envelope::parse(entries[0].clone(), self.core.author_keys())
-                    .map(|e| e.timestamp_ms)
-                    .unwrap_or(0);
+        if let (Some(after), Some(written)) = (older_than, pages.1) {
             let age = Duration::from_millis(crate::core::now_ms().saturating_sub(written));
             if age < after {
                 let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
@@ -164,25 +170,70 @@ impl Service {
                 return;
             }
         }
+        let pages = pages.0;
         let keys = MailboxKeys::new(&r, &me);
-        let (value, carried) = match keys.seal(entries.iter().map(Vec::as_slice)) {
-            Ok(sealed) => sealed,
-            Err(e) => return tracing::warn!(error = %e, "cannot seal a mailbox"),
-        };
-        let record = kad::Record::new(keys.record.to_vec(), value);
-        match self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .put_record(record, kad::Quorum::One)
-        {
-            Ok(id) => {
-                self.mailboxes.putting.insert(id, room);
-                self.mailboxes.stats.put += 1;
-                tracing::debug!(room = %room.to_hex(), from = held + 1, entries = carried, "mailbox put");
+        let mut sent = 0;
+        for page in 0..pages.len() as u8 {
+            let digest = pages.digest(usize::from(page));
+            let put = self.mailboxes.put_pages.get(&(room, page));
+            if put.is_some_and(|(d, at)| *d == digest && at.elapsed() < PUT_AGAIN) {
+                continue;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot put a mailbox"),
+            let value = match keys.seal(&pages, page) {
+                Ok(value) => value,
+                Err(e) => return tracing::warn!(error = %e, "cannot seal a mailbox"),
+            };
+            let record = kad::Record::new(keys.record(page).to_vec(), value);
+            match (self.swarm.behaviour_mut().kad).put_record(record, kad::Quorum::One) {
+                Ok(id) => {
+                    self.mailboxes.putting.insert(id, (room, page));
+                    (self.mailboxes.put_pages).insert((room, page), (digest, Instant::now()));
+                    sent += 1;
+                }
+                Err(e) => return tracing::warn!(error = %e, "cannot put a mailbox"),
+            }
         }
+        if sent > 0 {
+            self.mailboxes.stats.put += 1;
+            tracing::debug!(
+                room = %room.to_hex(),
+                from = held + 1,
+                entries = pages.entries(),
+                pages = pages.len(),
+                changed = sent,
+                "mailbox put"
+            );
+        }
+    }
+
+    /// Our entries in `room` from seq `from` on, laid out in a mailbox's pages as far as
+    /// they fit, and when the first was written; `None` if there are none.
+    fn own_pages(
+        &self,
+        room: RoomId,
+        mut from: u64,
+    ) -> Result<Option<(Pages, Option<u64>)>, core::CoreError> {
+        let mut pages = Pages::default();
+        let mut first_written = None;
+        'fill: loop {
+            let chunk = self.core.own_entries(room, from, MAX_ENTRIES)?;
+            let Some((last, _)) = chunk.last() else {
+                break;
+            };
+            from = last + 1;
+            for (_, envelope) in &chunk {
+                if first_written.is_none() {
+                    first_written = Some(
+                        crate::envelope::Envelope::parse(envelope.clone(), self.core.author_keys())
+                            .map_or(0, |e| e.timestamp_ms),
+                    );
+                }
+                if !pages.push(envelope) {
+                    break 'fill;
+                }
+            }
+        }
+        Ok((!pages.is_empty()).then_some((pages, first_written)))
     }
 
     /// Every room's mailboxes are to be read (the DHT came up, we were offline, or it is
@@ -208,33 +259,32 @@ impl Service {
             Err(e) => return tracing::warn!(error = %e, "cannot list a room's authors"),
         };
         for author in authors {
-            if self.mailboxes.queued.insert((room, author)) {
-                self.mailboxes.due.push_back((room, author));
-            }
+            self.queue_mailbox_read((room, author, 0));
         }
         self.start_mailbox_reads();
+    }
+
+    fn queue_mailbox_read(&mut self, page: Page) {
+        if self.mailboxes.queued.insert(page) {
+            self.mailboxes.due.push_back(page);
+        }
     }
 
     /// Starts the mailbox reads that wait, as far as the query budget allows.
     pub(super) fn start_mailbox_reads(&mut self) {
         while self.kad_ready && self.mailboxes.reading.len() < READS_AT_ONCE && !self.dht_busy() {
-            let Some((room, author)) = self.mailboxes.due.pop_front() else {
+            let Some(page) = self.mailboxes.due.pop_front() else {
                 return;
             };
-            self.mailboxes.queued.remove(&(room, author));
+            self.mailboxes.queued.remove(&page);
+            let (room, author, n) = page;
             let Some(r) = self.core.room(&room) else {
                 continue;
             };
-            let keys = MailboxKeys::new(r, &author);
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .kad
-                .get_record(kad::RecordKey::new(&keys.record));
+            let key = MailboxKeys::new(r, &author).record(n);
+            let id = (self.swarm.behaviour_mut().kad).get_record(kad::RecordKey::new(&key));
             self.mailboxes.stats.read += 1;
-            self.mailboxes
-                .reading
-                .insert(id, (room, author, HashSet::new()));
+            self.mailboxes.reading.insert(id, (page, HashSet::new()));
         }
     }
 
@@ -270,7 +320,7 @@ impl Service {
         result: &kad::QueryResult,
         last: bool,
     ) -> bool {
-        if let Some(&room) = self.mailboxes.putting.get(&id) {
+        if let Some(&(room, page)) = self.mailboxes.putting.get(&id) {
             if last {
                 self.mailboxes.putting.remove(&id);
             }
@@ -278,6 +328,7 @@ impl Service {
                 // No DHT node took it (we are alone, or the nodes near the key are gone):
                 // try again after the usual wait, unless something new is waiting already.
                 tracing::debug!(error = %e, "mailbox put did not reach the DHT");
+                self.mailboxes.put_pages.remove(&(room, page));
                 self.mailboxes.stats.unplaced += 1;
                 self.mailboxes
                     .wrote
@@ -300,22 +351,27 @@ impl Service {
     }
 
     fn found_mailbox(&mut self, id: kad::QueryId, value: &[u8]) {
-        let Some((room, author, seen)) = self.mailboxes.reading.get_mut(&id) else {
+        let Some((page, seen)) = self.mailboxes.reading.get_mut(&id) else {
             return;
         };
         // Every DHT node near the key answers, mostly with the same value.
         if !seen.insert(crate::crypto::sha256(&[value])) {
             return;
         }
-        let (room, author) = (*room, *author);
+        let (room, author, n) = *page;
         let Some(r) = self.core.room(&room).cloned() else {
             return;
         };
-        let entries = match MailboxKeys::new(&r, &author).open(value) {
-            Ok(entries) => entries,
+        let opened = match MailboxKeys::new(&r, &author).open(n, value) {
+            Ok(opened) => opened,
             Err(e) => return tracing::debug!(error = %e, "mailbox record refused"),
         };
         self.mailboxes.stats.found += 1;
+        // The first page says how many follow.
+        for more in 1..opened.pages {
+            self.queue_mailbox_read((room, author, more));
+        }
+        let entries = opened.entries;
         // Checked like entries a peer sends, on a blocking thread (signatures).
         let me = self.core.identity().clone();
         let keys = self.core.author_keys().clone();
@@ -348,9 +404,13 @@ impl Service {
         }
         match self.core.store_batch(room, ok) {
             Ok(report) => {
+                // A later page may come before an earlier one: its entries wait for the gap.
+                let taken = report.added + report.pending;
+                self.mailboxes.stats.taken += taken as u64;
+                if taken > 0 {
+                    tracing::info!(room = %room.to_hex(), entries = taken, "caught up from a mailbox");
+                }
                 if report.added > 0 {
-                    self.mailboxes.stats.taken += report.added as u64;
-                    tracing::info!(room = %room.to_hex(), entries = report.added, "caught up from a mailbox");
                     self.entries_added(room);
                     self.news(room);
                 }
