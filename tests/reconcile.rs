@@ -935,6 +935,51 @@ async fn a_mailbox_longer_than_one_record_reaches_its_reader_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_small_file_sent_to_a_contact_who_is_away_is_fetched_from_the_dht() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let relay = node(identity("relay"), &dir.join("relay"), &[]).await;
+    let boot = vec![first_addr(&relay).await];
+    let [alice, bob] = [identity("alice"), identity("bob")];
+    let after = Some(Duration::from_secs(2));
+    let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
+    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    befriend(&a, &b).await;
+    wait_for("the direct room connects", T, async || {
+        room_peers(&a, "@bob").await >= 1
+    })
+    .await;
+    b.shutdown().await.unwrap();
+    drop(b);
+    // Alice sends Bob a photo (three chunks) while he is away, and goes too.
+    let photo = common::bytes(600_000, 7);
+    let src = dir.join("photo.jpg");
+    std::fs::write(&src, &photo).unwrap();
+    let sent = a.share_file("@bob", src).await.unwrap();
+    let id = sent.message.file.as_ref().unwrap().id.clone();
+    a.shutdown().await.unwrap();
+    drop(a);
+    // The mailbox, the list, and the three chunks in slices (5, 5 and 2 of 60 KiB): on
+    // the relay, which is in none of their rooms.
+    let held = relay.status().await.unwrap().dht.other_values;
+    assert!(held >= 1 + 1 + 5 + 5 + 2, "{held} records");
+
+    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    wait_for("the photo's message reaches bob", T, async || {
+        let history = b.history("@alice", 10).await.unwrap();
+        history
+            .iter()
+            .any(|m| m.file.as_ref().is_some_and(|f| f.id == id))
+    })
+    .await;
+    let out = dir.join("fetched.jpg");
+    let target = cryptchat::service::Target::Path(out.clone());
+    let fetched = b.fetch_file("@alice", &id, target).await.unwrap();
+    assert_eq!(fetched.size, photo.len() as u64);
+    assert_eq!(std::fs::read(&out).unwrap(), photo);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_mailbox_that_found_no_dht_node_is_put_once_one_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();

@@ -304,6 +304,13 @@ impl<P: Clone + Eq + Hash> Fetch<P> {
         self.missing.len()
     }
 
+    /// The missing chunks no peer is asked for now (the list alone, until it arrives).
+    pub fn unasked(&self) -> impl Iterator<Item = &ChunkId> {
+        self.missing
+            .iter()
+            .filter(|id| !self.in_flight.contains_key(*id))
+    }
+
     /// Chunks of the file held so far, and how many it has (the list not counted; none
     /// are known to be held until the list is).
     pub fn progress(&self) -> (u64, u64) {

@@ -818,10 +818,13 @@ impl Service {
         }
         job.looked_up_at = Some(Instant::now());
         let key = kad::RecordKey::new(&job.fetch.file().provider_key());
+        // A small file may also be in the DHT itself, put there with its author's mailbox.
+        let wanted: Vec<ChunkId> = job.fetch.unasked().copied().collect();
         tracing::debug!(file = %hex::encode(file), "looking for the file's holders in the DHT");
         self.activity.file_lookups += 1;
         self.fetches.lookups.insert(key.clone(), file);
         self.swarm.behaviour_mut().kad.get_providers(key);
+        self.find_slices(file, wanted);
     }
 
     /// Holders of a file we fetch, as the DHT names them: dial those we are not connected to.
@@ -927,9 +930,42 @@ impl Service {
                 Ok(Answer::Nothing)
             }
         };
+        self.take_answer(file, answer, Some(peer));
+    }
+
+    /// A chunk of `file` put together from the DHT (see `Service::find_slices`).
+    pub(super) fn chunk_from_dht(&mut self, file: ChunkId, chunk: ChunkId, sealed: Vec<u8>) {
+        let me = *self.swarm.local_peer_id();
+        let Some(job) = self.fetches.jobs.get_mut(&file) else {
+            return;
+        };
+        let answer = job.fetch.on_answer(&me, chunk, Some(sealed));
+        let kept = matches!(answer, Ok(Answer::Keep(..)));
+        self.take_answer(file, answer, None);
+        // Still stuck (no member serves it): the next chunks from the DHT too, at once.
+        let Some(job) = self.fetches.jobs.get(&file).filter(|_| kept) else {
+            return;
+        };
+        tracing::debug!(file = %hex::encode(file), "chunk fetched from the DHT");
+        if job.fetch.stuck(&self.room_peer_ids(job.room)) {
+            let wanted: Vec<ChunkId> = job.fetch.unasked().copied().collect();
+            self.find_slices(file, wanted);
+        }
+    }
+
+    /// Stores a chunk that checked out (from `peer`, or from the DHT), or deals with one
+    /// that did not; then asks for more.
+    fn take_answer(
+        &mut self,
+        file: ChunkId,
+        answer: Result<Answer, files::FileError>,
+        peer: Option<PeerId>,
+    ) {
         match answer {
             Ok(Answer::Keep(id, bytes)) => {
-                job.progress_at = Instant::now();
+                if let Some(job) = self.fetches.jobs.get_mut(&file) {
+                    job.progress_at = Instant::now();
+                }
                 if let Err(e) = self.core.journal().put_chunks(&[(id, bytes)], false) {
                     tracing::error!(error = %e, "cannot store a fetched chunk");
                     let path = self.core.journal().path().display().to_string();
@@ -941,9 +977,11 @@ impl Service {
                 }
             }
             Ok(Answer::Nothing) => {}
-            Err(files::FileError::WrongChunk) => {
-                self.penalise(peer, "sent a chunk that does not match its name");
-            }
+            Err(files::FileError::WrongChunk) => match peer {
+                Some(peer) => self.penalise(peer, "sent a chunk that does not match its name"),
+                // Anyone can put records under a slice's key: looked for again later.
+                None => tracing::debug!("a chunk from the DHT does not match its name"),
+            },
             Err(e) => {
                 // The list decrypts to nonsense: its author shared a broken file.
                 return self.fail_fetch(file, || NodeError::FileInput(e.to_string()));

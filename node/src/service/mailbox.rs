@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Service;
 use super::reconcile::Internal;
+use crate::chunk_slices::Slices;
 use crate::core;
+use crate::files::{ChunkId, FileRef};
 use crate::identity::UserId;
 use crate::mailbox::{MAX_ENTRIES, MailboxKeys, Pages};
 use crate::room::{RoomId, RoomKind};
@@ -35,7 +37,7 @@ const READS_AT_ONCE: usize = 8;
 const AUTHORS_PER_NAMED_ROOM: usize = 8;
 /// A page of our mailbox that has not changed is put again after this long all the same:
 /// DHT nodes keep a record 7 days from its last put, and the nodes near its key change.
-const PUT_AGAIN: Duration = Duration::from_secs(24 * 3600);
+pub(super) const PUT_AGAIN: Duration = Duration::from_secs(24 * 3600);
 /// A stopping node waits this long at most for its last mailboxes to be stored.
 pub const PUT_BEFORE_STOP: Duration = Duration::from_secs(5);
 
@@ -63,8 +65,8 @@ pub(crate) struct Mailboxes {
     after: Option<Duration>,
     /// Rooms we wrote in since our last put there, and when the first of those writes was.
     wrote: HashMap<RoomId, Instant>,
-    /// Page puts under way, and their rooms and pages.
-    putting: HashMap<kad::QueryId, (RoomId, u8)>,
+    /// Puts under way: pages, and slices of files' chunks.
+    putting: HashMap<kad::QueryId, Put>,
     /// What each page of ours held when last put (its digest), and when: a page that did
     /// not change is not put again for a day.
     put_pages: HashMap<(RoomId, u8), ([u8; 32], Instant)>,
@@ -74,7 +76,34 @@ pub(crate) struct Mailboxes {
     reading: HashMap<kad::QueryId, (Page, HashSet<[u8; 32]>)>,
     read_all_at: Option<Instant>,
     alone_since: Option<Instant>,
-    stats: MailboxStats,
+    /// Files we shared in this run that are small enough for the DHT, per room, with their
+    /// message's seq: put with the mailbox that carries that message (see
+    /// [`crate::chunk_slices`]).
+    pub(super) files: HashMap<RoomId, VecDeque<(u64, FileRef)>>,
+    /// Files whose chunks we put, and when.
+    pub(super) put_files: HashMap<ChunkId, Instant>,
+    /// Chunks of files we fetch being put together from the DHT, and the slice reads
+    /// under way.
+    pub(super) gathering: HashMap<ChunkId, Gathering>,
+    pub(super) slice_reads: HashMap<kad::QueryId, (ChunkId, u8)>,
+    pub(super) stats: MailboxStats,
+}
+
+/// A put of ours under way.
+#[derive(Clone, Copy)]
+pub(super) enum Put {
+    Page(RoomId, u8),
+    /// A slice of a chunk of the file (named by its list) shared in the room.
+    File(RoomId, ChunkId),
+}
+
+/// A chunk being put together from its slices in the DHT, for a fetch of `file`.
+pub(super) struct Gathering {
+    pub file: ChunkId,
+    pub slices: Slices,
+    /// Slices asked for, and reads still running.
+    pub asked: HashSet<u8>,
+    pub running: usize,
 }
 
 impl Mailboxes {
@@ -89,6 +118,10 @@ impl Mailboxes {
             reading: HashMap::new(),
             read_all_at: None,
             alone_since: None,
+            files: HashMap::new(),
+            put_files: HashMap::new(),
+            gathering: HashMap::new(),
+            slice_reads: HashMap::new(),
             stats: MailboxStats::default(),
         }
     }
@@ -106,6 +139,15 @@ impl Mailboxes {
 
     pub(crate) fn putting(&self) -> bool {
         !self.putting.is_empty()
+    }
+
+    /// Whether mailboxes are on (neither put nor read with `run --no-mailbox`).
+    pub(crate) fn enabled(&self) -> bool {
+        self.after.is_some()
+    }
+
+    pub(super) fn put(&mut self, id: kad::QueryId, put: Put) {
+        self.putting.insert(id, put);
     }
 }
 
@@ -157,12 +199,12 @@ impl Service {
         let Some(held) = self.core.held_by_all(room, &me, at_least) else {
             return;
         };
-        let pages = match self.own_pages(room, held + 1) {
+        let (pages, written, last) = match self.own_pages(room, held + 1) {
             Ok(Some(pages)) => pages,
             Ok(None) => return,
             Err(e) => return tracing::warn!(error = %e, "cannot read our entries for a mailbox"),
         };
-        if let (Some(after), Some(written)) = (older_than, pages.1) {
+        if let Some(after) = older_than {
             let age = Duration::from_millis(crate::core::now_ms().saturating_sub(written));
             if age < after {
                 let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
@@ -170,7 +212,6 @@ impl Service {
                 return;
             }
         }
-        let pages = pages.0;
         let keys = MailboxKeys::new(&r, &me);
         let mut sent = 0;
         for page in 0..pages.len() as u8 {
@@ -186,13 +227,15 @@ impl Service {
             let record = kad::Record::new(keys.record(page).to_vec(), value);
             match (self.swarm.behaviour_mut().kad).put_record(record, kad::Quorum::One) {
                 Ok(id) => {
-                    self.mailboxes.putting.insert(id, (room, page));
+                    self.mailboxes.putting.insert(id, Put::Page(room, page));
                     (self.mailboxes.put_pages).insert((room, page), (digest, Instant::now()));
                     sent += 1;
                 }
                 Err(e) => return tracing::warn!(error = %e, "cannot put a mailbox"),
             }
         }
+        // The files whose messages it carries go with it.
+        self.put_files(room, held + 1..=last);
         if sent > 0 {
             self.mailboxes.stats.put += 1;
             tracing::debug!(
@@ -207,21 +250,22 @@ impl Service {
     }
 
     /// Our entries in `room` from seq `from` on, laid out in a mailbox's pages as far as
-    /// they fit, and when the first was written; `None` if there are none.
+    /// they fit, when the first was written, and the last one's seq; `None` if there are
+    /// none.
     fn own_pages(
         &self,
         room: RoomId,
         mut from: u64,
-    ) -> Result<Option<(Pages, Option<u64>)>, core::CoreError> {
+    ) -> Result<Option<(Pages, u64, u64)>, core::CoreError> {
         let mut pages = Pages::default();
-        let mut first_written = None;
+        let (mut first_written, mut last) = (None, 0);
         'fill: loop {
             let chunk = self.core.own_entries(room, from, MAX_ENTRIES)?;
-            let Some((last, _)) = chunk.last() else {
+            let Some((end, _)) = chunk.last() else {
                 break;
             };
-            from = last + 1;
-            for (_, envelope) in &chunk {
+            from = end + 1;
+            for (seq, envelope) in &chunk {
                 if first_written.is_none() {
                     first_written = Some(
                         crate::envelope::Envelope::parse(envelope.clone(), self.core.author_keys())
@@ -231,9 +275,10 @@ impl Service {
                 if !pages.push(envelope) {
                     break 'fill;
                 }
+                last = *seq;
             }
         }
-        Ok((!pages.is_empty()).then_some((pages, first_written)))
+        Ok((!pages.is_empty()).then(|| (pages, first_written.unwrap_or(0), last)))
     }
 
     /// Every room's mailboxes are to be read (the DHT came up, we were offline, or it is
@@ -320,7 +365,7 @@ impl Service {
         result: &kad::QueryResult,
         last: bool,
     ) -> bool {
-        if let Some(&(room, page)) = self.mailboxes.putting.get(&id) {
+        if let Some(&put) = self.mailboxes.putting.get(&id) {
             if last {
                 self.mailboxes.putting.remove(&id);
             }
@@ -328,13 +373,26 @@ impl Service {
                 // No DHT node took it (we are alone, or the nodes near the key are gone):
                 // try again after the usual wait, unless something new is waiting already.
                 tracing::debug!(error = %e, "mailbox put did not reach the DHT");
-                self.mailboxes.put_pages.remove(&(room, page));
+                let room = match put {
+                    Put::Page(room, page) => {
+                        self.mailboxes.put_pages.remove(&(room, page));
+                        room
+                    }
+                    Put::File(room, file) => {
+                        self.mailboxes.put_files.remove(&file);
+                        room
+                    }
+                };
                 self.mailboxes.stats.unplaced += 1;
                 self.mailboxes
                     .wrote
                     .entry(room)
                     .or_insert_with(Instant::now);
             }
+            return true;
+        }
+        if self.mailboxes.slice_reads.contains_key(&id) {
+            self.on_slice_query(id, result, last);
             return true;
         }
         if !self.mailboxes.reading.contains_key(&id) {

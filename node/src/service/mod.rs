@@ -30,6 +30,7 @@ mod own;
 mod receipts;
 mod reconcile;
 mod rendezvous;
+mod slices;
 mod webrtc;
 
 pub use files::{FetchProgress, Fetched, FileReader, Forgotten, KnownFile, Target};
@@ -932,10 +933,14 @@ impl Service {
             }
             Command::ShareFile(room, file, r) => {
                 let key = file.provider_key();
-                let composed = blocking(|| self.core.compose_file(&room, file));
+                let composed = blocking(|| self.core.compose_file(&room, file.clone()));
+                let at = composed.as_ref().ok().map(|(id, env, _)| (*id, env.seq));
                 let sent = self.send_composed(composed);
                 if sent.is_ok() {
                     self.provide_file(key);
+                    if let Some((id, seq)) = at {
+                        self.shared_file(id, seq, file);
+                    }
                 }
                 let _ = r.send(sent);
             }
