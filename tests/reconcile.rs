@@ -976,6 +976,7 @@ async fn a_small_file_sent_to_a_contact_who_is_away_is_fetched_from_the_dht() {
     let target = cryptchat::service::Target::Path(out.clone());
     let fetched = b.fetch_file("@alice", &id, target).await.unwrap();
     assert_eq!(fetched.size, photo.len() as u64);
+    assert_eq!((fetched.chunks_fetched, fetched.chunks_from_dht), (4, 4));
     assert_eq!(std::fs::read(&out).unwrap(), photo);
 }
 

@@ -38,8 +38,12 @@ pub struct Fetched {
     pub size: u64,
     /// Where it was written.
     pub path: String,
-    /// Chunks fetched from peers (0 when this node held the whole file already).
+    /// Chunks fetched (0 when this node held the whole file already), and of those the
+    /// ones put together from the DHT (a small file whose author left it there, see
+    /// [`crate::chunk_slices`]).
     pub chunks_fetched: u64,
+    #[serde(default)]
+    pub chunks_from_dht: u64,
 }
 
 /// A file whose copy this node dropped (`cryptchat forget`).
@@ -220,6 +224,8 @@ struct Job {
     progress_at: Instant,
     /// When we last searched the DHT for the file's holders.
     looked_up_at: Option<Instant>,
+    /// Chunks put together from the DHT.
+    from_dht: u64,
 }
 
 /// The fetches under way, by file id, and their chunk requests; the files this node
@@ -453,7 +459,7 @@ fn assemble(
     file: &FileRef,
     list: &[ChunkId],
     target: &Target,
-    fetched: u64,
+    (fetched, from_dht): (u64, u64),
 ) -> Result<Fetched, NodeError> {
     let path = target.resolve(&file.name);
     let fail = |why: String| NodeError::FileInput(format!("{}: {why}", path.display()));
@@ -490,6 +496,7 @@ fn assemble(
         size: file.size,
         path: path.display().to_string(),
         chunks_fetched: fetched,
+        chunks_from_dht: from_dht,
     })
 }
 
@@ -749,6 +756,7 @@ impl Service {
                 waiting: vec![waiter],
                 progress_at: Instant::now(),
                 looked_up_at: None,
+                from_dht: 0,
             },
         );
         self.pump(file.list);
@@ -941,6 +949,9 @@ impl Service {
         };
         let answer = job.fetch.on_answer(&me, chunk, Some(sealed));
         let kept = matches!(answer, Ok(Answer::Keep(..)));
+        if kept {
+            job.from_dht += 1;
+        }
         self.take_answer(file, answer, None);
         // Still stuck (no member serves it): the next chunks from the DHT too, at once.
         let Some(job) = self.fetches.jobs.get(&file).filter(|_| kept) else {
@@ -1021,6 +1032,7 @@ impl Service {
             .unwrap_or_default();
         let info = job.fetch.file().clone();
         let fetched = job.fetch.received();
+        let job_from_dht = job.from_dht;
         let journal: Arc<Journal> = self.core.shared_journal();
         tracing::info!(file = %info.id(), fetched, "file fetched");
         // We hold it whole now (and did not before): others may fetch it from us.
@@ -1043,7 +1055,13 @@ impl Service {
             for waiter in job.waiting {
                 match waiter {
                     Waiter::Write(target, reply) => {
-                        drop(reply.send(assemble(&journal, &info, &list, &target, fetched)));
+                        drop(reply.send(assemble(
+                            &journal,
+                            &info,
+                            &list,
+                            &target,
+                            (fetched, job_from_dht),
+                        )));
                     }
                     Waiter::Read(reply) => drop(reply.send(Ok(FileReader {
                         name: info.name.clone(),

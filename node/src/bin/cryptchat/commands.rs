@@ -217,8 +217,13 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
             drop(progress);
             let v = v?;
             print(json, &v, |v| {
+                let from = match v.chunks_from_dht {
+                    0 => "from peers".to_string(),
+                    n if n == v.chunks_fetched => "from the DHT".to_string(),
+                    n => format!("{n} of them from the DHT"),
+                };
                 println!(
-                    "fetched {} ({}) to {}; {} chunks from peers",
+                    "fetched {} ({}) to {}; {} chunks {from}",
                     v.name,
                     human_size(v.size),
                     v.path,
