@@ -2,9 +2,11 @@
 //!
 //! An envelope names its author by id (the SHA-256 of the author's DER public key) and
 //! carries the key itself only where a reader may not know it yet: in the author's first
-//! entry of a room, and in every receipt. Every later entry of that author in that room can
-//! only be accepted after the first (chains are contiguous), so its reader holds the key by
-//! then. A key is bound to its id by the hash, so learning it from any envelope is safe.
+//! entry of a room, and in every receipt. A later entry of that author in that room is
+//! stored only after the first (chains are contiguous), so its reader mostly holds the key
+//! by then; entries that come ahead of the first (a mailbox's later page) are checked with
+//! the keys a direct or group room's member list names. A key is bound to its id by the
+//! hash, so learning it from any envelope or member list is safe.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use super::{Core, CoreError, MemberView, Receipt, RoomReader, short_id};
 use crate::identity::UserId;
 use crate::receipt::ShortId;
-use crate::room::{Room, RoomId};
+use crate::room::{Access, Room, RoomId};
 
 impl Core {
     /// A room's known members, us first, then by how many of their messages we hold; their
@@ -45,6 +45,14 @@ impl Core {
     /// Collects a room's known members (see `Core::members`) when it is loaded or joined;
     /// from then on a named room's are added as they appear.
     pub(super) fn gather_members(&mut self, room: RoomId) -> Result<(), CoreError> {
+        // A direct or group room's list names its members' keys: their entries check out
+        // whichever arrives first (a mailbox's later page before the one with the key the
+        // author's first entry carries).
+        if let Some(Access::Members(list)) = self.rooms.get(&room).map(|r| &r.access) {
+            for m in list {
+                self.keys.insert(m.identity.clone());
+            }
+        }
         let members: HashSet<UserId> = match self.rooms.get(&room).and_then(Room::member_ids) {
             Some(ids) => ids.into_iter().collect(),
             None => {

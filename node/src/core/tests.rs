@@ -2330,3 +2330,35 @@ fn what_members_hold_of_our_messages_survives_a_restart() {
     let a = core(&dir, 0);
     assert_eq!(a.held_by_all(rid, &me, 0), None);
 }
+
+#[test]
+fn a_direct_rooms_entries_stored_last_page_first_all_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = contacts_pair(&dir);
+    let sent: Vec<Composed> = (0..10)
+        .map(|i| a.compose("@bob", &format!("m{i}")).unwrap())
+        .collect();
+    let room = b.room_by_name("@alice").unwrap().id;
+    let checked = |b: &Core, range: std::ops::Range<usize>| -> Vec<(Envelope, Payload)> {
+        sent[range]
+            .iter()
+            .map(|(_, env, _)| {
+                let bytes = env.bytes().to_vec();
+                check(&b.identity, b.room(&room).unwrap(), bytes, &b.keys).unwrap()
+            })
+            .collect()
+    };
+    // As a mailbox's pages may come: the last first, the first last.
+    let last = checked(&b, 8..10);
+    assert_eq!(b.store_batch(room, last).unwrap().pending, 2);
+    let middle = checked(&b, 4..8);
+    assert_eq!(b.store_batch(room, middle).unwrap().pending, 4);
+    let first = checked(&b, 0..4);
+    let report = b.store_batch(room, first).unwrap();
+    assert_eq!(report.added, 4);
+    assert_eq!(report.appended.len(), 10);
+    let shown: Vec<String> = (b.history("@alice", 20).unwrap().into_iter())
+        .filter_map(|m| m.text)
+        .collect();
+    assert_eq!(shown, (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
+}
