@@ -981,6 +981,56 @@ async fn a_small_file_sent_to_a_contact_who_is_away_is_fetched_from_the_dht() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_file_a_member_saw_but_did_not_fetch_goes_in_the_dht_as_its_author_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let relay = node(identity("relay"), &dir.join("relay"), &[]).await;
+    let boot = vec![first_addr(&relay).await];
+    let [alice, bob] = [identity("alice"), identity("bob")];
+    let after = Some(Duration::from_secs(2));
+    let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
+    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    befriend(&a, &b).await;
+    wait_for("the direct room connects", T, async || {
+        room_peers(&a, "@bob").await >= 1
+    })
+    .await;
+    let share = async |name: &str, len: usize| {
+        let src = dir.join(name);
+        std::fs::write(&src, common::bytes(len, len as u64)).unwrap();
+        let sent = a.share_file("@bob", src).await.unwrap();
+        let id = sent.message.file.as_ref().unwrap().id.clone();
+        wait_for(
+            "bob has the file's message, and alice knows",
+            T,
+            async || {
+                let history = a.history("@bob", 10).await.unwrap();
+                history.last().is_some_and(|m| m.delivered_to == 1)
+            },
+        )
+        .await;
+        id
+    };
+    let fetch = async |id: &str, name: &str| {
+        let target = cryptchat::service::Target::Path(dir.join(name));
+        b.fetch_file("@alice", id, target).await.unwrap()
+    };
+    // Bob fetches the first file while Alice is there; the second he only sees.
+    let first = share("slides.pdf", 300_000).await;
+    assert_eq!(fetch(&first, "slides-got.pdf").await.chunks_from_dht, 0);
+    let second = share("photo.jpg", 100_000).await;
+    a.shutdown().await.unwrap();
+    drop(a);
+    // What went in the DHT as Alice stopped: the second file (its list, and its one chunk
+    // in two slices), not the first, and no mailbox (Bob holds every message).
+    assert_eq!(relay.status().await.unwrap().dht.other_values, 3);
+    let got = fetch(&second, "photo-got.jpg").await;
+    assert_eq!((got.chunks_fetched, got.chunks_from_dht), (2, 2));
+    let photo = std::fs::read(dir.join("photo-got.jpg")).unwrap();
+    assert_eq!(photo, common::bytes(100_000, 100_000));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_mailbox_that_found_no_dht_node_is_put_once_one_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();

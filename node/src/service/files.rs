@@ -1088,6 +1088,7 @@ impl Service {
             Ok(bytes) => {
                 if bytes.is_some() {
                     self.activity.chunks_served += 1;
+                    self.mailboxes.shared.served(peer, id);
                     let now = Instant::now();
                     self.fetches.serving.insert(peer, now);
                     self.fetches

@@ -11,7 +11,7 @@ use super::Service;
 use super::reconcile::Internal;
 use crate::chunk_slices::Slices;
 use crate::core;
-use crate::files::{ChunkId, FileRef};
+use crate::files::ChunkId;
 use crate::identity::UserId;
 use crate::mailbox::{MAX_ENTRIES, MailboxKeys, Pages};
 use crate::room::{RoomId, RoomKind};
@@ -76,12 +76,8 @@ pub(crate) struct Mailboxes {
     reading: HashMap<kad::QueryId, (Page, HashSet<[u8; 32]>)>,
     read_all_at: Option<Instant>,
     alone_since: Option<Instant>,
-    /// Files we shared in this run that are small enough for the DHT, per room, with their
-    /// message's seq: put with the mailbox that carries that message (see
-    /// [`crate::chunk_slices`]).
-    pub(super) files: HashMap<RoomId, VecDeque<(u64, FileRef)>>,
-    /// Files whose chunks we put, and when.
-    pub(super) put_files: HashMap<ChunkId, Instant>,
+    /// Small files we shared in this run (see [`crate::chunk_slices`]).
+    pub(super) shared: super::slices::SharedFiles,
     /// Chunks of files we fetch being put together from the DHT, and the slice reads
     /// under way.
     pub(super) gathering: HashMap<ChunkId, Gathering>,
@@ -118,8 +114,7 @@ impl Mailboxes {
             reading: HashMap::new(),
             read_all_at: None,
             alone_since: None,
-            files: HashMap::new(),
-            put_files: HashMap::new(),
+            shared: Default::default(),
             gathering: HashMap::new(),
             slice_reads: HashMap::new(),
             stats: MailboxStats::default(),
@@ -161,13 +156,22 @@ impl Service {
         if !self.kad_ready {
             return;
         }
-        let due: Vec<RoomId> = self
+        let mut due: Vec<RoomId> = self
             .mailboxes
             .wrote
             .iter()
             .filter(|(_, at)| now || at.elapsed() >= after)
             .map(|(room, _)| *room)
             .collect();
+        if now {
+            // Stopping: files members did not fetch go too (see `SharedFiles`).
+            let shared = self.rooms_with_shared_files();
+            due.extend(
+                shared
+                    .into_iter()
+                    .filter(|r| !self.mailboxes.wrote.contains_key(r)),
+            );
+        }
         for room in due {
             self.mailboxes.wrote.remove(&room);
             self.put_mailbox(room, (!now).then_some(after));
@@ -199,9 +203,10 @@ impl Service {
         let Some(held) = self.core.held_by_all(room, &me, at_least) else {
             return;
         };
+        let stopping = older_than.is_none();
         let (pages, written, last) = match self.own_pages(room, held + 1) {
             Ok(Some(pages)) => pages,
-            Ok(None) => return,
+            Ok(None) => return self.put_files(room, None, stopping),
             Err(e) => return tracing::warn!(error = %e, "cannot read our entries for a mailbox"),
         };
         if let Some(after) = older_than {
@@ -235,7 +240,7 @@ impl Service {
             }
         }
         // The files whose messages it carries go with it.
-        self.put_files(room, held + 1..=last);
+        self.put_files(room, Some(held + 1..=last), stopping);
         if sent > 0 {
             self.mailboxes.stats.put += 1;
             tracing::debug!(
@@ -379,7 +384,7 @@ impl Service {
                         room
                     }
                     Put::File(room, file) => {
-                        self.mailboxes.put_files.remove(&file);
+                        self.file_unplaced(&file);
                         room
                     }
                 };

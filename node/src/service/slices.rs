@@ -2,11 +2,11 @@
 //! shared along with the mailbox that carries its message, and fetching a file's missing
 //! chunks from there when no member that holds them can be reached.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::RangeInclusive;
 use std::time::Instant;
 
-use libp2p::kad;
+use libp2p::{PeerId, kad};
 
 use super::Service;
 use super::mailbox::{Gathering, PUT_AGAIN, Put};
@@ -22,31 +22,134 @@ const GATHER_AT_ONCE: usize = 8;
 /// A sealed chunk (or list) and its name.
 type Sealed = (ChunkId, Vec<u8>);
 
+/// The small files we shared in this run, and which peers fetched them from us whole: a
+/// file goes in the DHT with the mailbox that carries its message, or, when we stop, if
+/// fewer peers fetched it than the room has other members (one who saw the message but
+/// did not fetch the file would find no holder once we are gone).
+#[derive(Default)]
+pub(super) struct SharedFiles {
+    files: HashMap<ChunkId, SharedFile>,
+    /// Per room, its files' lists, oldest first.
+    by_room: HashMap<RoomId, VecDeque<ChunkId>>,
+    /// A chunk's (or list's) file.
+    chunk_of: HashMap<ChunkId, ChunkId>,
+}
+
+struct SharedFile {
+    room: RoomId,
+    /// Our message that shares it.
+    seq: u64,
+    file: FileRef,
+    /// Its list and chunks.
+    chunks: Vec<ChunkId>,
+    /// Peers we served chunks of it to, and which.
+    fetched: HashMap<PeerId, HashSet<ChunkId>>,
+    /// When its chunks were last put in the DHT.
+    put_at: Option<Instant>,
+}
+
+impl SharedFiles {
+    fn add(&mut self, room: RoomId, seq: u64, file: FileRef, chunks: Vec<ChunkId>) {
+        let order = self.by_room.entry(room).or_default();
+        if order.len() == FILES_PER_ROOM
+            && let Some(old) = order.pop_front()
+            && let Some(gone) = self.files.remove(&old)
+        {
+            for c in &gone.chunks {
+                self.chunk_of.remove(c);
+            }
+        }
+        order.push_back(file.list);
+        for c in &chunks {
+            self.chunk_of.insert(*c, file.list);
+        }
+        let shared = SharedFile {
+            room,
+            seq,
+            file,
+            chunks,
+            fetched: HashMap::new(),
+            put_at: None,
+        };
+        self.files.insert(shared.file.list, shared);
+    }
+
+    /// We served chunk `id` to `peer`.
+    pub(super) fn served(&mut self, peer: PeerId, id: &ChunkId) {
+        if let Some(f) = self.chunk_of.get(id).and_then(|l| self.files.get_mut(l)) {
+            f.fetched.entry(peer).or_default().insert(*id);
+        }
+    }
+
+    /// Rooms with files we shared.
+    fn rooms(&self) -> impl Iterator<Item = RoomId> + '_ {
+        self.by_room.keys().copied()
+    }
+
+    /// The room's files to put now: those whose message is in `carried`, and with
+    /// `stopping` those fewer than `others` peers fetched whole; none put within
+    /// [`PUT_AGAIN`].
+    fn due(
+        &self,
+        room: RoomId,
+        carried: Option<&RangeInclusive<u64>>,
+        stopping: bool,
+        others: usize,
+    ) -> Vec<FileRef> {
+        let lists = self.by_room.get(&room).into_iter().flatten();
+        lists
+            .filter_map(|l| self.files.get(l))
+            .filter(|f| f.room == room && f.put_at.is_none_or(|at| at.elapsed() >= PUT_AGAIN))
+            .filter(|f| {
+                let whole = (f.fetched.values())
+                    .filter(|got| got.len() == f.chunks.len())
+                    .count();
+                carried.is_some_and(|c| c.contains(&f.seq)) || (stopping && whole < others)
+            })
+            .map(|f| f.file.clone())
+            .collect()
+    }
+
+    fn mark_put(&mut self, list: &ChunkId, at: Option<Instant>) {
+        if let Some(f) = self.files.get_mut(list) {
+            f.put_at = at;
+        }
+    }
+}
+
 impl Service {
-    /// We shared `file` in `room` at `seq`: small enough, it goes in the DHT with our
-    /// mailbox if a member lacks that message when the mailbox is put.
+    /// We shared `file` in `room` at `seq`: small enough, it may go in the DHT (see
+    /// [`SharedFiles`]).
     pub(super) fn shared_file(&mut self, room: RoomId, seq: u64, file: FileRef) {
         if !self.mailboxes.enabled() || file.size > chunk_slices::MAX_FILE {
             return;
         }
-        let files = self.mailboxes.files.entry(room).or_default();
-        if files.len() == FILES_PER_ROOM {
-            files.pop_front();
-        }
-        files.push_back((seq, file));
+        let list = match self.core.journal().chunk(&file.list) {
+            Ok(Some(list)) => list,
+            _ => return,
+        };
+        let Ok(mut chunks) = files::open_list(&file, &list) else {
+            return;
+        };
+        chunks.push(file.list);
+        self.mailboxes.shared.add(room, seq, file, chunks);
     }
 
-    /// Puts the chunks of the files we shared in `room` at `seqs` (those a mailbox carries
-    /// the messages of), unless put within [`PUT_AGAIN`].
-    pub(super) fn put_files(&mut self, room: RoomId, seqs: RangeInclusive<u64>) {
-        let due: Vec<FileRef> = (self.mailboxes.files.get(&room).into_iter().flatten())
-            .filter(|(seq, _)| seqs.contains(seq))
-            .map(|(_, file)| file.clone())
-            .filter(|file| {
-                (self.mailboxes.put_files.get(&file.list))
-                    .is_none_or(|at| at.elapsed() >= PUT_AGAIN)
-            })
-            .collect();
+    /// Rooms whose files may have to be put as we stop.
+    pub(super) fn rooms_with_shared_files(&self) -> Vec<RoomId> {
+        self.mailboxes.shared.rooms().collect()
+    }
+
+    /// Puts the chunks of the files we shared in `room` that are due (see
+    /// [`SharedFiles::due`]).
+    pub(super) fn put_files(
+        &mut self,
+        room: RoomId,
+        carried: Option<RangeInclusive<u64>>,
+        stopping: bool,
+    ) {
+        let others = self.core.member_count(room).saturating_sub(1);
+        let due = (self.mailboxes.shared).due(room, carried.as_ref(), stopping, others);
         for file in due {
             let chunks = match self.sealed_chunks(&file) {
                 Ok(Some(chunks)) => chunks,
@@ -68,9 +171,14 @@ impl Service {
                     records += 1;
                 }
             }
-            self.mailboxes.put_files.insert(file.list, Instant::now());
-            tracing::debug!(file = %file.id(), records, "file put in the DHT with the mailbox");
+            (self.mailboxes.shared).mark_put(&file.list, Some(Instant::now()));
+            tracing::debug!(file = %file.id(), records, "file put in the DHT");
         }
+    }
+
+    /// A put of the file's chunks did not reach the DHT: put them again next time.
+    pub(super) fn file_unplaced(&mut self, list: &ChunkId) {
+        self.mailboxes.shared.mark_put(list, None);
     }
 
     /// The file's sealed list and chunks, as the journal holds them (`None`: not whole).
