@@ -283,3 +283,66 @@ impl Service {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(n: u8) -> FileRef {
+        FileRef {
+            name: format!("f{n}"),
+            size: 1000,
+            list: [n; 32],
+            key: [0; 32],
+        }
+    }
+
+    #[test]
+    fn a_file_is_due_if_its_message_goes_or_if_too_few_fetched_it_whole() {
+        let (room, other_room) = (RoomId([1; 32]), RoomId([2; 32]));
+        let mut shared = SharedFiles::default();
+        let chunks = vec![[10; 32], [11; 32], [5; 32]];
+        shared.add(room, 7, file(5), chunks.clone());
+        let lists = |v: Vec<FileRef>| v.into_iter().map(|f| f.list[0]).collect::<Vec<_>>();
+        let (alice, bob) = (PeerId::random(), PeerId::random());
+
+        // Carried by the mailbox: due; not carried and not stopping: not.
+        assert_eq!(lists(shared.due(room, Some(&(5..=9)), false, 1)), [5]);
+        assert!(shared.due(room, Some(&(8..=9)), false, 1).is_empty());
+        assert!(shared.due(other_room, Some(&(5..=9)), true, 1).is_empty());
+        // Stopping: due until as many peers as other members fetched all of it.
+        assert_eq!(lists(shared.due(room, None, true, 1)), [5]);
+        for c in &chunks[..2] {
+            shared.served(alice, c);
+        }
+        shared.served(alice, &[99; 32]);
+        assert_eq!(
+            lists(shared.due(room, None, true, 1)),
+            [5],
+            "one chunk short"
+        );
+        shared.served(alice, &chunks[2]);
+        assert!(shared.due(room, None, true, 1).is_empty());
+        shared.served(bob, &chunks[0]);
+        assert_eq!(lists(shared.due(room, None, true, 2)), [5]);
+
+        // Put: not again for a while, unless the put found no DHT node.
+        shared.mark_put(&[5; 32], Some(Instant::now()));
+        assert!(shared.due(room, Some(&(5..=9)), true, 2).is_empty());
+        shared.mark_put(&[5; 32], None);
+        assert_eq!(lists(shared.due(room, Some(&(5..=9)), true, 2)), [5]);
+    }
+
+    #[test]
+    fn a_room_remembers_its_latest_files() {
+        let room = RoomId([1; 32]);
+        let mut shared = SharedFiles::default();
+        for n in 0..=FILES_PER_ROOM as u8 {
+            shared.add(room, u64::from(n), file(n), vec![[n; 32]]);
+        }
+        let due = shared.due(room, None, true, 1);
+        assert_eq!(due.len(), FILES_PER_ROOM);
+        assert_eq!(due[0].list, [1; 32], "the oldest went");
+        assert_eq!(shared.chunk_of.len(), FILES_PER_ROOM);
+    }
+}
