@@ -176,17 +176,15 @@ fn direct_message_reaches_its_recipient() {
     assert_eq!(a.texts("@bob"), ["just between us"]);
 }
 
-#[test]
-fn a_direct_message_sent_just_before_its_author_stops_reaches_its_reader_later() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
-    // A node that stays up and is in none of their rooms: any DHT node would do.
+/// A relay that stays up and is in none of their rooms (any DHT node would do), and Alice
+/// and Bob, contacts, once Bob has read Alice's first direct message.
+fn contacts_over_relay(dir: &std::path::Path) -> (NodeProc, NodeProc, NodeProc) {
     let relay = NodeProc::start(
         "relay",
         &dir.join("relay"),
         &["--listen".into(), listen_for("tcp")],
     );
-    let (mut a, mut b) = (joining(dir, "alice", &relay), joining(dir, "bob", &relay));
+    let (a, b) = (joining(dir, "alice", &relay), joining(dir, "bob", &relay));
     let code = |n: &NodeProc| n.status()["contact_code"].as_str().unwrap().to_string();
     a.cli(&["contact", "add", "bob", &code(&b)]);
     b.cli(&["contact", "add", "alice", &code(&a)]);
@@ -195,14 +193,29 @@ fn a_direct_message_sent_just_before_its_author_stops_reaches_its_reader_later()
     wait_until("bob reads the DM", T, || {
         b.texts("@alice") == ["are you there?"]
     });
+    (relay, a, b)
+}
+
+/// Mailboxes the node logged putting, over all its runs.
+fn mailbox_puts(n: &NodeProc) -> usize {
+    n.log().matches("mailbox put").count()
+}
+
+#[test]
+fn a_direct_message_sent_just_before_its_author_stops_reaches_its_reader_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, mut a, mut b) = contacts_over_relay(dir.path());
 
     // Bob closes his laptop; Alice writes and closes hers right away. They are never
     // online together again.
     b.stop();
     a.cli(&["dm", "bob", "the keys are under the mat"]);
     a.stop();
-    let puts = |n: &NodeProc| n.log().matches("mailbox put").count();
-    assert_eq!(puts(&a), 1, "alice's node put one mailbox as it stopped");
+    assert_eq!(
+        mailbox_puts(&a),
+        1,
+        "alice's node put one mailbox as it stopped"
+    );
     b.restart();
     wait_until("bob reads what alice wrote after he left", T, || {
         b.texts("@alice") == ["are you there?", "the keys are under the mat"]
@@ -218,7 +231,7 @@ fn a_direct_message_sent_just_before_its_author_stops_reaches_its_reader_later()
     });
     a.cli(&["dm", "bob", "unseen until we meet"]);
     a.stop();
-    assert_eq!(puts(&a), 1);
+    assert_eq!(mailbox_puts(&a), 1);
     b.restart();
     wait_until("bob reads alice's mailbox again", T, || {
         b.status()["mailboxes"]["found"].as_u64() >= Some(1)
@@ -230,28 +243,13 @@ fn a_direct_message_sent_just_before_its_author_stops_reaches_its_reader_later()
 #[test]
 fn a_direct_message_whose_author_was_killed_goes_in_a_mailbox_once_the_author_is_back() {
     let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
-    let relay = NodeProc::start(
-        "relay",
-        &dir.join("relay"),
-        &["--listen".into(), listen_for("tcp")],
-    );
-    let (mut a, mut b) = (joining(dir, "alice", &relay), joining(dir, "bob", &relay));
-    let code = |n: &NodeProc| n.status()["contact_code"].as_str().unwrap().to_string();
-    a.cli(&["contact", "add", "bob", &code(&b)]);
-    b.cli(&["contact", "add", "alice", &code(&a)]);
-    wait_until("direct room connected", T, || a.room_peers("@bob") >= 1);
-    a.cli(&["dm", "bob", "are you there?"]);
-    wait_until("bob reads the DM", T, || {
-        b.texts("@alice") == ["are you there?"]
-    });
+    let (_relay, mut a, mut b) = contacts_over_relay(dir.path());
 
     // Bob goes; Alice's node dies right after she writes (no shutdown code runs).
     b.stop();
     a.cli(&["dm", "bob", "written just before a crash"]);
     a.kill();
-    let puts = |n: &NodeProc| n.log().matches("mailbox put").count();
-    assert_eq!(puts(&a), 0);
+    assert_eq!(mailbox_puts(&a), 0);
     // Back, her node finds Bob still lacks it: her next stop (or 30 s) puts a mailbox,
     // with nothing new written.
     a.restart();
@@ -259,7 +257,7 @@ fn a_direct_message_whose_author_was_killed_goes_in_a_mailbox_once_the_author_is
         a.status()["mailboxes"]["read"].as_u64() >= Some(1)
     });
     a.stop();
-    assert_eq!(puts(&a), 1, "alice's node put one mailbox");
+    assert_eq!(mailbox_puts(&a), 1, "alice's node put one mailbox");
     b.restart();
     wait_until("bob reads what alice wrote before her node died", T, || {
         b.texts("@alice") == ["are you there?", "written just before a crash"]

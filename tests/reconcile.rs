@@ -842,21 +842,39 @@ async fn group_messages_reach_members_through_the_dht_after_their_author_went_of
     assert!(relay.rooms().await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn after_a_restart_a_mailbox_starts_where_the_reader_stood_before_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
+/// A relay in none of their rooms, and the nodes of Alice and Bob (mailboxes 2 s after a
+/// write), contacts whose direct room is connected.
+async fn contacts_with_mailboxes(dir: &std::path::Path) -> (NodeHandle, [NodeHandle; 2]) {
     let relay = node(identity("relay"), &dir.join("relay"), &[]).await;
-    let boot = vec![first_addr(&relay).await];
-    let [alice, bob] = [identity("alice"), identity("bob")];
-    let after = Some(Duration::from_secs(2));
-    let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
-    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    let pair = contacts_through(dir, &relay).await;
+    (relay, pair)
+}
+
+/// Alice's and Bob's nodes as in [`contacts_with_mailboxes`], bootstrapping from `relay`.
+async fn contacts_through(dir: &std::path::Path, relay: &NodeHandle) -> [NodeHandle; 2] {
+    std::fs::write(dir.join("boot"), first_addr(relay).await).unwrap();
+    let (a, b) = (restart(dir, "alice").await, restart(dir, "bob").await);
     befriend(&a, &b).await;
     wait_for("the direct room connects", T, async || {
         room_peers(&a, "@bob").await >= 1
     })
     .await;
+    [a, b]
+}
+
+/// Starts (again) the node of `who` of [`contacts_with_mailboxes`].
+async fn restart(dir: &std::path::Path, who: &str) -> NodeHandle {
+    let boot = std::fs::read_to_string(dir.join("boot")).unwrap();
+    let after = Some(Duration::from_secs(2));
+    node_with_mailbox(&identity(who), &dir.join(who), &[boot], after).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_a_mailbox_starts_where_the_reader_stood_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // The relay stays up (any DHT node would do).
+    let (_relay, [a, b]) = contacts_with_mailboxes(dir).await;
     // More than one mailbox holds, all read and confirmed by Bob.
     let long: Vec<String> = (0..5)
         .map(|i| format!("{i} {}", "x".repeat(15_000)))
@@ -879,7 +897,7 @@ async fn after_a_restart_a_mailbox_starts_where_the_reader_stood_before_it() {
     // Alice's node starts again and remembers what Bob holds: the delivery marks stay, and
     // the mailbox it puts for her next message (by itself, Bob being away) starts after
     // the five, not at her first message.
-    let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
+    let a = restart(dir, "alice").await;
     assert_eq!(delivered(&a).await, [1; 5]);
     a.dm("bob", "after the restart").await.unwrap();
     wait_for("alice's node puts her mailbox", T, async || {
@@ -888,7 +906,7 @@ async fn after_a_restart_a_mailbox_starts_where_the_reader_stood_before_it() {
     .await;
     a.shutdown().await.unwrap();
     drop(a);
-    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    let b = restart(dir, "bob").await;
     wait_for(
         "bob reads what alice wrote after her restart",
         T,
@@ -902,17 +920,7 @@ async fn after_a_restart_a_mailbox_starts_where_the_reader_stood_before_it() {
 async fn a_mailbox_longer_than_one_record_reaches_its_reader_whole() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let relay = node(identity("relay"), &dir.join("relay"), &[]).await;
-    let boot = vec![first_addr(&relay).await];
-    let [alice, bob] = [identity("alice"), identity("bob")];
-    let after = Some(Duration::from_secs(2));
-    let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
-    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
-    befriend(&a, &b).await;
-    wait_for("the direct room connects", T, async || {
-        room_peers(&a, "@bob").await >= 1
-    })
-    .await;
+    let (relay, [a, b]) = contacts_with_mailboxes(dir).await;
     b.shutdown().await.unwrap();
     drop(b);
     // While Bob is away, Alice writes what takes three records (about 150 KiB), and goes.
@@ -924,7 +932,7 @@ async fn a_mailbox_longer_than_one_record_reaches_its_reader_whole() {
     }
     a.shutdown().await.unwrap();
     drop(a);
-    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    let b = restart(dir, "bob").await;
     wait_for("bob reads all ten", T, async || {
         texts(&b, "@alice").await == long
     })
@@ -938,17 +946,7 @@ async fn a_mailbox_longer_than_one_record_reaches_its_reader_whole() {
 async fn a_small_file_sent_to_a_contact_who_is_away_is_fetched_from_the_dht() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let relay = node(identity("relay"), &dir.join("relay"), &[]).await;
-    let boot = vec![first_addr(&relay).await];
-    let [alice, bob] = [identity("alice"), identity("bob")];
-    let after = Some(Duration::from_secs(2));
-    let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
-    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
-    befriend(&a, &b).await;
-    wait_for("the direct room connects", T, async || {
-        room_peers(&a, "@bob").await >= 1
-    })
-    .await;
+    let (relay, [a, b]) = contacts_with_mailboxes(dir).await;
     b.shutdown().await.unwrap();
     drop(b);
     // Alice sends Bob a photo (three chunks) while he is away, and goes too.
@@ -964,7 +962,7 @@ async fn a_small_file_sent_to_a_contact_who_is_away_is_fetched_from_the_dht() {
     let held = relay.status().await.unwrap().dht.other_values;
     assert!(held >= 1 + 1 + 5 + 5 + 2, "{held} records");
 
-    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    let b = restart(dir, "bob").await;
     wait_for("the photo's message reaches bob", T, async || {
         let history = b.history("@alice", 10).await.unwrap();
         history
@@ -984,17 +982,7 @@ async fn a_small_file_sent_to_a_contact_who_is_away_is_fetched_from_the_dht() {
 async fn a_file_a_member_saw_but_did_not_fetch_goes_in_the_dht_as_its_author_stops() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let relay = node(identity("relay"), &dir.join("relay"), &[]).await;
-    let boot = vec![first_addr(&relay).await];
-    let [alice, bob] = [identity("alice"), identity("bob")];
-    let after = Some(Duration::from_secs(2));
-    let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
-    let b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
-    befriend(&a, &b).await;
-    wait_for("the direct room connects", T, async || {
-        room_peers(&a, "@bob").await >= 1
-    })
-    .await;
+    let (relay, [a, b]) = contacts_with_mailboxes(dir).await;
     let share = async |name: &str, len: usize| {
         let src = dir.join(name);
         std::fs::write(&src, common::bytes(len, len as u64)).unwrap();
@@ -1049,16 +1037,7 @@ async fn a_mailbox_that_found_no_dht_node_is_put_once_one_is_back() {
             .unwrap()
     };
     let mut relay = start_relay().await;
-    let boot = vec![first_addr(&relay).await];
-    let [alice, bob] = [identity("alice"), identity("bob")];
-    let after = Some(Duration::from_secs(2));
-    let a = node_with_mailbox(&alice, &dir.join("a"), &boot, after).await;
-    let mut b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
-    befriend(&a, &b).await;
-    wait_for("the direct room connects", T, async || {
-        room_peers(&a, "@bob").await >= 1
-    })
-    .await;
+    let [a, mut b] = contacts_through(dir, &relay).await;
 
     // Bob and the relay go; Alice, alone, writes: her mailbox finds no DHT node.
     b.shutdown().await.unwrap();
@@ -1084,7 +1063,7 @@ async fn a_mailbox_that_found_no_dht_node_is_put_once_one_is_back() {
     .await;
     a.shutdown().await.unwrap();
     drop(a);
-    b = node_with_mailbox(&bob, &dir.join("b"), &boot, after).await;
+    b = restart(dir, "bob").await;
     wait_for("bob reads what alice wrote while alone", T, async || {
         texts(&b, "@alice").await == ["written while alone"]
     })
