@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::inproc::{befriend, first_addr, identity, node, room_peers, texts, wait_for};
+use common::inproc::{befriend, first_addr, has_file, identity, node, room_peers, texts, wait_for};
 use cryptchat::envelope::{Envelope, Kind, Payload, Position};
 use cryptchat::room::Room;
 
@@ -401,10 +401,7 @@ async fn a_file_is_fetched_from_a_holder_found_in_the_dht() {
     let sent = holder.share_file("lobby", src).await.unwrap();
     let id = sent.message.file.as_ref().unwrap().id.clone();
     wait_for("the file message at the fetcher", T, async || {
-        let history = fetcher.history("lobby", 100).await.unwrap();
-        history
-            .iter()
-            .any(|m| m.file.as_ref().is_some_and(|f| f.id == id))
+        has_file(&fetcher, "lobby", &id).await
     })
     .await;
 

@@ -5,7 +5,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::inproc::{befriend, entries, first_addr, identity, node, room_peers, texts, wait_for};
+use common::inproc::{
+    befriend, entries, first_addr, has_file, identity, node, room_peers, texts, wait_for,
+};
 use cryptchat::envelope::{Envelope, Kind, Payload, Position};
 use cryptchat::identity::Identity;
 use cryptchat::room::Room;
@@ -964,10 +966,7 @@ async fn a_small_file_sent_to_a_contact_who_is_away_is_fetched_from_the_dht() {
 
     let b = restart(dir, "bob").await;
     wait_for("the photo's message reaches bob", T, async || {
-        let history = b.history("@alice", 10).await.unwrap();
-        history
-            .iter()
-            .any(|m| m.file.as_ref().is_some_and(|f| f.id == id))
+        has_file(&b, "@alice", &id).await
     })
     .await;
     let out = dir.join("fetched.jpg");

@@ -80,6 +80,14 @@ pub async fn texts(n: &NodeHandle, room: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether the room's history holds the message that shares file `id`.
+pub async fn has_file(n: &NodeHandle, room: &str, id: &str) -> bool {
+    let history = n.history(room, 1_000_000).await.unwrap();
+    history
+        .iter()
+        .any(|m| m.file.as_ref().is_some_and(|f| f.id == id))
+}
+
 /// (author, seq) of every message in display order: what "identical history" compares.
 pub async fn entries(n: &NodeHandle, room: &str) -> Vec<(String, u64)> {
     n.history(room, 1_000_000)

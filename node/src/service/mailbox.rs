@@ -140,10 +140,6 @@ impl Mailboxes {
     pub(crate) fn enabled(&self) -> bool {
         self.after.is_some()
     }
-
-    pub(super) fn put(&mut self, id: kad::QueryId, put: Put) {
-        self.putting.insert(id, put);
-    }
 }
 
 impl Service {
@@ -229,15 +225,11 @@ impl Service {
                 Ok(value) => value,
                 Err(e) => return tracing::warn!(error = %e, "cannot seal a mailbox"),
             };
-            let record = kad::Record::new(keys.record(page).to_vec(), value);
-            match (self.swarm.behaviour_mut().kad).put_record(record, kad::Quorum::One) {
-                Ok(id) => {
-                    self.mailboxes.putting.insert(id, Put::Page(room, page));
-                    (self.mailboxes.put_pages).insert((room, page), (digest, Instant::now()));
-                    sent += 1;
-                }
-                Err(e) => return tracing::warn!(error = %e, "cannot put a mailbox"),
+            if let Err(e) = self.put_in_dht(keys.record(page), value, Put::Page(room, page)) {
+                return tracing::warn!(error = %e, "cannot put a mailbox");
             }
+            (self.mailboxes.put_pages).insert((room, page), (digest, Instant::now()));
+            sent += 1;
         }
         // The files whose messages it carries go with it.
         self.put_files(room, Some(held + 1..=last), stopping);
@@ -252,6 +244,19 @@ impl Service {
                 "mailbox put"
             );
         }
+    }
+
+    /// Puts a record of ours (quorum one), and notes what it was for.
+    pub(super) fn put_in_dht(
+        &mut self,
+        key: [u8; 32],
+        value: Vec<u8>,
+        put: Put,
+    ) -> Result<(), kad::store::Error> {
+        let record = kad::Record::new(key.to_vec(), value);
+        let id = (self.swarm.behaviour_mut().kad).put_record(record, kad::Quorum::One)?;
+        self.mailboxes.putting.insert(id, put);
+        Ok(())
     }
 
     /// Our entries in `room` from seq `from` on, laid out in a mailbox's pages as far as

@@ -95,7 +95,7 @@ impl SharedFiles {
         carried: Option<&RangeInclusive<u64>>,
         stopping: bool,
         others: usize,
-    ) -> Vec<FileRef> {
+    ) -> Vec<(FileRef, Vec<ChunkId>)> {
         let lists = self.by_room.get(&room).into_iter().flatten();
         lists
             .filter_map(|l| self.files.get(l))
@@ -106,7 +106,7 @@ impl SharedFiles {
                     .count();
                 carried.is_some_and(|c| c.contains(&f.seq)) || (stopping && whole < others)
             })
-            .map(|f| f.file.clone())
+            .map(|f| (f.file.clone(), f.chunks.clone()))
             .collect()
     }
 
@@ -150,8 +150,8 @@ impl Service {
     ) {
         let others = self.core.member_count(room).saturating_sub(1);
         let due = (self.mailboxes.shared).due(room, carried.as_ref(), stopping, others);
-        for file in due {
-            let chunks = match self.sealed_chunks(&file) {
+        for (file, names) in due {
+            let chunks = match self.sealed_chunks(&names) {
                 Ok(Some(chunks)) => chunks,
                 // Forgotten since (`cryptchat forget`): nothing to put.
                 Ok(None) => continue,
@@ -163,10 +163,9 @@ impl Service {
             let mut records = 0;
             for (name, sealed) in &chunks {
                 for (i, value) in chunk_slices::cut(sealed).into_iter().enumerate() {
-                    let record = kad::Record::new(chunk_slices::key(name, i as u8).to_vec(), value);
-                    match (self.swarm.behaviour_mut().kad).put_record(record, kad::Quorum::One) {
-                        Ok(id) => self.mailboxes.put(id, Put::File(room, file.list)),
-                        Err(e) => return tracing::warn!(error = %e, "cannot put a file's chunk"),
+                    let key = chunk_slices::key(name, i as u8);
+                    if let Err(e) = self.put_in_dht(key, value, Put::File(room, file.list)) {
+                        return tracing::warn!(error = %e, "cannot put a file's chunk");
                     }
                     records += 1;
                 }
@@ -181,24 +180,19 @@ impl Service {
         self.mailboxes.shared.mark_put(list, None);
     }
 
-    /// The file's sealed list and chunks, as the journal holds them (`None`: not whole).
+    /// A file's sealed chunks and list (`names`), as the journal holds them (`None`: not
+    /// whole).
     fn sealed_chunks(
         &self,
-        file: &FileRef,
+        names: &[ChunkId],
     ) -> Result<Option<Vec<Sealed>>, crate::journal::JournalError> {
         let journal = self.core.journal();
-        let Some(list) = journal.chunk(&file.list)? else {
-            return Ok(None);
-        };
-        let Ok(names) = files::open_list(file, &list) else {
-            return Ok(None);
-        };
-        let mut chunks = vec![(file.list, list)];
+        let mut chunks = Vec::with_capacity(names.len());
         for name in names {
-            let Some(sealed) = journal.chunk(&name)? else {
+            let Some(sealed) = journal.chunk(name)? else {
                 return Ok(None);
             };
-            chunks.push((name, sealed));
+            chunks.push((*name, sealed));
         }
         Ok(Some(chunks))
     }
@@ -303,7 +297,9 @@ mod tests {
         let mut shared = SharedFiles::default();
         let chunks = vec![[10; 32], [11; 32], [5; 32]];
         shared.add(room, 7, file(5), chunks.clone());
-        let lists = |v: Vec<FileRef>| v.into_iter().map(|f| f.list[0]).collect::<Vec<_>>();
+        let lists = |v: Vec<(FileRef, Vec<ChunkId>)>| {
+            v.into_iter().map(|(f, _)| f.list[0]).collect::<Vec<_>>()
+        };
         let (alice, bob) = (PeerId::random(), PeerId::random());
 
         // Carried by the mailbox: due; not carried and not stopping: not.
@@ -342,7 +338,7 @@ mod tests {
         }
         let due = shared.due(room, None, true, 1);
         assert_eq!(due.len(), FILES_PER_ROOM);
-        assert_eq!(due[0].list, [1; 32], "the oldest went");
+        assert_eq!(due[0].0.list, [1; 32], "the oldest went");
         assert_eq!(shared.chunk_of.len(), FILES_PER_ROOM);
     }
 }
