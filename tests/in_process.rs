@@ -162,14 +162,17 @@ async fn a_big_room_keeps_connections_within_the_budget() {
     }
     // Everyone dialled the bootstrap node, and without a budget every node ends up connected
     // to all 15 others (measured: 16 x 15).
-    wait_for("connections trimmed to the budget", T, async || {
+    // Rendezvous and DHT queries keep dialling peers outside the mesh, each such connection
+    // kept for the budget's grace, so any one look may find a node above its budget: what
+    // the budget promises is that each comes back within it.
+    let within_budget = async || {
         let mut counts = Vec::new();
         for n in &nodes {
             counts.push(n.status().await.unwrap().connected_peers);
         }
         counts.iter().all(|c| *c <= MESH_HIGH) && counts.iter().sum::<usize>() <= N * 10
-    })
-    .await;
+    };
+    wait_for("connections trimmed to the budget", T, within_budget).await;
     for (i, n) in nodes.iter().enumerate() {
         n.send("lobby", &format!("hello from {i}")).await.unwrap();
     }
@@ -179,13 +182,14 @@ async fn a_big_room_keeps_connections_within_the_budget() {
         })
         .await;
     }
+    // Under load a look can catch a node mid-query (one CI run saw 15), so this waits too.
+    wait_for(
+        "connections within the budget after the traffic",
+        T,
+        within_budget,
+    )
+    .await;
     for n in &nodes {
-        let status = n.status().await.unwrap();
-        assert!(
-            status.connected_peers <= MESH_HIGH,
-            "{} connections",
-            status.connected_peers
-        );
         assert!(room_peers(n, "lobby").await >= 2);
     }
     // Whether a member came up short while the room formed is a race (in a CI run under
