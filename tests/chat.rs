@@ -265,6 +265,59 @@ fn a_direct_message_whose_author_was_killed_goes_in_a_mailbox_once_the_author_is
     assert_eq!(b.status()["mailboxes"]["taken"], 1);
 }
 
+/// What a node shared is kept on disk: a small file shared just before the node died goes
+/// in the DHT with the mailbox once the node is back, and a file put there is not put
+/// again at the next restart.
+#[test]
+fn a_small_file_shared_just_before_its_authors_node_died_reaches_its_reader_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_relay, mut a, mut b) = contacts_over_relay(dir.path());
+    let file_puts = |n: &NodeProc| n.log().matches("file put in the DHT").count();
+
+    // Bob goes; Alice sends him a photo (two chunks) and her node dies right after.
+    b.stop();
+    let photo = common::bytes(300_000, 11);
+    let src = dir.path().join("photo.jpg");
+    std::fs::write(&src, &photo).unwrap();
+    let sent = a.cli(&["share", "@bob", src.to_str().unwrap()]);
+    let id = sent["message"]["file"]["id"].as_str().unwrap().to_string();
+    a.kill();
+    assert_eq!((mailbox_puts(&a), file_puts(&a)), (0, 0));
+    // Back, her node finds Bob still lacks the message, and puts the photo with it.
+    a.restart();
+    wait_until("alice's node is back in the DHT", T, || {
+        a.status()["mailboxes"]["read"].as_u64() >= Some(1)
+    });
+    a.stop();
+    assert_eq!((mailbox_puts(&a), file_puts(&a)), (1, 1));
+
+    // Alice's node never runs while Bob's does: he gets the photo from the DHT.
+    b.restart();
+    wait_until("bob sees the photo's message", T, || {
+        b.file("@alice", "photo.jpg").is_some()
+    });
+    let out = dir.path().join("got.jpg");
+    let got = b.cli(&["fetch", "@alice", &id, "-o", out.to_str().unwrap()]);
+    assert_eq!(
+        (
+            got["chunks_fetched"].as_u64(),
+            got["chunks_from_dht"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), photo);
+    b.stop();
+
+    // Nobody fetched it from Alice, but it went in the DHT a moment ago: her next stop
+    // does not put it again.
+    a.restart();
+    wait_until("alice's node is back in the DHT", T, || {
+        a.status()["mailboxes"]["read"].as_u64() >= Some(1)
+    });
+    a.stop();
+    assert_eq!(file_puts(&a), 1);
+}
+
 #[test]
 fn history_reads_back_page_by_page_and_searches_through_the_cli_and_the_api() {
     let dir = tempfile::tempdir().unwrap();

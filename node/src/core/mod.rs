@@ -42,6 +42,9 @@ use reader::open_entry;
 pub use reader::{Opened, Query, Revised, RoomReader};
 
 const OWNER_KEY: &str = "owner";
+
+/// A sealed setting's value, opened (wiped when dropped).
+pub type OpenedSetting = zeroize::Zeroizing<Vec<u8>>;
 const ROOM_PREFIX: &str = "room/";
 const CONTACT_PREFIX: &str = "contact/";
 
@@ -592,6 +595,39 @@ impl Core {
     fn unseal(&self, key: &str, blob: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, CoreError> {
         crypto::open_blob(self.identity.local_key(), key.as_bytes(), blob)
             .map_err(|_| CoreError::CorruptSetting(key.to_string()))
+    }
+
+    /// Stores state the node keeps about its own doings (the service's, opaque here)
+    /// sealed with the local key, in one transaction; not `durable`: see
+    /// [`Journal::put_settings_with`].
+    pub fn put_sealed_settings(
+        &self,
+        values: &[(String, Vec<u8>)],
+        durable: bool,
+    ) -> Result<(), CoreError> {
+        let sealed = values
+            .iter()
+            .map(|(key, plain)| Ok((key.clone(), self.seal(key, plain)?)))
+            .collect::<Result<Vec<_>, CoreError>>()?;
+        Ok(self.journal.put_settings_with(&sealed, durable)?)
+    }
+
+    /// The values [`Core::put_sealed_settings`] stored under keys starting with `prefix`.
+    pub fn sealed_settings(&self, prefix: &str) -> Result<Vec<(String, OpenedSetting)>, CoreError> {
+        let stored = self.journal.settings_with_prefix(prefix)?;
+        stored
+            .into_iter()
+            .map(|(key, blob)| {
+                let plain = self.unseal(&key, &blob)?;
+                Ok((key, plain))
+            })
+            .collect()
+    }
+
+    /// Drops a value [`Core::put_sealed_settings`] stored.
+    pub fn delete_sealed_setting(&self, key: &str) -> Result<(), CoreError> {
+        self.journal.delete_setting(key)?;
+        Ok(())
     }
 
     pub fn identity(&self) -> &Arc<Identity> {

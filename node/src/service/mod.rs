@@ -403,6 +403,8 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
     for &id in &rooms {
         service.mailboxes.wrote(id);
     }
+    // The files that go with those mailboxes (or are due as we stop).
+    service.load_shared();
     for id in rooms {
         service.subscribe(id);
     }
@@ -592,6 +594,7 @@ impl Service {
                     self.sync_among(&members);
                     self.tick_mailboxes();
                     self.save_held();
+                    self.save_shared(false);
                     // Now and then everyone re-announces what it holds, for new members.
                     rounds += 1;
                     if rounds.is_multiple_of(RECEIPT_REFRESH_ROUNDS) {
@@ -644,6 +647,7 @@ impl Service {
         // What was verified but not yet stored goes to disk.
         self.commit_unstored();
         self.save_held();
+        self.save_shared(false);
         if let Err(e) = blocking(|| self.core.flush()) {
             tracing::error!(error = %e, "could not flush the journal");
         }
@@ -1088,6 +1092,7 @@ impl Service {
         self.announce_due.remove(&room.id);
         self.announced.remove(&room.id);
         self.forget_room(room.id);
+        self.forget_shared(room.id);
         self.own.forget(&room.id);
         self.own_forks.remove(&room.id);
         self.resend.remove(&room.id);

@@ -4,9 +4,10 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::RangeInclusive;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libp2p::{PeerId, kad};
+use serde::{Deserialize, Serialize};
 
 use super::Service;
 use super::mailbox::{Gathering, PUT_AGAIN, Put};
@@ -22,10 +23,17 @@ const GATHER_AT_ONCE: usize = 8;
 /// A sealed chunk (or list) and its name.
 type Sealed = (ChunkId, Vec<u8>);
 
-/// The small files we shared in this run, and which peers fetched them from us whole: a
-/// file goes in the DHT with the mailbox that carries its message, or, when we stop, if
-/// fewer peers fetched it than the room has other members (one who saw the message but
-/// did not fetch the file would find no holder once we are gone).
+/// Where a room's shared files are kept across restarts (a sealed setting per room: the
+/// file's key is in it).
+const SETTING_PREFIX: &str = "shared-files/";
+
+/// The small files we shared (the latest [`FILES_PER_ROOM`] per room), and which peers
+/// fetched them from us whole: a file goes in the DHT with the mailbox that carries its
+/// message, or, when we stop, if fewer peers fetched it than the room has other members
+/// (one who saw the message but did not fetch the file would find no holder once we are
+/// gone). Kept across restarts, so that a node killed before its mailbox went out puts
+/// the files with it when it runs again, and one restarted does not put again what it
+/// put a moment ago.
 #[derive(Default)]
 pub(super) struct SharedFiles {
     files: HashMap<ChunkId, SharedFile>,
@@ -33,6 +41,8 @@ pub(super) struct SharedFiles {
     by_room: HashMap<RoomId, VecDeque<ChunkId>>,
     /// A chunk's (or list's) file.
     chunk_of: HashMap<ChunkId, ChunkId>,
+    /// Rooms whose files changed since they were last stored.
+    dirty: HashSet<RoomId>,
 }
 
 struct SharedFile {
@@ -42,14 +52,50 @@ struct SharedFile {
     file: FileRef,
     /// Its list and chunks.
     chunks: Vec<ChunkId>,
-    /// Peers we served chunks of it to, and which.
+    /// Peers that fetched it whole in an earlier run of the node.
+    whole_before: u32,
+    /// Peers we served chunks of it to in this run, and which.
     fetched: HashMap<PeerId, HashSet<ChunkId>>,
     /// When its chunks were last put in the DHT.
     put_at: Option<Instant>,
 }
 
+impl SharedFile {
+    /// Peers that fetched all of it from us (one fetching again after a restart of ours
+    /// counts twice).
+    fn whole(&self) -> usize {
+        let now = (self.fetched.values())
+            .filter(|got| got.len() == self.chunks.len())
+            .count();
+        self.whole_before as usize + now
+    }
+}
+
+/// A shared file as stored.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    seq: u64,
+    file: FileRef,
+    whole: u32,
+    /// When its chunks were last put in the DHT (ms since the Unix epoch).
+    put_ms: Option<u64>,
+}
+
 impl SharedFiles {
     fn add(&mut self, room: RoomId, seq: u64, file: FileRef, chunks: Vec<ChunkId>) {
+        self.insert(room, seq, file, chunks, 0, None);
+    }
+
+    fn insert(
+        &mut self,
+        room: RoomId,
+        seq: u64,
+        file: FileRef,
+        chunks: Vec<ChunkId>,
+        whole_before: u32,
+        put_at: Option<Instant>,
+    ) {
+        self.dirty.insert(room);
         let order = self.by_room.entry(room).or_default();
         if order.len() == FILES_PER_ROOM
             && let Some(old) = order.pop_front()
@@ -68,8 +114,9 @@ impl SharedFiles {
             seq,
             file,
             chunks,
+            whole_before,
             fetched: HashMap::new(),
-            put_at: None,
+            put_at,
         };
         self.files.insert(shared.file.list, shared);
     }
@@ -77,8 +124,48 @@ impl SharedFiles {
     /// We served chunk `id` to `peer`.
     pub(super) fn served(&mut self, peer: PeerId, id: &ChunkId) {
         if let Some(f) = self.chunk_of.get(id).and_then(|l| self.files.get_mut(l)) {
-            f.fetched.entry(peer).or_default().insert(*id);
+            let got = f.fetched.entry(peer).or_default();
+            if got.insert(*id) && got.len() == f.chunks.len() {
+                self.dirty.insert(f.room);
+            }
         }
+    }
+
+    /// The room is left: its files are not put any more.
+    fn forget_room(&mut self, room: RoomId) {
+        for list in self.by_room.remove(&room).into_iter().flatten() {
+            if let Some(gone) = self.files.remove(&list) {
+                for c in &gone.chunks {
+                    self.chunk_of.remove(c);
+                }
+            }
+        }
+        self.dirty.remove(&room);
+    }
+
+    /// The room's files as stored, oldest first.
+    fn stored(&self, room: RoomId) -> Vec<Stored> {
+        let now = crate::core::now_ms();
+        let lists = self.by_room.get(&room).into_iter().flatten();
+        lists
+            .filter_map(|l| self.files.get(l))
+            .map(|f| Stored {
+                seq: f.seq,
+                file: f.file.clone(),
+                whole: u32::try_from(f.whole()).unwrap_or(u32::MAX),
+                put_ms: (f.put_at).map(|at| now.saturating_sub(at.elapsed().as_millis() as u64)),
+            })
+            .collect()
+    }
+
+    /// Takes back a file as [`SharedFiles::stored`] gave it, with its list and chunks.
+    fn restore(&mut self, room: RoomId, stored: Stored, chunks: Vec<ChunkId>) {
+        let put_at = stored.put_ms.and_then(|ms| {
+            let age = crate::core::now_ms().saturating_sub(ms);
+            Instant::now().checked_sub(Duration::from_millis(age))
+        });
+        let (seq, file, whole) = (stored.seq, stored.file, stored.whole);
+        self.insert(room, seq, file, chunks, whole, put_at);
     }
 
     /// Rooms with files we shared.
@@ -101,10 +188,7 @@ impl SharedFiles {
             .filter_map(|l| self.files.get(l))
             .filter(|f| f.room == room && f.put_at.is_none_or(|at| at.elapsed() >= PUT_AGAIN))
             .filter(|f| {
-                let whole = (f.fetched.values())
-                    .filter(|got| got.len() == f.chunks.len())
-                    .count();
-                carried.is_some_and(|c| c.contains(&f.seq)) || (stopping && whole < others)
+                carried.is_some_and(|c| c.contains(&f.seq)) || (stopping && f.whole() < others)
             })
             .map(|f| (f.file.clone(), f.chunks.clone()))
             .collect()
@@ -113,8 +197,13 @@ impl SharedFiles {
     fn mark_put(&mut self, list: &ChunkId, at: Option<Instant>) {
         if let Some(f) = self.files.get_mut(list) {
             f.put_at = at;
+            self.dirty.insert(f.room);
         }
     }
+}
+
+fn setting_key(room: RoomId) -> String {
+    format!("{SETTING_PREFIX}{}", room.to_hex())
 }
 
 impl Service {
@@ -133,6 +222,70 @@ impl Service {
         };
         chunks.push(file.list);
         self.mailboxes.shared.add(room, seq, file, chunks);
+        // On disk before anything else happens: a node killed right after still puts the
+        // file with its mailbox when it runs again.
+        self.save_shared(true);
+    }
+
+    /// Stores the shared files of the rooms where they changed (see [`SharedFiles`]);
+    /// not `durable`: a change lost in a crash only has a file put once more.
+    pub(super) fn save_shared(&mut self, durable: bool) {
+        let shared = &mut self.mailboxes.shared;
+        let mut values = Vec::new();
+        for room in std::mem::take(&mut shared.dirty) {
+            match cbor4ii::serde::to_vec(Vec::new(), &shared.stored(room)) {
+                Ok(plain) => values.push((setting_key(room), plain)),
+                Err(e) => tracing::warn!(error = %e, "cannot encode the files we shared"),
+            }
+        }
+        if let Err(e) = self.core.put_sealed_settings(&values, durable) {
+            tracing::warn!(error = %e, "could not store the files we shared");
+        }
+    }
+
+    /// Reads the files we shared before this start (those still held whole).
+    pub(super) fn load_shared(&mut self) {
+        let stored = match self.core.sealed_settings(SETTING_PREFIX) {
+            Ok(stored) => stored,
+            Err(e) => return tracing::warn!(error = %e, "cannot read the files we shared"),
+        };
+        for (key, plain) in stored {
+            let mut id = [0u8; 32];
+            let room = hex::decode_to_slice(&key[SETTING_PREFIX.len()..], &mut id)
+                .ok()
+                .map(|()| RoomId(id));
+            let files: Option<Vec<Stored>> = cbor4ii::serde::from_slice(&plain).ok();
+            let (Some(room), Some(files)) = (room, files) else {
+                // Not worth refusing to start over: such files are only not put.
+                tracing::warn!(key, "the stored files we shared cannot be read");
+                continue;
+            };
+            if self.core.room(&room).is_none() {
+                continue;
+            }
+            for stored in files {
+                let list = match self.core.journal().chunk(&stored.file.list) {
+                    Ok(Some(list)) => list,
+                    // Forgotten since (`cryptchat forget`).
+                    _ => continue,
+                };
+                let Ok(mut chunks) = files::open_list(&stored.file, &list) else {
+                    continue;
+                };
+                chunks.push(stored.file.list);
+                self.mailboxes.shared.restore(room, stored, chunks);
+            }
+        }
+        // As read: nothing to write back.
+        self.mailboxes.shared.dirty.clear();
+    }
+
+    /// A room left: its files are not put in the DHT any more.
+    pub(super) fn forget_shared(&mut self, room: RoomId) {
+        self.mailboxes.shared.forget_room(room);
+        if let Err(e) = self.core.delete_sealed_setting(&setting_key(room)) {
+            tracing::warn!(error = %e, "could not drop the files we shared in a room left");
+        }
     }
 
     /// Rooms whose files may have to be put as we stop.
@@ -327,6 +480,52 @@ mod tests {
         assert!(shared.due(room, Some(&(5..=9)), true, 2).is_empty());
         shared.mark_put(&[5; 32], None);
         assert_eq!(lists(shared.due(room, Some(&(5..=9)), true, 2)), [5]);
+    }
+
+    #[test]
+    fn shared_files_come_back_from_the_disk_as_they_were() {
+        let (room, other_room) = (RoomId([1; 32]), RoomId([2; 32]));
+        let mut shared = SharedFiles::default();
+        let five = vec![[10; 32], [5; 32]];
+        shared.add(room, 7, file(5), five.clone());
+        shared.add(room, 8, file(6), vec![[6; 32]]);
+        shared.add(room, 9, file(7), vec![[7; 32]]);
+        shared.add(other_room, 1, file(8), vec![[8; 32]]);
+        assert_eq!(shared.dirty.len(), 2, "both rooms are to be stored");
+        shared.dirty.clear();
+        // Alice fetches file 5 whole; file 6 goes in the DHT; file 7 stays as it was.
+        let alice = PeerId::random();
+        shared.served(alice, &five[0]);
+        assert!(shared.dirty.is_empty(), "not whole yet: nothing to store");
+        shared.served(alice, &five[1]);
+        assert!(shared.dirty.contains(&room));
+        shared.mark_put(&[6; 32], Some(Instant::now()));
+
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), &shared.stored(room)).unwrap();
+        let stored: Vec<Stored> = cbor4ii::serde::from_slice(&bytes).unwrap();
+        let mut back = SharedFiles::default();
+        for s in stored {
+            let chunks = match s.file.list[0] {
+                5 => five.clone(),
+                n => vec![[n; 32]],
+            };
+            back.restore(room, s, chunks);
+        }
+        let lists = |v: Vec<(FileRef, Vec<ChunkId>)>| {
+            v.into_iter().map(|(f, _)| f.list[0]).collect::<Vec<_>>()
+        };
+        // One other member: file 5 was fetched, file 6 put a moment ago, file 7 is due.
+        assert_eq!(lists(back.due(room, None, true, 1)), [7]);
+        // Two: file 5 too; file 6 goes with a mailbox again only a day after its put.
+        assert_eq!(lists(back.due(room, None, true, 2)), [5, 7]);
+        assert_eq!(lists(back.due(room, Some(&(1..=9)), false, 2)), [5, 7]);
+        assert_eq!(back.files[&[5; 32]].chunks, five);
+        assert!(back.due(other_room, None, true, 1).is_empty());
+
+        // A room left takes its files with it.
+        back.forget_room(room);
+        assert!(back.due(room, Some(&(1..=9)), true, 2).is_empty());
+        assert!(back.chunk_of.is_empty() && back.files.is_empty());
     }
 
     #[test]
