@@ -265,6 +265,49 @@ fn a_direct_message_whose_author_was_killed_goes_in_a_mailbox_once_the_author_is
     assert_eq!(b.status()["mailboxes"]["taken"], 1);
 }
 
+/// `cryptchat stop` stops a headless node as a signal would: what a contact lacks goes in
+/// a mailbox first, the process exits cleanly, and a client watching learns it.
+#[test]
+fn stop_from_the_cli_puts_the_mailbox_and_ends_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_relay, mut a, mut b) = contacts_over_relay(dir.path());
+    b.stop();
+    a.cli(&["dm", "bob", "off to bed"]);
+    let mut watcher = a
+        .client(&["watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It says so once it is connected.
+    let mut said = std::io::BufReader::new(watcher.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+    assert_eq!(line, "watching every room (Ctrl-C stops)\n");
+    let stopped = a.cli(&["stop"]);
+    assert_eq!(stopped["username"], "alice");
+    a.wait_stopped();
+    assert_eq!(
+        mailbox_puts(&a),
+        1,
+        "alice's node put one mailbox as it stopped"
+    );
+    assert!(watcher.wait().unwrap().success());
+    line.clear();
+    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+    assert_eq!(line, "the node stopped\n");
+    // Nothing left to stop: said plainly.
+    let again = a.try_cli(&["stop"]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("no cryptchat node is running"), "{err}");
+
+    b.restart();
+    wait_until("bob reads what alice wrote before she stopped", T, || {
+        b.texts("@alice") == ["are you there?", "off to bed"]
+    });
+}
+
 /// What a node shared is kept on disk: a small file shared just before the node died goes
 /// in the DHT with the mailbox once the node is back, and a file put there is not put
 /// again at the next restart.

@@ -15,7 +15,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::core::CoreError;
@@ -401,6 +401,13 @@ pub struct DialRequest {
     pub addr: String,
 }
 
+/// The answer to `/stop`: whose node stopped.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Stopped {
+    pub username: String,
+    pub user_id: String,
+}
+
 /// The answer to a dial: whom the connection reached.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Dialled {
@@ -463,6 +470,7 @@ pub fn router(node: NodeHandle, token: String) -> Router {
         .route("/groups", post(group))
         .route("/invite", post(invite))
         .route("/dial", post(dial))
+        .route("/stop", post(stop))
         .route("/faults", get(get_faults).post(set_faults))
         .route("/block", post(block))
         .route("/events", get(events))
@@ -480,7 +488,12 @@ pub async fn serve(
     node: NodeHandle,
     token: String,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node, token)).await
+    let stopped = node.clone();
+    // Once the node stopped, requests under way (the `/stop` that did it) still get their
+    // answer; no new one is taken.
+    axum::serve(listener, router(node, token))
+        .with_graceful_shutdown(async move { stopped.stopped().await })
+        .await
 }
 
 /// Binds the API listener, on loopback unless told otherwise; port 0 picks a free port.
@@ -888,6 +901,18 @@ async fn dial(State(s): State<AppState>, Json(r): Json<DialRequest>) -> ApiResul
     }))
 }
 
+/// Stops the node as a signal to `cryptchat run` would (what members lack goes in
+/// mailboxes first): answers once it has stopped and its journal is closed, and the
+/// process then exits.
+async fn stop(State(s): State<AppState>) -> ApiResult<Stopped> {
+    s.node.shutdown().await?;
+    let me = s.node.identity();
+    Ok(Json(Stopped {
+        username: me.username().to_string(),
+        user_id: me.id().to_hex(),
+    }))
+}
+
 async fn get_faults(State(s): State<AppState>) -> ApiResult<FaultConfig> {
     Ok(Json(s.node.faults().get()))
 }
@@ -925,7 +950,8 @@ async fn events(
     State(s): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = s.node.subscribe();
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
+    let node = s.node.clone();
+    let events = futures::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
                 Ok(ev) => {
@@ -938,6 +964,8 @@ async fn events(
             }
         }
     });
+    // Ends when the node stops, so that watchers learn it and the server can close.
+    let stream = events.take_until(async move { node.stopped().await });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

@@ -143,16 +143,6 @@ impl Client {
         format!("{root}/#token={}", self.token)
     }
 
-    /// Streams server-sent events, calling `f` with each event's JSON until it returns false.
-    pub fn events(&self, mut f: impl FnMut(&str) -> bool) -> Result<(), ClientError> {
-        for data in self.subscribe()? {
-            if !f(&data?) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
     /// The node's events from now on (see [`crate::service::Event`]): once this returns,
     /// every later event is in the stream, so what is read next (a room's history, say)
     /// leaves no gap before them.

@@ -262,7 +262,7 @@ impl NodeProc {
     /// Stops the node as Ctrl-C or `systemctl stop` would (SIGTERM), and waits for it to
     /// exit cleanly.
     pub fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else {
+        let Some(c) = &self.child else {
             return;
         };
         let sent = Command::new("kill")
@@ -270,6 +270,15 @@ impl NodeProc {
             .status()
             .unwrap();
         assert!(sent.success());
+        self.wait_stopped();
+    }
+
+    /// Waits for the process to exit (told to stop by a signal or `cryptchat stop`), and
+    /// asserts that it exited cleanly.
+    pub fn wait_stopped(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
         let start = Instant::now();
         loop {
             if let Some(status) = c.try_wait().unwrap() {

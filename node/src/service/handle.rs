@@ -386,4 +386,10 @@ impl NodeHandle {
     pub async fn shutdown(&self) -> Result<(), NodeError> {
         self.ask(Command::Shutdown).await
     }
+
+    /// Resolves once the node has stopped (through [`NodeHandle::shutdown`] on any handle,
+    /// such as the API's `/stop`).
+    pub async fn stopped(&self) {
+        self.tx.closed().await;
+    }
 }

@@ -235,6 +235,9 @@ pub(crate) enum Cmd {
     Peers,
     /// Show the node's status.
     Status,
+    /// Stop the node running on the data dir, as Ctrl-C would: what members have not
+    /// confirmed receiving goes in mailboxes first (a few seconds at most)
+    Stop,
     /// Connect to a peer by address.
     Dial { addr: String },
     /// Print messages as they arrive (only those of ROOMs, if given).

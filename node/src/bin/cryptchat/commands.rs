@@ -9,6 +9,7 @@ use cryptchat::api::{
     BlockRequest, ContactRequest, DeleteRequest, DialRequest, Dialled, DmRequest, EditRequest,
     FetchRequest, ForgetRequest, GroupRequest, HistoryRequest, IgnoreRequest, InviteRequest,
     JoinRequest, MessageRequest, NameRequest, ReactRequest, RoomRequest, SendRequest, ShareRequest,
+    Stopped,
 };
 use cryptchat::client::Client;
 use cryptchat::core::{ContactView, IgnoredView, MemberView, MessageView, RoomView};
@@ -452,26 +453,57 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
                 );
             })
         }
+        Cmd::Stop => {
+            let v: Stopped = c.post_unbounded("/stop", &())?;
+            // Stopped: the process exits right after, removing its API file as it goes.
+            let api_file = data_dir.join(cryptchat::config::API_FILE);
+            let start = std::time::Instant::now();
+            while api_file.exists() && start.elapsed() < std::time::Duration::from_secs(5) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            print(json, &v, |v| {
+                println!(
+                    "stopped the node for {} ({})",
+                    v.username,
+                    v.user_id.get(..16).unwrap_or(&v.user_id)
+                )
+            })
+        }
         Cmd::Dial { addr } => {
             let v: Dialled = c.post("/dial", &DialRequest { addr })?;
             print(json, &v, |v| println!("connected to {}", v.peer_id))
         }
-        Cmd::Watch { rooms } => Ok(c.events(|data| {
-            let message = match serde_json::from_str(data) {
-                Ok(cryptchat::service::Event::Message(m)) => Some(*m),
-                _ => None,
-            };
-            let wanted = match &message {
-                Some(m) => rooms.is_empty() || rooms.contains(&m.room),
-                None => rooms.is_empty(),
-            };
-            if wanted && json {
-                println!("{data}");
-            } else if let Some(m) = message.filter(|_| wanted) {
-                print_message(&m);
+        Cmd::Watch { rooms } => {
+            let events = c.subscribe()?;
+            if !json {
+                let which = match rooms.len() {
+                    0 => "every room".to_string(),
+                    _ => rooms.join(", "),
+                };
+                eprintln!("watching {which} (Ctrl-C stops)");
             }
-            true
-        })?),
+            for data in events {
+                let data = data?;
+                let message = match serde_json::from_str(&data) {
+                    Ok(cryptchat::service::Event::Message(m)) => Some(*m),
+                    _ => None,
+                };
+                let wanted = match &message {
+                    Some(m) => rooms.is_empty() || rooms.contains(&m.room),
+                    None => rooms.is_empty(),
+                };
+                if wanted && json {
+                    println!("{data}");
+                } else if let Some(m) = message.filter(|_| wanted) {
+                    print_message(&m);
+                }
+            }
+            // The stream ends only when the node stops.
+            if !json {
+                eprintln!("the node stopped");
+            }
+            Ok(())
+        }
         Cmd::Chat { room, last } => chat(&c, data_dir, &room, last, json),
         Cmd::Web => {
             let url = c.web_url();

@@ -186,7 +186,7 @@ async fn run(
         &data_dir.join(config::API_FILE),
         serde_json::to_string(&info)?.as_bytes(),
     )?;
-    let server = tokio::spawn(cryptchat::api::serve(listener, node.clone(), token));
+    let mut server = tokio::spawn(cryptchat::api::serve(listener, node.clone(), token));
     for room in join {
         let view = node.join(&room, room_password.clone()).await?;
         tracing::info!(room = %view.name, "joined");
@@ -219,10 +219,19 @@ async fn run(
         }
         print!("{out}");
     }
-    wait_for_signal().await;
-    tracing::info!("shutting down");
+    let by_api = tokio::select! {
+        _ = wait_for_signal() => false,
+        _ = node.stopped() => true,
+    };
+    tracing::info!(by_api, "shutting down");
     let _ = std::fs::remove_file(data_dir.join(config::API_FILE));
-    let _ = node.shutdown().await;
+    if by_api {
+        // The request that stopped the node gets its answer (clients of `watch` keep the
+        // server from ending by itself: a moment is all they get).
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut server).await;
+    } else {
+        let _ = node.shutdown().await;
+    }
     server.abort();
     Ok(())
 }
