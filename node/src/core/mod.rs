@@ -45,6 +45,8 @@ const OWNER_KEY: &str = "owner";
 
 /// A sealed setting's value, opened (wiped when dropped).
 pub type OpenedSetting = zeroize::Zeroizing<Vec<u8>>;
+/// A sealed setting's value as read: opened, or why it cannot be.
+pub type SettingRead = Result<OpenedSetting, CoreError>;
 const ROOM_PREFIX: &str = "room/";
 const CONTACT_PREFIX: &str = "contact/";
 
@@ -612,16 +614,17 @@ impl Core {
         Ok(self.journal.put_settings_with(&sealed, durable)?)
     }
 
-    /// The values [`Core::put_sealed_settings`] stored under keys starting with `prefix`.
-    pub fn sealed_settings(&self, prefix: &str) -> Result<Vec<(String, OpenedSetting)>, CoreError> {
+    /// The values [`Core::put_sealed_settings`] stored under keys starting with `prefix`,
+    /// each opened or the reason it cannot be (one damaged value hides no other).
+    pub fn sealed_settings(&self, prefix: &str) -> Result<Vec<(String, SettingRead)>, CoreError> {
         let stored = self.journal.settings_with_prefix(prefix)?;
-        stored
+        Ok(stored
             .into_iter()
             .map(|(key, blob)| {
-                let plain = self.unseal(&key, &blob)?;
-                Ok((key, plain))
+                let plain = self.unseal(&key, &blob);
+                (key, plain)
             })
-            .collect()
+            .collect())
     }
 
     /// Drops a value [`Core::put_sealed_settings`] stored.

@@ -2362,3 +2362,28 @@ fn a_direct_rooms_entries_stored_last_page_first_all_show() {
         .collect();
     assert_eq!(shown, (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
 }
+
+#[test]
+fn sealed_settings_come_back_opened_and_a_damaged_one_hides_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = core(&dir, 0);
+    let values = [
+        ("state/one".to_string(), b"first".to_vec()),
+        ("state/two".to_string(), b"second".to_vec()),
+        ("other/three".to_string(), b"third".to_vec()),
+    ];
+    a.put_sealed_settings(&values, true).unwrap();
+    // Sealed at rest, under the key it was stored with.
+    let raw = a.journal.get_setting("state/one").unwrap().unwrap();
+    assert!(!raw.windows(5).any(|w| w == b"first"));
+    a.journal.put_setting("state/two", &raw).unwrap();
+
+    let read = a.sealed_settings("state/").unwrap();
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[0].0, "state/one");
+    assert_eq!(read[0].1.as_ref().unwrap().as_slice(), b"first");
+    assert!(matches!(read[1].1, Err(CoreError::CorruptSetting(ref k)) if k == "state/two"));
+
+    a.delete_sealed_setting("state/one").unwrap();
+    assert_eq!(a.sealed_settings("state/").unwrap().len(), 1);
+}

@@ -254,7 +254,8 @@ impl Service {
             let room = hex::decode_to_slice(&key[SETTING_PREFIX.len()..], &mut id)
                 .ok()
                 .map(|()| RoomId(id));
-            let files: Option<Vec<Stored>> = cbor4ii::serde::from_slice(&plain).ok();
+            let files: Option<Vec<Stored>> =
+                (plain.ok()).and_then(|plain| cbor4ii::serde::from_slice(&plain).ok());
             let (Some(room), Some(files)) = (room, files) else {
                 // Not worth refusing to start over: such files are only not put.
                 tracing::warn!(key, "the stored files we shared cannot be read");
