@@ -944,6 +944,57 @@ async fn a_mailbox_longer_than_one_record_reaches_its_reader_whole() {
     assert!(relay.status().await.unwrap().dht.other_values >= 3);
 }
 
+/// A node stopped moments after it started, connected but before any peer told it its
+/// addresses (a slow link), still puts what a member lacks in its mailbox: the stop waits
+/// for the DHT to come up, within the time it gives its puts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_stopped_before_its_dht_came_up_still_puts_its_mailbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (relay, [a, b]) = contacts_with_mailboxes(dir).await;
+    b.shutdown().await.unwrap();
+    drop(b);
+    // Alice writes to Bob while he is away, and her node stops cut off from everyone: it
+    // puts nothing then.
+    a.dm("bob", "written while bob is away").await.unwrap();
+    let relay_id = relay.status().await.unwrap().peer_id.parse().unwrap();
+    a.block(vec![relay_id], true).await.unwrap();
+    wait_for("alice is alone", T, async || {
+        a.status().await.unwrap().connected_peers == 0
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    drop(a);
+    assert_eq!(relay.status().await.unwrap().dht.other_values, 0);
+
+    // Her node starts again on a link that delays every byte it receives by 400 ms (the
+    // relay's identify answer, which brings the DHT up, comes that long after the
+    // connection), and is stopped as soon as it is connected.
+    let boot = std::fs::read_to_string(dir.join("boot")).unwrap();
+    let mut cfg = common::inproc::config(&dir.join("alice"), &[boot]);
+    cfg.mailbox_after = Some(Duration::from_secs(2));
+    cfg.swarm.faults.set(cryptchat::faults::FaultConfig {
+        latency_ms: 400,
+        ..Default::default()
+    });
+    let a = cryptchat::service::start(identity("alice"), cfg)
+        .await
+        .unwrap();
+    wait_for("alice is connected", T, async || {
+        a.status().await.unwrap().connected_peers >= 1
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    drop(a);
+    assert!(relay.status().await.unwrap().dht.other_values >= 1);
+
+    let b = restart(dir, "bob").await;
+    wait_for("bob reads it from the mailbox", T, async || {
+        texts(&b, "@alice").await == ["written while bob is away"]
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_file_sent_to_a_contact_who_is_away_is_fetched_from_the_dht() {
     let dir = tempfile::tempdir().unwrap();

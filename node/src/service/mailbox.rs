@@ -499,8 +499,20 @@ impl Service {
         if self.connections.is_empty() {
             return;
         }
-        self.put_mailboxes(true);
         let until = tokio::time::Instant::now() + PUT_BEFORE_STOP;
+        // Connected, but no peer has told us its addresses yet (the node has just started,
+        // or its links are slow): the DHT comes up within moments, and the puts wait for it
+        // within the same budget rather than be dropped.
+        while !self.kad_ready && self.mailboxes.enabled() {
+            tokio::select! {
+                ev = futures::StreamExt::select_next_some(&mut self.swarm) => self.on_swarm_event(ev),
+                _ = tokio::time::sleep_until(until) => {
+                    tracing::debug!("stopping before the DHT came up: no mailbox put");
+                    return;
+                }
+            }
+        }
+        self.put_mailboxes(true);
         while self.mailboxes.putting() {
             tokio::select! {
                 ev = futures::StreamExt::select_next_some(&mut self.swarm) => self.on_swarm_event(ev),
