@@ -213,18 +213,22 @@ impl Service {
         if !self.mailboxes.enabled() || file.size > chunk_slices::MAX_FILE {
             return;
         }
-        let list = match self.core.journal().chunk(&file.list) {
-            Ok(Some(list)) => list,
-            _ => return,
-        };
-        let Ok(mut chunks) = files::open_list(&file, &list) else {
+        let Some(chunks) = self.list_and_chunks(&file) else {
             return;
         };
-        chunks.push(file.list);
         self.mailboxes.shared.add(room, seq, file, chunks);
         // On disk before anything else happens: a node killed right after still puts the
         // file with its mailbox when it runs again.
         self.save_shared(true);
+    }
+
+    /// The names of a file's chunks and of its list, read from the list this node holds
+    /// (`None` if it holds none, or cannot read it).
+    fn list_and_chunks(&self, file: &FileRef) -> Option<Vec<ChunkId>> {
+        let list = self.core.journal().chunk(&file.list).ok()??;
+        let mut chunks = files::open_list(file, &list).ok()?;
+        chunks.push(file.list);
+        Some(chunks)
     }
 
     /// Stores the shared files of the rooms where they changed (see [`SharedFiles`]);
@@ -265,16 +269,10 @@ impl Service {
                 continue;
             }
             for stored in files {
-                let list = match self.core.journal().chunk(&stored.file.list) {
-                    Ok(Some(list)) => list,
-                    // Forgotten since (`cryptchat forget`).
-                    _ => continue,
-                };
-                let Ok(mut chunks) = files::open_list(&stored.file, &list) else {
-                    continue;
-                };
-                chunks.push(stored.file.list);
-                self.mailboxes.shared.restore(room, stored, chunks);
+                // None: forgotten since (`cryptchat forget`).
+                if let Some(chunks) = self.list_and_chunks(&stored.file) {
+                    self.mailboxes.shared.restore(room, stored, chunks);
+                }
             }
         }
         // As read: nothing to write back.
