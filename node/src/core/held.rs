@@ -27,7 +27,7 @@ impl Core {
     /// told it; before the rooms' members are gathered, so that these count among them.
     pub(super) fn load_held(&mut self) -> Result<(), CoreError> {
         let mine = short_id(&self.identity.id().0);
-        for (key, blob) in self.journal.settings_with_prefix(HELD_PREFIX)? {
+        for (key, plain) in self.sealed_settings(HELD_PREFIX)? {
             let corrupt = || CoreError::CorruptSetting(key.clone());
             let mut id = [0u8; 32];
             hex::decode_to_slice(&key[HELD_PREFIX.len()..], &mut id).map_err(|_| corrupt())?;
@@ -35,7 +35,7 @@ impl Core {
             if !self.rooms.contains_key(&room) {
                 continue;
             }
-            let plain = self.unseal(&key, &blob)?;
+            let plain = plain?;
             if plain.len() % PAIR != 0 {
                 return Err(corrupt());
             }
@@ -76,11 +76,9 @@ impl Core {
                 plain.extend_from_slice(&member.0);
                 plain.extend_from_slice(&seq.to_be_bytes());
             }
-            let key = key(room);
-            let blob = self.seal(&key, &plain)?;
-            settings.push((key, blob));
+            settings.push((key(room), plain));
         }
-        self.journal.put_settings_with(&settings, false)?;
+        self.put_sealed_settings(&settings, false)?;
         Ok(settings.len())
     }
 

@@ -503,24 +503,28 @@ impl Service {
         // Connected, but no peer has told us its addresses yet (the node has just started,
         // or its links are slow): the DHT comes up within moments, and the puts wait for it
         // within the same budget rather than be dropped.
-        while !self.kad_ready && self.mailboxes.enabled() {
-            tokio::select! {
-                ev = futures::StreamExt::select_next_some(&mut self.swarm) => self.on_swarm_event(ev),
-                _ = tokio::time::sleep_until(until) => {
-                    tracing::debug!("stopping before the DHT came up: no mailbox put");
-                    return;
-                }
-            }
+        let up = self.mailboxes.enabled();
+        if !self.drive_until(until, |s| !up || s.kad_ready).await {
+            return tracing::debug!("stopping before the DHT came up: no mailbox put");
         }
         self.put_mailboxes(true);
-        while self.mailboxes.putting() {
+        if !self.drive_until(until, |s| !s.mailboxes.putting()).await {
+            tracing::debug!("stopping before every mailbox was stored");
+        }
+    }
+
+    /// Runs the swarm until `done` holds (true) or `until` comes (false).
+    async fn drive_until(
+        &mut self,
+        until: tokio::time::Instant,
+        done: impl Fn(&Service) -> bool,
+    ) -> bool {
+        while !done(self) {
             tokio::select! {
                 ev = futures::StreamExt::select_next_some(&mut self.swarm) => self.on_swarm_event(ev),
-                _ = tokio::time::sleep_until(until) => {
-                    tracing::debug!("stopping before every mailbox was stored");
-                    break;
-                }
+                _ = tokio::time::sleep_until(until) => return false,
             }
         }
+        true
     }
 }
