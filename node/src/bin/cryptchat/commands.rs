@@ -20,7 +20,7 @@ use cryptchat::service::{Fetched, Forgotten, PeerView, Repaired, Sent, Status};
 use crate::chat::chat;
 use crate::cli::{Cmd, ContactCmd};
 use crate::credentials::read_secret_file;
-use crate::output::{clock, print_message};
+use crate::output::{clock, print_message, short_user};
 use crate::size::human_size;
 use crate::terminal::{progress_line, wait_note};
 
@@ -86,7 +86,7 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
                     };
                     println!(
                         "{}  {who:<24} {}{you}",
-                        &m.user_id[..16],
+                        short_user(&m.user_id),
                         messages_in(m.messages, 6)
                     );
                 }
@@ -279,7 +279,7 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
                 println!(
                     "added {} ({}); direct room: {}",
                     v.name,
-                    &v.user_id[..16],
+                    short_user(&v.user_id),
                     v.room
                 )
             })
@@ -465,7 +465,7 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
                 println!(
                     "stopped the node for {} ({})",
                     v.username,
-                    v.user_id.get(..16).unwrap_or(&v.user_id)
+                    short_user(&v.user_id)
                 )
             })
         }

@@ -155,7 +155,7 @@ fn refuse_if_running(data_dir: &std::path::Path) -> Result<()> {
             "a node for {} ({}) is already running on {}: stop it first, or use another \
              --data-dir",
             id.username,
-            &id.user_id[..16],
+            output::short_user(&id.user_id),
             data_dir.display()
         ),
         Err(_) => Ok(()),

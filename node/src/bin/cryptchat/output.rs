@@ -27,6 +27,14 @@ fn clock_at(ms: u64, now: chrono::DateTime<chrono::Local>) -> String {
     t.format(format).to_string()
 }
 
+/// A user id as people compare it by eye, the same everywhere the CLI, the run banner and
+/// the web page show one: the first 8 bytes in groups of four hex digits.
+pub(crate) fn short_user(hex: &str) -> String {
+    cryptchat::identity::UserId::from_hex(hex)
+        .map(|id| id.short())
+        .unwrap_or_else(|| hex.to_string())
+}
+
 pub(crate) fn print_message(m: &MessageView) {
     // Each message shows where it is in its author's chain, AUTHOR#N: what `reply` takes
     // (and N, for our own, what `edit` and `delete` take).
@@ -105,5 +113,13 @@ mod tests {
         let shown = super::clock_at(ms(before), now);
         assert_eq!(shown, before.format("%Y-%m-%d %H:%M:%S").to_string());
         assert_eq!(super::clock_at(u64::MAX, now), "??:??:??");
+    }
+
+    #[test]
+    fn a_user_id_reads_the_same_short_form_everywhere() {
+        let hex = "814ddc60a1b2c3d4".to_string() + &"00".repeat(24);
+        assert_eq!(super::short_user(&hex), "814d-dc60-a1b2-c3d4");
+        // Something that is not an id is shown as it came rather than cut.
+        assert_eq!(super::short_user("not-an-id"), "not-an-id");
     }
 }
