@@ -67,9 +67,9 @@ pub(crate) struct Mailboxes {
     wrote: HashMap<RoomId, Instant>,
     /// Puts under way: pages, and slices of files' chunks.
     putting: HashMap<kad::QueryId, Put>,
-    /// What each page of ours held when last put (its digest), and when: a page that did
-    /// not change is not put again for a day.
-    put_pages: HashMap<(RoomId, u8), ([u8; 32], Instant)>,
+    /// What each page of ours held when last put, and when: a page that did not change is
+    /// not put again for a day.
+    pub(super) pages: super::put_pages::PutPages,
     /// Pages to read, in order, and those reads under way with the values they found.
     due: VecDeque<Page>,
     queued: HashSet<Page>,
@@ -108,7 +108,7 @@ impl Mailboxes {
             after,
             wrote: HashMap::new(),
             putting: HashMap::new(),
-            put_pages: HashMap::new(),
+            pages: Default::default(),
             due: VecDeque::new(),
             queued: HashSet::new(),
             reading: HashMap::new(),
@@ -217,8 +217,7 @@ impl Service {
         let mut sent = 0;
         for page in 0..pages.len() as u8 {
             let digest = pages.digest(usize::from(page));
-            let put = self.mailboxes.put_pages.get(&(room, page));
-            if put.is_some_and(|(d, at)| *d == digest && at.elapsed() < PUT_AGAIN) {
+            if self.mailboxes.pages.fresh(room, page, &digest) {
                 continue;
             }
             let value = match keys.seal(&pages, page) {
@@ -228,7 +227,7 @@ impl Service {
             if let Err(e) = self.put_in_dht(keys.record(page), value, Put::Page(room, page)) {
                 return tracing::warn!(error = %e, "cannot put a mailbox");
             }
-            (self.mailboxes.put_pages).insert((room, page), (digest, Instant::now()));
+            self.mailboxes.pages.putting(room, page, digest);
             sent += 1;
         }
         // The files whose messages it carries go with it.
@@ -376,18 +375,20 @@ impl Service {
         last: bool,
     ) -> bool {
         if let Some(&put) = self.mailboxes.putting.get(&id) {
+            let failed = matches!(result, kad::QueryResult::PutRecord(Err(_)));
             if last {
                 self.mailboxes.putting.remove(&id);
+                match put {
+                    Put::Page(room, page) => self.mailboxes.pages.put_ended(room, page, !failed),
+                    Put::File(_, list) => self.mailboxes.shared.put_ended(&list),
+                }
             }
             if let kad::QueryResult::PutRecord(Err(e)) = result {
                 // No DHT node took it (we are alone, or the nodes near the key are gone):
                 // try again after the usual wait, unless something new is waiting already.
                 tracing::debug!(error = %e, "mailbox put did not reach the DHT");
                 let room = match put {
-                    Put::Page(room, page) => {
-                        self.mailboxes.put_pages.remove(&(room, page));
-                        room
-                    }
+                    Put::Page(room, _) => room,
                     Put::File(room, file) => {
                         self.file_unplaced(&file);
                         room

@@ -27,6 +27,7 @@ mod handle;
 mod incoming;
 mod mailbox;
 mod own;
+mod put_pages;
 mod receipts;
 mod reconcile;
 mod rendezvous;
@@ -403,8 +404,10 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
     for &id in &rooms {
         service.mailboxes.wrote(id);
     }
-    // The files that go with those mailboxes (or are due as we stop).
+    // The files that go with those mailboxes (or are due as we stop), and which of their
+    // pages are in the DHT already.
     service.load_shared();
+    service.load_put_pages();
     for id in rooms {
         service.subscribe(id);
     }
@@ -595,6 +598,7 @@ impl Service {
                     self.tick_mailboxes();
                     self.save_held();
                     self.save_shared(false);
+                    self.save_put_pages();
                     // Now and then everyone re-announces what it holds, for new members.
                     rounds += 1;
                     if rounds.is_multiple_of(RECEIPT_REFRESH_ROUNDS) {
@@ -648,6 +652,7 @@ impl Service {
         self.commit_unstored();
         self.save_held();
         self.save_shared(false);
+        self.save_put_pages();
         if let Err(e) = blocking(|| self.core.flush()) {
             tracing::error!(error = %e, "could not flush the journal");
         }
@@ -1093,6 +1098,7 @@ impl Service {
         self.announced.remove(&room.id);
         self.forget_room(room.id);
         self.forget_shared(room.id);
+        self.forget_put_pages(room.id);
         self.own.forget(&room.id);
         self.own_forks.remove(&room.id);
         self.resend.remove(&room.id);

@@ -56,8 +56,10 @@ struct SharedFile {
     whole_before: u32,
     /// Peers we served chunks of it to in this run, and which.
     fetched: HashMap<PeerId, HashSet<ChunkId>>,
-    /// When its chunks were last put in the DHT.
+    /// When its chunks were last put in the DHT, and how many of those puts are still
+    /// under way (the put time is stored only once the DHT took them all).
     put_at: Option<Instant>,
+    running: usize,
 }
 
 impl SharedFile {
@@ -117,6 +119,7 @@ impl SharedFiles {
             whole_before,
             fetched: HashMap::new(),
             put_at,
+            running: 0,
         };
         self.files.insert(shared.file.list, shared);
     }
@@ -153,7 +156,9 @@ impl SharedFiles {
                 seq: f.seq,
                 file: f.file.clone(),
                 whole: u32::try_from(f.whole()).unwrap_or(u32::MAX),
-                put_ms: (f.put_at).map(|at| now.saturating_sub(at.elapsed().as_millis() as u64)),
+                put_ms: (f.put_at)
+                    .filter(|_| f.running == 0)
+                    .map(|at| now.saturating_sub(at.elapsed().as_millis() as u64)),
             })
             .collect()
     }
@@ -194,9 +199,29 @@ impl SharedFiles {
             .collect()
     }
 
-    fn mark_put(&mut self, list: &ChunkId, at: Option<Instant>) {
+    /// `records` puts of the file's chunks started.
+    fn putting(&mut self, list: &ChunkId, records: usize) {
         if let Some(f) = self.files.get_mut(list) {
-            f.put_at = at;
+            f.put_at = Some(Instant::now());
+            f.running += records;
+        }
+    }
+
+    /// One put of the file's chunks ended (whether the DHT took it is told by
+    /// [`SharedFiles::unplaced`]).
+    pub(super) fn put_ended(&mut self, list: &ChunkId) {
+        if let Some(f) = self.files.get_mut(list) {
+            f.running = f.running.saturating_sub(1);
+            if f.running == 0 {
+                self.dirty.insert(f.room);
+            }
+        }
+    }
+
+    /// A put of the file's chunks did not reach the DHT: it is put again next time.
+    fn unplaced(&mut self, list: &ChunkId) {
+        if let Some(f) = self.files.get_mut(list) {
+            f.put_at = None;
             self.dirty.insert(f.room);
         }
     }
@@ -322,14 +347,14 @@ impl Service {
                     records += 1;
                 }
             }
-            (self.mailboxes.shared).mark_put(&file.list, Some(Instant::now()));
+            (self.mailboxes.shared).putting(&file.list, records);
             tracing::debug!(file = %file.id(), records, "file put in the DHT");
         }
     }
 
     /// A put of the file's chunks did not reach the DHT: put them again next time.
     pub(super) fn file_unplaced(&mut self, list: &ChunkId) {
-        self.mailboxes.shared.mark_put(list, None);
+        self.mailboxes.shared.unplaced(list);
     }
 
     /// A file's sealed chunks and list (`names`), as the journal holds them (`None`: not
@@ -475,9 +500,9 @@ mod tests {
         assert_eq!(lists(shared.due(room, None, true, 2)), [5]);
 
         // Put: not again for a while, unless the put found no DHT node.
-        shared.mark_put(&[5; 32], Some(Instant::now()));
+        shared.putting(&[5; 32], 2);
         assert!(shared.due(room, Some(&(5..=9)), true, 2).is_empty());
-        shared.mark_put(&[5; 32], None);
+        shared.unplaced(&[5; 32]);
         assert_eq!(lists(shared.due(room, Some(&(5..=9)), true, 2)), [5]);
     }
 
@@ -498,7 +523,15 @@ mod tests {
         assert!(shared.dirty.is_empty(), "not whole yet: nothing to store");
         shared.served(alice, &five[1]);
         assert!(shared.dirty.contains(&room));
-        shared.mark_put(&[6; 32], Some(Instant::now()));
+        shared.putting(&[6; 32], 2);
+        shared.putting(&[7; 32], 1);
+        shared.put_ended(&[6; 32]);
+        // Until the DHT took all of a file, its put is not kept: a node that stops with
+        // the put under way puts it again when it next runs.
+        assert!(shared.stored(room).iter().all(|f| f.put_ms.is_none()));
+        shared.dirty.clear();
+        shared.put_ended(&[6; 32]);
+        assert!(shared.dirty.contains(&room), "all taken: to be stored");
 
         let bytes = cbor4ii::serde::to_vec(Vec::new(), &shared.stored(room)).unwrap();
         let stored: Vec<Stored> = cbor4ii::serde::from_slice(&bytes).unwrap();
