@@ -1110,11 +1110,12 @@ impl Core {
     }
 
     /// A message's author as a user names it: a contact's name gives its id in hex; any
-    /// other name is taken as (the start of) an id.
+    /// other name is taken as (the start of) an id, written bare or in the short form
+    /// shown beside members (`814d-dc60-...`).
     fn author_named(&self, author: &str) -> String {
         match self.contacts.get(author.trim_start_matches('@')) {
             Some(code) => code.identity.id().to_hex(),
-            None => author.to_ascii_lowercase(),
+            None => author.replace('-', "").to_ascii_lowercase(),
         }
     }
 
