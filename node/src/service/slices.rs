@@ -52,8 +52,8 @@ struct SharedFile {
     file: FileRef,
     /// Its list and chunks.
     chunks: Vec<ChunkId>,
-    /// Peers that fetched it whole in an earlier run of the node.
-    whole_before: u32,
+    /// Peers that fetched it whole in earlier runs of the node.
+    whole_before: WholeBefore,
     /// Peers we served chunks of it to in this run, and which.
     fetched: HashMap<PeerId, HashSet<ChunkId>>,
     /// When its chunks were last put in the DHT, and how many of those puts are still
@@ -62,14 +62,32 @@ struct SharedFile {
     running: usize,
 }
 
+/// Peers named per file as having fetched it whole, across restarts; past these they are
+/// only counted (a room has few members that fetch a file before its author stops).
+const NAMED_PEERS: usize = 32;
+
+/// Peers that fetched a file whole in earlier runs: by peer id, so that one fetching it
+/// again (after `cryptchat forget`) counts once, and a count of the others.
+#[derive(Default)]
+struct WholeBefore {
+    named: HashSet<PeerId>,
+    unnamed: u32,
+}
+
 impl SharedFile {
-    /// Peers that fetched all of it from us (one fetching again after a restart of ours
-    /// counts twice).
+    /// Peers that fetched all of it from us, in this run or an earlier one.
     fn whole(&self) -> usize {
-        let now = (self.fetched.values())
-            .filter(|got| got.len() == self.chunks.len())
-            .count();
-        self.whole_before as usize + now
+        let before = &self.whole_before;
+        before.named.len() + before.unnamed as usize + self.whole_now().count()
+    }
+
+    /// Peers that fetched all of it in this run, and not in an earlier one.
+    fn whole_now(&self) -> impl Iterator<Item = &PeerId> {
+        (self.fetched.iter())
+            .filter(|(peer, got)| {
+                got.len() == self.chunks.len() && !self.whole_before.named.contains(peer)
+            })
+            .map(|(peer, _)| peer)
     }
 }
 
@@ -78,14 +96,19 @@ impl SharedFile {
 struct Stored {
     seq: u64,
     file: FileRef,
+    /// Peers that fetched it whole beyond those in `whole_by` (an earlier version stored
+    /// them all here).
     whole: u32,
+    /// Peers that fetched it whole (their peer ids, at most [`NAMED_PEERS`]).
+    #[serde(default)]
+    whole_by: Vec<serde_bytes::ByteBuf>,
     /// When its chunks were last put in the DHT (ms since the Unix epoch).
     put_ms: Option<u64>,
 }
 
 impl SharedFiles {
     fn add(&mut self, room: RoomId, seq: u64, file: FileRef, chunks: Vec<ChunkId>) {
-        self.insert(room, seq, file, chunks, 0, None);
+        self.insert(room, seq, file, chunks, WholeBefore::default(), None);
     }
 
     fn insert(
@@ -94,7 +117,7 @@ impl SharedFiles {
         seq: u64,
         file: FileRef,
         chunks: Vec<ChunkId>,
-        whole_before: u32,
+        whole_before: WholeBefore,
         put_at: Option<Instant>,
     ) {
         self.dirty.insert(room);
@@ -152,13 +175,21 @@ impl SharedFiles {
         let lists = self.by_room.get(&room).into_iter().flatten();
         lists
             .filter_map(|l| self.files.get(l))
-            .map(|f| Stored {
-                seq: f.seq,
-                file: f.file.clone(),
-                whole: u32::try_from(f.whole()).unwrap_or(u32::MAX),
-                put_ms: (f.put_at)
-                    .filter(|_| f.running == 0)
-                    .map(|at| now.saturating_sub(at.elapsed().as_millis() as u64)),
+            .map(|f| {
+                let peers = f.whole_before.named.iter().chain(f.whole_now());
+                let whole_by: Vec<_> = (peers.take(NAMED_PEERS))
+                    .map(|p| serde_bytes::ByteBuf::from(p.to_bytes()))
+                    .collect();
+                let unnamed = f.whole().saturating_sub(whole_by.len());
+                Stored {
+                    seq: f.seq,
+                    file: f.file.clone(),
+                    whole: u32::try_from(unnamed).unwrap_or(u32::MAX),
+                    whole_by,
+                    put_ms: (f.put_at)
+                        .filter(|_| f.running == 0)
+                        .map(|at| now.saturating_sub(at.elapsed().as_millis() as u64)),
+                }
             })
             .collect()
     }
@@ -169,7 +200,17 @@ impl SharedFiles {
             let age = crate::core::now_ms().saturating_sub(ms);
             Instant::now().checked_sub(Duration::from_millis(age))
         });
-        let (seq, file, whole) = (stored.seq, stored.file, stored.whole);
+        let mut whole = WholeBefore {
+            named: HashSet::new(),
+            unnamed: stored.whole,
+        };
+        for bytes in stored.whole_by {
+            match PeerId::from_bytes(&bytes) {
+                Ok(peer) => _ = whole.named.insert(peer),
+                Err(_) => whole.unnamed = whole.unnamed.saturating_add(1),
+            }
+        }
+        let (seq, file) = (stored.seq, stored.file);
         self.insert(room, seq, file, chunks, whole, put_at);
     }
 
@@ -553,6 +594,39 @@ mod tests {
         assert_eq!(lists(back.due(room, Some(&(1..=9)), false, 2)), [5, 7]);
         assert_eq!(back.files[&[5; 32]].chunks, five);
         assert!(back.due(other_room, None, true, 1).is_empty());
+        // Alice fetching file 5 again (she forgot her copy) still counts once; Bob counts.
+        for c in &five {
+            back.served(alice, c);
+        }
+        assert_eq!(lists(back.due(room, None, true, 2)), [5, 7]);
+        let bob = PeerId::random();
+        for c in &five {
+            back.served(bob, c);
+        }
+        assert_eq!(lists(back.due(room, None, true, 2)), [7]);
+        let stored = back.stored(room);
+        assert_eq!((stored[0].whole, stored[0].whole_by.len()), (0, 2));
+
+        // What an earlier version stored (a count, no peer ids) still reads.
+        #[derive(Serialize)]
+        struct Earlier {
+            seq: u64,
+            file: FileRef,
+            whole: u32,
+            put_ms: Option<u64>,
+        }
+        let earlier = Earlier {
+            seq: 9,
+            file: file(9),
+            whole: 2,
+            put_ms: None,
+        };
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), &[earlier]).unwrap();
+        let stored: Vec<Stored> = cbor4ii::serde::from_slice(&bytes).unwrap();
+        let mut old = SharedFiles::default();
+        old.restore(room, stored.into_iter().next().unwrap(), vec![[9; 32]]);
+        assert!(old.due(room, None, true, 2).is_empty());
+        assert_eq!(lists(old.due(room, None, true, 3)), [9]);
 
         // A room left takes its files with it.
         back.forget_room(room);
