@@ -1145,6 +1145,10 @@ impl Core {
                     "it is a file (delete it and share the file again)",
                 ));
             }
+            // Its text says what it invites to: an edit would make the two differ.
+            (_, _, Some(_)) if target.payload.invite.is_some() => {
+                return Err(CoreError::NotEditable(seq, "it is an invitation"));
+            }
             _ => {}
         }
         let room_name = reader.room_name().to_string();

@@ -249,9 +249,11 @@ impl RoomReader {
                 (None, _) => {
                     payload.text = None;
                     payload.file = None;
+                    payload.invite = None;
                     Some(Revised::Deleted)
                 }
-                (Some(text), Kind::Text) => {
+                // An invitation's text says what it invites to: it is not edited.
+                (Some(text), Kind::Text) if payload.invite.is_none() => {
                     payload.text = Some(text);
                     Some(Revised::Edited { at_ms })
                 }

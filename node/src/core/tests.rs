@@ -1095,6 +1095,14 @@ fn a_group_invites_its_members_whose_nodes_join_it() {
         Some("invites you to the group 'team' (alice, bob, carol)")
     );
     assert_eq!(a.join_invited(view).unwrap().map(|r| r.name), None, "ours");
+    // Its text says what it invites to: it cannot be edited (it can be deleted).
+    let err = a
+        .compose_revision("@bob", view.seq, Some("come to the party"))
+        .unwrap_err();
+    assert!(
+        matches!(err, CoreError::NotEditable(_, "it is an invitation")),
+        "{err}"
+    );
 
     let Incoming::Accepted(seen, _) = b.receive(&env.room.topic(), env.bytes().to_vec()).unwrap()
     else {
@@ -1113,6 +1121,31 @@ fn a_group_invites_its_members_whose_nodes_join_it() {
         "contacts by our names for them"
     );
     assert!(b.join_invited(&seen).unwrap().is_none(), "joined once");
+    // An edit of it written all the same (by another client) changes nothing; its
+    // deletion leaves no invitation behind.
+    let (seq, original) = (seen.seq, seen.text.clone());
+    for text in [Some("come to the party"), None] {
+        let revision = Payload {
+            text: text.map(str::to_string),
+            revises: Some(seq),
+            ..Payload::default()
+        };
+        let (rid, env, _) = a.compose_entry("@bob", Kind::Revision, revision).unwrap();
+        b.receive(&rid.topic(), env.bytes().to_vec()).unwrap();
+        let shown = b.history("@ally", 10).unwrap();
+        let invitation = shown.iter().find(|m| m.seq == seq).unwrap();
+        match text {
+            Some(_) => assert_eq!(
+                (
+                    &invitation.text,
+                    invitation.edited_ms,
+                    invitation.invite.is_some()
+                ),
+                (&original, None, true)
+            ),
+            None => assert!(invitation.deleted && invitation.invite.is_none()),
+        }
+    }
 
     let (_, env, _) = &invites[1];
     let Incoming::Accepted(seen, _) = c.receive(&env.room.topic(), env.bytes().to_vec()).unwrap()
