@@ -1135,7 +1135,8 @@ impl Core {
         let unknown = || CoreError::UnknownMessage(seq, reader.room_name().to_string());
         let target = reader.own(seq)?.ok_or_else(unknown)?;
         match (target.env.kind, target.revised, text) {
-            (Kind::Revision | Kind::Receipt, ..) => return Err(unknown()),
+            // Not messages (a reaction is taken back with `react --undo`).
+            (Kind::Revision | Kind::Receipt | Kind::Reaction, ..) => return Err(unknown()),
             (_, Some(reader::Revised::Deleted), _) => {
                 return Err(CoreError::NotEditable(seq, "it was deleted"));
             }

@@ -1446,6 +1446,18 @@ fn edits_and_deletions_reach_members_and_history_shows_the_latest() {
     assert!(refused(a.compose_revision("lobby", 99, None)).contains("no message #99"));
     // Entry 4 is a revision itself.
     assert!(refused(a.compose_revision("lobby", 4, None)).contains("no message #4"));
+    // So is a reaction: it is taken back with `react --undo`, not edited or deleted.
+    let me = a.identity.id().to_hex();
+    let (_, _, reaction) = a
+        .compose_reaction("lobby", &me[..8], 3, "👍", false)
+        .unwrap();
+    for text in [Some("👎"), None] {
+        let err = refused(a.compose_revision("lobby", reaction.seq, text));
+        assert!(
+            err.contains(&format!("no message #{}", reaction.seq)),
+            "{err}"
+        );
+    }
     assert!(refused(b.compose_revision("lobby", 1, Some("mine now"))).contains("no message #1"));
     assert!(matches!(
         a.compose_revision("lobby", 3, Some("  ")),
