@@ -31,6 +31,7 @@ mod put_pages;
 mod receipts;
 mod reconcile;
 mod rendezvous;
+mod room_settings;
 mod slices;
 mod webrtc;
 

@@ -11,11 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use super::Service;
 use super::mailbox::PUT_AGAIN;
+use super::room_settings::RoomSettings;
 use crate::room::RoomId;
 
-/// Where a room's put pages are kept (a sealed setting per room: a digest of a page is a
-/// digest of what it says).
-const SETTING_PREFIX: &str = "mailbox-pages/";
+/// Where a room's put pages are kept (sealed: a digest of a page is a digest of what it
+/// says).
+const SETTINGS: RoomSettings = RoomSettings::new("mailbox-pages/", "our put mailbox pages");
 
 /// What a page held when it was put (its digest, see [`crate::mailbox::Pages::digest`]),
 /// when, and whether the DHT took it yet.
@@ -114,57 +115,28 @@ impl PutPages {
     }
 }
 
-fn setting_key(room: RoomId) -> String {
-    format!("{SETTING_PREFIX}{}", room.to_hex())
-}
-
 impl Service {
     /// Stores the put pages of the rooms where they changed; not durable: a change lost in
     /// a crash only has a page put once more.
     pub(super) fn save_put_pages(&mut self) {
         let pages = &mut self.mailboxes.pages;
-        let mut values = Vec::new();
-        for room in std::mem::take(&mut pages.dirty) {
-            match cbor4ii::serde::to_vec(Vec::new(), &pages.stored(room)) {
-                Ok(plain) => values.push((setting_key(room), plain)),
-                Err(e) => tracing::warn!(error = %e, "cannot encode our put mailbox pages"),
-            }
-        }
-        if let Err(e) = self.core.put_sealed_settings(&values, false) {
-            tracing::warn!(error = %e, "could not store our put mailbox pages");
-        }
+        let rooms = std::mem::take(&mut pages.dirty);
+        let values = rooms.into_iter().map(|room| (room, pages.stored(room)));
+        SETTINGS.save(&self.core, values, false);
     }
 
-    /// Reads which pages of our mailboxes were in the DHT when the node last ran.
+    /// Reads which pages of our mailboxes were in the DHT when the node last ran (those
+    /// that cannot be read are put again).
     pub(super) fn load_put_pages(&mut self) {
-        let stored = match self.core.sealed_settings(SETTING_PREFIX) {
-            Ok(stored) => stored,
-            Err(e) => return tracing::warn!(error = %e, "cannot read our put mailbox pages"),
-        };
-        for (key, plain) in stored {
-            let mut id = [0u8; 32];
-            let room = hex::decode_to_slice(&key[SETTING_PREFIX.len()..], &mut id)
-                .ok()
-                .map(|()| RoomId(id));
-            let pages: Option<Vec<Stored>> =
-                (plain.ok()).and_then(|plain| cbor4ii::serde::from_slice(&plain).ok());
-            let (Some(room), Some(pages)) = (room, pages) else {
-                // Not worth refusing to start over: those pages are only put again.
-                tracing::warn!(key, "our stored mailbox pages cannot be read");
-                continue;
-            };
-            if self.core.room(&room).is_some() {
-                self.mailboxes.pages.restore(room, pages);
-            }
+        for (room, pages) in SETTINGS.load::<Vec<Stored>>(&self.core) {
+            self.mailboxes.pages.restore(room, pages);
         }
     }
 
     /// A room left: its pages are forgotten with it.
     pub(super) fn forget_put_pages(&mut self, room: RoomId) {
         self.mailboxes.pages.forget_room(room);
-        if let Err(e) = self.core.delete_sealed_setting(&setting_key(room)) {
-            tracing::warn!(error = %e, "could not drop the mailbox pages of a room left");
-        }
+        SETTINGS.forget(&self.core, room);
     }
 }
 

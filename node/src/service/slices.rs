@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Service;
 use super::mailbox::{Gathering, PUT_AGAIN, Put};
+use super::room_settings::RoomSettings;
 use crate::chunk_slices::{self, Slices};
 use crate::files::{self, ChunkId, FileRef};
 use crate::room::RoomId;
@@ -23,9 +24,8 @@ const GATHER_AT_ONCE: usize = 8;
 /// A sealed chunk (or list) and its name.
 type Sealed = (ChunkId, Vec<u8>);
 
-/// Where a room's shared files are kept across restarts (a sealed setting per room: the
-/// file's key is in it).
-const SETTING_PREFIX: &str = "shared-files/";
+/// Where a room's shared files are kept across restarts (sealed: the files' keys are in it).
+const SETTINGS: RoomSettings = RoomSettings::new("shared-files/", "the files we shared");
 
 /// The small files we shared (the latest [`FILES_PER_ROOM`] per room), and which peers
 /// fetched them from us whole: a file goes in the DHT with the mailbox that carries its
@@ -268,10 +268,6 @@ impl SharedFiles {
     }
 }
 
-fn setting_key(room: RoomId) -> String {
-    format!("{SETTING_PREFIX}{}", room.to_hex())
-}
-
 impl Service {
     /// We shared `file` in `room` at `seq`: small enough, it may go in the DHT (see
     /// [`SharedFiles`]).
@@ -301,39 +297,15 @@ impl Service {
     /// not `durable`: a change lost in a crash only has a file put once more.
     pub(super) fn save_shared(&mut self, durable: bool) {
         let shared = &mut self.mailboxes.shared;
-        let mut values = Vec::new();
-        for room in std::mem::take(&mut shared.dirty) {
-            match cbor4ii::serde::to_vec(Vec::new(), &shared.stored(room)) {
-                Ok(plain) => values.push((setting_key(room), plain)),
-                Err(e) => tracing::warn!(error = %e, "cannot encode the files we shared"),
-            }
-        }
-        if let Err(e) = self.core.put_sealed_settings(&values, durable) {
-            tracing::warn!(error = %e, "could not store the files we shared");
-        }
+        let rooms = std::mem::take(&mut shared.dirty);
+        let values = rooms.into_iter().map(|room| (room, shared.stored(room)));
+        SETTINGS.save(&self.core, values, durable);
     }
 
-    /// Reads the files we shared before this start (those still held whole).
+    /// Reads the files we shared before this start (those still held whole; files whose
+    /// list cannot be read are only not put).
     pub(super) fn load_shared(&mut self) {
-        let stored = match self.core.sealed_settings(SETTING_PREFIX) {
-            Ok(stored) => stored,
-            Err(e) => return tracing::warn!(error = %e, "cannot read the files we shared"),
-        };
-        for (key, plain) in stored {
-            let mut id = [0u8; 32];
-            let room = hex::decode_to_slice(&key[SETTING_PREFIX.len()..], &mut id)
-                .ok()
-                .map(|()| RoomId(id));
-            let files: Option<Vec<Stored>> =
-                (plain.ok()).and_then(|plain| cbor4ii::serde::from_slice(&plain).ok());
-            let (Some(room), Some(files)) = (room, files) else {
-                // Not worth refusing to start over: such files are only not put.
-                tracing::warn!(key, "the stored files we shared cannot be read");
-                continue;
-            };
-            if self.core.room(&room).is_none() {
-                continue;
-            }
+        for (room, files) in SETTINGS.load::<Vec<Stored>>(&self.core) {
             for stored in files {
                 // None: forgotten since (`cryptchat forget`).
                 if let Some(chunks) = self.list_and_chunks(&stored.file) {
@@ -348,9 +320,7 @@ impl Service {
     /// A room left: its files are not put in the DHT any more.
     pub(super) fn forget_shared(&mut self, room: RoomId) {
         self.mailboxes.shared.forget_room(room);
-        if let Err(e) = self.core.delete_sealed_setting(&setting_key(room)) {
-            tracing::warn!(error = %e, "could not drop the files we shared in a room left");
-        }
+        SETTINGS.forget(&self.core, room);
     }
 
     /// Rooms whose files may have to be put as we stop.
