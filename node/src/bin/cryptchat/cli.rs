@@ -147,7 +147,8 @@ pub(crate) enum Cmd {
         #[arg(long)]
         undo: bool,
     },
-    /// Stop seeing an author (a contact's name, or the 8 hex digits `history` shows): its
+    /// Stop seeing an author (a contact's name, the 8 hex digits `history` shows, or the id
+    /// `members` shows): its
     /// messages, reactions and files no longer show or count, in any room; --undo sees it
     /// again.
     Ignore {
