@@ -5,13 +5,13 @@
 //! put again at the next start.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::Service;
 use super::mailbox::PUT_AGAIN;
-use super::room_settings::RoomSettings;
+use super::room_settings::{RoomSettings, epoch_ms, instant_at};
 use crate::room::RoomId;
 
 /// Where a room's put pages are kept (sealed: a digest of a page is a digest of what it
@@ -83,13 +83,12 @@ impl PutPages {
 
     /// The room's pages the DHT took, as stored.
     fn stored(&self, room: RoomId) -> Vec<Stored> {
-        let now = crate::core::now_ms();
         let mut pages: Vec<Stored> = (self.pages.iter())
             .filter(|((r, _), p)| *r == room && p.placed)
             .map(|(&(_, page), p)| Stored {
                 page,
                 digest: p.digest,
-                put_ms: now.saturating_sub(p.at.elapsed().as_millis() as u64),
+                put_ms: epoch_ms(p.at),
             })
             .collect();
         pages.sort_by_key(|p| p.page);
@@ -98,11 +97,9 @@ impl PutPages {
 
     /// Takes back the pages [`PutPages::stored`] gave.
     fn restore(&mut self, room: RoomId, stored: Vec<Stored>) {
-        let now = crate::core::now_ms();
         for s in stored {
-            let age = Duration::from_millis(now.saturating_sub(s.put_ms));
             // Older than the clock reaches back: as good as never put.
-            let Some(at) = Instant::now().checked_sub(age) else {
+            let Some(at) = instant_at(s.put_ms) else {
                 continue;
             };
             let put = PagePut {

@@ -6,8 +6,23 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use std::time::{Duration, Instant};
+
 use crate::core::Core;
 use crate::room::RoomId;
+
+/// A moment of this run as it is stored: ms since the Unix epoch (an `Instant` means
+/// nothing to the next run).
+pub(super) fn epoch_ms(at: Instant) -> u64 {
+    crate::core::now_ms().saturating_sub(at.elapsed().as_millis() as u64)
+}
+
+/// A stored moment ([`epoch_ms`]) back as an `Instant` of this run; `None` if it is older
+/// than this run's clock reaches back (as good as long ago).
+pub(super) fn instant_at(ms: u64) -> Option<Instant> {
+    let age = crate::core::now_ms().saturating_sub(ms);
+    Instant::now().checked_sub(Duration::from_millis(age))
+}
 
 /// One kind of per-room state: its key prefix, and what it is, for the logs.
 pub(super) struct RoomSettings {

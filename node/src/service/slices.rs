@@ -4,14 +4,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::RangeInclusive;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libp2p::{PeerId, kad};
 use serde::{Deserialize, Serialize};
 
 use super::Service;
 use super::mailbox::{Gathering, PUT_AGAIN, Put};
-use super::room_settings::RoomSettings;
+use super::room_settings::{RoomSettings, epoch_ms, instant_at};
 use crate::chunk_slices::{self, Slices};
 use crate::files::{self, ChunkId, FileRef};
 use crate::room::RoomId;
@@ -171,7 +171,6 @@ impl SharedFiles {
 
     /// The room's files as stored, oldest first.
     fn stored(&self, room: RoomId) -> Vec<Stored> {
-        let now = crate::core::now_ms();
         let lists = self.by_room.get(&room).into_iter().flatten();
         lists
             .filter_map(|l| self.files.get(l))
@@ -186,9 +185,7 @@ impl SharedFiles {
                     file: f.file.clone(),
                     whole: u32::try_from(unnamed).unwrap_or(u32::MAX),
                     whole_by,
-                    put_ms: (f.put_at)
-                        .filter(|_| f.running == 0)
-                        .map(|at| now.saturating_sub(at.elapsed().as_millis() as u64)),
+                    put_ms: (f.put_at).filter(|_| f.running == 0).map(epoch_ms),
                 }
             })
             .collect()
@@ -196,10 +193,7 @@ impl SharedFiles {
 
     /// Takes back a file as [`SharedFiles::stored`] gave it, with its list and chunks.
     fn restore(&mut self, room: RoomId, stored: Stored, chunks: Vec<ChunkId>) {
-        let put_at = stored.put_ms.and_then(|ms| {
-            let age = crate::core::now_ms().saturating_sub(ms);
-            Instant::now().checked_sub(Duration::from_millis(age))
-        });
+        let put_at = stored.put_ms.and_then(instant_at);
         let mut whole = WholeBefore {
             named: HashSet::new(),
             unnamed: stored.whole,

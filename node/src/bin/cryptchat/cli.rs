@@ -148,9 +148,8 @@ pub(crate) enum Cmd {
         undo: bool,
     },
     /// Stop seeing an author (a contact's name, the 8 hex digits `history` shows, or the id
-    /// `members` shows): its
-    /// messages, reactions and files no longer show or count, in any room; --undo sees it
-    /// again.
+    /// `members` shows): its messages, reactions and files no longer show or count, in any
+    /// room; --undo sees it again.
     Ignore {
         room: String,
         author: String,
