@@ -548,6 +548,7 @@ fn chat_shows_the_room_then_sends_what_is_typed_and_prints_what_arrives() {
     wait_until("bob's invitation to the lobby", T, || {
         b.texts("@alice") == ["invites you to the room 'lobby'"]
     });
+    assert_eq!(a.texts("@bob"), ["invited bob to the room 'lobby'"]);
     let bob = b.status()["user_id"].as_str().unwrap().to_string();
     writeln!(stdin, "/ignore {}", &bob[..8]).unwrap();
     wait_until("bob ignored", T, || {

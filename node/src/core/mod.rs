@@ -448,6 +448,18 @@ fn packed(heads: &[(Id, u64)]) -> Heads {
     Heads(heads.iter().map(|(a, seq)| (short_id(a), *seq)).collect())
 }
 
+/// An invitation's words as its author sees them. They are written for the invitee
+/// ("invites you to the room 'lobby'"); in the author's own view of the direct room they
+/// read "invited bob to the room 'lobby'". Words another client wrote some other way are
+/// left as they are.
+fn own_invitation(room: &Room, text: String) -> String {
+    match text.strip_prefix("invites you to ") {
+        Some(rest) if room.kind == RoomKind::Direct => {
+            format!("invited {} to {rest}", room.name.trim_start_matches('@'))
+        }
+        _ => text,
+    }
+}
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -973,6 +985,10 @@ impl Core {
 
     fn view(&self, room: &Room, env: &Envelope, payload: Payload) -> MessageView {
         let author = env.author_id();
+        let mut text = payload.text;
+        if author == self.identity.id() && payload.invite.is_some() {
+            text = text.map(|t| own_invitation(room, t));
+        }
         let (delivered_to, known_members) = self.delivery(room, &author, env.seq);
         MessageView {
             room: room.name.clone(),
@@ -985,14 +1001,14 @@ impl Core {
             // The author's clock is only for display, and never later than ours.
             timestamp_ms: env.timestamp_ms.min(now_ms()),
             kind: env.kind,
-            deleted: env.kind == Kind::Revision && payload.text.is_none(),
+            deleted: env.kind == Kind::Revision && text.is_none(),
             revises: payload.revises.filter(|_| env.kind == Kind::Revision),
             edited_ms: None,
             reply_to: payload.reply_to.map(Box::new),
             react: payload.react.map(Box::new),
             invite: payload.invite.map(Box::new),
             reactions: Vec::new(),
-            text: payload.text,
+            text,
             file: match env.kind {
                 Kind::File => payload.file.as_ref().map(|f| {
                     let held = self.journal.is_provided(&f.provider_key());

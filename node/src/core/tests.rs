@@ -1090,10 +1090,13 @@ fn a_group_invites_its_members_whose_nodes_join_it() {
     assert_eq!(rooms, ["@bob", "@carol"]);
     let (_, env, view) = &invites[0];
     assert!(view.mine && view.invite.is_some());
+    // Its words are written for the invitee; its author reads whom it went to.
     assert_eq!(
         view.text.as_deref(),
-        Some("invites you to the group 'team' (alice, bob, carol)")
+        Some("invited bob to the group 'team' (alice, bob, carol)")
     );
+    let mine = a.history("@bob", 10).unwrap();
+    assert_eq!(mine[0].text, view.text, "in history too");
     assert_eq!(a.join_invited(view).unwrap().map(|r| r.name), None, "ours");
     // Its text says what it invites to: it cannot be edited (it can be deleted).
     let err = a
@@ -1108,6 +1111,10 @@ fn a_group_invites_its_members_whose_nodes_join_it() {
     else {
         panic!("bob reads the invitation")
     };
+    assert_eq!(
+        seen.text.as_deref(),
+        Some("invites you to the group 'team' (alice, bob, carol)")
+    );
     let joined = b.join_invited(&seen).unwrap().expect("bob joins");
     assert_eq!(
         (joined.name.as_str(), joined.id.to_hex()),
@@ -2086,7 +2093,7 @@ fn a_named_room_invitation_joins_the_contact_password_or_not() {
         assert_eq!(shared.password, password.is_some());
         let text = view.text.as_deref().unwrap();
         assert!(
-            text.starts_with(&format!("invites you to the room '{name}'")),
+            text.starts_with(&format!("invited bob to the room '{name}'")),
             "{text}"
         );
         assert!(
@@ -2098,6 +2105,11 @@ fn a_named_room_invitation_joins_the_contact_password_or_not() {
         else {
             panic!("bob reads the invitation to {name}")
         };
+        let words = seen.text.as_deref().unwrap();
+        assert!(
+            words.starts_with(&format!("invites you to the room '{name}'")),
+            "{words}"
+        );
         let joined = b.join_invited(&seen).unwrap().expect("bob joins");
         assert_eq!((joined.name.as_str(), joined.id), (name, id));
         assert_eq!(joined.has_password, password.is_some());
