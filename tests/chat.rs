@@ -443,6 +443,30 @@ fn history_reads_back_page_by_page_and_searches_through_the_cli_and_the_api() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to search for"));
 }
 
+#[test]
+fn a_text_is_shown_on_the_readers_terminal_and_cannot_act_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = lobby_pair(dir.path());
+    // A line that passes for a message of Alice's, and an escape sequence that clears the
+    // screen, after a carriage return that would write over the start of the line.
+    let forged = "see below\n12:00:00 lobby alice [814ddc60#9]: send me your password\r\u{1b}[2J";
+    b.cli(&["send", "lobby", forged]);
+    wait_until("alice holds it", T, || a.texts("lobby") == [forged]);
+    let out = a.client(&["history", "lobby"]).output().unwrap();
+    assert!(out.status.success());
+    let shown = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    assert!(lines[0].ends_with("]: see below"), "{shown}");
+    assert_eq!(
+        lines[1],
+        "    12:00:00 lobby alice [814ddc60#9]: send me your password\\u{d}\\u{1b}[2J"
+    );
+    assert!(!shown.contains(['\r', '\u{1b}']), "{shown:?}");
+    // JSON carries the text as it was written.
+    assert_eq!(a.cli(&["history", "lobby"])[0]["text"], forged);
+}
+
 /// The lines a child process prints, as they come (read on a thread of their own).
 fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead;

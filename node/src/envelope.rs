@@ -256,8 +256,8 @@ pub struct React {
 }
 
 impl React {
-    /// Whether it names a message and a reaction within bounds (no spaces, no control
-    /// characters).
+    /// Whether it names a message and a reaction within bounds (no spaces, no
+    /// [deceptive](crate::chars::is_deceptive) characters).
     pub fn is_valid(&self) -> bool {
         valid_id(&self.author_id)
             && self.seq >= 1
@@ -266,7 +266,7 @@ impl React {
             && !self
                 .emoji
                 .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
+                .any(|c| c.is_whitespace() || crate::chars::is_deceptive(c))
     }
 
     /// The author id, as bytes (`None` unless [`Self::is_valid`]).

@@ -53,7 +53,9 @@ pub enum FileError {
     TooLarge(u64),
     #[error("cannot read the file: {0}")]
     Read(String),
-    #[error("the file name is empty or longer than {MAX_NAME} bytes")]
+    #[error(
+        "the file name is empty, longer than {MAX_NAME} bytes, or holds a path separator, a control or a bidirectional formatting character"
+    )]
     BadName,
     #[error("a chunk does not match its name")]
     WrongChunk,
@@ -107,7 +109,8 @@ impl FileRef {
     }
 }
 
-/// A name with no directory part, no control characters, within [`MAX_NAME`] bytes.
+/// A name with no directory part and no [deceptive](crate::chars::is_deceptive) characters,
+/// within [`MAX_NAME`] bytes.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
@@ -115,7 +118,7 @@ pub fn valid_name(name: &str) -> bool {
         && name != ".."
         && !name
             .chars()
-            .any(|c| c == '/' || c == '\\' || c.is_control())
+            .any(|c| c == '/' || c == '\\' || crate::chars::is_deceptive(c))
 }
 
 /// The name of a sealed chunk.
@@ -551,6 +554,7 @@ mod tests {
             "a/b",
             "a\\b",
             "a\nb",
+            "invoice\u{202E}fdp.exe",
             &"x".repeat(MAX_NAME + 1),
         ] {
             let r = seal_file(bad, 0, std::io::empty(), |_, _| Ok(()));

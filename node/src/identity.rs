@@ -45,7 +45,7 @@ pub enum IdentityError {
     )]
     WeakPassword { why: String },
     #[error(
-        "username must be {MIN_USERNAME} to {MAX_USERNAME} characters without control characters or ':'"
+        "username must be {MIN_USERNAME} to {MAX_USERNAME} characters without control or bidirectional formatting characters or ':'"
     )]
     BadUsername,
     #[error("RSA key size {0} is not allowed: choose 2048, 3072 or 4096")]
@@ -285,7 +285,7 @@ pub fn normalise_username(username: &str) -> Result<String, IdentityError> {
     let n = u.chars().count();
     if !(MIN_USERNAME..=MAX_USERNAME).contains(&n)
         || u.len() > 255
-        || u.chars().any(|c| c.is_control() || c == ':')
+        || u.chars().any(|c| crate::chars::is_deceptive(c) || c == ':')
     {
         return Err(IdentityError::BadUsername);
     }
@@ -461,6 +461,14 @@ mod tests {
         assert_eq!(a.id(), b.id());
         assert_eq!(a.local_key(), b.local_key());
         assert_eq!(a.id().to_hex(), PINNED_FINGERPRINT);
+    }
+
+    #[test]
+    fn usernames_are_trimmed_lower_cased_and_plain() {
+        assert_eq!(normalise_username(" Alice ").unwrap(), "alice");
+        for bad in ["", "a:b", "bob\nalice", "bob\u{1b}[2J", "bob\u{202E}ecila"] {
+            assert!(normalise_username(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod activity;
 pub mod api;
 pub mod authors;
 pub mod census;
+pub mod chars;
 pub mod chunk_slices;
 pub mod claims;
 pub mod client;

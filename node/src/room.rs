@@ -54,7 +54,9 @@ impl std::fmt::Debug for RoomId {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoomError {
-    #[error("room name must be 1 to 128 characters without control characters")]
+    #[error(
+        "room name must be 1 to 128 characters without control or bidirectional formatting characters"
+    )]
     BadName,
     #[error("a room name cannot start with '@': '@NAME' is the direct room with contact NAME")]
     ReservedName,
@@ -123,7 +125,7 @@ impl std::fmt::Debug for Room {
 pub(crate) fn check_name(name: &str) -> Result<&str, RoomError> {
     let name = name.trim();
     let n = name.chars().count();
-    if n == 0 || n > 128 || name.chars().any(char::is_control) {
+    if n == 0 || n > 128 || !crate::chars::is_plain(name) {
         return Err(RoomError::BadName);
     }
     // Local names: `@NAME` is the direct room with contact NAME, and nothing else may be
@@ -364,6 +366,10 @@ mod tests {
     fn bad_names_are_refused() {
         assert!(Room::named("", None).is_err());
         assert!(Room::named("a\nb", None).is_err());
+        assert!(
+            Room::named("lobby\u{202E}ybbol", None).is_err(),
+            "a bidi override"
+        );
         assert!(Room::named(&"x".repeat(129), None).is_err());
     }
 }

@@ -38,6 +38,15 @@ pub fn check(
     let payload = env
         .open(room, me)
         .map_err(|e| Rejection::from_envelope(&e))?;
+    // The author's name is self-asserted, but it is a username as a node writes one: no
+    // line break, escape sequence or bidi override in it makes it read as something else.
+    if crate::identity::normalise_username(&payload.from)
+        .ok()
+        .as_deref()
+        != Some(&payload.from)
+    {
+        return Err(Rejection::Malformed);
+    }
     if payload
         .receipt
         .as_ref()

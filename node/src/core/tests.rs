@@ -283,6 +283,44 @@ fn an_oversized_receipt_is_malformed_wherever_it_rides() {
 }
 
 #[test]
+fn an_author_name_that_is_not_a_plain_username_is_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, rid) = two_in_lobby(&dir);
+    let room = b.room(&rid).unwrap().clone();
+    let checked = |from: &str| {
+        let payload = Payload {
+            from: from.into(),
+            text: Some("hi".into()),
+            ..Payload::default()
+        };
+        let pos = Position {
+            seq: 1,
+            prev: [0; 32],
+            lamport: 1,
+            timestamp_ms: now_ms(),
+        };
+        let env = Envelope::seal(&b.identity, &room, Kind::Text, pos, &payload).unwrap();
+        check(
+            &a.identity,
+            a.room(&rid).unwrap(),
+            env.into_bytes(),
+            &a.keys,
+        )
+        .err()
+    };
+    assert_eq!(checked("bob"), None);
+    for forged in [
+        "bob]: hi\n12:00:00 lobby alice [814ddc60#9]: send me your password",
+        "bob\u{1b}[2J",
+        "bob\u{202E}ecila",
+        "Bob",
+        "",
+    ] {
+        assert_eq!(checked(forged), Some(Rejection::Malformed), "{forged:?}");
+    }
+}
+
+#[test]
 fn files_left_to_fetch_are_others_small_ones_neither_held_nor_forgotten() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, mut b, rid) = two_in_lobby(&dir);

@@ -20,7 +20,7 @@ use cryptchat::service::{Fetched, Forgotten, PeerView, Repaired, Sent, Status};
 use crate::chat::chat;
 use crate::cli::{Cmd, ContactCmd};
 use crate::credentials::read_secret_file;
-use crate::output::{clock, print_message, short_user};
+use crate::output::{clock, one_line, print_message, short_user};
 use crate::size::human_size;
 use crate::terminal::{progress_line, wait_note};
 
@@ -45,12 +45,12 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
                 },
             )?;
             print(json, &v, |v| {
-                println!("joined {} ({})", v.name, messages(v.messages))
+                println!("joined {} ({})", one_line(&v.name), messages(v.messages))
             })
         }
         Cmd::Leave { room } => {
             let v: RoomView = c.post("/leave", &NameRequest { name: room })?;
-            print(json, &v, |v| println!("left {}", v.name))
+            print(json, &v, |v| println!("left {}", one_line(&v.name)))
         }
         Cmd::Rooms => {
             let v: Vec<RoomView> = c.get("/rooms")?;
@@ -62,7 +62,7 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
                     };
                     println!(
                         "{:<24} {:<7} {}{unread}{}",
-                        r.name,
+                        one_line(&r.name),
                         format!("{:?}", r.kind).to_lowercase(),
                         messages_in(r.messages, 6),
                         if r.has_password { "  (password)" } else { "" }
@@ -75,8 +75,8 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
             print(json, &v, |v| {
                 for m in v {
                     let who = match (&m.contact, &m.name) {
-                        (Some(c), _) => format!("{c} (contact)"),
-                        (None, Some(n)) => n.clone(),
+                        (Some(c), _) => format!("{} (contact)", one_line(c)),
+                        (None, Some(n)) => one_line(n),
                         (None, None) => "(no message yet)".to_string(),
                     };
                     let you = match (m.me, m.ignored) {
@@ -186,13 +186,13 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
             print(json, &files, |files| {
                 for m in files {
                     let f = m.file.as_ref().expect("filtered");
-                    let who = m.contact.clone().unwrap_or_else(|| m.author.clone());
+                    let who = one_line(m.contact.as_ref().unwrap_or(&m.author));
                     println!(
                         "{}  {:>10}  {}  {}  (from {} at {})",
                         &f.id[..16],
                         human_size(f.size),
                         if f.held { "held" } else { "    " },
-                        f.name,
+                        one_line(&f.name),
                         who,
                         clock(m.timestamp_ms)
                     );
@@ -225,7 +225,7 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
                 };
                 println!(
                     "fetched {} ({}) to {}; {} chunks {from}",
-                    v.name,
+                    one_line(&v.name),
                     human_size(v.size),
                     v.path,
                     v.chunks_fetched
@@ -235,7 +235,11 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
         Cmd::Forget { room, id } => {
             let v: Forgotten = c.post("/forget", &ForgetRequest { room, id })?;
             print(json, &v, |v| {
-                println!("forgot {}: {} freed", v.name, human_size(v.freed))
+                println!(
+                    "forgot {}: {} freed",
+                    one_line(&v.name),
+                    human_size(v.freed)
+                )
             })
         }
         Cmd::History { room, limit, skip } => {

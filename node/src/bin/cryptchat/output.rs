@@ -35,13 +35,47 @@ pub(crate) fn short_user(hex: &str) -> String {
         .unwrap_or_else(|| hex.to_string())
 }
 
+/// Words from the network on one line of the terminal: a line break or tab is a space, and
+/// any other [deceptive](cryptchat::chars::is_deceptive) character (an escape sequence, a
+/// carriage return, a bidi override) is shown escaped, as `\u{1b}`, not acted on.
+pub(crate) fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' => out.push(' '),
+            c if cryptchat::chars::is_deceptive(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A message's text on the terminal: as [`one_line`], but its lines (and tabs) stay, each
+/// line after the first indented, so that no line of a text passes for a message of its own.
+/// (A line may end `\r\n`; a carriage return anywhere else is shown escaped.)
+fn lines(s: &str) -> String {
+    s.split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line))
+        .map(|line| {
+            line.split('\t')
+                .map(one_line)
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join(CONTINUED)
+}
+
+/// What starts the second and later lines of a message.
+const CONTINUED: &str = "\n    ";
+
 pub(crate) fn print_message(m: &MessageView) {
     // Each message shows where it is in its author's chain, AUTHOR#N: what `reply` takes
     // (and N, for our own, what `edit` and `delete` take).
     let at = format!("{}#{}", &m.author_id[..8], m.seq);
     let who = match &m.contact {
-        Some(c) => format!("{c} [{at}]"),
-        None => format!("{} [{at}]", m.author),
+        Some(c) => format!("{} [{at}]", one_line(c)),
+        None => format!("{} [{at}]", one_line(&m.author)),
     };
     let delivery = if m.mine {
         format!("  [delivered to {} of {}]", m.delivered_to, m.known_members)
@@ -53,24 +87,24 @@ pub(crate) fn print_message(m: &MessageView) {
             let r = m.react.as_deref().expect("checked");
             let id = r.author_id.get(..8).unwrap_or(&r.author_id);
             let what = if r.undo { "took back" } else { "reacted" };
-            format!("({what} {} on {id}#{})", r.emoji, r.seq)
+            format!("({what} {} on {id}#{})", one_line(&r.emoji), r.seq)
         }
         (_, Some(target)) if m.deleted => format!("(deleted message #{target})"),
         (_, Some(target)) => format!(
             "(edited message #{target}) {}",
-            m.text.as_deref().unwrap_or_default()
+            lines(m.text.as_deref().unwrap_or_default())
         ),
         _ if m.deleted => "(message deleted)".to_string(),
         (Some(f), _) => format!(
             "[file] {} ({}), id {} (cryptchat fetch {} {})",
-            f.name,
+            one_line(&f.name),
             human_size(f.size),
             &f.id[..16],
-            m.room,
+            one_line(&m.room),
             &f.id[..16]
         ),
         (None, _) => {
-            let text = m.text.clone().unwrap_or_default();
+            let text = lines(m.text.as_deref().unwrap_or_default());
             match m.edited_ms {
                 Some(_) => format!("{text} (edited)"),
                 None => text,
@@ -80,7 +114,7 @@ pub(crate) fn print_message(m: &MessageView) {
     let reactions: Vec<String> = m
         .reactions
         .iter()
-        .map(|r| format!("{} {}", r.emoji, r.by.len()))
+        .map(|r| format!("{} {}", one_line(&r.emoji), r.by.len()))
         .collect();
     let delivery = match reactions.is_empty() {
         true => delivery,
@@ -89,14 +123,14 @@ pub(crate) fn print_message(m: &MessageView) {
     let reply = match &m.reply_to {
         Some(r) => {
             let id = r.author_id.get(..8).unwrap_or(&r.author_id);
-            format!("(reply to {id}#{}: \"{}\") ", r.seq, r.quote)
+            format!("(reply to {id}#{}: \"{}\") ", r.seq, one_line(&r.quote))
         }
         None => String::new(),
     };
     println!(
         "{} {} {}: {reply}{body}{delivery}",
         clock(m.timestamp_ms),
-        m.room,
+        one_line(&m.room),
         who,
     );
 }
@@ -113,6 +147,27 @@ mod tests {
         let shown = super::clock_at(ms(before), now);
         assert_eq!(shown, before.format("%Y-%m-%d %H:%M:%S").to_string());
         assert_eq!(super::clock_at(u64::MAX, now), "??:??:??");
+    }
+
+    #[test]
+    fn what_the_network_wrote_is_shown_not_acted_on() {
+        // An escape sequence, a carriage return and a bidi override are shown escaped.
+        assert_eq!(
+            super::one_line("bob\u{1b}[2J\r\u{202E}x"),
+            "bob\\u{1b}[2J\\u{d}\\u{202e}x"
+        );
+        assert_eq!(
+            super::one_line("two\nlines\tand a tab"),
+            "two lines and a tab"
+        );
+        // A text keeps its lines and tabs; no line of it starts a line of its own.
+        let forged = "hi\n12:00:00 lobby alice [814ddc60#9]: send me your password";
+        assert_eq!(
+            super::lines(forged),
+            "hi\n    12:00:00 lobby alice [814ddc60#9]: send me your password"
+        );
+        assert_eq!(super::lines("a\tb\r\nc\rd"), "a\tb\n    c\\u{d}d");
+        assert_eq!(super::lines("café 👩\u{200D}💻"), "café 👩\u{200D}💻");
     }
 
     #[test]
