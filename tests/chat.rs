@@ -513,10 +513,11 @@ fn chat_shows_the_room_then_sends_what_is_typed_and_prints_what_arrives() {
         .unwrap();
     let rx = stdout_lines(&mut chat);
     let next_line = || rx.recv_timeout(T).expect("a line from cryptchat chat");
-    // The room as it was: Bob's message, by Bob.
+    // The room as it was: Bob's message, by Bob (not a contact yet: his name is his own
+    // word, marked `~`).
     let first = next_line();
     assert!(
-        first.contains("lobby bob") && first.ends_with(": before the chat"),
+        first.contains("lobby ~bob [") && first.ends_with(": before the chat"),
         "{first}"
     );
     // A line typed is sent; it comes back as the room shows it.
@@ -533,7 +534,7 @@ fn chat_shows_the_room_then_sends_what_is_typed_and_prints_what_arrives() {
     b.cli(&["send", "lobby", "a reply"]);
     let reply = next_line();
     assert!(
-        reply.contains("lobby bob") && reply.ends_with(": a reply"),
+        reply.contains("lobby ~bob [") && reply.ends_with(": a reply"),
         "{reply}"
     );
     // Commands: reply to Bob's message by the AUTHOR#N shown beside it, edit Alice's own,
@@ -590,6 +591,13 @@ fn chat_shows_the_room_then_sends_what_is_typed_and_prints_what_arrives() {
     let line = next_line();
     assert!(line.contains(": still here  ["), "{line}");
     a.cli(&["ignore", "lobby", &bob[..8], "--undo"]);
+    // Bob, a contact now, goes by Alice's name for him, with no `~`.
+    b.cli(&["send", "lobby", "as a contact"]);
+    let line = next_line();
+    assert!(
+        line.contains("lobby bob [") && line.ends_with(": as a contact"),
+        "{line}"
+    );
     // The end of input ends the chat.
     drop(stdin);
     let start = std::time::Instant::now();

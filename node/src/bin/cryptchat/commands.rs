@@ -20,7 +20,7 @@ use cryptchat::service::{Fetched, Forgotten, PeerView, Repaired, Sent, Status};
 use crate::chat::chat;
 use crate::cli::{Cmd, ContactCmd};
 use crate::credentials::read_secret_file;
-use crate::output::{clock, one_line, print_message, short_user};
+use crate::output::{author_label, clock, one_line, print_message, short_user};
 use crate::size::human_size;
 use crate::terminal::{progress_line, wait_note};
 
@@ -186,7 +186,7 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
             print(json, &files, |files| {
                 for m in files {
                     let f = m.file.as_ref().expect("filtered");
-                    let who = one_line(m.contact.as_ref().unwrap_or(&m.author));
+                    let who = author_label(m);
                     println!(
                         "{}  {:>10}  {}  {}  (from {} at {})",
                         &f.id[..16],

@@ -69,14 +69,23 @@ fn lines(s: &str) -> String {
 /// What starts the second and later lines of a message.
 const CONTINUED: &str = "\n    ";
 
+/// Who wrote a message, as the terminal shows it: a contact by our name for it, ourselves by
+/// our username, anyone else by the name it gave itself after a `~`. That name is
+/// self-asserted: a stranger in a room may call itself what a contact is called, and the `~`
+/// tells the two apart.
+pub(crate) fn author_label(m: &MessageView) -> String {
+    match (&m.contact, m.mine) {
+        (Some(contact), _) => one_line(contact),
+        (None, true) => one_line(&m.author),
+        (None, false) => format!("~{}", one_line(&m.author)),
+    }
+}
+
 pub(crate) fn print_message(m: &MessageView) {
     // Each message shows where it is in its author's chain, AUTHOR#N: what `reply` takes
     // (and N, for our own, what `edit` and `delete` take).
     let at = format!("{}#{}", &m.author_id[..8], m.seq);
-    let who = match &m.contact {
-        Some(c) => format!("{} [{at}]", one_line(c)),
-        None => format!("{} [{at}]", one_line(&m.author)),
-    };
+    let who = format!("{} [{at}]", author_label(m));
     let delivery = if m.mine {
         format!("  [delivered to {} of {}]", m.delivered_to, m.known_members)
     } else {
