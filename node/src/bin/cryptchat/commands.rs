@@ -74,9 +74,11 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
             let v: Vec<MemberView> = c.post("/members", &RoomRequest { room })?;
             print(json, &v, |v| {
                 for m in v {
+                    // As messages show them: a name that is its own word after a `~`.
                     let who = match (&m.contact, &m.name) {
                         (Some(c), _) => format!("{} (contact)", one_line(c)),
-                        (None, Some(n)) => one_line(n),
+                        (None, Some(n)) if m.me => one_line(n),
+                        (None, Some(n)) => format!("~{}", one_line(n)),
                         (None, None) => "(no message yet)".to_string(),
                     };
                     let you = match (m.me, m.ignored) {
