@@ -123,3 +123,89 @@ fn corrupt_journal_is_a_clear_error_and_the_file_is_kept() {
         "file untouched"
     );
 }
+
+/// A file system of `size` (as `mount -o size=` takes it) at `at`, unmounted when dropped;
+/// `None` where mounting is not allowed (it needs root).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .ok()?;
+        out.status.success().then(|| Tmpfs(at.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .output();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_node_with_a_clear_error_and_a_new_start_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "3m") else {
+        eprintln!("skipped: mounting a small tmpfs (a disk to fill) needs root here");
+        return;
+    };
+    // Only the journal is on the small disk (through a link), so the node's log is kept.
+    let data_dir = dir.path().join("alice");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::os::unix::fs::symlink(disk.0.join("journal.redb"), data_dir.join("journal.redb")).unwrap();
+    let args = vec![
+        "--listen".to_string(),
+        listen_for("tcp"),
+        "--join".into(),
+        "lobby".into(),
+    ];
+    let mut a = NodeProc::start("alice", &data_dir, &args);
+    let filler = "x".repeat(16_000);
+    let mut sent = 0u64;
+    let refused = loop {
+        let out = a.try_cli(&["send", "lobby", &format!("{} {filler}", sent + 1)]);
+        if !out.status.success() {
+            break String::from_utf8_lossy(&out.stderr).to_string();
+        }
+        sent += 1;
+        assert!(sent < 1000, "3 MiB never filled up");
+    };
+    assert!(sent > 10, "{sent} sent before the disk was full: {refused}");
+    assert!(refused.contains("No space left on device"), "{refused}");
+    assert!(refused.contains("start the node again"), "{refused}");
+    // The node stops by itself, and says why.
+    let status = a.wait_exit(T);
+    assert!(!status.success(), "{status}");
+    let log = a.log();
+    assert!(
+        log.contains("the node stopped: journal file") && log.contains("No space left on device"),
+        "{log}"
+    );
+
+    // With room again, a new start holds every message the node said it stored, and writes
+    // on after them.
+    disk.resize("16m");
+    a.restart();
+    let texts = a.texts("lobby");
+    assert_eq!(texts.len() as u64, sent);
+    assert!(texts[sent as usize - 1].starts_with(&format!("{sent} x")));
+    let next = a.cli(&["send", "lobby", "after the disk was full"]);
+    assert_eq!(next["message"]["seq"], sent + 1);
+    a.stop();
+}

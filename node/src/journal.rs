@@ -13,7 +13,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
@@ -231,6 +231,12 @@ pub enum JournalError {
     CorruptEntry { path: PathBuf, detail: String },
     #[error("journal file {}: storage error: {cause}", .path.display())]
     Storage { path: PathBuf, cause: redb::Error },
+    /// A write failed for want of the disk (see [`Journal::unwritable`]).
+    #[error(
+        "journal file {} can no longer be written ({cause}): free disk space (or mend the disk) and start the node again; what it stored before is kept",
+        .path.display()
+    )]
+    Unwritable { path: PathBuf, cause: String },
     /// The caller passed something that cannot be a chain entry; nothing was written.
     #[error("invalid journal entry: {detail}")]
     InvalidEntry { detail: String },
@@ -806,6 +812,8 @@ pub struct Journal {
     /// Deferred commits not on disk yet (see [`Journal::append_batch_deferred`]).
     unflushed: AtomicBool,
     is_message: IsMessage,
+    /// Why writes stopped, once one failed for want of the disk (see [`Journal::unwritable`]).
+    unwritable: OnceLock<String>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -844,23 +852,34 @@ impl Journal {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .set_check_integrity_on_open(true)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen
-                | redb::DatabaseError::LockProtocolMismatch => JournalError::Locked {
-                    path: owned.clone(),
-                },
-                other => JournalError::Corrupt {
-                    path: owned.clone(),
-                    cause: other.into(),
-                },
-            })?;
+            .create(path);
+        Self::with_database(db, owned, is_message)
+    }
+
+    /// [`Journal::open_counting`] over a database opened already (by a test, on a backend of
+    /// its own).
+    fn with_database(
+        db: Result<Database, redb::DatabaseError>,
+        owned: PathBuf,
+        is_message: IsMessage,
+    ) -> Result<Self, JournalError> {
+        let db = db.map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen
+            | redb::DatabaseError::LockProtocolMismatch => JournalError::Locked {
+                path: owned.clone(),
+            },
+            other => JournalError::Corrupt {
+                path: owned.clone(),
+                cause: other.into(),
+            },
+        })?;
         let journal = Self {
             db,
             path: owned,
             vectors: Mutex::default(),
             unflushed: AtomicBool::new(false),
             is_message,
+            unwritable: OnceLock::new(),
         };
         journal.init().map_err(|e| match e {
             JournalError::Storage { path, cause } => JournalError::Corrupt { path, cause },
@@ -972,7 +991,13 @@ impl Journal {
     }
 
     fn begin_write_with(&self, durable: bool) -> Result<WriteTransaction, JournalError> {
-        let mut txn = self.db.begin_write().at(&self.path)?;
+        if let Some(cause) = self.unwritable.get() {
+            return Err(JournalError::Unwritable {
+                path: self.path.clone(),
+                cause: cause.clone(),
+            });
+        }
+        let mut txn = (self.db.begin_write().at(&self.path)).map_err(|e| self.failed(e))?;
         if durable {
             txn.set_durability(Durability::Immediate).at(&self.path)?;
             txn.set_two_phase_commit(true);
@@ -991,11 +1016,44 @@ impl Journal {
             txn.commit()
                 .at(&self.path)
                 .inspect_err(|_| self.unflushed.store(was, Ordering::Release))
+                .map_err(|e| self.failed(e))
         } else {
-            txn.commit().at(&self.path)?;
+            txn.commit().at(&self.path).map_err(|e| self.failed(e))?;
             self.unflushed.store(true, Ordering::Release);
             Ok(())
         }
+    }
+
+    /// A write's error, noted if it is an I/O error. After one, redb refuses every write
+    /// ("previous I/O error") until the file is opened again, which only a new start of the
+    /// node does safely: reopened, the file goes back to its last durable commit, which the
+    /// vectors and counts held in memory here and in the core have gone past.
+    fn failed(&self, e: JournalError) -> JournalError {
+        let cause = match &e {
+            JournalError::Storage {
+                cause: redb::Error::Io(io),
+                ..
+            } => io.to_string(),
+            JournalError::Storage {
+                cause: redb::Error::PreviousIo,
+                ..
+            } => "an earlier write failed".to_string(),
+            _ => return e,
+        };
+        let cause = self.unwritable.get_or_init(|| cause).clone();
+        tracing::error!(path = %self.path.display(), %cause, "the journal can no longer be written");
+        JournalError::Unwritable {
+            path: self.path.clone(),
+            cause,
+        }
+    }
+
+    /// Why the journal can no longer be written, once a write failed with an I/O error (the
+    /// disk full, gone or failing): every write since has failed with
+    /// [`JournalError::Unwritable`]. Reads still work. What was committed durably before is
+    /// on disk, and a new start opens it.
+    pub fn unwritable(&self) -> Option<&str> {
+        self.unwritable.get().map(String::as_str)
     }
 
     /// Runs `f` over the chain tables in one write transaction; commits only if it changed
@@ -1762,6 +1820,101 @@ mod tests {
         let (dir, path) = tmp();
         let j = Journal::open(&path).unwrap();
         (dir, j)
+    }
+
+    /// A disk in memory that outlives the databases opened on it, and refuses every write
+    /// while it is `full`.
+    #[derive(Debug, Clone, Default)]
+    struct Disk {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        full: Arc<AtomicBool>,
+    }
+
+    impl Disk {
+        fn space(&self) -> std::io::Result<()> {
+            match self.full.load(Ordering::Relaxed) {
+                true => Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "No space left on device",
+                )),
+                false => Ok(()),
+            }
+        }
+
+        fn open(&self) -> Result<Journal, JournalError> {
+            let db = Database::builder().create_with_backend(self.clone());
+            Journal::with_database(db, PathBuf::from("disk.redb"), every_entry)
+        }
+    }
+
+    impl redb::StorageBackend for Disk {
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(self.bytes.lock().unwrap().len() as u64)
+        }
+
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            let bytes = self.bytes.lock().unwrap();
+            let range = offset as usize..offset as usize + out.len();
+            let held = bytes.get(range).ok_or(std::io::ErrorKind::UnexpectedEof)?;
+            out.copy_from_slice(held);
+            Ok(())
+        }
+
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.space()?;
+            self.bytes.lock().unwrap().resize(len as usize, 0);
+            Ok(())
+        }
+
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.space()
+        }
+
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.space()?;
+            let mut bytes = self.bytes.lock().unwrap();
+            let end = offset as usize + data.len();
+            if bytes.len() < end {
+                bytes.resize(end, 0);
+            }
+            bytes[offset as usize..end].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn once_the_disk_refuses_a_write_every_write_fails_with_its_cause_and_reads_go_on() {
+        let disk = Disk::default();
+        let j = disk.open().unwrap();
+        let first = e(&ROOM, &ALICE, 1, 1);
+        j.append(&first.0, &first.1).unwrap();
+        assert_eq!(j.unwritable(), None);
+
+        disk.full.store(true, Ordering::Relaxed);
+        let second = e(&ROOM, &ALICE, 2, 2);
+        let err = j.append(&second.0, &second.1).unwrap_err();
+        assert!(matches!(err, JournalError::Unwritable { .. }), "{err}");
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+        assert_eq!(j.unwritable(), Some("No space left on device"));
+        // Space again: redb writes no more until the file is opened again, and says why.
+        disk.full.store(false, Ordering::Relaxed);
+        let err = j.append(&second.0, &second.1).unwrap_err();
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+        let deferred = j.append_batch_deferred(std::slice::from_ref(&second));
+        assert!(matches!(deferred, Err(JournalError::Unwritable { .. })));
+        // Reads go on.
+        assert_eq!(j.head(&ROOM, &ALICE).unwrap().map(|h| h.seq), Some(1));
+        let held = j.get(&ROOM, &ALICE, 1).unwrap().map(|e| e.envelope);
+        assert_eq!(held, Some(first.1.clone()));
+
+        // A new start holds what was written before, and writes again.
+        drop(j);
+        let j = disk.open().unwrap();
+        assert_eq!(j.unwritable(), None);
+        assert_eq!(j.head(&ROOM, &ALICE).unwrap().map(|h| h.seq), Some(1));
+        let appended = j.append(&second.0, &second.1).unwrap();
+        assert_eq!(appended, AppendOutcome::Appended { advanced_to: 2 });
+        assert_eq!(j.head(&ROOM, &ALICE).unwrap().map(|h| h.seq), Some(2));
     }
 
     #[test]

@@ -295,6 +295,24 @@ impl NodeProc {
         }
     }
 
+    /// Waits for the process to exit by itself; returns how it ended.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("a running node");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{} did not stop:\n{}",
+                self.user,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Restarts the process on the same data dir with the same arguments.
     pub fn restart(&mut self) {
         self.kill();

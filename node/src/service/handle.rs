@@ -106,6 +106,7 @@ pub struct NodeHandle {
     pub(super) journal: std::sync::Weak<Journal>,
     /// Where files uploaded through the API wait while they are sealed.
     pub(super) uploads: PathBuf,
+    pub(super) failure: Arc<std::sync::OnceLock<String>>,
 }
 
 impl NodeHandle {
@@ -388,8 +389,13 @@ impl NodeHandle {
     }
 
     /// Resolves once the node has stopped (through [`NodeHandle::shutdown`] on any handle,
-    /// such as the API's `/stop`).
+    /// such as the API's `/stop`, or by itself: see [`NodeHandle::failure`]).
     pub async fn stopped(&self) {
         self.tx.closed().await;
+    }
+
+    /// Why the node stopped by itself, if it did: its journal could no longer be written.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.get().cloned()
     }
 }

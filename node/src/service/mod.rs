@@ -346,10 +346,12 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
     let (tx, rx) = mpsc::channel(256);
     let (internal_tx, internal_rx) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(4096);
+    let failure = Arc::new(std::sync::OnceLock::new());
     let mut service = Service {
         swarm,
         core,
         rx,
+        failure: failure.clone(),
         events: events.clone(),
         listen_addrs: vec![],
         connections: HashMap::new(),
@@ -422,6 +424,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         faults: cfg.swarm.faults.clone(),
         journal,
         uploads,
+        failure,
     })
 }
 
@@ -429,6 +432,8 @@ struct Service {
     swarm: Swarm<Behaviour>,
     core: Core,
     rx: mpsc::Receiver<Command>,
+    /// Why the node stopped by itself, if it did (see [`NodeHandle::failure`]).
+    failure: Arc<std::sync::OnceLock<String>>,
     events: broadcast::Sender<Event>,
     listen_addrs: Vec<Multiaddr>,
     /// Open connections per peer, and when the first of them was established.
@@ -640,6 +645,10 @@ impl Service {
             }
             // Whatever the event called for, one vector exchange per peer carries it.
             self.send_hellos();
+            if self.journal_failed() {
+                self.put_mailboxes_before_stop().await;
+                break;
+            }
         }
         // A flush or a read in flight holds the journal: let them finish, so that the
         // database is closed when we say we stopped.
@@ -664,6 +673,23 @@ impl Service {
         if let Some(reply) = stopped {
             let _ = reply.send(Ok(()));
         }
+    }
+
+    /// Whether the journal can no longer be written (the disk full, gone or failing; see
+    /// [`crate::journal::Journal::unwritable`]): then the node stops, as `stop` would, and says why. A node
+    /// that went on could store nothing it receives, nor write, and would never recover by
+    /// itself: the file is opened again by a new start, once there is room.
+    fn journal_failed(&mut self) -> bool {
+        let Some(cause) = self.core.journal().unwritable() else {
+            return false;
+        };
+        let why = crate::journal::JournalError::Unwritable {
+            path: self.core.journal().path().to_path_buf(),
+            cause: cause.to_string(),
+        };
+        tracing::error!(error = %why, "the node stops");
+        let _ = self.failure.set(why.to_string());
+        true
     }
 
     fn subscribe(&mut self, id: RoomId) {

@@ -219,6 +219,7 @@ async fn run(
         }
         print!("{out}");
     }
+    // Stopped through the API, or by itself (see below).
     let by_api = tokio::select! {
         _ = wait_for_signal() => false,
         _ = node.stopped() => true,
@@ -233,7 +234,10 @@ async fn run(
         let _ = node.shutdown().await;
     }
     server.abort();
-    Ok(())
+    match node.failure() {
+        Some(why) => Err(anyhow::anyhow!("the node stopped: {why}")),
+        None => Ok(()),
+    }
 }
 
 async fn wait_for_signal() {
