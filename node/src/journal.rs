@@ -838,9 +838,12 @@ impl Journal {
     /// function every time a file is opened: the counts are kept as entries arrive.
     pub fn open_counting(path: &Path, is_message: IsMessage) -> Result<Self, JournalError> {
         let owned = path.to_path_buf();
-        // Surface a missing directory or permission problem as such, not as corruption.
-        std::fs::OpenOptions::new()
-            .read(true)
+        // Surface a missing directory or permission problem as such, not as corruption. A new
+        // file is the user's alone, as the data dir is.
+        let mut file = std::fs::OpenOptions::new();
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+        file.read(true)
             .write(true)
             .create(true)
             .truncate(false)
@@ -1880,6 +1883,16 @@ mod tests {
             bytes[offset as usize..end].copy_from_slice(data);
             Ok(())
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_journal_file_is_the_users_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, path) = tmp();
+        drop(Journal::open(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
