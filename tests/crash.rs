@@ -176,6 +176,46 @@ fn a_full_disk_stops_the_node_with_a_clear_error_and_a_new_start_goes_on() {
         "lobby".into(),
     ];
     let mut a = NodeProc::start("alice", &data_dir, &args);
+    // A file that would leave the disk less than its spare (64 MiB) is refused beforehand,
+    // and the node goes on; `status` says why.
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, common::bytes(100_000, 1)).unwrap();
+    let out = a.try_cli(&["share", "lobby", notes.to_str().unwrap()]);
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        refused.contains("not enough disk space for notes.txt"),
+        "{refused}"
+    );
+    assert!(a.status()["disk_free"].as_u64().unwrap() < 3 << 20);
+    let status = a.client(&["status"]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("nearly full, files are refused"),
+        "{status}"
+    );
+    // So is a file to fetch: Bob shares it, and Alice's node does not take it in.
+    let mut b_args = args.clone();
+    b_args.extend(["--bootstrap".into(), a.listen_addr("/tcp/")]);
+    let mut b = NodeProc::start("bob", &dir.path().join("bob"), &b_args);
+    b.cli(&["share", "lobby", notes.to_str().unwrap()]);
+    wait_until("alice sees bob's file", T, || {
+        a.file("lobby", "notes.txt").is_some()
+    });
+    let id = a.file("lobby", "notes.txt").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let into = dir.path().join("fetched");
+    std::fs::create_dir_all(&into).unwrap();
+    let out = a.try_cli(&["fetch", "lobby", &id, "-o", into.to_str().unwrap()]);
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        refused.contains("not enough disk space for notes.txt"),
+        "{refused}"
+    );
+    b.stop();
     let filler = "x".repeat(16_000);
     let mut sent = 0u64;
     let refused = loop {

@@ -142,6 +142,7 @@ impl From<NodeError> for ApiError {
             NodeError::OwnFork { .. } => StatusCode::CONFLICT,
             NodeError::FileInput(_) => StatusCode::BAD_REQUEST,
             NodeError::FileUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             NodeError::Listen { .. } => StatusCode::BAD_REQUEST,
             NodeError::Dial { .. } => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -649,14 +650,15 @@ async fn forget(
 async fn upload(
     State(s): State<AppState>,
     Query(q): Query<UploadQuery>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<crate::service::Sent> {
     if !crate::files::valid_name(&q.name) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!(
-                "not a file name cryptchat can carry: {:?} (no directories or control \
-                 characters, at most {} bytes)",
+                "not a file name cryptchat can carry: {:?} (no directories, no control or \
+                 bidirectional formatting characters, at most {} bytes)",
                 q.name,
                 crate::files::MAX_NAME
             ),
@@ -667,6 +669,14 @@ async fn upload(
         return Err(NodeError::from(CoreError::UnknownRoom(q.room)).into());
     }
     let dir = s.node.upload_dir()?;
+    // The upload waits beside the journal while it is sealed into it: it takes twice its
+    // size, for a moment.
+    if let Some(len) = (headers.get(axum::http::header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        let needed = len.saturating_add(crate::disk::stored_size(len));
+        NodeError::unless_room(&dir, &q.name, needed)?;
+    }
     let path = dir.join(&q.name);
     let shared = match receive(body, &path).await {
         Ok(()) => s

@@ -17,6 +17,7 @@ pub mod core;
 pub mod crypto;
 pub mod dht_store;
 pub mod dial_order;
+pub mod disk;
 pub mod envelope;
 pub mod faults;
 pub mod files;

@@ -423,6 +423,7 @@ pub(super) fn seal_and_store(journal: &Journal, path: &Path) -> Result<FileRef, 
     if !meta.is_file() {
         return Err(input("not a regular file".into()));
     }
+    NodeError::unless_room(journal.path(), &name, crate::disk::stored_size(meta.len()))?;
     let mut batch: Vec<(ChunkId, Vec<u8>)> = Vec::with_capacity(SHARE_BATCH);
     let mut store_err = None;
     let sealed = files::seal_file(
@@ -747,6 +748,22 @@ impl Service {
             Ok(f) => f,
             Err(e) => return waiter.fail(NodeError::FileInput(e.to_string())),
         };
+        // The chunks missing go in the journal first. (The copy written to the path asked
+        // for may be on a disk of its own: that write fails by itself, and the fetch with it.)
+        let missing = match fetch.list() {
+            Some(_) => (fetch.missing() as u64).saturating_mul(files::CHUNK_SIZE as u64),
+            None => file.size,
+        };
+        if !fetch.is_done()
+            && let Err(e) = NodeError::unless_room(
+                journal.path(),
+                &file.name,
+                crate::disk::stored_size(missing.min(file.size)),
+            )
+        {
+            tracing::info!(file = %file.id(), error = %e, "not fetched");
+            return waiter.fail(e);
+        }
         tracing::info!(file = %file.id(), chunks = file.chunks(), "fetching a file");
         self.fetches.jobs.insert(
             file.list,

@@ -136,6 +136,16 @@ pub enum NodeError {
     /// No connected member could serve a file's chunks.
     #[error("{0}")]
     FileUnavailable(String),
+    /// A file would leave the journal's disk less than [`crate::disk::SPARE`] free.
+    #[error(
+        "not enough disk space for {what}: it takes about {}, and the disk of the data dir has {} free ({} are kept spare for messages); free some, or drop copies of files with `cryptchat forget`",
+        crate::disk::human_size(*.needed), crate::disk::human_size(*.free), crate::disk::human_size(crate::disk::SPARE)
+    )]
+    DiskFull {
+        what: String,
+        needed: u64,
+        free: u64,
+    },
     /// Our own chain in the room forked (see [`crate::own_chain`]): what we wrote would be
     /// refused by members holding the other branch.
     #[error(
@@ -145,6 +155,21 @@ pub enum NodeError {
          repair {room}` takes up the members' history and writes yours after it"
     )]
     OwnFork { room: String, seq: u64 },
+}
+
+impl NodeError {
+    /// Refuses what would take `needed` bytes on the disk of `journal` beyond its spare.
+    pub(crate) fn unless_room(
+        journal: &std::path::Path,
+        what: &str,
+        needed: u64,
+    ) -> Result<(), NodeError> {
+        crate::disk::fits(journal, needed).map_err(|free| NodeError::DiskFull {
+            what: what.to_string(),
+            needed,
+            free,
+        })
+    }
 }
 
 impl From<JournalError> for NodeError {
@@ -211,6 +236,10 @@ pub struct Status {
     /// Bytes of file chunks the node holds (sealed): its own shares and what it fetched.
     #[serde(default)]
     pub file_bytes: u64,
+    /// Bytes free on the disk of the journal, where that can be told (files that would leave
+    /// less than [`crate::disk::SPARE`] are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_free: Option<u64>,
     /// What the node did with mailboxes (see [`crate::mailbox`]).
     #[serde(default)]
     pub mailboxes: mailbox::MailboxStats,
@@ -829,6 +858,7 @@ impl Service {
             fetches: self.fetches.progress(),
             dht,
             file_bytes: self.core.journal().chunk_bytes()?,
+            disk_free: crate::disk::available(self.core.journal().path()),
             mailboxes: self.mailboxes.stats(),
         })
     }

@@ -432,8 +432,16 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
                     a.connections_closed,
                     a.lookups
                 );
+                let disk = match s.disk_free {
+                    Some(free) if free < cryptchat::disk::SPARE => format!(
+                        "; the disk has {} free: nearly full, files are refused",
+                        human_size(free)
+                    ),
+                    Some(free) => format!("; {} free on the disk", human_size(free)),
+                    None => String::new(),
+                };
                 println!(
-                    "files: {} held here, {} announced, {} holder lookups ({} holders found), {} chunks served",
+                    "files: {} held here{disk}, {} announced, {} holder lookups ({} holders found), {} chunks served",
                     human_size(s.file_bytes),
                     a.file_announcements,
                     a.file_lookups,

@@ -1,5 +1,5 @@
 //! Sizes as people write and read them: `512K`, `4M`, `1.5G` on the command line, and
-//! `4.0 MiB` in what is printed.
+//! `4.0 MiB` in what is printed ([`human_size`], the node's own).
 
 /// A size as a user writes it: bytes, or a number with K, M or G (KiB, MiB and GiB also
 /// accepted; powers of 1,024).
@@ -26,22 +26,7 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-pub(crate) fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64;
-    let mut unit = "B";
-    for u in UNITS {
-        if v < 1024.0 {
-            break;
-        }
-        v /= 1024.0;
-        unit = u;
-    }
-    format!("{v:.1} {unit}")
-}
+pub(crate) use cryptchat::disk::human_size;
 
 #[cfg(test)]
 mod tests {
