@@ -194,6 +194,9 @@ fn a_full_disk_stops_the_node_with_a_clear_error_and_a_new_start_goes_on() {
         status.contains("nearly full, files are refused"),
         "{status}"
     );
+    wait_until("the log says the disk is nearly full", T, || {
+        a.log().contains("the journal's disk is nearly full")
+    });
     // So is a file to fetch: Bob shares it, and Alice's node does not take it in.
     let mut b_args = args.clone();
     b_args.extend(["--bootstrap".into(), a.listen_addr("/tcp/")]);

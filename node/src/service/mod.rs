@@ -411,6 +411,7 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         message_rate: Default::default(),
         activity: Default::default(),
         activity_logged: Default::default(),
+        disk_low: false,
         faults: cfg.swarm.faults.clone(),
         banned: HashMap::new(),
         internal_rx,
@@ -528,6 +529,9 @@ struct Service {
     /// What the networking did (see [`crate::activity`]), and its last logged value.
     activity: crate::activity::Activity,
     activity_logged: crate::activity::Activity,
+    /// The journal's disk was under [`crate::disk::SPARE`] free at the last look: said once
+    /// in the log when it gets there, and once when it is out of it.
+    disk_low: bool,
     /// Ping failures in a row per connection (see [`PING_FAILURES_TO_CLOSE`]).
     ping_failures: HashMap<libp2p::swarm::ConnectionId, u32>,
     /// Our WebRTC-direct listeners, renewed after a failed WebRTC-direct dial.
@@ -631,6 +635,7 @@ impl Service {
                     self.own_forks_ask();
                     self.sync_among(&members);
                     self.tick_mailboxes();
+                    self.look_at_disk();
                     self.save_held();
                     self.save_shared(false);
                     self.save_put_pages();
@@ -719,6 +724,22 @@ impl Service {
         tracing::error!(error = %why, "the node stops");
         let _ = self.failure.set(why.to_string());
         true
+    }
+
+    fn look_at_disk(&mut self) {
+        let Some(free) = crate::disk::available(self.core.journal().path()) else {
+            return;
+        };
+        let low = free < crate::disk::SPARE;
+        if low && !self.disk_low {
+            tracing::warn!(
+                free = %crate::disk::human_size(free),
+                "the journal's disk is nearly full: files are refused, and the node stops if it fills up"
+            );
+        } else if !low && self.disk_low {
+            tracing::info!(free = %crate::disk::human_size(free), "the journal's disk has room again");
+        }
+        self.disk_low = low;
     }
 
     fn subscribe(&mut self, id: RoomId) {
