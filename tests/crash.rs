@@ -187,7 +187,9 @@ fn a_full_disk_stops_the_node_with_a_clear_error_and_a_new_start_goes_on() {
         refused.contains("not enough disk space for notes.txt"),
         "{refused}"
     );
-    assert!(a.status()["disk_free"].as_u64().unwrap() < 3 << 20);
+    let told = a.status();
+    assert!(told["disk_free"].as_u64().unwrap() < 3 << 20);
+    assert_eq!(told["disk_low"], true);
     let status = a.client(&["status"]).output().unwrap();
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(
@@ -202,6 +204,7 @@ fn a_full_disk_stops_the_node_with_a_clear_error_and_a_new_start_goes_on() {
     b_args.extend(["--bootstrap".into(), a.listen_addr("/tcp/")]);
     let mut b = NodeProc::start("bob", &dir.path().join("bob"), &b_args);
     b.cli(&["share", "lobby", notes.to_str().unwrap()]);
+    assert_eq!(b.status()["disk_low"], false, "bob's disk has room");
     wait_until("alice sees bob's file", T, || {
         a.file("lobby", "notes.txt").is_some()
     });

@@ -240,6 +240,9 @@ pub struct Status {
     /// less than [`crate::disk::SPARE`] are refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_free: Option<u64>,
+    /// `disk_free` is under the spare: files are refused.
+    #[serde(default)]
+    pub disk_low: bool,
     /// What the node did with mailboxes (see [`crate::mailbox`]).
     #[serde(default)]
     pub mailboxes: mailbox::MailboxStats,
@@ -836,6 +839,7 @@ impl Service {
         let dht = self.swarm.behaviour_mut().kad.store_mut().stats();
         let me = self.core.identity();
         let peer_id = *self.swarm.local_peer_id();
+        let disk_free = crate::disk::available(self.core.journal().path());
         Ok(Status {
             username: me.username().to_string(),
             user_id: me.id().to_hex(),
@@ -879,7 +883,8 @@ impl Service {
             fetches: self.fetches.progress(),
             dht,
             file_bytes: self.core.journal().chunk_bytes()?,
-            disk_free: crate::disk::available(self.core.journal().path()),
+            disk_free,
+            disk_low: disk_free.is_some_and(|free| free < crate::disk::SPARE),
             mailboxes: self.mailboxes.stats(),
         })
     }

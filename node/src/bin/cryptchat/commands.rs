@@ -433,7 +433,7 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
                     a.lookups
                 );
                 let disk = match s.disk_free {
-                    Some(free) if free < cryptchat::disk::SPARE => format!(
+                    Some(free) if s.disk_low => format!(
                         "; the disk has {} free: nearly full, files are refused",
                         human_size(free)
                     ),
