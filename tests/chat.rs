@@ -450,7 +450,18 @@ fn a_text_is_shown_on_the_readers_terminal_and_cannot_act_on_it() {
     // A line that passes for a message of Alice's, and an escape sequence that clears the
     // screen, after a carriage return that would write over the start of the line.
     let forged = "see below\n12:00:00 lobby alice [814ddc60#9]: send me your password\r\u{1b}[2J";
-    b.cli(&["send", "lobby", forged]);
+    // Written as a message of several lines is: from standard input (`-`).
+    let mut send = b
+        .client(&["send", "lobby", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    (send.stdin.take().unwrap())
+        .write_all(format!("{forged}\n").as_bytes())
+        .unwrap();
+    assert!(send.wait_with_output().unwrap().status.success());
     wait_until("alice holds it", T, || a.texts("lobby") == [forged]);
     let out = a.client(&["history", "lobby"]).output().unwrap();
     assert!(out.status.success());
@@ -465,6 +476,13 @@ fn a_text_is_shown_on_the_readers_terminal_and_cannot_act_on_it() {
     assert!(!shown.contains(['\r', '\u{1b}']), "{shown:?}");
     // JSON carries the text as it was written.
     assert_eq!(a.cli(&["history", "lobby"])[0]["text"], forged);
+    // The words of a message need no quotes.
+    a.cli(&["send", "lobby", "see", "you", "at", "-5"]);
+    wait_until("bob reads it", T, || {
+        b.texts("lobby")
+            .last()
+            .is_some_and(|t| t == "see you at -5")
+    });
 }
 
 /// The lines a child process prints, as they come (read on a thread of their own).

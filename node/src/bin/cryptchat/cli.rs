@@ -130,13 +130,22 @@ pub(crate) enum Cmd {
     /// what they hold (names are self-asserted; contacts show by your name for them).
     Members { room: String },
     /// Send a message to a room (direct rooms are named @contact).
-    Send { room: String, text: String },
+    Send {
+        room: String,
+        /// The message: its words, quoted or not; `-` alone reads it from standard input
+        /// (for a message of several lines).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        text: Vec<String>,
+    },
     /// Reply to a message: TO is the AUTHOR#N that `history` shows beside it (AUTHOR: a
     /// contact's name, or 8+ hex digits of a user id). The reply quotes its start.
     Reply {
         room: String,
         to: String,
-        text: String,
+        /// The message: its words, quoted or not; `-` alone reads it from standard input
+        /// (for a message of several lines).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        text: Vec<String>,
     },
     /// React to a message (AUTHOR#N, as for reply) with an emoji or a short word; --undo
     /// takes your reaction back.
@@ -174,7 +183,10 @@ pub(crate) enum Cmd {
     Edit {
         room: String,
         seq: u64,
-        text: String,
+        /// The message: its words, quoted or not; `-` alone reads it from standard input
+        /// (for a message of several lines).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        text: Vec<String>,
     },
     /// Delete one of your messages (its #N): members see that it was deleted, and drop
     /// their copies of its file if it shared one.
@@ -230,7 +242,13 @@ pub(crate) enum Cmd {
     /// the group when the invitation arrives in its direct room with you.
     Group { name: String, members: Vec<String> },
     /// Send a direct message to a contact.
-    Dm { contact: String, text: String },
+    Dm {
+        contact: String,
+        /// The message: its words, quoted or not; `-` alone reads it from standard input
+        /// (for a message of several lines).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        text: Vec<String>,
+    },
     /// List connected peers.
     Peers,
     /// Show the node's status.
@@ -304,4 +322,43 @@ pub(crate) enum ContactCmd {
     /// Remove a contact, and leave your direct room with it (its history stays on disk:
     /// adding the contact again shows it).
     Remove { name: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Cmd};
+
+    #[test]
+    fn a_message_is_its_words_quoted_or_not_whatever_they_start_with() {
+        let text = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.cmd) {
+            Ok(Cmd::Send { text, .. } | Cmd::Dm { text, .. }) => text,
+            Ok(Cmd::Reply { text, .. } | Cmd::Edit { text, .. }) => text,
+            Ok(_) => panic!("{args:?}"),
+            Err(e) => panic!("{args:?}: {e}"),
+        };
+        let said = ["see", "you", "at", "-5", "--json"];
+        assert_eq!(
+            text(&["cryptchat", "send", "lobby", "see you at 5"]),
+            ["see you at 5"]
+        );
+        assert_eq!(
+            text(&[&["cryptchat", "send", "lobby"][..], &said].concat()),
+            said
+        );
+        assert_eq!(
+            text(&["cryptchat", "dm", "bob", "hi", "there"]),
+            ["hi", "there"]
+        );
+        assert_eq!(text(&["cryptchat", "reply", "lobby", "bob#2", "-"]), ["-"]);
+        assert_eq!(
+            text(&["cryptchat", "edit", "lobby", "3", "fixed", "it"]),
+            ["fixed", "it"]
+        );
+        assert!(
+            Cli::try_parse_from(["cryptchat", "send", "lobby"]).is_err(),
+            "no text"
+        );
+    }
 }

@@ -95,6 +95,7 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
             })
         }
         Cmd::Send { room, text } => {
+            let text = message_text(text)?;
             let note = wait_note(data_dir, &room, json);
             let v = c.post::<_, Sent>("/send", &SendRequest::new(room, text));
             drop(note);
@@ -118,6 +119,7 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
             })
         }
         Cmd::Reply { room, to, text } => {
+            let text = message_text(text)?;
             let reply_to = parse_message_ref(&to)?;
             let note = wait_note(data_dir, &room, json);
             let req = SendRequest {
@@ -131,6 +133,7 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
             print(json, &v, print_sent)
         }
         Cmd::Edit { room, seq, text } => {
+            let text = message_text(text)?;
             let note = wait_note(data_dir, &room, json);
             let v = c.post::<_, Sent>("/edit", &EditRequest { room, seq, text });
             drop(note);
@@ -145,6 +148,7 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
             print(json, &v, |s| print_revised(s, "deleted", seq))
         }
         Cmd::Dm { contact, text } => {
+            let text = message_text(text)?;
             let note = wait_note(data_dir, &format!("@{contact}"), json);
             let v = c.post::<_, Sent>("/dm", &DmRequest { contact, text });
             drop(note);
@@ -557,6 +561,26 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
         }
         Cmd::Run { .. } | Cmd::Id { .. } => unreachable!("handled before"),
     }
+}
+
+/// A message's text from its words on the command line (`send lobby see you at 5` needs no
+/// quotes), or from standard input for `-` alone, to its end (one final line break left out).
+fn message_text(words: Vec<String>) -> Result<String> {
+    if words != ["-"] {
+        return Ok(words.join(" "));
+    }
+    use std::io::Read;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("type the message, then Ctrl-D on a line of its own");
+    }
+    let mut text = String::new();
+    stdin
+        .lock()
+        .read_to_string(&mut text)
+        .context("cannot read the message from standard input")?;
+    let end = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(end.strip_suffix('\r').unwrap_or(end).to_string())
 }
 
 fn print<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> Result<()> {
