@@ -303,12 +303,12 @@ impl NodeProc {
             if let Some(status) = c.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                start.elapsed() < timeout,
-                "{} did not stop:\n{}",
-                self.user,
-                self.log()
-            );
+            if start.elapsed() > timeout {
+                // Not left running after the test.
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("{} did not stop:\n{}", self.user, self.log());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
