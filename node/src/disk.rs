@@ -9,10 +9,12 @@ use std::path::Path;
 /// Kept free for the messages that go on arriving: a file that would leave less is refused.
 pub const SPARE: u64 = 64 << 20;
 
-/// A file of `size` bytes takes about this much in the journal (sealing adds a tag per chunk;
-/// the B-tree's pages and the copies a commit makes of them take the rest).
+/// A file of `size` bytes takes at most about this much in the journal: sealing adds a tag
+/// per chunk, and the journal file grows by more than it needs at a time (measured: 1.5
+/// times for one 48 MiB file in a new journal, 1.2 times for 250 MiB; the spare covers the
+/// difference for small files).
 pub fn stored_size(size: u64) -> u64 {
-    size.saturating_add(size / 8)
+    size.saturating_add(size / 4)
 }
 
 /// A size as people read it: `512 B`, `4.0 MiB`.
@@ -78,6 +80,6 @@ mod tests {
         // (What is free changes as other processes write: it is only told, never exact.)
         assert!(matches!(fits(dir.path(), u64::MAX), Err(f) if f > 0));
         assert!(available(&dir.path().join("no such dir")).is_none());
-        assert_eq!(stored_size(8 << 20), 9 << 20);
+        assert_eq!(stored_size(8 << 20), 10 << 20);
     }
 }

@@ -30,7 +30,10 @@ const ZERO: Id = [0; 32];
 ///
 /// 2: a room's counters also count its messages (see [`Journal::open_counting`]); a file of
 /// version 1 is counted once when opened.
-const SCHEMA_VERSION: u32 = 2;
+/// 3: a sealed chunk past [`CHUNK_HEAD`] bytes is kept in two parts (`chunk_tails`); a file of
+/// version 2 holds every chunk whole in `chunks`, and is read as it is. An older build
+/// would serve the first part alone, so it refuses the file.
+const SCHEMA_VERSION: u32 = 3;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
 // All keys and values are raw bytes decoded here, so a corrupted value yields an error rather
@@ -54,7 +57,16 @@ const ROOMS: TableDefinition<Bytes, Bytes> = TableDefinition::new("rooms");
 const SETTINGS: TableDefinition<Bytes, Bytes> = TableDefinition::new("settings");
 /// Chunk name (SHA-256 of the sealed chunk) -> sealed chunk of a shared file (see
 /// [`crate::files`]): ciphertext, served to any peer that names it.
+/// A chunk of more than [`CHUNK_HEAD`] bytes keeps only its first [`CHUNK_HEAD`] here.
 const CHUNKS: TableDefinition<Bytes, Bytes> = TableDefinition::new("chunks");
+/// Chunk name -> what the sealed chunk holds past its first [`CHUNK_HEAD`] bytes.
+const CHUNK_TAILS: TableDefinition<Bytes, Bytes> = TableDefinition::new("chunk_tails");
+/// The most of a chunk kept in one value. redb gives a value that does not fit its page a
+/// power of two of pages: a whole sealed chunk (256 KiB and a 16-byte tag) took 512 KiB,
+/// and a file about 2.7 times its size on disk. Its first 262,016 bytes fill one 256 KiB
+/// page (key and page header included), and the rest (144 bytes at most) shares a page
+/// with others: about 1.2 times.
+const CHUNK_HEAD: usize = 256 * 1024 - 128;
 /// DHT provider key of a file this node holds whole -> the file's id (its list's name), so
 /// a restarted node announces its files again (see [`crate::files::FileRef::provider_key`]).
 const PROVIDES: TableDefinition<Bytes, Bytes> = TableDefinition::new("provides");
@@ -909,7 +921,7 @@ impl Journal {
             };
             let mut recount = false;
             match found {
-                Some(SCHEMA_VERSION) => {}
+                Some(SCHEMA_VERSION) | Some(2) => {}
                 Some(1) => recount = true,
                 Some(v) if v > SCHEMA_VERSION => {
                     return Err(JournalError::NewerSchema {
@@ -926,8 +938,19 @@ impl Journal {
                     .at(path)?;
             }
             for def in [
-                ENTRIES, PENDING, HEADS, ORDER, FORKS, ROOMS, SETTINGS, CHUNKS, PROVIDES, DECLINED,
-                REVISIONS, REACTIONS,
+                ENTRIES,
+                PENDING,
+                HEADS,
+                ORDER,
+                FORKS,
+                ROOMS,
+                SETTINGS,
+                CHUNKS,
+                CHUNK_TAILS,
+                PROVIDES,
+                DECLINED,
+                REVISIONS,
+                REACTIONS,
             ] {
                 txn.open_table(def).at(path)?;
             }
@@ -941,8 +964,10 @@ impl Journal {
             let count = chunks.len().at(path)?;
             if read_tally(&meta, path).ok().map(|(n, _)| n) != Some(count) {
                 let mut bytes = 0u64;
-                for row in chunks.iter().at(path)? {
-                    bytes += row.at(path)?.1.value().len() as u64;
+                for table in [chunks, txn.open_table(CHUNK_TAILS).at(path)?] {
+                    for row in table.iter().at(path)? {
+                        bytes += row.at(path)?.1.value().len() as u64;
+                    }
                 }
                 write_tally(&mut meta, path, (count, bytes))?;
             }
@@ -1552,9 +1577,18 @@ impl Journal {
             let mut meta = txn.open_table(META).at(path)?;
             let (mut count, mut held) = read_tally(&meta, path)?;
             let mut table = txn.open_table(CHUNKS).at(path)?;
+            let mut tails = txn.open_table(CHUNK_TAILS).at(path)?;
             for (id, bytes) in chunks {
-                match table.insert(&id[..], &bytes[..]).at(path)? {
-                    Some(old) => held = held.saturating_sub(old.value().len() as u64),
+                let (head, tail) = bytes.split_at(bytes.len().min(CHUNK_HEAD));
+                let old_tail = match tail.is_empty() {
+                    true => tails.remove(&id[..]).at(path)?,
+                    false => tails.insert(&id[..], tail).at(path)?,
+                };
+                let old_tail = old_tail.map_or(0, |v| v.value().len() as u64);
+                match table.insert(&id[..], head).at(path)? {
+                    Some(old) => {
+                        held = held.saturating_sub(old.value().len() as u64 + old_tail);
+                    }
                     None => count += 1,
                 }
                 held += bytes.len() as u64;
@@ -1577,7 +1611,19 @@ impl Journal {
         let path = self.path.as_path();
         let txn = self.db.begin_read().at(path)?;
         let table = txn.open_table(CHUNKS).at(path)?;
-        Ok(table.get(&id[..]).at(path)?.map(|v| v.value().to_vec()))
+        let Some(head) = table.get(&id[..]).at(path)? else {
+            return Ok(None);
+        };
+        let mut chunk = head.value().to_vec();
+        if let Some(tail) = txn
+            .open_table(CHUNK_TAILS)
+            .at(path)?
+            .get(&id[..])
+            .at(path)?
+        {
+            chunk.extend_from_slice(tail.value());
+        }
+        Ok(Some(chunk))
     }
 
     /// Whether `table` has a row under `key`.
@@ -1641,10 +1687,14 @@ impl Journal {
             let mut meta = txn.open_table(META).at(path)?;
             let (mut count, held) = read_tally(&meta, path)?;
             let mut table = txn.open_table(CHUNKS).at(path)?;
+            let mut tails = txn.open_table(CHUNK_TAILS).at(path)?;
             for id in chunks {
                 if let Some(v) = table.remove(&id[..]).at(path)? {
                     freed += v.value().len() as u64;
                     count = count.saturating_sub(1);
+                }
+                if let Some(v) = tails.remove(&id[..]).at(path)? {
+                    freed += v.value().len() as u64;
                 }
             }
             write_tally(&mut meta, path, (count, held.saturating_sub(freed)))?;
@@ -2750,6 +2800,53 @@ mod tests {
         assert_eq!(j.chunk(&[2; 32]).unwrap(), Some(vec![]));
         assert!(j.has_chunk(&[3; 32]).unwrap());
         assert!(!j.has_chunk(&[4; 32]).unwrap());
+    }
+
+    #[test]
+    fn a_whole_sealed_chunk_is_kept_in_two_parts_that_take_one_page_and_read_as_one() {
+        let d = TempDir::new().unwrap();
+        let path = d.path().join("j.redb");
+        let sealed = crate::files::MAX_SEALED_CHUNK;
+        let chunk = |i: u8| (0..sealed).map(|b| (b as u8) ^ i).collect::<Vec<u8>>();
+        let count = 200u8;
+        {
+            let j = Journal::open(&path).unwrap();
+            for batch in 0..count / 20 {
+                let chunks: Vec<_> = (batch * 20..(batch + 1) * 20)
+                    .map(|i| ([i; 32], chunk(i)))
+                    .collect();
+                j.put_chunks(&chunks, true).unwrap();
+            }
+            assert_eq!(j.chunk(&[7; 32]).unwrap(), Some(chunk(7)));
+            assert_eq!(j.chunk_bytes().unwrap(), count as u64 * sealed as u64);
+            // Written again shorter (no tail left behind), then forgotten: all of it freed.
+            j.put_chunks(&[([7; 32], vec![1; 10])], true).unwrap();
+            assert_eq!(j.chunk(&[7; 32]).unwrap(), Some(vec![1; 10]));
+            let freed = j.forget_file(&[0; 32], &[[7; 32], [8; 32]]).unwrap();
+            assert_eq!(freed, 10 + sealed as u64);
+            assert_eq!(j.chunk_bytes().unwrap(), (count as u64 - 2) * sealed as u64);
+        }
+        // A chunk takes one 256 KiB page: the file is not twice what it holds (a whole
+        // chunk in one value took two pages, 2.7 times in all).
+        let len = std::fs::metadata(&path).unwrap().len();
+        let held = count as u64 * sealed as u64;
+        assert!(len < held * 3 / 2, "{len} bytes on disk for {held}");
+        // The tally, rebuilt on open, counts both parts.
+        let j = Journal::open(&path).unwrap();
+        let txn = j.begin_write().unwrap();
+        txn.open_table(META).unwrap().remove(TALLY_KEY).unwrap();
+        txn.commit().unwrap();
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.chunk_bytes().unwrap(), (count as u64 - 2) * sealed as u64);
+        assert_eq!(j.chunk(&[9; 32]).unwrap(), Some(chunk(9)));
+        // A chunk a version 2 file holds whole, with no tail, reads as it is.
+        let txn = j.begin_write().unwrap();
+        (txn.open_table(CHUNKS).unwrap())
+            .insert(&[250u8; 32][..], &chunk(250)[..])
+            .unwrap();
+        txn.commit().unwrap();
+        assert_eq!(j.chunk(&[250; 32]).unwrap(), Some(chunk(250)));
     }
 
     #[test]
