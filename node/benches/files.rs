@@ -80,6 +80,13 @@ async fn main() {
     let (a, b) = pair::two_in_room(alice, bob, dir.path(), ROOM).await;
 
     let size = SIZE_MIB * 1024 * 1024;
+    // What the files take on disk: each journal's growth, against the files' own bytes.
+    let journal_len = |who: &str| {
+        std::fs::metadata(dir.path().join(who).join("journal.redb"))
+            .unwrap()
+            .len()
+    };
+    let disk_before = (journal_len("a"), journal_len("b"));
     let (mut share, mut fetch, mut tcp) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
         let data = Arc::new(random_bytes(size, run as u64 + 1));
@@ -126,6 +133,9 @@ async fn main() {
             let _ = std::fs::remove_file(p);
         }
     }
+    let disk = |grown: u64| grown as f64 / (RUNS * size) as f64;
+    let shared_disk = disk(journal_len("a") - disk_before.0);
+    let fetched_disk = disk(journal_len("b") - disk_before.1);
     let (share, fetch, tcp) = (median(share), median(fetch), median(tcp));
     println!("file transfer, {SIZE_MIB} MiB, median of {RUNS} runs, loopback TCP");
     println!("| what | time | throughput | ratio to raw TCP copy |");
@@ -147,6 +157,13 @@ async fn main() {
         mib_s(size, share),
         share.as_secs_f64() / tcp.as_secs_f64()
     );
+    println!();
+    println!(
+        "disk: journal growth for {RUNS} files of {SIZE_MIB} MiB, against their bytes (a copy: 1.00x)"
+    );
+    println!("| sharer's journal | fetcher's journal |");
+    println!("|---|---|");
+    println!("| {shared_disk:.2}x | {fetched_disk:.2}x |");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
