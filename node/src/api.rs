@@ -669,8 +669,8 @@ async fn upload(
         return Err(NodeError::from(CoreError::UnknownRoom(q.room)).into());
     }
     let dir = s.node.upload_dir()?;
-    // The upload waits beside the journal while it is sealed into it: it takes twice its
-    // size, for a moment.
+    // The upload waits in the data dir while it is sealed into the journal: for a moment it
+    // takes its own size there and its sealed copy's (`disk::stored_size`).
     if let Some(len) = (headers.get(axum::http::header::CONTENT_LENGTH))
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
     {
