@@ -132,20 +132,16 @@ pub(crate) enum Cmd {
     /// Send a message to a room (direct rooms are named @contact).
     Send {
         room: String,
-        /// The message: its words, quoted or not; `-` alone reads it from standard input
-        /// (for a message of several lines).
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        text: Vec<String>,
+        #[command(flatten)]
+        text: Words,
     },
     /// Reply to a message: TO is the AUTHOR#N that `history` shows beside it (AUTHOR: a
     /// contact's name, or 8+ hex digits of a user id). The reply quotes its start.
     Reply {
         room: String,
         to: String,
-        /// The message: its words, quoted or not; `-` alone reads it from standard input
-        /// (for a message of several lines).
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        text: Vec<String>,
+        #[command(flatten)]
+        text: Words,
     },
     /// React to a message (AUTHOR#N, as for reply) with an emoji or a short word; --undo
     /// takes your reaction back.
@@ -183,10 +179,8 @@ pub(crate) enum Cmd {
     Edit {
         room: String,
         seq: u64,
-        /// The message: its words, quoted or not; `-` alone reads it from standard input
-        /// (for a message of several lines).
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        text: Vec<String>,
+        #[command(flatten)]
+        text: Words,
     },
     /// Delete one of your messages (its #N): members see that it was deleted, and drop
     /// their copies of its file if it shared one.
@@ -244,10 +238,8 @@ pub(crate) enum Cmd {
     /// Send a direct message to a contact.
     Dm {
         contact: String,
-        /// The message: its words, quoted or not; `-` alone reads it from standard input
-        /// (for a message of several lines).
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        text: Vec<String>,
+        #[command(flatten)]
+        text: Words,
     },
     /// List connected peers.
     Peers,
@@ -324,6 +316,15 @@ pub(crate) enum ContactCmd {
     Remove { name: String },
 }
 
+/// A message's text as the command line gives it (read by `commands::message_text`).
+#[derive(Args)]
+pub(crate) struct Words {
+    /// The message: its words, quoted or not; `-` alone reads it from standard input (for a
+    /// message of several lines).
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub(crate) text: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -333,8 +334,8 @@ mod tests {
     #[test]
     fn a_message_is_its_words_quoted_or_not_whatever_they_start_with() {
         let text = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.cmd) {
-            Ok(Cmd::Send { text, .. } | Cmd::Dm { text, .. }) => text,
-            Ok(Cmd::Reply { text, .. } | Cmd::Edit { text, .. }) => text,
+            Ok(Cmd::Send { text, .. } | Cmd::Dm { text, .. }) => text.text,
+            Ok(Cmd::Reply { text, .. } | Cmd::Edit { text, .. }) => text.text,
             Ok(_) => panic!("{args:?}"),
             Err(e) => panic!("{args:?}: {e}"),
         };

@@ -565,9 +565,9 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
 
 /// A message's text from its words on the command line (`send lobby see you at 5` needs no
 /// quotes), or from standard input for `-` alone, to its end (one final line break left out).
-fn message_text(words: Vec<String>) -> Result<String> {
-    if words != ["-"] {
-        return Ok(words.join(" "));
+fn message_text(words: crate::cli::Words) -> Result<String> {
+    if words.text != ["-"] {
+        return Ok(words.text.join(" "));
     }
     use std::io::Read;
     let stdin = std::io::stdin();
