@@ -229,7 +229,7 @@ impl Invite {
             return (invited.shared.as_ref() == Some(shared)).then_some(room);
         }
         crate::room::StoredRoom {
-            name: crate::room::check_name(name).ok()?.to_string(),
+            name: crate::room::check_name(name).ok()?,
             id,
             kind: crate::room::RoomKind::Named,
             has_password: true,

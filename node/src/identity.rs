@@ -279,9 +279,10 @@ pub struct Identity {
     machine_key: aws_lc_rs::hmac::Key,
 }
 
-/// Trims and lower-cases a username so that "Alice " and "alice" are the same identity.
+/// Trims, lower-cases and [canonicalises](crate::chars::canonical) a username so that
+/// "Alice " and "alice" are the same identity, and "José" is one however its "é" was typed.
 pub fn normalise_username(username: &str) -> Result<String, IdentityError> {
-    let u = username.trim().to_lowercase();
+    let u = crate::chars::folded(username.trim());
     let n = u.chars().count();
     if !(MIN_USERNAME..=MAX_USERNAME).contains(&n)
         || u.len() > 255
@@ -322,6 +323,8 @@ impl Identity {
     ) -> Result<Self, IdentityError> {
         let username = normalise_username(username)?;
         let salt = crypto::sha256_framed(SALT_LABEL, &[username.as_bytes()]);
+        // Zeroed when dropped, like the caller's copy.
+        let password = zeroize::Zeroizing::new(crate::chars::canonical(password).into_owned());
         let master = crypto::argon2id(password.as_bytes(), &salt)?;
         Self::from_master(&username, &master, size)
     }
@@ -469,6 +472,22 @@ mod tests {
         for bad in ["", "a:b", "bob\nalice", "bob\u{1b}[2J", "bob\u{202E}ecila"] {
             assert!(normalise_username(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_username_and_password_typed_with_other_accent_characters_are_one_identity() {
+        assert_eq!(normalise_username("JOSE\u{301}").unwrap(), "jos\u{e9}");
+        let a = Identity::derive_unchecked("Jos\u{e9}", "d\u{e9}j\u{e0} vu 1989", KeySize::Rsa2048)
+            .unwrap();
+        let b = Identity::derive_unchecked(
+            "JOSE\u{301}",
+            "de\u{301}ja\u{300} vu 1989",
+            KeySize::Rsa2048,
+        )
+        .unwrap();
+        assert_eq!(a.id(), b.id());
+        assert_eq!(a.local_key(), b.local_key());
+        assert_eq!(b.username(), "jos\u{e9}");
     }
 
     #[test]

@@ -122,10 +122,13 @@ impl std::fmt::Debug for Room {
     }
 }
 
-pub(crate) fn check_name(name: &str) -> Result<&str, RoomError> {
-    let name = name.trim();
+/// The room name as it derives the room: trimmed and [canonical](crate::chars::canonical),
+/// so that "café" is one room however its "é" was typed. Case is kept: "Lobby" is another
+/// room than "lobby", as its key is another.
+pub(crate) fn check_name(name: &str) -> Result<String, RoomError> {
+    let name = crate::chars::canonical(name.trim()).into_owned();
     let n = name.chars().count();
-    if n == 0 || n > 128 || !crate::chars::is_plain(name) {
+    if n == 0 || n > 128 || !crate::chars::is_plain(&name) {
         return Err(RoomError::BadName);
     }
     // Local names: `@NAME` is the direct room with contact NAME, and nothing else may be
@@ -136,6 +139,20 @@ pub(crate) fn check_name(name: &str) -> Result<&str, RoomError> {
     Ok(name)
 }
 
+/// The local name of a joined room as a user may type it: names are kept
+/// [canonical](check_name), and a direct room is named after its contact's username,
+/// whatever its case ("@Bob" is "@bob").
+pub fn local_name(typed: &str) -> String {
+    let typed = typed.trim();
+    match typed.strip_prefix('@') {
+        Some(contact) => match crate::identity::normalise_username(contact) {
+            Ok(contact) => format!("@{contact}"),
+            Err(_) => typed.to_string(),
+        },
+        None => crate::chars::canonical(typed).into_owned(),
+    }
+}
+
 impl Room {
     /// A named room. With a password, the room id and key both depend on an argon2id run
     /// (salted by the name), so the topic does not let anyone test passwords quickly.
@@ -144,6 +161,7 @@ impl Room {
         let pw_secret = match password.filter(|p| !p.is_empty()) {
             Some(pw) => {
                 let salt = crypto::sha256_framed(ROOM_PASSWORD_SALT_LABEL, &[name.as_bytes()]);
+                let pw = zeroize::Zeroizing::new(crate::chars::canonical(pw).into_owned());
                 Some(crypto::argon2id(pw.as_bytes(), &salt)?)
             }
             None => None,
@@ -156,7 +174,7 @@ impl Room {
         let ikm: Vec<u8> = [name.as_bytes(), secret].concat();
         let key = crypto::hkdf32(&id.0, &ikm, "room-content-key");
         Ok(Room {
-            name: name.to_string(),
+            name,
             id,
             kind: RoomKind::Named,
             has_password: pw_secret.is_some(),
@@ -194,7 +212,7 @@ impl Room {
         parts.extend(ids.iter().map(|i| &i.0[..]));
         let id = RoomId(crypto::sha256_framed(GROUP_LABEL, &parts));
         Ok(Room {
-            name: name.to_string(),
+            name,
             id,
             kind: RoomKind::Group,
             has_password: false,
@@ -360,6 +378,39 @@ mod tests {
             panic!("named rooms share a key")
         };
         assert_ne!(**k1, **k2);
+    }
+
+    #[test]
+    fn a_name_and_password_typed_with_other_accent_characters_are_one_room() {
+        // "é" as one character, and as "e" with a combining accent (as macOS file names
+        // and some input methods write it).
+        let composed = Room::named("caf\u{e9}", Some("cr\u{e8}me br\u{fb}l\u{e9}e 42")).unwrap();
+        let decomposed =
+            Room::named("cafe\u{301}", Some("cre\u{300}me bru\u{302}le\u{301}e 42")).unwrap();
+        assert_eq!(composed.id, decomposed.id);
+        assert_eq!(decomposed.name, "caf\u{e9}");
+        let (Access::Shared(k1), Access::Shared(k2)) = (&composed.access, &decomposed.access)
+        else {
+            panic!("named rooms share a key")
+        };
+        assert_eq!(**k1, **k2);
+        // The accent still counts, and so does case.
+        assert_ne!(
+            Room::named("cafe", None).unwrap().id,
+            Room::named("caf\u{e9}", None).unwrap().id
+        );
+        assert_ne!(
+            Room::named("Lobby", None).unwrap().id,
+            Room::named("lobby", None).unwrap().id
+        );
+    }
+
+    #[test]
+    fn a_room_is_found_by_its_name_however_typed() {
+        assert_eq!(local_name(" cafe\u{301} "), "caf\u{e9}");
+        assert_eq!(local_name("Lobby"), "Lobby");
+        assert_eq!(local_name("@Bob "), "@bob");
+        assert_eq!(local_name("@"), "@");
     }
 
     #[test]

@@ -523,9 +523,14 @@ impl Core {
             let plain = core.unseal(&key, &blob)?;
             let stored: StoredRoom = serde_json::from_slice(&plain)
                 .map_err(|_| CoreError::CorruptSetting(key.clone()))?;
-            let room = stored
+            let mut room = stored
                 .into_room()
                 .ok_or_else(|| CoreError::CorruptSetting(key.clone()))?;
+            // A name stored before names were kept canonical is found by its canonical form.
+            let name = crate::chars::canonical(&room.name).into_owned();
+            if !core.names.contains_key(&name) {
+                room.name = name;
+            }
             core.names.insert(room.name.clone(), room.id);
             core.rooms.insert(room.id, room);
         }
@@ -672,7 +677,7 @@ impl Core {
 
     pub fn room_by_name(&self, name: &str) -> Result<&Room, CoreError> {
         self.names
-            .get(name.trim())
+            .get(&crate::room::local_name(name))
             .and_then(|id| self.rooms.get(id))
             .ok_or_else(|| CoreError::UnknownRoom(name.trim().to_string()))
     }

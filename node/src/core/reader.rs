@@ -55,9 +55,10 @@ impl Query {
     }
 }
 
-/// Whether a message's text or file name contains `needle` (lower case), whatever its case.
+/// Whether a message's text or file name contains `needle` ([folded](crate::chars::folded)),
+/// whatever its case and however its accents were typed.
 fn mentions(payload: &Payload, needle: &str) -> bool {
-    let has = |s: &str| s.to_lowercase().contains(needle);
+    let has = |s: &str| crate::chars::folded(s).contains(needle);
     payload.text.as_deref().is_some_and(has) || payload.file.as_ref().is_some_and(|f| has(&f.name))
 }
 
@@ -133,7 +134,7 @@ impl RoomReader {
     /// Revisions (edits and deletions) are not listed unless asked for by kind: each
     /// message is shown as its latest revision left it, and a search looks in that.
     pub fn query(&self, q: &Query) -> Result<Vec<Opened>, CoreError> {
-        let needle = q.contains.as_deref().map(str::to_lowercase);
+        let needle = q.contains.as_deref().map(crate::chars::folded);
         let wanted = |env: &[u8]| {
             let kind = Envelope::peek_kind(env);
             if q.only.is_some_and(|only| kind != Some(only))

@@ -360,7 +360,8 @@ impl NodeHandle {
     /// thread), then sends the message that tells members how to fetch it.
     pub async fn share_file(&self, room: &str, path: PathBuf) -> Result<Sent, NodeError> {
         // An unknown room is refused before a large file is sealed for nothing.
-        if !self.rooms().await?.iter().any(|r| r.name == room) {
+        let name = crate::room::local_name(room);
+        if !self.rooms().await?.iter().any(|r| r.name == name) {
             return Err(CoreError::UnknownRoom(room.to_string()).into());
         }
         let journal = self.journal.upgrade().ok_or(NodeError::Stopped)?;

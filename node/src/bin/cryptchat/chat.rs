@@ -45,7 +45,7 @@ pub(crate) fn chat(c: &Client, data_dir: &Path, room: &str, last: usize, json: b
              Ctrl-D leaves --"
         );
     }
-    let here = room.to_string();
+    let here = cryptchat::room::local_name(room);
     let reader = Client::for_data_dir(data_dir)?;
     std::thread::spawn(move || {
         for data in events {

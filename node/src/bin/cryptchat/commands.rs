@@ -492,6 +492,10 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
             print(json, &v, |v| println!("connected to {}", v.peer_id))
         }
         Cmd::Watch { rooms } => {
+            let rooms: Vec<String> = rooms
+                .iter()
+                .map(|r| cryptchat::room::local_name(r))
+                .collect();
             let events = c.subscribe()?;
             if !json {
                 let which = match rooms.len() {

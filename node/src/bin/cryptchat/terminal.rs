@@ -85,7 +85,7 @@ pub(crate) fn wait_note(data_dir: &Path, room: &str, json: bool) -> Option<Besid
     if json || !std::io::stderr().is_terminal() {
         return None;
     }
-    let (data_dir, room) = (data_dir.to_path_buf(), room.to_string());
+    let (data_dir, room) = (data_dir.to_path_buf(), cryptchat::room::local_name(room));
     Some(Beside::spawn(move |stopped| {
         if stopped.recv_timeout(Duration::from_millis(700)).is_ok() {
             return;
