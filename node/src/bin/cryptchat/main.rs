@@ -137,9 +137,13 @@ fn real_main() -> Result<()> {
 
 fn init_tracing() {
     // libp2p-kad's warnings are about states a node meets in normal use (a first node,
-    // alone, has no one to bootstrap from), which cryptchat reports in its own words.
+    // alone, has no one to bootstrap from), which cryptchat reports in its own words; so
+    // are webrtc-ice's (every WebRTC-direct dial logs "pingAllCandidates called with no
+    // candidate pairs" before its first candidate pair).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,libp2p=warn,libp2p_kad=error,webrtc=warn")
+        tracing_subscriber::EnvFilter::new(
+            "info,libp2p=warn,libp2p_kad=error,webrtc=warn,webrtc_ice=error",
+        )
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
