@@ -70,6 +70,42 @@ fn only_a_node_with_no_way_to_find_peers_says_it_waits_to_be_dialled() {
 }
 
 #[test]
+fn nodes_started_again_without_bootstrap_find_each_other_where_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = lobby_pair(dir.path());
+    let a_addr = a.listen_addr("/tcp/");
+    let b_addr = b.listen_addr("/tcp/");
+    // Both stop: nobody is left who knows where they are, and neither is given an address.
+    b.stop();
+    a.stop();
+    let only_listen = ["--listen".to_string(), listen_for("tcp")];
+    a.restart_as(&only_listen);
+    assert_eq!(
+        a.listen_addr("/tcp/"),
+        a_addr,
+        "the OS-chosen port of the last start"
+    );
+    a.cli(&["send", "lobby", "written while bob was away"]);
+    b.restart_as(&only_listen);
+    assert_eq!(b.listen_addr("/tcp/"), b_addr);
+    for n in [&a, &b] {
+        let log = n.log_of_this_start();
+        assert!(
+            log.contains("dialling the peers this node knew before (1 kept)")
+                && !log.contains(ALONE_HINT),
+            "{log}"
+        );
+        assert_eq!(n.status()["known_peers"], 1);
+    }
+    wait_until("alice and bob meet again in lobby", T, || {
+        a.room_peers("lobby") >= 1 && b.room_peers("lobby") >= 1
+    });
+    wait_until("bob reads what alice wrote while he was away", T, || {
+        b.texts("lobby") == ["written while bob was away"]
+    });
+}
+
+#[test]
 fn wrong_room_password_sees_nothing_readable() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = tcp_pair(dir.path(), &[]);

@@ -23,6 +23,8 @@ pub mod faults;
 pub mod files;
 pub mod identity;
 pub mod journal;
+pub mod known_peers;
+pub mod listen_ports;
 pub mod mailbox;
 pub mod net;
 pub mod own_chain;

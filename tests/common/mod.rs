@@ -319,6 +319,20 @@ impl NodeProc {
         self.wait_ready();
     }
 
+    /// Restarts the process on the same data dir with `args` instead of the `run`
+    /// arguments it had.
+    pub fn restart_as(&mut self, args: &[String]) {
+        self.args = args.to_vec();
+        self.restart();
+    }
+
+    /// What the node logged since it last started.
+    pub fn log_of_this_start(&self) -> String {
+        let log = self.log();
+        let from = log.rfind("cryptchat node for").unwrap_or(0);
+        log[from..].to_string()
+    }
+
     /// Restarts the process on the same data dir with `more` arguments after the others.
     pub fn restart_with(&mut self, more: &[String]) {
         self.args.extend_from_slice(more);

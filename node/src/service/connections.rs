@@ -1,5 +1,5 @@
-//! Dialling and keeping connections: bootstrap nodes, room members the DHT names, the
-//! connection budget (see [`crate::peers`]), and peers cut off for relaying invalid
+//! Dialling and keeping connections: bootstrap nodes and the peers known from earlier runs,
+//! room members the DHT names, the connection budget (see [`crate::peers`]), and peers cut off for relaying invalid
 //! messages.
 
 use std::collections::{HashMap, HashSet};
@@ -11,6 +11,8 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId};
 
 use super::Service;
+use crate::known_peers::KnownPeers;
+use crate::listen_ports::KeptPorts;
 use crate::room::RoomId;
 
 /// A rendezvous dial counts towards its room's budget this long before the peer shows up
@@ -122,9 +124,11 @@ impl Service {
         self.dial_bootstrap();
     }
 
-    /// Dials every bootstrap node not connected or being dialled already. A second dial
-    /// while the first is still in its handshake would only compete with it (over
-    /// WebRTC-direct both come from the same UDP port, and the remote keeps the first).
+    /// Dials every bootstrap node, and the best [`KNOWN_DIALS`] of the peers this node knew
+    /// before (see [`crate::known_peers`]), not connected or being dialled already. A
+    /// second dial while the first is still in its handshake would only compete with it
+    /// (over WebRTC-direct both come from the same UDP port, and the remote keeps the
+    /// first).
     pub(super) fn dial_bootstrap(&mut self) {
         let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
         for addr in self.bootstrap.clone() {
@@ -133,6 +137,11 @@ impl Service {
                 None => self.dial_addr(addr),
             }
         }
+        let local = *self.swarm.local_peer_id();
+        let known = self.known_peers.to_dial(KNOWN_DIALS, |p| {
+            *p == local || by_peer.contains_key(p) || self.swarm.is_connected(p)
+        });
+        by_peer.extend(known);
         for (peer, addrs) in by_peer {
             if let Err(e) = self.dial_unless_dialling(peer, addrs) {
                 tracing::trace!(%peer, error = %e, "bootstrap node not dialled again");
@@ -211,6 +220,65 @@ impl Service {
         for p in expired {
             self.banned.remove(&p);
             self.swarm.behaviour_mut().blocked.unblock_peer(p);
+        }
+    }
+}
+
+/// How many of the peers this node knew it dials when it has no connection.
+const KNOWN_DIALS: usize = 8;
+
+/// The setting that keeps [`crate::known_peers::KnownPeers`], sealed.
+const KNOWN_PEERS_KEY: &str = "known-peers";
+
+/// The setting that keeps [`KeptPorts`], sealed.
+const KEPT_PORTS_KEY: &str = "listen-ports";
+
+/// The sealed setting `key` (None if it is not there or cannot be read: what it held is
+/// then started afresh, as on a new data dir).
+fn load_setting(core: &crate::core::Core, key: &str) -> Option<crate::core::OpenedSetting> {
+    match core.sealed_settings(key) {
+        Ok(stored) => stored
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, plain)| plain.ok()),
+        Err(e) => {
+            tracing::warn!(error = %e, key, "cannot read a setting");
+            None
+        }
+    }
+}
+
+/// The peers this node knew when it last ran.
+pub(super) fn load_known_peers(core: &crate::core::Core) -> KnownPeers {
+    let now = crate::core::now_ms() / 1000;
+    load_setting(core, KNOWN_PEERS_KEY)
+        .map(|plain| KnownPeers::decode(&plain, now))
+        .unwrap_or_default()
+}
+
+/// The ports this node's listeners had when it last ran.
+pub(super) fn load_kept_ports(core: &crate::core::Core) -> KeptPorts {
+    load_setting(core, KEPT_PORTS_KEY)
+        .map(|plain| KeptPorts::decode(&plain))
+        .unwrap_or_default()
+}
+
+impl Service {
+    /// Writes down the peers this node knows and the ports it listens on, if that changed
+    /// (made durable with the journal's next flush, as the other settings are).
+    pub(super) fn save_known_peers(&mut self) {
+        let mut values = Vec::new();
+        if self.known_peers.take_dirty() {
+            values.push((KNOWN_PEERS_KEY.to_string(), self.known_peers.encode()));
+        }
+        if self.kept_ports.take_dirty() {
+            values.push((KEPT_PORTS_KEY.to_string(), self.kept_ports.encode()));
+        }
+        if values.is_empty() {
+            return;
+        }
+        if let Err(e) = self.core.put_sealed_settings(&values, false) {
+            tracing::warn!(error = %e, "could not store the peers and ports this node knows");
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, IdentTopic, PublishError};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
@@ -80,6 +81,10 @@ pub struct NodeConfig {
     /// (and when the node stops), and the node reads its rooms' authors' mailboxes when it
     /// comes back online (see [`crate::mailbox`]); `None`: neither.
     pub mailbox_after: Option<Duration>,
+    /// Listeners asked for on port 0 over TCP or QUIC take the port they had at the last
+    /// start if it is free (see [`crate::listen_ports`]), so that peers that knew the node
+    /// find it there again.
+    pub keep_ports: bool,
 }
 
 impl NodeConfig {
@@ -109,6 +114,7 @@ impl NodeConfig {
             auto_fetch_total: 1 << 30,
             settle_forks: true,
             mailbox_after: Some(mailbox::MAILBOX_AFTER),
+            keep_ports: false,
         }
     }
 }
@@ -221,6 +227,10 @@ pub struct Status {
     pub peer_id: String,
     pub listen_addrs: Vec<String>,
     pub connected_peers: usize,
+    /// Peers kept from this and earlier runs, dialled when the node has no connection
+    /// (see [`crate::known_peers`]).
+    #[serde(default)]
+    pub known_peers: usize,
     pub rooms: Vec<RoomStatus>,
     pub counters: Counters,
     /// What the node's networking did since it started.
@@ -362,15 +372,32 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
             order.exempt(peer);
         }
     }
+    let known_peers = connections::load_known_peers(&core);
+    let kept_ports = match cfg.keep_ports {
+        true => connections::load_kept_ports(&core),
+        false => Default::default(),
+    };
     let mut swarm = net::build_swarm(keypair, cert, &cfg.swarm, dial_order.clone())?;
     let mut webrtc_listeners = Vec::new();
+    let mut keeping = HashMap::new();
     for addr in &cfg.listen {
-        let id = swarm
-            .listen_on(addr.clone())
-            .map_err(|e| NodeError::Listen {
-                addr: addr.to_string(),
-                why: e.to_string(),
-            })?;
+        // The port of the last start, if it is free; else what was asked for.
+        let again = kept_ports
+            .again(addr)
+            .filter(crate::listen_ports::free)
+            .and_then(|again| swarm.listen_on(again).ok());
+        let id = match again {
+            Some(id) => id,
+            None => swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NodeError::Listen {
+                    addr: addr.to_string(),
+                    why: e.to_string(),
+                })?,
+        };
+        if cfg.keep_ports && crate::listen_ports::keepable(addr) {
+            keeping.insert(id, addr.clone());
+        }
         if webrtc::renewable(addr) {
             webrtc_listeners.push((id, addr.clone()));
         }
@@ -389,6 +416,9 @@ pub async fn start(identity: Arc<Identity>, cfg: NodeConfig) -> Result<NodeHandl
         connections: HashMap::new(),
         outbox: HashMap::new(),
         bootstrap: cfg.bootstrap.clone(),
+        known_peers,
+        kept_ports,
+        keeping,
         nat: "unknown".into(),
         kad_ready: false,
         rendezvous_rounds: 0,
@@ -474,6 +504,13 @@ struct Service {
     /// Own envelopes not yet published because no member was reachable.
     outbox: HashMap<RoomId, Vec<Vec<u8>>>,
     bootstrap: Vec<Multiaddr>,
+    /// The peers this node was connected to, kept across restarts: dialled with the
+    /// bootstrap nodes whenever the node has no connection.
+    known_peers: crate::known_peers::KnownPeers,
+    /// The ports of this start's TCP and QUIC listeners asked for on port 0, for the next
+    /// (see [`NodeConfig::keep_ports`]), and what each of those listeners was asked for.
+    kept_ports: crate::listen_ports::KeptPorts,
+    keeping: HashMap<ListenerId, Multiaddr>,
     nat: String,
     /// Kademlia has learnt at least one peer: provider records can be placed.
     kad_ready: bool,
@@ -642,6 +679,7 @@ impl Service {
                     self.save_held();
                     self.save_shared(false);
                     self.save_put_pages();
+                    self.save_known_peers();
                     // Now and then everyone re-announces what it holds, for new members.
                     rounds += 1;
                     if rounds.is_multiple_of(RECEIPT_REFRESH_ROUNDS) {
@@ -700,6 +738,7 @@ impl Service {
         self.save_held();
         self.save_shared(false);
         self.save_put_pages();
+        self.save_known_peers();
         if let Err(e) = blocking(|| self.core.flush()) {
             tracing::error!(error = %e, "could not flush the journal");
         }
@@ -856,6 +895,7 @@ impl Service {
                 })
                 .collect(),
             connected_peers: self.swarm.connected_peers().count(),
+            known_peers: self.known_peers.len(),
             rooms: self
                 .core
                 .rooms()
@@ -1191,7 +1231,13 @@ impl Service {
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                if let Some(asked) = self.keeping.get(&listener_id) {
+                    self.kept_ports.got(asked, &address);
+                }
                 tracing::info!(addr = %address.clone().with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a), "listening");
                 self.listen_addrs.push(address);
             }
@@ -1213,8 +1259,10 @@ impl Service {
                     let _ = r.send(Ok(peer_id));
                 }
                 self.activity.connections_opened += 1;
-                if endpoint.is_dialer() {
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
                     self.activity.connections_dialled += 1;
+                    self.known_peers
+                        .reached(peer_id, address, crate::core::now_ms() / 1000);
                 }
                 let (_, conns) = self
                     .connections
@@ -1294,6 +1342,7 @@ impl Service {
                     && !held
                     && !self.swarm.is_connected(&peer)
                 {
+                    self.known_peers.failed(&peer);
                     self.forget_room_dials(&peer);
                 }
             }
@@ -1321,6 +1370,11 @@ impl Service {
                 }
                 let speaks_kad = info.protocols.contains(&net::KAD_PROTOCOL);
                 if speaks_kad {
+                    self.known_peers.heard(
+                        peer_id,
+                        &info.listen_addrs,
+                        crate::core::now_ms() / 1000,
+                    );
                     // Kademlia does not learn addresses by itself: feed it what identify saw,
                     // if its bucket has room (see `kad_has_room`).
                     if self.kad_has_room(&peer_id) {

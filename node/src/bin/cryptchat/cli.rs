@@ -50,10 +50,13 @@ pub(crate) enum Cmd {
         #[command(flatten)]
         creds: Credentials,
         /// Address to listen on (repeatable). Default: TCP, QUIC and WebRTC-direct on all
-        /// interfaces with OS-chosen ports.
+        /// interfaces with OS-chosen ports. A TCP or QUIC port the OS chose is asked for
+        /// again at the next start (if it is free), so that peers find the node there.
         #[arg(long)]
         listen: Vec<Multiaddr>,
-        /// A peer to connect to at start (repeatable), e.g. /ip4/192.0.2.1/tcp/4001.
+        /// A peer to connect to at start (repeatable), e.g. /ip4/192.0.2.1/tcp/4001. Needed
+        /// at the first start only: the node keeps the peers it was connected to, and dials
+        /// them when it starts again.
         #[arg(long)]
         bootstrap: Vec<Multiaddr>,
         /// Discover peers on the local network with mDNS.

@@ -384,7 +384,10 @@ pub(crate) fn client_command(cmd: Cmd, data_dir: &Path, json: bool) -> Result<()
             print(json, &v, |s| {
                 println!("{} ({})", s.username, s.user_id);
                 println!("peer id: {}", s.peer_id);
-                println!("peers: {}   nat: {}", s.connected_peers, s.nat);
+                println!(
+                    "peers: {} connected, {} known   nat: {}",
+                    s.connected_peers, s.known_peers, s.nat
+                );
                 for a in &s.listen_addrs {
                     println!("listening on {a}");
                 }

@@ -75,6 +75,8 @@ fn real_main() -> Result<()> {
             }
             cfg.bootstrap = bootstrap;
             cfg.swarm.mdns = mdns;
+            // Peers that knew this node find it where it was (see `listen_ports`).
+            cfg.keep_ports = true;
             if !(0.1..=3600.0).contains(&sync_interval_s) {
                 bail!("--sync-interval-s must be between 0.1 and 3600");
             }
@@ -175,7 +177,7 @@ async fn run(
     json: bool,
 ) -> Result<()> {
     let data_dir = cfg.data_dir.clone();
-    let alone = cfg.bootstrap.is_empty() && !cfg.swarm.mdns;
+    let no_bootstrap = cfg.bootstrap.is_empty() && !cfg.swarm.mdns;
     let node = service::start(identity.clone(), cfg).await?;
     let (listener, addr) = cryptchat::api::bind(api_addr, api_port)
         .await
@@ -217,7 +219,12 @@ async fn run(
         for a in &status.listen_addrs {
             out += &format!("listening on {a}\n");
         }
-        if alone {
+        if no_bootstrap && status.known_peers > 0 {
+            out += &format!(
+                "no --bootstrap address: dialling the peers this node knew before ({} kept)\n",
+                status.known_peers
+            );
+        } else if no_bootstrap {
             out += "no --bootstrap address and no --mdns: this node waits for others to dial it \
                     (give them an address above)\n";
         }
