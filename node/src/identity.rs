@@ -477,6 +477,16 @@ mod tests {
     #[test]
     fn a_username_and_password_typed_with_other_accent_characters_are_one_identity() {
         assert_eq!(normalise_username("JOSE\u{301}").unwrap(), "jos\u{e9}");
+        // A normalised name is its own normal form: receivers check authors' names so.
+        for name in [
+            "\u{130}STANBUL",
+            "\u{3a3}\u{391}\u{3a3}",
+            "A\u{30a}NGSTR\u{d6}M",
+            "\u{1100}\u{1161}",
+        ] {
+            let once = normalise_username(name).unwrap();
+            assert_eq!(normalise_username(&once).unwrap(), once, "{name}");
+        }
         let a = Identity::derive_unchecked("Jos\u{e9}", "d\u{e9}j\u{e0} vu 1989", KeySize::Rsa2048)
             .unwrap();
         let b = Identity::derive_unchecked(

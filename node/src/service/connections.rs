@@ -1,6 +1,6 @@
-//! Dialling and keeping connections: bootstrap nodes and the peers known from earlier runs,
-//! room members the DHT names, the connection budget (see [`crate::peers`]), and peers cut off for relaying invalid
-//! messages.
+//! Dialling and keeping connections: bootstrap nodes and the peers known from earlier
+//! runs, room members the DHT names, the connection budget (see [`crate::peers`]), and
+//! peers cut off for relaying invalid messages.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -144,7 +144,7 @@ impl Service {
         by_peer.extend(known);
         for (peer, addrs) in by_peer {
             if let Err(e) = self.dial_unless_dialling(peer, addrs) {
-                tracing::trace!(%peer, error = %e, "bootstrap node not dialled again");
+                tracing::trace!(%peer, error = %e, "bootstrap or known node not dialled again");
             }
         }
     }
@@ -266,7 +266,7 @@ pub(super) fn load_kept_ports(core: &crate::core::Core) -> KeptPorts {
 impl Service {
     /// Writes down the peers this node knows and the ports it listens on, if that changed
     /// (made durable with the journal's next flush, as the other settings are).
-    pub(super) fn save_known_peers(&mut self) {
+    pub(super) fn save_peers_and_ports(&mut self) {
         let mut values = Vec::new();
         if self.known_peers.take_dirty() {
             values.push((KNOWN_PEERS_KEY.to_string(), self.known_peers.encode()));

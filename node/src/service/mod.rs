@@ -679,7 +679,7 @@ impl Service {
                     self.save_held();
                     self.save_shared(false);
                     self.save_put_pages();
-                    self.save_known_peers();
+                    self.save_peers_and_ports();
                     // Now and then everyone re-announces what it holds, for new members.
                     rounds += 1;
                     if rounds.is_multiple_of(RECEIPT_REFRESH_ROUNDS) {
@@ -738,7 +738,7 @@ impl Service {
         self.save_held();
         self.save_shared(false);
         self.save_put_pages();
-        self.save_known_peers();
+        self.save_peers_and_ports();
         if let Err(e) = blocking(|| self.core.flush()) {
             tracing::error!(error = %e, "could not flush the journal");
         }
