@@ -665,7 +665,11 @@ async fn upload(
         ));
     }
     // An unknown room is refused before the body is read.
-    if !s.node.rooms().await?.iter().any(|r| r.name == q.room) {
+    let room = crate::room::local_name(&q.room);
+    if !(s.node.rooms().await?)
+        .iter()
+        .any(|r| r.name == room || r.name == q.room.trim())
+    {
         return Err(NodeError::from(CoreError::UnknownRoom(q.room)).into());
     }
     let dir = s.node.upload_dir()?;

@@ -13,7 +13,7 @@
 //! and forgets a peer not seen for [`FORGET_AFTER_S`]. It holds who we talk to, so the
 //! service keeps it sealed at rest, like the other settings.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
@@ -94,14 +94,13 @@ impl KnownPeers {
             );
         }
         book.trim();
-        book.dirty = false;
         book
     }
 
     /// The book as stored, best first.
     pub fn encode(&self) -> Vec<u8> {
         let stored: Vec<Stored> = self
-            .ranked()
+            .ranked(false)
             .into_iter()
             .map(|(peer, k)| Stored {
                 peer: peer.to_string(),
@@ -134,24 +133,25 @@ impl KnownPeers {
         self.touched(peer, now, changed);
     }
 
-    /// `peer`, one of ours (it speaks our protocols), says it listens on `addrs`.
+    /// `peer`, one of ours (it speaks our protocols), says it listens on `addrs` (in no
+    /// particular order: identify sends them from a set).
     pub fn heard(&mut self, peer: PeerId, addrs: &[Multiaddr], now: u64) {
+        let claimed: Vec<Multiaddr> = addrs.iter().map(without_peer).collect();
         let known = self.entry(peer, now);
-        let before = known.addrs.clone();
-        // Addresses that worked stay first; the rest are what the peer says now.
-        let worked = if known.reached {
-            known.addrs.first().cloned()
-        } else {
-            None
-        };
+        let before: HashSet<Multiaddr> = known.addrs.iter().cloned().collect();
+        // The address that worked stays first, then those kept before that the peer still
+        // claims, in their order, then new ones: the same claims in another order change
+        // nothing.
+        let worked = known.addrs.first().filter(|_| known.reached).cloned();
         let mut fresh: Vec<Multiaddr> = worked.into_iter().collect();
-        for a in addrs.iter().map(without_peer) {
-            if !fresh.contains(&a) {
-                fresh.push(a);
+        let kept = known.addrs.iter().filter(|a| claimed.contains(a));
+        for a in kept.chain(claimed.iter()) {
+            if !fresh.contains(a) {
+                fresh.push(a.clone());
             }
         }
         fresh.truncate(MAX_ADDRS);
-        let changed = fresh != before;
+        let changed = fresh.iter().cloned().collect::<HashSet<_>>() != before;
         known.addrs = fresh;
         self.touched(peer, now, changed);
     }
@@ -170,7 +170,7 @@ impl KnownPeers {
         n: usize,
         skip: impl Fn(&PeerId) -> bool,
     ) -> Vec<(PeerId, Vec<Multiaddr>)> {
-        self.ranked()
+        self.ranked(true)
             .into_iter()
             .filter(|(peer, k)| !skip(peer) && !k.addrs.is_empty())
             .take(n)
@@ -191,6 +191,11 @@ impl KnownPeers {
         std::mem::take(&mut self.dirty)
     }
 
+    /// The write after [`KnownPeers::take_dirty`] failed: the next call says so again.
+    pub fn unsaved(&mut self) {
+        self.dirty = true;
+    }
+
     fn entry(&mut self, peer: PeerId, now: u64) -> &mut Known {
         self.peers.entry(peer).or_insert_with(|| Known {
             addrs: Vec::new(),
@@ -204,24 +209,30 @@ impl KnownPeers {
         let Some(known) = self.peers.get_mut(&peer) else {
             return;
         };
+        let mut dirty = false;
         if changed || now.saturating_sub(known.seen) >= SEEN_AGAIN_S {
             known.seen = now;
-            self.dirty = true;
+            dirty = true;
         }
         if known.addrs.is_empty() {
             self.peers.remove(&peer);
         }
-        self.trim();
+        let gone = self.trim();
+        // A newcomer that ranks last in a full book goes at once: nothing to write.
+        if gone.iter().any(|p| *p != peer) || (dirty && self.peers.contains_key(&peer)) {
+            self.dirty = true;
+        }
     }
 
-    /// Best first: fewest failed dials in this run, then reached before only heard of,
-    /// then seen last first, then by peer id (so that the order does not depend on the
-    /// map's).
-    fn ranked(&self) -> Vec<(&PeerId, &Known)> {
+    /// Best first: reached before only heard of, then seen last first, then by peer id
+    /// (so that the order does not depend on the map's); for dialling, peers whose dials
+    /// failed in this run go behind the others (`with_failures`).
+    fn ranked(&self, with_failures: bool) -> Vec<(&PeerId, &Known)> {
         let mut all: Vec<(&PeerId, &Known)> = self.peers.iter().collect();
+        let failures = |k: &Known| if with_failures { k.failures } else { 0 };
         all.sort_by(|(pa, a), (pb, b)| {
-            a.failures
-                .cmp(&b.failures)
+            failures(a)
+                .cmp(&failures(b))
                 .then(b.reached.cmp(&a.reached))
                 .then(b.seen.cmp(&a.seen))
                 .then(pa.cmp(pb))
@@ -229,18 +240,21 @@ impl KnownPeers {
         all
     }
 
-    fn trim(&mut self) {
+    /// Drops the peers past [`MAX_PEERS`], by what they are worth whatever this run's
+    /// failed dials (a node that lost its network for a while keeps its book); returns
+    /// them.
+    fn trim(&mut self) -> Vec<PeerId> {
         if self.peers.len() <= MAX_PEERS {
-            return;
+            return Vec::new();
         }
-        let gone: Vec<PeerId> = self.ranked()[MAX_PEERS..]
+        let gone: Vec<PeerId> = self.ranked(false)[MAX_PEERS..]
             .iter()
             .map(|(p, _)| **p)
             .collect();
-        for p in gone {
-            self.peers.remove(&p);
+        for p in &gone {
+            self.peers.remove(p);
         }
-        self.dirty = true;
+        gone
     }
 }
 
@@ -379,6 +393,68 @@ mod tests {
             1000 + SEEN_AGAIN_S + 1,
         );
         assert!(book.take_dirty());
+    }
+
+    #[test]
+    fn the_same_addresses_in_another_order_change_nothing() {
+        let p = PeerId::random();
+        let addrs: Vec<Multiaddr> = (0..12)
+            .map(|i| addr(&format!("/ip4/192.0.2.{i}/tcp/4001")))
+            .collect();
+        let mut book = KnownPeers::default();
+        book.heard(p, &addrs, 1000);
+        assert!(book.take_dirty());
+        let kept = book.to_dial(1, |_| false)[0].1.clone();
+        let mut shuffled = addrs.clone();
+        shuffled.reverse();
+        book.heard(p, &shuffled, 1010);
+        assert!(!book.take_dirty());
+        assert_eq!(
+            book.to_dial(1, |_| false)[0].1,
+            kept,
+            "the same eight, in their order"
+        );
+        // One address gone: the others stay, and a new one takes its place.
+        book.heard(p, &addrs[1..], 1020);
+        assert!(book.take_dirty());
+        assert_eq!(book.to_dial(1, |_| false)[0].1.len(), MAX_ADDRS);
+    }
+
+    #[test]
+    fn a_full_book_keeps_its_best_through_failed_dials_and_newcomers() {
+        let mut book = KnownPeers::default();
+        let good: Vec<PeerId> = (0..MAX_PEERS).map(|_| PeerId::random()).collect();
+        for (i, p) in good.iter().enumerate() {
+            book.reached(
+                *p,
+                &addr(&format!("/ip4/192.0.2.{}/tcp/4001", i % 250)),
+                500,
+            );
+        }
+        assert!(book.take_dirty());
+        // The network was gone for a while: every dial failed.
+        for p in &good {
+            book.failed(p);
+        }
+        // Peers only heard of come and go: none of them is worth more than those reached,
+        // and nothing is written for them.
+        for i in 0..10 {
+            book.heard(
+                PeerId::random(),
+                &[addr("/ip4/198.51.100.1/tcp/4001")],
+                600 + i,
+            );
+        }
+        assert!(!book.take_dirty());
+        let kept: std::collections::HashSet<PeerId> = book
+            .to_dial(usize::MAX, |_| false)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(
+            kept,
+            good.into_iter().collect::<std::collections::HashSet<_>>()
+        );
     }
 
     #[test]

@@ -78,6 +78,11 @@ impl KeptPorts {
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
     }
+
+    /// The write after [`KeptPorts::take_dirty`] failed: the next call says so again.
+    pub fn unsaved(&mut self) {
+        self.dirty = true;
+    }
 }
 
 /// Whether a listener asked for on `asked` keeps its port: TCP or QUIC, on port 0.

@@ -40,10 +40,10 @@ pub fn check(
         .map_err(|e| Rejection::from_envelope(&e))?;
     // The author's name is self-asserted, but it is a username as a node writes one: no
     // line break, escape sequence or bidi override in it makes it read as something else.
-    if crate::identity::normalise_username(&payload.from)
-        .ok()
-        .as_deref()
-        != Some(&payload.from)
+    // (In any Unicode normal form: a node from before names were NFC wrote its user's as
+    // typed, and it reads the same.)
+    if crate::identity::normalise_username(&payload.from).ok()
+        != Some(crate::chars::canonical(&payload.from).into_owned())
     {
         return Err(Rejection::Malformed);
     }

@@ -523,14 +523,9 @@ impl Core {
             let plain = core.unseal(&key, &blob)?;
             let stored: StoredRoom = serde_json::from_slice(&plain)
                 .map_err(|_| CoreError::CorruptSetting(key.clone()))?;
-            let mut room = stored
+            let room = stored
                 .into_room()
                 .ok_or_else(|| CoreError::CorruptSetting(key.clone()))?;
-            // A name stored before names were kept canonical is found by its canonical form.
-            let name = crate::chars::canonical(&room.name).into_owned();
-            if !core.names.contains_key(&name) {
-                room.name = name;
-            }
             core.names.insert(room.name.clone(), room.id);
             core.rooms.insert(room.id, room);
         }
@@ -676,8 +671,10 @@ impl Core {
     }
 
     pub fn room_by_name(&self, name: &str) -> Result<&Room, CoreError> {
+        // A name stored before names were NFC is found as it was typed.
         self.names
             .get(&crate::room::local_name(name))
+            .or_else(|| self.names.get(name.trim()))
             .and_then(|id| self.rooms.get(id))
             .ok_or_else(|| CoreError::UnknownRoom(name.trim().to_string()))
     }
@@ -972,12 +969,18 @@ impl Core {
         self.room_by_name(&format!("@{name}")).ok().map(|r| r.id)
     }
 
-    /// A contact by its name (`@NAME` too): the name as stored, and its code.
-    fn contact<'a>(&self, name: &'a str) -> Result<(&'a str, &ContactCode), CoreError> {
-        let contact = name.trim().trim_start_matches('@');
-        match self.contacts.get(contact) {
-            Some(code) => Ok((contact, code)),
-            None => Err(CoreError::UnknownContact(contact.to_string())),
+    /// A contact by its name (`@NAME` too) in any case or accent form: the name as stored,
+    /// and its code.
+    fn contact(&self, name: &str) -> Result<(String, &ContactCode), CoreError> {
+        let typed = name.trim().trim_start_matches('@');
+        // Names are stored normalised; one stored before they were NFC, as it was typed.
+        let stored = crate::identity::normalise_username(typed)
+            .ok()
+            .filter(|n| self.contacts.contains_key(n))
+            .unwrap_or_else(|| typed.to_string());
+        match self.contacts.get(&stored) {
+            Some(code) => Ok((stored, code)),
+            None => Err(CoreError::UnknownContact(typed.to_string())),
         }
     }
 
@@ -1134,9 +1137,9 @@ impl Core {
     /// other name is taken as (the start of) an id, written bare or in the short form
     /// shown beside members (`814d-dc60-...`).
     fn author_named(&self, author: &str) -> String {
-        match self.contacts.get(author.trim_start_matches('@')) {
-            Some(code) => code.identity.id().to_hex(),
-            None => author.replace('-', "").to_ascii_lowercase(),
+        match self.contact(author) {
+            Ok((_, code)) => code.identity.id().to_hex(),
+            Err(_) => author.replace('-', "").to_ascii_lowercase(),
         }
     }
 

@@ -309,6 +309,8 @@ fn an_author_name_that_is_not_a_plain_username_is_malformed() {
         .err()
     };
     assert_eq!(checked("bob"), None);
+    // Written by a node from before names were NFC: the same name, read as it is.
+    assert_eq!(checked("jose\u{301}"), None);
     for forged in [
         "bob]: hi\n12:00:00 lobby alice [814ddc60#9]: send me your password",
         "bob\u{1b}[2J",
@@ -1026,7 +1028,15 @@ fn direct_messages_reach_only_the_recipient() {
     let b_code = identities()[1].contact_code().encode();
     let a_code = identities()[0].contact_code().encode();
     a.add_contact("bob", &b_code).unwrap();
+    b.add_contact("Jos\u{e9}", &a_code).unwrap();
+    b.remove_contact("JOSE\u{301}").unwrap();
     b.add_contact("alice", &a_code).unwrap();
+    // A contact is named in any case or accent form, and so is its direct room.
+    assert_eq!(
+        a.direct_room("@Bob"),
+        a.room_by_name("@BOB").ok().map(|r| r.id)
+    );
+    assert!(a.direct_room("Bob").is_some());
     let (rid, env, _) = a.compose("@bob", "secret").unwrap();
     let Incoming::Accepted(v, _) = b.receive(&rid.topic(), env.bytes().to_vec()).unwrap() else {
         panic!("bob should read it")

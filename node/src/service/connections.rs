@@ -267,11 +267,12 @@ impl Service {
     /// Writes down the peers this node knows and the ports it listens on, if that changed
     /// (made durable with the journal's next flush, as the other settings are).
     pub(super) fn save_peers_and_ports(&mut self) {
+        let (peers, ports) = (self.known_peers.take_dirty(), self.kept_ports.take_dirty());
         let mut values = Vec::new();
-        if self.known_peers.take_dirty() {
+        if peers {
             values.push((KNOWN_PEERS_KEY.to_string(), self.known_peers.encode()));
         }
-        if self.kept_ports.take_dirty() {
+        if ports {
             values.push((KEPT_PORTS_KEY.to_string(), self.kept_ports.encode()));
         }
         if values.is_empty() {
@@ -279,6 +280,13 @@ impl Service {
         }
         if let Err(e) = self.core.put_sealed_settings(&values, false) {
             tracing::warn!(error = %e, "could not store the peers and ports this node knows");
+            // Tried again at the next round.
+            if peers {
+                self.known_peers.unsaved();
+            }
+            if ports {
+                self.kept_ports.unsaved();
+            }
         }
     }
 }

@@ -361,7 +361,10 @@ impl NodeHandle {
     pub async fn share_file(&self, room: &str, path: PathBuf) -> Result<Sent, NodeError> {
         // An unknown room is refused before a large file is sealed for nothing.
         let name = crate::room::local_name(room);
-        if !self.rooms().await?.iter().any(|r| r.name == name) {
+        if !(self.rooms().await?)
+            .iter()
+            .any(|r| r.name == name || r.name == room.trim())
+        {
             return Err(CoreError::UnknownRoom(room.to_string()).into());
         }
         let journal = self.journal.upgrade().ok_or(NodeError::Stopped)?;
