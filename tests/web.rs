@@ -789,6 +789,27 @@ fn the_web_page_reads_a_long_history_back_a_page_at_a_time_and_searches_it() {
     assert!(b.find("#earlier").is_none(), "11 results fit one page");
     b.click_on("#clearsearch", T);
     wait_until("the newest 200 again", T, || texts() == expect(N - 199));
+    // A message that arrives while the conversation is being read (here, a copy of the
+    // newest under another hash, handed to the page as the event stream would) goes after
+    // what is read, not before it.
+    b.script(
+        "window.raced = false;
+         api('POST', '/history', { room: 'lobby', limit: 1 }).then(async ([m]) => {
+           clearMessages();
+           const reading = loadHistory();
+           appendMessage({ ...m, hash: 'f'.repeat(64), seq: m.seq + 1, text: 'arrived meanwhile' });
+           await reading;
+           window.raced = true;
+         });",
+    );
+    wait_until("the conversation read again", T, || {
+        b.script("return window.raced") == Value::Bool(true)
+    });
+    let t = texts();
+    let t = t.as_array().unwrap();
+    assert_eq!(t.len(), 201);
+    assert_eq!(t[199], "message 260");
+    assert_eq!(t[200], "arrived meanwhile");
     assert!(b.find("#searchinfo").is_some_and(|e| !b.displayed(&e)));
     b.send_keys(&search, &format!("no such words{ENTER}"));
     wait_until("the page says nothing matched", T, || {
