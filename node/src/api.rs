@@ -665,13 +665,7 @@ async fn upload(
         ));
     }
     // An unknown room is refused before the body is read.
-    let room = crate::room::local_name(&q.room);
-    if !(s.node.rooms().await?)
-        .iter()
-        .any(|r| r.name == room || r.name == q.room.trim())
-    {
-        return Err(NodeError::from(CoreError::UnknownRoom(q.room)).into());
-    }
+    s.node.check_room(&q.room).await?;
     let dir = s.node.upload_dir()?;
     // The upload waits in the data dir while it is sealed into the journal: for a moment it
     // takes its own size there and its sealed copy's (`disk::stored_size`).

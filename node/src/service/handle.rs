@@ -356,17 +356,24 @@ impl NodeHandle {
             .await
     }
 
-    /// Shares the file at `path` in `room`: seals and stores its chunks (on a blocking
-    /// thread), then sends the message that tells members how to fetch it.
-    pub async fn share_file(&self, room: &str, path: PathBuf) -> Result<Sent, NodeError> {
-        // An unknown room is refused before a large file is sealed for nothing.
+    /// Refuses a room this node has not joined, found by its name as
+    /// [`crate::core::Core::room_by_name`] finds it: before a large file is read or sealed
+    /// for nothing.
+    pub async fn check_room(&self, room: &str) -> Result<(), NodeError> {
         let name = crate::room::local_name(room);
-        if !(self.rooms().await?)
+        if (self.rooms().await?)
             .iter()
             .any(|r| r.name == name || r.name == room.trim())
         {
-            return Err(CoreError::UnknownRoom(room.to_string()).into());
+            return Ok(());
         }
+        Err(CoreError::UnknownRoom(room.to_string()).into())
+    }
+
+    /// Shares the file at `path` in `room`: seals and stores its chunks (on a blocking
+    /// thread), then sends the message that tells members how to fetch it.
+    pub async fn share_file(&self, room: &str, path: PathBuf) -> Result<Sent, NodeError> {
+        self.check_room(room).await?;
         let journal = self.journal.upgrade().ok_or(NodeError::Stopped)?;
         let file = tokio::task::spawn_blocking(move || files::seal_and_store(&journal, &path))
             .await
